@@ -1,0 +1,160 @@
+"""Commands for integrators and operators: validate, dry-run, timers, dead letters.
+
+    python cli.py validate
+    python cli.py dry-run quickstart-amo config/examples/quickstart/sample-webhook.form
+    python cli.py timers [--entity lead:31926520]
+    python cli.py dead-letters list | replay KEY | replay --all [--match TEXT]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from config.loader import ConfigErrors
+from config.settings import Settings
+from connectors import CONNECTORS
+from connectors.base import RawWebhook, WebhookError
+from rules import MODULES
+from rules.engine import plan
+from runtime import load_configuration
+
+
+
+@click.group()
+@click.option("--config", "config_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="configuration directory (default: $CRMBRIDGE_CONFIG or ./config)")
+@click.pass_context
+def cli(ctx: click.Context, config_dir: Path | None) -> None:
+    """crmbridge operator commands."""
+    overrides = {"config_dir": config_dir} if config_dir else {}
+    ctx.obj = Settings.from_env(**overrides)
+
+
+def _load(settings: Settings):
+    try:
+        return load_configuration(settings)
+    except ConfigErrors as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.pass_obj
+def validate(settings: Settings) -> None:
+    """Check connections.yaml and every rule file; print all errors with file:line."""
+    connections, ruleset = _load(settings)
+    for warning in connections.warnings:
+        click.echo(f"warning: {warning}")
+    click.echo(f"ok: {len(connections.connections)} connections, {len(ruleset.rules)} rules "
+               f"in {settings.config_dir}")
+
+
+@cli.command("dry-run")
+@click.argument("connection")
+@click.argument("body", type=click.File("rb"))
+@click.option("--content-type", default=None, help="default: what the connection's vendor sends")
+@click.option("--now", default=None, help="the moment to plan for (ISO 8601); default: now")
+@click.pass_obj
+def dry_run(settings: Settings, connection: str, body, content_type: str | None, now: str | None) -> None:
+    """Show what a webhook body would do: rules matched or not (and why), actions, timers.
+
+    Nothing outside is called and nothing is queued: the entity is what the webhook says.
+    """
+    connections, ruleset = _load(settings)
+    conn = connections.connections.get(connection)
+    if conn is None:
+        raise click.UsageError(f"no connection {connection!r}; known: {', '.join(connections.connections)}")
+    connector = CONNECTORS[conn.type]
+    raw = RawWebhook(headers={}, content_type=content_type or connector.CONTENT_TYPES[0], body=body.read())
+    try:
+        events = connector.parse(raw, conn)
+    except WebhookError as exc:
+        click.echo(f"the body is not a {conn.type} webhook: {exc}", err=True)
+        sys.exit(1)
+    moment = datetime.fromisoformat(now) if now else datetime.now(timezone.utc)
+    for event in events:
+        entity = {**event.data, "type": event.entity.type, "id": event.entity.id}
+        click.echo(f"event {event.kind} {event.entity} (id {event.id})")
+        click.echo(print_plan(plan(event, entity, ruleset, moment, MODULES)))
+
+
+def print_plan(result) -> str:
+    lines = []
+    for rule, why in result.matched:
+        lines.append(f"  matched  {rule!r}: {why}")
+    for rule, why in result.skipped:
+        lines.append(f"  skipped  {rule!r}: {why}")
+    for action in result.actions:
+        lines.append(f"  would call {action.describe()}")
+    for timer in result.timers:
+        lines.append(f"  would set timer {timer.timer_id} at {timer.fire_at} for {timer.rule!r}")
+    for timer_id, why in result.cancels:
+        lines.append(f"  would cancel timer {timer_id}: {why}")
+    for rule, message in result.errors:
+        lines.append(f"  error in {rule!r}: {message}")
+    return "\n".join(lines) or "  no rules"
+
+
+def _runtime(settings: Settings):
+    import worker
+    from runtime import Runtime
+    rt = Runtime.create(settings, handle_event=worker.handle_event, fire_timer=worker.fire_timer,
+                        on_failure=worker.on_embedded_failure)
+    worker.install(rt)
+    return rt
+
+
+@cli.command()
+@click.option("--entity", default=None, help="only timers of one entity, e.g. lead:31926520")
+@click.pass_obj
+def timers(settings: Settings, entity: str | None) -> None:
+    """List pending timers: when each fires, for which entity, set by which rule."""
+    rt = _runtime(settings)
+    pending = sorted(rt.backend.timers.pending(entity), key=lambda t: t["fire_at"])
+    for t in pending:
+        click.echo(f"{t['fire_at']}  {t['entity']['type']}:{t['entity']['id']}  {t['rule']!r}  ({t['timer_id']})")
+    click.echo(f"{len(pending)} pending timer{'s' if len(pending) != 1 else ''}")
+
+
+@cli.group("dead-letters")
+def dead_letters() -> None:
+    """Jobs that gave up after their retries."""
+
+
+@dead_letters.command("list")
+@click.pass_obj
+def dead_list(settings: Settings) -> None:
+    rt = _runtime(settings)
+    entries = rt.store.hgetall(rt.keys("dead"))
+    for key, raw in sorted(entries.items()):
+        entry = json.loads(raw)
+        click.echo(f"{key.decode()}  {entry['at']}  {entry['job']}  {entry['error'].splitlines()[-1]}")
+    click.echo(f"{len(entries)} dead letter{'s' if len(entries) != 1 else ''}")
+
+
+@dead_letters.command("replay")
+@click.argument("key", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="replay every dead letter (or those matching)")
+@click.option("--match", default=None, help="only dead letters whose key or error contains this text")
+@click.pass_obj
+def dead_replay(settings: Settings, key: str | None, replay_all: bool, match: str | None) -> None:
+    """Queue dead letters again; steps that completed before are skipped."""
+    import worker
+    rt = _runtime(settings)
+    if key:
+        keys = [key]
+    elif replay_all:
+        keys = [k.decode() for k, raw in rt.store.hgetall(rt.keys("dead")).items()
+                if match is None or match in k.decode() or match in raw.decode()]
+    else:
+        raise click.UsageError("give a KEY, or --all (optionally with --match)")
+    replayed = sum(1 for k in keys if worker.replay(rt, k))
+    click.echo(f"replayed {replayed} of {len(keys)}")
+
+
+if __name__ == "__main__":
+    cli()

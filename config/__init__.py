@@ -1,0 +1,1 @@
+"""Settings, connections and rule files: everything an integrator configures."""

@@ -1,0 +1,137 @@
+"""connections.yaml: one entry per external account, secrets taken from the environment.
+
+    calendars:
+      kyiv-office: {timezone: Europe/Kyiv, country: UA, hours: {mon-fri: "10:00-19:00"}}
+    connections:
+      agency-amo:
+        type: amocrm
+        base_url: https://agency.amocrm.ru
+        webhook_secret: ${AMO_WEBHOOK_SECRET}   # required: callers are authenticated with it
+        credentials:                             # unset variables: record-only mode
+          token: ${AMO_TOKEN}
+        calendar: kyiv-office
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from config.loader import ConfigError, ConfigErrors, SECRET_REF, expand_env, line_of, load_yaml
+from connectors import CONNECTORS
+from connectors.base import Connection
+
+log = logging.getLogger("crmbridge.config")
+
+KEYS = {"type", "base_url", "webhook_secret", "credentials", "calendar", "options"}
+
+
+@dataclass
+class Connections:
+    """The loaded connections.yaml."""
+
+    connections: dict[str, Connection] = field(default_factory=dict)
+    calendars: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_connections(path: Path, environ: Mapping[str, str], shown_as: str | None = None) -> Connections:
+    """Read and check connections.yaml; every problem is collected, then raised at once."""
+    shown = shown_as or str(path)
+    doc = load_yaml(path, shown)
+    errors: list[ConfigError] = []
+    result = Connections()
+    if not isinstance(doc, dict) or not isinstance(doc.get("connections"), dict):
+        raise ConfigErrors([ConfigError(shown, line_of(doc, default=1),
+                                        "expected a mapping with a 'connections:' section")])
+    for name, cal in (doc.get("calendars") or {}).items():
+        if not isinstance(cal, dict):
+            errors.append(ConfigError(shown, line_of(doc["calendars"], name),
+                                      f"calendar {name!r}: expected a mapping, found {cal!r}"))
+        else:
+            result.calendars[str(name)] = cal
+    for name, entry in doc["connections"].items():
+        where = (shown, line_of(doc["connections"], name))
+        conn = _connection(str(name), entry, where, environ, errors, result)
+        if conn is not None:
+            result.connections[conn.name] = conn
+    if errors:
+        raise ConfigErrors(errors)
+    return result
+
+
+def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[str, str],
+                errors: list[ConfigError], result: Connections) -> Connection | None:
+    path, line = where
+
+    def err(key: str | None, message: str) -> None:
+        errors.append(ConfigError(path, line_of(entry, key, line) if key else line,
+                                  f'connection "{name}" → {message}'))
+
+    if not isinstance(entry, dict):
+        err(None, f"expected a mapping with type, webhook_secret…, found {entry!r}")
+        return None
+    for key in entry:
+        if key not in KEYS:
+            err(key, f"unknown key {key!r}; expected one of: {', '.join(sorted(KEYS))}")
+    ctype = entry.get("type")
+    if ctype not in CONNECTORS:
+        err("type", f"type: expected one of {', '.join(sorted(CONNECTORS))}, found {ctype!r}")
+    secret = _secret(entry.get("webhook_secret"), "webhook_secret", environ, err, required=True)
+    credentials = {}
+    creds = entry.get("credentials") or {}
+    if not isinstance(creds, dict):
+        err("credentials", f"credentials: expected a mapping of ${{ENV}} references, found {creds!r}")
+        creds = {}
+    for key, value in creds.items():
+        credentials[str(key)] = _secret(value, f"credentials → {key}", environ, err, required=False) or ""
+    base_url = entry.get("base_url")
+    if isinstance(base_url, str):
+        base_url = expand_env(base_url, dict(environ))[0] or None
+    if base_url is not None and not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
+        err("base_url", f"base_url: expected an http(s) URL, found {base_url!r}")
+    calendar = entry.get("calendar")
+    if calendar is not None and calendar not in result.calendars:
+        err("calendar", f"calendar: no calendar {calendar!r} in 'calendars:'")
+    options = entry.get("options") or {}
+    if not isinstance(options, dict):
+        err("options", f"options: expected a mapping, found {options!r}")
+        options = {}
+    options = _expand_options(options, environ)
+    conn = Connection(name=name, type=str(ctype), base_url=base_url, credentials=credentials,
+                      webhook_secret=secret, calendar=calendar, options=options)
+    if ctype in CONNECTORS and not conn.record_only and base_url is None and getattr(
+            CONNECTORS[ctype], "BASE_URL_REQUIRED", False):
+        err("base_url", "base_url: required when credentials are set (the account's own address)")
+    if ctype in CONNECTORS and conn.record_only:
+        result.warnings.append(f'connection "{name}" has no credentials: record-only mode, '
+                               "calls are logged, not made")
+    return conn
+
+
+def _secret(value: Any, key: str, environ: Mapping[str, str], err, *, required: bool) -> str | None:
+    if value is None:
+        if required:
+            err(key.split(" ")[0], f"{key}: required; expected an environment reference such as ${{MY_SECRET}}")
+        return None
+    if not isinstance(value, str) or not SECRET_REF.fullmatch(value.strip()):
+        err(key.split(" ")[0], f"{key}: secrets come from the environment; expected ${{ENV_VAR}}, "
+                               f"found a literal value")
+        return None
+    expanded, missing = expand_env(value.strip(), dict(environ))
+    if missing and required:
+        err(key.split(" ")[0], f"{key}: environment variable {missing[0]} is not set")
+        return None
+    return expanded or None
+
+
+def _expand_options(value: Any, environ: Mapping[str, str]) -> Any:
+    """Options may name deployment values from the environment: `${TEAM_CHAT_ID:-0}`."""
+    if isinstance(value, str):
+        return expand_env(value, dict(environ))[0]
+    if isinstance(value, dict):
+        return {k: _expand_options(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_options(v, environ) for v in value]
+    return value

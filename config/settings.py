@@ -1,0 +1,45 @@
+"""Settings: defaults, then the environment (secrets never live in the repository)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the web and worker processes read at start."""
+
+    config_dir: Path = Path("config")
+    redis_url: str | None = None          # None: the embedded, in-process store (not durable)
+    redis_prefix: str = "crmbridge:"
+    queue_name: str = "crmbridge"
+    max_body_bytes: int = MIB
+    dedupe_ttl: int = 7 * 24 * 3600
+    done_ttl: int = 14 * 24 * 3600
+    audit_max: int = 100_000
+    action_attempts: int = 4              # tenacity tries per action inside one job
+    job_retries: int = 3                  # RQ re-runs of a whole job after that
+    maintenance_interval: int = 30        # RQ's default is 600 s: abandoned jobs are found sooner
+    testing: bool = False
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {"environ": env}
+        if env.get("CRMBRIDGE_CONFIG"):
+            values["config_dir"] = Path(env["CRMBRIDGE_CONFIG"])
+        if env.get("REDIS_URL"):
+            values["redis_url"] = env["REDIS_URL"]
+        for name, key, cast in (("CRMBRIDGE_REDIS_PREFIX", "redis_prefix", str),
+                                ("CRMBRIDGE_QUEUE", "queue_name", str),
+                                ("CRMBRIDGE_MAX_BODY_BYTES", "max_body_bytes", int),
+                                ("CRMBRIDGE_DEDUPE_TTL", "dedupe_ttl", int),
+                                ("CRMBRIDGE_MAINTENANCE_INTERVAL", "maintenance_interval", int)):
+            if env.get(name):
+                values[key] = cast(env[name])
+        return replace(cls(**values), **overrides)

@@ -1,0 +1,301 @@
+"""The common model every connector speaks, and the base of every API client.
+
+A connector module turns one vendor's webhook into `Event`s (`verify` + `parse`) and
+offers a `Client` whose methods are the actions rules may call. Nothing past a
+connector sees a vendor's wire format.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Protocol
+from urllib.parse import parse_qsl
+
+import requests
+
+log = logging.getLogger("crmbridge.connectors")
+
+
+# --- the common model ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entity:
+    """What an event is about: a lead, deal, contact, task, chat, form…"""
+
+    type: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.id}"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One change in an outside system, in the common shape rules read."""
+
+    id: str
+    connection: str
+    source: str
+    kind: str
+    entity: Entity
+    data: dict[str, Any]
+    raw: Any
+    occurred_at: str            # ISO 8601, UTC
+    dedupe_window: int | None = None   # seconds; None = the configured default
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Event":
+        d = dict(d)
+        d["entity"] = Entity(**d["entity"])
+        return cls(**d)
+
+
+EVENT_KINDS = (
+    "entity.created", "entity.updated", "entity.deleted", "stage.changed", "field.changed",
+    "responsible.changed", "file.added", "note.added", "task.created", "task.updated",
+    "task.completed", "message.received", "message.edited", "button.pressed",
+    "form.submitted", "timer.fired", "schedule.tick",
+)
+
+
+def event_id(connection: str, *parts: Any) -> str:
+    """A stable id from the connection and the parts that identify one change."""
+    canonical = json.dumps([connection, *parts], sort_keys=True, ensure_ascii=False, default=str)
+    return f"{connection}:{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
+
+
+def utc_iso(ts: float | int | str | None = None) -> str:
+    """A unix timestamp (or now) as an ISO 8601 UTC string."""
+    value = time.time() if ts in (None, "") else float(ts)
+    return datetime.fromtimestamp(value, timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class RawWebhook:
+    """What came over the wire, without Flask: enough to verify and parse."""
+
+    headers: Mapping[str, str]
+    content_type: str
+    body: bytes
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One configured external account (an entry of connections.yaml)."""
+
+    name: str
+    type: str
+    base_url: str | None = None
+    credentials: Mapping[str, str] = field(default_factory=dict)
+    webhook_secret: str | None = None
+    calendar: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def record_only(self) -> bool:
+        """No credentials: log the calls that would be made instead of making them."""
+        return not any(self.credentials.values())
+
+
+# --- errors -----------------------------------------------------------------------------
+
+class WebhookError(Exception):
+    """A webhook was refused; `status` is the HTTP answer the caller gets."""
+
+    status = 400
+
+
+class Unauthorized(WebhookError):
+    """The caller is not who the connection says it is."""
+
+    status = 401
+
+
+class BadPayload(WebhookError):
+    """The body cannot be read as this vendor's webhook."""
+
+    status = 400
+
+
+class UnsupportedMediaType(WebhookError):
+    """The body's content type is not one this vendor sends."""
+
+    status = 415
+
+
+class ApiError(Exception):
+    """The external system answered, and the answer was an error."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class RetryableApiError(ApiError):
+    """429, 5xx, a timeout, or the vendor's own 'slow down'. Try again later."""
+
+
+class PermanentApiError(ApiError):
+    """The request itself is wrong (4xx other than 429). Retrying will not help."""
+
+
+# --- form bodies with PHP-style bracket keys ----------------------------------------------
+
+MAX_FORM_KEYS = 5000
+MAX_FORM_DEPTH = 8
+
+
+def parse_nested_form(body: bytes) -> dict[str, Any]:
+    """Unflatten `a[b][0][c]=v` pairs into nested dicts (lists stay dicts keyed "0", "1"…)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadPayload(f"body is not UTF-8 (byte {exc.start})") from None
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False,
+                          max_num_fields=MAX_FORM_KEYS)
+    except ValueError:
+        raise BadPayload(f"more than {MAX_FORM_KEYS} form fields") from None
+    root: dict[str, Any] = {}
+    for key, value in pairs:
+        path = _split_key(key)
+        node = root
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise BadPayload(f"form key {key!r} clashes with a plain value")
+            node = child
+        if isinstance(node.get(path[-1]), dict):
+            raise BadPayload(f"form key {key!r} clashes with a nested value")
+        node[path[-1]] = value
+    return root
+
+
+def _split_key(key: str) -> list[str]:
+    head, _, rest = key.partition("[")
+    parts = [head]
+    if rest:
+        parts += rest.rstrip("]").split("][")
+    if len(parts) > MAX_FORM_DEPTH:
+        raise BadPayload(f"form key {key[:60]!r} is nested deeper than {MAX_FORM_DEPTH}")
+    return parts
+
+
+def indexed(node: Any) -> list[Any]:
+    """The items of a form list (`{"0": …, "1": …}`) in index order."""
+    if not isinstance(node, dict):
+        return []
+    keys = sorted((k for k in node if k.isdigit()), key=int)
+    return [node[k] for k in keys]
+
+
+def parse_json(body: bytes, *, max_depth: int = 32) -> Any:
+    """Decode a JSON body, refusing bad UTF-8 and absurd nesting with a one-line reason."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadPayload(f"body is not UTF-8 (byte {exc.start})") from None
+    depth = 0
+    for ch in text:  # cheap guard before json's recursion can blow up
+        if ch in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise BadPayload(f"JSON nested deeper than {max_depth}")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise BadPayload(f"body is not JSON: {exc}") from None
+
+
+# --- the connector protocol -----------------------------------------------------------------
+
+class Connector(Protocol):
+    SOURCE: str
+    CONTENT_TYPES: tuple[str, ...]
+
+    def verify(self, raw: RawWebhook, connection: Connection) -> None: ...
+    def parse(self, raw: RawWebhook, connection: Connection) -> list[Event]: ...
+    Client: type["BaseClient"]
+
+
+# --- API clients ---------------------------------------------------------------------------
+
+Recorder = Callable[[str, str, Any], None]
+
+
+class BaseClient:
+    """One HTTP session per connection, with timeouts and errors split in two kinds."""
+
+    rate_per_second: float = 5.0
+    timeout: float = 10.0
+
+    def __init__(self, connection: Connection, *, store: Any = None, recorder: Recorder | None = None,
+                 key_prefix: str = "crmbridge:"):
+        self.connection = connection
+        self.store = store
+        self.key_prefix = key_prefix
+        self.recorder = recorder
+        self.session = requests.Session()
+        self.limiter: Callable[[], None] | None = None
+
+    @property
+    def record_only(self) -> bool:
+        return self.connection.record_only
+
+    def request(self, method: str, path: str, *, json_body: Any = None,
+                params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+                url: str | None = None) -> requests.Response | None:
+        """Send one request; in record-only mode log it and return None."""
+        target = url or f"{(self.connection.base_url or '').rstrip('/')}{path}"
+        if self.record_only:
+            log.info("record-only %s: would call %s %s params=%s body=%s", self.connection.name,
+                     method, target, dict(params or {}),
+                     json.dumps(json_body, ensure_ascii=False, default=str))
+            if self.recorder:
+                self.recorder(method, target, json_body)
+            return None
+        if self.limiter:
+            self.limiter()
+        try:
+            resp = self.session.request(method, target, json=json_body, params=params,
+                                        headers={**self.auth_headers(), **(headers or {})},
+                                        timeout=self.timeout)
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise RetryableApiError(f"{method} {path}: {type(exc).__name__}") from None
+        self.check(resp, f"{method} {path}")
+        return resp
+
+    def auth_headers(self) -> dict[str, str]:
+        return {}
+
+    def check(self, resp: requests.Response, what: str) -> None:
+        """Raise RetryableApiError for 429/5xx, PermanentApiError for other 4xx."""
+        if resp.status_code < 400:
+            return
+        message = f"{what}: HTTP {resp.status_code}: {self.error_message(resp)}"
+        retry_after = _retry_after(resp)
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise RetryableApiError(message, status=resp.status_code, retry_after=retry_after)
+        raise PermanentApiError(message, status=resp.status_code)
+
+    def error_message(self, resp: requests.Response) -> str:
+        return resp.text[:300]
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None

@@ -1,0 +1,378 @@
+"""The rule engine: match an event against the rules and plan what to do. No I/O.
+
+`plan()` takes an event, the entity as it is now, the rule set and the moment, and returns
+a `Plan`: which rules matched and why, which did not and why not, the actions to run, the
+timers to set and the timers to cancel. The worker executes a plan; the dry run prints it.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timezone
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
+
+from marshmallow import ValidationError
+
+from connectors.base import Entity, Event
+from rules.calendar import Duration, WorkingCalendar, parse_duration
+from rules.conditions import check_all, describe, ref_matches
+from rules.templates import TemplateProblem, render_value
+
+DEFAULT_CALENDAR = WorkingCalendar.from_config({})
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """`on:`: which events a rule listens to."""
+
+    events: tuple[str, ...]
+    connections: tuple[str, ...] = ()
+    entity: str | None = None
+    filters: tuple[tuple[str, Any], ...] = ()     # stage, from_stage, pipeline, field, button, text, chat
+
+
+@dataclass(frozen=True)
+class Delay:
+    """`after:` / `at:` / `before:` / `every:`: when a rule acts, if not at once."""
+
+    kind: str                       # after | at | before | every
+    duration: Duration | None = None
+    field: str | None = None
+    at_time: time | None = None
+    until: tuple[dict, ...] = ()
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    verb: str
+    options: dict[str, Any]
+    line: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    name: str
+    file: str
+    line: int
+    trigger: Trigger
+    conditions: tuple[dict, ...] = ()
+    delay: Delay | None = None
+    guard: tuple[dict, ...] = ()
+    actions: tuple[ActionSpec, ...] = ()
+    calendar: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class RuleSet:
+    rules: list[Rule] = field(default_factory=list)
+    calendars: dict[str, WorkingCalendar] = field(default_factory=dict)
+    connection_calendars: dict[str, str] = field(default_factory=dict)
+
+    def calendar_for(self, rule: Rule, connection: str) -> WorkingCalendar:
+        name = rule.calendar or self.connection_calendars.get(connection)
+        return self.calendars.get(name, DEFAULT_CALENDAR) if name else DEFAULT_CALENDAR
+
+    def by_id(self, rule_id: str) -> Rule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    """One call to make: which connection's client, which method, which arguments."""
+
+    rule: str
+    rule_id: str
+    step: int
+    connection: str
+    method: str
+    args: dict[str, Any]
+    key: str                         # idempotency key: event id + rule + step
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.args.items())
+        return f"{self.connection}.{self.method}({args})"
+
+
+@dataclass(frozen=True)
+class PlannedTimer:
+    rule: str
+    rule_id: str
+    timer_id: str
+    fire_at: str                     # ISO 8601 with offset
+    entity: dict[str, str]
+    event: dict[str, Any]
+    occurrence: int = 0
+
+
+@dataclass
+class Plan:
+    matched: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    actions: list[PlannedAction] = field(default_factory=list)
+    timers: list[PlannedTimer] = field(default_factory=list)
+    cancels: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a rule module returns: one call, not yet numbered."""
+
+    method: str
+    args: dict[str, Any]
+    connection: str | None = None
+
+
+@dataclass
+class RuleContext:
+    """What a rule module sees while planning."""
+
+    event: Event
+    entity: dict[str, Any]
+    rule: Rule
+    now: datetime
+    calendar: WorkingCalendar
+    template: dict[str, Any]
+
+    @property
+    def entity_ref(self) -> dict[str, str]:
+        return {"type": self.event.entity.type, "id": self.event.entity.id}
+
+    def step(self, method: str, connection: str | None = None, **args: Any) -> Step:
+        return Step(method=method, args=args, connection=connection)
+
+    def moment(self, value: Any) -> datetime:
+        """A duration from now ("1 working day"), a date or datetime, or a unix timestamp."""
+        if isinstance(value, str) and value and not value[0].isdigit():
+            return parse_duration(value).apply(self.now, self.calendar)
+        return to_datetime(value, self.calendar, time(9, 0))
+
+
+Module = Any  # a rules/<verb>.py module: NAME, Options, plan(ctx, options) -> list[Step]
+
+
+def timer_id(rule: Rule, connection: str, entity: Entity | dict, occurrence: int = 0) -> str:
+    ent = entity if isinstance(entity, Entity) else Entity(entity["type"], entity["id"])
+    suffix = f":{occurrence}" if occurrence else ""
+    return f"timer:{rule.id}:{connection}:{ent}{suffix}"
+
+
+def rule_id(file: str, name: str) -> str:
+    return hashlib.sha1(f"{file}\0{name}".encode()).hexdigest()[:12]
+
+
+def template_context(event: Event, entity: dict[str, Any], rule: Rule, now: datetime) -> dict[str, Any]:
+    return {"event": {"kind": event.kind, "connection": event.connection, "source": event.source,
+                      "entity": {"type": event.entity.type, "id": event.entity.id},
+                      "data": event.data, "occurred_at": event.occurred_at, "id": event.id},
+            "entity": entity, "data": event.data, "now": now, "rule": rule.name,
+            "actor": event.data.get("from")}
+
+
+def match_trigger(trigger: Trigger, event: Event, entity: dict[str, Any]) -> str | None:
+    """None if the trigger matches, else the first reason it does not."""
+    if event.kind not in trigger.events:
+        return f"event is {event.kind}, rule listens to {', '.join(trigger.events)}"
+    if trigger.connections and event.connection not in trigger.connections:
+        return f"connection is {event.connection!r}, not {describe(list(trigger.connections))}"
+    if trigger.entity and event.entity.type != trigger.entity:
+        return f"entity is a {event.entity.type}, not a {trigger.entity}"
+    for name, wanted in trigger.filters:
+        reason = _FILTERS[name](wanted, event, entity)
+        if reason:
+            return reason
+    return None
+
+
+def _stage_filter(key: str, label: str) -> Callable[[Any, Event, dict], str | None]:
+    def check(wanted: Any, event: Event, entity: dict) -> str | None:
+        # the entity's fresh state has names; the event alone knows the previous stage
+        ref = entity.get(key) or event.data.get(key)
+        if ref_matches(ref, wanted):
+            return None
+        shown = (ref or {}).get("name") or (ref or {}).get("id") if isinstance(ref, dict) else None
+        return f"{label} is {shown!r}, not {describe(wanted)}"
+    return check
+
+
+def _field_filter(wanted: Any, event: Event, entity: dict) -> str | None:
+    changed = set((event.data.get("changed") or {}).keys()) | set((event.data.get("fields") or {}).keys())
+    names = wanted if isinstance(wanted, list) else [wanted]
+    return None if changed & set(names) else f"field {describe(wanted)} did not change"
+
+
+def _button_filter(wanted: Any, event: Event, entity: dict) -> str | None:
+    pressed = str(event.data.get("button", ""))
+    names = wanted if isinstance(wanted, list) else [wanted]
+    hit = any(pressed == str(n) or pressed.startswith(f"{n}:") for n in names)
+    return None if hit else f"button is {pressed!r}, not {describe(wanted)}"
+
+
+def _text_filter(wanted: Any, event: Event, entity: dict) -> str | None:
+    text = str(event.data.get("text", ""))
+    return None if re.search(str(wanted), text) else f"text does not match {wanted!r}"
+
+
+def _chat_filter(wanted: Any, event: Event, entity: dict) -> str | None:
+    chat = (event.data.get("chat") or {}).get("id")
+    names = [str(w) for w in (wanted if isinstance(wanted, list) else [wanted])]
+    return None if str(chat) in names else f"chat is {chat!r}, not {describe(wanted)}"
+
+
+_FILTERS = {"stage": _stage_filter("stage", "stage"),
+            "from_stage": _stage_filter("previous_stage", "previous stage"),
+            "pipeline": _stage_filter("pipeline", "pipeline"),
+            "field": _field_filter, "button": _button_filter, "text": _text_filter,
+            "chat": _chat_filter}
+TRIGGER_FILTERS = tuple(_FILTERS)
+
+
+def plan(event: Event, entity: dict[str, Any], ruleset: RuleSet, now: datetime,
+         modules: dict[str, Module]) -> Plan:
+    """Match one event against every rule: run what is due now, set or cancel timers."""
+    result = Plan()
+    for rule in ruleset.rules:
+        cal = ruleset.calendar_for(rule, event.connection)
+        ctx = RuleContext(event, entity, rule, now, cal, template_context(event, entity, rule, now))
+        reason = match_trigger(rule.trigger, event, entity) or check_all(list(rule.conditions), ctx.template)
+        if reason:
+            result.skipped.append((rule.name, reason))
+            _maybe_cancel(rule, ctx, result)
+            continue
+        if rule.delay is None:
+            result.matched.append((rule.name, "trigger and conditions hold"))
+            _plan_actions(rule, ctx, modules, result)
+            continue
+        _plan_timer(rule, ctx, result)
+    return result
+
+
+def plan_fired(timer: dict[str, Any], event: Event, entity: dict[str, Any], ruleset: RuleSet,
+               now: datetime, modules: dict[str, Module]) -> Plan:
+    """A timer fired: check its guard against fresh data, then plan its actions."""
+    result = Plan()
+    rule = ruleset.by_id(timer["rule_id"])
+    if rule is None:
+        result.skipped.append((timer["rule"], "the rule no longer exists in the rule files"))
+        return result
+    cal = ruleset.calendar_for(rule, event.connection)
+    ctx = RuleContext(event, entity, rule, now, cal, template_context(event, entity, rule, now))
+    reason = check_all(list(rule.guard), ctx.template)
+    if reason:
+        result.skipped.append((rule.name, f"guard no longer holds: {reason}"))
+        return result
+    result.matched.append((rule.name, f"timer fired ({timer['fire_at']}), guard holds"))
+    _plan_actions(rule, ctx, modules, result, occurrence=timer.get("occurrence", 0))
+    if rule.delay and rule.delay.kind == "every":
+        until = check_all(list(rule.delay.until), ctx.template) if rule.delay.until else "no stop condition"
+        if until:  # the stop condition does not hold yet: go again
+            _plan_timer(rule, ctx, result, occurrence=timer.get("occurrence", 0) + 1)
+    return result
+
+
+def _plan_actions(rule: Rule, ctx: RuleContext, modules: dict[str, Module], result: Plan,
+                  occurrence: int = 0) -> None:
+    suffix = f"#{occurrence}" if occurrence else ""
+    for number, spec in enumerate(rule.actions):
+        try:
+            module = modules[spec.verb]
+            options = module.Options().load(render_value(spec.options, ctx.template))
+            steps = module.plan(ctx, options)
+        except ValidationError as exc:
+            result.errors.append((rule.name, f"{rule.file}:{spec.line}: {spec.verb}: after rendering: {exc.messages}"))
+            continue
+        except (TemplateProblem, ValueError, KeyError, TypeError) as exc:
+            result.errors.append((rule.name, f"{rule.file}:{spec.line}: {spec.verb}: {exc}"))
+            continue
+        for sub, step in enumerate(steps):
+            index = f"{number}.{sub}" if len(steps) > 1 else str(number)
+            result.actions.append(PlannedAction(
+                rule=rule.name, rule_id=rule.id, step=number, connection=step.connection or ctx.event.connection,
+                method=step.method, args=step.args, key=f"{ctx.event.id}|{rule.id}{suffix}|{index}"))
+
+
+def _plan_timer(rule: Rule, ctx: RuleContext, result: Plan, occurrence: int = 0) -> None:
+    try:
+        fire_at = fire_time(rule.delay, ctx)
+    except (ValueError, TypeError) as exc:
+        result.skipped.append((rule.name, f"cannot compute when to fire: {exc}"))
+        return
+    if fire_at is None:
+        result.skipped.append((rule.name, f"field {rule.delay.field!r} is empty: nothing to wait for"))
+        _maybe_cancel(rule, ctx, result)
+        return
+    entity = ctx.entity_ref
+    tid = timer_id(rule, ctx.event.connection, entity, occurrence if rule.delay.kind != "every" else 0)
+    result.matched.append((rule.name, f"waits until {fire_at.isoformat()} ({describe_delay(rule.delay)})"))
+    result.timers.append(PlannedTimer(rule=rule.name, rule_id=rule.id, timer_id=tid,
+                                      fire_at=fire_at.isoformat(), entity=entity,
+                                      event=ctx.event.to_dict(), occurrence=occurrence))
+
+
+def _maybe_cancel(rule: Rule, ctx: RuleContext, result: Plan) -> None:
+    """A delayed rule's entity left the state the rule waits in: its timer goes."""
+    if rule.delay is None or not rule.guard:
+        return
+    if rule.trigger.connections and ctx.event.connection not in rule.trigger.connections:
+        return
+    if rule.trigger.entity and ctx.event.entity.type != rule.trigger.entity:
+        return
+    if ctx.event.kind in ("timer.fired",):
+        return
+    reason = check_all(list(rule.guard), ctx.template)
+    if reason:
+        result.cancels.append((timer_id(rule, ctx.event.connection, ctx.entity_ref), f"{rule.name}: {reason}"))
+
+
+def describe_delay(delay: Delay) -> str:
+    if delay.kind in ("after", "every") and delay.field is None:
+        return f"{delay.kind} {delay.duration}"
+    offset = f" {delay.duration}" if delay.duration else ""
+    return f"{delay.kind}{offset} field {delay.field!r}"
+
+
+def fire_time(delay: Delay, ctx: RuleContext) -> datetime | None:
+    """When a delayed rule fires for this event, in the rule's calendar."""
+    cal = ctx.calendar
+    if delay.field is None:
+        start = ctx.now
+        if delay.kind == "every" and delay.duration and delay.duration.working:
+            start = cal.next_working_moment(start)
+        return max(delay.duration.apply(start, cal, jitter=_jitter(ctx)), ctx.now)
+    value = (ctx.entity.get("fields") or {}).get(delay.field)
+    if value in (None, "", []):
+        return None
+    base = to_datetime(value, cal, delay.at_time or time(9, 0))
+    if delay.duration is not None:
+        sign = -1 if delay.kind == "before" else 1
+        base = delay.duration.apply(base, cal, sign=sign)
+    return max(base, ctx.now)
+
+
+def _jitter(ctx: RuleContext) -> float:
+    """A stable point in a range ("30-60 minutes"): the same event always plans the same time."""
+    digest = hashlib.sha1(f"{ctx.event.id}|{ctx.rule.id}".encode()).digest()
+    return digest[0] / 255
+
+
+def to_datetime(value: Any, cal: WorkingCalendar, default_time: time) -> datetime:
+    """A field's value (unix timestamp, ISO date or datetime) as an aware datetime."""
+    tz = ZoneInfo(cal.timezone)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=tz)
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
+        return datetime.fromtimestamp(float(value), timezone.utc).astimezone(tz)
+    text = str(value).strip()
+    if len(text) == 10:
+        d = date.fromisoformat(text) if "-" in text else datetime.strptime(text, "%d.%m.%Y").date()
+        return datetime.combine(d, default_time, tz)
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+

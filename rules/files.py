@@ -1,0 +1,290 @@
+"""Rule files: YAML with line marks → marshmallow → a RuleSet, or every error at once.
+
+Each error starts with `file:line:`, names the rule and the key, says what was expected
+and quotes what was found:
+
+    config/rules/agency.yaml:14: rule "Brief reminder" → do[1] → move_to_stage: expected a stage name or id, found ['Brief', 'Done']
+"""
+from __future__ import annotations
+
+from datetime import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from marshmallow import RAISE, Schema, ValidationError, fields
+
+from config.loader import ConfigError, ConfigErrors, line_of, load_yaml
+from connectors.base import EVENT_KINDS
+from rules.calendar import CalendarError, WorkingCalendar, parse_duration
+from rules.conditions import validate as condition_problem
+from rules.engine import ActionSpec, Delay, Rule, RuleSet, TRIGGER_FILTERS, Trigger, rule_id
+from rules.templates import TemplateProblem, check_expression, check_syntax
+
+DELAY_KEYS = ("after", "at", "before", "every")
+
+
+class RuleSchema(Schema):
+    """The keys of one rule; the values are checked in detail below."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True, metadata={"expected": "a rule name"})
+    description = fields.String(metadata={"expected": "a description"})
+    enabled = fields.Boolean(load_default=True, metadata={"expected": "true or false"})
+    on = fields.Raw(required=True, metadata={"expected": "an event kind or a mapping with 'event:'"})
+    if_ = fields.List(fields.Raw(), data_key="if", load_default=list, metadata={"expected": "a list of conditions"})
+    while_ = fields.List(fields.Raw(), data_key="while", load_default=list, metadata={"expected": "a list of conditions"})
+    after = fields.Raw(metadata={"expected": "a duration such as '3 working days', or {field, by}"})
+    at = fields.Raw(metadata={"expected": "{field: <date field>, time: 'HH:MM'}"})
+    before = fields.Raw(metadata={"expected": "{field: <date field>, by: <duration>}"})
+    every = fields.Raw(metadata={"expected": "{interval: <duration>, until: [conditions]}"})
+    calendar = fields.String(load_default=None, metadata={"expected": "a calendar name from connections.yaml"})
+    do = fields.List(fields.Raw(), required=True, metadata={"expected": "a list of actions"})
+
+
+class _Collector:
+    """Collects errors for one file, each stamped with the line of what it is about."""
+
+    def __init__(self, shown: str):
+        self.shown = shown
+        self.errors: list[ConfigError] = []
+
+    def add(self, node: Any, key: Any, crumb: str, message: str) -> None:
+        self.errors.append(ConfigError(self.shown, line_of(node, key, line_of(node, default=1)),
+                                       f"{crumb}{message}"))
+
+
+def load_rules(rules_dir: Path, modules: Mapping[str, Any], *, calendars: Mapping[str, Any] | None = None,
+               connections: Mapping[str, Any] | None = None, base: Path | None = None) -> RuleSet:
+    """Load every `*.yaml` in rules_dir (sorted by name); raise ConfigErrors listing all problems."""
+    errors: list[ConfigError] = []
+    ruleset = RuleSet()
+    for name, cfg in (calendars or {}).items():
+        try:
+            ruleset.calendars[name] = WorkingCalendar.from_config(cfg)
+        except CalendarError as exc:
+            errors.append(ConfigError("connections.yaml", line_of(cfg, default=1), f"calendar {name!r}: {exc}"))
+    for conn in (connections or {}).values():
+        if getattr(conn, "calendar", None):
+            ruleset.connection_calendars[conn.name] = conn.calendar
+    files = sorted(rules_dir.glob("*.yaml")) + sorted(rules_dir.glob("*.yml")) if rules_dir.is_dir() else []
+    seen: dict[str, str] = {}
+    for path in files:
+        shown = _shown(path, base)
+        try:
+            doc = load_yaml(path, shown)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        col = _Collector(shown)
+        for rule in _rules_of(doc, col, modules, ruleset, connections):
+            if rule.name in seen:
+                col.errors.append(ConfigError(shown, rule.line, f'rule "{rule.name}": the name is '
+                                              f"used twice (also at {seen[rule.name]})"))
+            seen[rule.name] = rule.where
+            ruleset.rules.append(rule)
+        errors.extend(col.errors)
+    if errors:
+        raise ConfigErrors(errors)
+    return ruleset
+
+
+def _shown(path: Path, base: Path | None) -> str:
+    try:
+        return str(path.relative_to(base)) if base else str(path)
+    except ValueError:
+        return str(path)
+
+
+def _rules_of(doc: Any, col: _Collector, modules, ruleset: RuleSet, connections) -> list[Rule]:
+    defaults: Mapping[str, Any] = {}
+    items = doc
+    if isinstance(doc, dict):
+        defaults = doc.get("defaults") or {}
+        items = doc.get("rules")
+        extra = sorted(set(doc) - {"defaults", "rules"})
+        if extra:
+            col.add(doc, extra[0], "", f"unknown key {extra[0]!r}; expected 'defaults:' and 'rules:'")
+    if doc is None:
+        return []
+    if not isinstance(items, list):
+        col.add(doc, "rules", "", f"expected a list of rules under 'rules:', found {items!r}")
+        return []
+    rules = []
+    for index, item in enumerate(items):
+        rule = _rule(item, index, items, defaults, col, modules, ruleset, connections)
+        if rule is not None:
+            rules.append(rule)
+    return rules
+
+
+def _rule(item: Any, index: int, parent: list, defaults: Mapping[str, Any], col: _Collector, modules,
+          ruleset: RuleSet, connections) -> Rule | None:
+    if not isinstance(item, dict):
+        col.add(parent, index, f"rules[{index}]: ", f"expected a rule (a mapping with name, on, do), found {item!r}")
+        return None
+    crumb = f'rule "{item.get("name", f"#{index + 1}")}" → '
+    before = len(col.errors)
+    try:
+        data = RuleSchema().load(item)
+    except ValidationError as exc:
+        _report(exc.messages, item, RuleSchema(), col, crumb)
+        return None
+    trigger = _trigger(item["on"], item, defaults, col, crumb, connections)
+    conditions = _conditions(item.get("if") or [], item, "if", col, crumb)
+    guard = _conditions(item.get("while") or [], item, "while", col, crumb)
+    delay = _delay(item, col, crumb)
+    calendar = data["calendar"] or defaults.get("calendar")
+    if calendar and calendar not in ruleset.calendars:
+        col.add(item, "calendar", crumb, f"calendar: no calendar {calendar!r} in connections.yaml")
+    actions = _actions(item["do"], col, crumb, modules)
+    if len(col.errors) > before or not data["enabled"]:
+        return None
+    return Rule(id=rule_id(col.shown, data["name"]), name=data["name"], file=col.shown,
+                line=line_of(parent, index), trigger=trigger, conditions=tuple(conditions),
+                delay=delay, guard=tuple(guard), actions=tuple(actions), calendar=calendar)
+
+
+def _report(messages: Any, node: Any, schema: Schema, col: _Collector, crumb: str, prefix: str = "") -> None:
+    """Turn marshmallow's messages into lines that quote what was found."""
+    by_key = {f.data_key or name: f for name, f in schema.fields.items()}
+    for key, problem in messages.items():
+        field = by_key.get(key)
+        if key == "_schema" or field is None and problem == ["Unknown field."]:
+            known = ", ".join(sorted(by_key))
+            col.add(node, key, crumb, f"{prefix}unknown key {key!r}; expected one of: {known}")
+            continue
+        found = node.get(key, None) if isinstance(node, dict) else None
+        if isinstance(problem, list) and "Missing data for required field." in problem:
+            col.add(node, None, crumb, f"{prefix}{key}: required; expected {field.metadata.get('expected', key)}")
+            continue
+        expected = field.metadata.get("expected", key) if field else key
+        col.add(node, key, crumb, f"{prefix}{key}: expected {expected}, found {found!r}")
+
+
+def _trigger(on: Any, item: dict, defaults: Mapping[str, Any], col: _Collector, crumb: str,
+             connections) -> Trigger:
+    spec = {"event": on} if isinstance(on, (str, list)) else on
+    if not isinstance(spec, dict):
+        col.add(item, "on", crumb, f"on: expected an event kind or a mapping with 'event:', found {on!r}")
+        return Trigger(events=())
+    events = spec.get("event")
+    events = events if isinstance(events, list) else [events]
+    for kind in events:
+        if kind not in EVENT_KINDS:
+            col.add(spec if isinstance(spec, dict) and hasattr(spec, "lines") else item,
+                    "event" if hasattr(spec, "lines") else "on", crumb,
+                    f"on: unknown event kind {kind!r}; expected one of: {', '.join(EVENT_KINDS)}")
+    conns = spec.get("connection", defaults.get("connection"))
+    conns = [] if conns is None else (conns if isinstance(conns, list) else [conns])
+    for conn in conns:
+        if connections is not None and conn not in connections:
+            col.add(spec if hasattr(spec, "lines") else item, "connection", crumb,
+                    f"on → connection: no connection {conn!r} in connections.yaml")
+    known = {"event", "connection", "entity", *TRIGGER_FILTERS}
+    for key in spec:
+        if key not in known:
+            col.add(spec, key, crumb, f"on: unknown key {key!r}; expected one of: {', '.join(sorted(known))}")
+    filters = tuple((k, spec[k]) for k in TRIGGER_FILTERS if k in spec)
+    return Trigger(events=tuple(str(e) for e in events), connections=tuple(conns),
+                   entity=spec.get("entity"), filters=filters)
+
+
+def _conditions(items: list, item: dict, key: str, col: _Collector, crumb: str) -> list[dict]:
+    result = []
+    for i, cond in enumerate(items):
+        problem = condition_problem(cond)
+        if problem is None and isinstance(cond, dict) and "expr" in cond:
+            try:
+                check_expression(str(cond["expr"]))
+            except TemplateProblem as exc:
+                problem = str(exc)
+        if problem:
+            col.add(items, i, crumb, f"{key}[{i}]: {problem}")
+        else:
+            result.append(dict(cond))
+    return result
+
+
+def _delay(item: dict, col: _Collector, crumb: str) -> Delay | None:
+    given = [k for k in DELAY_KEYS if k in item]
+    if not given:
+        return None
+    if len(given) > 1:
+        col.add(item, given[1], crumb, f"{given[1]}: a rule waits one way; found both {given[0]!r} and {given[1]!r}")
+        return None
+    kind, value = given[0], item[given[0]]
+    try:
+        if kind == "after" and isinstance(value, str):
+            return Delay("after", duration=parse_duration(value))
+        if kind == "every":
+            spec = value if isinstance(value, dict) else {"interval": value}
+            until = spec.get("until") or []
+            for i, cond in enumerate(until):
+                problem = condition_problem(cond)
+                if problem:
+                    col.add(until, i, crumb, f"every → until[{i}]: {problem}")
+            return Delay("every", duration=parse_duration(str(spec.get("interval"))),
+                         until=tuple(dict(c) for c in until))
+        if not isinstance(value, dict) or not value.get("field"):
+            raise CalendarError(f"expected {{field: <date field>{', by: <duration>' if kind != 'at' else ''}}}, found {value!r}")
+        by = value.get("by") or value.get("offset")
+        at_time = value.get("time")
+        return Delay(kind, field=str(value["field"]), duration=parse_duration(str(by)) if by else None,
+                     at_time=_clock(at_time) if at_time else None)
+    except (CalendarError, ValueError) as exc:
+        col.add(item, kind, crumb, f"{kind}: {exc}")
+        return None
+
+
+def _clock(value: Any) -> time:
+    try:
+        hours, minutes = str(value).split(":")
+        return time(int(hours), int(minutes))
+    except ValueError:
+        raise ValueError(f"expected a time of day such as '09:30', found {value!r}") from None
+
+
+def _actions(items: list, col: _Collector, crumb: str, modules: Mapping[str, Any]) -> list[ActionSpec]:
+    result = []
+    for i, action in enumerate(items):
+        where = f"do[{i}]"
+        if not isinstance(action, dict) or len(action) != 1:
+            col.add(items, i, crumb, f"{where}: expected one action such as {{create_task: …}}, found {action!r}")
+            continue
+        verb, options = next(iter(action.items()))
+        module = modules.get(verb)
+        if module is None:
+            col.add(items, i, crumb, f"{where}: unknown action {verb!r}; expected one of: {', '.join(sorted(modules))}")
+            continue
+        if not isinstance(options, dict):
+            shorthand = getattr(module, "SHORTHAND", None)
+            if shorthand is None:
+                col.add(items, i, crumb, f"{where} → {verb}: expected a mapping of options, found {options!r}")
+                continue
+            options = {shorthand: options}
+        before = len(col.errors)
+        try:
+            module.Options(unknown=RAISE).load(options)
+        except ValidationError as exc:
+            node = action[verb] if isinstance(action[verb], dict) else action
+            _report(exc.messages, options, module.Options(), col, crumb, f"{where} → {verb} → ")
+            _restamp(col, before, node, items, i)
+            continue
+        try:
+            check_syntax(options)
+        except TemplateProblem as exc:
+            col.add(items, i, crumb, f"{where} → {verb}: {exc}")
+            continue
+        result.append(ActionSpec(verb=verb, options={k: v for k, v in options.items()},
+                                 line=line_of(items, i)))
+    return result
+
+
+def _restamp(col: _Collector, before: int, node: Any, items: list, i: int) -> None:
+    """Errors inside shorthand options have no lines of their own: use the action's line."""
+    for n in range(before, len(col.errors)):
+        if col.errors[n].line <= 1:
+            col.errors[n] = ConfigError(col.shown, line_of(items, i), col.errors[n].message)
+

@@ -1,0 +1,21 @@
+"""Write fields of the event's entity, by name as the CRM shows them (or id).
+
+    do:
+      - set_fields:
+          "Payment date": "{{ now.date().isoformat() }}"
+          "Closing documents received": true
+"""
+from marshmallow import Schema, fields
+
+NAME = "set_fields"
+SHORTHAND = "fields"
+
+
+class Options(Schema):
+    fields = fields.Dict(keys=fields.String(), required=True,
+                         metadata={"expected": "a mapping of field name to value"})
+    connection = fields.String(load_default=None, metadata={"expected": "a CRM connection name"})
+
+
+def plan(ctx, options: dict) -> list:
+    return [ctx.step("set_fields", options["connection"], entity=ctx.entity_ref, fields=options["fields"])]

@@ -1,0 +1,95 @@
+"""The loaded service: settings, connections, rules, the store, the queue and the clients.
+
+The web process and each worker build one `Runtime` at start. Building it validates the
+whole configuration, so a broken rule file stops the service before it takes any traffic.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from redis import Redis
+
+from config.connections import Connections, load_connections
+from config.loader import ConfigError, ConfigErrors
+from config.settings import Settings
+from connectors import CONNECTORS
+from connectors.base import BaseClient
+from queueing import InProcessBackend, Keys, RQBackend
+from rules import MODULES
+from rules.engine import RuleSet
+from rules.files import load_rules
+
+log = logging.getLogger("crmbridge")
+
+NOT_DURABLE = ("REDIS_URL is not set: crmbridge runs web and worker in one process on an "
+               "in-process store. Queued work and pending timers will NOT survive a restart. "
+               "Set REDIS_URL for anything but a first look.")
+
+
+def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
+    """connections.yaml and rules/*.yaml from the configuration directory, checked together."""
+    base = settings.config_dir
+    path = base / "connections.yaml"
+    if not path.exists():
+        raise ConfigErrors([ConfigError(str(path), 0, "no connections.yaml in the configuration "
+                                        f"directory {str(base)!r} (set CRMBRIDGE_CONFIG)")])
+    errors: list[ConfigError] = []
+    connections = Connections()
+    try:
+        connections = load_connections(path, settings.environ, shown_as=str(path))
+    except ConfigErrors as exc:
+        errors.extend(exc.errors)
+    try:
+        ruleset = load_rules(base / "rules", MODULES, calendars=connections.calendars,
+                             connections=connections.connections or None, base=None)
+    except ConfigErrors as exc:
+        errors.extend(exc.errors)
+    if errors:
+        raise ConfigErrors(errors)
+    return connections, ruleset
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    connections: Connections
+    ruleset: RuleSet
+    store: Redis
+    keys: Keys
+    backend: Any
+    clients: dict[str, BaseClient] = field(default_factory=dict)
+    recorder: Callable[[str, str, Any], None] | None = None
+
+    @classmethod
+    def create(cls, settings: Settings, *, handle_event=None, fire_timer=None, on_failure=None) -> "Runtime":
+        connections, ruleset = load_configuration(settings)
+        for warning in connections.warnings:
+            log.warning(warning)
+        keys = Keys(settings.redis_prefix)
+        if settings.redis_url:
+            store = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                   health_check_interval=30)
+            backend: Any = RQBackend(store, keys, settings.queue_name, job_retries=settings.job_retries)
+        else:
+            import fakeredis  # the embedded store: Redis semantics, in this process only
+            log.warning(NOT_DURABLE)
+            store = fakeredis.FakeRedis()
+            backend = InProcessBackend(store, keys, handle_event, fire_timer, on_failure)
+        return cls(settings, connections, ruleset, store, keys, backend)
+
+    def client(self, name: str) -> BaseClient:
+        """The API client of a connection, made once per process."""
+        if name not in self.clients:
+            conn = self.connections.connections[name]
+            client = CONNECTORS[conn.type].Client(conn, store=self.store, recorder=self.recorder,
+                                                  key_prefix=self.keys.prefix)
+            self.clients[name] = client
+        return self.clients[name]
+
+
+def configure_logging() -> None:
+    level = os.environ.get("CRMBRIDGE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

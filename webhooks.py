@@ -1,0 +1,114 @@
+"""The door: one view, POST /hooks/<connection>, that authenticates, parses, dedupes,
+enqueues and answers. Nothing slow happens here; the worker does the rest.
+
+`python webhooks.py` serves it on 127.0.0.1:8000 (PORT, HOST); without REDIS_URL the same
+process also runs the worker on an in-process store.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from flask import Flask, jsonify, request
+from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException
+
+import worker
+from config.loader import ConfigErrors
+from config.settings import Settings
+from connectors import CONNECTORS
+from connectors.base import Event, RawWebhook, UnsupportedMediaType, WebhookError
+from runtime import Runtime, configure_logging
+
+log = logging.getLogger("crmbridge.web")
+
+
+def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | None = None) -> Flask:
+    """Load and check the whole configuration, then build the app (ConfigErrors if invalid)."""
+    settings = settings or Settings.from_env(**(overrides or {}))
+    rt = Runtime.create(settings, handle_event=worker.handle_event, fire_timer=worker.fire_timer,
+                        on_failure=worker.on_embedded_failure)
+    worker.install(rt)
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, TESTING=settings.testing)
+    app.extensions["crmbridge"] = rt
+
+    @app.post("/hooks/<name>")
+    def receive(name: str):
+        conn = rt.connections.connections.get(name)
+        if conn is None:
+            return _error(404, f"unknown connection {name!r}")
+        connector = CONNECTORS[conn.type]
+        if request.content_length is not None and request.content_length > settings.max_body_bytes:
+            return _error(413, f"body over {settings.max_body_bytes} bytes")
+        raw = RawWebhook(headers=request.headers, content_type=request.mimetype,
+                         body=request.get_data(cache=False), query=request.args.to_dict())
+        try:
+            connector.verify(raw, conn)
+            if raw.content_type not in connector.CONTENT_TYPES:
+                raise UnsupportedMediaType(f"content type {raw.content_type or 'missing'!r}; "
+                                           f"expected {', '.join(connector.CONTENT_TYPES)}")
+            events = connector.parse(raw, conn)
+        except WebhookError as exc:
+            return _error(exc.status, str(exc))
+        try:
+            accepted, duplicates = intake(rt, events)
+        except RedisError as exc:
+            log.error("webhook %s not stored: %s", name, exc)
+            return _error(503, "queue unavailable; retry later")
+        return jsonify(accepted=accepted, duplicates=duplicates)
+
+    @app.get("/healthz")
+    def healthz():
+        try:
+            rt.store.ping()
+        except RedisError as exc:
+            return jsonify(redis="down", error=str(exc)), 503
+        return jsonify(redis="ok", durable=rt.backend.durable)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    return app
+
+
+def intake(rt: Runtime, events: list[Event]) -> tuple[int, int]:
+    """Drop events already seen; queue the rest. The seen-mark is undone if queueing fails."""
+    accepted = duplicates = 0
+    for event in events:
+        seen = rt.keys("seen", event.id)
+        if not rt.store.set(seen, 1, nx=True, ex=event.dedupe_window or rt.settings.dedupe_ttl):
+            duplicates += 1
+            continue
+        try:
+            rt.backend.enqueue_event(event.to_dict())
+        except Exception:
+            rt.store.delete(seen)
+            raise
+        accepted += 1
+    return accepted, duplicates
+
+
+def _error(status: int, reason: str):
+    return jsonify(error=reason.splitlines()[0][:300] if reason else "error"), status
+
+
+def main() -> int:
+    """Serve on HOST:PORT; the embedded default when REDIS_URL is not set."""
+    configure_logging()
+    try:
+        app = create_app()
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    host, port = os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8000"))
+    log.info("crmbridge listening on http://%s:%s/hooks/<connection>", host, port)
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

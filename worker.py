@@ -1,0 +1,221 @@
+"""The back room: handle one event (enrich, match, plan, act, record) and fire timers.
+
+`python worker.py` starts an RQ worker with its scheduler on REDIS_URL. Jobs call
+`handle_event(event)` and `fire_timer(timer)`; both are safe to run again after a crash,
+because every completed action step is recorded under its idempotency key first.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from connectors.base import ApiError, Entity, Event, PermanentApiError, RetryableApiError
+from rules import MODULES
+from rules.engine import Plan, PlannedAction, plan, plan_fired
+from runtime import Runtime, configure_logging
+from config.settings import Settings
+
+log = logging.getLogger("crmbridge.worker")
+
+_runtime: Runtime | None = None
+clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)  # tests replace it
+CRM_ENTITIES = {"lead", "deal", "contact", "company", "task", "customer"}
+
+
+def install(runtime: Runtime) -> None:
+    """Use this runtime in this process (the embedded default, tests)."""
+    global _runtime
+    _runtime = runtime
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime.create(Settings.from_env())
+    return _runtime
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
+    """One event: enrich it, plan the rules, cancel/set timers, run the actions, record it all."""
+    rt = runtime()
+    event = Event.from_dict(payload)
+    entity = snapshot(rt, event)
+    result = plan(event, entity, rt.ruleset, clock(), MODULES)
+    for timer_id, reason in result.cancels:
+        if rt.backend.cancel(timer_id):
+            audit(rt, event, "timer.cancelled", timer=timer_id, reason=reason)
+    for timer in result.timers:
+        rt.backend.schedule(timer_as_dict(timer))
+        audit(rt, event, "timer.set", timer=timer.timer_id, rule=timer.rule, fire_at=timer.fire_at)
+    return run_plan(rt, event, result)
+
+
+def fire_timer(timer: dict[str, Any]) -> dict[str, Any]:
+    """A timer is due: if it is still the current one, check its guard on fresh data and act."""
+    rt = runtime()
+    current = rt.backend.timers.get(timer["timer_id"])
+    event = Event.from_dict(timer["event"])
+    if current is None or current["fire_at"] != timer["fire_at"]:
+        # replaced, moved or cancelled since this job was scheduled (or fired twice by two schedulers)
+        audit(rt, event, "timer.stale", timer=timer["timer_id"])
+        return {"stale": True}
+    entity = snapshot(rt, event)
+    result = plan_fired(timer, event, entity, rt.ruleset, clock(), MODULES)
+    fired = Event(**{**event.__dict__, "id": f"{event.id}|{timer['timer_id']}@{timer['fire_at']}"})
+    outcome = run_plan(rt, fired, result)
+    if not result.timers:
+        rt.backend.timers.remove(timer["timer_id"])
+    for nxt in result.timers:
+        rt.backend.schedule(timer_as_dict(nxt))
+    return outcome
+
+
+def timer_as_dict(timer: Any) -> dict[str, Any]:
+    return dict(timer.__dict__)
+
+
+def snapshot(rt: Runtime, event: Event) -> dict[str, Any]:
+    """The entity as it is now: the webhook's data, overlaid with a fresh read from the CRM."""
+    data = dict(event.data)
+    entity: dict[str, Any] = {"type": event.entity.type, "id": event.entity.id}
+    if event.connection not in rt.connections.connections:
+        return {**data, **entity}
+    client = rt.client(event.connection)
+    fresh = None
+    if event.entity.type in CRM_ENTITIES and hasattr(client, "get_entity"):
+        try:
+            fresh = client.get_entity(event.entity)
+        except PermanentApiError as exc:  # deleted, or no access: the webhook's data must do
+            audit(rt, event, "enrich.failed", error=str(exc))
+    if hasattr(client, "name_refs"):
+        data = client.name_refs(json.loads(json.dumps(data)))
+    return {**data, **(fresh or {}), **entity}
+
+
+def run_plan(rt: Runtime, event: Event, result: Plan) -> dict[str, Any]:
+    for rule, reason in result.matched:
+        audit(rt, event, "rule.matched", rule=rule, reason=reason)
+    for rule, message in result.errors:
+        log.error("event %s rule %r: %s", event.id, rule, message)
+        audit(rt, event, "rule.error", rule=rule, error=message)
+    done = 0
+    for action in result.actions:
+        if execute(rt, event, action):
+            done += 1
+    return {"actions": len(result.actions), "done": done, "errors": len(result.errors)}
+
+
+def execute(rt: Runtime, event: Event, action: PlannedAction) -> bool:
+    """Run one planned action once: skipped if its idempotency key is already recorded."""
+    done_key = rt.keys("done", action.key)
+    if rt.store.exists(done_key):
+        audit(rt, event, "action.skipped", rule=action.rule, action=action.describe(), reason="already done")
+        return False
+    client = rt.client(action.connection)
+    args = {k: Entity(v["type"], str(v["id"])) if k == "entity" else v for k, v in action.args.items()}
+    method = getattr(client, action.method, None)
+    if method is None:
+        raise PermanentApiError(f"connection {action.connection!r} cannot {action.method}")
+    result = with_retries(rt, lambda: method(**args))
+    rt.store.set(done_key, json.dumps(result, default=str), ex=rt.settings.done_ttl)
+    audit(rt, event, "action.done", rule=action.rule, action=action.describe(), result=result)
+    return True
+
+
+def _wait(state: RetryCallState) -> float:
+    """Exponential backoff with full jitter, never shorter than the vendor's Retry-After."""
+    exc = state.outcome.exception() if state.outcome else None
+    base = min(30.0, 0.5 * 2 ** (state.attempt_number - 1))
+    wait = random.uniform(base / 2, base)
+    retry_after = getattr(exc, "retry_after", None)
+    return max(wait, float(retry_after)) if retry_after else wait
+
+
+def with_retries(rt: Runtime, call: Callable[[], Any]) -> Any:
+    retrying = Retrying(retry=retry_if_exception_type(RetryableApiError), wait=_wait, reraise=True,
+                        stop=stop_after_attempt(rt.settings.action_attempts))
+    return retrying(call)
+
+
+# --- record ---------------------------------------------------------------------------------
+
+def audit(rt: Runtime, event: Event, what: str, **details: Any) -> None:
+    """One line of the audit trail: to the log, and to a capped Redis stream."""
+    entry = {"at": clock().isoformat(), "event": event.id, "kind": event.kind,
+             "entity": str(event.entity), "what": what, **details}
+    text = json.dumps(entry, ensure_ascii=False, default=str)
+    log.info("%s", text)
+    rt.store.xadd(rt.keys("audit"), {"entry": text}, maxlen=rt.settings.audit_max, approximate=True)
+
+
+def dead_letter(rt: Runtime, job_name: str, payload: dict[str, Any], error: str) -> str:
+    """Keep a job that gave up, with its event and error, so that it can be replayed."""
+    key = payload.get("timer_id") or payload.get("id") or "unknown"
+    entry = {"job": job_name, "payload": payload, "error": error[-2000:], "at": clock().isoformat()}
+    rt.store.hset(rt.keys("dead"), key, json.dumps(entry, ensure_ascii=False, default=str))
+    log.error("dead letter %s (%s): %s", key, job_name, error.splitlines()[-1] if error else "")
+    return key
+
+
+def on_job_failed(job, connection, exc_type, exc_value, tb) -> None:
+    """RQ failure callback: dead-letter the job once it has no retries left."""
+    if job.retries_left:
+        return
+    name = "worker.fire_timer" if job.func_name.endswith("fire_timer") else "worker.handle_event"
+    dead_letter(runtime(), name, job.args[0], f"{exc_type.__name__}: {exc_value}")
+
+
+def on_embedded_failure(name: str, payload: dict[str, Any], exc: Exception) -> None:
+    dead_letter(runtime(), name, payload, f"{type(exc).__name__}: {exc}")
+
+
+def replay(rt: Runtime, key: str) -> bool:
+    """Put a dead letter back on the queue (completed steps are still skipped)."""
+    raw = rt.store.hget(rt.keys("dead"), key)
+    if raw is None:
+        return False
+    entry = json.loads(raw)
+    if entry["job"].endswith("fire_timer"):
+        rt.backend.schedule({**entry["payload"], "fire_at": clock().isoformat()})
+    else:
+        rt.backend.enqueue_event(entry["payload"])
+    rt.store.hdel(rt.keys("dead"), key)
+    return True
+
+
+# --- the RQ worker process -----------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """Start an RQ worker (non-forking, with the scheduler) on REDIS_URL."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    configure_logging()
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        print("worker.py needs REDIS_URL; without it, `python webhooks.py` runs web and worker "
+              "in one process.", file=sys.stderr)
+        return 2
+    import worker as this  # jobs name "worker.…": share that module's runtime, not __main__'s
+    rt = this.runtime()
+    # SimpleWorker runs jobs in this process: no fork per job, so clients and metadata caches
+    # live across jobs. A worker killed mid-job leaves its job to the maintenance pass of
+    # another worker, every maintenance_interval seconds.
+    worker = SimpleWorker([rt.backend.queue], connection=rt.store, serializer=JSONSerializer,
+                          maintenance_interval=settings.maintenance_interval)
+    worker.work(with_scheduler=True, burst="--burst" in (argv or sys.argv[1:]),
+                logging_level=os.environ.get("CRMBRIDGE_LOG_LEVEL", "INFO").upper())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
