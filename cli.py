@@ -49,7 +49,7 @@ def validate(settings: Settings) -> None:
     connections, ruleset = _load(settings)
     for warning in connections.warnings:
         click.echo(f"warning: {warning}")
-    click.echo(f"ok: {len(connections.connections)} connections, {len(ruleset.rules)} rules "
+    click.echo(f"ok: {len(connections.connections)} connection(s), {len(ruleset.rules)} rule(s) "
                f"in {settings.config_dir}")
 
 

@@ -107,11 +107,17 @@ def run_plan(rt: Runtime, event: Event, result: Plan) -> dict[str, Any]:
     for rule, message in result.errors:
         log.error("event %s rule %r: %s", event.id, rule, message)
         audit(rt, event, "rule.error", rule=rule, error=message)
-    done = 0
+    done = failed = 0
     for action in result.actions:
-        if execute(rt, event, action):
-            done += 1
-    return {"actions": len(result.actions), "done": done, "errors": len(result.errors)}
+        try:
+            done += execute(rt, event, action)
+        except PermanentApiError as exc:
+            # retrying will not help: keep the step for a replay once the cause is fixed,
+            # and go on with the other steps
+            failed += 1
+            audit(rt, event, "action.failed", rule=action.rule, action=action.describe(), error=str(exc))
+            dead_letter(rt, "worker.handle_event", event.to_dict(), f"{action.describe()}: {exc}", key=action.key)
+    return {"actions": len(result.actions), "done": done, "failed": failed, "errors": len(result.errors)}
 
 
 def execute(rt: Runtime, event: Event, action: PlannedAction) -> bool:
@@ -157,9 +163,10 @@ def audit(rt: Runtime, event: Event, what: str, **details: Any) -> None:
     rt.store.xadd(rt.keys("audit"), {"entry": text}, maxlen=rt.settings.audit_max, approximate=True)
 
 
-def dead_letter(rt: Runtime, job_name: str, payload: dict[str, Any], error: str) -> str:
-    """Keep a job that gave up, with its event and error, so that it can be replayed."""
-    key = payload.get("timer_id") or payload.get("id") or "unknown"
+def dead_letter(rt: Runtime, job_name: str, payload: dict[str, Any], error: str,
+                key: str | None = None) -> str:
+    """Keep a job (or one step of it) that gave up, with its event and error, for a replay."""
+    key = key or payload.get("timer_id") or payload.get("id") or "unknown"
     entry = {"job": job_name, "payload": payload, "error": error[-2000:], "at": clock().isoformat()}
     rt.store.hset(rt.keys("dead"), key, json.dumps(entry, ensure_ascii=False, default=str))
     log.error("dead letter %s (%s): %s", key, job_name, error.splitlines()[-1] if error else "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -39,6 +40,7 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
     payload = parse_json(raw.body)
     if not isinstance(payload, dict) or not isinstance(payload.get("update_id"), int):
         raise BadPayload("not a Telegram Update (expected an object with an integer update_id)")
+    _fill_is_bot(payload)
     try:
         update = Update.de_json(payload, bot=None)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -50,6 +52,18 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
         if message is not None:
             return [_message_event(update, message, kind, connection, payload)]
     return []
+
+
+def _fill_is_bot(payload: dict[str, Any]) -> None:
+    """Telegram's own sample updates (core.telegram.org/bots/webhooks) predate `is_bot`, which
+    python-telegram-bot requires; a sender without it is a person."""
+    for key in ("message", "edited_message", "callback_query"):
+        part = payload.get(key)
+        if isinstance(part, dict):
+            for holder in (part, part.get("message") if isinstance(part.get("message"), dict) else {}):
+                user = holder.get("from")
+                if isinstance(user, dict):
+                    user.setdefault("is_bot", False)
 
 
 def _person(user: Any) -> dict[str, Any] | None:
@@ -144,7 +158,9 @@ class Client(BaseClient):
         try:
             return self._loop.run_until_complete(getattr(bot, method)(**params))
         except tg_error.RetryAfter as exc:
-            wait = exc.retry_after
+            with warnings.catch_warnings():  # PTB 22 warns that the type will become timedelta
+                warnings.simplefilter("ignore")
+                wait = exc.retry_after
             seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
             raise RetryableApiError(f"{method}: {exc.message}", status=429, retry_after=seconds) from None
         except (tg_error.TimedOut, tg_error.NetworkError) as exc:

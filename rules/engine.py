@@ -150,7 +150,7 @@ class RuleContext:
 
     def moment(self, value: Any) -> datetime:
         """A duration from now ("1 working day"), a date or datetime, or a unix timestamp."""
-        if isinstance(value, str) and value and not value[0].isdigit():
+        if isinstance(value, str) and re.search(r"[a-z]", value.replace("T", "")):
             return parse_duration(value).apply(self.now, self.calendar)
         return to_datetime(value, self.calendar, time(9, 0))
 

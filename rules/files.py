@@ -246,8 +246,22 @@ def _clock(value: Any) -> time:
         raise ValueError(f"expected a time of day such as '09:30', found {value!r}") from None
 
 
+def _templates_compile(options: dict, node: Any, items: list, i: int, col: _Collector, crumb: str) -> bool:
+    ok = True
+    for key, value in options.items():
+        try:
+            check_syntax(value)
+        except TemplateProblem as exc:
+            where = node if isinstance(node, dict) else items
+            col.add(where, key if isinstance(node, dict) else i, crumb, f" → {key}: {exc}")
+            ok = False
+    return ok
+
+
 def _actions(items: list, col: _Collector, crumb: str, modules: Mapping[str, Any]) -> list[ActionSpec]:
     result = []
+    if not items:
+        col.add(items, None, crumb, "do: expected at least one action, found none")
     for i, action in enumerate(items):
         where = f"do[{i}]"
         if not isinstance(action, dict) or len(action) != 1:
@@ -272,10 +286,7 @@ def _actions(items: list, col: _Collector, crumb: str, modules: Mapping[str, Any
             _report(exc.messages, options, module.Options(), col, crumb, f"{where} → {verb} → ")
             _restamp(col, before, node, items, i)
             continue
-        try:
-            check_syntax(options)
-        except TemplateProblem as exc:
-            col.add(items, i, crumb, f"{where} → {verb}: {exc}")
+        if not _templates_compile(options, action[verb], items, i, col, f"{crumb}{where} → {verb}"):
             continue
         result.append(ActionSpec(verb=verb, options={k: v for k, v in options.items()},
                                  line=line_of(items, i)))

@@ -5,16 +5,16 @@
           "Payment date": "{{ now.date().isoformat() }}"
           "Closing documents received": true
 """
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields as f
 
 NAME = "set_fields"
 SHORTHAND = "fields"
 
 
 class Options(Schema):
-    fields = fields.Dict(keys=fields.String(), required=True,
+    fields = f.Dict(keys=f.String(), required=True,
                          metadata={"expected": "a mapping of field name to value"})
-    connection = fields.String(load_default=None, metadata={"expected": "a CRM connection name"})
+    connection = f.String(load_default=None, metadata={"expected": "a CRM connection name"})
 
 
 def plan(ctx, options: dict) -> list:

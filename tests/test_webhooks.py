@@ -1,0 +1,96 @@
+"""The receiver: status codes for every kind of caller and body, and nothing queued when refused."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from config.settings import Settings
+from tests.conftest import TEST_REDIS_URL, payload
+
+FORM = "application/x-www-form-urlencoded"
+AMO = "/hooks/quickstart-amo?token=amo-secret"
+TG_HEADERS = {"X-Telegram-Bot-Api-Secret-Token": "tg-secret"}
+
+
+def queued(runtime) -> int:
+    return runtime.backend.queue.count
+
+
+def test_amocrm_webhook_is_queued_once(client, runtime):
+    body = payload("amocrm/lead_status_changed_full.form")
+    first = client.post(AMO, data=body, content_type=FORM)
+    assert (first.status_code, first.json) == (200, {"accepted": 1, "duplicates": 0})
+    again = client.post(AMO, data=body, content_type=FORM)
+    assert (again.status_code, again.json) == (200, {"accepted": 0, "duplicates": 1})
+    assert queued(runtime) == 1
+
+
+def test_telegram_update_is_queued(client, runtime):
+    resp = client.post("/hooks/quickstart-bot", data=payload("telegram/callback_query.json"),
+                       content_type="application/json", headers=TG_HEADERS)
+    assert (resp.status_code, resp.json) == (200, {"accepted": 1, "duplicates": 0})
+    assert queued(runtime) == 1
+
+
+BAD = [
+    pytest.param("POST", "/hooks/nobody?token=amo-secret", b"x", FORM, {}, 404, "unknown connection 'nobody'", id="unknown-connection"),
+    pytest.param("POST", "/hooks/quickstart-amo", payload("amocrm/lead_added.form"), FORM, {}, 401,
+                 "missing or wrong token in the webhook URL", id="amo-no-token"),
+    pytest.param("POST", "/hooks/quickstart-amo?token=wrong", payload("amocrm/lead_added.form"), FORM, {}, 401,
+                 "missing or wrong token in the webhook URL", id="amo-wrong-token"),
+    pytest.param("POST", "/hooks/quickstart-bot", payload("telegram/callback_query.json"), "application/json",
+                 {}, 401, "missing or wrong X-Telegram-Bot-Api-Secret-Token header", id="tg-no-secret"),
+    pytest.param("GET", AMO, None, None, {}, 405, "The method is not allowed for the requested URL.", id="wrong-method"),
+    pytest.param("POST", AMO, b'{"a": 1}', "application/json", {}, 415,
+                 f"content type 'application/json'; expected {FORM}", id="amo-json"),
+    pytest.param("POST", AMO, b"leads", None, {}, 415, f"content type 'missing'; expected {FORM}", id="no-content-type"),
+    pytest.param("POST", AMO, b"account[subdomain]=x", FORM, {}, 400,
+                 "no amoCRM entity found (expected keys like leads[status][0][id])", id="amo-no-entity"),
+    pytest.param("POST", AMO, b"\xff\xfe\xfd", FORM, {}, 400, "body is not UTF-8 (byte 0)", id="amo-bad-utf8"),
+    pytest.param("POST", AMO, "&".join(f"k{i}=v" for i in range(6000)).encode(), FORM, {}, 400,
+                 "more than 5000 form fields", id="amo-many-keys"),
+    pytest.param("POST", "/hooks/quickstart-bot", b'{"update_id": 1, "message": {"chat": 5}}', "application/json",
+                 TG_HEADERS, 400, None, id="tg-wrong-types"),
+    pytest.param("POST", "/hooks/quickstart-bot", b"[" * 50000, "application/json", TG_HEADERS, 400,
+                 "JSON nested deeper than 32", id="tg-deep-json"),
+    pytest.param("POST", "/hooks/quickstart-bot", b"\x00\x01", "application/json", TG_HEADERS, 400,
+                 None, id="tg-binary"),
+    pytest.param("POST", AMO, b"a=" + b"x" * (1024 * 1024 + 1), FORM, {}, 413, None, id="too-big"),
+]
+
+
+@pytest.mark.parametrize("method, url, body, ctype, headers, status, reason", BAD)
+def test_bad_requests_are_refused_and_nothing_is_queued(client, runtime, method, url, body, ctype, headers, status, reason):
+    resp = client.open(url, method=method, data=body, content_type=ctype, headers=headers)
+    assert resp.status_code == status
+    assert "\n" not in resp.json["error"]
+    if reason:
+        assert resp.json["error"] == reason
+    assert queued(runtime) == 0
+
+
+def test_healthz(client):
+    resp = client.get("/healthz")
+    assert (resp.status_code, resp.json) == (200, {"redis": "ok", "durable": True})
+
+
+def test_redis_down_answers_503_and_acknowledges_nothing(config_dir, env, redis_db):
+    from webhooks import create_app
+    dead = Settings(config_dir=config_dir, redis_url="redis://127.0.0.1:1/0", environ=env, testing=True)
+    app = create_app(settings=dead)
+    client = app.test_client()
+    resp = client.post(AMO, data=payload("amocrm/lead_added.form"), content_type=FORM)
+    assert (resp.status_code, resp.json) == (503, {"error": "queue unavailable; retry later"})
+    assert client.get("/healthz").status_code == 503
+
+
+def test_invalid_configuration_refuses_to_start(config_dir, env):
+    from config.loader import ConfigErrors
+    from webhooks import create_app
+    (config_dir / "rules" / "broken.yaml").write_text("rules:\n  - name: x\n    on: stage.changed\n    do: [{fly: 1}]\n")
+    with pytest.raises(ConfigErrors) as exc:
+        create_app(settings=Settings(config_dir=config_dir, redis_url=TEST_REDIS_URL, environ=env))
+    assert str(exc.value).splitlines()[0].endswith(
+        "broken.yaml:4: rule \"x\" → do[0]: unknown action 'fly'; expected one of: add_note, answer_button, "
+        "create_task, edit_buttons, move_to_stage, send_message, set_fields")
