@@ -106,7 +106,7 @@ def main() -> int:
         return 1
     host, port = os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8000"))
     log.info("crmbridge listening on http://%s:%s/hooks/<connection>", host, port)
-    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    app.run(host=host, port=port, threaded=True, use_reloader=False, load_dotenv=False)
     return 0
 
 

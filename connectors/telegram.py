@@ -150,7 +150,8 @@ class Client(BaseClient):
     def call(self, method: str, **params: Any) -> Any:
         """Run one Bot method; Telegram's errors become Retryable/PermanentApiError."""
         if self.record_only:
-            self.request("POST", f"/bot<token>/{method}", json_body=_plain(params))
+            wire = "".join(w.capitalize() if i else w for i, w in enumerate(method.split("_")))
+            self.request("POST", f"/bot<token>/{wire}", json_body=_plain(params))
             return None
         bot = self.bot
         if self.limiter:
