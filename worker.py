@@ -6,6 +6,7 @@ because every completed action step is recorded under its idempotency key first.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ log = logging.getLogger("crmbridge.worker")
 _runtime: Runtime | None = None
 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)  # tests replace it
 CRM_ENTITIES = {"lead", "deal", "contact", "company", "task", "customer"}
+SNAPSHOT_TTL = 90 * 24 * 3600
 
 
 def install(runtime: Runtime) -> None:
@@ -49,14 +51,17 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
     rt = runtime()
     event = Event.from_dict(payload)
     entity = snapshot(rt, event)
-    result = plan(event, entity, rt.ruleset, clock(), MODULES)
-    for timer_id, reason in result.cancels:
-        if rt.backend.cancel(timer_id):
-            audit(rt, event, "timer.cancelled", timer=timer_id, reason=reason)
-    for timer in result.timers:
-        rt.backend.schedule(timer_as_dict(timer))
-        audit(rt, event, "timer.set", timer=timer.timer_id, rule=timer.rule, fire_at=timer.fire_at)
-    return run_plan(rt, event, result)
+    outcome: dict[str, Any] = {}
+    for each in [event, *derive(event, remember(rt, event, entity), entity)]:
+        result = plan(each, entity, rt.ruleset, clock(), MODULES)
+        for timer_id, reason in result.cancels:
+            if rt.backend.cancel(timer_id):
+                audit(rt, each, "timer.cancelled", timer=timer_id, reason=reason)
+        for timer in result.timers:
+            rt.backend.schedule(timer_as_dict(timer))
+            audit(rt, each, "timer.set", timer=timer.timer_id, rule=timer.rule, fire_at=timer.fire_at)
+        outcome[each.kind] = run_plan(rt, each, result)
+    return outcome
 
 
 def fire_timer(timer: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +75,8 @@ def fire_timer(timer: dict[str, Any]) -> dict[str, Any]:
         return {"stale": True}
     entity = snapshot(rt, event)
     result = plan_fired(timer, event, entity, rt.ruleset, clock(), MODULES)
+    for rule, reason in result.skipped:  # the guard no longer holds: nothing is done, and we say why
+        audit(rt, event, "timer.skipped", timer=timer["timer_id"], rule=rule, reason=reason)
     fired = Event(**{**event.__dict__, "id": f"{event.id}|{timer['timer_id']}@{timer['fire_at']}"})
     outcome = run_plan(rt, fired, result)
     if not result.timers:
@@ -99,6 +106,46 @@ def snapshot(rt: Runtime, event: Event) -> dict[str, Any]:
     if hasattr(client, "name_refs"):
         data = client.name_refs(json.loads(json.dumps(data)))
     return {**data, **(fresh or {}), **entity}
+
+
+def remember(rt: Runtime, event: Event, entity: dict[str, Any]) -> dict[str, Any] | None:
+    """Keep the entity's state; return the state kept before (None the first time)."""
+    if event.entity.type not in CRM_ENTITIES or event.kind == "entity.deleted":
+        return None
+    key = rt.keys("snapshot", event.connection, str(event.entity))
+    previous = rt.store.getset(key, json.dumps(entity, ensure_ascii=False, default=str))
+    rt.store.expire(key, SNAPSHOT_TTL)
+    return json.loads(previous) if previous else None
+
+
+def derive(event: Event, previous: dict[str, Any] | None, current: dict[str, Any]) -> list[Event]:
+    """What changed since the last snapshot, as events of their own.
+
+    Vendors that send only an id (Bitrix24) get stage and responsible changes this way; every
+    CRM gets `field.changed` with `changed: {field: {"from", "to"}}`, since update webhooks do
+    not say which fields changed.
+    """
+    if previous is None or event.kind != "entity.updated":
+        return []
+    derived = []
+    if event.data.get("needs_snapshot_diff"):
+        for key, kind in (("stage", "stage.changed"), ("responsible", "responsible.changed")):
+            before, after = (previous.get(key) or {}).get("id"), (current.get(key) or {}).get("id")
+            if after is not None and before != after:
+                data = {**event.data, key: current[key], f"previous_{key}": previous.get(key)}
+                derived.append(_derived(event, kind, f"{key}:{before}>{after}", data))
+    old, new = previous.get("fields") or {}, current.get("fields") or {}
+    changed = {name: {"from": old.get(name), "to": new.get(name)}
+               for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)}
+    if changed:
+        derived.append(_derived(event, "field.changed", json.dumps(changed, sort_keys=True, default=str),
+                                {**event.data, "changed": changed}))
+    return derived
+
+
+def _derived(event: Event, kind: str, what: str, data: dict[str, Any]) -> Event:
+    digest = hashlib.sha1(what.encode()).hexdigest()[:12]
+    return Event(**{**event.__dict__, "id": f"{event.id}|{kind}|{digest}", "kind": kind, "data": data})
 
 
 def run_plan(rt: Runtime, event: Event, result: Plan) -> dict[str, Any]:

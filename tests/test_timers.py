@@ -1,0 +1,149 @@
+"""Delayed rules: timers set, fired by the real RQ scheduler on the real Redis, guarded with
+fresh CRM data, moved and cancelled by later events."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+import worker
+from tests.conftest import payload, run_worker
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+RULES = """
+defaults:
+  connection: quickstart-amo
+rules:
+  - name: Brief reminder
+    on: {event: stage.changed, stage: "Brief received"}
+    after: 2 hours
+    while:
+      - stage: "Brief received"
+    do:
+      - create_task: {text: "Remind the client about the brief", due: 1 hour}
+
+  - name: Meeting reminder
+    on: {event: [stage.changed, field.changed], stage: "Brief received"}
+    before: {field: "Meeting time", by: 1 hour}
+    while:
+      - stage: "Brief received"
+    do:
+      - add_note: "Зустріч о {{ entity.fields['Meeting time'] }}"
+"""
+LEAD = {"id": 31926520, "name": "Lead", "price": 1, "status_id": 10216994, "pipeline_id": 2116,
+        "responsible_user_id": 938348, "custom_fields_values": []}
+
+
+@pytest.fixture
+def config_dir(config_dir):
+    (config_dir / "rules" / "quickstart.yaml").unlink()
+    (config_dir / "rules" / "timers.yaml").write_text(RULES, encoding="utf-8")
+    return config_dir
+
+
+@pytest.fixture
+def at(monkeypatch):
+    """Set the worker's clock."""
+    def set_clock(moment: datetime) -> None:
+        monkeypatch.setattr(worker, "clock", lambda: moment)
+    return set_clock
+
+
+def post(live_server: str, name: str, body: bytes | None = None) -> None:
+    resp = requests.post(f"{live_server}/hooks/quickstart-amo?token=amo-secret",
+                         data=body or payload(name), headers=FORM, timeout=5)
+    assert resp.status_code == 200, resp.text
+
+
+def scheduler_pass(runtime) -> None:
+    """One pass of RQ's real scheduler (it moves due jobs to the queue), then the worker."""
+    SimpleWorker([runtime.backend.queue], connection=runtime.store, serializer=JSONSerializer).work(
+        burst=True, with_scheduler=True)
+
+
+def pending(runtime) -> list[dict]:
+    return runtime.backend.timers.pending()
+
+
+def test_timer_fires_through_the_real_scheduler(live_server, runtime, fake_amo, at):
+    fake_amo.add_lead(dict(LEAD))
+    at(datetime.now(timezone.utc) - timedelta(hours=2, seconds=1))  # so that "after 2 hours" is due now
+    post(live_server, "amocrm/lead_status_changed_full.form")
+    run_worker(runtime)
+    [timer] = pending(runtime)
+    assert timer["rule"] == "Brief reminder"
+    assert fake_amo.received("POST", "/api/v4/tasks") == []
+    at(datetime.now(timezone.utc))
+    scheduler_pass(runtime)
+    scheduler_pass(runtime)
+    [task] = fake_amo.wait_for("POST", "/api/v4/tasks")
+    assert task.body[0]["text"] == "Remind the client about the brief"
+    assert pending(runtime) == []
+
+
+def test_guard_checked_with_fresh_data_when_the_timer_fires(live_server, runtime, fake_amo, at):
+    fake_amo.add_lead(dict(LEAD))
+    at(datetime.now(timezone.utc) - timedelta(hours=3))
+    post(live_server, "amocrm/lead_status_changed_full.form")
+    run_worker(runtime)
+    fake_amo.leads[31926520]["status_id"] = 10216996  # moved on in the CRM; its webhook was lost
+    at(datetime.now(timezone.utc))
+    [timer] = pending(runtime)
+    worker.fire_timer(timer)
+    assert fake_amo.received("POST", "/api/v4/tasks") == []
+    audit = [json.loads(e[b"entry"]) for _, e in runtime.store.xrange(runtime.keys("audit"))]
+    assert (audit[-1]["what"], audit[-1]["reason"]) == (
+        "timer.skipped", "guard no longer holds: stage is 'Proposal approval', not 'Brief received'")
+    assert pending(runtime) == []
+
+
+def test_leaving_the_stage_cancels_the_timer(live_server, runtime, fake_amo, at):
+    fake_amo.add_lead(dict(LEAD))
+    at(datetime(2026, 11, 24, 10, tzinfo=timezone.utc))
+    post(live_server, "amocrm/lead_status_changed_full.form")
+    run_worker(runtime)
+    assert len(pending(runtime)) == 1
+    fake_amo.leads[31926520]["status_id"] = 10216996
+    moved = payload("amocrm/lead_status_changed_full.form").replace(b"10216994", b"10216996").replace(
+        b"1456820780", b"1456820999")
+    post(live_server, "", moved)
+    run_worker(runtime)
+    assert pending(runtime) == []
+    assert runtime.backend.queue.scheduled_job_registry.count == 0
+
+
+def test_meeting_reminder_moves_with_the_meeting(live_server, runtime, fake_amo, at):
+    at(datetime(2026, 11, 24, 10, tzinfo=timezone.utc))
+    lead = dict(LEAD, custom_fields_values=[{"field_id": 7, "field_name": "Meeting time",
+                                              "values": [{"value": 1796137200}]}])  # 2026-12-01 15:00 UTC
+    fake_amo.add_lead(lead)
+    post(live_server, "amocrm/lead_status_changed_full.form")
+    run_worker(runtime)
+    [meeting] = [t for t in pending(runtime) if t["rule"] == "Meeting reminder"]
+    assert datetime.fromisoformat(meeting["fire_at"]) == datetime(2026, 12, 1, 14, tzinfo=timezone.utc)
+    # the meeting moves: amoCRM sends a lead update; the worker sees the field change
+    lead["custom_fields_values"][0]["values"][0]["value"] = 1796223600  # a day later
+    post(live_server, "amocrm/lead_updated_custom_fields.form",
+         payload("amocrm/lead_updated_custom_fields.form").replace(b"32966269", b"31926520"))
+    run_worker(runtime)
+    [moved] = [t for t in pending(runtime) if t["rule"] == "Meeting reminder"]
+    assert datetime.fromisoformat(moved["fire_at"]) == datetime(2026, 12, 2, 14, tzinfo=timezone.utc)
+    assert moved["timer_id"] == meeting["timer_id"]
+    # the old job is gone from RQ's schedule: only the moved one is left there
+    ids = runtime.backend.queue.scheduled_job_registry.get_job_ids()
+    assert len([i for i in ids if i.startswith("crmbridge-timer-")]) == 2  # brief + meeting reminders
+
+
+def test_a_stale_timer_job_does_nothing(runtime, fake_amo, at, live_server):
+    fake_amo.add_lead(dict(LEAD))
+    at(datetime(2026, 11, 24, 10, tzinfo=timezone.utc))
+    post(live_server, "amocrm/lead_status_changed_full.form")
+    run_worker(runtime)
+    [timer] = [t for t in pending(runtime) if t["rule"] == "Brief reminder"]
+    stale = dict(timer, fire_at="2026-11-24T09:00:00+00:00")  # a copy fired by a second scheduler after a move
+    assert worker.fire_timer(stale) == {"stale": True}
+    assert fake_amo.received("POST", "/api/v4/tasks") == []
