@@ -18,7 +18,7 @@ from marshmallow import ValidationError
 from connectors.base import Entity, Event
 from rules.calendar import Duration, WorkingCalendar, parse_duration
 from rules.conditions import check_all, describe, ref_matches
-from rules.templates import TemplateProblem, render_value
+from rules.templates import TemplateProblem, evaluate, render_value
 
 DEFAULT_CALENDAR = WorkingCalendar.from_config({})
 
@@ -63,6 +63,8 @@ class Rule:
     guard: tuple[dict, ...] = ()
     actions: tuple[ActionSpec, ...] = ()
     calendar: str | None = None
+    otherwise: tuple[ActionSpec, ...] = ()     # run when the trigger matched but a condition failed
+    for_each: str | None = None                 # a template giving a list: actions run per item
 
     @property
     def where(self) -> str:
@@ -141,9 +143,12 @@ class RuleContext:
     calendar: WorkingCalendar
     template: dict[str, Any]
 
+    target: dict[str, str] | None = None     # an action's `entity:` override
+
     @property
     def entity_ref(self) -> dict[str, str]:
-        return {"type": self.event.entity.type, "id": self.event.entity.id}
+        """The entity an action works on: the event's, unless the action names another."""
+        return self.target or {"type": self.event.entity.type, "id": self.event.entity.id}
 
     def step(self, method: str, connection: str | None = None, **args: Any) -> Step:
         return Step(method=method, args=args, connection=connection)
@@ -241,10 +246,14 @@ def plan(event: Event, entity: dict[str, Any], ruleset: RuleSet, now: datetime,
     for rule in ruleset.rules:
         cal = ruleset.calendar_for(rule, event.connection)
         ctx = RuleContext(event, entity, rule, now, cal, template_context(event, entity, rule, now))
-        reason = match_trigger(rule.trigger, event, entity) or check_all(list(rule.conditions), ctx.template)
-        if reason:
-            result.skipped.append((rule.name, reason))
+        reason = match_trigger(rule.trigger, event, entity)
+        failed = None if reason else check_all(list(rule.conditions), ctx.template)
+        if reason or failed:
+            result.skipped.append((rule.name, reason or failed))
             _maybe_cancel(rule, ctx, result)
+            if failed and rule.otherwise:
+                ctx.template["reason"] = failed
+                _plan_actions(rule, ctx, modules, result, specs=rule.otherwise, tag="otherwise")
             continue
         if rule.delay is None:
             result.matched.append((rule.name, "trigger and conditions hold"))
@@ -278,12 +287,30 @@ def plan_fired(timer: dict[str, Any], event: Event, entity: dict[str, Any], rule
 
 
 def _plan_actions(rule: Rule, ctx: RuleContext, modules: dict[str, Module], result: Plan,
-                  occurrence: int = 0) -> None:
-    suffix = f"#{occurrence}" if occurrence else ""
-    for number, spec in enumerate(rule.actions):
+                  occurrence: int = 0, specs: tuple[ActionSpec, ...] | None = None, tag: str = "") -> None:
+    """Plan the rule's actions, once, or once per item of `for_each`."""
+    suffix = (f"#{occurrence}" if occurrence else "") + (f"/{tag}" if tag else "")
+    if rule.for_each and not tag:
+        try:
+            items = evaluate(rule.for_each, ctx.template)
+        except TemplateProblem as exc:
+            result.errors.append((rule.name, f"{rule.where}: for_each: {exc}"))
+            return
+        for index, item in enumerate(items or []):
+            ctx.template.update(item=item, loop_index=index)
+            _plan_specs(rule, ctx, modules, result, rule.actions, f"{suffix}[{index}]")
+        return
+    _plan_specs(rule, ctx, modules, result, specs or rule.actions, suffix)
+
+
+def _plan_specs(rule: Rule, ctx: RuleContext, modules: dict[str, Module], result: Plan,
+                specs: tuple[ActionSpec, ...], suffix: str) -> None:
+    for number, spec in enumerate(specs):
         try:
             module = modules[spec.verb]
-            options = module.Options().load(render_value(spec.options, ctx.template))
+            rendered = render_value(spec.options, ctx.template)
+            ctx.target = _target(rendered.pop("entity", None), ctx)
+            options = module.Options().load(rendered)
             steps = module.plan(ctx, options)
         except ValidationError as exc:
             result.errors.append((rule.name, f"{rule.file}:{spec.line}: {spec.verb}: after rendering: {exc.messages}"))
@@ -296,6 +323,16 @@ def _plan_actions(rule: Rule, ctx: RuleContext, modules: dict[str, Module], resu
             result.actions.append(PlannedAction(
                 rule=rule.name, rule_id=rule.id, step=number, connection=step.connection or ctx.event.connection,
                 method=step.method, args=step.args, key=f"{ctx.event.id}|{rule.id}{suffix}|{index}"))
+
+
+def _target(value: Any, ctx: RuleContext) -> dict[str, str] | None:
+    """`entity: "contact:123"` (usually a template) → {"type", "id"}."""
+    if value in (None, ""):
+        return None
+    kind, sep, ident = str(value).partition(":")
+    if not sep or not kind or not ident.strip():
+        raise ValueError(f"entity: expected 'type:id' such as 'contact:123', found {value!r}")
+    return {"type": kind.strip(), "id": ident.strip()}
 
 
 def _plan_timer(rule: Rule, ctx: RuleContext, result: Plan, occurrence: int = 0) -> None:

@@ -18,7 +18,7 @@ from connectors.base import EVENT_KINDS
 from rules.calendar import CalendarError, WorkingCalendar, parse_duration
 from rules.conditions import validate as condition_problem
 from rules.engine import ActionSpec, Delay, Rule, RuleSet, TRIGGER_FILTERS, Trigger, rule_id
-from rules.templates import TemplateProblem, check_expression, check_syntax
+from rules.templates import TemplateProblem, check_expression, check_syntax, is_template
 
 DELAY_KEYS = ("after", "at", "before", "every")
 
@@ -41,6 +41,8 @@ class RuleSchema(Schema):
     every = fields.Raw(metadata={"expected": "{interval: <duration>, until: [conditions]}"})
     calendar = fields.String(load_default=None, metadata={"expected": "a calendar name from connections.yaml"})
     do = fields.List(fields.Raw(), required=True, metadata={"expected": "a list of actions"})
+    otherwise = fields.List(fields.Raw(), metadata={"expected": "a list of actions for when a condition fails"})
+    for_each = fields.String(metadata={"expected": "an expression giving a list, e.g. entity.fields['Bloggers']"})
 
 
 class _Collector:
@@ -139,11 +141,19 @@ def _rule(item: Any, index: int, parent: list, defaults: Mapping[str, Any], col:
     if calendar and calendar not in ruleset.calendars:
         col.add(item, "calendar", crumb, f"calendar: no calendar {calendar!r} in connections.yaml")
     actions = _actions(item["do"], col, crumb, modules)
+    otherwise = _actions(item["otherwise"], col, crumb + "otherwise → ", modules) if "otherwise" in item else []
+    for_each = data.get("for_each")
+    if for_each:
+        try:
+            check_expression(for_each)
+        except TemplateProblem as exc:
+            col.add(item, "for_each", crumb, f"for_each: {exc}")
     if len(col.errors) > before or not data["enabled"]:
         return None
     return Rule(id=rule_id(col.shown, data["name"]), name=data["name"], file=col.shown,
                 line=line_of(parent, index), trigger=trigger, conditions=tuple(conditions),
-                delay=delay, guard=tuple(guard), actions=tuple(actions), calendar=calendar)
+                delay=delay, guard=tuple(guard), actions=tuple(actions), calendar=calendar,
+                otherwise=tuple(otherwise), for_each=for_each)
 
 
 def _report(messages: Any, node: Any, schema: Schema, col: _Collector, crumb: str, prefix: str = "") -> None:
@@ -279,13 +289,17 @@ def _actions(items: list, col: _Collector, crumb: str, modules: Mapping[str, Any
                 continue
             options = {shorthand: options}
         before = len(col.errors)
+        checked = {k: v for k, v in options.items() if k != "entity"}  # `entity:` is the engine's
         try:
-            module.Options(unknown=RAISE).load(options)
+            module.Options(unknown=RAISE).load(checked)
         except ValidationError as exc:
-            node = action[verb] if isinstance(action[verb], dict) else action
-            _report(exc.messages, options, module.Options(), col, crumb, f"{where} → {verb} → ")
-            _restamp(col, before, node, items, i)
-            continue
+            # a value that is a template is checked again after rendering, at run time
+            messages = {k: v for k, v in exc.messages.items() if not is_template(checked.get(k))}
+            if messages:
+                node = action[verb] if isinstance(action[verb], dict) else action
+                _report(messages, options, module.Options(), col, crumb, f"{where} → {verb} → ")
+                _restamp(col, before, node, items, i)
+                continue
         if not _templates_compile(options, action[verb], items, i, col, f"{crumb}{where} → {verb}"):
             continue
         result.append(ActionSpec(verb=verb, options={k: v for k, v in options.items()},
