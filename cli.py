@@ -73,7 +73,7 @@ def dry_run(settings: Settings, connection: str, body, content_type: str | None,
     try:
         events = connector.parse(raw, conn)
     except WebhookError as exc:
-        click.echo(f"the body is not a {conn.type} webhook: {exc}", err=True)
+        click.echo(f"the body is not a webhook of type {conn.type!r}: {exc}", err=True)
         sys.exit(1)
     moment = datetime.fromisoformat(now) if now else datetime.now(timezone.utc)
     for event in events:

@@ -1,0 +1,53 @@
+"""The operator commands: validate, dry-run, timers, dead letters."""
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+import cli
+from tests.conftest import QUICKSTART
+
+ENV = {"AMO_WEBHOOK_SECRET": "a", "TELEGRAM_WEBHOOK_SECRET": "b", "AMO_TOKEN": "", "TELEGRAM_BOT_TOKEN": "",
+       "REDIS_URL": ""}
+
+
+def invoke(*args: str, env: dict | None = None):
+    return CliRunner().invoke(cli.cli, ["--config", str(QUICKSTART), *args], env={**ENV, **(env or {})})
+
+
+def test_validate_the_quickstart():
+    result = invoke("validate")
+    assert result.exit_code == 0
+    assert result.output.splitlines()[-1] == f"ok: 2 connection(s), 1 rule(s) in {QUICKSTART}"
+
+
+def test_validate_reports_missing_secrets():
+    result = invoke("validate", env={"AMO_WEBHOOK_SECRET": ""})
+    assert result.exit_code == 1
+    assert 'connection "quickstart-amo" → webhook_secret: environment variable AMO_WEBHOOK_SECRET is not set' in result.output
+
+
+def test_dry_run_prints_the_plan_and_calls_nothing():
+    result = invoke("dry-run", "quickstart-amo", str(QUICKSTART / "sample-webhook.form"), "--now", "2026-11-27T17:00:00+02:00")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("event stage.changed lead:31926520")
+    assert lines[1] == "  matched  'Brief received → task and team notice': trigger and conditions hold"
+    assert lines[2] == ("  would call quickstart-amo.create_task(entity={'type': 'lead', 'id': '31926520'}, "
+                        "text='Check the brief for «Some test lead» and prepare the proposal', "
+                        "due='2026-11-30T17:00:00+02:00', responsible='938348', task_type=None)")
+    assert lines[3].startswith("  would call quickstart-bot.send_message(chat='team', text='📥 Бриф отримано")
+
+
+def test_dry_run_says_why_a_rule_did_not_match(tmp_path):
+    body = tmp_path / "added.form"
+    body.write_bytes(b"leads[add][0][id]=5&leads[add][0][status_id]=1")
+    result = invoke("dry-run", "quickstart-amo", str(body))
+    assert "  skipped  'Brief received → task and team notice': event is entity.created, rule listens to stage.changed" in result.output
+
+
+def test_dry_run_refuses_a_body_of_another_vendor(tmp_path):
+    body = tmp_path / "x.json"
+    body.write_text('{"update_id": 1}')
+    result = invoke("dry-run", "quickstart-amo", str(body))
+    assert result.exit_code == 1
+    assert "the body is not a webhook of type 'amocrm': no amoCRM entity found" in result.output
