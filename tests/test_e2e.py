@@ -126,3 +126,20 @@ rules:
     assert answer.body["text"] == "Дякуємо! / Thank you!"
     [edit] = fake_tg.method_calls("editMessageReplyMarkup")
     assert edit.body["reply_markup"] == {"inline_keyboard": [[{"text": "✅ Bijoy", "callback_data": "noop"}]]}
+
+
+def test_the_worker_process_handles_what_the_web_process_queued(live_server, runtime, fake_amo, fake_tg, settings):
+    """`python worker.py` as operators run it: a separate process on the same Redis."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, TEST_REDIS_URL
+    post_amo(live_server, "amocrm/lead_status_changed_full.form")
+    env = {**os.environ, **settings.environ, "REDIS_URL": TEST_REDIS_URL, "CRMBRIDGE_CONFIG": str(settings.config_dir),
+           "CRMBRIDGE_REDIS_PREFIX": settings.redis_prefix, "CRMBRIDGE_QUEUE": settings.queue_name}
+    done = subprocess.run([sys.executable, "worker.py", "--burst"], cwd=ROOT, env=env, timeout=60,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1
+    assert len(fake_tg.method_calls("sendMessage")) == 1
