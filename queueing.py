@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from redis import Redis
@@ -41,6 +41,48 @@ class Keys:
 
     def __call__(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+
+class Order:
+    """Events about one record are handled in the order they arrived.
+
+    Intake gives each accepted event a ticket (a counter per record); a worker handles ticket
+    n only once ticket n-1 is done, so two quick stage moves of one deal cannot be applied
+    out of order by two workers, while different records run in parallel.
+    """
+
+    TTL = 30 * 24 * 3600
+    # KEYS[1] done counter; ARGV[1] ticket, ARGV[2] ttl: raise the counter, never lower it
+    DONE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return current
+"""
+
+    def __init__(self, store: Redis, keys: Keys):
+        self.store, self.keys = store, keys
+        self._done = store.register_script(self.DONE)
+
+    def _key(self, kind: str, event: dict[str, Any]) -> str:
+        return self.keys(kind, event["connection"], f"{event['entity']['type']}:{event['entity']['id']}")
+
+    def ticket(self, event: dict[str, Any]) -> None:
+        """Number the event among the events of its record."""
+        key = self._key("order", event)
+        seq = self.store.incr(key)
+        self.store.expire(key, self.TTL)
+        event["seq"] = seq
+
+    def is_turn(self, event: dict[str, Any]) -> bool:
+        seq = event.get("seq")
+        if not seq:
+            return True
+        return int(self.store.get(self._key("order-done", event)) or 0) >= seq - 1
+
+    def done(self, event: dict[str, Any]) -> None:
+        if event.get("seq"):
+            self._done(keys=[self._key("order-done", event)], args=[event["seq"], self.TTL + 3600])
 
 
 class TimerIndex:
@@ -83,13 +125,22 @@ class RQBackend:
         self.store, self.keys = store, keys
         self.queue = Queue(queue_name, connection=store, serializer=JSONSerializer)
         self.timers = TimerIndex(store, keys)
+        self.order = Order(store, keys)
         self.retry = Retry(max=job_retries, interval=[5, 30, 120][:job_retries]) if job_retries else None
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
-        self.queue.enqueue(HANDLE_EVENT, event, job_id=job_id_for("event", event["id"]),
-                           retry=self.retry, on_failure=Callback("worker.on_job_failed"),
-                           description=f"{event['kind']} {event['entity']['type']}:{event['entity']['id']}",
-                           result_ttl=300, failure_ttl=30 * 24 * 3600)
+        self.queue.enqueue(HANDLE_EVENT, event, job_id=job_id_for("event", event["id"]), **self._job_options(event))
+
+    def defer_event(self, event: dict[str, Any], seconds: float) -> None:
+        """Try an event again a little later (its record's earlier event is not done yet)."""
+        job_id = job_id_for("event", f"{event['id']}#wait{event.get('defers', 0)}")
+        self.queue.enqueue_in(timedelta(seconds=seconds), HANDLE_EVENT, event, job_id=job_id,
+                              **self._job_options(event))
+
+    def _job_options(self, event: dict[str, Any]) -> dict[str, Any]:
+        return dict(retry=self.retry, on_failure=Callback("worker.on_job_failed"),
+                    description=f"{event['kind']} {event['entity']['type']}:{event['entity']['id']}",
+                    result_ttl=300, failure_ttl=30 * 24 * 3600)
 
     def schedule(self, timer: dict[str, Any]) -> None:
         when = datetime.fromisoformat(timer["fire_at"]).astimezone(timezone.utc)
@@ -124,6 +175,7 @@ class InProcessBackend:
                  fire_timer: Callable[[dict], Any], on_failure: Callable[[str, dict, Exception], Any]):
         self.store, self.keys = store, keys
         self.timers = TimerIndex(store, keys)
+        self.order = Order(store, keys)
         self._handle_event, self._fire_timer, self._on_failure = handle_event, fire_timer, on_failure
         self._queue: queue.Queue = queue.Queue()
         self._heap: list[tuple[float, str]] = []
@@ -134,6 +186,9 @@ class InProcessBackend:
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self._queue.put(("event", event))
+
+    def defer_event(self, event: dict[str, Any], seconds: float) -> None:
+        self._queue.put(("event", event))  # one thread handles events in order: never needed
 
     def schedule(self, timer: dict[str, Any]) -> None:
         self.timers.add(timer)

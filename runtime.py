@@ -18,6 +18,7 @@ from config.settings import Settings
 from connectors import CONNECTORS
 from connectors.base import BaseClient
 from queueing import InProcessBackend, Keys, RQBackend
+from ratelimit import Limit, RateLimiter
 from rules import MODULES
 from rules.engine import RuleSet
 from rules.files import load_rules
@@ -86,8 +87,20 @@ class Runtime:
             conn = self.connections.connections[name]
             client = CONNECTORS[conn.type].Client(conn, store=self.store, recorder=self.recorder,
                                                   key_prefix=self.keys.prefix)
+            client.limiter = self._limiter_for(conn, client)
             self.clients[name] = client
         return self.clients[name]
+
+
+    def _limiter_for(self, conn, client: BaseClient) -> Callable[..., None]:
+        """The connection's shared bucket; `options: {rate_per_second, burst}` may lower it."""
+        rate = float(conn.options.get("rate_per_second", client.rate_per_second))
+        limit = Limit(rate, float(conn.options.get("burst", client.burst or rate)))
+        limiter = RateLimiter(self.store, self.keys.prefix)
+
+        def acquire(scope: str | None = None, scoped: Limit | None = None) -> None:
+            limiter.acquire(f"{conn.name}:{scope}" if scope else conn.name, scoped or limit)
+        return acquire
 
 
 def configure_logging() -> None:

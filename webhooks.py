@@ -84,7 +84,9 @@ def intake(rt: Runtime, events: list[Event]) -> tuple[int, int]:
             duplicates += 1
             continue
         try:
-            rt.backend.enqueue_event(event.to_dict())
+            payload = event.to_dict()
+            rt.backend.order.ticket(payload)
+            rt.backend.enqueue_event(payload)
         except Exception:
             rt.store.delete(seen)
             raise

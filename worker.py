@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import sys
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -49,6 +50,8 @@ def runtime() -> Runtime:
 def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
     """One event: enrich it, plan the rules, cancel/set timers, run the actions, record it all."""
     rt = runtime()
+    if not wait_for_turn(rt, payload):
+        return {"deferred": True}
     event = Event.from_dict(payload)
     entity = snapshot(rt, event)
     outcome: dict[str, Any] = {}
@@ -61,7 +64,28 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
             rt.backend.schedule(timer_as_dict(timer))
             audit(rt, each, "timer.set", timer=timer.timer_id, rule=timer.rule, fire_at=timer.fire_at)
         outcome[each.kind] = run_plan(rt, each, result)
+    rt.backend.order.done(payload)
     return outcome
+
+
+ORDER_POLL = 5.0          # seconds a worker waits for an earlier event of the same record…
+ORDER_GIVE_UP = 15 * 60   # …and how long an event is kept waiting at most, deferred in between
+
+
+def wait_for_turn(rt: Runtime, payload: dict[str, Any]) -> bool:
+    """True once the record's earlier events are done; else defer this one and return False."""
+    deadline = time.monotonic() + ORDER_POLL
+    while not rt.backend.order.is_turn(payload):
+        if time.monotonic() >= deadline:
+            first = payload.setdefault("waiting_since", time.time())
+            if time.time() - first > ORDER_GIVE_UP:  # an earlier event is stuck: go on, and say so
+                audit(rt, Event.from_dict(payload), "order.gave_up", seq=payload.get("seq"))
+                return True
+            payload["defers"] = payload.get("defers", 0) + 1
+            rt.backend.defer_event(payload, 2.0)
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def fire_timer(timer: dict[str, Any]) -> dict[str, Any]:
@@ -225,11 +249,17 @@ def on_job_failed(job, connection, exc_type, exc_value, tb) -> None:
     if job.retries_left:
         return
     name = "worker.fire_timer" if job.func_name.endswith("fire_timer") else "worker.handle_event"
-    dead_letter(runtime(), name, job.args[0], f"{exc_type.__name__}: {exc_value}")
+    rt = runtime()
+    dead_letter(rt, name, job.args[0], f"{exc_type.__name__}: {exc_value}")
+    if name == "worker.handle_event":
+        rt.backend.order.done(job.args[0])  # later events of the record must not wait for it
 
 
 def on_embedded_failure(name: str, payload: dict[str, Any], exc: Exception) -> None:
-    dead_letter(runtime(), name, payload, f"{type(exc).__name__}: {exc}")
+    rt = runtime()
+    dead_letter(rt, name, payload, f"{type(exc).__name__}: {exc}")
+    if name == "worker.handle_event":
+        rt.backend.order.done(payload)
 
 
 def replay(rt: Runtime, key: str) -> bool:

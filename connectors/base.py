@@ -52,9 +52,10 @@ class Event:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Event":
-        d = dict(d)
-        d["entity"] = Entity(**d["entity"])
-        return cls(**d)
+        """From a queued payload (which may also carry the queue's own keys: seq, defers…)."""
+        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        fields["entity"] = Entity(**d["entity"])
+        return cls(**fields)
 
 
 EVENT_KINDS = (
@@ -238,6 +239,7 @@ class BaseClient:
     """One HTTP session per connection, with timeouts and errors split in two kinds."""
 
     rate_per_second: float = 5.0
+    burst: float | None = None        # None: one second's worth
     timeout: float = 10.0
 
     def __init__(self, connection: Connection, *, store: Any = None, recorder: Recorder | None = None,
@@ -247,7 +249,7 @@ class BaseClient:
         self.key_prefix = key_prefix
         self.recorder = recorder
         self.session = requests.Session()
-        self.limiter: Callable[[], None] | None = None
+        self.limiter: Callable[..., None] | None = None   # set by the runtime: a shared token bucket
 
     @property
     def record_only(self) -> bool:

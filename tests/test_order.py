@@ -1,0 +1,64 @@
+"""Events about one record are handled in arrival order; other records do not wait."""
+from __future__ import annotations
+
+import json
+
+import worker
+from tests.conftest import payload
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def status_body(lead: str, stage: str, stamp: str) -> bytes:
+    return payload("amocrm/lead_status_changed_full.form").replace(b"31926520", lead.encode()).replace(
+        b"10216994", stage.encode()).replace(b"1456820780", stamp.encode())
+
+
+def queued_payloads(runtime) -> list[dict]:
+    return [job.args[0] for job in runtime.backend.queue.jobs]
+
+
+def test_intake_numbers_events_per_record(client, runtime):
+    for lead, stage, stamp in (("1", "10216994", "1"), ("1", "10216996", "2"), ("2", "10216994", "3")):
+        client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body(lead, stage, stamp), content_type=FORM)
+    assert [(p["entity"]["id"], p["seq"]) for p in queued_payloads(runtime)] == [("1", 1), ("1", 2), ("2", 1)]
+
+
+def test_a_later_event_waits_for_the_earlier_one(client, runtime, fake_amo, monkeypatch):
+    monkeypatch.setattr(worker, "ORDER_POLL", 0.05)
+    for stage, stamp in (("10216994", "1"), ("10216996", "2")):
+        client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("7", stage, stamp), content_type=FORM)
+    first, second = queued_payloads(runtime)
+    assert worker.handle_event(dict(second)) == {"deferred": True}
+    assert fake_amo.received("POST", "/api/v4/tasks") == []          # nothing done out of turn
+    [deferred] = runtime.backend.queue.scheduled_job_registry.get_job_ids()
+    assert deferred.startswith("crmbridge-event-")
+    worker.handle_event(first)                                       # "Brief received": the rule acts
+    assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1
+    outcome = worker.handle_event(dict(second))                      # now it is its turn
+    assert "deferred" not in outcome
+    moves = [json.loads(e[b"entry"]) for _, e in runtime.store.xrange(runtime.keys("audit"))]
+    assert [m["what"] for m in moves].count("rule.matched") == 1
+
+
+def test_other_records_do_not_wait(client, runtime, monkeypatch):
+    monkeypatch.setattr(worker, "ORDER_POLL", 0.05)
+    for lead, stamp in (("8", "1"), ("8", "2"), ("9", "3")):
+        client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body(lead, "10216996", stamp), content_type=FORM)
+    *_, other = queued_payloads(runtime)
+    assert "deferred" not in worker.handle_event(other)
+
+
+def test_a_dead_lettered_event_releases_the_next(client, runtime, monkeypatch):
+    monkeypatch.setattr(worker, "ORDER_POLL", 0.05)
+    for stamp in ("1", "2"):
+        client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("5", "10216996", stamp), content_type=FORM)
+    first, second = queued_payloads(runtime)
+
+    class Job:  # what RQ hands the failure callback once retries are exhausted
+        retries_left = 0
+        func_name = "worker.handle_event"
+        args = [first]
+    worker.on_job_failed(Job, runtime.store, RuntimeError, RuntimeError("boom"), None)
+    assert "deferred" not in worker.handle_event(second)
+    assert runtime.store.hexists(runtime.keys("dead"), first["id"])
