@@ -31,6 +31,8 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
     rt = Runtime.create(settings, handle_event=worker.handle_event, fire_timer=worker.fire_timer,
                         on_failure=worker.on_embedded_failure)
     worker.install(rt)
+    if not rt.backend.durable:  # the embedded default: this process is the worker too
+        worker.ensure_schedules(rt)
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, TESTING=settings.testing)
     app.extensions["crmbridge"] = rt

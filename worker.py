@@ -20,7 +20,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from connectors.base import ApiError, Entity, Event, PermanentApiError, RetryableApiError
 from rules import MODULES
-from rules.engine import Plan, PlannedAction, plan, plan_fired
+from rules.engine import Plan, PlannedAction, plan, plan_fired, schedule_timer
 from runtime import Runtime, configure_logging
 from config.settings import Settings
 
@@ -108,6 +108,21 @@ def fire_timer(timer: dict[str, Any]) -> dict[str, Any]:
     for nxt in result.timers:
         rt.backend.schedule(timer_as_dict(nxt))
     return outcome
+
+
+def ensure_schedules(rt: Runtime) -> int:
+    """Give every scheduled rule (digests) its next tick, unless it has a current one."""
+    count = 0
+    for rule in rt.ruleset.rules:
+        if not rule.trigger.schedule:
+            continue
+        timer = timer_as_dict(schedule_timer(rule, rt.ruleset, clock()))
+        current = rt.backend.timers.get(timer["timer_id"])
+        if current is None or (current["fire_at"] != timer["fire_at"]
+                               and datetime.fromisoformat(current["fire_at"]) > clock()):
+            rt.backend.schedule(timer)
+            count += 1
+    return count
 
 
 def timer_as_dict(timer: Any) -> dict[str, Any]:
@@ -291,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import worker as this  # jobs name "worker.…": share that module's runtime, not __main__'s
     rt = this.runtime()
+    this.ensure_schedules(rt)
     # SimpleWorker runs jobs in this process: no fork per job, so clients and metadata caches
     # live across jobs. A worker killed mid-job leaves its job to the maintenance pass of
     # another worker, every maintenance_interval seconds.

@@ -31,6 +31,16 @@ class Trigger:
     connections: tuple[str, ...] = ()
     entity: str | None = None
     filters: tuple[tuple[str, Any], ...] = ()     # stage, from_stage, pipeline, field, button, text, chat
+    schedule: tuple[time, bool] | None = None     # (time of day, working days only) for schedule.tick
+
+
+@dataclass(frozen=True)
+class CancelOn:
+    """`cancel_on:`: an event about another record that cancels this rule's timer."""
+
+    trigger: Trigger
+    entity: str                      # a template giving "type:id" of the record the timer waits on
+    connection: str                  # the connection of the timer's record
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class Rule:
     calendar: str | None = None
     otherwise: tuple[ActionSpec, ...] = ()     # run when the trigger matched but a condition failed
     for_each: str | None = None                 # a template giving a list: actions run per item
+    cancel_on: tuple[CancelOn, ...] = ()
 
     @property
     def where(self) -> str:
@@ -246,6 +257,7 @@ def plan(event: Event, entity: dict[str, Any], ruleset: RuleSet, now: datetime,
     for rule in ruleset.rules:
         cal = ruleset.calendar_for(rule, event.connection)
         ctx = RuleContext(event, entity, rule, now, cal, template_context(event, entity, rule, now))
+        _cancel_on(rule, ctx, result)
         reason = match_trigger(rule.trigger, event, entity)
         failed = None if reason else check_all(list(rule.conditions), ctx.template)
         if reason or failed:
@@ -279,6 +291,8 @@ def plan_fired(timer: dict[str, Any], event: Event, entity: dict[str, Any], rule
         return result
     result.matched.append((rule.name, f"timer fired ({timer['fire_at']}), guard holds"))
     _plan_actions(rule, ctx, modules, result, occurrence=timer.get("occurrence", 0))
+    if rule.trigger.schedule:
+        result.timers.append(schedule_timer(rule, ruleset, max(now, datetime.fromisoformat(timer["fire_at"]))))
     if rule.delay and rule.delay.kind == "every":
         until = check_all(list(rule.delay.until), ctx.template) if rule.delay.until else "no stop condition"
         if until:  # the stop condition does not hold yet: go again
@@ -351,6 +365,35 @@ def _plan_timer(rule: Rule, ctx: RuleContext, result: Plan, occurrence: int = 0)
     result.timers.append(PlannedTimer(rule=rule.name, rule_id=rule.id, timer_id=tid,
                                       fire_at=fire_at.isoformat(), entity=entity,
                                       event=ctx.event.to_dict(), occurrence=occurrence))
+
+
+def _cancel_on(rule: Rule, ctx: RuleContext, result: Plan) -> None:
+    """An event named in `cancel_on:` cancels the timer of the record it points to."""
+    for cancel in rule.cancel_on:
+        if match_trigger(cancel.trigger, ctx.event, ctx.entity):
+            continue
+        try:
+            target = _target(render_value(cancel.entity, ctx.template), ctx)
+        except (TemplateProblem, ValueError) as exc:
+            result.errors.append((rule.name, f"{rule.where}: cancel_on: {exc}"))
+            continue
+        if target:
+            result.cancels.append((timer_id(rule, cancel.connection, target),
+                                   f"{rule.name}: cancelled by {ctx.event.kind}"))
+
+
+def schedule_timer(rule: Rule, ruleset: RuleSet, now: datetime) -> PlannedTimer:
+    """The next tick of a scheduled rule (a digest at 09:00 every working day)."""
+    at, working_days = rule.trigger.schedule
+    cal = ruleset.calendar_for(rule, rule.trigger.connections[0] if rule.trigger.connections else "")
+    fire_at = cal.next_daily(now, at, working_days_only=working_days)
+    entity = Entity("schedule", rule.id)
+    tick = Event(id=f"schedule:{rule.id}:{fire_at.isoformat()}", connection=(rule.trigger.connections or ("",))[0],
+                 source="crmbridge", kind="schedule.tick", entity=entity,
+                 data={"scheduled_for": fire_at.isoformat()}, raw={}, occurred_at=fire_at.isoformat())
+    return PlannedTimer(rule=rule.name, rule_id=rule.id, timer_id=f"timer:{rule.id}:schedule",
+                        fire_at=fire_at.isoformat(), entity={"type": "schedule", "id": rule.id},
+                        event=tick.to_dict())
 
 
 def _maybe_cancel(rule: Rule, ctx: RuleContext, result: Plan) -> None:

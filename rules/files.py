@@ -17,7 +17,7 @@ from config.loader import ConfigError, ConfigErrors, line_of, load_yaml
 from connectors.base import EVENT_KINDS
 from rules.calendar import CalendarError, WorkingCalendar, parse_duration
 from rules.conditions import validate as condition_problem
-from rules.engine import ActionSpec, Delay, Rule, RuleSet, TRIGGER_FILTERS, Trigger, rule_id
+from rules.engine import ActionSpec, CancelOn, Delay, Rule, RuleSet, TRIGGER_FILTERS, Trigger, rule_id
 from rules.templates import TemplateProblem, check_expression, check_syntax, is_template
 
 DELAY_KEYS = ("after", "at", "before", "every")
@@ -42,6 +42,7 @@ class RuleSchema(Schema):
     calendar = fields.String(load_default=None, metadata={"expected": "a calendar name from connections.yaml"})
     do = fields.List(fields.Raw(), required=True, metadata={"expected": "a list of actions"})
     otherwise = fields.List(fields.Raw(), metadata={"expected": "a list of actions for when a condition fails"})
+    cancel_on = fields.Raw(metadata={"expected": "{event: <kind>, entity: 'type:id'}"})
     for_each = fields.String(metadata={"expected": "an expression giving a list, e.g. entity.fields['Bloggers']"})
 
 
@@ -142,6 +143,11 @@ def _rule(item: Any, index: int, parent: list, defaults: Mapping[str, Any], col:
         col.add(item, "calendar", crumb, f"calendar: no calendar {calendar!r} in connections.yaml")
     actions = _actions(item["do"], col, crumb, modules)
     otherwise = _actions(item["otherwise"], col, crumb + "otherwise → ", modules) if "otherwise" in item else []
+    cancel_on: list[CancelOn] = []
+    if "cancel_on" in item and delay is None:
+        col.add(item, "cancel_on", crumb, "cancel_on: only a delayed rule (after/at/before/every) has a timer to cancel")
+    elif "cancel_on" in item:
+        cancel_on = _cancel_on(item, defaults, trigger, col, crumb, connections)
     for_each = data.get("for_each")
     if for_each:
         try:
@@ -153,7 +159,7 @@ def _rule(item: Any, index: int, parent: list, defaults: Mapping[str, Any], col:
     return Rule(id=rule_id(col.shown, data["name"]), name=data["name"], file=col.shown,
                 line=line_of(parent, index), trigger=trigger, conditions=tuple(conditions),
                 delay=delay, guard=tuple(guard), actions=tuple(actions), calendar=calendar,
-                otherwise=tuple(otherwise), for_each=for_each)
+                otherwise=tuple(otherwise), for_each=for_each, cancel_on=tuple(cancel_on))
 
 
 def _report(messages: Any, node: Any, schema: Schema, col: _Collector, crumb: str, prefix: str = "") -> None:
@@ -179,7 +185,8 @@ def _trigger(on: Any, item: dict, defaults: Mapping[str, Any], col: _Collector, 
     if not isinstance(spec, dict):
         col.add(item, "on", crumb, f"on: expected an event kind or a mapping with 'event:', found {on!r}")
         return Trigger(events=())
-    events = spec.get("event")
+    schedule = _schedule(spec, col, crumb) if "schedule" in spec else None
+    events = spec.get("event", "schedule.tick" if "schedule" in spec else None)
     events = events if isinstance(events, list) else [events]
     for kind in events:
         if kind not in EVENT_KINDS:
@@ -192,13 +199,47 @@ def _trigger(on: Any, item: dict, defaults: Mapping[str, Any], col: _Collector, 
         if connections is not None and conn not in connections:
             col.add(spec if hasattr(spec, "lines") else item, "connection", crumb,
                     f"on → connection: no connection {conn!r} in connections.yaml")
-    known = {"event", "connection", "entity", *TRIGGER_FILTERS}
+    known = {"event", "connection", "entity", "schedule", *TRIGGER_FILTERS}
     for key in spec:
         if key not in known:
             col.add(spec, key, crumb, f"on: unknown key {key!r}; expected one of: {', '.join(sorted(known))}")
     filters = tuple((k, spec[k]) for k in TRIGGER_FILTERS if k in spec)
     return Trigger(events=tuple(str(e) for e in events), connections=tuple(conns),
-                   entity=spec.get("entity"), filters=filters)
+                   entity=spec.get("entity"), filters=filters, schedule=schedule)
+
+
+def _schedule(spec: dict, col: _Collector, crumb: str) -> tuple[time, bool] | None:
+    value = spec["schedule"]
+    value = {"at": value} if isinstance(value, str) else value
+    try:
+        if not isinstance(value, dict) or set(value) - {"at", "working_days"}:
+            raise ValueError(f"expected {{at: 'HH:MM', working_days: true}}, found {spec['schedule']!r}")
+        return _clock(value.get("at")), bool(value.get("working_days", True))
+    except ValueError as exc:
+        col.add(spec, "schedule", crumb, f"on → schedule: {exc}")
+        return None
+
+
+def _cancel_on(item: dict, defaults: Mapping[str, Any], trigger: Trigger, col: _Collector, crumb: str,
+               connections) -> list[CancelOn]:
+    """`cancel_on:` one mapping or a list: a trigger plus `entity:` ("type:id" template)."""
+    value = item["cancel_on"]
+    specs = value if isinstance(value, list) else [value]
+    result = []
+    for spec in specs:
+        if not isinstance(spec, dict) or not spec.get("entity") or not spec.get("event"):
+            col.add(item, "cancel_on", crumb, "cancel_on: expected {event: <kind>, entity: 'type:id'}, "
+                                              f"found {spec!r}")
+            continue
+        on = {k: v for k, v in spec.items() if k not in ("entity", "timer_connection")}
+        own = spec.get("timer_connection") or (trigger.connections[0] if len(trigger.connections) == 1 else None)
+        if own is None:
+            col.add(item, "cancel_on", crumb, "cancel_on: timer_connection: required, since the rule's "
+                                              "'on:' does not name exactly one connection")
+            continue
+        cancel_trigger = _trigger(on, item, {}, col, crumb + "cancel_on → ", connections)
+        result.append(CancelOn(trigger=cancel_trigger, entity=str(spec["entity"]), connection=own))
+    return result
 
 
 def _conditions(items: list, item: dict, key: str, col: _Collector, crumb: str) -> list[dict]:

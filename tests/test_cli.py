@@ -51,3 +51,21 @@ def test_dry_run_refuses_a_body_of_another_vendor(tmp_path):
     result = invoke("dry-run", "quickstart-amo", str(body))
     assert result.exit_code == 1
     assert "the body is not a webhook of type 'amocrm': no amoCRM entity found" in result.output
+
+
+def test_timers_lists_pending_timers_by_entity(runtime, settings):
+    import worker
+    from rules.engine import PlannedTimer
+    for entity, when in (("31926520", "2026-12-01T10:00:00+02:00"), ("5", "2026-11-30T10:00:00+02:00")):
+        runtime.backend.schedule(worker.timer_as_dict(PlannedTimer(
+            rule="Brief reminder", rule_id="abc", timer_id=f"timer:abc:quickstart-amo:lead:{entity}", fire_at=when,
+            entity={"type": "lead", "id": entity}, event={})))
+    env = {**settings.environ, "REDIS_URL": settings.redis_url, "CRMBRIDGE_REDIS_PREFIX": settings.redis_prefix,
+           "CRMBRIDGE_QUEUE": settings.queue_name}
+    every = CliRunner().invoke(cli.cli, ["--config", str(settings.config_dir), "timers"], env=env)
+    assert every.output.splitlines() == [
+        "2026-11-30T10:00:00+02:00  lead:5  'Brief reminder'  (timer:abc:quickstart-amo:lead:5)",
+        "2026-12-01T10:00:00+02:00  lead:31926520  'Brief reminder'  (timer:abc:quickstart-amo:lead:31926520)",
+        "2 pending timers"]
+    one = CliRunner().invoke(cli.cli, ["--config", str(settings.config_dir), "timers", "--entity", "lead:5"], env=env)
+    assert one.output.splitlines()[-1] == "1 pending timer"

@@ -147,3 +147,65 @@ def test_a_stale_timer_job_does_nothing(runtime, fake_amo, at, live_server):
     stale = dict(timer, fire_at="2026-11-24T09:00:00+00:00")  # a copy fired by a second scheduler after a move
     assert worker.fire_timer(stale) == {"stale": True}
     assert fake_amo.received("POST", "/api/v4/tasks") == []
+
+
+DIGEST = """
+rules:
+  - name: Morning digest
+    on: {schedule: {at: "09:00", working_days: true}, connection: quickstart-bot}
+    calendar: office
+    do:
+      - send_message: {connection: quickstart-bot, chat: team, text: "Доброго ранку! {{ data.scheduled_for[:10] }}"}
+"""
+
+
+def test_a_scheduled_rule_ticks_on_working_days_and_reschedules(config_dir, settings, fake_tg, at):
+    from webhooks import create_app
+    (config_dir / "rules" / "digest.yaml").write_text(DIGEST, encoding="utf-8")
+    at(datetime(2026, 11, 27, 12, tzinfo=timezone.utc))  # Friday, after 09:00 in Kyiv
+    app = create_app(settings=settings)
+    rt = app.extensions["crmbridge"]
+    assert worker.ensure_schedules(rt) == 1
+    assert worker.ensure_schedules(rt) == 0               # a second worker starting adds nothing
+    [tick] = [t for t in pending(rt) if t["entity"]["type"] == "schedule"]
+    assert tick["fire_at"] == "2026-11-30T09:00:00+02:00"  # Monday: the weekend is skipped
+    at(datetime(2026, 11, 30, 7, 0, 1, tzinfo=timezone.utc))
+    worker.fire_timer(tick)
+    [sent] = fake_tg.method_calls("sendMessage")
+    assert sent.body["text"] == "Доброго ранку! 2026-11-30"
+    [nxt] = [t for t in pending(rt) if t["entity"]["type"] == "schedule"]
+    assert nxt["fire_at"] == "2026-12-01T09:00:00+02:00"
+
+
+CANCEL = """
+defaults:
+  connection: quickstart-amo
+rules:
+  - name: Brief reminder
+    on: {event: stage.changed, stage: "Brief received"}
+    after: 2 working days
+    cancel_on: {event: message.received, connection: quickstart-bot, entity: "lead:{{ data.text[6:] }}"}
+    do:
+      - add_note: "Нагадати про бриф"
+"""
+
+
+def test_cancel_on_an_event_about_another_record(config_dir, settings, fake_amo, at, live_server, runtime):
+    (config_dir / "rules" / "quickstart.yaml").unlink(missing_ok=True)
+    (config_dir / "rules" / "timers.yaml").write_text(CANCEL, encoding="utf-8")
+    from webhooks import create_app
+    app = create_app(settings=settings)
+    rt = app.extensions["crmbridge"]
+    client = app.test_client()
+    fake_amo.add_lead(dict(LEAD))
+    at(datetime(2026, 11, 24, 10, tzinfo=timezone.utc))
+    client.post("/hooks/quickstart-amo?token=amo-secret", data=payload("amocrm/lead_status_changed_full.form"),
+                content_type="application/x-www-form-urlencoded")
+    run_worker(rt)
+    assert len(pending(rt)) == 1
+    update = json.loads(payload("telegram/message_private_text.json"))
+    update["message"]["text"] = "/done 31926520"
+    client.post("/hooks/quickstart-bot", data=json.dumps(update), content_type="application/json",
+                headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret"})
+    run_worker(rt)
+    assert pending(rt) == []

@@ -82,7 +82,7 @@ CASES = [
                  ["rules.yaml:3: rule \"x\" → on → connection: no connection 'nope' in connections.yaml"], id="unknown-connection"),
     pytest.param("rules:\n  - name: x\n    on: stage.changed\n    wat: 1\n    do: [{add_note: a}]\n",
                  ["rules.yaml:4: rule \"x\" → unknown key 'wat'; expected one of: after, at, before, calendar, "
-                  "description, do, enabled, every, for_each, if, name, on, otherwise, while"], id="unknown-key"),
+                  "cancel_on, description, do, enabled, every, for_each, if, name, on, otherwise, while"], id="unknown-key"),
     pytest.param("rules:\n  - name: x\n    do: [{add_note: a}]\n",
                  ["rules.yaml:2: rule \"x\" → on: required; expected an event kind or a mapping with 'event:'"], id="missing-on"),
     pytest.param("rules:\n  - name: x\n    on: stage.changed\n    do: []\n",
@@ -95,6 +95,13 @@ CASES = [
                  ["rules.yaml:5: rule \"x\": the name is used twice (also at rules.yaml:2)"], id="duplicate-name"),
     pytest.param("rules:\n  - name: x\n   on: bad indent\n",
                  ["rules.yaml:3: invalid YAML: expected <block end>, but found '<block mapping start>'"], id="yaml-syntax"),
+    pytest.param("rules:\n  - name: x\n    on: {schedule: {at: '9 am'}}\n    do: [{add_note: a}]\n",
+                 ["rules.yaml:3: rule \"x\" → on → schedule: expected a time of day such as '09:30', found '9 am'"],
+                 id="bad-schedule"),
+    pytest.param("rules:\n  - name: x\n    on: stage.changed\n    cancel_on: {event: form.submitted, entity: 'lead:1'}\n"
+                 "    do: [{add_note: a}]\n",
+                 ["rules.yaml:4: rule \"x\" → cancel_on: only a delayed rule (after/at/before/every) has a timer to cancel"],
+                 id="cancel-without-delay"),
     pytest.param("rules:\n  - name: x\n    on: stage.changed\n    calendar: mars\n    do: [{add_note: a}]\n",
                  ["rules.yaml:4: rule \"x\" → calendar: no calendar 'mars' in connections.yaml"], id="unknown-calendar"),
 ]
