@@ -1,0 +1,567 @@
+"""Bitrix24 REST: event handlers in, deals/leads/contacts/tasks out through an inbound webhook.
+
+Events (an outgoing webhook, or `event.bind` from an app) are POSTed form-encoded with PHP
+bracket keys, `event=ONCRMDEALUPDATE&data[FIELDS][ID]=759&ts=…&auth[application_token]=…`,
+and carry only the record's ID ("An event reports only the fact of a change",
+api-reference/events/index.md): the worker reads the record and compares it with the last
+snapshot it kept. Bitrix24 signs nothing and does not retry a failed delivery.
+
+What the integrator writes in connections.yaml:
+
+    type: bitrix24
+    base_url: https://portal.bitrix24.ru/rest/1          # the portal and the webhook's user id
+    credentials: {webhook: ${B24_WEBHOOK_CODE}}          # the inbound webhook's secret code
+    webhook_secret: ${B24_APPLICATION_TOKEN}             # the outgoing webhook's application token
+    options: {domain: portal.bitrix24.ru, member_id: …}  # optional: checked against auth[…] too
+
+No credentials: record-only (calls are logged, not made). A base_url that already ends in the
+code works as well. Doc paths below are in github.com/bitrix24/b24restdocs.
+Samples: tests/payloads/bitrix24/.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from datetime import datetime
+from typing import Any, Callable
+from urllib.parse import urlencode
+
+from connectors.base import (
+    ApiError, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
+    RetryableApiError, Unauthorized, event_id, parse_nested_form, utc_iso,
+)
+
+SOURCE = "bitrix24"
+CONTENT_TYPES = ("application/x-www-form-urlencoded",)
+BASE_URL_REQUIRED = True  # every portal has its own address and webhook path
+
+# upper-cased event name -> (entity type, event kind); the activity page spells it onCrmActivityAdd
+EVENTS = {
+    "ONCRMDEALADD": ("deal", "entity.created"), "ONCRMDEALUPDATE": ("deal", "entity.updated"),
+    "ONCRMDEALDELETE": ("deal", "entity.deleted"), "ONCRMLEADADD": ("lead", "entity.created"),
+    "ONCRMLEADUPDATE": ("lead", "entity.updated"), "ONCRMCONTACTADD": ("contact", "entity.created"),
+    "ONCRMCONTACTUPDATE": ("contact", "entity.updated"), "ONTASKADD": ("task", "task.created"),
+    "ONTASKUPDATE": ("task", "task.updated"), "ONCRMACTIVITYADD": ("activity", "entity.created"),
+}
+UPDATES = {"entity.updated", "task.updated"}
+AUTH_KEPT = ("domain", "member_id")  # the rest of auth[] is secrets: never stored with the event
+CRM_TYPES = {"deal", "lead", "contact", "company"}
+# CRM object type ids (crm.activity.list OWNER_TYPE_ID, crm.item.* entityTypeId): crm/data-types.md
+OWNER_TYPE = {"lead": 1, "deal": 2, "contact": 3, "company": 4}
+# UF_CRM_TASK binding prefixes (api-reference/tasks/fields.md)
+TASK_BINDING = {"lead": "L", "deal": "D", "contact": "C", "company": "CO"}
+TASK_SELECT = ["ID", "TITLE", "STATUS", "RESPONSIBLE_ID", "DEADLINE", "UF_CRM_TASK"]
+TASK_DONE = "5"  # tasks.task.list REAL_STATUS: 2 waiting, 3 in progress, 4 awaiting control, 5 completed, 6 deferred
+# 503 QUERY_LIMIT_EXCEEDED, 429 OPERATION_TIME_LIMIT, 503 OVERLOAD_LIMIT (limits.md); 500 PORTAL_DELETED
+# is final (_includes/system-errors.md). Some clients see QUERY_LIMIT_EXCEEDED with HTTP 200.
+RETRYABLE_CODES = {"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT", "OVERLOAD_LIMIT", "INTERNAL_SERVER_ERROR"}
+PERMANENT_CODES = {"PORTAL_DELETED"}
+BATCH_MAX = 50  # "The number of requests in a batch is limited to 50" (settings/how-to-call-rest-api/batch.md)
+
+
+def verify(raw: RawWebhook, connection: Connection) -> None:
+    """Compare auth[application_token] (and any configured domain/member_id) with the connection's."""
+    try:
+        auth = parse_nested_form(raw.body).get("auth")
+    except BadPayload:
+        auth = None
+    auth = auth if isinstance(auth, dict) else {}
+    if not connection.webhook_secret or not _same(auth.get("application_token"), connection.webhook_secret):
+        raise Unauthorized("missing or wrong auth[application_token]")
+    for key in AUTH_KEPT:
+        expected = (connection.options or {}).get(key)
+        if expected and not _same(auth.get(key), str(expected)):
+            raise Unauthorized(f"auth[{key}] is not this connection's {key}")
+
+
+def _same(given: Any, expected: str) -> bool:
+    return isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
+    """One POST is one event about one record, named by its ID only."""
+    form = parse_nested_form(raw.body)
+    name = form.get("event")
+    if not isinstance(name, str) or not name:
+        raise BadPayload("no Bitrix24 event name (expected event=ONCRM…&data[FIELDS][ID]=…)")
+    if name.upper() not in EVENTS:
+        raise BadPayload(f"unsupported Bitrix24 event {name!r}")
+    entity_type, kind = EVENTS[name.upper()]
+    entity_id = _event_record_id(form.get("data"), entity_type)
+    if not entity_id:
+        where = "data[FIELDS_AFTER][ID]" if entity_type == "task" else "data[FIELDS][ID]"
+        raise BadPayload(f"{name} has no {where}")
+    ts = form.get("ts")
+    auth = form.get("auth") if isinstance(form.get("auth"), dict) else {}
+    kept = {k: v for k, v in form.items() if k != "auth"}
+    kept["auth"] = {k: auth[k] for k in AUTH_KEPT if k in auth}
+    return [Event(
+        id=event_id(connection.name, name.upper(), entity_id, ts),
+        connection=connection.name, source=SOURCE, kind=kind, entity=Entity(entity_type, entity_id),
+        data={"needs_snapshot_diff": True} if kind in UPDATES else {}, raw=kept,
+        occurred_at=utc_iso(ts) if str(ts or "").isdigit() else utc_iso())]
+
+
+def _event_record_id(data: Any, entity_type: str) -> str:
+    """CRM events carry data[FIELDS][ID]; task events data[FIELDS_AFTER][ID] (FIELDS_BEFORE is "undefined" on add)."""
+    if not isinstance(data, dict):
+        return ""
+    fields = data.get("FIELDS_AFTER" if entity_type == "task" else "FIELDS")
+    value = fields.get("ID") if isinstance(fields, dict) else None
+    return str(value).strip() if isinstance(value, str) and value.strip() else ""
+
+
+def command(method: str, params: dict[str, Any] | None = None) -> str:
+    """A batch command string, `method?a[b]=c`, with the params URL-encoded PHP-style."""
+    return f"{method}?{urlencode(_pairs(params or {}))}" if params else method
+
+
+def _pairs(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    pairs: list[tuple[str, Any]] = []
+    for key, item in items:
+        name = f"{prefix}[{key}]" if prefix else str(key)
+        if isinstance(item, (dict, list, tuple)):
+            pairs += _pairs(item, name)
+        else:
+            pairs.append((name, item))
+    return pairs
+
+
+class Client(BaseClient):
+    """Actions on one Bitrix24 portal through its inbound webhook; each method is one to three calls."""
+
+    rate_per_second = 2  # the leaky bucket drains 2 requests/s on non-Enterprise plans (limits.md)
+    timeout = 30.0  # a REST request may run up to 60 s (limits.md); most answer in a second or two
+    docs_url = "https://apidocs.bitrix24.com/"
+    metadata_ttl = 3600
+
+    @property
+    def endpoint(self) -> str:
+        """base_url plus the webhook code from credentials, unless base_url already ends in it."""
+        base = (self.connection.base_url or "").rstrip("/")
+        code = (self.connection.credentials.get("webhook") or "").strip("/")
+        return base if not code or base.endswith("/" + code) else f"{base}/{code}"
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """POST one REST method with a JSON body; the whole answer, or None in record-only mode."""
+        path = f"/{method}.json"  # what error messages name: never the URL with its secret code
+        resp = self.request("POST", path, json_body=params or {}, url=f"{self.endpoint}{path}")
+        if resp is None:
+            return None
+        body = _body(resp)
+        if body.get("error") not in (None, ""):  # QUERY_LIMIT_EXCEEDED may come with HTTP 200
+            raise self.api_error(f"POST {path}", resp.status_code, body)
+        return body
+
+    def check(self, resp, what: str) -> None:
+        """HTTP 4xx/5xx → the error tree, classified by Bitrix24's own code first."""
+        if resp.status_code >= 400:
+            raise self.api_error(what, resp.status_code, _body(resp), resp.headers.get("Retry-After"))
+
+    def api_error(self, what: str, status: int, body: dict[str, Any], retry_after: str | None = None) -> ApiError:
+        """{"error", "error_description"} → RetryableApiError (limits, 429, 5xx) or PermanentApiError."""
+        code = str(body.get("error") or "")
+        text = re.sub(r"<br\s*/?>", " ", str(body.get("error_description") or "")).strip()
+        message = f"{what}: HTTP {status}: " + (f"{code}: {text}" if code and text else code or text)
+        if code in PERMANENT_CODES or (code not in RETRYABLE_CODES and status < 500 and status != 429):
+            return PermanentApiError(message, status=status)
+        wait = float(retry_after) if retry_after and retry_after.isdigit() else None
+        if wait is None and code == "QUERY_LIMIT_EXCEEDED":
+            wait = 1.0  # the bucket drains 2 requests/s: a second frees room for a retry
+        return RetryableApiError(message, status=status, retry_after=wait)
+
+    def list_all(self, method: str, params: dict[str, Any], key: str | None = None) -> list[Any] | None:
+        """Every page of a list method: 50 records a page, repeated with start=<next>."""
+        items: list[Any] = []
+        start = 0
+        while True:
+            body = self.call(method, {**params, "start": start})
+            if body is None:
+                return None
+            result = body.get("result") or []
+            page = result.get(key, []) if key and isinstance(result, dict) else result
+            items.extend(page if isinstance(page, list) else [])
+            following = body.get("next")
+            if following in (None, "") or int(following) <= start:
+                return items
+            start = int(following)
+
+    def batch(self, commands: dict[str, str], halt: bool = False) -> dict[str, dict[str, Any]] | None:
+        """Run {key: "method?query"} 50 at a time → {"result", "errors", "total", "next"}, each by key.
+
+        `$result[key]` references work only within one group of 50 (Bitrix24 runs each batch alone).
+        """
+        merged: dict[str, dict[str, Any]] = {"result": {}, "errors": {}, "total": {}, "next": {}}
+        items = list(commands.items())
+        for i in range(0, len(items), BATCH_MAX):
+            body = self.call("batch", {"halt": int(halt), "cmd": dict(items[i:i + BATCH_MAX])})
+            if body is None:
+                return None
+            part = body.get("result") or {}
+            for ours, wire in (("result", "result"), ("errors", "result_error"),
+                               ("total", "result_total"), ("next", "result_next")):
+                merged[ours].update(_as_dict(part.get(wire)))  # PHP sends an empty map as []
+            if halt and merged["errors"]:
+                break
+        return merged
+
+    # --- metadata, cached in Redis ---------------------------------------------------------
+
+    def cached(self, name: str, fetch: Callable[[], Any]) -> Any:
+        key = f"{self.key_prefix}meta:{self.connection.name}:{name}"
+        if self.store is not None:
+            hit = self.store.get(key)
+            if hit:
+                return json.loads(hit)
+        value = fetch()
+        if self.store is not None:
+            self.store.set(key, json.dumps(value, ensure_ascii=False), ex=self.metadata_ttl)
+        return value
+
+    def forget(self, name: str) -> None:
+        if self.store is not None:
+            self.store.delete(f"{self.key_prefix}meta:{self.connection.name}:{name}")
+
+    def refreshed(self, name: str, find: Callable[[], Any]) -> Any:
+        """find() on cached metadata; on a miss, once more on fresh metadata."""
+        found = find()
+        if not found:
+            self.forget(name)
+            found = find()
+        return found
+
+    def stages(self) -> dict[str, Any]:
+        """{"deal": {category id: {"name", "stages": {STATUS_ID: name}}}, "lead": {STATUS_ID: name}}, cached."""
+        def fetch() -> dict[str, Any]:
+            categories = self.call("crm.category.list", {"entityTypeId": OWNER_TYPE["deal"]})["result"]
+            categories = categories.get("categories", []) if isinstance(categories, dict) else []
+            cmd = {f"c{c['id']}": command("crm.status.list", {"filter": {"ENTITY_ID": _stage_list(c["id"])}})
+                   for c in categories}
+            cmd["lead"] = command("crm.status.list", {"filter": {"ENTITY_ID": "STATUS"}})
+            answer = self.batch(cmd)
+            if answer["errors"]:
+                key, error = next(iter(answer["errors"].items()))
+                raise self.api_error(f"batch {key}", 200, error)
+            lists = answer["result"]
+            deal = {str(c["id"]): {"name": c["name"], "stages": _status_names(lists.get(f"c{c['id']}"))}
+                    for c in categories}
+            return {"deal": deal, "lead": _status_names(lists.get("lead"))}
+        return self.cached("stages", fetch)
+
+    def users(self) -> dict[str, str]:
+        """{user id: "NAME LAST_NAME"} from user.get, cached."""
+        def fetch() -> dict[str, str]:
+            return {str(u["ID"]): " ".join(filter(None, (u.get("NAME"), u.get("LAST_NAME")))).strip()
+                    for u in self.list_all("user.get", {}) or []}
+        return self.cached("users", fetch)
+
+    def fields(self, entity_type: str) -> dict[str, dict[str, Any]]:
+        """{FIELD_CODE: {"label", "items"}} from crm.<type>.fields; UF_ labels are formLabel/listLabel."""
+        def fetch() -> dict[str, dict[str, Any]]:
+            result = self.call(f"{_crm(entity_type)}.fields")["result"]
+            return {code: {"label": d.get("formLabel") or d.get("listLabel") or d.get("title") or code,
+                           "items": {str(i["ID"]): i["VALUE"] for i in d.get("items") or []}}
+                    for code, d in result.items()}
+        return self.cached(f"fields:{entity_type}", fetch)
+
+    def name_refs(self, data: dict[str, Any], entity_type: str | None = None) -> dict[str, Any]:
+        """Add names to stage/pipeline/responsible refs, from cached metadata."""
+        if self.record_only or not any(k in data for k in ("stage", "pipeline", "responsible")):
+            return data
+        if "pipeline" in data:
+            category = self.stages()["deal"].get(data["pipeline"]["id"], {})
+            data["pipeline"]["name"] = category.get("name")
+            if "stage" in data:
+                data["stage"]["name"] = category.get("stages", {}).get(data["stage"]["id"])
+        elif "stage" in data and entity_type in (None, "lead"):
+            data["stage"]["name"] = self.stages()["lead"].get(data["stage"]["id"])
+        if "responsible" in data:
+            data["responsible"]["name"] = self.users().get(data["responsible"]["id"])
+        return data
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get_entity(self, entity: Entity) -> dict[str, Any] | None:
+        """The record's state in the common shape; None in record-only mode or for a missing task."""
+        if entity.type == "task":
+            body = self.call("tasks.task.get", {"taskId": _id(entity), "select": TASK_SELECT})
+            task = (body or {}).get("result")  # [] when the task is gone or hidden (tasks-task-get.md)
+            return self.normalize_task(task["task"]) if isinstance(task, dict) and task.get("task") else None
+        body = self.call(f"{_crm(entity.type)}.get", {"id": _id(entity)})
+        return None if body is None else self.normalize(entity.type, body["result"])
+
+    def normalize(self, entity_type: str, rec: dict[str, Any]) -> dict[str, Any]:
+        """A crm.<type>.get record in the common shape, UF_ fields by their labels."""
+        snap: dict[str, Any] = {"id": str(rec["ID"]), "name": _record_name(rec), "fields": {},
+                                "tags": [], "contacts": []}
+        if entity_type == "deal":
+            _ref(snap, "pipeline", rec.get("CATEGORY_ID") or "0")
+            _ref(snap, "stage", rec.get("STAGE_ID"))
+            snap["contacts"] = [str(rec["CONTACT_ID"])] if rec.get("CONTACT_ID") else []
+            _ref(snap, "company", rec.get("COMPANY_ID"))
+        elif entity_type == "lead":
+            _ref(snap, "stage", rec.get("STATUS_ID"))
+        if "OPPORTUNITY" in rec:
+            snap["price"] = rec["OPPORTUNITY"]
+        _ref(snap, "responsible", rec.get("ASSIGNED_BY_ID"))
+        meta = self.fields(entity_type)
+        for code, value in rec.items():
+            if code.startswith("UF_"):
+                info = meta.get(code, {"label": code, "items": {}})
+                snap["fields"][info["label"]] = _enum_text(info, value)
+        return self.name_refs(snap, entity_type)
+
+    def normalize_task(self, task: dict[str, Any]) -> dict[str, Any]:
+        """A tasks.task.* task (camelCase keys) in the common shape."""
+        status = str(task.get("status") or "")
+        snap: dict[str, Any] = {"id": str(task["id"]), "name": task.get("title"), "status": status,
+                                "completed": status == TASK_DONE, "deadline": task.get("deadline"),
+                                "bindings": list(task.get("ufCrmTask") or []), "fields": {}, "tags": [],
+                                "contacts": []}
+        _ref(snap, "responsible", task.get("responsibleId"))
+        return self.name_refs(snap, "task")
+
+    def get_company(self, company: Entity | str | int) -> dict[str, Any] | None:
+        """crm.company.get in the common shape."""
+        return self.get_entity(_as_entity("company", company))
+
+    def list_tasks(self, entity: Entity, open_only: bool = True) -> list[dict[str, Any]] | None:
+        """The tasks bound to the entity (UF_CRM_TASK), every page; open ones only by default."""
+        flt: dict[str, Any] = {"UF_CRM_TASK": _binding(entity)}
+        if open_only:
+            flt["!REAL_STATUS"] = int(TASK_DONE)
+        tasks = self.list_all("tasks.task.list", {"filter": flt, "select": TASK_SELECT, "order": {"ID": "asc"}},
+                              key="tasks")
+        return None if tasks is None else [self.normalize_task(t) for t in tasks]
+
+    def list_activities(self, entity: Entity) -> list[dict[str, Any]] | None:
+        """The entity's CRM activities (calls, meetings, e-mails), newest first, every page."""
+        params = {"filter": {"OWNER_TYPE_ID": _owner_type(entity.type), "OWNER_ID": _id(entity)},
+                  "order": {"ID": "DESC"},
+                  "select": ["ID", "TYPE_ID", "SUBJECT", "COMPLETED", "DEADLINE", "RESPONSIBLE_ID"]}
+        rows = self.list_all("crm.activity.list", params)
+        return None if rows is None else [
+            {"id": str(a["ID"]), "type": str(a.get("TYPE_ID")), "subject": a.get("SUBJECT"),
+             "completed": a.get("COMPLETED") == "Y", "deadline": a.get("DEADLINE"),
+             "responsible": {"id": str(a.get("RESPONSIBLE_ID"))}} for a in rows]
+
+    def changed_since(self, since: str) -> list[dict[str, str]] | None:
+        """Deals modified after `since` (ISO 8601), oldest first, as [{"id", "modified"}], every page."""
+        rows = self.list_all("crm.deal.list", {"filter": {">DATE_MODIFY": since}, "order": {"DATE_MODIFY": "ASC"},
+                                               "select": ["ID", "DATE_MODIFY"]})
+        return None if rows is None else [{"id": str(d["ID"]), "modified": d.get("DATE_MODIFY")} for d in rows]
+
+    # --- names → ids ------------------------------------------------------------------------
+
+    def resolve_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> tuple[str, str | None]:
+        """A stage name or STATUS_ID (and funnel name or id) → (STATUS_ID, category id; None for leads)."""
+        found = self.refreshed("stages", lambda: _stage_candidates(
+            self.stages(), entity.type, str(stage), None if pipeline is None else str(pipeline)))
+        where = f" in funnel {pipeline!r}" if pipeline is not None else ""
+        if not found:
+            raise PermanentApiError(f"Bitrix24 has no {entity.type} stage {stage!r}{where}")
+        if len(found) > 1:  # the same name in several funnels: the one the deal is in
+            current = self.deal_category(entity)
+            found = [f for f in found if f[1] == current]
+            if len(found) != 1:
+                raise PermanentApiError(f"stage {stage!r} is in several funnels; name the pipeline")
+        return found[0]
+
+    def deal_category(self, entity: Entity) -> str:
+        """The funnel (CATEGORY_ID) a deal is in now."""
+        return str(self.call("crm.deal.get", {"id": _id(entity)})["result"].get("CATEGORY_ID") or "0")
+
+    def resolve_user(self, user: str | int | None) -> int | None:
+        """A user name as the portal shows it, or an id → the id."""
+        if user in (None, ""):
+            return None
+        if str(user).isdigit():
+            return int(user)
+        found = self.refreshed("users", lambda: [uid for uid, name in self.users().items() if name == user])
+        if not found:
+            raise PermanentApiError(f"Bitrix24 has no user {user!r}")
+        return int(found[0])
+
+    def resolve_fields(self, entity_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Field codes or labels → codes; list (enumeration) values by their text → item ids."""
+        def codes() -> dict[str, str | None]:
+            meta = self.fields(entity_type)
+            labels = {info["label"]: code for code, info in meta.items()}
+            return {name: name if name in meta else labels.get(name) for name in fields}
+        self.refreshed(f"fields:{entity_type}", lambda: all(codes().values()))
+        meta, known = self.fields(entity_type), codes()
+        missing = [name for name, code in known.items() if code is None]
+        if missing:
+            raise PermanentApiError(f"Bitrix24 has no {entity_type} field {missing[0]!r}")
+        return {known[name]: _enum_id(meta[known[name]], value) for name, value in fields.items()}
+
+    # --- acting -------------------------------------------------------------------------------
+
+    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> bool | None:
+        """Move a deal (or lead) to a stage; into another funnel through crm.item.update."""
+        if entity.type == "lead":
+            status = stage if self.record_only else self.resolve_stage(entity, stage)[0]
+            return self.update(entity, {"STATUS_ID": status}, resolve=False)
+        if entity.type != "deal":
+            raise PermanentApiError(f"Bitrix24 stages belong to deals and leads, not {entity.type}s")
+        if self.record_only:  # nothing to resolve names with: log the call as the rule wrote it
+            status, category, current = stage, pipeline, None
+        else:
+            status, category = self.resolve_stage(entity, stage, pipeline)
+            current = self.deal_category(entity) if pipeline is not None else category
+        if pipeline is not None and category != current:
+            # "If it is necessary to change the funnel of the deal, use crm.item.update" (crm-deal-update.md)
+            fields = {"categoryId": _num(category), "stageId": status}
+            body = self.call("crm.item.update", {"entityTypeId": OWNER_TYPE["deal"], "id": _id(entity),
+                                                 "fields": fields})
+            return None if body is None else bool(body.get("result"))
+        return self.update(entity, {"STAGE_ID": status}, resolve=False)
+
+    def update(self, entity: Entity, fields: dict[str, Any], resolve: bool = True) -> bool | None:
+        """crm.<type>.update with the fields (by label or code when `resolve`)."""
+        values = self.resolve_fields(entity.type, fields) if resolve and not self.record_only else fields
+        body = self.call(f"{_crm(entity.type)}.update", {"id": _id(entity), "fields": values})
+        return None if body is None else bool(body.get("result"))
+
+    def set_fields(self, entity: Entity, fields: dict[str, Any]) -> bool | None:
+        """Write fields by code (UF_CRM_…, TITLE) or by the label the portal shows."""
+        return self.update(entity, fields)
+
+    def update_contact(self, contact: Entity | str | int, fields: dict[str, Any]) -> bool | None:
+        """crm.contact.update, fields by code or label."""
+        return self.update(_as_entity("contact", contact), fields)
+
+    def create_task(self, entity: Entity, text: str, due: str, responsible: str | int | None = None,
+                    task_type: int | None = None, bind: list[Any] | None = None) -> int | None:
+        """tasks.task.add bound to the entity and to `bind` (e.g. the deal's contact and company).
+
+        Bitrix24 tasks have no type: `task_type` is accepted for the common signature and ignored.
+        With no responsible, the task goes to the webhook's own user (RESPONSIBLE_ID is required).
+        """
+        user = responsible if self.record_only else self.resolve_user(responsible)
+        fields = {"TITLE": text, "DEADLINE": datetime.fromisoformat(due).isoformat(),
+                  "RESPONSIBLE_ID": user if user not in (None, "") else self.webhook_user(),
+                  "UF_CRM_TASK": list(dict.fromkeys(_binding(b) for b in [entity, *(bind or [])]))}
+        body = self.call("tasks.task.add", {"fields": fields})
+        return None if body is None else int(body["result"]["task"]["id"])
+
+    def webhook_user(self) -> int | None:
+        """The user the inbound webhook acts as: the number after /rest/ in its URL."""
+        found = re.search(r"/rest/(\d+)(?:/|$)", self.connection.base_url or "")
+        if not found and not self.record_only:
+            raise PermanentApiError("no responsible user, and base_url has no /rest/<user id>/ to fall back on")
+        return int(found.group(1)) if found else None
+
+    def add_note(self, entity: Entity, text: str) -> int | None:
+        """A comment in the entity's timeline (crm.timeline.comment.add)."""
+        _owner_type(entity.type)
+        body = self.call("crm.timeline.comment.add", {"fields": {
+            "ENTITY_ID": _id(entity), "ENTITY_TYPE": entity.type, "COMMENT": text}})
+        return None if body is None else int(body["result"])
+
+    def notify(self, user: str | int, text: str) -> int | None:
+        """A system notification to a portal user (im.notify.system.add)."""
+        uid = user if self.record_only else self.resolve_user(user)
+        body = self.call("im.notify.system.add", {"USER_ID": uid, "MESSAGE": text})
+        return None if body is None else int(body["result"])
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _body(resp) -> dict[str, Any]:
+    """The JSON answer, or the text as an error when a proxy or gateway answered instead."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    return body if isinstance(body, dict) else {"error": "", "error_description": resp.text[:300]}
+
+
+def _crm(entity_type: str) -> str:
+    if entity_type not in CRM_TYPES:
+        raise PermanentApiError(f"Bitrix24 CRM has no {entity_type!r} records (expected one of "
+                                f"{', '.join(sorted(CRM_TYPES))})")
+    return f"crm.{entity_type}"
+
+
+def _owner_type(entity_type: str) -> int:
+    _crm(entity_type)
+    return OWNER_TYPE[entity_type]
+
+
+def _id(entity: Entity) -> int:
+    if not str(entity.id).isdigit():
+        raise PermanentApiError(f"Bitrix24 ids are numbers, not {entity.id!r} ({entity.type})")
+    return int(entity.id)
+
+
+def _num(value: Any) -> Any:
+    return int(value) if str(value).isdigit() else value
+
+
+def _as_entity(entity_type: str, value: Entity | str | int) -> Entity:
+    return value if isinstance(value, Entity) else Entity(entity_type, str(value))
+
+
+def _binding(target: Any) -> str:
+    """An entity (Entity, {"type", "id"}, or "D_10" as is) → its UF_CRM_TASK value."""
+    if isinstance(target, str) and re.fullmatch(r"[A-Z]+\d*_\d+", target):
+        return target
+    if isinstance(target, dict):
+        target = Entity(str(target.get("type")), str(target.get("id")))
+    if not isinstance(target, Entity) or target.type not in TASK_BINDING:
+        raise PermanentApiError(f"cannot bind a task to {target!r} (deal, lead, contact or company)")
+    return f"{TASK_BINDING[target.type]}_{_id(target)}"
+
+
+def _stage_candidates(stages: dict[str, Any], entity_type: str, stage: str,
+                      pipeline: str | None) -> list[tuple[str, str | None]]:
+    """Every (STATUS_ID, category) the stage may mean; exact STATUS_ID matches win over names."""
+    if entity_type == "lead":
+        pool = [(sid, name, None) for sid, name in stages["lead"].items()]
+    else:
+        pool = [(sid, name, cid) for cid, cat in stages["deal"].items() if pipeline in (None, cid, cat["name"])
+                for sid, name in cat["stages"].items()]
+    by_id = [(sid, cid) for sid, name, cid in pool if sid == stage]
+    return by_id or [(sid, cid) for sid, name, cid in pool if name == stage]
+
+
+def _stage_list(category_id: Any) -> str:
+    """crm.status.list ENTITY_ID of a funnel's stages: DEAL_STAGE (default) or DEAL_STAGE_{id} (crm-deal-update.md)."""
+    return "DEAL_STAGE" if str(category_id) == "0" else f"DEAL_STAGE_{category_id}"
+
+
+def _status_names(rows: Any) -> dict[str, str]:
+    return {str(r["STATUS_ID"]): r["NAME"] for r in rows or [] if isinstance(r, dict)}
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _ref(data: dict[str, Any], key: str, value: Any) -> None:
+    if value not in (None, ""):
+        data[key] = {"id": str(value)}
+
+
+def _record_name(rec: dict[str, Any]) -> str | None:
+    """TITLE for deals, leads and companies; NAME LAST_NAME for contacts."""
+    if rec.get("TITLE"):
+        return rec["TITLE"]
+    return " ".join(filter(None, (rec.get("NAME"), rec.get("LAST_NAME")))) or None
+
+
+def _enum_text(info: dict[str, Any], value: Any) -> Any:
+    items = info.get("items") or {}
+    if isinstance(value, list):
+        return [items.get(str(v), v) for v in value]
+    return items.get(str(value), value) if items else value
+
+
+def _enum_id(info: dict[str, Any], value: Any) -> Any:
+    ids = {text: item_id for item_id, text in (info.get("items") or {}).items()}
+    if isinstance(value, list):
+        return [ids.get(v, v) for v in value]
+    return ids.get(value, value) if isinstance(value, str) else value
