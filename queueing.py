@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from redis import Redis
+from redis.exceptions import WatchError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Callback, Job
@@ -60,28 +61,42 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return current
 """
 
+    # KEYS[1] the record's counter, KEYS[2] this event's ticket; ARGV[1] ttl
+    TICKET = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], seq, 'EX', ARGV[1])
+return seq
+"""
+
     def __init__(self, store: Redis, keys: Keys):
         self.store, self.keys = store, keys
         self._done = store.register_script(self.DONE)
+        self._ticket = store.register_script(self.TICKET)
 
     def _key(self, kind: str, event: dict[str, Any]) -> str:
         return self.keys(kind, event["connection"], f"{event['entity']['type']}:{event['entity']['id']}")
 
-    def ticket(self, event: dict[str, Any]) -> None:
-        """Number the event among the events of its record."""
-        key = self._key("order", event)
-        seq = self.store.incr(key)
-        self.store.expire(key, self.TTL)
-        event["seq"] = seq
+    def ticket(self, event: dict[str, Any], pipe=None) -> None:
+        """Number the event among its record's events (inside the intake's transaction)."""
+        self._ticket(keys=[self._key("order", event), self.keys("ticket", event["id"])], args=[self.TTL],
+                     client=pipe if pipe is not None else self.store)
+
+    def seq(self, event: dict[str, Any]) -> int | None:
+        """The event's number, or None for events that were not numbered (timers, replays)."""
+        if "seq" not in event:
+            raw = self.store.get(self.keys("ticket", event["id"]))
+            event["seq"] = int(raw) if raw else None
+        return event["seq"]
 
     def is_turn(self, event: dict[str, Any]) -> bool:
-        seq = event.get("seq")
+        seq = self.seq(event)
         if not seq:
             return True
         return int(self.store.get(self._key("order-done", event)) or 0) >= seq - 1
 
     def done(self, event: dict[str, Any]) -> None:
-        if event.get("seq"):
+        if self.seq(event):
             self._done(keys=[self._key("order-done", event)], args=[event["seq"], self.TTL + 3600])
 
 
@@ -127,6 +142,27 @@ class RQBackend:
         self.timers = TimerIndex(store, keys)
         self.order = Order(store, keys)
         self.retry = Retry(max=job_retries, interval=[5, 30, 120][:job_retries]) if job_retries else None
+
+    def accept(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
+        """Mark the event seen, number it and queue it in one transaction; False if seen before.
+
+        One MULTI/EXEC, so that no crash can leave an event marked seen but not queued (its
+        retry would then be dropped as a duplicate), and a concurrent copy loses the WATCH.
+        """
+        with self.store.pipeline() as pipe:
+            try:
+                pipe.watch(seen)
+                if pipe.exists(seen):
+                    return False
+                pipe.multi()
+                pipe.set(seen, 1, ex=ttl)
+                self.order.ticket(event, pipe)
+                self.queue.enqueue(HANDLE_EVENT, event, job_id=job_id_for("event", event["id"]),
+                                   pipeline=pipe, **self._job_options(event))
+                pipe.execute()
+                return True
+            except WatchError:
+                return False
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self.queue.enqueue(HANDLE_EVENT, event, job_id=job_id_for("event", event["id"]), **self._job_options(event))
@@ -183,6 +219,13 @@ class InProcessBackend:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="crmbridge-worker", daemon=True)
         self._thread.start()
+
+    def accept(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
+        if not self.store.set(seen, 1, nx=True, ex=ttl):
+            return False
+        self.order.ticket(event)
+        self._queue.put(("event", event))
+        return True
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self._queue.put(("event", event))

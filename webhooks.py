@@ -78,21 +78,14 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
 
 
 def intake(rt: Runtime, events: list[Event]) -> tuple[int, int]:
-    """Drop events already seen; queue the rest. The seen-mark is undone if queueing fails."""
+    """Queue the events not seen before (atomically with their seen-mark); count the rest."""
     accepted = duplicates = 0
     for event in events:
-        seen = rt.keys("seen", event.id)
-        if not rt.store.set(seen, 1, nx=True, ex=event.dedupe_window or rt.settings.dedupe_ttl):
+        if rt.backend.accept(event.to_dict(), rt.keys("seen", event.id),
+                             event.dedupe_window or rt.settings.dedupe_ttl):
+            accepted += 1
+        else:
             duplicates += 1
-            continue
-        try:
-            payload = event.to_dict()
-            rt.backend.order.ticket(payload)
-            rt.backend.enqueue_event(payload)
-        except Exception:
-            rt.store.delete(seen)
-            raise
-        accepted += 1
     return accepted, duplicates
 
 

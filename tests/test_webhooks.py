@@ -94,3 +94,35 @@ def test_invalid_configuration_refuses_to_start(config_dir, env):
     assert str(exc.value).splitlines()[0].endswith(
         "broken.yaml:4: rule \"x\" → do[0]: unknown action 'fly'; expected one of: add_note, answer_button, "
         "create_task, edit_buttons, move_to_stage, send_message, set_fields")
+
+
+def test_a_failed_enqueue_leaves_no_seen_mark(client, runtime, monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    def broken(*args, **kwargs):
+        raise RedisConnectionError("connection lost while queueing")
+    monkeypatch.setattr(runtime.backend.queue, "enqueue", broken)
+    body = payload("amocrm/lead_status_changed_full.form")
+    assert client.post(AMO, data=body, content_type=FORM).status_code == 503
+    assert runtime.store.keys(runtime.keys("seen", "*")) == []
+    monkeypatch.undo()
+    again = client.post(AMO, data=body, content_type=FORM)   # the platform's retry is not a "duplicate"
+    assert again.json == {"accepted": 1, "duplicates": 0} and queued(runtime) == 1
+
+
+def test_concurrent_copies_of_one_webhook_are_queued_once(live_server, runtime):
+    import threading
+
+    import requests
+    body = payload("amocrm/lead_status_changed_full.form")
+    answers: list[dict] = []
+
+    def send() -> None:
+        answers.append(requests.post(f"{live_server}{AMO}", data=body, headers={"Content-Type": FORM}, timeout=5).json())
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sum(a["accepted"] for a in answers) == 1 and sum(a["duplicates"] for a in answers) == 7
+    assert queued(runtime) == 1
