@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from connectors.base import ApiError, Entity, Event, PermanentApiError, RetryableApiError
+from connectors.base import Entity, Event, PermanentApiError, RetryableApiError
 from rules import MODULES
 from rules.engine import Plan, PlannedAction, plan, plan_fired, schedule_timer
 from runtime import Runtime, configure_logging
@@ -152,8 +152,7 @@ def remember(rt: Runtime, event: Event, entity: dict[str, Any]) -> dict[str, Any
     if event.entity.type not in CRM_ENTITIES or event.kind == "entity.deleted":
         return None
     key = rt.keys("snapshot", event.connection, str(event.entity))
-    previous = rt.store.getset(key, json.dumps(entity, ensure_ascii=False, default=str))
-    rt.store.expire(key, SNAPSHOT_TTL)
+    previous = rt.store.set(key, json.dumps(entity, ensure_ascii=False, default=str), ex=SNAPSHOT_TTL, get=True)
     return json.loads(previous) if previous else None
 
 

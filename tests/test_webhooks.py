@@ -1,7 +1,6 @@
 """The receiver: status codes for every kind of caller and body, and nothing queued when refused."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
