@@ -167,6 +167,11 @@ class RQBackend:
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self.queue.enqueue(HANDLE_EVENT, event, job_id=job_id_for("event", event["id"]), **self._job_options(event))
 
+    def call_at(self, when: datetime, func: str, arg: Any, key: str) -> None:
+        """A periodic job of our own (catch-up) at `when`; one per key, however many workers ask."""
+        self.queue.enqueue_at(when.astimezone(timezone.utc), func, arg, job_id=job_id_for("call", key),
+                              result_ttl=300, failure_ttl=7 * 24 * 3600)
+
     def defer_event(self, event: dict[str, Any], seconds: float) -> None:
         """Try an event again a little later (its record's earlier event is not done yet)."""
         job_id = job_id_for("event", f"{event['id']}#wait{event.get('defers', 0)}")
@@ -232,6 +237,9 @@ class InProcessBackend:
 
     def defer_event(self, event: dict[str, Any], seconds: float) -> None:
         self._queue.put(("event", event))  # one thread handles events in order: never needed
+
+    def call_at(self, when: datetime, func: str, arg: Any, key: str) -> None:
+        log.warning("periodic job %s is not run on the embedded default; set REDIS_URL", key)
 
     def schedule(self, timer: dict[str, Any]) -> None:
         self.timers.add(timer)

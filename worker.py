@@ -13,13 +13,14 @@ import os
 import random
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from connectors.base import Entity, Event, PermanentApiError, RetryableApiError
+from connectors.base import Entity, Event, PermanentApiError, RetryableApiError, event_id
 from rules import MODULES
+from rules.calendar import parse_duration
 from rules.engine import Plan, PlannedAction, plan, plan_fired, schedule_timer
 from runtime import Runtime, configure_logging
 from config.settings import Settings
@@ -56,7 +57,9 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
     entity = snapshot(rt, event)
     outcome: dict[str, Any] = {}
     for each in [event, *derive(event, remember(rt, event, entity), entity)]:
-        result = plan(each, entity, rt.ruleset, clock(), MODULES)
+        # what the event knows of the past (previous stage, changed fields) joins the entity
+        view = {**entity, **{k: v for k, v in each.data.items() if k.startswith("previous_") or k == "changed"}}
+        result = plan(each, view, rt.ruleset, clock(), MODULES)
         for timer_id, reason in result.cancels:
             if rt.backend.cancel(timer_id):
                 audit(rt, each, "timer.cancelled", timer=timer_id, reason=reason)
@@ -123,6 +126,62 @@ def ensure_schedules(rt: Runtime) -> int:
             rt.backend.schedule(timer)
             count += 1
     return count
+
+
+# --- catch-up: what the platforms' lost webhooks would have said -----------------------------------
+
+UNIT_SECONDS = {"minutes": 60, "hours": 3600, "days": 86400, "weeks": 7 * 86400}
+
+
+def catch_up_every(rt: Runtime, name: str) -> float | None:
+    """Seconds between catch-ups of a connection (`options: {catch_up: {every: 10 minutes}}`)."""
+    spec = rt.connections.connections[name].options.get("catch_up")
+    if not spec:
+        return None
+    every = parse_duration(str(spec.get("every", "10 minutes") if isinstance(spec, dict) else spec))
+    return every.amount * UNIT_SECONDS[every.unit]
+
+
+def ensure_catch_ups(rt: Runtime) -> list[str]:
+    """Plan the next catch-up of every connection that has one (one job per slot and connection)."""
+    planned = []
+    for name in rt.connections.connections:
+        every = catch_up_every(rt, name)
+        if every and hasattr(rt.client(name), "changed_since"):
+            slot = int(clock().timestamp() // every) + 1
+            rt.backend.call_at(datetime.fromtimestamp(slot * every, timezone.utc), "worker.catch_up", name,
+                               f"catch-up:{name}:{slot}")
+            planned.append(name)
+    return planned
+
+
+def catch_up(name: str) -> dict[str, int]:
+    """Ask the CRM what changed since the last look; feed it through the webhooks' own path.
+
+    Each change becomes an `entity.updated` event whose id is the record and its modification
+    time, so a change seen before is a duplicate; the worker then compares the record with
+    its last snapshot, so stage and field changes that a lost webhook would have carried
+    are derived, and changes already handled derive nothing.
+    """
+    rt = runtime()
+    client, now = rt.client(name), clock()
+    mark = rt.keys("catch-up", name)
+    since = (rt.store.get(mark) or b"").decode() or (now - timedelta(seconds=catch_up_every(rt, name) or 600)).isoformat()
+    accepted = seen = 0
+    for item in client.changed_since(since) or []:
+        kind = item.get("type") or getattr(client, "catch_up_entity", "deal")
+        event = Event(id=event_id(name, "catch-up", kind, item["id"], item.get("modified")), connection=name,
+                      source=rt.connections.connections[name].type, kind="entity.updated",
+                      entity=Entity(kind, str(item["id"])), data={"needs_snapshot_diff": True, "via": "catch-up"},
+                      raw=item, occurred_at=now.isoformat())
+        if rt.backend.accept(event.to_dict(), rt.keys("seen", event.id), rt.settings.dedupe_ttl):
+            accepted += 1
+        else:
+            seen += 1
+    rt.store.set(mark, (now - timedelta(seconds=60)).isoformat())  # overlap a minute: clocks differ
+    ensure_catch_ups(rt)
+    log.info("catch-up %s since %s: %d new, %d already seen", name, since, accepted, seen)
+    return {"accepted": accepted, "seen": seen}
 
 
 def timer_as_dict(timer: Any) -> dict[str, Any]:
@@ -306,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     import worker as this  # jobs name "worker.…": share that module's runtime, not __main__'s
     rt = this.runtime()
     this.ensure_schedules(rt)
+    this.ensure_catch_ups(rt)
     # SimpleWorker runs jobs in this process: no fork per job, so clients and metadata caches
     # live across jobs. A worker killed mid-job leaves its job to the maintenance pass of
     # another worker, every maintenance_interval seconds.
