@@ -156,5 +156,35 @@ def dead_replay(settings: Settings, key: str | None, replay_all: bool, match: st
     click.echo(f"replayed {replayed} of {len(keys)}")
 
 
+@cli.command("telegram-set-webhook")
+@click.argument("connection")
+@click.argument("public_base_url")
+@click.pass_obj
+def telegram_set_webhook(settings: Settings, connection: str, public_base_url: str) -> None:
+    """Point a bot at <PUBLIC_BASE_URL>/hooks/<CONNECTION>, its webhook_secret as secret_token."""
+    from urllib.parse import quote
+
+    from connectors.base import ApiError
+    from connectors.telegram import ALLOWED_UPDATES
+    connections, _ = _load(settings)
+    conn = connections.connections.get(connection)
+    telegram = [name for name, c in connections.connections.items() if c.type == "telegram"]
+    if conn is None or conn.type != "telegram":
+        raise click.UsageError(f"no telegram connection {connection!r}; telegram connections: {', '.join(telegram) or 'none'}")
+    if not public_base_url.startswith("https://"):  # setWebhook: "HTTPS URL to send updates to"
+        raise click.UsageError(f"PUBLIC_BASE_URL must be an https:// address Telegram can reach, got {public_base_url!r}")
+    client = CONNECTORS[conn.type].Client(conn)
+    if client.record_only:
+        raise click.UsageError(f"connection {connection!r} has no bot token (credentials → token)")
+    url = f"{public_base_url.rstrip('/')}/hooks/{quote(connection, safe='')}"
+    try:
+        client.set_webhook(url, conn.webhook_secret or "", ALLOWED_UPDATES)
+    except ApiError as exc:
+        click.echo(f"Telegram refused the webhook: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"webhook set: {url} (secret_token = the connection's webhook_secret; updates: "
+               f"{', '.join(ALLOWED_UPDATES)})")
+
+
 if __name__ == "__main__":
     cli()

@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from connectors.base import Entity, Event, PermanentApiError, RetryableApiError, event_id
 from rules import MODULES
@@ -170,7 +170,8 @@ def catch_up(name: str) -> dict[str, int]:
     accepted = seen = 0
     for item in client.changed_since(since) or []:
         kind = item.get("type") or getattr(client, "catch_up_entity", "deal")
-        event = Event(id=event_id(name, "catch-up", kind, item["id"], item.get("modified")), connection=name,
+        modified = item.get("modified") or item.get("updated_at")
+        event = Event(id=event_id(name, "catch-up", kind, item["id"], modified), connection=name,
                       source=rt.connections.connections[name].type, kind="entity.updated",
                       entity=Entity(kind, str(item["id"])), data={"needs_snapshot_diff": True, "via": "catch-up"},
                       raw=item, occurred_at=now.isoformat())
@@ -290,9 +291,18 @@ def _wait(state: RetryCallState) -> float:
     return max(wait, float(retry_after)) if retry_after else wait
 
 
+MAX_INLINE_WAIT = 60.0  # a vendor asking for a longer pause (Planfix's daily quota) fails the job instead
+
+
+def _give_up(state: RetryCallState) -> bool:
+    exc = state.outcome.exception() if state.outcome else None
+    too_long = (getattr(exc, "retry_after", None) or 0) > MAX_INLINE_WAIT
+    return too_long or state.attempt_number >= runtime().settings.action_attempts
+
+
 def with_retries(rt: Runtime, call: Callable[[], Any]) -> Any:
-    retrying = Retrying(retry=retry_if_exception_type(RetryableApiError), wait=_wait, reraise=True,
-                        stop=stop_after_attempt(rt.settings.action_attempts))
+    """Retry what may pass (429, 5xx, timeouts) in this job; RQ retries the job after that."""
+    retrying = Retrying(retry=retry_if_exception_type(RetryableApiError), wait=_wait, reraise=True, stop=_give_up)
     return retrying(call)
 
 

@@ -104,7 +104,7 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
     if ctype in CONNECTORS and not conn.record_only and base_url is None and getattr(
             CONNECTORS[ctype], "BASE_URL_REQUIRED", False):
         err("base_url", "base_url: required when credentials are set (the account's own address)")
-    if ctype in CONNECTORS and conn.record_only:
+    if ctype in CONNECTORS and conn.record_only and not getattr(CONNECTORS[ctype], "INBOUND_ONLY", False):
         result.warnings.append(f'connection "{name}" has no credentials: record-only mode, '
                                "calls are logged, not made")
     return conn

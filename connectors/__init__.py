@@ -1,8 +1,14 @@
 """The external systems crmbridge speaks to, by the `type` a connection names in connections.yaml."""
-from connectors import amocrm, bitrix24, telegram
+from connectors import amocrm, telegram
+from connectors import bitrix24
+from connectors import forms, planfix
+from connectors import inbox
 
 CONNECTORS = {
     "amocrm": amocrm,
     "bitrix24": bitrix24,
     "telegram": telegram,
+    "planfix": planfix,
+    "forms": forms,
+    "inbox": inbox,
 }

@@ -286,7 +286,7 @@ class BaseClient:
         if resp.status_code < 400:
             return
         message = f"{what}: HTTP {resp.status_code}: {self.error_message(resp)}"
-        retry_after = _retry_after(resp)
+        retry_after = retry_after_header(resp)
         if resp.status_code == 429 or resp.status_code >= 500:
             raise RetryableApiError(message, status=resp.status_code, retry_after=retry_after)
         raise PermanentApiError(message, status=resp.status_code)
@@ -295,7 +295,8 @@ class BaseClient:
         return resp.text[:300]
 
 
-def _retry_after(resp: requests.Response) -> float | None:
+def retry_after_header(resp: requests.Response) -> float | None:
+    """Seconds from a Retry-After header, if it gives a number."""
     value = resp.headers.get("Retry-After")
     try:
         return float(value) if value else None

@@ -133,6 +133,7 @@ class Client(BaseClient):
     """Actions on one Bitrix24 portal through its inbound webhook; each method is one to three calls."""
 
     rate_per_second = 2  # the leaky bucket drains 2 requests/s on non-Enterprise plans (limits.md)
+    catch_up_entity = "deal"  # what changed_since() lists
     timeout = 30.0  # a REST request may run up to 60 s (limits.md); most answer in a second or two
     docs_url = "https://apidocs.bitrix24.com/"
     metadata_ttl = 3600

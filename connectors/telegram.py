@@ -10,21 +10,50 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import warnings
+from collections.abc import Coroutine
 from datetime import timedelta
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update, error as tg_error
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update, constants
+from telegram import error as tg_error
 from telegram.request import HTTPXRequest
 
 from connectors.base import (
-    BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
-    RetryableApiError, Unauthorized, parse_json, utc_iso,
+    BadPayload,
+    BaseClient,
+    Connection,
+    Entity,
+    Event,
+    PermanentApiError,
+    RawWebhook,
+    RetryableApiError,
+    Unauthorized,
+    parse_json,
+    utc_iso,
 )
 
 SOURCE = "telegram"
 CONTENT_TYPES = ("application/json",)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+# The updates parse() turns into events; setWebhook's allowed_updates asks for only these.
+ALLOWED_UPDATES = ("message", "edited_message", "callback_query")
+# setWebhook secret_token: 1-256 characters, "Only characters A-Z, a-z, 0-9, _ and - are allowed"
+# (PTB Bot.set_webhook docstring, mirroring the Bot API; constants.WebhookLimit)
+SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+# "Bots can download files of up to 20MB in size" (PTB constants.FileSizeLimit.FILESIZE_DOWNLOAD =
+# 20e6 bytes); past it getFile answers 400 "Bad Request: file is too big" (tests/payloads/telegram)
+DOWNLOAD_LIMIT = constants.FileSizeLimit.FILESIZE_DOWNLOAD
+# Message fields that make it a service message (core.telegram.org/bots/api#message): members
+# joining or leaving, title/photo changes, migration, pins… acknowledged without an event.
+SERVICE_FIELDS = frozenset({
+    "new_chat_members", "left_chat_member", "new_chat_title", "new_chat_photo", "delete_chat_photo",
+    "group_chat_created", "supergroup_chat_created", "channel_chat_created", "migrate_to_chat_id",
+    "migrate_from_chat_id", "pinned_message", "message_auto_delete_timer_changed",
+})
 
 
 def verify(raw: RawWebhook, connection: Connection) -> None:
@@ -50,6 +79,8 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
     for attr, kind in (("message", "message.received"), ("edited_message", "message.edited")):
         message = getattr(update, attr)
         if message is not None:
+            if SERVICE_FIELDS & set(payload[attr]):
+                return []
             return [_message_event(update, message, kind, connection, payload)]
     return []
 
@@ -60,7 +91,8 @@ def _fill_is_bot(payload: dict[str, Any]) -> None:
     for key in ("message", "edited_message", "callback_query"):
         part = payload.get(key)
         if isinstance(part, dict):
-            for holder in (part, part.get("message") if isinstance(part.get("message"), dict) else {}):
+            nested = [part.get(k) for k in ("message", "reply_to_message")]
+            for holder in (part, *(n for n in nested if isinstance(n, dict))):
                 user = holder.get("from")
                 if isinstance(user, dict):
                     user.setdefault("is_bot", False)
@@ -90,11 +122,20 @@ def _files(message: Any) -> list[dict[str, Any]]:
     return files
 
 
+def _reply(message: Any) -> dict[str, Any] | None:
+    """The message this one answers (`reply_to_message`), by id, with its text."""
+    original = message.reply_to_message
+    if original is None:
+        return None
+    return {"message_id": original.message_id, "text": original.text or original.caption or "",
+            "from": _person(original.from_user)}
+
+
 def _message_event(update: Update, message: Any, kind: str, connection: Connection,
                    payload: dict[str, Any]) -> Event:
     data = {"chat": _chat(message.chat), "from": _person(message.from_user),
-            "text": message.text or message.caption or "", "message_id": message.message_id,
-            "files": _files(message)}
+            "text": message.text or message.caption or "", "caption": message.caption,
+            "message_id": message.message_id, "files": _files(message), "reply_to": _reply(message)}
     suffix = f":edit:{int(message.edit_date.timestamp())}" if message.edit_date else ""
     return Event(
         id=f"{connection.name}:update:{update.update_id}{suffix}", connection=connection.name,
@@ -156,20 +197,28 @@ class Client(BaseClient):
         bot = self.bot
         if self.limiter:
             self.limiter()
+        return self._run(method, getattr(bot, method)(**params))
+
+    def _run(self, what: str, work: Coroutine[Any, Any, Any]) -> Any:
         try:
-            return self._loop.run_until_complete(getattr(bot, method)(**params))
+            return self._loop.run_until_complete(work)
+        except tg_error.ChatMigrated as exc:
+            # 400 with parameters.migrate_to_chat_id (Bot API ResponseParameters; PTB raises
+            # ChatMigrated for it): the group became a supergroup and the old id is dead
+            raise PermanentApiError(f"{what}: the group was upgraded to a supergroup; its new chat id is "
+                                    f"{exc.new_chat_id}", status=400) from None
         except tg_error.RetryAfter as exc:
             with warnings.catch_warnings():  # PTB 22 warns that the type will become timedelta
                 warnings.simplefilter("ignore")
                 wait = exc.retry_after
             seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
-            raise RetryableApiError(f"{method}: {exc.message}", status=429, retry_after=seconds) from None
+            raise RetryableApiError(f"{what}: {exc.message}", status=429, retry_after=seconds) from None
         except (tg_error.TimedOut, tg_error.NetworkError) as exc:
             if isinstance(exc, tg_error.BadRequest):
-                raise PermanentApiError(f"{method}: {exc.message}", status=400) from None
-            raise RetryableApiError(f"{method}: {exc.message}") from None
+                raise PermanentApiError(f"{what}: {exc.message}", status=400) from None
+            raise RetryableApiError(f"{what}: {exc.message}") from None
         except tg_error.TelegramError as exc:
-            raise PermanentApiError(f"{method}: {exc.message}") from None
+            raise PermanentApiError(f"{what}: {exc.message}") from None
 
     def chat_id(self, chat: str | int) -> str:
         """A chat id, or a chat's name from the connection's `options: {chats: {team: …}}`."""
@@ -189,9 +238,92 @@ class Client(BaseClient):
 
     def edit_buttons(self, chat: str | int, message_id: int, buttons: list | None = None) -> None:
         """editMessageReplyMarkup: replace (or, with no buttons, remove) the keyboard."""
-        self.call("edit_message_reply_markup", chat_id=chat, message_id=message_id,
+        self.call("edit_message_reply_markup", chat_id=self.chat_id(chat), message_id=message_id,
                   reply_markup=keyboard(buttons))
+
+    def edit_text(self, chat: str | int, message_id: int, text: str, buttons: list | None = None) -> None:
+        """editMessageText: new text (and keyboard; none removes it) for a message the bot sent."""
+        self.call("edit_message_text", chat_id=self.chat_id(chat), message_id=message_id, text=text,
+                  reply_markup=keyboard(buttons))
+
+    def send_photo(self, chat: str | int, photo: bytes | str, caption: str | None = None,
+                   buttons: list | None = None) -> int | None:
+        """sendPhoto: upload bytes, or resend a file_id (or URL) Telegram already knows."""
+        _no_local_path(photo)
+        sent = self.call("send_photo", chat_id=self.chat_id(chat), photo=photo, caption=caption,
+                         reply_markup=keyboard(buttons))
+        return sent.message_id if sent is not None else None
+
+    def send_document(self, chat: str | int, content: bytes, filename: str,
+                      caption: str | None = None) -> int | None:
+        """sendDocument: upload bytes as a file named `filename` (multipart, up to 50 MB)."""
+        if not isinstance(content, (bytes, bytearray)):
+            raise PermanentApiError(f"send_document: expected the file's bytes, got {type(content).__name__}")
+        sent = self.call("send_document", chat_id=self.chat_id(chat), document=content, filename=filename,
+                         caption=caption)
+        return sent.message_id if sent is not None else None
+
+    def get_file(self, file_id: str) -> dict[str, Any] | None:
+        """getFile: {"file_id", "file_unique_id", "file_size", "file_path"} (path relative to the file URL)."""
+        found = self.call("get_file", file_id=file_id)
+        if found is None:
+            return None
+        return {"file_id": found.file_id, "file_unique_id": found.file_unique_id,
+                "file_size": found.file_size, "file_path": self._relative(found.file_path)}
+
+    def download(self, file_id: str, size: int | None = None) -> tuple[bytes, str] | None:
+        """(content, file name): getFile, then GET {base}/file/bot<token>/<file_path>.
+
+        Bots may download up to 20 MB; larger files are refused before any call when `size`
+        (e.g. the event's file size) says so, and getFile itself answers "file is too big".
+        The name is the one in Telegram's file_path; a document's own name is in the event.
+        """
+        if size is not None and size > DOWNLOAD_LIMIT:
+            raise PermanentApiError(_too_big(file_id, size))
+        try:
+            found = self.call("get_file", file_id=file_id)
+        except PermanentApiError as exc:
+            if "file is too big" in str(exc).lower():
+                raise PermanentApiError(_too_big(file_id, size), status=400) from None
+            raise
+        if found is None:
+            return None
+        if found.file_size and found.file_size > DOWNLOAD_LIMIT:
+            raise PermanentApiError(_too_big(file_id, found.file_size))
+        content = self._run("download", found.download_as_bytearray())
+        return bytes(content), PurePosixPath(urlsplit(found.file_path).path).name
+
+    def set_webhook(self, url: str, secret_token: str,
+                    allowed_updates: list[str] | tuple[str, ...] | None = ALLOWED_UPDATES) -> bool | None:
+        """setWebhook: Telegram posts updates to `url` with `secret_token` in X-Telegram-Bot-Api-Secret-Token."""
+        if not SECRET_TOKEN.fullmatch(secret_token or ""):
+            raise PermanentApiError("setWebhook: the secret_token must be 1-256 characters of A-Z, a-z, 0-9, "
+                                    "_ and - (set such a webhook_secret on the connection)")
+        return self.call("set_webhook", url=url, secret_token=secret_token,
+                         allowed_updates=list(allowed_updates) if allowed_updates is not None else None)
+
+    def _relative(self, file_path: str | None) -> str | None:
+        """PTB prefixes getFile's file_path with the file URL (token included); keep Telegram's own path."""
+        prefix = f"{self.bot.base_file_url}/"
+        return file_path[len(prefix):] if file_path and file_path.startswith(prefix) else file_path
+
+
+def _no_local_path(photo: bytes | str) -> None:
+    """PTB uploads any string that names a local file; a rule must not be able to send server files."""
+    if isinstance(photo, str) and Path(photo).is_file():
+        raise PermanentApiError("send_photo: expected bytes, a file_id or an URL, not a path on this server")
+
+
+def _too_big(file_id: str, size: int | None) -> str:
+    what = f"is {size} bytes" if size is not None else "is too big"
+    return (f"Telegram file {file_id} {what}; bots can download at most {DOWNLOAD_LIMIT} bytes (20 MB) "
+            "through the Bot API")
 
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in params.items() if v is not None}
+    """Params as the record-only log shows them: markup as JSON, uploads as their size."""
+    def show(v: Any) -> Any:
+        if isinstance(v, (bytes, bytearray)):
+            return f"<{len(v)} bytes>"
+        return v.to_dict() if hasattr(v, "to_dict") else v
+    return {k: show(v) for k, v in params.items() if v is not None}

@@ -5,6 +5,7 @@ calls of a path (status + body), the way the real APIs do under load.
 """
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import re
@@ -16,6 +17,7 @@ from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, parse_qsl, urlsplit
+from urllib.parse import unquote
 
 
 @dataclass
@@ -180,6 +182,7 @@ class FakeAmo(FakeServer):
                    lambda c, m: (200, {"_embedded": {"custom_fields": self.fields}}, {}))
         self.route("POST", r"/api/v4/tasks", self._created("tasks"))
         self.route("POST", r"/api/v4/leads/notes", self._created("notes"))
+        self._more_routes()
 
     def add_lead(self, lead: dict[str, Any]) -> None:
         self.leads[int(lead["id"])] = lead
@@ -206,6 +209,163 @@ class FakeAmo(FakeServer):
             return 200, {"_embedded": {what: items}}, {"Content-Type": "application/hal+json"}
         return handler
 
+    # --- added for the amoCRM connector's tests: paged lists, tasks, notes, files, contacts, OAuth ---
+
+    def _more_routes(self) -> None:
+        self.tasks: dict[int, dict[str, Any]] = {}
+        self.notes: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self.file_links: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self.drive_files: dict[str, dict[str, Any]] = {}
+        self.contacts: dict[int, dict[str, Any]] = {}
+        self.entity_fields: dict[str, list[dict[str, Any]]] = {"contacts": [], "companies": []}
+        self.oauth_client = {"client_id": "integration-id", "client_secret": "integration-secret",
+                             "redirect_uri": "https://bridge.example/oauth"}
+        self.refresh_token: str | None = None       # the one refresh token amoCRM would accept now
+        self.access_tokens: set[str] | None = None  # when set, /api/v4 and the drive need one of these
+        self.token_delay = 0.0
+        self.token_serial = itertools.count(1)
+        self.route("GET", r"/api/v4/leads", self._list_leads)
+        self.route("POST", r"/api/v4/leads", self._add_leads)
+        self.route("POST", r"/api/v4/leads/(\d+)/link", self._link)
+        self.route("GET", r"/api/v4/tasks", self._list_tasks)
+        self.route("GET", r"/api/v4/tasks/(\d+)", self._get_task)
+        self.route("PATCH", r"/api/v4/tasks/(\d+)", self._patch_task)
+        self.route("GET", r"/api/v4/(leads|contacts|companies)/(\d+)/notes", self._list_notes)
+        self.route("GET", r"/api/v4/(leads|contacts|companies)/(\d+)/notes/(\d+)", self._get_note)
+        self.route("GET", r"/api/v4/(leads|contacts|companies)/(\d+)/files", self._list_file_links)
+        self.route("GET", r"/api/v4/account", self._account)
+        self.route("GET", r"/drive/v1.0/files/([0-9a-f-]+)", self._drive_file)
+        self.route("GET", r"/api/v4/contacts/(\d+)", self._get_contact)
+        self.route("PATCH", r"/api/v4/contacts/(\d+)", self._patch_contact)
+        self.route("GET", r"/api/v4/(contacts|companies)/custom_fields", self._other_fields)
+        self.route("POST", r"/oauth2/access_token", self._token)
+
+    def issue_tokens(self) -> tuple[str, str]:
+        """A new access/refresh pair; the previous refresh token stops working (it rotates)."""
+        n = next(self.token_serial)
+        access, refresh = f"access-{n}", f"refresh-{n}"
+        if self.access_tokens is None:
+            self.access_tokens = set()
+        self.access_tokens.add(access)
+        self.refresh_token = refresh
+        return access, refresh
+
+    def _answer(self, call: Call) -> tuple[int, Any, dict[str, str]]:
+        if self.access_tokens is not None and call.path.startswith(("/api/", "/drive/")):
+            token = call.headers.get("Authorization", "").removeprefix("Bearer ")
+            if token not in self.access_tokens:
+                return 401, {"title": "Unauthorized", "status": 401}, {"Content-Type": "application/problem+json"}
+        return super()._answer(call)
+
+    def _page(self, call: Call, key: str, items: list[Any], default_limit: int = 50):
+        """A page the amoCRM way: `_page`, `_links.next` while more remain, 204 when empty."""
+        limit = int(call.query.get("limit", [default_limit])[0])
+        page = int(call.query.get("page", ["1"])[0])
+        chunk = items[(page - 1) * limit: page * limit]
+        if not chunk:
+            return 204, b"", {}
+        links = {"self": {"href": f"{self.url}{call.path}?limit={limit}&page={page}"}}
+        if page * limit < len(items):
+            links["next"] = {"href": f"{self.url}{call.path}?limit={limit}&page={page + 1}"}
+        return 200, {"_page": page, "_links": links, "_embedded": {key: chunk}}, {"Content-Type": "application/hal+json"}
+
+    def _list_leads(self, call: Call, m: re.Match):
+        since = int(call.query.get("filter[updated_at][from]", ["0"])[0])
+        found = sorted((lead for lead in self.leads.values() if lead.get("updated_at", 0) >= since),
+                       key=lambda lead: lead.get("updated_at", 0))
+        return self._page(call, "leads", found)
+
+    def _add_leads(self, call: Call, m: re.Match):
+        made = []
+        for i, lead in enumerate(call.body):
+            new_id = next(self.ids)
+            tags = [{"id": next(self.ids), "name": t["name"]} for t in lead.get("tags_to_add", [])]
+            self.leads[new_id] = {**lead, "id": new_id, "_embedded": {"tags": tags}}
+            made.append({"id": new_id, "request_id": str(i)})
+        return 200, {"_embedded": {"leads": made}}, {"Content-Type": "application/hal+json"}
+
+    def _link(self, call: Call, m: re.Match):
+        lead_id = int(m.group(1))
+        links = [{"entity_id": lead_id, "entity_type": "leads", **link} for link in call.body]
+        return 200, {"_total_items": len(links), "_embedded": {"links": links}}, {"Content-Type": "application/hal+json"}
+
+    def _list_tasks(self, call: Call, m: re.Match):
+        q = {k: v[0] for k, v in call.query.items()}
+        found = [t for t in self.tasks.values()
+                 if q.get("filter[entity_type]") in (None, t["entity_type"])
+                 and q.get("filter[entity_id]") in (None, str(t["entity_id"]))
+                 and q.get("filter[is_completed]") in (None, str(int(t["is_completed"])))]
+        return self._page(call, "tasks", sorted(found, key=lambda t: t["id"]))
+
+    def _get_task(self, call: Call, m: re.Match):
+        task = self.tasks.get(int(m.group(1)))
+        return (200, task, {"Content-Type": "application/hal+json"}) if task else (204, b"", {})
+
+    def _patch_task(self, call: Call, m: re.Match):
+        task = self.tasks.get(int(m.group(1)))
+        if task is None:
+            return 400, {"title": "Bad Request", "status": 400, "detail": "Task not found"}, {}
+        task.update({k: v for k, v in call.body.items() if k in ("is_completed", "result", "text")})
+        return 200, {"id": task["id"], "updated_at": int(time.time()), "request_id": "0"}, {}
+
+    def _list_notes(self, call: Call, m: re.Match):
+        return self._page(call, "notes", self.notes.get((m.group(1), int(m.group(2))), []))
+
+    def _get_note(self, call: Call, m: re.Match):
+        for note in self.notes.get((m.group(1), int(m.group(2))), []):
+            if note["id"] == int(m.group(3)):
+                return 200, note, {"Content-Type": "application/hal+json"}
+        return 204, b"", {}
+
+    def _list_file_links(self, call: Call, m: re.Match):
+        """limit + before_id paging over link ids, newest first (files-api); 204 when none."""
+        links = sorted(self.file_links.get((m.group(1), int(m.group(2))), []), key=lambda f: -f["id"])
+        before = call.query.get("before_id")
+        if before:
+            links = [f for f in links if f["id"] < int(before[0])]
+        links = links[:int(call.query.get("limit", ["50"])[0])]
+        if not links:
+            return 204, b"", {}
+        return 200, {"_embedded": {"files": links}}, {"Content-Type": "application/hal+json"}
+
+    def _account(self, call: Call, m: re.Match):
+        account = {"id": 1231414, "subdomain": "example"}
+        if "drive_url" in call.query.get("with", [""])[0]:
+            account["drive_url"] = f"{self.url}/drive"
+        return 200, account, {"Content-Type": "application/hal+json"}
+
+    def _drive_file(self, call: Call, m: re.Match):
+        found = self.drive_files.get(m.group(1))
+        if found is None:
+            return 404, {"title": "Not Found", "status": 404}, {}
+        return 200, found, {}
+
+    def _get_contact(self, call: Call, m: re.Match):
+        contact = self.contacts.get(int(m.group(1)))
+        return (200, contact, {"Content-Type": "application/hal+json"}) if contact else (204, b"", {})
+
+    def _patch_contact(self, call: Call, m: re.Match):
+        contact = self.contacts.setdefault(int(m.group(1)), {"id": int(m.group(1))})
+        contact.update({k: v for k, v in call.body.items() if k in ("name", "first_name", "last_name")})
+        return 200, {"id": contact["id"], "updated_at": int(time.time())}, {}
+
+    def _other_fields(self, call: Call, m: re.Match):
+        return self._page(call, "custom_fields", self.entity_fields[m.group(1)])
+
+    def _token(self, call: Call, m: re.Match):
+        """POST /oauth2/access_token, grant_type refresh_token: a spent or unknown token gets 400."""
+        time.sleep(self.token_delay)
+        body = call.body or {}
+        good = all(body.get(k) == v for k, v in self.oauth_client.items())
+        with self.lock:
+            if not good or body.get("grant_type") != "refresh_token" or body.get("refresh_token") != self.refresh_token:
+                return 400, {"hint": "Token has been revoked", "title": "Некорректный запрос",
+                             "type": "https://developers.amocrm.ru/v3/errors/OAuthProblemJson", "status": 400,
+                             "detail": "В запросе отсутствует ряд параметров или параметры невалидны"}, {}
+            access, refresh = self.issue_tokens()
+        return 200, {"token_type": "Bearer", "expires_in": 86400, "server_time": int(time.time()),
+                     "access_token": access, "refresh_token": refresh}, {"Content-Type": "application/json"}
+
 
 # --- Telegram Bot API ----------------------------------------------------------------------------
 
@@ -217,12 +377,15 @@ class FakeTelegram(FakeServer):
         self.token = token
         self.message_ids = itertools.count(100)
         self.route("POST", rf"/bot{re.escape(token)}/(\w+)", self._method)
+        self._more_methods()
 
     def method_calls(self, name: str) -> list[Call]:
         return self.received("POST", rf"/bot{re.escape(self.token)}/{name}")
 
     def _method(self, call: Call, m: re.Match):
         name, params = m.group(1), call.body or {}
+        if name in self.methods:
+            return self.methods[name](call, params)
         if name == "getMe":
             return 200, {"ok": True, "result": {"id": 1, "is_bot": True, "first_name": "Bridge",
                                                  "username": "bridge_bot"}}, {}
@@ -233,3 +396,95 @@ class FakeTelegram(FakeServer):
                       "chat": {"id": chat_id, "type": "group" if chat_id < 0 else "private", "title": "Team"}}
             return 200, {"ok": True, "result": result}, {}
         return 200, {"ok": True, "result": True}, {}
+
+    # --- added for the Telegram connector's tests: uploads, files, webhook ------------------------
+
+    def _more_methods(self) -> None:
+        self.raw = threading.local()           # each request's raw body, to read multipart file names
+        self.uploads: list[dict[str, Any]] = []
+        self.multipart_fields: list[dict[str, Any]] = []
+        self.files: dict[str, dict[str, Any]] = {}
+        self.webhook: dict[str, Any] | None = None
+        self.methods: dict[str, Callable] = {"sendPhoto": self._send_photo, "sendDocument": self._send_document,
+                                             "getFile": self._get_file, "setWebhook": self._set_webhook}
+        # PTB percent-encodes the file URL's path, so the token's ":" arrives as %3A
+        token = re.escape(self.token).replace(":", "(?::|%3A)")
+        self.route("GET", rf"/file/bot{token}/(.+)", self._download)
+
+    def add_file(self, file_id: str, path: str, content: bytes, size: int | None = None) -> None:
+        """A file getFile knows; `size` above 20 MB makes getFile refuse it as Telegram does."""
+        self.files[file_id] = {"path": path, "content": content, "size": len(content) if size is None else size}
+
+    def _handler(self):
+        base = super()._handler()
+        fake = self
+
+        class Handler(base):
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fake.raw.body, fake.raw.content_type = body, self.headers.get("Content-Type", "")
+                self.rfile = io.BytesIO(body)
+                base._serve(self)
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
+
+        return Handler
+
+    def _multipart(self, method: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """This thread's multipart request as (text fields decoded as UTF-8, {field: {"filename", "content"}})."""
+        content_type = getattr(self.raw, "content_type", "")
+        if "multipart/form-data" not in content_type:
+            return {}, {}
+        message = BytesParser(policy=email_policy).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode() + self.raw.body)
+        fields, files = {}, {}
+        for part in message.iter_parts():
+            name, payload = part.get_param("name", header="content-disposition"), part.get_payload(decode=True)
+            if part.get_filename() is not None:
+                files[name] = {"filename": part.get_filename(), "content": payload}
+                self.uploads.append({"method": method, "field": name, **files[name]})
+            else:
+                fields[name] = _maybe_json(payload.decode("utf-8"))
+        self.multipart_fields.append({"method": method, **fields})
+        return fields, files
+
+    def _message(self, params: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        chat_id = int(params.get("chat_id", 0))
+        return {"message_id": next(self.message_ids), "date": int(time.time()),
+                "chat": {"id": chat_id, "type": "group" if chat_id < 0 else "private", "title": "Team"},
+                **({"caption": params["caption"]} if params.get("caption") else {}), **extra}
+
+    def _send_photo(self, call: Call, params: dict[str, Any]):
+        fields, files = self._multipart("sendPhoto")
+        params, upload = {**params, **fields}, files.get("photo")
+        size = len(upload["content"]) if upload else 0
+        photo = [{"file_id": f"photo-{next(self.message_ids)}", "file_unique_id": "AQADphoto", "file_size": size,
+                  "width": 90, "height": 60}]
+        return 200, {"ok": True, "result": self._message(params, photo=photo)}, {}
+
+    def _send_document(self, call: Call, params: dict[str, Any]):
+        fields, files = self._multipart("sendDocument")
+        params, upload = {**params, **fields}, files.get("document") or {"filename": None, "content": b""}
+        document = {"file_id": f"doc-{next(self.message_ids)}", "file_unique_id": "AgADdoc",
+                    "file_name": upload["filename"], "file_size": len(upload["content"])}
+        return 200, {"ok": True, "result": self._message(params, document=document)}, {}
+
+    def _get_file(self, call: Call, params: dict[str, Any]):
+        found = self.files.get(str(params.get("file_id")))
+        if found is None:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: invalid file_id"}, {}
+        if found["size"] > 20_000_000:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: file is too big"}, {}
+        return 200, {"ok": True, "result": {"file_id": params["file_id"], "file_unique_id": f"u-{params['file_id']}",
+                                            "file_size": found["size"], "file_path": found["path"]}}, {}
+
+    def _set_webhook(self, call: Call, params: dict[str, Any]):
+        self.webhook = dict(params)
+        return 200, {"ok": True, "result": True, "description": "Webhook was set"}, {}
+
+    def _download(self, call: Call, m: re.Match):
+        for found in self.files.values():
+            if found["path"] == unquote(m.group(1)):
+                return 200, found["content"], {"Content-Type": "application/octet-stream"}
+        return 404, {"ok": False, "error_code": 404, "description": "Not Found"}, {}

@@ -1,0 +1,508 @@
+"""amoCRM API v4 client: auth, metadata, reads, and the actions rules call.
+
+Facts from amocrm.ru/developers/content (read via the verbatim mirror biradrags/amo-docs):
+lists take `limit` (max 250) and `page`, answer `_links.next` while more pages exist and
+HTTP 204 with no body when nothing matches; single entities answer 204 when missing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import requests
+
+from connectors.amocrm.auth import TokenAuth
+from connectors.base import BaseClient, Entity, PermanentApiError, utc_iso
+
+log = logging.getLogger("crmbridge.connectors.amocrm")
+
+API_ENTITY = {"lead": "leads", "contact": "contacts", "company": "companies", "customer": "customers"}
+SINGULAR = {plural: singular for singular, plural in API_ENTITY.items()}
+# GET /api/v4/<entity>/{id}?with=…: leads-api (contacts), contacts-api (leads), companies-api
+WITH = {"lead": "contacts", "contact": "leads", "company": "contacts,leads"}
+PAGE_LIMIT = 250        # "limit … (Максимум – 250)" on every list page
+FIELDS_PAGE_LIMIT = 50  # custom-fields: "Метод возвращает до 50 полей за один запрос"
+FILES_PAGE_LIMIT = 50   # files-api, GET /api/v4/leads/{id}/files pages with limit + before_id
+MAX_PAGES = 400         # a guard against a server that always answers `next`
+ENUM_TYPES = {"select", "multiselect", "radiobutton", "category"}  # write enum_id only
+PAIRED_TYPES = {"multitext", "smart_address"}  # value + enum_id (custom-fields, fill examples)
+
+
+class Client(TokenAuth, BaseClient):
+    """Actions on one amoCRM account through API v4."""
+
+    rate_per_second = 7  # "not more than 7 requests per second" (developers.kommo.com/docs/limitations)
+    catch_up_entity = "lead"  # what changed_since() lists
+    docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
+    metadata_ttl = 3600
+
+    def error_message(self, resp: requests.Response) -> str:
+        try:
+            body = resp.json()
+        except ValueError:
+            return resp.text[:300]
+        if not isinstance(body, dict):
+            return resp.text[:300]
+        problems = [f"{e.get('path')}: {e.get('detail')}" for ve in body.get("validation-errors", [])
+                    for e in ve.get("errors", [])]
+        # OAuth errors add a `hint` ("Authorization code has been revoked") to the problem JSON
+        head = body.get("detail") or body.get("title") or ""
+        if body.get("hint"):
+            head = f"{head} ({body['hint']})"
+        return "; ".join([head, *problems]).strip("; ")
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def pages(self, path: str, key: str, params: dict[str, Any] | None = None,
+              limit: int = PAGE_LIMIT) -> Iterator[dict[str, Any]]:
+        """Every item of a paged list: `page` 1, 2… while `_links.next` is there; 204 = none."""
+        for page in range(1, MAX_PAGES + 1):
+            resp = self.request("GET", path, params={**(params or {}), "limit": limit, "page": page})
+            if resp is None or resp.status_code == 204:
+                return
+            body = resp.json()
+            yield from (body.get("_embedded") or {}).get(key) or []
+            if not (body.get("_links") or {}).get("next"):
+                return
+        log.warning("%s: GET %s stopped after %d pages", self.connection.name, path, MAX_PAGES)
+
+    def get_raw(self, entity: Entity) -> dict[str, Any] | None:
+        """The entity as API v4 returns it (with its links), or None if missing/record-only."""
+        params = {"with": WITH[entity.type]} if entity.type in WITH else None
+        resp = self.request("GET", f"/api/v4/{API_ENTITY.get(entity.type, entity.type)}/{entity.id}",
+                            params=params)
+        if resp is None or resp.status_code == 204:
+            return None
+        return resp.json()
+
+    def get_entity(self, entity: Entity) -> dict[str, Any] | None:
+        """The entity's current state in the common shape, or None in record-only mode."""
+        if entity.type == "task":  # task webhooks: the same shape as get_task
+            return self.get_task(entity.id)
+        found = self.get_raw(entity)
+        return self.normalize(found) if found is not None else None
+
+    def get_contact(self, contact: Entity | str | int) -> dict[str, Any] | None:
+        """A contact in the common shape (fields by name, its leads and company)."""
+        return self.get_entity(contact if isinstance(contact, Entity) else Entity("contact", str(contact)))
+
+    def normalize(self, item: dict[str, Any]) -> dict[str, Any]:
+        """An API v4 lead, contact or company in the common shape, with names resolved."""
+        snap: dict[str, Any] = {"id": str(item["id"]), "name": item.get("name"), "price": item.get("price")}
+        for key in ("first_name", "last_name"):
+            if item.get(key) is not None:
+                snap[key] = item[key]
+        if item.get("status_id") is not None:
+            snap["stage"] = {"id": str(item["status_id"])}
+            snap["pipeline"] = {"id": str(item.get("pipeline_id"))}
+        if item.get("responsible_user_id") is not None:
+            snap["responsible"] = {"id": str(item["responsible_user_id"])}
+        if item.get("updated_at"):
+            snap["updated_at"] = utc_iso(item["updated_at"])
+        snap["fields"], enums = api_fields(item.get("custom_fields_values"))
+        if enums:
+            snap["field_enums"] = enums
+        snap.update(_embedded(item.get("_embedded") or {}))
+        return self.name_refs(snap)
+
+    def name_refs(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Add CRM names to stage/pipeline/responsible refs, from cached metadata."""
+        if self.record_only:
+            return data
+        pipelines = self.pipelines()
+        users = self.users()
+        for key in ("pipeline", "previous_pipeline"):
+            if key in data:
+                data[key]["name"] = pipelines.get(data[key]["id"], {}).get("name")
+        for key, pkey in (("stage", "pipeline"), ("previous_stage", "previous_pipeline")):
+            if key in data:
+                data[key]["name"] = _stage_name(pipelines, data[key]["id"],
+                                                (data.get(pkey) or data.get("pipeline") or {}).get("id"))
+        for key in ("responsible", "previous_responsible"):
+            if key in data:
+                data[key]["name"] = users.get(data[key]["id"])
+        return data
+
+    def pipelines(self) -> dict[str, dict[str, Any]]:
+        """{pipeline id: {"name", "statuses": {status id: name}}}, cached."""
+        def fetch() -> dict[str, Any]:
+            resp = self.request("GET", "/api/v4/leads/pipelines")
+            result = {}
+            for p in resp.json().get("_embedded", {}).get("pipelines", []):
+                statuses = {str(s["id"]): s["name"] for s in p.get("_embedded", {}).get("statuses", [])}
+                result[str(p["id"])] = {"name": p["name"], "statuses": statuses}
+            return result
+        return self.cached("pipelines", fetch)
+
+    def users(self) -> dict[str, str]:
+        """{user id: name}, cached."""
+        def fetch() -> dict[str, str]:
+            resp = self.request("GET", "/api/v4/users", params={"limit": 250})
+            if resp is None or resp.status_code == 204:
+                return {}
+            return {str(u["id"]): u["name"] for u in resp.json().get("_embedded", {}).get("users", [])}
+        return self.cached("users", fetch)
+
+    def custom_fields(self, entity_type: str) -> dict[str, dict[str, Any]]:
+        """{field name: {"id", "type", "code", "enums": {value: enum id}}} of leads, contacts or companies, cached."""
+        def fetch() -> dict[str, Any]:
+            found = {}
+            for f in self.pages(f"/api/v4/{API_ENTITY[entity_type]}/custom_fields", "custom_fields",
+                                limit=FIELDS_PAGE_LIMIT):
+                found[f["name"]] = {"id": f["id"], "type": f.get("type"), "code": f.get("code"),
+                                    "enums": {e["value"]: e["id"] for e in f.get("enums") or []}}
+            return found
+        return self.cached(f"custom_fields:{entity_type}", fetch)
+
+    def drive_url(self) -> str:
+        """The account's files host (GET /api/v4/account?with=drive_url, account-info), cached."""
+        def fetch() -> str:
+            resp = self.request("GET", "/api/v4/account", params={"with": "drive_url"})
+            url = resp.json().get("drive_url")
+            if not url:
+                raise PermanentApiError("amoCRM did not name the account's drive_url")
+            return url.rstrip("/")
+        return self.cached("drive_url", fetch)
+
+    def cached(self, name: str, fetch) -> Any:
+        key = f"{self.key_prefix}meta:{self.connection.name}:{name}"
+        if self.store is not None:
+            hit = self.store.get(key)
+            if hit:
+                return json.loads(hit)
+        value = fetch()
+        if self.store is not None:
+            self.store.set(key, json.dumps(value, ensure_ascii=False), ex=self.metadata_ttl)
+        return value
+
+    def forget(self, name: str) -> None:
+        if self.store is not None:
+            self.store.delete(f"{self.key_prefix}meta:{self.connection.name}:{name}")
+
+    def resolve_stage(self, stage: str, pipeline: str | None = None) -> tuple[int, int | None]:
+        """A stage name or id (and optional pipeline name or id) → (status_id, pipeline_id)."""
+        if str(stage).isdigit() and (pipeline is None or str(pipeline).isdigit()):
+            return int(stage), int(pipeline) if pipeline else None
+        for attempt in range(2):  # refresh the cache once on a miss
+            for pid, p in self.pipelines().items():
+                if pipeline not in (None, pid, p["name"]):
+                    continue
+                for sid, sname in p["statuses"].items():
+                    if str(stage) in (sid, sname):
+                        return int(sid), int(pid)
+            self.forget("pipelines")
+        where = f" in pipeline {pipeline!r}" if pipeline else ""
+        raise PermanentApiError(f"amoCRM has no stage {stage!r}{where}")
+
+    def resolve_user(self, user: str | int | None) -> int | None:
+        if user in (None, ""):
+            return None
+        if str(user).isdigit():
+            return int(user)
+        for attempt in range(2):
+            for uid, name in self.users().items():
+                if name == user:
+                    return int(uid)
+            self.forget("users")
+        raise PermanentApiError(f"amoCRM has no user {user!r}")
+
+    def resolve_field(self, entity_type: str, field: str) -> int:
+        if str(field).isdigit():
+            return int(field)
+        for attempt in range(2):
+            found = self.custom_fields(entity_type).get(field)
+            if found:
+                return int(found["id"])
+            self.forget(f"custom_fields:{entity_type}")
+        raise PermanentApiError(f"amoCRM has no {entity_type} field {field!r}")
+
+    def changed_since(self, since: float | str) -> list[dict[str, Any]]:
+        """Leads updated at or after `since` (unix time or ISO 8601), oldest first, in the common
+        shape (for catch-up jobs)."""
+        unix_ts = datetime.fromisoformat(since).timestamp() if isinstance(since, str) else float(since)
+        # filters-api: filter[updated_at][from]=<ts>; leads-api: order[updated_at]=asc
+        params = {"filter[updated_at][from]": int(unix_ts), "order[updated_at]": "asc", "with": "contacts"}
+        return [self.normalize(lead) for lead in self.pages("/api/v4/leads", "leads", params)]
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    def list_tasks(self, entity: Entity, open_only: bool = True) -> list[dict[str, Any]]:
+        """The entity's tasks (tasks-api filters entity_type/entity_id/is_completed), all pages."""
+        params: dict[str, Any] = {"filter[entity_type]": API_ENTITY[entity.type],
+                                  "filter[entity_id]": int(entity.id)}
+        if open_only:
+            params["filter[is_completed]"] = 0  # "1 – завершенные, 0 – к выполнению"
+        return [normalize_task(t) for t in self.pages("/api/v4/tasks", "tasks", params)]
+
+    def all_tasks_closed(self, entity: Entity) -> bool:
+        """True when the entity has no open task (also in record-only mode, where nothing is read)."""
+        return not self.list_tasks(entity, open_only=True)
+
+    def get_task(self, task_id: str | int) -> dict[str, Any] | None:
+        """One task in the common shape, or None."""
+        resp = self.request("GET", f"/api/v4/tasks/{task_id}")
+        if resp is None or resp.status_code == 204:
+            return None
+        return normalize_task(resp.json())
+
+    def create_task(self, entity: Entity, text: str, due: str, responsible: str | int | None = None,
+                    task_type: int | None = None) -> int | None:
+        """POST /api/v4/tasks: a task on the entity, due at `due` (ISO 8601)."""
+        task: dict[str, Any] = {"text": text, "complete_till": int(datetime.fromisoformat(due).timestamp()),
+                                "entity_id": int(entity.id), "entity_type": API_ENTITY[entity.type]}
+        user = responsible if self.record_only else self.resolve_user(responsible)
+        if user not in (None, ""):
+            task["responsible_user_id"] = int(user) if str(user).isdigit() else user
+        if task_type:
+            task["task_type_id"] = task_type
+        resp = self.request("POST", "/api/v4/tasks", json_body=[task])
+        if resp is None:
+            return None
+        return resp.json()["_embedded"]["tasks"][0]["id"]
+
+    def complete_task(self, task_id: str | int, result_text: str) -> None:
+        """PATCH /api/v4/tasks/{id} with is_completed and result.text (tasks-api, "Выполнение задачи")."""
+        self.request("PATCH", f"/api/v4/tasks/{task_id}",
+                     json_body={"is_completed": True, "result": {"text": result_text}})
+
+    # --- notes and files ---------------------------------------------------------------------
+
+    def add_note(self, entity: Entity, text: str) -> int | None:
+        """A common note on the entity (POST /api/v4/<entity>/notes)."""
+        body = [{"entity_id": int(entity.id), "note_type": "common", "params": {"text": text}}]
+        resp = self.request("POST", f"/api/v4/{API_ENTITY[entity.type]}/notes", json_body=body)
+        if resp is None:
+            return None
+        return resp.json()["_embedded"]["notes"][0]["id"]
+
+    def list_notes(self, entity: Entity) -> list[dict[str, Any]]:
+        """The entity's notes, oldest page first (GET /api/v4/<entity>/{id}/notes)."""
+        path = f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}/notes"
+        return [normalize_note(n) for n in self.pages(path, "notes")]
+
+    def get_note(self, entity: Entity, note_id: str | int) -> dict[str, Any] | None:
+        """One note (GET /api/v4/<entity>/{id}/notes/{note_id}), e.g. to name a webhook's attachment."""
+        resp = self.request("GET", f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}/notes/{note_id}")
+        if resp is None or resp.status_code == 204:
+            return None
+        return normalize_note(resp.json())
+
+    def list_files(self, entity: Entity) -> list[dict[str, Any]]:
+        """The entity's files with names: uuids from the CRM, the rest from the Drive API.
+
+        GET /api/v4/<entity>/{id}/files gives only `file_uuid`; names, sizes and links come from
+        GET {drive_url}/v1.0/files/{uuid} (files-api). Drive names carry no extension; it is in
+        `metadata.extension`. The token needs the "files" scope there.
+        """
+        uuids = list(self._file_uuids(entity))
+        if not uuids:
+            return []
+        drive = self.drive_url()
+        return [f for f in (self._drive_file(drive, u) for u in uuids) if f is not None]
+
+    def _file_uuids(self, entity: Entity) -> Iterator[str]:
+        path = f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}/files"
+        params: dict[str, Any] = {"limit": FILES_PAGE_LIMIT}
+        for _ in range(MAX_PAGES):
+            resp = self.request("GET", path, params=params)
+            if resp is None or resp.status_code == 204:  # "У сущности нет связанных файлов"
+                return
+            links = (resp.json().get("_embedded") or {}).get("files") or []
+            yield from (link["file_uuid"] for link in links)
+            if len(links) < FILES_PAGE_LIMIT:
+                return
+            params = {"limit": FILES_PAGE_LIMIT, "before_id": min(link["id"] for link in links)}
+
+    def _drive_file(self, drive: str, uuid: str) -> dict[str, Any] | None:
+        try:
+            resp = self.request("GET", f"/v1.0/files/{uuid}", url=f"{drive}/v1.0/files/{uuid}")
+        except PermanentApiError as exc:
+            if exc.status != 404:  # "Файл не найден": linked, then deleted from the drive
+                raise
+            log.info("%s: drive file %s is gone", self.connection.name, uuid)
+            return None
+        f = resp.json()
+        meta = f.get("metadata") or {}
+        return {"uuid": f["uuid"], "name": f.get("name"), "size": f.get("size"),
+                "mime_type": meta.get("mime_type"), "extension": meta.get("extension"),
+                "url": ((f.get("_links") or {}).get("download") or {}).get("href")}
+
+    # --- acting on leads and contacts --------------------------------------------------------
+
+    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> None:
+        """Move a lead to a stage (PATCH /api/v4/leads/{id} with status_id and pipeline_id)."""
+        body: dict[str, Any] = {}
+        if not self.record_only:
+            status_id, pipeline_id = self.resolve_stage(stage, pipeline)
+            body = {"status_id": status_id, **({"pipeline_id": pipeline_id} if pipeline_id else {})}
+        else:
+            body = {"status_id": stage, **({"pipeline_id": pipeline} if pipeline else {})}
+        self.request("PATCH", f"/api/v4/leads/{entity.id}", json_body=body)
+
+    def set_fields(self, entity: Entity, fields: dict[str, Any]) -> None:
+        """Write custom fields by name or id; a list writes several values (multiselect)."""
+        self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}",
+                     json_body={"custom_fields_values": self._field_values(entity.type, fields)})
+
+    def update_contact(self, contact: Entity | str | int, fields: dict[str, Any] | None = None,
+                       **attrs: Any) -> None:
+        """PATCH a contact: custom fields by name, plus name/first_name/last_name (contacts-api)."""
+        entity = contact if isinstance(contact, Entity) else Entity("contact", str(contact))
+        body = {k: v for k, v in attrs.items() if k in ("name", "first_name", "last_name") and v is not None}
+        if fields:
+            body["custom_fields_values"] = self._field_values(entity.type, fields)
+        self.request("PATCH", f"/api/v4/contacts/{entity.id}", json_body=body)
+
+    def change_tags(self, entity: Entity, add: list[str] | tuple[str, ...] = (),
+                    remove: list[str] | tuple[str, ...] = ()) -> None:
+        """Add and remove tags by name in one PATCH (leads-api: tags_to_add / tags_to_delete)."""
+        body: dict[str, Any] = {}
+        if add:
+            body["tags_to_add"] = [{"name": t} for t in add]
+        if remove:
+            body["tags_to_delete"] = [{"name": t} for t in remove]
+        if body:
+            self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}", json_body=body)
+
+    def set_responsible(self, entity: Entity, user: str | int) -> None:
+        """Make a user (name or id) responsible for the entity."""
+        uid = user if self.record_only else self.resolve_user(user)
+        self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}",
+                     json_body={"responsible_user_id": int(uid) if str(uid).isdigit() else uid})
+
+    def copy_entity(self, entity: Entity, pipeline: str, stage: str, responsible: str | int | None = None,
+                    fields: dict[str, Any] | None = None, tags: list[str] | None = None,
+                    contacts: bool = True) -> int | None:
+        """Create a lead in another pipeline/stage with the source's name, price, custom fields and
+        tags (or `tags`), `fields` overriding by name; then link its contacts and company.
+
+        POST /api/v4/leads takes an array (leads-api); links go through POST
+        /api/v4/leads/{id}/link with to_entity_type contacts|companies (entity-links-api).
+        """
+        if self.record_only:  # names stay unresolved, as in move_to_stage
+            self.request("POST", "/api/v4/leads", json_body=[{"status_id": stage, "pipeline_id": pipeline}])
+            return None
+        source = self.get_raw(entity)
+        if source is None:
+            raise PermanentApiError(f"amoCRM has no {entity.type} {entity.id} to copy")
+        resp = self.request("POST", "/api/v4/leads", json_body=[self._copy_body(
+            source, pipeline, stage, responsible, fields, tags)])
+        new_id = resp.json()["_embedded"]["leads"][0]["id"]
+        links = _links_of(source) if contacts else []
+        if links:
+            self.request("POST", f"/api/v4/leads/{new_id}/link", json_body=links)
+        return new_id
+
+    def _copy_body(self, source: dict[str, Any], pipeline: str, stage: str, responsible: str | int | None,
+                   fields: dict[str, Any] | None, tags: list[str] | None) -> dict[str, Any]:
+        status_id, pipeline_id = self.resolve_stage(stage, pipeline)
+        body: dict[str, Any] = {"status_id": status_id, "pipeline_id": pipeline_id}
+        for key in ("name", "price"):
+            if source.get(key) is not None:
+                body[key] = source[key]
+        owner = self.resolve_user(responsible) or source.get("responsible_user_id")
+        if owner:
+            body["responsible_user_id"] = owner
+        overrides = self._field_values("lead", fields or {})
+        replaced = {v["field_id"] for v in overrides}
+        copied = [_writable(cf) for cf in source.get("custom_fields_values") or []
+                  if cf.get("field_id") not in replaced]
+        if copied or overrides:
+            body["custom_fields_values"] = [c for c in copied if c["values"]] + overrides
+        names = tags if tags is not None else [t["name"] for t in (source.get("_embedded") or {}).get("tags") or []]
+        if names:
+            body["tags_to_add"] = [{"name": n} for n in names]
+        return body
+
+    def _field_values(self, entity_type: str, fields: dict[str, Any]) -> list[dict[str, Any]]:
+        values = []
+        for name, value in fields.items():
+            fid = name if self.record_only else self.resolve_field(entity_type, name)
+            items = value if isinstance(value, list) else [value]
+            values.append({"field_id": fid, "values": [{"value": v} for v in items]})
+        return values
+
+
+def normalize_task(task: dict[str, Any]) -> dict[str, Any]:
+    """An API v4 task in the common shape (`parent` as in task webhooks); `result` is {"text"} or []
+    when empty (tasks-api samples)."""
+    result = task.get("result") if isinstance(task.get("result"), dict) else {}
+    return {"id": str(task["id"]), "text": task.get("text", ""), "completed": bool(task.get("is_completed")),
+            "due": utc_iso(task["complete_till"]) if task.get("complete_till") else None,
+            "responsible": {"id": str(task.get("responsible_user_id"))},
+            "parent": {"type": SINGULAR.get(task.get("entity_type"), task.get("entity_type")),
+                       "id": str(task.get("entity_id"))},
+            "task_type": task.get("task_type_id"), "result": result.get("text")}
+
+
+def normalize_note(note: dict[str, Any]) -> dict[str, Any]:
+    """An API v4 note: type is a string (common, attachment…); attachments name their file."""
+    params = note.get("params") or {}
+    found = {"id": str(note["id"]), "type": note.get("note_type"), "text": params.get("text", ""),
+             "params": params, "created_at": utc_iso(note["created_at"]) if note.get("created_at") else None,
+             "created_by": str(note.get("created_by"))}
+    if note.get("note_type") == "attachment":
+        found["file"] = {"name": params.get("original_name") or params.get("file_name"),
+                         "uuid": params.get("file_uuid")}
+    return found
+
+
+def api_fields(values: list[dict[str, Any]] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """custom_fields_values → values by field name, and enum ids (as strings) by field name."""
+    fields: dict[str, Any] = {}
+    enums: dict[str, Any] = {}
+    for cf in values or []:
+        items = cf.get("values") or []
+        vals = [v.get("value") for v in items]
+        fields[cf.get("field_name")] = vals[0] if len(vals) == 1 else vals
+        ids = [str(v["enum_id"]) for v in items if v.get("enum_id") is not None]
+        if ids:
+            enums[cf.get("field_name")] = ids[0] if len(ids) == 1 else ids
+    return fields, enums
+
+
+def _embedded(embedded: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {"tags": [t.get("name") for t in embedded.get("tags") or []],
+                             "contacts": [str(c["id"]) for c in embedded.get("contacts") or []]}
+    main = [str(c["id"]) for c in embedded.get("contacts") or [] if c.get("is_main")]
+    if main:
+        found["main_contact"] = {"id": main[0]}
+    if embedded.get("companies"):
+        found["company"] = {"id": str(embedded["companies"][0]["id"])}  # "always 1 element" (leads-api)
+    if "leads" in embedded:
+        found["leads"] = [str(lead["id"]) for lead in embedded["leads"]]
+    return found
+
+
+def _writable(cf: dict[str, Any]) -> dict[str, Any]:
+    """A read custom_fields_values item as a write item: enum fields by enum_id, the rest by value."""
+    kind = cf.get("field_type")
+    values = []
+    for v in cf.get("values") or []:
+        if kind in ENUM_TYPES and v.get("enum_id") is not None:
+            values.append({"enum_id": v["enum_id"]})
+        elif kind in PAIRED_TYPES and v.get("enum_id") is not None:
+            values.append({"value": v.get("value"), "enum_id": v["enum_id"]})
+        elif v.get("value") is not None:
+            values.append({"value": v["value"]})
+    return {"field_id": cf["field_id"], "values": values}
+
+
+def _links_of(lead: dict[str, Any]) -> list[dict[str, Any]]:
+    embedded = lead.get("_embedded") or {}
+    links = [{"to_entity_id": c["id"], "to_entity_type": "contacts",
+              "metadata": {"is_main": bool(c.get("is_main"))}} for c in embedded.get("contacts") or []]
+    links += [{"to_entity_id": c["id"], "to_entity_type": "companies"} for c in embedded.get("companies") or []]
+    return links
+
+
+def _stage_name(pipelines: dict[str, Any], stage_id: str, pipeline_id: str | None) -> str | None:
+    if pipeline_id and pipeline_id in pipelines:
+        return pipelines[pipeline_id]["statuses"].get(stage_id)
+    for p in pipelines.values():
+        if stage_id in p["statuses"]:
+            return p["statuses"][stage_id]
+    return None

@@ -1,0 +1,546 @@
+"""Planfix: scenario webhooks in (tasks, comments, files, contacts), REST API v2 out.
+
+Planfix has no fixed webhook format: a scenario's "HTTP request" action sends whatever body the
+integrator composes from variables such as {{Задача.Номер}}. crmbridge defines that body
+(docs/connectors/planfix.md) and parses exactly it, as JSON or form-encoded with bracket keys
+(`task[id]=1042`). Planfix signs nothing, so the caller proves itself with the connection's
+secret: `secret` in the body, `token` in the URL, or an X-Crmbridge-Token header.
+Planfix sends an account's requests one at a time; after an answer other than 200 it retries at
++15 min, +30 min, +1 h, +1 h and sends nothing from the account for 3 minutes
+(planfix-docs Интеграции/HTTP-запросы.md), so the receiver answers at once and never waits.
+Samples: tests/payloads/planfix/.
+"""
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from connectors.base import (
+    BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
+    RetryableApiError, Unauthorized, retry_after_header, event_id, indexed, parse_json,
+    parse_nested_form, utc_iso,
+)
+
+SOURCE = "planfix"
+CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded")
+BASE_URL_REQUIRED = True  # https://<account>.planfix.com/rest (REST_API_Введение.md)
+TOKEN_HEADER = "X-Crmbridge-Token"
+
+ENTITIES = ("task", "contact")
+ACTIONS = {"created": "entity.created", "updated": "entity.updated", "deleted": "entity.deleted",
+           "status_changed": "stage.changed", "comment_added": "note.added", "file_added": "file.added"}
+# Without `at` in the body two identical changes can only be told apart in time: dedupe them
+# over Planfix's retry ladder (15 + 30 + 60 + 60 min) instead of days.
+RETRY_LADDER = 3 * 3600
+TRUE_WORDS = {"1", "true", "yes", "y", "on", "+", "да", "так"}
+LOCAL_TIME = re.compile(r"(\d{1,2})[.-](\d{1,2})[.-](\d{4})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?")
+TAG = re.compile(r"<[^>]+>")
+BREAK = re.compile(r"<br\s*/?>|</p>|</div>|</li>", re.IGNORECASE)
+ENTITY_REF = re.compile(r"&(#\d+|#x[0-9a-f]+|[a-z]+);", re.IGNORECASE)
+LINK = re.compile(r"<a\s[^>]*href=\"([^\"]+)\"[^>]*>(.*?)</a>", re.IGNORECASE | re.DOTALL)
+
+
+# --- webhooks in ------------------------------------------------------------------------------
+
+def verify(raw: RawWebhook, connection: Connection) -> None:
+    """Compare the header, URL or body secret with the connection's, in constant time."""
+    given = raw.headers.get(TOKEN_HEADER) or raw.query.get("token") or _body(raw).get("secret")
+    if not connection.webhook_secret or not hmac.compare_digest(
+            str(given or "").encode(), connection.webhook_secret.encode()):
+        raise Unauthorized(f"missing or wrong secret (body 'secret', URL 'token' or {TOKEN_HEADER} header)")
+
+
+def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
+    """One scenario request → one Event, plus one file.added per file a comment carries."""
+    body = _body(raw)
+    name = _text(body.get("event")) or ""
+    entity_type, _, action = name.partition(".")
+    kind = ACTIONS.get(action)
+    if entity_type not in ENTITIES or kind is None:
+        raise BadPayload(f"event {name!r} is not one crmbridge knows; expected task.<action> or "
+                         f"contact.<action>, <action> one of: {', '.join(ACTIONS)}")
+    holder = body.get(entity_type) if isinstance(body.get(entity_type), dict) else {}
+    if not _text(holder.get("id")):
+        raise BadPayload(f"{entity_type}.id is missing (expected the {entity_type} number)")
+    data = _data(body, entity_type, holder, connection)
+    _require(name, kind, entity_type, data)
+    plain = {k: v for k, v in body.items() if k != "secret"}
+    comment_id = (data.get("comment") or {}).get("id")
+    base_id = (f"{connection.name}:comment:{comment_id}" if comment_id else
+               event_id(connection.name, entity_type, holder["id"], action, plain))
+
+    def event(key: str, event_kind: str, event_data: dict[str, Any]) -> Event:
+        return Event(id=key, connection=connection.name, source=SOURCE, kind=event_kind,
+                     entity=Entity(entity_type, _text(holder["id"])), data=event_data, raw=plain,
+                     occurred_at=_when(body.get("at"), connection),
+                     dedupe_window=None if comment_id or body.get("at") else RETRY_LADDER)
+
+    events = [] if kind == "file.added" else [event(base_id, kind, data)]
+    for n, file in enumerate(data.get("files", []) if kind in ("note.added", "file.added") else []):
+        events.append(event(f"{base_id}:file:{file.get('id') or n}", "file.added", {**data, "file": file}))
+    return events
+
+
+def _require(name: str, kind: str, entity_type: str, data: dict[str, Any]) -> None:
+    if kind == "stage.changed" and "stage" not in data:
+        raise BadPayload(f"{entity_type}.status is missing for {name}")
+    if kind == "note.added" and "comment" not in data:
+        raise BadPayload(f"comment is missing for {name}")
+    if kind == "file.added" and not data.get("files"):
+        raise BadPayload(f"files is empty for {name}")
+
+
+def _body(raw: RawWebhook) -> dict[str, Any]:
+    """The request body as a dict, whichever of the two content types it came in."""
+    if raw.content_type == "application/x-www-form-urlencoded":
+        return parse_nested_form(raw.body)
+    try:
+        body = parse_json(raw.body)
+    except BadPayload as exc:
+        # A multi-line variable pasted into a JSON string may arrive with raw newlines (Planfix
+        # does not document escaping); json's non-strict mode accepts them inside strings.
+        body = _json_or(raw.body.decode("utf-8"), exc) if str(exc).startswith("body is not JSON") else exc
+        if body is exc:
+            raise
+    if not isinstance(body, dict):
+        raise BadPayload(f"expected a JSON object, found {type(body).__name__}")
+    return body
+
+
+def _data(body: dict[str, Any], entity_type: str, holder: dict[str, Any],
+          connection: Connection) -> dict[str, Any]:
+    """The recommended body in the common words rules read."""
+    data: dict[str, Any] = {}
+    for key in ("name", "email", "phone"):
+        _put(data, key, _text(holder.get(key)))
+    for key, wire in (("stage", "status"), ("previous_stage", "previous_status"),
+                      ("responsible", "responsible"), ("project", "project")):
+        _put(data, key, _ref(holder.get(wire)))
+    if entity_type == "task":
+        _put(data, "contact", _ref(body.get("contact")))
+    fields = _listish(holder.get("fields"))
+    fields = {str(k): v for k, v in fields.items()} if isinstance(fields, dict) else {}
+    _put(data, "fields", fields)
+    _put(data, "changed", _changed(body.get("changed"), fields))
+    _put(data, "author", _ref(body.get("author")))
+    wire_comment = body.get("comment") if isinstance(body.get("comment"), dict) else None
+    if wire_comment is not None:
+        data["comment"] = _comment(wire_comment, connection)
+        data["text"] = data["comment"]["text"]
+    _put(data, "files", _files(body.get("files")) or _files((wire_comment or {}).get("files")))
+    return data
+
+
+def _put(data: dict[str, Any], key: str, value: Any) -> None:
+    if value not in (None, "", {}, []):
+        data[key] = value
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return str(value).strip() or None
+
+
+def _ref(value: Any) -> dict[str, str] | None:
+    """{"id", "name"} from an object, a name (a string) or an id (a JSON number)."""
+    if isinstance(value, dict):
+        return {k: _text(value.get(k)) for k in ("id", "name") if _text(value.get(k))} or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"id": str(value)}
+    text = _text(value)
+    return {"name": text} if text else None
+
+
+def _listish(value: Any) -> Any:
+    """JSON text decoded, and a form list ({"0": …, "1": …}) made a list; anything else as is."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        value = _json_or(value.strip(), value)
+    if isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+        return indexed(value)
+    return value
+
+
+def _changed(value: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """{field name: new value}, from an object or from a list (or comma list) of names."""
+    value = _listish(value)
+    if isinstance(value, str):
+        value = re.split(r"[,;\n]", value)
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    names = [str(n).strip() for n in value if str(n).strip()] if isinstance(value, list) else []
+    return {n: fields.get(n) for n in names}
+
+
+def _comment(value: dict[str, Any], connection: Connection) -> dict[str, Any]:
+    """{id, text, author, for_client}; a text starting with options.client_marker is for the client."""
+    original = _text(value.get("text")) or ""
+    text = plain_text(original)
+    for_client = _truthy(value.get("for_client"))
+    marker = str((connection.options or {}).get("client_marker") or "").strip()
+    if marker and text.lower().startswith(marker.lower()):
+        for_client, text = True, text[len(marker):].lstrip(" :—-\n")
+    comment = {"id": _text(value.get("id")), "text": text, "author": _ref(value.get("author")),
+               "for_client": for_client}
+    if TAG.search(original):
+        comment["html"] = original
+    return comment
+
+
+def plain_text(text: str) -> str:
+    """Planfix comment HTML (<p>, <br>, entities) as plain text; plain text stays as it is."""
+    if not TAG.search(text) and not ENTITY_REF.search(text):
+        return text.strip()
+    text = html.unescape(TAG.sub("", BREAK.sub("\n", text)))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(line.rstrip() for line in text.splitlines())).strip()
+
+
+def _files(value: Any) -> list[dict[str, str]]:
+    """[{"id", "name", "url"}] from a list, a form list, JSON text, HTML links or one name a line."""
+    value = _listish(value)
+    if isinstance(value, str):
+        links = LINK.findall(value)
+        value = ([{"url": url, "name": plain_text(name)} for url, name in links] if links
+                 else re.split(r"\n|<br\s*/?>", value))
+    files = []
+    for item in value if isinstance(value, list) else [value] if isinstance(value, dict) else []:
+        item = item if isinstance(item, dict) else {"name": item}
+        file = {k: _text(item.get(k)) for k in ("id", "name", "url") if _text(item.get(k))}
+        if file:
+            files.append(file)
+    return files
+
+
+def _truthy(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value or "").strip().lower() in TRUE_WORDS
+
+
+def _json_or(text: str, default: Any) -> Any:
+    try:
+        return json.loads(text, strict=False)
+    except (ValueError, RecursionError):
+        return default
+
+
+def _when(value: Any, connection: Connection) -> str:
+    """The body's `at` (ISO, unix, or 24-11-2025 14:05 from %%%СЕЙЧАС()%%%) as ISO UTC; else now."""
+    text = _text(value) or ""
+    if re.fullmatch(r"\d{9,11}(\.\d+)?", text):
+        return utc_iso(text)
+    local = LOCAL_TIME.fullmatch(text)
+    try:
+        moment = (datetime(*(int(part or 0) for part in (local[3], local[2], local[1], *local.groups()[3:])))
+                  if local else datetime.fromisoformat(text))
+    except ValueError:
+        return utc_iso()
+    if moment.tzinfo is None:  # read in the account's zone, if the connection names one
+        moment = moment.replace(tzinfo=ZoneInfo(str((connection.options or {}).get("timezone") or "UTC")))
+    return moment.astimezone(timezone.utc).isoformat()
+
+
+# --- REST API v2 out --------------------------------------------------------------------------
+
+FAILED = {"fail", "failure", "error"}
+DAILY_LIMIT = 22  # "daily request limit exhausted" (REST API error codes; API-REFERENCE §3.1)
+FIELDS = {"task": "id,name,description,status,processId,assigner,assignees,parent,template,project,"
+                  "counterparty,endDateTime",
+          "contact": "id,name,midname,lastname,email,phones,telegram,position,isCompany,description"}
+
+
+class Client(BaseClient):
+    """Actions on one Planfix account through REST API v2; names are resolved from cached metadata."""
+
+    rate_per_second = 1  # "1 запрос в секунду" (planfix-docs Интеграции/REST_API_Введение.md)
+    docs_url = "https://help.planfix.com/restapidocs/"
+    metadata_ttl = 3600
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.connection.credentials.get('token', '')}"}
+
+    def check(self, resp, what: str) -> None:
+        """Errors come as {result, code, error} (docs) or {result: fail|failure, message} (seen in the wild)."""
+        body = _json_body(resp)
+        if resp.status_code < 400 and str(body.get("result", "")).lower() not in FAILED:
+            return
+        message = f"{what}: HTTP {resp.status_code}: {self.error_message(resp)}"
+        if str(body.get("code")) == str(DAILY_LIMIT):  # the quota comes back only the next day
+            raise RetryableApiError(message, status=resp.status_code, retry_after=_until_tomorrow())
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise RetryableApiError(message, status=resp.status_code, retry_after=retry_after_header(resp))
+        raise PermanentApiError(message, status=resp.status_code)
+
+    def error_message(self, resp) -> str:
+        body = _json_body(resp)
+        text = body.get("error") or body.get("message")
+        if not text:
+            return resp.text[:300]
+        return f"Planfix code {body['code']}: {text}" if body.get("code") is not None else str(text)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get_entity(self, entity: Entity) -> dict[str, Any] | None:
+        """GET /task/{id} or /contact/{id} with every custom field, in the common shape."""
+        if self.record_only:
+            return None
+        kind = _kind(entity)
+        ids = [item["id"] for item in self.catalog(f"customfield/{kind}", "customfields")]
+        resp = self.request("GET", f"/{kind}/{entity.id}", params={"fields": ",".join([FIELDS[kind], *ids])})
+        item = _json_body(resp).get(kind) or {}
+        return self.normalize_task(item) if kind == "task" else normalize_contact(item)
+
+    def normalize_task(self, task: dict[str, Any]) -> dict[str, Any]:
+        """A REST task in the common shape; a status without its name gets it from the process."""
+        snap: dict[str, Any] = {"id": str(task.get("id")), "name": task.get("name"),
+                                "description": plain_text(task.get("description") or "")}
+        status, process = task.get("status") or {}, task.get("processId")
+        if status:
+            sid = None if status.get("id") is None else str(status["id"])
+            name = status.get("name") or next((s["name"] for s in self.catalog(
+                f"process/task/{process}/statuses", "statuses") if s["id"] == sid), None) if process else None
+            snap["stage"] = {k: v for k, v in (("id", sid), ("name", name)) if v}
+        if process:
+            snap["pipeline"] = {"id": str(process)}
+        users = (task.get("assignees") or {}).get("users") or []
+        snap["assignees"] = [_person(u) for u in users]
+        if users:
+            snap["responsible"] = _person(users[0])
+        for key in ("assigner", "counterparty", "project", "parent", "template"):
+            if task.get(key):
+                snap[key] = _person(task[key])
+        if task.get("counterparty"):  # the client, as the contact number webhooks and rules use
+            snap["contact"] = {**snap["counterparty"], "id": snap["counterparty"]["id"].removeprefix("contact:")}
+        snap["deadline"] = (task.get("endDateTime") or {}).get("datetime")
+        snap["fields"] = _custom_values(task.get("customFieldData"))
+        return snap
+
+    def list_comments(self, entity: Entity) -> list[dict[str, Any]]:
+        """The first 100 comments, oldest first (POST /{task|contact}/{id}/comments/list)."""
+        body = {"offset": 0, "pageSize": 100, "fields": "id,description,owner,dateTime,files,isHidden",
+                "typeList": "Comments", "resultOrder": "Asc"}
+        resp = self.request("POST", f"/{_kind(entity)}/{entity.id}/comments/list", json_body=body)
+        return [{"id": str(c.get("id")), "text": plain_text(c.get("description") or ""),
+                 "author": _person(c.get("owner") or {}), "at": (c.get("dateTime") or {}).get("datetime"),
+                 "files": [{"id": str(f.get("id")), "name": f.get("name")} for f in c.get("files") or []]}
+                for c in _json_body(resp).get("comments") or []]
+
+    # --- metadata, cached in Redis -------------------------------------------------------------
+
+    def catalog(self, path: str, key: str, paged: bool = False) -> list[dict[str, Any]]:
+        """[{"id", "name", "type"}] of custom fields, statuses, processes or users, cached."""
+        def fetch() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            for page in range(10 if paged else 1):  # list methods give at most 100 items a call
+                resp = (self.request("POST", f"/{path}", json_body={
+                    "offset": page * 100, "pageSize": 100, "fields": "id,name,lastname"})
+                        if paged else self.request("GET", f"/{path}"))
+                items = [i for i in _json_body(resp).get(key) or [] if isinstance(i, dict) and "id" in i]
+                found += [{"id": str(i["id"]), "type": i.get("type"),
+                           "name": " ".join(str(p) for p in (i.get("name"), i.get("lastname")) if p)}
+                          for i in items]
+                if len(items) < 100:
+                    break
+            return found
+        key_name = f"{self.key_prefix}meta:{self.connection.name}:{path}"
+        hit = self.store.get(key_name) if self.store is not None else None
+        if hit:
+            return json.loads(hit)
+        value = fetch()
+        if self.store is not None:
+            self.store.set(key_name, json.dumps(value, ensure_ascii=False), ex=self.metadata_ttl)
+        return value
+
+    def lookup(self, path: str, key: str, wanted: Any, missing: str, paged: bool = False) -> dict[str, Any]:
+        """The catalog item whose id or name is `wanted`; the cache is refreshed once on a miss."""
+        for attempt in range(2):
+            for item in self.catalog(path, key, paged):
+                if str(wanted) in (item["id"], item["name"]):
+                    return item
+            if self.store is not None:
+                self.store.delete(f"{self.key_prefix}meta:{self.connection.name}:{path}")
+        raise PermanentApiError(missing)
+
+    def resolve_user(self, user: Any) -> str | None:
+        """A user name, id or "user:N" → "user:N" (people ids are prefixed strings in Planfix)."""
+        text = str(user if user is not None else "").strip()
+        if not text or re.fullmatch(r"(user|contact):\d+", text):
+            return text or None
+        if text.isdigit():
+            return f"user:{text}"
+        return "user:" + self.lookup("user/list", "users", text, f"Planfix has no user {text!r}", paged=True)["id"]
+
+    def resolve_field(self, kind: str, field: Any) -> dict[str, Any]:
+        if str(field).isdigit():
+            return {"id": int(field), "type": None}
+        item = self.lookup(f"customfield/{kind}", "customfields", field, f"Planfix has no {kind} field {field!r}")
+        return {"id": int(item["id"]), "type": item["type"]}
+
+    def resolve_status(self, entity: Entity, stage: Any, pipeline: Any = None) -> int:
+        """A status name in the task's process (or the pipeline named) → its id."""
+        if str(stage).isdigit():
+            return int(stage)
+        process = pipeline
+        if pipeline not in (None, "") and not str(pipeline).isdigit():
+            process = self.lookup("process/task", "processes", pipeline,
+                                  f"Planfix has no task process {pipeline!r}")["id"]
+        if process in (None, ""):
+            task = _json_body(self.request("GET", f"/task/{entity.id}", params={"fields": "id,processId"}))
+            process = (task.get("task") or {}).get("processId")
+            if not process:
+                raise PermanentApiError(f"Planfix task {entity.id} has no process; name the pipeline")
+        return int(self.lookup(f"process/task/{process}/statuses", "statuses", stage,
+                               f"Planfix process {process} has no status {stage!r}")["id"])
+
+    # --- acting ---------------------------------------------------------------------------------
+
+    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> str | None:
+        """POST /task/{id} {"status": {"id"}}: "done", or "queued" when Planfix answers 202."""
+        if entity.type != "task":
+            raise PermanentApiError(f"Planfix statuses belong to tasks, not to a {entity.type}")
+        status = stage if self.record_only else self.resolve_status(entity, stage, pipeline)
+        return _outcome(self.request("POST", f"/task/{entity.id}", json_body={"status": {"id": status}}))
+
+    def set_fields(self, entity: Entity, fields: dict[str, Any]) -> str | None:
+        """Custom fields by name or id (customFieldData); "queued" when Planfix answers 202."""
+        kind = _kind(entity)
+        return _outcome(self.request("POST", f"/{kind}/{entity.id}", json_body=self.custom_data(kind, fields)))
+
+    def custom_data(self, kind: str, fields: dict[str, Any] | None) -> dict[str, Any]:
+        if not fields:
+            return {}
+        return {"customFieldData": [{"field": {"id": n}, "value": v} if self.record_only else
+                                    _field_value(self.resolve_field(kind, n), v) for n, v in fields.items()]}
+
+    def add_note(self, entity: Entity, text: str, files: list[Any] | None = None,
+                 for_client: bool = False) -> int | None:
+        """A comment (POST /{task|contact}/{id}/comments/ — the trailing slash is part of the path)."""
+        body: dict[str, Any] = {"description": _html(text)}
+        if files:
+            body["files"] = [{"id": _int_or(f.get("id") if isinstance(f, dict) else f)} for f in files]
+        if for_client:  # addressed to the client: the task's counterparty, or the contact itself
+            body["recipients"] = {"users": [{"id": self.client_of(entity)}]}
+        return _created_id(self.request("POST", f"/{_kind(entity)}/{entity.id}/comments/", json_body=body))
+
+    def client_of(self, entity: Entity) -> str:
+        """"contact:N" of the contact itself or of the task's counterparty."""
+        if entity.type == "contact":
+            return f"contact:{entity.id}"
+        if self.record_only:
+            return f"<counterparty of task {entity.id}>"
+        task = _json_body(self.request("GET", f"/task/{entity.id}", params={"fields": "id,counterparty"}))
+        who = str(((task.get("task") or {}).get("counterparty") or {}).get("id") or "")
+        if not who:
+            raise PermanentApiError(f"Planfix task {entity.id} has no counterparty to address the comment to")
+        return who if ":" in who else f"contact:{who}"
+
+    def create_task(self, entity: Entity, text: str, due: str, responsible: Any = None,
+                    task_type: int | None = None, template: int | None = None) -> int | None:
+        """POST /task/: a subtask of a task, or a task on a contact or project; a type is a template."""
+        name = (text.strip().splitlines() or [""])[0][:250]
+        task: dict[str, Any] = {"name": name, "endDateTime": _timepoint(due)}
+        if text.strip() != name:
+            task["description"] = _html(text)
+        if template or task_type:
+            task["template"] = {"id": _int_or(template or task_type)}
+        user = responsible if self.record_only else self.resolve_user(responsible)
+        if user:
+            task["assignees"] = {"users": [{"id": user}]}
+        link = {"task": ("parent", {"id": _int_or(entity.id)}), "project": ("project", {"id": _int_or(entity.id)}),
+                "contact": ("counterparty", {"id": f"contact:{entity.id}"})}.get(entity.type)
+        if link:
+            task[link[0]] = link[1]
+        return _created_id(self.request("POST", "/task/", json_body=task))
+
+    def create_contact(self, name: str, fields: dict[str, Any] | None = None, **details: Any) -> int | None:
+        """POST /contact/ with system fields (lastname, email, telegram…) and custom fields by name."""
+        body = {"name": name, **details, **self.custom_data("contact", fields)}
+        return _created_id(self.request("POST", "/contact/", json_body=body))
+
+    def delete_contact(self, entity: Entity) -> str | None:
+        """The REST API has no DELETE for contacts; ContactRequest.isDeleted marks one deleted."""
+        return _outcome(self.request("POST", f"/contact/{entity.id}", json_body={"isDeleted": True}))
+
+
+def normalize_contact(c: dict[str, Any]) -> dict[str, Any]:
+    """A REST contact in the common shape."""
+    return {"id": str(c.get("id")), "name": " ".join(p for p in (c.get("name"), c.get("lastname")) if p) or None,
+            "email": c.get("email"), "telegram": c.get("telegram"), "is_company": bool(c.get("isCompany")),
+            "phones": [p.get("number") for p in c.get("phones") or [] if isinstance(p, dict)],
+            "fields": _custom_values(c.get("customFieldData"))}
+
+
+def _kind(entity: Entity) -> str:
+    if entity.type not in ENTITIES:
+        raise PermanentApiError(f"Planfix connector acts on tasks and contacts, not on a {entity.type}")
+    return entity.type
+
+
+def _json_body(resp) -> dict[str, Any]:
+    try:
+        body = resp.json() if resp is not None else {}
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _outcome(resp) -> str | None:
+    # "if the task is being changed in parallel… the change is queued… the answer is 202"
+    # (planfix-docs Интеграции/REST_API.md)
+    return None if resp is None else ("queued" if resp.status_code == 202 else "done")
+
+
+def _created_id(resp) -> int | None:
+    return None if resp is None else _json_body(resp).get("id")
+
+
+def _person(p: dict[str, Any]) -> dict[str, Any]:
+    """Planfix people ids are prefixed strings ("user:5", "contact:6"); kept as they come."""
+    return {"id": str(p.get("id")), "name": p.get("name")}
+
+
+def _custom_values(items: Any) -> dict[str, Any]:
+    """customFieldData → {name: value}; list and directory values come as {id, value|name}."""
+    def one(value: Any, item: dict[str, Any]) -> Any:
+        if isinstance(value, list):
+            return [one(v, {}) for v in value]
+        if isinstance(value, dict):
+            return value.get("value", value.get("name", item.get("stringValue")))
+        return value
+    return {str((i.get("field") or {}).get("name") or (i.get("field") or {}).get("id")): one(i.get("value"), i)
+            for i in items or [] if isinstance(i, dict)}
+
+
+def _field_value(meta: dict[str, Any], value: Any) -> dict[str, Any]:
+    """{field, value}; checkboxes as "true"/"false", ISO dates as TimePoints (field types 7, 3, 5)."""
+    if meta.get("type") == 7 and isinstance(value, bool):
+        value = "true" if value else "false"
+    elif meta.get("type") in (3, 5) and isinstance(value, str) and re.match(r"\d{4}-\d{2}-\d{2}", value):
+        value = _timepoint(value)
+    return {"field": {"id": meta["id"]}, "value": value}
+
+
+def _timepoint(moment: str) -> dict[str, str]:
+    """An ISO date → {"date": "25-11-2026"}; an ISO datetime → {"datetime": "2026-11-25T10:00Z"}."""
+    if len(moment) == 10:
+        return {"date": datetime.fromisoformat(moment).strftime("%d-%m-%Y")}
+    when = datetime.fromisoformat(moment)
+    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return {"datetime": when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")}
+
+
+def _html(text: str) -> str:
+    return html.escape(text, quote=False).replace("\n", "<br>")
+
+
+def _int_or(value: Any) -> Any:
+    return int(value) if str(value).isdigit() else value
+
+
+def _until_tomorrow() -> float:
+    """Seconds to 00:05 UTC tomorrow: the day boundary of Planfix's daily quota is not documented."""
+    now = datetime.now(timezone.utc)
+    return ((now + timedelta(days=1)).replace(hour=0, minute=5, second=0, microsecond=0) - now).total_seconds()

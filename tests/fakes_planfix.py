@@ -1,0 +1,107 @@
+"""A local fake of the Planfix REST API v2 under /rest, in the shapes of the OpenAPI spec.
+
+Shapes: {"result": "success", "task": {…}} for reads, {"result": "success", "id": N} for creates
+(GetTaskById200Response, PostContact201Response in saranchyev/planfix-rest-api-generated), and
+errors as {"result": "fail", "code": N, "error": "…"} (REST API error codes). It keeps what it
+received: tasks and contacts as updated, and the comments added to each.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from typing import Any
+
+from tests.fakes import Call, FakeServer
+
+OK = {"result": "success"}
+
+
+class FakePlanfix(FakeServer):
+    """Tasks, contacts, comments, custom fields, processes with statuses, users."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids = itertools.count(9000)
+        self.tasks: dict[int, dict[str, Any]] = {}
+        self.contacts: dict[int, dict[str, Any]] = {}
+        self.comments: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self.locked: set[int] = set()  # tasks being changed elsewhere: updates answer 202
+        self.custom_fields = {
+            "task": [{"id": 101, "name": "Бюджет", "type": 1}, {"id": 102, "name": "Дата оплаты", "type": 3},
+                     {"id": 103, "name": "Результат", "type": 2}, {"id": 104, "name": "Реклама запущена", "type": 7}],
+            "contact": [{"id": 201, "name": "Ніша", "type": 0}, {"id": 202, "name": "Instagram акаунт", "type": 0}]}
+        self.processes = [{"id": 7, "name": "SMM"}]
+        self.statuses = {7: [{"id": 1, "name": "Нова"}, {"id": 2, "name": "В роботі"},
+                             {"id": 3, "name": "Завершена"}, {"id": 4, "name": "Доопрацювання"}]}
+        self.users = [{"id": 5, "name": "Олена", "lastname": "Коваленко"},
+                      {"id": 6, "name": "Иван", "lastname": "Петренко"}]
+        self.route("GET", r"/rest/(task|contact)/(\d+)", self._get)
+        self.route("POST", r"/rest/(task|contact)/(\d+)", self._update)
+        self.route("POST", r"/rest/(task|contact)/", self._create)
+        self.route("POST", r"/rest/(task|contact)/(\d+)/comments/", self._add_comment)
+        self.route("POST", r"/rest/(task|contact)/(\d+)/comments/list", self._list_comments)
+        self.route("GET", r"/rest/customfield/(task|contact)",
+                   lambda c, m: (200, {**OK, "customfields": self.custom_fields[m.group(1)]}, {}))
+        self.route("GET", r"/rest/process/task", lambda c, m: (200, {**OK, "processes": self.processes}, {}))
+        self.route("GET", r"/rest/process/task/(\d+)/statuses", self._statuses)
+        self.route("POST", r"/rest/user/list", self._users)
+
+    def store(self, kind: str) -> dict[int, dict[str, Any]]:
+        return self.tasks if kind == "task" else self.contacts
+
+    def add(self, kind: str, item: dict[str, Any]) -> None:
+        self.store(kind)[int(item["id"])] = copy.deepcopy(item)
+
+    def _get(self, call: Call, m: re.Match):
+        kind, item = m.group(1), self.store(m.group(1)).get(int(m.group(2)))
+        if item is None:  # error codes 1000 / 2000: the task / contact does not exist
+            return 400, {"result": "fail", "code": 1000 if kind == "task" else 2000,
+                         "error": f"{kind} {m.group(2)} not found"}, {}
+        return 200, {**OK, kind: item}, {}
+
+    def _update(self, call: Call, m: re.Match):
+        kind, number = m.group(1), int(m.group(2))
+        item = self.store(kind).setdefault(number, {"id": number})
+        for key, value in (call.body or {}).items():
+            if key == "customFieldData":
+                kept = {d["field"]["id"]: d for d in item.get("customFieldData", [])}
+                kept.update({d["field"]["id"]: d for d in value})
+                item["customFieldData"] = list(kept.values())
+            else:
+                item[key] = value
+        if kind == "task" and number in self.locked:  # "the change is queued": 202, no body
+            return 202, b"", {}
+        return 200, b"", {}
+
+    def _create(self, call: Call, m: re.Match):
+        number = next(self.ids)
+        self.add(m.group(1), {**(call.body or {}), "id": number})
+        return 200, {**OK, "id": number}, {}
+
+    def _add_comment(self, call: Call, m: re.Match):
+        key = (m.group(1), int(m.group(2)))
+        if int(m.group(2)) not in self.store(m.group(1)):
+            return 400, {"result": "fail", "code": 5001, "error": "comment add error"}, {}
+        number = next(self.ids)
+        self.comments.setdefault(key, []).append({**(call.body or {}), "id": number})
+        return 200, {**OK, "id": number}, {}
+
+    def _list_comments(self, call: Call, m: re.Match):
+        found = self.comments.get((m.group(1), int(m.group(2))), [])
+        body = [{"id": c["id"], "description": c.get("description"), "owner": {"id": "user:5", "name": "Олена Коваленко"},
+                 "dateTime": {"datetime": "2025-11-24T12:15Z"}, "files": [{"id": f["id"], "name": f"file-{f['id']}"}
+                                                                          for f in c.get("files", [])]}
+                for c in found]
+        return 200, {**OK, "comments": body}, {}
+
+    def _statuses(self, call: Call, m: re.Match):
+        found = self.statuses.get(int(m.group(1)))
+        if found is None:
+            return 400, {"result": "fail", "code": 41, "error": "Invalid parameter value"}, {}
+        return 200, {**OK, "statuses": [{**s, "color": "#1e88e5", "isActive": True} for s in found]}, {}
+
+    def _users(self, call: Call, m: re.Match):
+        start, size = int(call.body.get("offset", 0)), int(call.body.get("pageSize", 100))
+        return 200, {**OK, "users": self.users[start:start + size]}, {}
+
