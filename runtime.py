@@ -98,8 +98,8 @@ class Runtime:
         limit = Limit(rate, float(conn.options.get("burst", client.burst or rate)))
         limiter = RateLimiter(self.store, self.keys.prefix)
 
-        def acquire(scope: str | None = None, scoped: Limit | None = None) -> None:
-            limiter.acquire(f"{conn.name}:{scope}" if scope else conn.name, scoped or limit)
+        def acquire(scope: str | None = None, scoped: tuple[float, float] | None = None) -> None:
+            limiter.acquire(f"{conn.name}:{scope}" if scope else conn.name, Limit(*scoped) if scoped else limit)
         return acquire
 
 

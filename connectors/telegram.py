@@ -39,6 +39,8 @@ from connectors.base import (
 SOURCE = "telegram"
 CONTENT_TYPES = ("application/json",)
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+PER_CHAT = (1.0, 1.0)           # (rate per second, burst)
+PER_GROUP = (20 / 60, 20.0)
 # The updates parse() turns into events; setWebhook's allowed_updates asks for only these.
 ALLOWED_UPDATES = ("message", "edited_message", "callback_query")
 # setWebhook secret_token: 1-256 characters, "Only characters A-Z, a-z, 0-9, _ and - are allowed"
@@ -197,7 +199,17 @@ class Client(BaseClient):
         bot = self.bot
         if self.limiter:
             self.limiter()
+            self._chat_limits(method, params.get("chat_id"))
         return self._run(method, getattr(bot, method)(**params))
+
+    def _chat_limits(self, method: str, chat: Any) -> None:
+        """"No more than one message per second" to a chat, "20 messages per minute" to a group
+        (core.telegram.org/bots/faq): shared by every worker through the runtime's buckets."""
+        if chat is None or not method.startswith(("send_", "edit_", "copy_", "forward_")):
+            return
+        self.limiter(f"chat:{chat}", PER_CHAT)
+        if str(chat).startswith("-"):
+            self.limiter(f"group:{chat}", PER_GROUP)
 
     def _run(self, what: str, work: Coroutine[Any, Any, Any]) -> Any:
         try:

@@ -48,3 +48,15 @@ def test_runtime_clients_get_their_connections_limit(runtime, fake_amo):
     before = time.monotonic()
     client.limiter()
     assert time.monotonic() - before >= 0.1
+
+
+def test_telegram_keeps_one_message_per_second_per_chat(runtime, fake_tg):
+    bot = runtime.client("quickstart-bot")
+    start = time.monotonic()
+    for _ in range(3):
+        bot.send_message("-1001234567890", "x")
+    assert time.monotonic() - start >= 1.9      # 3 messages to one group: at least 2 s apart in all
+    assert len(fake_tg.method_calls("sendMessage")) == 3
+    other = time.monotonic()
+    bot.send_message("42", "y")                 # another chat does not wait for that one
+    assert time.monotonic() - other < 0.5
