@@ -7,6 +7,7 @@ connector sees a vendor's wire format.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import time
@@ -149,6 +150,13 @@ class PermanentApiError(ApiError):
     """The request itself is wrong (4xx other than 429). Retrying will not help."""
 
 
+def check_secret(given: Any, connection: Connection, refusal: str) -> None:
+    """Compare what the caller sent with the connection's webhook secret, in constant time."""
+    if not connection.webhook_secret or not hmac.compare_digest(
+            str(given or "").encode(), connection.webhook_secret.encode()):
+        raise Unauthorized(refusal)
+
+
 # --- form bodies with PHP-style bracket keys ----------------------------------------------
 
 MAX_FORM_KEYS = 5000
@@ -241,6 +249,7 @@ class BaseClient:
     rate_per_second: float = 5.0
     burst: float | None = None        # None: one second's worth
     timeout: float = 10.0
+    metadata_ttl = 3600               # seconds the CRM's names (stages, users, fields) are cached
 
     def __init__(self, connection: Connection, *, store: Any = None, recorder: Recorder | None = None,
                  key_prefix: str = "crmbridge:"):
@@ -280,6 +289,23 @@ class BaseClient:
 
     def auth_headers(self) -> dict[str, str]:
         return {}
+
+    def cached(self, name: str, fetch: Callable[[], Any]) -> Any:
+        """Metadata kept in Redis for `metadata_ttl`, shared by every worker; fetch() on a miss."""
+        key = f"{self.key_prefix}meta:{self.connection.name}:{name}"
+        if self.store is not None:
+            hit = self.store.get(key)
+            if hit:
+                return json.loads(hit)
+        value = fetch()
+        if self.store is not None:
+            self.store.set(key, json.dumps(value, ensure_ascii=False), ex=self.metadata_ttl)
+        return value
+
+    def forget(self, name: str) -> None:
+        """Drop cached metadata, so that the next use reads it fresh (a name was not found)."""
+        if self.store is not None:
+            self.store.delete(f"{self.key_prefix}meta:{self.connection.name}:{name}")
 
     def check(self, resp: requests.Response, what: str) -> None:
         """Raise RetryableApiError for 429/5xx, PermanentApiError for other 4xx."""

@@ -21,7 +21,6 @@ Samples: tests/payloads/bitrix24/.
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from datetime import datetime
 from typing import Any, Callable
@@ -136,7 +135,6 @@ class Client(BaseClient):
     catch_up_entity = "deal"  # what changed_since() lists
     timeout = 30.0  # a REST request may run up to 60 s (limits.md); most answer in a second or two
     docs_url = "https://apidocs.bitrix24.com/"
-    metadata_ttl = 3600
 
     @property
     def endpoint(self) -> str:
@@ -209,21 +207,6 @@ class Client(BaseClient):
         return merged
 
     # --- metadata, cached in Redis ---------------------------------------------------------
-
-    def cached(self, name: str, fetch: Callable[[], Any]) -> Any:
-        key = f"{self.key_prefix}meta:{self.connection.name}:{name}"
-        if self.store is not None:
-            hit = self.store.get(key)
-            if hit:
-                return json.loads(hit)
-        value = fetch()
-        if self.store is not None:
-            self.store.set(key, json.dumps(value, ensure_ascii=False), ex=self.metadata_ttl)
-        return value
-
-    def forget(self, name: str) -> None:
-        if self.store is not None:
-            self.store.delete(f"{self.key_prefix}meta:{self.connection.name}:{name}")
 
     def refreshed(self, name: str, find: Callable[[], Any]) -> Any:
         """find() on cached metadata; on a miss, once more on fresh metadata."""

@@ -13,12 +13,11 @@ public scripts are read too. Apps Script signs nothing: the secret comes in the 
 """
 from __future__ import annotations
 
-import hmac
 from datetime import datetime, timezone
 from typing import Any
 
 from connectors.base import (
-    BadPayload, BaseClient, Connection, Entity, Event, RawWebhook, Unauthorized, event_id,
+    check_secret, BadPayload, BaseClient, Connection, Entity, Event, RawWebhook, event_id,
     parse_json, utc_iso,
 )
 
@@ -39,9 +38,7 @@ ENVELOPE = {"secret", "form", "form_id", "form_title", "response_id", "email", "
 def verify(raw: RawWebhook, connection: Connection) -> None:
     """Compare the header, URL or body secret with the connection's, in constant time."""
     given = raw.headers.get(TOKEN_HEADER) or raw.query.get("token") or _body(raw).get("secret")
-    if not connection.webhook_secret or not hmac.compare_digest(
-            str(given or "").encode(), connection.webhook_secret.encode()):
-        raise Unauthorized(f"missing or wrong secret (body 'secret', URL 'token' or {TOKEN_HEADER} header)")
+    check_secret(given, connection, f"missing or wrong secret (body 'secret', URL 'token' or {TOKEN_HEADER} header)")
 
 
 def parse(raw: RawWebhook, connection: Connection) -> list[Event]:

@@ -16,13 +16,12 @@ The client speaks umnico's API v1.3. Samples: tests/payloads/inbox/.
 """
 from __future__ import annotations
 
-import hmac
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
 from connectors.base import (
-    BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook, Unauthorized,
+    BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook, check_secret,
     event_id, parse_json, utc_iso,
 )
 
@@ -44,9 +43,7 @@ OUR_CUSTOM_ID = "crmbridge:"  # prefix of the customId we send; umnico echoes it
 def verify(raw: RawWebhook, connection: Connection) -> None:
     """Compare the URL's `token` (or the X-Crmbridge-Token header) with the connection's secret."""
     given = raw.headers.get(TOKEN_HEADER) or raw.query.get("token") or ""
-    if not connection.webhook_secret or not hmac.compare_digest(
-            given.encode(), connection.webhook_secret.encode()):
-        raise Unauthorized(f"missing or wrong token (URL 'token' or {TOKEN_HEADER} header)")
+    check_secret(given, connection, f"missing or wrong token (URL 'token' or {TOKEN_HEADER} header)")
 
 
 def parse(raw: RawWebhook, connection: Connection) -> list[Event]:

@@ -12,7 +12,6 @@ Samples: tests/payloads/planfix/.
 """
 from __future__ import annotations
 
-import hmac
 import html
 import json
 import re
@@ -21,8 +20,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from connectors.base import (
-    BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
-    RetryableApiError, Unauthorized, retry_after_header, event_id, indexed, parse_json,
+    check_secret, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
+    RetryableApiError, retry_after_header, event_id, indexed, parse_json,
     parse_nested_form, utc_iso,
 )
 
@@ -50,9 +49,7 @@ LINK = re.compile(r"<a\s[^>]*href=\"([^\"]+)\"[^>]*>(.*?)</a>", re.IGNORECASE | 
 def verify(raw: RawWebhook, connection: Connection) -> None:
     """Compare the header, URL or body secret with the connection's, in constant time."""
     given = raw.headers.get(TOKEN_HEADER) or raw.query.get("token") or _body(raw).get("secret")
-    if not connection.webhook_secret or not hmac.compare_digest(
-            str(given or "").encode(), connection.webhook_secret.encode()):
-        raise Unauthorized(f"missing or wrong secret (body 'secret', URL 'token' or {TOKEN_HEADER} header)")
+    check_secret(given, connection, f"missing or wrong secret (body 'secret', URL 'token' or {TOKEN_HEADER} header)")
 
 
 def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
@@ -257,7 +254,6 @@ class Client(BaseClient):
 
     rate_per_second = 1  # "1 запрос в секунду" (planfix-docs Интеграции/REST_API_Введение.md)
     docs_url = "https://help.planfix.com/restapidocs/"
-    metadata_ttl = 3600
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.connection.credentials.get('token', '')}"}
@@ -345,14 +341,7 @@ class Client(BaseClient):
                 if len(items) < 100:
                     break
             return found
-        key_name = f"{self.key_prefix}meta:{self.connection.name}:{path}"
-        hit = self.store.get(key_name) if self.store is not None else None
-        if hit:
-            return json.loads(hit)
-        value = fetch()
-        if self.store is not None:
-            self.store.set(key_name, json.dumps(value, ensure_ascii=False), ex=self.metadata_ttl)
-        return value
+        return self.cached(path, fetch)
 
     def lookup(self, path: str, key: str, wanted: Any, missing: str, paged: bool = False) -> dict[str, Any]:
         """The catalog item whose id or name is `wanted`; the cache is refreshed once on a miss."""
@@ -360,8 +349,7 @@ class Client(BaseClient):
             for item in self.catalog(path, key, paged):
                 if str(wanted) in (item["id"], item["name"]):
                     return item
-            if self.store is not None:
-                self.store.delete(f"{self.key_prefix}meta:{self.connection.name}:{path}")
+            self.forget(path)
         raise PermanentApiError(missing)
 
     def resolve_user(self, user: Any) -> str | None:

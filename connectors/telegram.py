@@ -9,7 +9,6 @@ Samples: tests/payloads/telegram/.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import re
 import warnings
 from collections.abc import Coroutine
@@ -23,7 +22,7 @@ from telegram import error as tg_error
 from telegram.request import HTTPXRequest
 
 from connectors.base import (
-    BadPayload,
+    check_secret, BadPayload,
     BaseClient,
     Connection,
     Entity,
@@ -31,7 +30,6 @@ from connectors.base import (
     PermanentApiError,
     RawWebhook,
     RetryableApiError,
-    Unauthorized,
     parse_json,
     utc_iso,
 )
@@ -61,9 +59,7 @@ SERVICE_FIELDS = frozenset({
 def verify(raw: RawWebhook, connection: Connection) -> None:
     """Compare Telegram's secret header with the secret given to setWebhook."""
     given = raw.headers.get(SECRET_HEADER, "")
-    if not connection.webhook_secret or not hmac.compare_digest(
-            given.encode(), connection.webhook_secret.encode()):
-        raise Unauthorized(f"missing or wrong {SECRET_HEADER} header")
+    check_secret(given, connection, f"missing or wrong {SECRET_HEADER} header")
 
 
 def parse(raw: RawWebhook, connection: Connection) -> list[Event]:

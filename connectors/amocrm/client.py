@@ -6,7 +6,6 @@ HTTP 204 with no body when nothing matches; single entities answer 204 when miss
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime
@@ -37,7 +36,6 @@ class Client(TokenAuth, BaseClient):
     rate_per_second = 7  # "not more than 7 requests per second" (developers.kommo.com/docs/limitations)
     catch_up_entity = "lead"  # what changed_since() lists
     docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
-    metadata_ttl = 3600
 
     def error_message(self, resp: requests.Response) -> str:
         try:
@@ -166,21 +164,6 @@ class Client(TokenAuth, BaseClient):
                 raise PermanentApiError("amoCRM did not name the account's drive_url")
             return url.rstrip("/")
         return self.cached("drive_url", fetch)
-
-    def cached(self, name: str, fetch) -> Any:
-        key = f"{self.key_prefix}meta:{self.connection.name}:{name}"
-        if self.store is not None:
-            hit = self.store.get(key)
-            if hit:
-                return json.loads(hit)
-        value = fetch()
-        if self.store is not None:
-            self.store.set(key, json.dumps(value, ensure_ascii=False), ex=self.metadata_ttl)
-        return value
-
-    def forget(self, name: str) -> None:
-        if self.store is not None:
-            self.store.delete(f"{self.key_prefix}meta:{self.connection.name}:{name}")
 
     def resolve_stage(self, stage: str, pipeline: str | None = None) -> tuple[int, int | None]:
         """A stage name or id (and optional pipeline name or id) → (status_id, pipeline_id)."""

@@ -9,16 +9,14 @@ secret: `https://bridge.example/hooks/<connection>?token=<secret>`. Samples: tes
 """
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from connectors.base import (
-    BadPayload,
+    check_secret, BadPayload,
     Connection,
     Entity,
     Event,
     RawWebhook,
-    Unauthorized,
     event_id,
     indexed,
     parse_nested_form,
@@ -51,9 +49,7 @@ COMPACT_DEDUPE_WINDOW = 3 * 3600
 def verify(raw: RawWebhook, connection: Connection) -> None:
     """amoCRM sends no signature: compare the URL's `token` with the connection's secret."""
     given = raw.query.get("token", "")
-    if not connection.webhook_secret or not hmac.compare_digest(
-            given.encode(), connection.webhook_secret.encode()):
-        raise Unauthorized("missing or wrong token in the webhook URL")
+    check_secret(given, connection, "missing or wrong token in the webhook URL")
 
 
 def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
