@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from redis import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Callback, Job
@@ -149,20 +149,25 @@ class RQBackend:
         One MULTI/EXEC, so that no crash can leave an event marked seen but not queued (its
         retry would then be dropped as a duplicate), and a concurrent copy loses the WATCH.
         """
-        with self.store.pipeline() as pipe:
-            try:
-                pipe.watch(seen)
-                if pipe.exists(seen):
-                    return False
-                pipe.multi()
-                pipe.set(seen, 1, ex=ttl)
-                self.order.ticket(event, pipe)
-                self.queue.enqueue(HANDLE_EVENT, event, job_id=job_id_for("event", event["id"]),
-                                   pipeline=pipe, **self._job_options(event))
-                pipe.execute()
-                return True
-            except WatchError:
-                return False
+        # redis-py also raises WatchError when the connection fails while a key is watched
+        # (e.g. Redis still loading its data after a restart): that is no duplicate. Try again;
+        # a real concurrent copy then shows as seen, and a Redis that keeps failing is a 503.
+        for _ in range(3):
+            with self.store.pipeline() as pipe:
+                try:
+                    pipe.watch(seen)
+                    if pipe.exists(seen):
+                        return False
+                    pipe.multi()
+                    pipe.set(seen, 1, ex=ttl)
+                    self.order.ticket(event, pipe)
+                    self.queue.enqueue(HANDLE_EVENT, event, job_id=job_id_for("event", event["id"]),
+                                       pipeline=pipe, **self._job_options(event))
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    time.sleep(0.05)
+        raise RedisError("the event could not be stored (watched key kept failing)")
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self.queue.enqueue(HANDLE_EVENT, event, job_id=job_id_for("event", event["id"]), **self._job_options(event))

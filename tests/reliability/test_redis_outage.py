@@ -128,7 +128,6 @@ WATCH_ERROR_IS_NOT_A_DUPLICATE = (
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason=WATCH_ERROR_IS_NOT_A_DUPLICATE)
 def test_webhooks_arriving_while_redis_loads_its_data_are_not_dropped(tmp_path):
     """Redis is restarted with a real dataset (two million keys: about two seconds of AOF loading).
     Eight amoCRM senders keep posting new webhooks meanwhile; each must be answered 503 (and is
