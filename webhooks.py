@@ -34,7 +34,9 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
     if not rt.backend.durable:  # the embedded default: this process is the worker too
         worker.ensure_schedules(rt)
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, TESTING=settings.testing)
+    # one byte over the limit is read, so that a chunked body (no Content-Length) that is too big
+    # is seen as such instead of being cut at the limit
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes + 1, TESTING=settings.testing)
     app.extensions["crmbridge"] = rt
 
     @app.post("/hooks/<name>")
@@ -45,8 +47,11 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
         connector = CONNECTORS[conn.type]
         if request.content_length is not None and request.content_length > settings.max_body_bytes:
             return _error(413, f"body over {settings.max_body_bytes} bytes")
-        raw = RawWebhook(headers=request.headers, content_type=request.mimetype,
-                         body=request.get_data(cache=False), query=request.args.to_dict())
+        body = request.get_data(cache=False)
+        if len(body) > settings.max_body_bytes:
+            return _error(413, f"body over {settings.max_body_bytes} bytes")
+        raw = RawWebhook(headers=request.headers, content_type=request.mimetype, body=body,
+                         query=request.args.to_dict())
         try:
             connector.verify(raw, conn)
             if raw.content_type not in connector.CONTENT_TYPES:

@@ -98,9 +98,9 @@ CASES = [
     case("over-size-content-length", "POST", AMO, VALID_AMO + b"&pad=" + b"x" * MIB, FORM, {}, 413, "body over"),
     case("over-size-declared-only", "POST", AMO, None, None, {}, 413, "body over",
          raw=raw_head(AMO, "Content-Length: 50000000\r\n") + VALID_AMO),
-    case("over-size-chunked", "POST", AMO, None, None, {}, 413, None, xfail=CHUNKED_BUG,
+    case("over-size-chunked", "POST", AMO, None, None, {}, 413, None,
          raw=raw_head(AMO, "Transfer-Encoding: chunked\r\n") + chunked(b"a=" + b"x" * (MIB + 100))),
-    case("over-size-chunked-valid-start", "POST", AMO, None, None, {}, 413, None, xfail=CHUNKED_BUG,
+    case("over-size-chunked-valid-start", "POST", AMO, None, None, {}, 413, None,
          raw=raw_head(AMO, "Transfer-Encoding: chunked\r\n") + chunked(VALID_AMO + b"&pad=" + b"x" * (MIB + 100))),
     # what
     case("amo-bad-utf8", "POST", AMO, b"leads[status][0][id]=\xff\xfe", FORM, {}, 400, "UTF-8"),
