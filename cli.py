@@ -101,11 +101,7 @@ def print_plan(result) -> str:
 
 def _runtime(settings: Settings):
     import worker
-    from runtime import Runtime
-    rt = Runtime.create(settings, handle_event=worker.handle_event, fire_timer=worker.fire_timer,
-                        on_failure=worker.on_embedded_failure)
-    worker.install(rt)
-    return rt
+    return worker.open_runtime(settings)
 
 
 @cli.command()

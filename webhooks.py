@@ -28,9 +28,7 @@ log = logging.getLogger("crmbridge.web")
 def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | None = None) -> Flask:
     """Load and check the whole configuration, then build the app (ConfigErrors if invalid)."""
     settings = settings or Settings.from_env(**(overrides or {}))
-    rt = Runtime.create(settings, handle_event=worker.handle_event, fire_timer=worker.fire_timer,
-                        on_failure=worker.on_embedded_failure)
-    worker.install(rt)
+    rt = worker.open_runtime(settings)
     if not rt.backend.durable:  # the embedded default: this process is the worker too
         worker.ensure_schedules(rt)
     app = Flask(__name__)

@@ -39,10 +39,17 @@ def install(runtime: Runtime) -> None:
     _runtime = runtime
 
 
+def open_runtime(settings: Settings) -> Runtime:
+    """Build the runtime with this module's jobs (for the embedded backend) and use it here."""
+    rt = Runtime.create(settings, handle_event=handle_event, fire_timer=fire_timer,
+                        on_failure=on_embedded_failure)
+    install(rt)
+    return rt
+
+
 def runtime() -> Runtime:
-    global _runtime
     if _runtime is None:
-        _runtime = Runtime.create(Settings.from_env())
+        open_runtime(Settings.from_env())
     return _runtime
 
 
@@ -332,15 +339,17 @@ def on_job_failed(job, connection, exc_type, exc_value, tb) -> None:
     if job.retries_left:
         return
     name = "worker.fire_timer" if job.func_name.endswith("fire_timer") else "worker.handle_event"
-    rt = runtime()
-    dead_letter(rt, name, job.args[0], f"{exc_type.__name__}: {exc_value}")
-    if name == "worker.handle_event":
-        rt.backend.order.done(job.args[0])  # later events of the record must not wait for it
+    give_up(name, job.args[0], f"{exc_type.__name__}: {exc_value}")
 
 
 def on_embedded_failure(name: str, payload: dict[str, Any], exc: Exception) -> None:
+    give_up(name, payload, f"{type(exc).__name__}: {exc}")
+
+
+def give_up(name: str, payload: dict[str, Any], error: str) -> None:
+    """A job that will not be retried: dead-letter it, and let its record's next event go."""
     rt = runtime()
-    dead_letter(rt, name, payload, f"{type(exc).__name__}: {exc}")
+    dead_letter(rt, name, payload, error)
     if name == "worker.handle_event":
         rt.backend.order.done(payload)
 
