@@ -148,6 +148,12 @@ def dead_replay(settings: Settings, key: str | None, replay_all: bool, match: st
                 if match is None or match in k.decode() or match in raw.decode()]
     else:
         raise click.UsageError("give a KEY, or --all (optionally with --match)")
+    if replay_all and match is None:
+        # a step that "may have been sent" is replayed by its key (or --match) once checked, never in bulk
+        unsure = [k for k in keys if "may have been sent" in (rt.store.hget(rt.keys("dead"), k) or b"").decode()]
+        keys = [k for k in keys if k not in unsure]
+        if unsure:
+            click.echo(f"left {len(unsure)} that may have been sent: check the vendor, then replay each by its key")
     replayed = sum(1 for k in keys if worker.replay(rt, k))
     click.echo(f"replayed {replayed} of {len(keys)}")
 

@@ -10,22 +10,29 @@ import hashlib
 import heapq
 import json
 import logging
+import os
 import queue
 import threading
 import time
+import zlib
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from redis import Redis
-from redis.exceptions import RedisError, WatchError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Callback, Job
+from rq.scripts import _build_hset_args
 from rq.serializers import JSONSerializer
+from rq.utils import now as utcnow
+from rq.utils import utcformat
 
 log = logging.getLogger("crmbridge.queue")
 
 HANDLE_EVENT = "worker.handle_event"
+# seconds RQ keeps a finished event's job hash and result: nobody reads them (the audit stream
+# records the outcome), so by default none; bench/run.py keeps them to time the jobs
+RESULT_TTL = int(os.environ.get("CRMBRIDGE_RESULT_TTL", "0"))
 FIRE_TIMER = "worker.fire_timer"
 
 
@@ -53,11 +60,13 @@ class Order:
     """
 
     TTL = 30 * 24 * 3600
-    # KEYS[1] done counter; ARGV[1] ticket, ARGV[2] ttl: raise the counter, never lower it
+    # KEYS[1] done counter, KEYS[2] the event's ticket; ARGV[1] ticket, ARGV[2] ttl: raise the
+    # counter, never lower it, and drop the ticket (only needed until the event is handled)
     DONE = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
 return current
 """
 
@@ -90,14 +99,19 @@ return seq
         return event["seq"]
 
     def is_turn(self, event: dict[str, Any]) -> bool:
-        seq = self.seq(event)
-        if not seq:
-            return True
-        return int(self.store.get(self._key("order-done", event)) or 0) >= seq - 1
+        done_key = self._key("order-done", event)
+        if "seq" in event:
+            seq = event["seq"]
+            done = self.store.get(done_key) if seq else None
+        else:  # the first look: ticket and counter in one round trip
+            raw, done = self.store.mget(self.keys("ticket", event["id"]), done_key)
+            seq = event["seq"] = int(raw) if raw else None
+        return not seq or int(done or 0) >= seq - 1
 
     def done(self, event: dict[str, Any]) -> None:
         if self.seq(event):
-            self._done(keys=[self._key("order-done", event)], args=[event["seq"], self.TTL + 3600])
+            self._done(keys=[self._key("order-done", event), self.keys("ticket", event["id"])],
+                       args=[event["seq"], self.TTL + 3600])
 
 
 class TimerIndex:
@@ -142,32 +156,59 @@ class RQBackend:
         self.timers = TimerIndex(store, keys)
         self.order = Order(store, keys)
         self.retry = Retry(max=job_retries, interval=[5, 30, 120][:job_retries]) if job_retries else None
+        self._accept = store.register_script(self.ACCEPT)
+        self._job_template: dict[str, Any] | None = None   # see event_job
+        self._claim_timer = store.register_script(self.CLAIM_TIMER)
+
+    # KEYS: seen-mark, the record's order counter, this event's ticket, the RQ job hash, the RQ
+    # queue, RQ's set of queues. ARGV: seen ttl, order ttl, job id, then the job hash's fields.
+    ACCEPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
+local seq = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], seq, 'EX', ARGV[2])
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[4], unpack(ARGV, 4))
+redis.call('SADD', KEYS[6], KEYS[5])
+redis.call('RPUSH', KEYS[5], ARGV[3])
+return seq
+"""
 
     def accept(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
-        """Mark the event seen, number it and queue it in one transaction; False if seen before.
+        """Mark the event seen, number it and queue it in one step; False if seen before.
 
-        One MULTI/EXEC, so that no crash can leave an event marked seen but not queued (its
-        retry would then be dropped as a duplicate), and a concurrent copy loses the WATCH.
+        One Lua script (one round trip; Redis runs it alone), so that no crash can leave an event
+        marked seen but not queued (its retry would then be dropped as a duplicate), and of two
+        concurrent copies exactly one is queued. The RQ job is the one `Queue.enqueue` would
+        write: built by RQ (`create_job`, `_prepare_for_queue`) and saved as RQ's own atomic
+        unique enqueue saves it (`rq.scripts._build_hset_args`), so RQ 2.12 is pinned in
+        requirements.txt and tests/test_webhooks.py reads the job back through RQ.
         """
-        # redis-py also raises WatchError when the connection fails while a key is watched
-        # (e.g. Redis still loading its data after a restart): that is no duplicate. Try again;
-        # a real concurrent copy then shows as seen, and a Redis that keeps failing is a 503.
-        for _ in range(3):
-            with self.store.pipeline() as pipe:
-                try:
-                    pipe.watch(seen)
-                    if pipe.exists(seen):
-                        return False
-                    pipe.multi()
-                    pipe.set(seen, 1, ex=ttl)
-                    self.order.ticket(event, pipe)
-                    self.queue.enqueue(HANDLE_EVENT, event, job_id=job_id_for("event", event["id"]),
-                                       pipeline=pipe, **self._job_options(event))
-                    pipe.execute()
-                    return True
-                except WatchError:
-                    time.sleep(0.05)
-        raise RedisError("the event could not be stored (watched key kept failing)")
+        job_id, fields = self.event_job(event)
+        keys = [seen, self.order._key("order", event), self.keys("ticket", event["id"]),
+                self.queue.job_class.key_for(job_id), self.queue.key, self.queue.redis_queues_keys]
+        return bool(self._accept(keys=keys, args=[ttl, Order.TTL, job_id, *fields]))
+
+    def event_job(self, event: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The id and the hash fields of the RQ job `queue.enqueue(HANDLE_EVENT, event, …)` writes.
+
+        RQ builds the first one (`create_job`, `_prepare_for_queue`, `rq.scripts._build_hset_args`);
+        every later one is that, with the four fields that differ from event to event replaced
+        (the rest are this backend's constant job options): building a Job was a fifth of the
+        receiver's CPU per webhook. tests/test_webhooks.py compares both with what RQ builds."""
+        job_id = job_id_for("event", event["id"])
+        options = self._job_options(event)
+        if self._job_template is None:
+            job = self.queue.create_job(HANDLE_EVENT, args=(event,), job_id=job_id, **options)
+            self.queue._prepare_for_queue(job)
+            fields = _build_hset_args(job)
+            self._job_template = dict(zip(fields[::2], fields[1::2]))
+            return job_id, fields
+        stamp = utcformat(utcnow())
+        job = {**self._job_template, "created_at": stamp, "enqueued_at": stamp, "description": options["description"],
+               "data": zlib.compress(JSONSerializer.dumps([HANDLE_EVENT, None, [event], {}]))}
+        return job_id, [x for pair in job.items() for x in pair]
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self.queue.enqueue(HANDLE_EVENT, event, job_id=job_id_for("event", event["id"]), **self._job_options(event))
@@ -186,22 +227,55 @@ class RQBackend:
     def _job_options(self, event: dict[str, Any]) -> dict[str, Any]:
         return dict(retry=self.retry, on_failure=Callback("worker.on_job_failed"),
                     description=f"{event['kind']} {event['entity']['type']}:{event['entity']['id']}",
-                    result_ttl=300, failure_ttl=30 * 24 * 3600)
+                    result_ttl=RESULT_TTL, failure_ttl=30 * 24 * 3600)
 
     def schedule(self, timer: dict[str, Any]) -> None:
-        when = datetime.fromisoformat(timer["fire_at"]).astimezone(timezone.utc)
+        """Set (or replace, or move) a timer: it is kept once, in our index (`timers` sorted by fire
+        time, `timer-data`); `fire_due_timers` turns it into an RQ job when it is due."""
         with self.store.pipeline() as pipe:
             self.timers.add(timer, pipe)
             pipe.execute()
-        self.queue.enqueue_at(when, FIRE_TIMER, timer, job_id=job_id_for("timer", timer["timer_id"]),
-                              retry=self.retry, on_failure=Callback("worker.on_job_failed"),
-                              description=f"timer {timer['rule']} {timer['entity']['type']}:{timer['entity']['id']}",
-                              result_ttl=300, failure_ttl=30 * 24 * 3600)
+
+    # KEYS: the timers' schedule, the RQ job hash, the RQ queue, RQ's set of queues. ARGV: timer id,
+    # its fire time as read, job id, then the job hash's fields. Only the caller that finds the
+    # timer still due at that time takes it off the schedule and queues its job: one firing, however
+    # many workers poll, and none for a timer moved or cancelled since it was read.
+    CLAIM_TIMER = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('SADD', KEYS[4], KEYS[3])
+redis.call('LPUSH', KEYS[3], ARGV[3])
+return 1
+"""
+
+    def fire_due_timers(self, now: float | None = None, limit: int = 200) -> int:
+        """Queue the timers whose time has come, at the front of the queue; how many.
+
+        Every worker process calls this a few times a second (worker.py), so a timer fires
+        within that interval of its exact time, never before it, and does not wait behind a
+        backlog of webhooks. The job carries only the timer's id and time: `fire_timer` reads
+        the timer from the index and does nothing if it was moved or cancelled meanwhile."""
+        now = time.time() if now is None else now
+        due = self.store.zrangebyscore(self.keys("timers"), "-inf", now, start=0, num=limit, withscores=True)
+        fired = 0
+        for raw_id, at in reversed(due):  # each goes to the front: the earliest due ends up first
+            timer_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            job = self.queue.create_job(FIRE_TIMER, args=({"timer_id": timer_id, "at": at},),
+                                        job_id=job_id_for("timer", f"{timer_id}@{at!r}"), retry=self.retry,
+                                        on_failure=Callback("worker.on_job_failed"), description=f"timer {timer_id}",
+                                        result_ttl=RESULT_TTL, failure_ttl=30 * 24 * 3600)
+            self.queue._prepare_for_queue(job)
+            keys = [self.keys("timers"), job.key, self.queue.key, self.queue.redis_queues_keys]
+            fired += self._claim_timer(keys=keys, args=[timer_id, repr(at), job.id, *_build_hset_args(job)])
+        return fired
 
     def cancel(self, timer_id: str) -> bool:
         existed = self.timers.get(timer_id) is not None
         self.timers.remove(timer_id)
-        try:
+        try:  # a timer set before timers were kept in the index only: its job waits in RQ's schedule
             Job.fetch(job_id_for("timer", timer_id), connection=self.store, serializer=JSONSerializer).delete()
         except NoSuchJobError:
             pass
@@ -294,3 +368,43 @@ class InProcessBackend:
         except Exception as exc:  # the embedded worker must outlive one bad job: dead-letter it
             log.exception("job failed: %s", payload.get("id") or payload.get("timer_id"))
             self._on_failure(name, payload, exc)
+
+
+
+def lean_worker_class(base: type | None = None) -> type:
+    """`base` (RQ's SimpleWorker by default) with fewer of RQ's own writes per job.
+
+    Everything that makes a killed worker's job recoverable is left as it is: the dequeue into
+    the intermediate queue, the execution in the StartedJobRegistry, the job's status and the
+    success/failure handling. What is cut is bookkeeping of the worker itself: its heartbeat
+    (HSET + EXPIRE of its worker key, sent unpipelined before and after every dequeue) is sent
+    as one pipelined write, and only when the key would otherwise expire earlier than
+    `heartbeat_every` seconds short of its full lifetime (so the key never lives shorter than
+    RQ would keep it, minus those seconds); and "idle" is not written again while the worker is
+    idle. 27 → 21 Redis round trips per job (BENCHMARKS.md).
+    """
+    if base is None:
+        from rq import SimpleWorker as base
+
+    class LeanWorker(base):
+        heartbeat_every = 10.0
+
+        def heartbeat(self, timeout: int | None = None, pipeline=None):
+            ttl = timeout or self.worker_ttl + 60
+            if pipeline is not None:
+                super().heartbeat(timeout, pipeline)
+            elif timeout is None and getattr(self, "_key_expires", 0.0) - time.monotonic() > ttl - self.heartbeat_every:
+                return
+            else:
+                with self.connection.pipeline(transaction=False) as pipe:
+                    super().heartbeat(timeout, pipe)
+                    pipe.execute()
+            self._key_expires = time.monotonic() + ttl
+
+        def set_state(self, state: str, pipeline=None):
+            if pipeline is None and state == getattr(self, "_state", None) == "idle":
+                return
+            super().set_state(state, pipeline)
+
+    LeanWorker.__name__ = LeanWorker.__qualname__ = f"Lean{base.__name__}"
+    return LeanWorker

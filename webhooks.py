@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 from redis.exceptions import RedisError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 import worker
 from config.loader import ConfigErrors
@@ -64,6 +64,18 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
             log.error("webhook %s not stored: %s", name, exc)
             return _error(503, "queue unavailable; retry later")
         return jsonify(accepted=accepted, duplicates=duplicates)
+
+    @app.get("/hooks/<name>")
+    def echo(name: str):
+        """A vendor's check of the URL before it sends anything (Zadarma: ?zd_echo=<x> → <x>)."""
+        conn = rt.connections.connections.get(name)
+        answer = getattr(CONNECTORS[conn.type], "echo", None) if conn else None
+        if answer is None:  # webhooks are POSTs; only a vendor's URL check comes as a GET
+            raise MethodNotAllowed(valid_methods=["POST"])
+        text = answer(request.args.to_dict())
+        if text is None:
+            return _error(400, "expected ?zd_echo=<token>")
+        return text, 200, {"Content-Type": "text/plain; charset=utf-8"}
 
     @app.get("/healthz")
     def healthz():

@@ -6,22 +6,27 @@ because every completed action step is recorded under its idempotency key first.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type
+from redis.exceptions import RedisError
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from connectors.base import Entity, Event, PermanentApiError, RetryableApiError, event_id
+import digests
+import links
+from connectors.base import Entity, Event, PermanentApiError, RetryableApiError, UncertainApiError, event_id
 from rules import MODULES
 from rules.calendar import parse_duration
-from rules.engine import Plan, PlannedAction, plan, plan_fired, schedule_timer
+from rules.engine import Plan, PlannedAction, data_needs, plan, plan_fired, schedule_timer
 from runtime import Runtime, configure_logging
 from config.settings import Settings
 
@@ -57,16 +62,34 @@ def runtime() -> Runtime:
 
 def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
     """One event: enrich it, plan the rules, cancel/set timers, run the actions, record it all."""
+    with audit_batch():
+        return _handle_event(payload)
+
+
+def _handle_event(payload: dict[str, Any]) -> dict[str, Any]:
     rt = runtime()
     if not wait_for_turn(rt, payload):
         return {"deferred": True}
-    event = Event.from_dict(payload)
+    event, answered = links.bind(rt, Event.from_dict(payload))  # chats and buttons bound to records
+    if answered is not None:
+        rt.backend.order.done(payload)
+        return answered
     entity = snapshot(rt, event)
+    observe(rt, event)
     outcome: dict[str, Any] = {}
-    for each in [event, *derive(event, remember(rt, event, entity), entity)]:
-        # what the event knows of the past (previous stage, changed fields) joins the entity
-        view = {**entity, **{k: v for k, v in each.data.items() if k.startswith("previous_") or k == "changed"}}
+    derived = derive(event, remember(rt, event, entity), entity)
+    entity = enrich(rt, event, entity, data_needs(rt.ruleset.rules, {event.kind, *(d.kind for d in derived)}))
+    for each in [event, *derived]:
+        # what the event knows of the past (previous stage, changed fields) joins the entity; the
+        # event's own refs are in the snapshot already, named (a derived event brings its own)
+        view = {**entity, **{k: v for k, v in each.data.items()
+                             if each is not event and k.startswith("previous_") or k == "changed"}}
+        if each.kind == "stage.changed" and was_undo(rt, each, view):
+            each.data["undo"] = True   # rules see `data.undo`: crmbridge put the deal back here
         result = plan(each, view, rt.ruleset, clock(), MODULES)
+        if not links.claim(rt, each, result):  # an approval already answered by an earlier press
+            outcome[each.kind] = {"already_chosen": True}
+            continue
         for timer_id, reason in result.cancels:
             if rt.backend.cancel(timer_id):
                 audit(rt, each, "timer.cancelled", timer=timer_id, reason=reason)
@@ -100,14 +123,26 @@ def wait_for_turn(rt: Runtime, payload: dict[str, Any]) -> bool:
 
 def fire_timer(timer: dict[str, Any]) -> dict[str, Any]:
     """A timer is due: if it is still the current one, check its guard on fresh data and act."""
+    with audit_batch():
+        return _fire_timer(timer)
+
+
+def _fire_timer(timer: dict[str, Any]) -> dict[str, Any]:
     rt = runtime()
     current = rt.backend.timers.get(timer["timer_id"])
+    if "event" not in timer:  # an RQ job carries only the timer's id and time: the index has the rest
+        if current is None or datetime.fromisoformat(current["fire_at"]).timestamp() != timer["at"]:
+            log.info("timer %s: stale (moved or cancelled since it was queued)", timer["timer_id"])
+            return {"stale": True}
+        timer = current
     event = Event.from_dict(timer["event"])
     if current is None or current["fire_at"] != timer["fire_at"]:
         # replaced, moved or cancelled since this job was scheduled (or fired twice by two schedulers)
         audit(rt, event, "timer.stale", timer=timer["timer_id"])
         return {"stale": True}
     entity = snapshot(rt, event)
+    rule = rt.ruleset.by_id(timer["rule_id"])
+    entity = enrich(rt, event, entity, data_needs([rule]) if rule else set())
     result = plan_fired(timer, event, entity, rt.ruleset, clock(), MODULES)
     for rule, reason in result.skipped:  # the guard no longer holds: nothing is done, and we say why
         audit(rt, event, "timer.skipped", timer=timer["timer_id"], rule=rule, reason=reason)
@@ -202,7 +237,11 @@ def snapshot(rt: Runtime, event: Event) -> dict[str, Any]:
     entity: dict[str, Any] = {"type": event.entity.type, "id": event.entity.id}
     if event.connection not in rt.connections.connections:
         return {**data, **entity}
-    client = rt.client(event.connection)
+    linked = form_record(rt, event)
+    if linked is not None:
+        return linked
+    # a Telegram press or message bound to a CRM record (links.py) is read from that record's CRM
+    client = rt.client((event.data.get("record") or {}).get("connection") or event.connection)
     fresh = None
     if event.entity.type in CRM_ENTITIES and hasattr(client, "get_entity"):
         try:
@@ -212,6 +251,51 @@ def snapshot(rt: Runtime, event: Event) -> dict[str, Any]:
     if hasattr(client, "name_refs"):
         data = client.name_refs(json.loads(json.dumps(data)))
     return {**data, **(fresh or {}), **entity}
+
+
+def form_record(rt: Runtime, event: Event) -> dict[str, Any] | None:
+    """The CRM record a form submission is about, when the form connection names one.
+
+    `options: {record: {connection: agency-planfix, type: task, answer: "Номер задачі"}}`: the
+    answer to that question (pre-filled in the link sent to the client) is the record's id; the
+    record is read fresh and becomes the rules' `entity`, the answers staying in `data`.
+    """
+    spec = rt.connections.connections[event.connection].options.get("record")
+    if event.kind != "form.submitted" or not isinstance(spec, dict) or spec.get("connection") not in rt.connections.connections:
+        return None
+    ident = str((event.data.get("answers") or {}).get(str(spec.get("answer"))) or "").strip()
+    if not ident:
+        return None
+    record = Entity(str(spec.get("type") or "task"), ident)
+    fresh = None
+    try:
+        fresh = rt.client(spec["connection"]).get_entity(record)
+    except PermanentApiError as exc:  # a mistyped number: the rules see the form's data only
+        audit(rt, event, "enrich.failed", error=str(exc), record=str(record))
+    return {**event.data, **(fresh or {}), "type": record.type, "id": record.id}
+
+
+def enrich(rt: Runtime, event: Event, entity: dict[str, Any], needs: set[str]) -> dict[str, Any]:
+    """Add what the rules' conditions read besides the record, only when some rule uses it:
+    open tasks, activity (when the stage was entered, the last call/note/move), files, and for
+    a task its parent record with the same (rules.engine.data_needs says which)."""
+    if not needs or event.entity.type not in CRM_ENTITIES or event.connection not in rt.connections.connections:
+        return entity
+    client = rt.client(event.connection)
+    if not hasattr(client, "rule_context"):
+        return entity
+    try:
+        if event.entity.type != "task":
+            return {**entity, **client.rule_context(event.entity, needs)}
+        parent = entity.get("parent") or {}
+        if "parent" not in needs or parent.get("type") not in CRM_ENTITIES or not parent.get("id"):
+            return entity
+        ref = Entity(parent["type"], str(parent["id"]))
+        fresh = client.get_entity(ref) or {}
+        return {**entity, "parent": {**fresh, **client.rule_context(ref, needs), "type": ref.type, "id": ref.id}}
+    except PermanentApiError as exc:  # the conditions that need it say it was not read
+        audit(rt, event, "enrich.failed", error=str(exc), needs=sorted(needs))
+        return entity
 
 
 def remember(rt: Runtime, event: Event, entity: dict[str, Any]) -> dict[str, Any] | None:
@@ -272,21 +356,150 @@ def run_plan(rt: Runtime, event: Event, result: Plan) -> dict[str, Any]:
     return {"actions": len(result.actions), "done": done, "failed": failed, "errors": len(result.errors)}
 
 
+# Action methods that may be repeated when it is unknown whether an earlier try was done: they set a
+# state (a stage, fields, a keyboard, a text) or answer a callback, so doing them twice leaves the
+# same result. Every other method (creates: tasks, notes; messages: send_message, reply, files) is
+# not repeated blindly: a step that may have been done goes to the dead letters to be checked.
+REPEATABLE_METHODS = frozenset({"move_to_stage", "set_fields", "edit_buttons", "edit_text", "answer_button"})
+MAYBE_DONE = "may have been sent: check the vendor, then replay it only if it was not done"
+
+
+class StepMaybeDone(PermanentApiError):
+    """A step that is not repeatable may have been done already (attempted, never recorded)."""
+
+
+def repeatable(action: PlannedAction) -> bool:
+    return action.method in REPEATABLE_METHODS
+
+
 def execute(rt: Runtime, event: Event, action: PlannedAction) -> bool:
-    """Run one planned action once: skipped if its idempotency key is already recorded."""
-    done_key = rt.keys("done", action.key)
+    """Run one planned action once: skipped if its idempotency key is already recorded.
+
+    An `attempted:` mark is written just before the vendor is called and dropped once the step
+    is recorded done (or the vendor refused it, so nothing was done). A mark found on a later run
+    means a worker died, or lost Redis, after calling the vendor and before recording the step:
+    a repeatable step is done again; any other goes to the dead letters as "may have been sent".
+    The same holds for a call that got no answer after it was sent (UncertainApiError).
+    """
+    done_key, attempted_key = rt.keys("done", action.key), rt.keys("attempted", action.key)
     if rt.store.exists(done_key):
         audit(rt, event, "action.skipped", rule=action.rule, action=action.describe(), reason="already done")
         return False
     client = rt.client(action.connection)
     args = {k: Entity(v["type"], str(v["id"])) if k == "entity" else v for k, v in action.args.items()}
-    method = getattr(client, action.method, None)
+    undo = bool(args.pop("undo", False))  # move_to_stage undoing a refused move (remember_undo)
+    method = getattr(client, action.method, None) or composite(rt, action)
     if method is None:
         raise PermanentApiError(f"connection {action.connection!r} cannot {action.method}")
-    result = with_retries(rt, lambda: method(**args))
-    rt.store.set(done_key, json.dumps(result, default=str), ex=rt.settings.done_ttl)
+    args = with_retries(rt, lambda: links.fetch_files(rt, args))  # files carried from another connection
+    mark = {"at": clock().isoformat(), "pid": os.getpid(), "phase": "calling"}
+    if not rt.store.set(attempted_key, json.dumps(mark), nx=True, ex=rt.settings.done_ttl):
+        before = json.loads(rt.store.get(attempted_key) or "{}")
+        own = getattr(client, action.method, None) is not None   # not a step spanning connections
+        if before.get("phase") == "calling" and client.reports_sends and own:
+            # the worker that tried died before any request of this step left it: nothing was sent
+            audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
+                  reason="attempted before, but no request had left")
+        elif not repeatable(action):
+            audit(rt, event, "action.uncertain", rule=action.rule, action=action.describe(),
+                  reason="attempted before and never recorded done", advice=MAYBE_DONE)
+            raise StepMaybeDone(f"attempted before and never recorded done; {MAYBE_DONE}")
+        else:
+            audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
+                  reason="attempted before and never recorded done; repeatable")
+        rt.store.set(attempted_key, json.dumps(mark), ex=rt.settings.done_ttl)
+    sent = json.dumps({**mark, "phase": "sent"})
+    # a client that reports its sends marks the step "sent" just before a request leaves (after its
+    # rate limits): a worker killed before that is known to have sent nothing
+    client.sending = lambda: rt.store.set(attempted_key, sent, xx=True, ex=rt.settings.done_ttl)
+    try:
+        result = with_retries(rt, lambda: method(**args), repeat_uncertain=repeatable(action))
+    except UncertainApiError as exc:
+        if not repeatable(action):   # the mark stays: a replay must be a decision, not an accident
+            audit(rt, event, "action.uncertain", rule=action.rule, action=action.describe(), error=str(exc),
+                  advice=MAYBE_DONE)
+            raise StepMaybeDone(f"{exc}; {MAYBE_DONE}") from None
+        _forget_attempt(rt, attempted_key)
+        raise
+    except (RetryableApiError, PermanentApiError):
+        _forget_attempt(rt, attempted_key)   # the vendor refused it (or it never left): nothing was done
+        raise
+    # anything else (the job's timeout firing mid-call, a shutdown) keeps the mark: it may have been sent
+    finally:
+        client.sending = None
+    record_done(rt, done_key, attempted_key, result)
+    if undo and (result or {}).get("moved", True):
+        remember_undo(rt, action.connection, args["entity"], str(args.get("stage")))
     audit(rt, event, "action.done", rule=action.rule, action=action.describe(), result=result)
     return True
+
+
+UNDO_TTL = 3600  # how long a move crmbridge undid waits for the CRM to announce it
+
+
+def remember_undo(rt: Runtime, connection: str, entity: Entity, stage: str) -> None:
+    """crmbridge moved a record back (`move_to_stage: {undo: true}`): the CRM's stage change that
+    follows is marked `data.undo`, so that rules on entering that stage can leave it alone."""
+    rt.store.set(rt.keys("undo", connection, str(entity)), stage, ex=UNDO_TTL)
+
+
+def was_undo(rt: Runtime, event: Event, view: dict[str, Any]) -> bool:
+    """Is this stage change the one crmbridge's undo caused (same record, same stage)? Once."""
+    key = rt.keys("undo", event.connection, str(event.entity))
+    stage = rt.store.get(key)
+    now = view.get("stage") or {}
+    if stage is None or stage.decode() not in (str(now.get("id")), str(now.get("name"))):
+        return False
+    rt.store.delete(key)
+    return True
+
+
+def composite(rt: Runtime, action: PlannedAction) -> Callable[..., Any] | None:
+    """A step that touches two connections (a digest reads the CRM and writes to a chat)."""
+    if action.method == "send_digest":
+        return lambda **args: digests.send_digest(rt, action.key, **args)
+    return None
+
+
+def observe(rt: Runtime, event: Event) -> None:
+    """Let the event's own connector learn from it (a call that ended in a talk pauses callbacks)."""
+    if event.connection not in rt.connections.connections:
+        return
+    learn = getattr(rt.client(event.connection), "observe", None)
+    found = learn(event) if learn else None
+    if found:
+        audit(rt, event, "connector.observed", **found)
+
+
+def _forget_attempt(rt: Runtime, attempted_key: str) -> None:
+    try:
+        rt.store.delete(attempted_key)
+    except RedisError:   # the mark stays: a later run dead-letters the step instead of repeating it
+        log.warning("could not drop %s (Redis unavailable)", attempted_key)
+
+
+RECORD_PATIENCE = 120.0   # seconds a worker keeps trying to record a done step while Redis is away
+
+
+def record_done(rt: Runtime, done_key: str, attempted_key: str, result: Any) -> None:
+    """Record a step the vendor did. Only this process knows it was done, so a Redis outage is
+    waited out (with backoff, up to RECORD_PATIENCE) instead of failing the job and leaving an
+    attempted mark that a re-run would have to dead-letter."""
+    value = json.dumps(result, default=str)
+    deadline, pause = time.monotonic() + RECORD_PATIENCE, 0.2
+    while True:
+        try:
+            with rt.store.pipeline() as pipe:
+                pipe.set(done_key, value, ex=rt.settings.done_ttl)
+                pipe.delete(attempted_key)
+                pipe.execute()
+            return
+        except RedisError as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("step done but not recorded yet (%s); trying again in %.1f s", exc, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def _wait(state: RetryCallState) -> float:
@@ -307,20 +520,58 @@ def _give_up(state: RetryCallState) -> bool:
     return too_long or state.attempt_number >= runtime().settings.action_attempts
 
 
-def with_retries(rt: Runtime, call: Callable[[], Any]) -> Any:
-    """Retry what may pass (429, 5xx, timeouts) in this job; RQ retries the job after that."""
-    retrying = Retrying(retry=retry_if_exception_type(RetryableApiError), wait=_wait, reraise=True, stop=_give_up)
+def with_retries(rt: Runtime, call: Callable[[], Any], *, repeat_uncertain: bool = True) -> Any:
+    """Retry what may pass (429, 5xx, timeouts) in this job; RQ retries the job after that.
+
+    A call that may have been done (UncertainApiError: no answer after it was sent) is tried
+    again only when `repeat_uncertain` (the call is idempotent)."""
+    def worth_trying(exc: BaseException) -> bool:
+        return isinstance(exc, RetryableApiError) and (repeat_uncertain or not isinstance(exc, UncertainApiError))
+    retrying = Retrying(retry=retry_if_exception(worth_trying), wait=_wait, reraise=True, stop=_give_up)
     return retrying(call)
 
 
 # --- record ---------------------------------------------------------------------------------
 
+_batch = threading.local()   # the audit entries of the job this thread runs (see audit_batch)
+
+
+@contextlib.contextmanager
+def audit_batch() -> Iterator[None]:
+    """Write a job's audit entries in one round trip when it ends, failed or not (a worker killed
+    in the middle loses that job's entries; its re-run writes its own)."""
+    if getattr(_batch, "entries", None) is not None:  # nested: the outer job writes them
+        yield
+        return
+    _batch.entries = []
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        entries, _batch.entries = _batch.entries, None
+        if entries:
+            try:
+                pipe = entries[0][0].store.pipeline(transaction=False)
+                for rt, text in entries:
+                    pipe.xadd(rt.keys("audit"), {"entry": text}, maxlen=rt.settings.audit_max, approximate=True)
+                pipe.execute()
+            except Exception:
+                if not failed:
+                    raise
+                log.exception("audit entries of a failed job not written")
+
+
 def audit(rt: Runtime, event: Event, what: str, **details: Any) -> None:
-    """One line of the audit trail: to the log, and to a capped Redis stream."""
+    """One line of the audit trail: to the log, and to a capped Redis stream (at the end of the
+    job, see audit_batch)."""
     entry = {"at": clock().isoformat(), "event": event.id, "kind": event.kind,
              "entity": str(event.entity), "what": what, **details}
     text = json.dumps(entry, ensure_ascii=False, default=str)
     log.info("%s", text)
+    if getattr(_batch, "entries", None) is not None:
+        _batch.entries.append((rt, text))
+        return
     rt.store.xadd(rt.keys("audit"), {"entry": text}, maxlen=rt.settings.audit_max, approximate=True)
 
 
@@ -339,7 +590,10 @@ def on_job_failed(job, connection, exc_type, exc_value, tb) -> None:
     if job.retries_left:
         return
     name = "worker.fire_timer" if job.func_name.endswith("fire_timer") else "worker.handle_event"
-    give_up(name, job.args[0], f"{exc_type.__name__}: {exc_value}")
+    payload = job.args[0]
+    if name == "worker.fire_timer" and "event" not in payload:  # the dead letter keeps the whole timer
+        payload = runtime().backend.timers.get(payload["timer_id"]) or payload
+    give_up(name, payload, f"{exc_type.__name__}: {exc_value}")
 
 
 def on_embedded_failure(name: str, payload: dict[str, Any], exc: Exception) -> None:
@@ -364,6 +618,9 @@ def replay(rt: Runtime, key: str) -> bool:
         rt.backend.schedule({**entry["payload"], "fire_at": clock().isoformat()})
     else:
         rt.backend.enqueue_event(entry["payload"])
+    # a step dead-lettered as "may have been sent" keeps its attempted mark until someone decides:
+    # replaying it is that decision
+    rt.store.delete(rt.keys("attempted", key))
     rt.store.hdel(rt.keys("dead"), key)
     return True
 
@@ -372,8 +629,10 @@ def replay(rt: Runtime, key: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Start an RQ worker (non-forking, with the scheduler) on REDIS_URL."""
-    from rq import SimpleWorker
     from rq.serializers import JSONSerializer
+
+    from queueing import lean_worker_class
+    from rqworker import CrashSafeWorker, run_supervised
 
     configure_logging()
     settings = Settings.from_env()
@@ -386,13 +645,42 @@ def main(argv: list[str] | None = None) -> int:
     this.ensure_schedules(rt)
     this.ensure_catch_ups(rt)
     # SimpleWorker runs jobs in this process: no fork per job, so clients and metadata caches
-    # live across jobs. A worker killed mid-job leaves its job to the maintenance pass of
-    # another worker, every maintenance_interval seconds.
-    worker = SimpleWorker([rt.backend.queue], connection=rt.store, serializer=JSONSerializer,
-                          maintenance_interval=settings.maintenance_interval)
-    worker.work(with_scheduler=True, burst="--burst" in (argv or sys.argv[1:]),
-                logging_level=os.environ.get("CRMBRIDGE_LOG_LEVEL", "INFO").upper())
-    return 0
+    # live across jobs. A thread heartbeats the running job (rqworker.py): a worker killed mid-job
+    # leaves an entry that expires job_heartbeat_ttl seconds later, and the next maintenance pass
+    # of another worker (every maintenance_interval seconds) queues the job again.
+    worker_class = lean_worker_class(CrashSafeWorker)   # fewer of RQ's own writes per job (queueing.py)
+
+    def make_worker() -> CrashSafeWorker:
+        return worker_class([rt.backend.queue], connection=rt.store, serializer=JSONSerializer,
+                            maintenance_interval=settings.maintenance_interval,
+                            job_heartbeat_ttl=settings.job_heartbeat_ttl)
+    burst = "--burst" in (argv or sys.argv[1:])
+    if burst:
+        rt.backend.fire_due_timers()
+    else:
+        this.start_timer_poll(rt)
+    # RQ's work loop quits when Redis fails outside its dequeue: start it again once Redis answers
+    return run_supervised(make_worker, rt.store.ping, burst=burst,
+                          logging_level=os.environ.get("CRMBRIDGE_LOG_LEVEL", "INFO").upper())
+
+
+TIMER_POLL = 0.2  # seconds between two looks for due timers (RQ's own scheduler looks once a second)
+
+
+def start_timer_poll(rt: Runtime, interval: float = TIMER_POLL) -> threading.Thread:
+    """Queue due timers every `interval` seconds, in a thread of this worker process (any number
+    of workers may poll: each timer is queued once, see RQBackend.fire_due_timers)."""
+    def poll() -> None:
+        while True:
+            try:
+                rt.backend.fire_due_timers()
+            except Exception:  # Redis away for a moment: RQ's worker in this process says so; try again
+                log.warning("timer poll failed", exc_info=True)
+                time.sleep(1.0)
+            time.sleep(interval)
+    thread = threading.Thread(target=poll, name="crmbridge-timers", daemon=True)
+    thread.start()
+    return thread
 
 
 if __name__ == "__main__":

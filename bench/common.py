@@ -347,7 +347,10 @@ def crm_env(config_dir: Path, amo: Fake, tg: Fake, redis_url: str = REDIS_URL) -
     env.update(REDIS_URL=redis_url, CRMBRIDGE_CONFIG=str(config_dir), AMO_BASE_URL=amo.url,
                AMO_TOKEN="amo-token", AMO_WEBHOOK_SECRET=AMO_SECRET, TELEGRAM_API_URL=tg.url,
                TELEGRAM_BOT_TOKEN="123456:BENCH-token", TELEGRAM_WEBHOOK_SECRET=TG_SECRET,
-               TEAM_CHAT_ID=CHAT, PYTHONUNBUFFERED="1")
+               TEAM_CHAT_ID=CHAT, PYTHONUNBUFFERED="1",
+               # keep finished jobs' hashes for 5 minutes (production keeps none): their started/ended
+               # stamps split the end-to-end time into queue wait and job
+               CRMBRIDGE_RESULT_TTL="300")
     return env
 
 

@@ -73,6 +73,7 @@ from common import (  # noqa: E402
 from load import closed_loop, paced, percentile  # noqa: E402
 
 CONCURRENCY = 16
+PHASES = {"intake", "workers", "fork", "e2e", "timers", "aof"}
 PER_RECORD = {"crmbridge:snapshot", "crmbridge:order", "crmbridge:order-done"}  # one per CRM record, not event
 BELOW = 0.8               # "below saturation": this share of the closed-loop delivery rate
 CRM_PREFIX = "📥"
@@ -252,16 +253,18 @@ def burst(procs: Procs, name: str, cmd: list[str], env: dict[str, str], tg: Fake
             "job_ms": ms(statistics.mean(jobs)) if jobs else float("nan")}
 
 
-def rq_floor(procs: Procs, env: dict[str, str], store, count: int) -> dict[str, float]:
-    """Jobs per second one SimpleWorker process does when the job does nothing: RQ's own cost."""
+def rq_floor(procs: Procs, env: dict[str, str], store, count: int, kind: str = "noop") -> dict[str, float]:
+    """Jobs per second one worker process does when the job does nothing: RQ's own cost
+    (`noop`: RQ's SimpleWorker; `noop-lean`: the worker class worker.py runs)."""
     from rq import Queue
     from rq.serializers import JSONSerializer
     from rq_worker import NOOP_QUEUE
     queue = Queue(NOOP_QUEUE, connection=store, serializer=JSONSerializer)
+    store.delete(f"rq:finished:{NOOP_QUEUE}")
     for start in range(0, count, 500):
         queue.enqueue_many([Queue.prepare_data("math.floor", (1.5,), result_ttl=300)
                             for _ in range(min(500, count - start))])
-    proc = procs.start("rq-noop", [PYTHON, str(BENCH / "rq_worker.py"), "noop"], env)
+    proc = procs.start(f"rq-{kind}", [PYTHON, str(BENCH / "rq_worker.py"), kind], env)
     proc.wait(300)
     starts = sorted(t[1] for t in job_times(store, NOOP_QUEUE).values())
     skip = min(10, max(0, len(starts) - 2))
@@ -354,7 +357,8 @@ def timers_memory(procs: Procs, env: dict[str, str], store, scale: Scale, rt: An
     structure = ((store.memory_usage(rt.keys("timers"), samples=0) or 0)
                  + (store.memory_usage(rt.keys("timer-data"), samples=0) or 0)
                  + (store.memory_usage("rq:scheduled:crmbridge", samples=0) or 0)
-                 + statistics.mean(store.memory_usage(f"rq:job:{j}", samples=0) or 0 for j in jobs) * scheduled)
+                 + (statistics.mean(store.memory_usage(f"rq:job:{j}", samples=0) or 0 for j in jobs) * scheduled
+                    if jobs else 0))
     return {"count": store.zcard(rt.keys("timers")), "scheduled": scheduled, "create_rate": scale.timers / created,
             "info_bytes": (mem1 - mem0) / max(1, scale.timers), "structure_bytes": structure / max(1, scale.timers)}
 
@@ -467,26 +471,32 @@ def row(measure: str, crm: Any, base: Any = None, unit: str = "", target: str = 
 
 def table(r: dict[str, Any], scale: Scale) -> str:
     rows: list[list[str]] = []
-    ci, bi = r["intake"]["crm"], r["intake"]["base"]
-    rows.append(row("Intake: webhooks acked/s (16 concurrent)", ci["rate"], bi["rate"], "/s",
-                    "≥ 0.7× baseline", ci["rate"] >= 0.7 * bi["rate"]))
-    rows.append(row("Intake: ack latency p50", ci["p50"], bi["p50"], "ms"))
-    rows.append(row("Intake: ack latency p99", ci["p99"], bi["p99"], "ms", "< 20 ms", ci["p99"] < 20))
-    rows.append(row("Intake: web CPU per webhook", ci["cpu_ms"], bi["cpu_ms"], "ms"))
-    rows.append(row("Intake: non-200 or unexpected answers", ci["failed"], bi["failed"], "", "0", ci["failed"] == 0,
-                    show_ratio=False))
-    if "workers" in r:
+    if "intake" in r:
+        ci, bi = r["intake"]["crm"], r["intake"]["base"]
+        rows.append(row("Intake: webhooks acked/s (16 concurrent)", ci["rate"], bi["rate"], "/s",
+                        "≥ 0.7× baseline", ci["rate"] >= 0.7 * bi["rate"]))
+        rows.append(row("Intake: ack latency p50", ci["p50"], bi["p50"], "ms"))
+        rows.append(row("Intake: ack latency p99", ci["p99"], bi["p99"], "ms", "< 20 ms", ci["p99"] < 20))
+        rows.append(row("Intake: web CPU per webhook", ci["cpu_ms"], bi["cpu_ms"], "ms"))
+        rows.append(row("Intake: non-200 or unexpected answers", ci["failed"], bi["failed"], "", "0",
+                        ci["failed"] == 0, show_ratio=False))
+    if "crm" in r.get("workers", {}):
         cw, bw = r["workers"]["crm"], r["workers"]["base"]
         rows.append(row("One worker process, burst: events/s", cw["rate"], bw["rate"], "/s",
                         "≥ 0.5× baseline", cw["rate"] >= 0.5 * bw["rate"]))
         rows.append(row("  crmbridge: mean job run time (RQ started → ended)", cw["job_ms"], None, "ms"))
+    if "workers" in r:
         if r["workers"].get("fork"):
             fk, sw = r["workers"]["fork"], r["workers"]["simple"]
             rows.append(row("RQ forking Worker vs SimpleWorker: events/s", fk["rate"], sw["rate"], "/s",
                             "(baseline column = SimpleWorker)"))
+        base_rate = r["workers"].get("base", {}).get("rate")
         if r["workers"].get("noop"):
             rows.append(row("RQ SimpleWorker alone, jobs that do nothing: jobs/s (vs baseline worker)",
-                            r["workers"]["noop"]["rate"], r["workers"]["base"]["rate"], "/s"))
+                            r["workers"]["noop"]["rate"], base_rate, "/s"))
+        if r["workers"].get("noop_lean"):
+            rows.append(row("worker.py's worker class alone, jobs that do nothing: jobs/s (vs baseline worker)",
+                            r["workers"]["noop_lean"]["rate"], base_rate, "/s"))
     for key, label in (("sat", f"E2E closed loop, {CONCURRENCY} concurrent"),
                        ("below", "E2E paced below saturation"), ("light", "E2E paced 50 webhooks/s")):
         if key not in r:
@@ -517,11 +527,12 @@ def table(r: dict[str, Any], scale: Scale) -> str:
         rows.append(row("Peak RSS: one web worker process", rss["crm_web_max"], rss["base_web_max"], "MB"))
         rows.append(row("Peak RSS: web total (master + 4 workers)", rss["crm_web_total"], rss["base_web_total"], "MB"))
         rows.append(row("Peak RSS: one worker process", rss["crm_worker_max"], rss["base_worker_max"], "MB"))
-    m = r["memory"]
-    rows.append(row("Redis bytes per queued event", m["event"], m["baseline"], "B"))
-    rows.append(row("  of which " + ", ".join(m["parts"]), " + ".join(f"{v:.0f}" for v in m["parts"].values()) + " B",
-                    None, show_ratio=False))
-    rows.append(row("Redis bytes per dedupe key (crmbridge:seen)", m["seen"], None, "B"))
+    if "memory" in r:
+        m = r["memory"]
+        rows.append(row("Redis bytes per queued event", m["event"], m["baseline"], "B"))
+        rows.append(row("  of which " + ", ".join(m["parts"]),
+                        " + ".join(f"{v:.0f}" for v in m["parts"].values()) + " B", None, show_ratio=False))
+        rows.append(row("Redis bytes per dedupe key (crmbridge:seen)", m["seen"], None, "B"))
     if "retained" in r:
         kept = {f: v for f, v in r["retained"]["families"].items() if v["ttl"] > 3600}
         gone = {f: v for f, v in r["retained"]["families"].items() if v["ttl"] <= 3600}
@@ -561,7 +572,7 @@ def table(r: dict[str, Any], scale: Scale) -> str:
         at = f"{t['load_rate']:.0f}/s load"
         rows.append(row(f"Timers under {at}: lateness p50 ({t['fired']}/{t['due']} fired)", t["p50"], None, "ms"))
         rows.append(row(f"Timers under {at}: lateness p99", t["p99"], None, "ms", "< 1000 ms", t["p99"] < 1000))
-        rows.append(row("  fire_at → on the queue (RQ scheduler), p50 / p99 / min",
+        rows.append(row("  fire_at → on the queue (timer poll), p50 / p99 / min",
                         f"{t['enqueue_p50']:.0f} / {t['enqueue_p99']:.0f} / {t['enqueue_min']:.0f} ms", None,
                         show_ratio=False))
         rows.append(row("  queue wait, p50 / p99", f"{t['wait_p50']:.0f} / {t['wait_p99']:.0f} ms", None,
@@ -627,10 +638,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run of every phase")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configuration)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated phases to run (intake, workers, fork, e2e, timers, aof); default all")
     parser.add_argument("--lock-wait", type=float, default=900,
                         help="seconds to wait for another benchmark run to finish (exit 3 if it does not)")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
+    only = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = only - PHASES
+    if unknown:
+        parser.error(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(PHASES))}")
+
+    def wanted(name: str) -> bool:
+        return not only or name in only
     lock = exclusive(args.lock_wait)
     if lock is None:
         print("another benchmark (bench/run.py or bench/profiling.py) is running on this machine", file=sys.stderr)
@@ -669,25 +689,28 @@ def main(argv: list[str] | None = None) -> int:
         base.ready()
         hooks = Webhooks()
 
-        log("intake (no workers)")
-        with phase("intake"):
-            results["intake"] = intake({"base": base, "crm": crm}, hooks, crm_path(), scale, scale.intake,
-                                       expect={"crm": b'{"accepted":1,"duplicates":0}'})
-        results["memory"] = {**queued_memory(store), "baseline": baseline_memory(store)}
-        flush(store)
+        if wanted("intake"):
+            log("intake (no workers)")
+            with phase("intake"):
+                results["intake"] = intake({"base": base, "crm": crm}, hooks, crm_path(), scale, scale.intake,
+                                           expect={"crm": b'{"accepted":1,"duplicates":0}'})
+            results["memory"] = {**queued_memory(store), "baseline": baseline_memory(store)}
+            flush(store)
 
-        log(f"one worker, burst, {scale.burst_events} pre-queued events")
-        with phase("workers"):
-            keys = prequeue(crm, hooks, crm_path(), scale.burst_events)
-            cw = burst(procs, "crm-burst", [PYTHON, "worker.py", "--burst"], env, tg, keys, CRM_PREFIX, 300)
-            keys = prequeue(base, hooks, crm_path(), scale.burst_events)
-            bw = burst(procs, "baseline-burst", [PYTHON, str(BENCH / "baseline_worker.py"), "--burst"], env, tg,
-                       keys, BASE_PREFIX, 300)
-        results["workers"] = {"crm": cw, "base": bw}
-        flush(store)
-        tg.reset()
-        if scale.fork_events:
+        if wanted("workers"):
+            log(f"one worker, burst, {scale.burst_events} pre-queued events")
+            with phase("workers"):
+                keys = prequeue(crm, hooks, crm_path(), scale.burst_events)
+                cw = burst(procs, "crm-burst", [PYTHON, "worker.py", "--burst"], env, tg, keys, CRM_PREFIX, 300)
+                keys = prequeue(base, hooks, crm_path(), scale.burst_events)
+                bw = burst(procs, "baseline-burst", [PYTHON, str(BENCH / "baseline_worker.py"), "--burst"], env,
+                           tg, keys, BASE_PREFIX, 300)
+            results["workers"] = {"crm": cw, "base": bw}
+            flush(store)
+            tg.reset()
+        if scale.fork_events and wanted("fork"):
             log(f"RQ forking Worker vs SimpleWorker, {scale.fork_events} events each")
+            results.setdefault("workers", {})
             with phase("fork"):
                 for kind in ("fork", "simple"):
                     keys = prequeue(crm, hooks, crm_path(), scale.fork_events)
@@ -698,56 +721,65 @@ def main(argv: list[str] | None = None) -> int:
                     tg.reset()
                 results["workers"]["noop"] = rq_floor(procs, env, store, 2000)
                 flush(store)
+                results["workers"]["noop_lean"] = rq_floor(procs, env, store, 2000, "noop-lean")
+                flush(store)
 
-        log(f"end to end: {scale.workers} worker.py + {scale.workers} baseline workers")
-        crm_workers, base_workers = start_workers(procs, env, scale.workers, store)
-        crm_wpids = [p for w in crm_workers for p in tree(w.pid)]
-        base_wpids = [p for w in base_workers for p in tree(w.pid)]
-        e2e = dict(tg=tg, settle=scale.settle)
-        with phase("sat"):
-            results["sat"] = {
-                "base": end_to_end(base, hooks, crm_path(), prefix=BASE_PREFIX, count=scale.e2e_events,
-                                   worker_pids=base_wpids, **e2e),
-                "crm": end_to_end(crm, hooks, crm_path(), prefix=CRM_PREFIX, count=scale.e2e_events,
-                                  worker_pids=crm_wpids, **e2e)}
-        below = round(max(5.0, BELOW * results["sat"]["crm"]["rate_out"]))
-        for key, rate in (("below", below), ("light", 50)):
-            log(f"end to end paced at {rate}/s" + (f" ({BELOW:.0%} of crmbridge's closed-loop delivery rate)"
-                                                    if key == "below" else ""))
-            with phase(key):
-                results[key] = {
-                    "crm": end_to_end(crm, hooks, crm_path(), prefix=CRM_PREFIX, rate=rate,
-                                      seconds=scale.paced_seconds, **e2e),
-                    "base": end_to_end(base, hooks, crm_path(), prefix=BASE_PREFIX, rate=rate,
-                                       seconds=scale.paced_seconds, **e2e)}
+        crm_workers: list = []
+        base_workers: list = []
+        below = 50
+        if wanted("e2e") or wanted("timers"):
+            log(f"end to end: {scale.workers} worker.py + {scale.workers} baseline workers")
+            crm_workers, base_workers = start_workers(procs, env, scale.workers, store)
+        if wanted("e2e"):
+            crm_wpids = [p for w in crm_workers for p in tree(w.pid)]
+            base_wpids = [p for w in base_workers for p in tree(w.pid)]
+            e2e = dict(tg=tg, settle=scale.settle)
+            with phase("sat"):
+                results["sat"] = {
+                    "base": end_to_end(base, hooks, crm_path(), prefix=BASE_PREFIX, count=scale.e2e_events,
+                                       worker_pids=base_wpids, **e2e),
+                    "crm": end_to_end(crm, hooks, crm_path(), prefix=CRM_PREFIX, count=scale.e2e_events,
+                                      worker_pids=crm_wpids, **e2e)}
+            below = round(max(5.0, BELOW * results["sat"]["crm"]["rate_out"]))
+            for key, rate in (("below", below), ("light", 50)):
+                log(f"end to end paced at {rate}/s" + (f" ({BELOW:.0%} of crmbridge's closed-loop delivery rate)"
+                                                        if key == "below" else ""))
+                with phase(key):
+                    results[key] = {
+                        "crm": end_to_end(crm, hooks, crm_path(), prefix=CRM_PREFIX, rate=rate,
+                                          seconds=scale.paced_seconds, **e2e),
+                        "base": end_to_end(base, hooks, crm_path(), prefix=BASE_PREFIX, rate=rate,
+                                           seconds=scale.paced_seconds, **e2e)}
 
-        handled = sum(results[k]["crm"]["sent"] for k in ("sat", "below", "light"))
-        results["retained"] = retained_memory(store, handled)
+            handled = sum(results[k]["crm"]["sent"] for k in ("sat", "below", "light"))
+            results["retained"] = retained_memory(store, handled)
 
-        preload.join()
-        from config.settings import Settings
-        from runtime import Runtime
-        rt = Runtime.create(Settings.from_env(env))
-        log(f"timers: {scale.timers:,} pending through RQBackend.schedule")
-        with phase("timers"):
-            results["timers"] = timers_memory(procs, env, store, scale, rt)
-        loads = (("timers_light", 50, 90_000_000), ("timers_below", below, 91_000_000))[:scale.timer_loads]
-        for key, rate, first in loads:
-            log(f"timers: {scale.due_timers} due under {rate}/s intake load")
-            with phase(key):
-                results[key] = timers_lateness(store, scale, rt, crm, hooks, tg, rate, first)
+        if wanted("timers"):
+            preload.join()
+            from config.settings import Settings
+            from runtime import Runtime
+            rt = Runtime.create(Settings.from_env(env))
+            log(f"timers: {scale.timers:,} pending through RQBackend.schedule")
+            with phase("timers"):
+                results["timers"] = timers_memory(procs, env, store, scale, rt)
+            loads = (("timers_light", 50, 90_000_000), ("timers_below", below, 91_000_000))[:scale.timer_loads]
+            for key, rate, first in loads:
+                log(f"timers: {scale.due_timers} due under {rate}/s intake load")
+                with phase(key):
+                    results[key] = timers_lateness(store, scale, rt, crm, hooks, tg, rate, first)
 
-        results["rss"] = {
-            "crm_web_max": max(peak_rss_mb(p) for p in crm.worker_pids()),
-            "crm_web_total": sum(peak_rss_mb(p) for p in crm.pids()),
-            "base_web_max": max(peak_rss_mb(p) for p in base.worker_pids()),
-            "base_web_total": sum(peak_rss_mb(p) for p in base.pids()),
-            "crm_worker_max": max(peak_rss_mb(w.pid) for w in crm_workers),
-            "base_worker_max": max(peak_rss_mb(w.pid) for w in base_workers)}
-        procs.stop_many(crm_workers + base_workers + [crm.proc, base.proc])
+        if crm_workers:
+            results["rss"] = {
+                "crm_web_max": max(peak_rss_mb(p) for p in crm.worker_pids()),
+                "crm_web_total": sum(peak_rss_mb(p) for p in crm.pids()),
+                "base_web_max": max(peak_rss_mb(p) for p in base.worker_pids()),
+                "base_web_total": sum(peak_rss_mb(p) for p in base.pids()),
+                "crm_worker_max": max(peak_rss_mb(w.pid) for w in crm_workers),
+                "base_worker_max": max(peak_rss_mb(w.pid) for w in base_workers)}
+            procs.stop_many(crm_workers + base_workers + [crm.proc, base.proc])
         flush(store)
 
-        if scale.aof_seconds:
+        if scale.aof_seconds and wanted("aof"):
             log("intake with Redis AOF: off, everysec, always (a redis-server of our own)")
             with phase("aof"):
                 results["aof"] = aof(procs, workdir, config, amo, tg, scale)

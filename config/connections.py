@@ -78,7 +78,9 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
     ctype = entry.get("type")
     if ctype not in CONNECTORS:
         err("type", f"type: expected one of {', '.join(sorted(CONNECTORS))}, found {ctype!r}")
-    secret = _secret(entry.get("webhook_secret"), "webhook_secret", environ, err, required=True)
+    # outbound-only connectors (email, webhook) take no webhooks, so need no secret to check callers
+    outbound = ctype in CONNECTORS and getattr(CONNECTORS[ctype], "OUTBOUND_ONLY", False)
+    secret = _secret(entry.get("webhook_secret"), "webhook_secret", environ, err, required=not outbound)
     credentials = {}
     creds = entry.get("credentials") or {}
     if not isinstance(creds, dict):
@@ -104,7 +106,8 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
     if ctype in CONNECTORS and not conn.record_only and base_url is None and getattr(
             CONNECTORS[ctype], "BASE_URL_REQUIRED", False):
         err("base_url", "base_url: required when credentials are set (the account's own address)")
-    if ctype in CONNECTORS and conn.record_only and not getattr(CONNECTORS[ctype], "INBOUND_ONLY", False):
+    if ctype in CONNECTORS and conn.record_only and not getattr(CONNECTORS[ctype], "INBOUND_ONLY", False) \
+            and getattr(CONNECTORS[ctype], "RECORD_ONLY_WITHOUT_CREDENTIALS", True):
         result.warnings.append(f'connection "{name}" has no credentials: record-only mode, '
                                "calls are logged, not made")
     return conn

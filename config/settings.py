@@ -23,7 +23,8 @@ class Settings:
     audit_max: int = 100_000
     action_attempts: int = 4              # tenacity tries per action inside one job
     job_retries: int = 3                  # RQ re-runs of a whole job after that
-    maintenance_interval: int = 30        # RQ's default is 600 s: abandoned jobs are found sooner
+    maintenance_interval: int = 10        # RQ's default is 600 s: abandoned jobs are found sooner
+    job_heartbeat_ttl: int = 15           # a dead worker's job is abandoned this long after its last heartbeat
     testing: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
 
@@ -39,7 +40,8 @@ class Settings:
                                 ("CRMBRIDGE_QUEUE", "queue_name", str),
                                 ("CRMBRIDGE_MAX_BODY_BYTES", "max_body_bytes", int),
                                 ("CRMBRIDGE_DEDUPE_TTL", "dedupe_ttl", int),
-                                ("CRMBRIDGE_MAINTENANCE_INTERVAL", "maintenance_interval", int)):
+                                ("CRMBRIDGE_MAINTENANCE_INTERVAL", "maintenance_interval", int),
+                                ("CRMBRIDGE_JOB_HEARTBEAT_TTL", "job_heartbeat_ttl", int)):
             if env.get(name):
                 values[key] = cast(env[name])
         return replace(cls(**values), **overrides)

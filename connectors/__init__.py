@@ -3,6 +3,7 @@ from connectors import amocrm, telegram
 from connectors import bitrix24
 from connectors import forms, planfix
 from connectors import inbox
+from connectors import email, webhook, zadarma
 
 CONNECTORS = {
     "amocrm": amocrm,
@@ -11,4 +12,7 @@ CONNECTORS = {
     "planfix": planfix,
     "forms": forms,
     "inbox": inbox,
+    "email": email,
+    "webhook": webhook,
+    "zadarma": zadarma,
 }

@@ -11,10 +11,10 @@ import hmac
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 import requests
 
@@ -49,7 +49,9 @@ class Event:
     dedupe_window: int | None = None   # seconds; None = the configured default
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The payload that is queued. Shallow (no deep copy of `data`/`raw` as `asdict` makes):
+        the payload is serialized right away, or copied by whoever changes it."""
+        return {**self.__dict__, "entity": {"type": self.entity.type, "id": self.entity.id}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Event":
@@ -63,7 +65,7 @@ EVENT_KINDS = (
     "entity.created", "entity.updated", "entity.deleted", "stage.changed", "field.changed",
     "responsible.changed", "file.added", "note.added", "task.created", "task.updated",
     "task.completed", "message.received", "message.edited", "button.pressed",
-    "form.submitted", "timer.fired", "schedule.tick",
+    "form.submitted", "timer.fired", "schedule.tick", "call.ended",
 )
 
 
@@ -71,6 +73,11 @@ def event_id(connection: str, *parts: Any) -> str:
     """A stable id from the connection and the parts that identify one change."""
     canonical = json.dumps([connection, *parts], sort_keys=True, ensure_ascii=False, default=str)
     return f"{connection}:{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
+
+
+def written_key(prefix: str, connection: str, kind: str, ident: Any) -> str:
+    """Marks what the bridge itself wrote (a CRM comment), so its webhook is not echoed back."""
+    return f"{prefix}written:{connection}:{kind}:{ident}"
 
 
 def utc_iso(ts: float | int | str | None = None) -> str:
@@ -150,6 +157,12 @@ class PermanentApiError(ApiError):
     """The request itself is wrong (4xx other than 429). Retrying will not help."""
 
 
+class UncertainApiError(RetryableApiError):
+    """No answer, but the request may have reached the vendor and been done: a read timeout, or a
+    connection lost after the request was sent. Repeating it is safe only for an idempotent call
+    (a read, an edit, a set); a create or a message must not be sent again blindly."""
+
+
 def check_secret(given: Any, connection: Connection, refusal: str) -> None:
     """Compare what the caller sent with the connection's webhook secret, in constant time."""
     if not connection.webhook_secret or not hmac.compare_digest(
@@ -169,14 +182,19 @@ def parse_nested_form(body: bytes) -> dict[str, Any]:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadPayload(f"body is not UTF-8 (byte {exc.start})") from None
-    try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False,
-                          max_num_fields=MAX_FORM_KEYS)
-    except ValueError:
-        raise BadPayload(f"more than {MAX_FORM_KEYS} form fields") from None
+    # what parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_KEYS) does, with the
+    # decoded and split keys remembered: a vendor sends the same few dozen keys every time, and
+    # unquoting them was a fifth of the receiver's CPU per webhook (BENCHMARKS.md)
+    if text and text.count("&") + 1 > MAX_FORM_KEYS:
+        raise BadPayload(f"more than {MAX_FORM_KEYS} form fields")
     root: dict[str, Any] = {}
-    for key, value in pairs:
-        path = _split_key(key)
+    for pair in text.split("&"):
+        if not pair:
+            continue
+        raw_key, _, value = pair.partition("=")
+        key, path = _form_key(raw_key)
+        if "+" in value or "%" in value:
+            value = unquote(value.replace("+", " "))
         node = root
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -187,6 +205,19 @@ def parse_nested_form(body: bytes) -> dict[str, Any]:
             raise BadPayload(f"form key {key!r} clashes with a nested value")
         node[path[-1]] = value
     return root
+
+
+_FORM_KEYS: dict[str, tuple[str, list[str]]] = {}   # raw form key → (key, its path); bounded below
+
+
+def _form_key(raw: str) -> tuple[str, list[str]]:
+    found = _FORM_KEYS.get(raw)
+    if found is None:
+        key = unquote(raw.replace("+", " ")) if "+" in raw or "%" in raw else raw
+        found = (key, _split_key(key))
+        if len(raw) <= 200 and len(_FORM_KEYS) < 10_000:
+            _FORM_KEYS[raw] = found
+    return found
 
 
 def _split_key(key: str) -> list[str]:
@@ -248,8 +279,12 @@ class BaseClient:
 
     rate_per_second: float = 5.0
     burst: float | None = None        # None: one second's worth
+    # True when every request the client's action methods make goes through request() (or, for
+    # Telegram, call()), so that `sending` is told before each one leaves (worker.execute)
+    reports_sends: bool = False
     timeout: float = 10.0
     metadata_ttl = 3600               # seconds the CRM's names (stages, users, fields) are cached
+    memo_ttl = 60.0                   # …and kept in this process in front of that cache
 
     def __init__(self, connection: Connection, *, store: Any = None, recorder: Recorder | None = None,
                  key_prefix: str = "crmbridge:"):
@@ -259,6 +294,8 @@ class BaseClient:
         self.recorder = recorder
         self.session = requests.Session()
         self.limiter: Callable[..., None] | None = None   # set by the runtime: a shared token bucket
+        self.sending: Callable[[], None] | None = None    # set by the worker: a request is about to leave
+        self._memo: dict[str, tuple[float, Any]] = {}      # cached(): name → (expires, value)
 
     @property
     def record_only(self) -> bool:
@@ -278,12 +315,14 @@ class BaseClient:
             return None
         if self.limiter:
             self.limiter()
+        if self.sending:
+            self.sending()
         try:
             resp = self.session.request(method, target, json=json_body, params=params,
                                         headers={**self.auth_headers(), **(headers or {})},
                                         timeout=self.timeout)
         except (requests.Timeout, requests.ConnectionError) as exc:
-            raise RetryableApiError(f"{method} {path}: {type(exc).__name__}") from None
+            raise transport_error(f"{method} {path}", exc) from None
         self.check(resp, f"{method} {path}")
         return resp
 
@@ -291,19 +330,27 @@ class BaseClient:
         return {}
 
     def cached(self, name: str, fetch: Callable[[], Any]) -> Any:
-        """Metadata kept in Redis for `metadata_ttl`, shared by every worker; fetch() on a miss."""
+        """Metadata kept in Redis for `metadata_ttl`, shared by every worker; fetch() on a miss.
+
+        In front of Redis, this process keeps what it read for `memo_ttl` seconds (a worker reads
+        pipelines and users for every event). Callers must not change the value they get."""
+        memo = self._memo.get(name)
+        if memo is not None and memo[0] > time.monotonic():
+            return memo[1]
         key = f"{self.key_prefix}meta:{self.connection.name}:{name}"
-        if self.store is not None:
-            hit = self.store.get(key)
-            if hit:
-                return json.loads(hit)
-        value = fetch()
-        if self.store is not None:
-            self.store.set(key, json.dumps(value, ensure_ascii=False), ex=self.metadata_ttl)
+        hit = self.store.get(key) if self.store is not None else None
+        if hit:
+            value = json.loads(hit)
+        else:
+            value = fetch()
+            if self.store is not None:
+                self.store.set(key, json.dumps(value, ensure_ascii=False), ex=self.metadata_ttl)
+        self._memo[name] = (time.monotonic() + self.memo_ttl, value)
         return value
 
     def forget(self, name: str) -> None:
         """Drop cached metadata, so that the next use reads it fresh (a name was not found)."""
+        self._memo.pop(name, None)
         if self.store is not None:
             self.store.delete(f"{self.key_prefix}meta:{self.connection.name}:{name}")
 
@@ -319,6 +366,17 @@ class BaseClient:
 
     def error_message(self, resp: requests.Response) -> str:
         return resp.text[:300]
+
+
+def transport_error(what: str, exc: Exception) -> RetryableApiError:
+    """A request that got no answer: RetryableApiError if it cannot have reached the vendor (the
+    connection was never made), UncertainApiError if it may have (read timeout, connection lost)."""
+    from urllib3.exceptions import NewConnectionError
+    reason = exc.args[0] if exc.args else None
+    never_sent = isinstance(exc, requests.ConnectTimeout) or isinstance(getattr(reason, "reason", reason),
+                                                                          NewConnectionError)
+    kind = RetryableApiError if never_sent else UncertainApiError
+    return kind(f"{what}: {type(exc).__name__}" + ("" if never_sent else " (the request may have been done)"))
 
 
 def retry_after_header(resp: requests.Response) -> float | None:

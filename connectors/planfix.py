@@ -19,10 +19,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import requests
+
 from connectors.base import (
     check_secret, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
     RetryableApiError, retry_after_header, event_id, indexed, parse_json,
-    parse_nested_form, utc_iso,
+    parse_nested_form, utc_iso, written_key,
 )
 
 SOURCE = "planfix"
@@ -243,7 +245,9 @@ def _when(value: Any, connection: Connection) -> str:
 # --- REST API v2 out --------------------------------------------------------------------------
 
 FAILED = {"fail", "failure", "error"}
+WRITTEN_TTL = 30 * 24 * 3600  # how long the bridge remembers the comments it wrote (echo suppression)
 DAILY_LIMIT = 22  # "daily request limit exhausted" (REST API error codes; API-REFERENCE §3.1)
+TIME_STATE_TTL = 400 * 24 * 3600  # track_time's state outlives a year-long task
 FIELDS = {"task": "id,name,description,status,processId,assigner,assignees,parent,template,project,"
                   "counterparty,endDateTime",
           "contact": "id,name,midname,lastname,email,phones,telegram,position,isCompany,description"}
@@ -413,6 +417,43 @@ class Client(BaseClient):
             body["recipients"] = {"users": [{"id": self.client_of(entity)}]}
         return _created_id(self.request("POST", f"/{_kind(entity)}/{entity.id}/comments/", json_body=body))
 
+    def add_chat_comment(self, entity: Entity, text: str, uploads: list[dict[str, Any]] | None = None) -> int | None:
+        """A comment carrying a chat message and its files: each file is uploaded (POST /file/),
+        then the comment names them. Its id is remembered, so that the comment scenario's webhook
+        for it is known as the bridge's own and not sent back to the chat."""
+        body: dict[str, Any] = {"description": _html(text)}
+        ids = [self.upload_file(u["content"], u["name"]) for u in uploads or []]
+        if any(ids):
+            body["files"] = [{"id": i} for i in ids if i]
+        comment = _created_id(self.request("POST", f"/{_kind(entity)}/{entity.id}/comments/", json_body=body))
+        if comment and self.store is not None:
+            self.store.set(written_key(self.key_prefix, self.connection.name, "comment", comment), 1, ex=WRITTEN_TTL)
+        return comment
+
+    def upload_file(self, content: bytes, name: str) -> int | None:
+        """POST /file/ (multipart, field "file") → the new file's id (FileApi postFileUpload)."""
+        if self.record_only:
+            self.request("POST", "/file/", json_body={"file": f"<{len(content)} bytes: {name}>"})
+            return None
+        if self.limiter:
+            self.limiter()
+        target = f"{(self.connection.base_url or '').rstrip('/')}/file/"
+        try:
+            resp = self.session.post(target, files={"file": (name, content)}, headers=self.auth_headers(),
+                                     timeout=self.timeout)
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise RetryableApiError(f"POST /file/: {type(exc).__name__}") from None
+        self.check(resp, "POST /file/")
+        return _created_id(resp)
+
+    def download(self, file_id: str, size: int | None = None) -> tuple[bytes, str] | None:
+        """(content, name) of a Planfix file: GET /file/{id} for the name, GET /file/{id}/download."""
+        if self.record_only:
+            return None
+        meta = _json_body(self.request("GET", f"/file/{file_id}", params={"fields": "id,name,size"})).get("file") or {}
+        resp = self.request("GET", f"/file/{file_id}/download")
+        return resp.content, str(meta.get("name") or f"file-{file_id}")
+
     def client_of(self, entity: Entity) -> str:
         """"contact:N" of the contact itself or of the task's counterparty."""
         if entity.type == "contact":
@@ -452,6 +493,98 @@ class Client(BaseClient):
         """The REST API has no DELETE for contacts; ContactRequest.isDeleted marks one deleted."""
         return _outcome(self.request("POST", f"/contact/{entity.id}", json_body={"isDeleted": True}))
 
+    # --- ordered projects (start_next_task) and time in a status (track_time) -----------------
+
+    def start_next_task(self, entity: Entity, status: str, order_field: str | None = None,
+                        waiting: list[str] | None = None, due: str | None = None,
+                        responsible: Any = None) -> dict[str, Any]:
+        """Start the task that follows this one in its project: status, deadline, executor.
+
+        The project's tasks come from POST /task/list with the project filter (complex task filter
+        type 5, "Проект"). The next one has the smallest `order_field` above this task's; tasks
+        without a value follow, in task-number order (the order a project template creates them).
+        It is started only while its status is one of `waiting`, so a repeated completion starts
+        nothing twice. POST /task/{next} {"status", "endDateTime", "assignees"}.
+        """
+        order_id = None if self.record_only or not order_field else self.resolve_field("task", order_field)["id"]
+        extra = [str(order_id)] if order_id else []
+        found = self.request("GET", f"/task/{entity.id}", params={"fields": ",".join(["id,project", *extra])})
+        if found is None:  # record-only: nothing to read the project from
+            return {"next": None, "reason": "record-only"}
+        project = ((_json_body(found).get("task") or {}).get("project") or {}).get("id")
+        if not project:
+            return {"next": None, "reason": f"task {entity.id} is not in a project"}
+        current = _json_body(found).get("task") or {}
+        tasks = self.project_tasks(project, extra)
+        place = _place(current, order_id)
+        following = sorted((t for t in tasks if str(t.get("id")) != str(entity.id) and _place(t, order_id) > place),
+                           key=lambda t: _place(t, order_id))
+        if not following:
+            return {"next": None, "reason": f"task {entity.id} is the last of project {project}"}
+        nxt = self.normalize_task(following[0])
+        if not _status_in(nxt.get("stage"), waiting or ["Нова"]):
+            return {"next": nxt["id"], "reason": f"already {(nxt.get('stage') or {}).get('name') or 'started'}"}
+        body: dict[str, Any] = {"status": {"id": self.resolve_status(
+            Entity("task", nxt["id"]), status, (nxt.get("pipeline") or {}).get("id"))}}
+        if due:
+            body["endDateTime"] = _timepoint(due)
+        user = self.resolve_user(responsible) if responsible else None
+        if user:
+            body["assignees"] = {"users": [{"id": user}]}
+        outcome = _outcome(self.request("POST", f"/task/{nxt['id']}", json_body=body))
+        return {"next": nxt["id"], "name": nxt.get("name"), "outcome": outcome}
+
+    def project_tasks(self, project: Any, fields: list[str]) -> list[dict[str, Any]]:
+        """Every task of a project (POST /task/list, filter type 5), 100 a page."""
+        tasks: list[dict[str, Any]] = []
+        for page in range(20):
+            resp = self.request("POST", "/task/list", json_body={
+                "offset": page * 100, "pageSize": 100,
+                "filters": [{"type": 5, "operator": "equal", "value": _int_or(project)}],
+                "fields": ",".join(["id,name,status,processId,assignees,endDateTime", *fields])})
+            items = [t for t in _json_body(resp).get("tasks") or [] if isinstance(t, dict)]
+            tasks += items
+            if len(items) < 100:
+                break
+        return tasks
+
+    def track_time(self, entity: Entity, counting: bool, at: str, change: str, field: str,
+                   decimals: int = 2) -> dict[str, Any]:
+        """Open or close a period of time in a status; write the task's total hours when one closes.
+
+        State in Redis, per connection and task: the open period's start, the total seconds, the
+        latest change seen, and the changes already counted (so a redelivered change counts once).
+        """
+        if self.store is None:
+            raise PermanentApiError("track_time keeps its state in Redis; this client has no store")
+        key = f"{self.key_prefix}timetrack:{self.connection.name}:{entity}"
+        moment = datetime.fromisoformat(at)
+
+        def update(pipe) -> tuple[float, str | None, bool, bool]:
+            state = {k.decode(): v.decode() for k, v in pipe.hgetall(key).items()}
+            seen = bool(pipe.sismember(f"{key}:seen", change))
+            opened, total, closed = state.get("open") or None, float(state.get("total") or 0), False
+            latest = state.get("latest")
+            if not seen and not (latest and moment < datetime.fromisoformat(latest)):
+                if counting and not opened:
+                    opened = moment.isoformat()
+                elif not counting and opened:
+                    total += max(0.0, (moment - datetime.fromisoformat(opened)).total_seconds())
+                    opened, closed = None, True
+                latest = moment.isoformat()
+            pipe.multi()
+            pipe.hset(key, mapping={"open": opened or "", "total": repr(total), "latest": latest or ""})
+            pipe.sadd(f"{key}:seen", change)
+            pipe.expire(key, TIME_STATE_TTL)
+            pipe.expire(f"{key}:seen", TIME_STATE_TTL)
+            return total, opened, closed, seen
+
+        total, opened, closed, seen = self.store.transaction(update, key, f"{key}:seen", value_from_callable=True)
+        hours = round(total / 3600, decimals)
+        if not counting and (closed or (seen and total > 0)):  # a re-run writes the same total again
+            self.set_fields(entity, {field: hours})
+        return {"total_hours": hours, "open_since": opened, "closed": closed, "repeat": seen}
+
 
 def normalize_contact(c: dict[str, Any]) -> dict[str, Any]:
     """A REST contact in the common shape."""
@@ -459,6 +592,26 @@ def normalize_contact(c: dict[str, Any]) -> dict[str, Any]:
             "email": c.get("email"), "telegram": c.get("telegram"), "is_company": bool(c.get("isCompany")),
             "phones": [p.get("number") for p in c.get("phones") or [] if isinstance(p, dict)],
             "fields": _custom_values(c.get("customFieldData"))}
+
+
+def _place(task: dict[str, Any], order_id: Any) -> tuple[int, float, int]:
+    """A task's place in its project: by the order field's number, else after those, by number."""
+    number = int(task.get("id") or 0)
+    for item in task.get("customFieldData") or []:
+        if order_id and str((item.get("field") or {}).get("id")) == str(order_id):
+            try:
+                return (0, float(str(item.get("value")).replace(",", ".")), number)
+            except (TypeError, ValueError):
+                break
+    return (1, 0.0, number)
+
+
+def _status_in(ref: Any, names: list[Any]) -> bool:
+    """Is a {"id", "name"} status one of these names or ids (names compared without case)?"""
+    if not isinstance(ref, dict):
+        return False
+    wanted = {str(n).strip().casefold() for n in names}
+    return str(ref.get("id")) in wanted or str(ref.get("name") or "").strip().casefold() in wanted
 
 
 def _kind(entity: Entity) -> str:
@@ -491,15 +644,27 @@ def _person(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _custom_values(items: Any) -> dict[str, Any]:
-    """customFieldData → {name: value}; list and directory values come as {id, value|name}."""
+    """customFieldData → {name: value}; list and directory values come as {id, value|name}, dates
+    as TimePoints ({date: "15-12-2026", time?, datetime?}), given as ISO so rules can count from them."""
     def one(value: Any, item: dict[str, Any]) -> Any:
         if isinstance(value, list):
             return [one(v, {}) for v in value]
+        if isinstance(value, dict) and ("date" in value or "datetime" in value):
+            return _iso_timepoint(value)
         if isinstance(value, dict):
             return value.get("value", value.get("name", item.get("stringValue")))
         return value
     return {str((i.get("field") or {}).get("name") or (i.get("field") or {}).get("id")): one(i.get("value"), i)
             for i in items or [] if isinstance(i, dict)}
+
+
+def _iso_timepoint(point: dict[str, Any]) -> str | None:
+    """A TimePoint as ISO: "2026-12-15" for a date, "2026-12-15T08:00:00+00:00" with a time."""
+    if point.get("time") and point.get("datetime"):
+        return datetime.fromisoformat(str(point["datetime"])).isoformat()
+    text = str(point.get("date") or point.get("datetime") or "")
+    found = re.match(r"(\d{2})-(\d{2})-(\d{4})", text)
+    return f"{found[3]}-{found[2]}-{found[1]}" if found else (text[:10] or None)
 
 
 def _field_value(meta: dict[str, Any], value: Any) -> dict[str, Any]:

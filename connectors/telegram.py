@@ -9,6 +9,10 @@ Samples: tests/payloads/telegram/.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import re
 import warnings
 from collections.abc import Coroutine
@@ -17,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update, constants
 from telegram import error as tg_error
 from telegram.request import HTTPXRequest
@@ -30,6 +35,7 @@ from connectors.base import (
     PermanentApiError,
     RawWebhook,
     RetryableApiError,
+    UncertainApiError,
     parse_json,
     utc_iso,
 )
@@ -65,9 +71,10 @@ def verify(raw: RawWebhook, connection: Connection) -> None:
 def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
     """One Update → one Event; kinds of update no rule can use are acknowledged and dropped."""
     payload = parse_json(raw.body)
-    if not isinstance(payload, dict) or not isinstance(payload.get("update_id"), int):
+    if not isinstance(payload, dict) or not _is_int(payload.get("update_id")):
         raise BadPayload("not a Telegram Update (expected an object with an integer update_id)")
     _fill_is_bot(payload)
+    _check_types(payload)
     try:
         update = Update.de_json(payload, bot=None)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -81,6 +88,60 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
                 return []
             return [_message_event(update, message, kind, connection, payload)]
     return []
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)   # JSON true is not an id
+
+
+# The fields parse() reads, with their Bot API types (core.telegram.org/bots/api: Update, Message,
+# Chat, User, CallbackQuery, PhotoSize, Document). python-telegram-bot's de_json copies values as
+# they come, so a wrongly typed field would reach the queue; each is checked here instead.
+_INT, _STR, _BOOL = (_is_int, "an integer"), (lambda v: isinstance(v, str), "a string"), \
+    (lambda v: isinstance(v, bool), "a boolean")
+USER = {"id": (_INT, True), "is_bot": (_BOOL, False), "first_name": (_STR, True), "last_name": (_STR, False),
+        "username": (_STR, False)}
+CHAT = {"id": (_INT, True), "type": (_STR, True), "title": (_STR, False), "username": (_STR, False),
+        "first_name": (_STR, False), "last_name": (_STR, False)}
+FILE = {"file_id": (_STR, True), "file_unique_id": (_STR, True), "file_size": (_INT, False)}
+DOCUMENT = {**FILE, "file_name": (_STR, False), "mime_type": (_STR, False)}
+MESSAGE: dict[str, Any] = {"message_id": (_INT, True), "date": (_INT, True), "edit_date": (_INT, False),
+                           "chat": (CHAT, True), "from": (USER, False), "text": (_STR, False),
+                           "caption": (_STR, False), "photo": ([FILE], False), "document": (DOCUMENT, False)}
+MESSAGE["reply_to_message"] = (MESSAGE, False)
+CALLBACK = {"id": (_STR, True), "from": (USER, True), "message": (MESSAGE, False), "data": (_STR, False),
+            "chat_instance": (_STR, False), "inline_message_id": (_STR, False)}
+UPDATE = {"message": (MESSAGE, False), "edited_message": (MESSAGE, False), "callback_query": (CALLBACK, False)}
+
+
+def _check_types(payload: dict[str, Any]) -> None:
+    """Refuse an update whose fields (those parse() reads) have the wrong JSON types: 400, one line."""
+    _check_object(payload, UPDATE, "update", depth=0)
+
+
+def _check_object(value: Any, shape: dict[str, Any], where: str, depth: int) -> None:
+    if not isinstance(value, dict):
+        raise BadPayload(f"malformed Telegram Update: {where} is not an object")
+    for name, (kind, required) in shape.items():
+        if name not in value or value[name] is None:
+            if required:
+                raise BadPayload(f"malformed Telegram Update: {where}.{name} is missing")
+            continue
+        _check_value(value[name], kind, f"{where}.{name}", depth)
+
+
+def _check_value(value: Any, kind: Any, where: str, depth: int) -> None:
+    if depth > 4:   # reply_to_message nests one level in practice; deeper nesting is not read
+        return
+    if isinstance(kind, dict):
+        _check_object(value, kind, where, depth + 1)
+    elif isinstance(kind, list):
+        if not isinstance(value, list):
+            raise BadPayload(f"malformed Telegram Update: {where} is not a list")
+        for i, item in enumerate(value):
+            _check_value(item, kind[0], f"{where}[{i}]", depth + 1)
+    elif not kind[0](value):
+        raise BadPayload(f"malformed Telegram Update: {where} is not {kind[1]}")
 
 
 def _fill_is_bot(payload: dict[str, Any]) -> None:
@@ -149,11 +210,84 @@ def _button_event(update: Update, connection: Connection, payload: dict[str, Any
     if message is not None:
         data.update(chat=_chat(message.chat), message_id=message.message_id)
     chat_id = str(message.chat.id) if message is not None else f"inline:{query.inline_message_id}"
+    entity = Entity("chat", chat_id)
+    bound = read_choice(query.data or "", connection, chat_id)
+    if bound is not None and "error" in bound:
+        data["token_error"] = bound["error"]
+    elif bound is not None:  # a signed button: the press is about the record it was sent for
+        record = bound["record"]
+        data.update(button=bound["choice"], record=record, approval=bound["nonce"], callback_data=query.data)
+        entity = Entity(record["type"], record["id"])
     return Event(
         # one press is one callback id, however often Telegram delivers it
         id=f"{connection.name}:callback:{query.id}", connection=connection.name, source=SOURCE,
-        kind="button.pressed", entity=Entity("chat", chat_id), data=data, raw=payload,
+        kind="button.pressed", entity=entity, data=data, raw=payload,
         occurred_at=utc_iso())
+
+
+# --- buttons bound to a CRM record ------------------------------------------------------------
+# callback_data is 1-64 bytes (Bot API InlineKeyboardButton; PTB MAX_CALLBACK_DATA) and a user
+# can send any data for any message of the bot (a modified client), so a button that acts on a
+# record carries the record and a MAC over it, the chat it was sent to and a per-message nonce:
+#   a1.<choice>.<t><task number>.<nonce>.<mac>     e.g. a1.approve.t1042.Xk3_q9.Qm9vYmFyYmF6cQ
+TOKEN = re.compile(r"a1\.([a-z0-9_]{1,16})\.([a-z])([0-9]{1,12})\.([A-Za-z0-9_-]{6})\.([A-Za-z0-9_-]{12})")
+RECORD_LETTERS = {"task": "t", "contact": "c", "lead": "l", "deal": "d", "company": "o", "project": "p"}
+APPROVAL_TTL = 180 * 24 * 3600  # a client may answer an approval request months later
+
+
+def link_options(connection: Connection) -> dict[str, Any]:
+    """`options.link`: the CRM connection whose records this bot's groups and buttons are bound to."""
+    link = (connection.options or {}).get("link")
+    return dict(link) if isinstance(link, dict) else {}
+
+
+def _mac(connection: Connection, choice: str, letter: str, ident: str, nonce: str, chat: str) -> str:
+    link = link_options(connection)
+    secret = str(link.get("secret") or connection.webhook_secret or "")
+    if not secret:
+        raise PermanentApiError(f"connection {connection.name!r} has no secret to sign buttons with")
+    message = "|".join(("a1", choice, letter, ident, nonce, str(chat), str(link.get("crm") or "")))
+    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:12]  # 72 bits
+
+
+def sign_choice(connection: Connection, choice: str, record: dict[str, str], nonce: str, chat: str) -> str:
+    """The callback data of one choice of a message bound to `record`, sent to `chat`."""
+    letter = RECORD_LETTERS.get(record.get("type", ""))
+    ident = str(record.get("id", ""))
+    if letter is None or not ident.isdigit():
+        raise PermanentApiError(f"buttons can be bound to a numbered {', '.join(RECORD_LETTERS)}, "
+                                f"not to {record.get('type')}:{ident}")
+    data = f"a1.{choice}.{letter}{ident}.{nonce}.{_mac(connection, choice, letter, ident, nonce, chat)}"
+    if not TOKEN.fullmatch(data) or len(data.encode()) > 64:
+        raise PermanentApiError(f"callback data {data!r} is not a valid ≤64-byte token (choice: a-z, 0-9, _; "
+                                "at most 16 characters)")
+    return data
+
+
+def read_choice(data: str, connection: Connection, chat: str) -> dict[str, Any] | None:
+    """None for a plain button; {"error"} for a forged, damaged or foreign token; else the binding."""
+    if not data.startswith("a1."):
+        return None
+    found = TOKEN.fullmatch(data)
+    crm = link_options(connection).get("crm")
+    if found is None or not crm:
+        return {"error": "damaged callback data" if crm else "this bot binds no buttons (no options.link.crm)"}
+    choice, letter, ident, nonce, mac = found.groups()
+    kind = next((k for k, v in RECORD_LETTERS.items() if v == letter), None)
+    if kind is None or not hmac.compare_digest(mac, _mac(connection, choice, letter, ident, nonce, chat)):
+        return {"error": "callback data signature does not match (forged, or pressed in another chat)"}
+    return {"choice": choice, "nonce": nonce, "record": {"connection": str(crm), "type": kind, "id": ident}}
+
+
+def approval_key(prefix: str, connection: str, record: dict[str, str], nonce: str) -> str:
+    """Where an approval message's policy (approvers, labels) and later its choice are kept."""
+    return f"{prefix}approval:{connection}:{record['type']}:{record['id']}:{nonce}"
+
+
+def link_key(prefix: str, connection: str, chat: str) -> str:
+    """chat id → the record the group is linked to (`/link`)."""
+    return f"{prefix}link:{connection}:{chat}"
 
 
 def keyboard(buttons: list[list[dict[str, str]]] | None) -> InlineKeyboardMarkup | None:
@@ -170,6 +304,7 @@ class Client(BaseClient):
 
     rate_per_second = 30  # "not more than 30 messages per second" (core.telegram.org/bots/faq)
     docs_url = "https://core.telegram.org/bots/api"
+    reports_sends = True  # every Bot API call goes through call()
 
     def __init__(self, connection: Connection, **kwargs: Any):
         super().__init__(connection, **kwargs)
@@ -196,6 +331,8 @@ class Client(BaseClient):
         if self.limiter:
             self.limiter()
             self._chat_limits(method, params.get("chat_id"))
+        if self.sending:
+            self.sending()
         return self._run(method, getattr(bot, method)(**params))
 
     def _chat_limits(self, method: str, chat: Any) -> None:
@@ -224,6 +361,13 @@ class Client(BaseClient):
         except (tg_error.TimedOut, tg_error.NetworkError) as exc:
             if isinstance(exc, tg_error.BadRequest):
                 raise PermanentApiError(f"{what}: {exc.message}", status=400) from None
+            # PTB chains httpx's exception when Telegram did not answer: a read timeout or a dropped
+            # connection may follow a message that was sent; a connection never made (or no free
+            # pooled connection) cannot. An answer (5xx: NetworkError without a cause) is definite.
+            cause = exc.__cause__
+            if isinstance(cause, httpx.HTTPError) and not isinstance(
+                    cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+                raise UncertainApiError(f"{what}: {exc.message} (the call may have been done)") from None
             raise RetryableApiError(f"{what}: {exc.message}") from None
         except tg_error.TelegramError as exc:
             raise PermanentApiError(f"{what}: {exc.message}") from None
@@ -239,6 +383,27 @@ class Client(BaseClient):
         sent = self.call("send_message", chat_id=self.chat_id(chat), text=text, reply_markup=keyboard(buttons),
                          parse_mode=parse_mode)
         return sent.message_id if sent is not None else None
+
+    def send_approval(self, chat: str | int, text: str, choices: list[dict[str, str]], record: dict[str, str],
+                      nonce: str, approvers: Any = "chat_members", parse_mode: str | None = None) -> int | None:
+        """sendMessage with one signed button per choice, bound to a CRM record (see TOKEN).
+
+        The approvers and button labels are kept in Redis under the message's nonce first, so
+        that a press arriving right after the message always finds them.
+        """
+        crm = link_options(self.connection).get("crm")
+        if record.get("connection") != crm:
+            raise PermanentApiError(f"bot {self.connection.name!r} binds buttons to records of "
+                                    f"options.link.crm ({crm!r}), not of {record.get('connection')!r}")
+        chat_id = self.chat_id(chat)
+        rows = [[{"text": c["text"], "data": sign_choice(self.connection, c["choice"], record, nonce, chat_id)}]
+                for c in choices]
+        if self.store is not None:
+            policy = {"record": record, "chat": chat_id, "approvers": approvers,
+                      "labels": {c["choice"]: c["text"] for c in choices}}
+            self.store.set(approval_key(self.key_prefix, self.connection.name, record, nonce),
+                           json.dumps(policy, ensure_ascii=False), ex=APPROVAL_TTL)
+        return self.send_message(chat_id, text, buttons=rows, parse_mode=parse_mode)
 
     def answer_button(self, callback_id: str, text: str | None = None) -> None:
         """answerCallbackQuery, so the client stops showing a spinner."""

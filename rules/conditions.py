@@ -17,18 +17,27 @@ the dry run prints that reason as "the first condition that failed".
       - expr: "entity.fields['NPS'] | int <= 6"   # a sandboxed Jinja2 expression
       - any: [ {stage: A}, {stage: B} ]
       - not: {tag: spam}
+      - open_tasks: 0                         # open tasks of the entity (see _open_tasks)
+      - no_activity: 3 days                   # no calls, messages, notes or stage moves for that long
+      - has_file: 'Отчет по проекту "{{ entity.name }}"'   # a file of the entity named so
+      - moved: forward                        # the stage change went forward (or backward)
+      - parent: [ {pipeline: Sales} ]         # a task's parent record meets these conditions
 """
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any, Callable
 
-from rules.templates import TemplateProblem, evaluate
+from rules.calendar import WorkingCalendar, parse_duration
+from rules.templates import TemplateProblem, evaluate, render
 
 COMPARISONS = ("equals", "not_equals", "in", "gt", "gte", "lt", "lte", "filled", "empty",
                "matches", "starts_with", "contains")
 KINDS = ("stage", "not_stage", "pipeline", "field", "filled", "empty", "responsible", "tag",
-         "expr", "any", "not")
+         "expr", "any", "not", "open_tasks", "no_activity", "has_file", "moved", "parent")
+TASK_COUNTS = ("count", "equals", "gt", "gte", "lt", "lte")   # open_tasks: {<one of these>: n}
+TASK_STAGES = ("current", "previous")
 
 
 def ref_matches(ref: Any, wanted: Any) -> bool:
@@ -159,9 +168,115 @@ def _not(c: dict, ctx: dict) -> str | None:
     return "the negated condition holds" if check(c["not"], ctx) is None else None
 
 
+def name_matches(name: Any, pattern: Any) -> bool:
+    """A file name against a pattern, without regard to case: `*` stands for any text, and a
+    name matches with or without its extension (`Отчет по проекту "Весна"` matches
+    `Отчет по проекту "Весна".pdf`, not `Отчет по проекту "Весна 2"`)."""
+    text = str(name or "").strip()
+    stem = text.rsplit(".", 1)[0] if "." in text else text
+    return wildcard_matches(text, pattern) or wildcard_matches(stem, pattern)
+
+
+def wildcard_matches(text: Any, pattern: Any) -> bool:
+    """The whole text against a pattern where `*` stands for any text, without regard to case."""
+    regex = ".*".join(re.escape(part) for part in str(pattern).strip().casefold().split("*"))
+    return re.fullmatch(regex, str(text or "").strip().casefold(), re.DOTALL) is not None
+
+
+def _moment(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    parsed = datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _open_tasks(c: dict, ctx: dict) -> str | None:
+    """`open_tasks: 0`, or `{count|equals|gt|gte|lt|lte: n, stage: current|previous, text: regex}`.
+
+    Needs the entity's open tasks (the worker reads them when a rule uses this condition).
+    `stage: current` counts the tasks created since the entity entered its current stage,
+    `previous` those created before (what is left of earlier stages)."""
+    spec = c["open_tasks"] if isinstance(c["open_tasks"], dict) else {"count": c["open_tasks"]}
+    entity = ctx["entity"]
+    tasks = entity.get("tasks")
+    if tasks is None:
+        return "the entity's tasks were not read"
+    found = [t for t in tasks if not t.get("completed")]
+    if spec.get("text"):
+        found = [t for t in found if re.search(str(spec["text"]), str(t.get("text", "")), re.IGNORECASE)]
+    since = _moment(entity.get("stage_since"))
+    if spec.get("stage") and since is not None:
+        current = spec["stage"] == "current"
+        found = [t for t in found if ((_moment(t.get("created_at")) or since) >= since) == current]
+    elif spec.get("stage") == "previous":  # when it entered the stage is unknown: nothing is older
+        found = []
+    op = next(k for k in TASK_COUNTS if k in spec)
+    if _compare("equals" if op == "count" else op, len(found), spec[op]):
+        return None
+    where = f" of the {spec['stage']} stage" if spec.get("stage") else ""
+    names = "; ".join(str(t.get("text", "")) for t in found[:5])
+    return (f"{len(found)} open task(s){where}{': ' + names if names else ''}; "
+            f"expected {op.replace('count', 'equals')} {spec[op]}")
+
+
+def _no_activity(c: dict, ctx: dict) -> str | None:
+    """No calls, messages, notes or stage moves (`entity.last_activity`) for that long."""
+    entity = ctx["entity"]
+    if "last_activity" not in entity:
+        return "the entity's activity was not read"
+    last = _moment(entity.get("last_activity"))
+    if last is None:
+        return None
+    duration = parse_duration(str(c["no_activity"]))
+    calendar = ctx.get("calendar") if isinstance(ctx.get("calendar"), WorkingCalendar) else WorkingCalendar()
+    quiet_until = duration.apply(last, calendar)
+    if ctx["now"] >= quiet_until:
+        return None
+    return f"activity at {last.isoformat()}, less than {c['no_activity']} ago"
+
+
+def _has_file(c: dict, ctx: dict) -> str | None:
+    files = ctx["entity"].get("files")
+    if files is None:
+        return "the entity's files were not read"
+    patterns = c["has_file"] if isinstance(c["has_file"], list) else [c["has_file"]]
+    try:
+        wanted = [render(str(p), ctx) for p in patterns]
+    except TemplateProblem as exc:
+        return f"has_file: {exc}"
+    names = [f.get("name") if isinstance(f, dict) else f for f in files]
+    if any(name_matches(n, w) for n in names for w in wanted):
+        return None
+    return f"no file named {describe(wanted if len(wanted) > 1 else wanted[0])}"
+
+
+def _moved(c: dict, ctx: dict) -> str | None:
+    entity = ctx["entity"]
+    now, before = entity.get("stage") or {}, entity.get("previous_stage") or {}
+    if not before:
+        return "the stage did not change"
+    old_pipeline = (entity.get("previous_pipeline") or {}).get("id")
+    if old_pipeline and old_pipeline != (entity.get("pipeline") or {}).get("id"):
+        return "moved to another pipeline"
+    if now.get("position") is None or before.get("position") is None:
+        return "the order of the stages is not known"
+    went = "forward" if now["position"] > before["position"] else (
+        "backward" if now["position"] < before["position"] else "nowhere")
+    return None if went == c["moved"] else f"moved {went}, from {_shown(before)} to {_shown(now)}"
+
+
+def _parent(c: dict, ctx: dict) -> str | None:
+    parent = ctx["entity"].get("parent")
+    if not isinstance(parent, dict) or len(parent) <= 2:  # only {type, id}: not read
+        return "the parent record was not read"
+    reason = check_all(c["parent"], {**ctx, "entity": parent})
+    return f"parent {parent.get('type')} {parent.get('id')}: {reason}" if reason else None
+
+
 _CHECKS = {"stage": _stage, "not_stage": _not_stage, "pipeline": _pipeline, "field": _field,
            "filled": _filled_fields, "empty": _empty_fields, "responsible": _responsible,
-           "tag": _tag, "expr": _expr, "any": _any, "not": _not}
+           "tag": _tag, "expr": _expr, "any": _any, "not": _not, "open_tasks": _open_tasks,
+           "no_activity": _no_activity, "has_file": _has_file, "moved": _moved, "parent": _parent}
 
 
 def validate(condition: Any) -> str | None:
@@ -187,4 +302,31 @@ def validate(condition: Any) -> str | None:
         return next((p for p in map(validate, condition["any"]) if p), None)
     if kind == "not":
         return validate(condition["not"])
+    if kind == "parent":
+        if not isinstance(condition["parent"], list):
+            return f"parent: expected a list of conditions, found {condition['parent']!r}"
+        return next((p for p in map(validate, condition["parent"]) if p), None)
+    return _validate_new(kind, condition[kind])
+
+
+def _validate_new(kind: str, value: Any) -> str | None:
+    if kind == "open_tasks":
+        spec = value if isinstance(value, dict) else {"count": value}
+        counts = [k for k in spec if k in TASK_COUNTS]
+        extra = sorted(set(spec) - set(TASK_COUNTS) - {"stage", "text"})
+        if extra or len(counts) != 1 or not isinstance(spec[counts[0]], int) or isinstance(spec[counts[0]], bool):
+            return ("open_tasks: expected a number, or {count|gt|gte|lt|lte: <number>, stage: current|previous, "
+                    f"text: <regex>}}, found {value!r}")
+        if spec.get("stage") not in (None, *TASK_STAGES):
+            return f"open_tasks → stage: expected current or previous, found {spec['stage']!r}"
+    if kind == "no_activity":
+        try:
+            parse_duration(str(value))
+        except ValueError as exc:
+            return f"no_activity: {exc}"
+    if kind == "has_file" and not (isinstance(value, str) or isinstance(value, list) and value
+                                   and all(isinstance(v, str) for v in value)):
+        return f"has_file: expected a file name pattern or a list of them, found {value!r}"
+    if kind == "moved" and value not in ("forward", "backward"):
+        return f"moved: expected forward or backward, found {value!r}"
     return None

@@ -17,8 +17,20 @@ from marshmallow import ValidationError
 
 from connectors.base import Entity, Event
 from rules.calendar import Duration, WorkingCalendar, parse_duration
-from rules.conditions import check_all, describe, ref_matches
-from rules.templates import TemplateProblem, evaluate, render_value
+from rules.conditions import (
+    check_all,
+    describe,
+    name_matches,
+    ref_matches,
+    wildcard_matches,
+)
+from rules.templates import (
+    TemplateProblem,
+    check_syntax,
+    evaluate,
+    render,
+    render_value,
+)
 
 DEFAULT_CALENDAR = WorkingCalendar.from_config({})
 
@@ -52,6 +64,7 @@ class Delay:
     field: str | None = None
     at_time: time | None = None
     until: tuple[dict, ...] = ()
+    start: tuple[Duration, ...] = ()  # every: the first firing, from now or from `field` (10 days; 7 days + 5 working days)
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,7 @@ class Rule:
     otherwise: tuple[ActionSpec, ...] = ()     # run when the trigger matched but a condition failed
     for_each: str | None = None                 # a template giving a list: actions run per item
     cancel_on: tuple[CancelOn, ...] = ()
+    keep_timer: bool = False                    # the guard is checked only when the timer fires
 
     @property
     def where(self) -> str:
@@ -161,6 +175,12 @@ class RuleContext:
         """The entity an action works on: the event's, unless the action names another."""
         return self.target or {"type": self.event.entity.type, "id": self.event.entity.id}
 
+    @property
+    def default_connection(self) -> str:
+        """Where an action without `connection:` goes: a button press or chat message bound to a
+        CRM record (data.record) acts on that record's CRM, anything else on the event's own."""
+        return (self.event.data.get("record") or {}).get("connection") or self.event.connection
+
     def step(self, method: str, connection: str | None = None, **args: Any) -> Step:
         return Step(method=method, args=args, connection=connection)
 
@@ -189,7 +209,7 @@ def template_context(event: Event, entity: dict[str, Any], rule: Rule, now: date
                       "entity": {"type": event.entity.type, "id": event.entity.id},
                       "data": event.data, "occurred_at": event.occurred_at, "id": event.id},
             "entity": entity, "data": event.data, "now": now, "rule": rule.name,
-            "actor": event.data.get("from")}
+            "actor": event.data.get("from"), "calendar": None}
 
 
 def match_trigger(trigger: Trigger, event: Event, entity: dict[str, Any]) -> str | None:
@@ -242,12 +262,94 @@ def _chat_filter(wanted: Any, event: Event, entity: dict) -> str | None:
     return None if str(chat) in names else f"chat is {chat!r}, not {describe(wanted)}"
 
 
+def _file_name_filter(wanted: Any, event: Event, entity: dict) -> str | None:
+    """`file_name:` a pattern (`*` = any text) or a template rendered against the entity, e.g.
+    'Отчет по проекту "{{ entity.name }}"'; a list = any. See conditions.name_matches."""
+    name = (event.data.get("file") or {}).get("name")
+    patterns = wanted if isinstance(wanted, list) else [wanted]
+    try:
+        rendered = [render(str(p), {"entity": entity, "event": event.to_dict(), "data": event.data})
+                    for p in patterns]
+    except TemplateProblem as exc:
+        return f"file_name: {exc}"
+    if name and any(name_matches(name, p) for p in rendered):
+        return None
+    return f"file is {name!r}, not {describe(rendered if len(rendered) > 1 else rendered[0])}"
+
+
+def _result_filter(wanted: Any, event: Event, entity: dict) -> str | None:
+    """`result:` the text a task was closed with (amoCRM's task result), whole, without regard to
+    case (`*` = any text); a list = any."""
+    result = event.data.get("result") or entity.get("result")
+    patterns = wanted if isinstance(wanted, list) else [wanted]
+    if result and any(wildcard_matches(result, p) for p in patterns):
+        return None
+    return f"task result is {result!r}, not {describe(wanted)}"
+
+
+def _undo_filter(wanted: Any, event: Event, entity: dict) -> str | None:
+    """`undo: false`: not the stage change crmbridge caused by undoing a refused move
+    (`move_to_stage: {undo: true}`; the worker marks it `data.undo`)."""
+    undo = bool(event.data.get("undo"))
+    return None if undo == bool(wanted) else ("crmbridge put the record back here (undo)" if undo
+                                              else "not a move crmbridge undid")
+
+
 _FILTERS = {"stage": _stage_filter("stage", "stage"),
             "from_stage": _stage_filter("previous_stage", "previous stage"),
             "pipeline": _stage_filter("pipeline", "pipeline"),
             "field": _field_filter, "button": _button_filter, "text": _text_filter,
-            "chat": _chat_filter}
+            "chat": _chat_filter, "file_name": _file_name_filter, "result": _result_filter,
+            "undo": _undo_filter}
 TRIGGER_FILTERS = tuple(_FILTERS)
+
+
+def filter_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a trigger filter's value (checked when the rule files load), or None."""
+    if name == "undo" and not isinstance(value, bool):
+        return f"undo: expected true or false, found {value!r}"
+    if name in ("file_name", "result"):
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) and v.strip() for v in values):
+            what = "a file name pattern such as 'Договор*'" if name == "file_name" else "a task result text"
+            return f"{name}: expected {what} or a list of them, found {value!r}"
+        for v in values:
+            try:
+                check_syntax(v)
+            except TemplateProblem as exc:
+                return f"{name}: {exc}"
+    return None
+
+
+def data_needs(rules: list[Rule], kinds: set[str] | None = None) -> set[str]:
+    """What the worker must read besides the record itself for these rules (all of them, or those
+    listening to `kinds` plus every guarded timer, whose guard any event may check):
+    `tasks` (open_tasks, entity.tasks), `activity` (no_activity, stage_since, last_activity),
+    `files` (has_file, entity.files), `contacts` (entity.contact_cards: the linked contacts with
+    their fields), `parent` (a task's parent record: parent:, entity.parent.…)."""
+    needs: set[str] = set()
+    for rule in rules:
+        listening = kinds is None or bool(set(rule.trigger.events) & kinds)
+        if not listening and not (rule.delay and rule.guard):
+            continue
+        conditions = [*rule.conditions, *rule.guard, *(rule.delay.until if rule.delay else ())]
+        text = " ".join([repr(conditions), repr([a.options for a in (*rule.actions, *rule.otherwise)]),
+                         rule.for_each or "", repr(rule.trigger.filters)])
+        if not listening:  # another event may only check this timer's guard
+            conditions, text = list(rule.guard), repr(list(rule.guard))
+        for need, kinds_, words in _NEEDS:
+            if any(f"'{k}'" in repr(conditions) for k in kinds_) or re.search(words, text):
+                needs.add(need)
+        if "'stage': 'current'" in repr(conditions) or "'stage': 'previous'" in repr(conditions):
+            needs.add("activity")
+    return needs
+
+
+_NEEDS = (("tasks", ("open_tasks",), r"\.tasks\b"),
+          ("activity", ("no_activity",), r"\b(last_activity|stage_since)\b"),
+          ("files", ("has_file",), r"\.files\b"),
+          ("contacts", (), r"\.contact_cards\b"),
+          ("parent", ("parent",), r"parent\.(?!id\b|type\b)\w+|parent\["))
 
 
 def plan(event: Event, entity: dict[str, Any], ruleset: RuleSet, now: datetime,
@@ -256,7 +358,7 @@ def plan(event: Event, entity: dict[str, Any], ruleset: RuleSet, now: datetime,
     result = Plan()
     for rule in ruleset.rules:
         cal = ruleset.calendar_for(rule, event.connection)
-        ctx = RuleContext(event, entity, rule, now, cal, template_context(event, entity, rule, now))
+        ctx = RuleContext(event, entity, rule, now, cal, {**template_context(event, entity, rule, now), "calendar": cal})
         _cancel_on(rule, ctx, result)
         reason = match_trigger(rule.trigger, event, entity)
         failed = None if reason else check_all(list(rule.conditions), ctx.template)
@@ -284,7 +386,7 @@ def plan_fired(timer: dict[str, Any], event: Event, entity: dict[str, Any], rule
         result.skipped.append((timer["rule"], "the rule no longer exists in the rule files"))
         return result
     cal = ruleset.calendar_for(rule, event.connection)
-    ctx = RuleContext(event, entity, rule, now, cal, template_context(event, entity, rule, now))
+    ctx = RuleContext(event, entity, rule, now, cal, {**template_context(event, entity, rule, now), "calendar": cal})
     reason = check_all(list(rule.guard), ctx.template)
     if reason:
         result.skipped.append((rule.name, f"guard no longer holds: {reason}"))
@@ -335,7 +437,7 @@ def _plan_specs(rule: Rule, ctx: RuleContext, modules: dict[str, Module], result
         for sub, step in enumerate(steps):
             index = f"{number}.{sub}" if len(steps) > 1 else str(number)
             result.actions.append(PlannedAction(
-                rule=rule.name, rule_id=rule.id, step=number, connection=step.connection or ctx.event.connection,
+                rule=rule.name, rule_id=rule.id, step=number, connection=step.connection or ctx.default_connection,
                 method=step.method, args=step.args, key=f"{ctx.event.id}|{rule.id}{suffix}|{index}"))
 
 
@@ -351,7 +453,7 @@ def _target(value: Any, ctx: RuleContext) -> dict[str, str] | None:
 
 def _plan_timer(rule: Rule, ctx: RuleContext, result: Plan, occurrence: int = 0) -> None:
     try:
-        fire_at = fire_time(rule.delay, ctx)
+        fire_at = fire_time(rule.delay, ctx, first=occurrence == 0)
     except (ValueError, TypeError) as exc:
         result.skipped.append((rule.name, f"cannot compute when to fire: {exc}"))
         return
@@ -373,7 +475,10 @@ def _cancel_on(rule: Rule, ctx: RuleContext, result: Plan) -> None:
         if match_trigger(cancel.trigger, ctx.event, ctx.entity):
             continue
         try:
-            target = _target(render_value(cancel.entity, ctx.template), ctx)
+            rendered = render_value(cancel.entity, ctx.template)
+            # "task:" — the event names no record (a form answer left empty): nothing to cancel
+            named = str(rendered or "").partition(":")[2].strip()
+            target = _target(rendered, ctx) if named else None
         except (TemplateProblem, ValueError) as exc:
             result.errors.append((rule.name, f"{rule.where}: cancel_on: {exc}"))
             continue
@@ -398,7 +503,7 @@ def schedule_timer(rule: Rule, ruleset: RuleSet, now: datetime) -> PlannedTimer:
 
 def _maybe_cancel(rule: Rule, ctx: RuleContext, result: Plan) -> None:
     """A delayed rule's entity left the state the rule waits in: its timer goes."""
-    if rule.delay is None or not rule.guard:
+    if rule.delay is None or not rule.guard or rule.keep_timer:
         return
     if rule.trigger.connections and ctx.event.connection not in rule.trigger.connections:
         return
@@ -413,15 +518,20 @@ def _maybe_cancel(rule: Rule, ctx: RuleContext, result: Plan) -> None:
 
 def describe_delay(delay: Delay) -> str:
     if delay.kind in ("after", "every") and delay.field is None:
-        return f"{delay.kind} {delay.duration}"
+        return f"{delay.kind} {delay.duration}" + (f" from now + {' + '.join(map(str, delay.start))}" if delay.start else "")
+    if delay.kind == "every":
+        starts = "".join(f" + {d}" for d in delay.start)
+        return f"every {delay.duration} from field {delay.field!r}{starts}"
     offset = f" {delay.duration}" if delay.duration else ""
     return f"{delay.kind}{offset} field {delay.field!r}"
 
 
-def fire_time(delay: Delay, ctx: RuleContext) -> datetime | None:
+def fire_time(delay: Delay, ctx: RuleContext, first: bool = False) -> datetime | None:
     """When a delayed rule fires for this event, in the rule's calendar."""
     cal = ctx.calendar
-    if delay.field is None:
+    if delay.kind == "every" and first and (delay.start or delay.field):
+        return _first_of_every(delay, ctx)
+    if delay.field is None or delay.kind == "every":
         start = ctx.now
         if delay.kind == "every" and delay.duration and delay.duration.working:
             start = cal.next_working_moment(start)
@@ -430,10 +540,28 @@ def fire_time(delay: Delay, ctx: RuleContext) -> datetime | None:
     if value in (None, "", []):
         return None
     base = to_datetime(value, cal, delay.at_time or time(9, 0))
+    if delay.at_time is not None:  # `time:` sets the time of day of the field's date (amoCRM dates are midnight)
+        tz = ZoneInfo(cal.timezone)
+        base = datetime.combine(base.astimezone(tz).date(), delay.at_time, tz)
     if delay.duration is not None:
         sign = -1 if delay.kind == "before" else 1
         base = delay.duration.apply(base, cal, sign=sign)
     return max(base, ctx.now)
+
+
+def _first_of_every(delay: Delay, ctx: RuleContext) -> datetime | None:
+    """`every: {start: 10 days, …}` or `every: {field: "Decision date", start: [7 days, 5 working days]}`:
+    the first firing, moved into working time when the interval is a working one (as every later one)."""
+    cal = ctx.calendar
+    begin = ctx.now
+    if delay.field:
+        value = (ctx.entity.get("fields") or {}).get(delay.field)
+        if value in (None, "", []):
+            return None
+        begin = to_datetime(value, cal, delay.at_time or time(9, 0))
+    for step in delay.start:
+        begin = step.apply(begin, cal)
+    return max(cal.next_working_moment(begin) if delay.duration.working else begin, ctx.now)
 
 
 def _jitter(ctx: RuleContext) -> float:

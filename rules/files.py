@@ -17,7 +17,7 @@ from config.loader import ConfigError, ConfigErrors, line_of, load_yaml
 from connectors.base import EVENT_KINDS
 from rules.calendar import CalendarError, WorkingCalendar, parse_duration
 from rules.conditions import validate as condition_problem
-from rules.engine import ActionSpec, CancelOn, Delay, Rule, RuleSet, TRIGGER_FILTERS, Trigger, rule_id
+from rules.engine import ActionSpec, CancelOn, Delay, Rule, RuleSet, TRIGGER_FILTERS, Trigger, filter_problem, rule_id
 from rules.templates import TemplateProblem, check_expression, check_syntax, is_template
 
 DELAY_KEYS = ("after", "at", "before", "every")
@@ -38,12 +38,13 @@ class RuleSchema(Schema):
     after = fields.Raw(metadata={"expected": "a duration such as '3 working days', or {field, by}"})
     at = fields.Raw(metadata={"expected": "{field: <date field>, time: 'HH:MM'}"})
     before = fields.Raw(metadata={"expected": "{field: <date field>, by: <duration>}"})
-    every = fields.Raw(metadata={"expected": "{interval: <duration>, until: [conditions]}"})
+    every = fields.Raw(metadata={"expected": "{interval: <duration>, start: <duration>, until: [conditions]}"})
     calendar = fields.String(load_default=None, metadata={"expected": "a calendar name from connections.yaml"})
     do = fields.List(fields.Raw(), required=True, metadata={"expected": "a list of actions"})
     otherwise = fields.List(fields.Raw(), metadata={"expected": "a list of actions for when a condition fails"})
     cancel_on = fields.Raw(metadata={"expected": "{event: <kind>, entity: 'type:id'}"})
     for_each = fields.String(metadata={"expected": "an expression giving a list, e.g. entity.fields['Bloggers']"})
+    keep_timer = fields.Boolean(load_default=False, metadata={"expected": "true or false"})
 
 
 class _Collector:
@@ -141,7 +142,9 @@ def _rule(item: Any, index: int, parent: list, defaults: Mapping[str, Any], col:
     calendar = data["calendar"] or defaults.get("calendar")
     if calendar and calendar not in ruleset.calendars:
         col.add(item, "calendar", crumb, f"calendar: no calendar {calendar!r} in connections.yaml")
-    actions = _actions(item["do"], col, crumb, modules)
+    # `do: []` with `otherwise:` is a gate: nothing to do when the conditions hold
+    gate = item["do"] == [] and bool(item.get("otherwise"))
+    actions = [] if gate else _actions(item["do"], col, crumb, modules)
     otherwise = _actions(item["otherwise"], col, crumb + "otherwise → ", modules) if "otherwise" in item else []
     cancel_on: list[CancelOn] = []
     if "cancel_on" in item and delay is None:
@@ -159,7 +162,8 @@ def _rule(item: Any, index: int, parent: list, defaults: Mapping[str, Any], col:
     return Rule(id=rule_id(col.shown, data["name"]), name=data["name"], file=col.shown,
                 line=line_of(parent, index), trigger=trigger, conditions=tuple(conditions),
                 delay=delay, guard=tuple(guard), actions=tuple(actions), calendar=calendar,
-                otherwise=tuple(otherwise), for_each=for_each, cancel_on=tuple(cancel_on))
+                otherwise=tuple(otherwise), for_each=for_each, cancel_on=tuple(cancel_on),
+                keep_timer=data["keep_timer"])
 
 
 def _report(messages: Any, node: Any, schema: Schema, col: _Collector, crumb: str, prefix: str = "") -> None:
@@ -204,6 +208,10 @@ def _trigger(on: Any, item: dict, defaults: Mapping[str, Any], col: _Collector, 
         if key not in known:
             col.add(spec, key, crumb, f"on: unknown key {key!r}; expected one of: {', '.join(sorted(known))}")
     filters = tuple((k, spec[k]) for k in TRIGGER_FILTERS if k in spec)
+    for key, value in filters:
+        problem = filter_problem(key, value)
+        if problem:
+            col.add(spec if hasattr(spec, "lines") else item, key, crumb, f"on → {problem}")
     return Trigger(events=tuple(str(e) for e in events), connections=tuple(conns),
                    entity=spec.get("entity"), filters=filters, schedule=schedule)
 
@@ -276,8 +284,15 @@ def _delay(item: dict, col: _Collector, crumb: str) -> Delay | None:
                 problem = condition_problem(cond)
                 if problem:
                     col.add(until, i, crumb, f"every → until[{i}]: {problem}")
+            unknown = set(spec) - {"interval", "until", "start", "field", "time"}
+            if unknown:
+                raise CalendarError(f"unknown key {min(unknown)!r}; expected interval, start, field, time, until")
+            starts = spec.get("start") or []
+            starts = starts if isinstance(starts, list) else [starts]
             return Delay("every", duration=parse_duration(str(spec.get("interval"))),
-                         until=tuple(dict(c) for c in until))
+                         until=tuple(dict(c) for c in until), start=tuple(parse_duration(str(d)) for d in starts),
+                         field=str(spec["field"]) if spec.get("field") else None,
+                         at_time=_clock(spec["time"]) if spec.get("time") else None)
         if not isinstance(value, dict) or not value.get("field"):
             raise CalendarError(f"expected {{field: <date field>{', by: <duration>' if kind != 'at' else ''}}}, found {value!r}")
         by = value.get("by") or value.get("offset")

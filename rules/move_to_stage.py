@@ -3,6 +3,11 @@
     do:
       - move_to_stage: "Proposal approval"     # stage name as the CRM shows it, or its id
       - move_to_stage: {stage: "Getting the brief", pipeline: Sales}
+      - move_to_stage: {stage: Paid, only_forward: true}   # never back: a deal already past
+                                                            # "Paid" in its pipeline stays (amoCRM)
+      - move_to_stage: {stage: "{{ entity.previous_stage.id }}", undo: true}
+            # a gate putting the deal back: the CRM's stage change that follows comes with
+            # `data.undo`, so rules on entering that stage can skip it (`expr: "not data.undo"`)
 """
 from marshmallow import Schema, fields
 
@@ -14,8 +19,13 @@ class Options(Schema):
     stage = fields.String(required=True, metadata={"expected": "a stage name or id"})
     pipeline = fields.String(load_default=None, metadata={"expected": "a pipeline name or id"})
     connection = fields.String(load_default=None, metadata={"expected": "a CRM connection name"})
+    only_forward = fields.Boolean(load_default=False, metadata={"expected": "true or false"})
+    undo = fields.Boolean(load_default=False, metadata={"expected": "true or false"})
 
 
 def plan(ctx, options: dict) -> list:
+    extra = {"only_forward": True} if options["only_forward"] else {}  # only CRMs that know stage order
+    if options["undo"]:
+        extra["undo"] = True  # the worker's mark, not the CRM's (worker.remember_undo)
     return [ctx.step("move_to_stage", options["connection"], entity=ctx.entity_ref,
-                     stage=options["stage"], pipeline=options["pipeline"])]
+                     stage=options["stage"], pipeline=options["pipeline"], **extra)]

@@ -4,18 +4,68 @@ Jinja2 3.1.6 or later is required: earlier versions have known sandbox escapes.
 """
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
-                                   keep_trailing_newline=False)
-
 
 class TemplateProblem(ValueError):
     """A template could not be compiled or rendered."""
+
+
+def field_groups(fields: Any, names: Any) -> list[dict[str, Any]]:
+    """Numbered fields as a list, for `for_each` over a repeatable group of fields.
+
+    `entity.fields | field_groups({'blogger': 'ФИО блогера {i}', 'service': 'Услуга {i}.{j}',
+    'platform': 'Площадка {i}.{j}'})` gives one item per filled (i, j): {"blogger", "service",
+    "platform", "i", "j"}; without `{j}` in any name, one item per filled i. Only filled
+    values count (amoCRM leaves empty fields out), in the order of i, then j."""
+    if not isinstance(fields, dict) or not isinstance(names, dict) or not names:
+        raise TemplateProblem("field_groups: expected entity.fields | field_groups({key: 'Field {i}', …})")
+    patterns = {key: re.compile(re.escape(str(name)).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{j\}", r"(?P<j>\d+)"))
+                for key, name in names.items()}
+    inner = {key for key, name in names.items() if "{j}" in str(name)}
+    values: dict[tuple[str, int, int], Any] = {}
+    for field, value in fields.items():
+        for key, pattern in patterns.items():
+            m = pattern.fullmatch(str(field))
+            if m and value not in (None, "", [], {}):
+                values[(key, int(m["i"]) if "i" in m.re.groupindex else 0,
+                        int(m["j"]) if "j" in m.re.groupindex else 0)] = value
+    items = []
+    for i in sorted({i for _, i, _ in values}):
+        base = {key: values.get((key, i, 0)) for key in names if key not in inner}
+        js = sorted({j for key, ii, j in values if ii == i and key in inner})
+        if not inner:
+            items.append({**base, "i": i})
+        for j in js:
+            items.append({**base, **{key: values.get((key, i, j)) for key in inner}, "i": i, "j": j})
+    return items
+
+
+ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
+                                   keep_trailing_newline=False)
+ENV.filters["field_groups"] = field_groups
+
+
+def in_zone(moment: Any, zone: str) -> datetime:
+    """`{{ (now | in_zone('Europe/Kyiv')).date() }}`: a datetime (or ISO text) in a time zone, so a
+    date written to a field is the local day, not UTC's (23:30 in Kyiv is already tomorrow)."""
+    when = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    if not isinstance(when, datetime) or when.tzinfo is None:
+        raise TemplateProblem(f"in_zone: expected a timezone-aware datetime or ISO text, got {moment!r}")
+    try:
+        return when.astimezone(ZoneInfo(str(zone)))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise TemplateProblem(f"in_zone: {zone!r} is not a time zone such as 'Europe/Kyiv'") from None
+
+
+ENV.filters["in_zone"] = in_zone
 
 
 def is_template(value: Any) -> bool:

@@ -113,6 +113,7 @@ class FakeServer:
                 raw = self.rfile.read(length) if length else b""
                 call = Call(self.command, parts.path, parse_qs(parts.query),
                             decode_body(raw, self.headers.get("Content-Type", "")), dict(self.headers))
+                call.raw = raw
                 status, body, headers = fake._answer(call)
                 call.status = status
                 with fake.lock:
@@ -150,6 +151,18 @@ def decode_body(raw: bytes, content_type: str) -> Any:
     return raw
 
 
+def multipart_parts(call: Call) -> dict[str, dict[str, Any]]:
+    """A multipart request's file parts as {field: {"filename", "content": bytes}} (exact bytes)."""
+    content_type = call.headers.get("Content-Type", "")
+    raw = getattr(call, "raw", b"")
+    if "multipart/form-data" not in content_type or not raw:
+        return {}
+    message = BytesParser(policy=email_policy).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+    return {part.get_param("name", header="content-disposition"):
+            {"filename": part.get_filename(), "content": part.get_payload(decode=True)}
+            for part in message.iter_parts() if part.get_filename() is not None}
+
+
 def _maybe_json(value: str) -> Any:
     if value[:1] in "[{":
         try:
@@ -180,9 +193,10 @@ class FakeAmo(FakeServer):
         self.route("GET", r"/api/v4/users", lambda c, m: (200, {"_embedded": {"users": self.users}}, {}))
         self.route("GET", r"/api/v4/leads/custom_fields",
                    lambda c, m: (200, {"_embedded": {"custom_fields": self.fields}}, {}))
-        self.route("POST", r"/api/v4/tasks", self._created("tasks"))
+        self.route("POST", r"/api/v4/tasks", self._add_tasks)  # kept, so that lists and closing find them
         self.route("POST", r"/api/v4/leads/notes", self._created("notes"))
         self._more_routes()
+        self._playbook_routes()
 
     def add_lead(self, lead: dict[str, Any]) -> None:
         self.leads[int(lead["id"])] = lead
@@ -195,6 +209,8 @@ class FakeAmo(FakeServer):
 
     def _patch_lead(self, call: Call, m: re.Match):
         lead = self.leads.setdefault(int(m.group(1)), {"id": int(m.group(1))})
+        if "status_id" in call.body and hasattr(self, "events") and call.body["status_id"] != lead.get("status_id"):
+            self.move_lead(lead["id"], call.body["status_id"], call.body.get("pipeline_id"))
         lead.update({k: v for k, v in call.body.items() if k in ("status_id", "pipeline_id", "name", "price")})
         return 200, {"id": lead["id"], "updated_at": int(time.time())}, {}
 
@@ -281,12 +297,23 @@ class FakeAmo(FakeServer):
             new_id = next(self.ids)
             tags = [{"id": next(self.ids), "name": t["name"]} for t in lead.get("tags_to_add", [])]
             self.leads[new_id] = {**lead, "id": new_id, "_embedded": {"tags": tags}}
+            if hasattr(self, "clock"):  # read back as amoCRM shows it: field names, times, no contacts yet
+                names = {f["id"]: f["name"] for f in self.fields}
+                self.leads[new_id].update(
+                    created_at=int(self.clock()), updated_at=int(self.clock()), price=lead.get("price", 0),
+                    custom_fields_values=[{**cf, "field_name": names.get(cf["field_id"]), "field_code": None,
+                                           "field_type": "text"} for cf in lead.get("custom_fields_values", [])])
+                self.leads[new_id]["_embedded"].update(contacts=[], companies=[])
             made.append({"id": new_id, "request_id": str(i)})
         return 200, {"_embedded": {"leads": made}}, {"Content-Type": "application/hal+json"}
 
     def _link(self, call: Call, m: re.Match):
         lead_id = int(m.group(1))
         links = [{"entity_id": lead_id, "entity_type": "leads", **link} for link in call.body]
+        embedded = self.leads.get(lead_id, {}).get("_embedded")
+        if isinstance(embedded, dict) and "contacts" in embedded:  # the linked contacts show on the lead
+            embedded["contacts"] += [{"id": link["to_entity_id"], "is_main": (link.get("metadata") or {}).get("is_main", False)}
+                                     for link in call.body if link["to_entity_type"] == "contacts"]
         return 200, {"_total_items": len(links), "_embedded": {"links": links}}, {"Content-Type": "application/hal+json"}
 
     def _list_tasks(self, call: Call, m: re.Match):
@@ -295,7 +322,8 @@ class FakeAmo(FakeServer):
                  if q.get("filter[entity_type]") in (None, t["entity_type"])
                  and q.get("filter[entity_id]") in (None, str(t["entity_id"]))
                  and q.get("filter[is_completed]") in (None, str(int(t["is_completed"])))]
-        return self._page(call, "tasks", sorted(found, key=lambda t: t["id"]))
+        order = "complete_till" if q.get("order[complete_till]") else "id"  # tasks-api order[complete_till]=asc
+        return self._page(call, "tasks", sorted(found, key=lambda t: (t.get(order) or 0, t["id"])))
 
     def _get_task(self, call: Call, m: re.Match):
         task = self.tasks.get(int(m.group(1)))
@@ -365,6 +393,60 @@ class FakeAmo(FakeServer):
             access, refresh = self.issue_tokens()
         return 200, {"token_type": "Bearer", "expires_in": 86400, "server_time": int(time.time()),
                      "access_token": access, "refresh_token": refresh}, {"Content-Type": "application/json"}
+
+    # --- added for playbook C: tasks kept with results, events, stage moves, copies -------------
+
+    def _playbook_routes(self) -> None:
+        self.clock: Callable[[], float] = time.time  # amoCRM's own time (created_at): tests move it
+        self.events: list[dict[str, Any]] = []
+        self.event_ids = itertools.count(1)
+        self.route("GET", r"/api/v4/events", self._list_events)
+
+    def add_event(self, lead_id: int, kind: str, at: float | None = None, **value_after: Any) -> None:
+        """An events-and-notes event of a lead ("incoming_call", "lead_status_changed"…)."""
+        self.events.append({"id": f"01evt{next(self.event_ids):020d}", "type": kind, "entity_id": int(lead_id),
+                            "entity_type": "lead", "created_by": 0, "created_at": int(at if at is not None else self.clock()),
+                            "value_after": [value_after] if value_after else [], "value_before": [],
+                            "account_id": 1231414})
+
+    def _add_tasks(self, call: Call, m: re.Match):
+        """POST /api/v4/tasks: an array; each kept as GET would show it (tasks-api)."""
+        made = []
+        for i, task in enumerate(call.body):
+            new_id = next(self.ids)
+            now = int(self.clock())
+            self.tasks[new_id] = {"id": new_id, "created_by": 0, "updated_by": 0, "created_at": now, "updated_at": now,
+                                  "responsible_user_id": task.get("responsible_user_id", 0), "group_id": 0,
+                                  "entity_id": task.get("entity_id"), "entity_type": task.get("entity_type"),
+                                  "duration": 0, "is_completed": False, "task_type_id": task.get("task_type_id", 1),
+                                  "text": task.get("text"), "result": [], "complete_till": task.get("complete_till"),
+                                  "account_id": 1231414}
+            made.append({"id": new_id, "request_id": str(i)})
+        return 200, {"_embedded": {"tasks": made}}, {"Content-Type": "application/hal+json"}
+
+    def close_task(self, task_id: int, result: str = "") -> dict[str, Any]:
+        """A user closes a task in amoCRM (with a result text, as the task card asks)."""
+        task = self.tasks[int(task_id)]
+        task.update(is_completed=True, result={"text": result} if result else [], updated_at=int(self.clock()))
+        return task
+
+    def move_lead(self, lead_id: int, status_id: int, pipeline_id: int | None = None) -> None:
+        """A user drags the lead to another stage: the lead changes and a lead_status_changed event is kept."""
+        lead = self.leads[int(lead_id)]
+        before = {"lead_status": {"id": lead.get("status_id"), "pipeline_id": lead.get("pipeline_id")}}
+        lead["status_id"], lead["pipeline_id"] = status_id, pipeline_id or lead.get("pipeline_id")
+        self.add_event(lead_id, "lead_status_changed", lead_status={"id": status_id, "pipeline_id": lead["pipeline_id"]})
+        self.events[-1]["value_before"] = [before]
+
+    def _list_events(self, call: Call, m: re.Match):
+        """GET /api/v4/events: filter[entity], filter[entity_id][], filter[type][]; newest first."""
+        q = call.query
+        ids = set(q.get("filter[entity_id][]", []) + q.get("filter[entity_id]", []))
+        types = set(q.get("filter[type][]", []) + q.get("filter[type]", []))
+        entity = (q.get("filter[entity]") or [None])[0]
+        found = [e for e in self.events if (not ids or str(e["entity_id"]) in ids) and (not types or e["type"] in types)
+                 and entity in (None, e["entity_type"])]
+        return self._page(call, "events", sorted(found, key=lambda e: -e["created_at"]))
 
 
 # --- Telegram Bot API ----------------------------------------------------------------------------

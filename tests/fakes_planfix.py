@@ -12,7 +12,7 @@ import itertools
 import re
 from typing import Any
 
-from tests.fakes import Call, FakeServer
+from tests.fakes import Call, FakeServer, multipart_parts
 
 OK = {"result": "success"}
 
@@ -46,6 +46,8 @@ class FakePlanfix(FakeServer):
         self.route("GET", r"/rest/process/task", lambda c, m: (200, {**OK, "processes": self.processes}, {}))
         self.route("GET", r"/rest/process/task/(\d+)/statuses", self._statuses)
         self.route("POST", r"/rest/user/list", self._users)
+        self._file_routes()
+        self.route("POST", r"/rest/task/list", self._list_tasks)
 
     def store(self, kind: str) -> dict[int, dict[str, Any]]:
         return self.tasks if kind == "task" else self.contacts
@@ -66,13 +68,18 @@ class FakePlanfix(FakeServer):
         for key, value in (call.body or {}).items():
             if key == "customFieldData":
                 kept = {d["field"]["id"]: d for d in item.get("customFieldData", [])}
-                kept.update({d["field"]["id"]: d for d in value})
+                kept.update({d["field"]["id"]: self.named(kind, d) for d in value})
                 item["customFieldData"] = list(kept.values())
             else:
                 item[key] = value
         if kind == "task" and number in self.locked:  # "the change is queued": 202, no body
             return 202, b"", {}
         return 200, b"", {}
+
+    def named(self, kind: str, value: dict[str, Any]) -> dict[str, Any]:
+        """A written field value as a later GET shows it: the field with its name and type."""
+        meta = next((f for f in self.custom_fields[kind] if f["id"] == value["field"]["id"]), None)
+        return {**value, "field": {**value["field"], **meta}} if meta else value
 
     def _create(self, call: Call, m: re.Match):
         number = next(self.ids)
@@ -105,3 +112,46 @@ class FakePlanfix(FakeServer):
         start, size = int(call.body.get("offset", 0)), int(call.body.get("pageSize", 100))
         return 200, {**OK, "users": self.users[start:start + size]}, {}
 
+    def _list_tasks(self, call: Call, m: re.Match):
+        """POST /task/list: complex filters type 5 (project) and 73 (parent task), "equal" only."""
+        body = call.body or {}
+        found = sorted(self.tasks.values(), key=lambda t: t["id"])
+        for flt in body.get("filters") or []:
+            key = {5: "project", 73: "parent"}.get(int(flt["type"]))
+            if key is None or flt.get("operator") != "equal":
+                return 400, {"result": "fail", "code": 41, "error": "Invalid parameter value"}, {}
+            found = [t for t in found if str((t.get(key) or {}).get("id")) == str(flt["value"])]
+        start, size = int(body.get("offset", 0)), int(body.get("pageSize", 100))
+        return 200, {**OK, "tasks": [copy.deepcopy(t) for t in found[start:start + size]]}, {}
+
+
+    # --- files: FileApi postFileUpload (POST /file/, multipart "file"), getFileId, download ----------
+
+    def _file_routes(self) -> None:
+        self.files: dict[int, dict[str, Any]] = {}
+        self.route("POST", r"/rest/file/", self._upload)
+        self.route("GET", r"/rest/file/(\d+)", self._file)
+        self.route("GET", r"/rest/file/(\d+)/download", self._download)
+
+    def add_file(self, number: int, name: str, content: bytes) -> None:
+        self.files[number] = {"id": number, "name": name, "content": content}
+
+    def _upload(self, call: Call, m: re.Match):
+        parts = multipart_parts(call)
+        if "file" not in parts:
+            return 400, {"result": "fail", "code": 40, "error": "file is required"}, {}
+        number = next(self.ids)
+        self.add_file(number, parts["file"]["filename"], parts["file"]["content"])
+        return 200, {**OK, "id": number}, {}
+
+    def _file(self, call: Call, m: re.Match):
+        found = self.files.get(int(m.group(1)))
+        if found is None:  # 7000-7003: file errors
+            return 400, {"result": "fail", "code": 7000, "error": "file not found"}, {}
+        return 200, {**OK, "file": {"id": found["id"], "name": found["name"], "size": len(found["content"])}}, {}
+
+    def _download(self, call: Call, m: re.Match):
+        found = self.files.get(int(m.group(1)))
+        if found is None:
+            return 400, {"result": "fail", "code": 7000, "error": "file not found"}, {}
+        return 200, found["content"], {"Content-Type": "application/octet-stream"}

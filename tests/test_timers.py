@@ -3,7 +3,7 @@ fresh CRM data, moved and cancelled by later events."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import requests
@@ -60,9 +60,16 @@ def post(live_server: str, name: str, body: bytes | None = None) -> None:
 
 
 def scheduler_pass(runtime) -> None:
-    """One pass of RQ's real scheduler (it moves due jobs to the queue), then the worker."""
+    """One look for due timers (what every worker.py does 5 times a second: the due ones become
+    RQ jobs at the front of the queue), then a real RQ worker with its scheduler."""
+    runtime.backend.fire_due_timers()
     SimpleWorker([runtime.backend.queue], connection=runtime.store, serializer=JSONSerializer).work(
         burst=True, with_scheduler=True)
+
+
+def scheduled(runtime) -> list[str]:
+    """The timer ids waiting in the schedule (each timer is kept once: there, and its data by id)."""
+    return [t.decode() for t in runtime.store.zrange(runtime.keys("timers"), 0, -1)]
 
 
 def pending(runtime) -> list[dict]:
@@ -112,8 +119,8 @@ def test_leaving_the_stage_cancels_the_timer(live_server, runtime, fake_amo, at)
         b"1456820780", b"1456820999")
     post(live_server, "", moved)
     run_worker(runtime)
-    assert pending(runtime) == []
-    assert runtime.backend.queue.scheduled_job_registry.count == 0
+    assert pending(runtime) == [] and scheduled(runtime) == []
+    assert runtime.store.hlen(runtime.keys("timer-data")) == 0
 
 
 def test_meeting_reminder_moves_with_the_meeting(live_server, runtime, fake_amo, at):
@@ -133,9 +140,10 @@ def test_meeting_reminder_moves_with_the_meeting(live_server, runtime, fake_amo,
     [moved] = [t for t in pending(runtime) if t["rule"] == "Meeting reminder"]
     assert datetime.fromisoformat(moved["fire_at"]) == datetime(2026, 12, 2, 14, tzinfo=timezone.utc)
     assert moved["timer_id"] == meeting["timer_id"]
-    # the old job is gone from RQ's schedule: only the moved one is left there
-    ids = runtime.backend.queue.scheduled_job_registry.get_job_ids()
-    assert len([i for i in ids if i.startswith("crmbridge-timer-")]) == 2  # brief + meeting reminders
+    # the timer was moved, not added: the schedule holds the brief and the meeting reminders once
+    assert sorted(scheduled(runtime)) == sorted(t["timer_id"] for t in pending(runtime)) and len(scheduled(runtime)) == 2
+    assert runtime.store.zscore(runtime.keys("timers"), moved["timer_id"]) == datetime(
+        2026, 12, 2, 14, tzinfo=UTC).timestamp()
 
 
 def test_a_stale_timer_job_does_nothing(runtime, fake_amo, at, live_server):
@@ -209,3 +217,72 @@ def test_cancel_on_an_event_about_another_record(config_dir, settings, fake_amo,
                 headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret"})
     run_worker(rt)
     assert pending(rt) == []
+
+
+def a_timer(runtime, fire_at: datetime, timer_id: str = "timer:t1:quickstart-amo:lead:31926520") -> dict:
+    event = {"id": "e1", "connection": "quickstart-amo", "source": "amocrm", "kind": "stage.changed",
+             "entity": {"type": "lead", "id": "31926520"}, "data": {}, "raw": None,
+             "occurred_at": fire_at.isoformat(), "dedupe_window": None}
+    timer = {"rule": "Brief reminder", "rule_id": "t1", "timer_id": timer_id, "fire_at": fire_at.isoformat(),
+             "entity": {"type": "lead", "id": "31926520"}, "event": event}
+    runtime.backend.schedule(timer)
+    return timer
+
+
+def test_a_timer_is_queued_at_its_exact_time_never_before(runtime):
+    when = datetime(2026, 11, 24, 10, 0, 0, 700000, tzinfo=UTC)   # not a whole second
+    a_timer(runtime, when)
+    assert runtime.backend.fire_due_timers(now=when.timestamp() - 0.001) == 0
+    assert runtime.backend.queue.count == 0
+    assert runtime.backend.fire_due_timers(now=when.timestamp()) == 1
+    [job] = runtime.backend.queue.jobs
+    assert job.args == [{"timer_id": "timer:t1:quickstart-amo:lead:31926520", "at": when.timestamp()}]
+
+
+def test_each_timer_is_stored_once_until_it_is_due(runtime):
+    a_timer(runtime, datetime(2026, 12, 24, 10, tzinfo=UTC))
+    assert runtime.backend.queue.scheduled_job_registry.count == 0 and runtime.backend.queue.count == 0
+    assert runtime.store.keys("rq:job:*") == []
+
+
+def test_two_workers_polling_queue_a_due_timer_once(runtime):
+    when = datetime(2026, 11, 24, 10, tzinfo=UTC)
+    a_timer(runtime, when)
+    later = when.timestamp() + 1
+    assert runtime.backend.fire_due_timers(now=later) + runtime.backend.fire_due_timers(now=later) == 1
+    assert runtime.backend.queue.count == 1 and pending(runtime) == []   # fired: off the schedule
+
+
+def test_a_timer_moved_after_it_was_read_is_not_queued_for_its_old_time(runtime):
+    when = datetime(2026, 11, 24, 10, tzinfo=UTC)
+    timer = a_timer(runtime, when)
+    job_args = ["timer:t1:quickstart-amo:lead:31926520", repr(when.timestamp()), "crmbridge-timer-x", "status", "queued"]
+    a_timer(runtime, when + timedelta(days=1))                            # moved by an event meanwhile
+    keys = [runtime.keys("timers"), "rq:job:crmbridge-timer-x", runtime.backend.queue.key, "rq:queues"]
+    assert runtime.backend._claim_timer(keys=keys, args=job_args) == 0    # a poller that read the old time
+    assert runtime.backend.queue.count == 0 and [t["fire_at"] for t in pending(runtime)] == [
+        (when + timedelta(days=1)).isoformat()]
+    assert timer["timer_id"] == pending(runtime)[0]["timer_id"]
+
+
+def test_a_queued_timer_that_was_moved_or_cancelled_meanwhile_does_nothing(runtime, fake_amo, at):
+    when = datetime(2026, 11, 24, 10, tzinfo=UTC)
+    timer = a_timer(runtime, when)
+    runtime.backend.fire_due_timers(now=when.timestamp())
+    [job] = runtime.backend.queue.jobs
+    a_timer(runtime, when + timedelta(hours=1))                           # moved after it was queued
+    assert worker.fire_timer(job.args[0]) == {"stale": True}
+    runtime.backend.cancel(timer["timer_id"])
+    assert worker.fire_timer(job.args[0]) == {"stale": True}
+    assert fake_amo.received("POST", "/api/v4/tasks") == []
+
+
+def test_timers_due_together_run_in_the_order_of_their_times(runtime):
+    when = datetime(2026, 11, 24, 10, tzinfo=UTC)
+    for minutes in (5, 0, 3):
+        a_timer(runtime, when + timedelta(minutes=minutes), timer_id=f"timer:t{minutes}:quickstart-amo:lead:1")
+    runtime.backend.queue.enqueue("math.floor", 1.5)                     # a webhook's job waiting already
+    assert runtime.backend.fire_due_timers(now=(when + timedelta(minutes=6)).timestamp()) == 3
+    assert [j.args[0].get("timer_id") if j.func_name == "worker.fire_timer" else j.func_name
+            for j in runtime.backend.queue.jobs] == [
+        "timer:t0:quickstart-amo:lead:1", "timer:t3:quickstart-amo:lead:1", "timer:t5:quickstart-amo:lead:1", "math.floor"]

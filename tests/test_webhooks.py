@@ -90,9 +90,9 @@ def test_invalid_configuration_refuses_to_start(config_dir, env):
     (config_dir / "rules" / "broken.yaml").write_text("rules:\n  - name: x\n    on: stage.changed\n    do: [{fly: 1}]\n")
     with pytest.raises(ConfigErrors) as exc:
         create_app(settings=Settings(config_dir=config_dir, redis_url=TEST_REDIS_URL, environ=env))
+    from rules import MODULES
     assert str(exc.value).splitlines()[0].endswith(
-        "broken.yaml:4: rule \"x\" → do[0]: unknown action 'fly'; expected one of: add_note, answer_button, "
-        "create_task, edit_buttons, move_to_stage, send_message, set_fields")
+        "broken.yaml:4: rule \"x\" → do[0]: unknown action 'fly'; expected one of: " + ", ".join(sorted(MODULES)))
 
 
 def test_a_failed_enqueue_leaves_no_seen_mark(client, runtime, monkeypatch):
@@ -100,7 +100,7 @@ def test_a_failed_enqueue_leaves_no_seen_mark(client, runtime, monkeypatch):
 
     def broken(*args, **kwargs):
         raise RedisConnectionError("connection lost while queueing")
-    monkeypatch.setattr(runtime.backend.queue, "enqueue", broken)
+    monkeypatch.setattr(runtime.backend, "_accept", broken)   # the one script that marks, numbers and queues
     body = payload("amocrm/lead_status_changed_full.form")
     assert client.post(AMO, data=body, content_type=FORM).status_code == 503
     assert runtime.store.keys(runtime.keys("seen", "*")) == []
@@ -125,3 +125,50 @@ def test_concurrent_copies_of_one_webhook_are_queued_once(live_server, runtime):
         t.join(timeout=10)
     assert sum(a["accepted"] for a in answers) == 1 and sum(a["duplicates"] for a in answers) == 7
     assert queued(runtime) == 1
+
+
+def test_the_queued_job_is_the_one_rq_would_have_written(client, runtime):
+    """accept() writes RQ's job hash itself (one Lua script): RQ must read back what enqueue() writes."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    import queueing
+    client.post(AMO, data=payload("amocrm/lead_status_changed_full.form"), content_type=FORM)
+    [job_id] = runtime.backend.queue.job_ids
+    job = Job.fetch(job_id, connection=runtime.store, serializer=JSONSerializer)
+    [event] = job.args
+    assert (job.func_name, job.origin, job.get_status()) == ("worker.handle_event", runtime.backend.queue.name, "queued")
+    assert job_id == queueing.job_id_for("event", event["id"]) and event["entity"] == {"type": "lead", "id": "31926520"}
+    assert (job.retries_left, job.retry_intervals) == (runtime.backend.retry.max, runtime.backend.retry.intervals)
+    assert job.failure_callback.__name__ == "on_job_failed" and job.description == "stage.changed lead:31926520"
+    assert (job.result_ttl, job.failure_ttl, job.timeout) == (queueing.RESULT_TTL, 30 * 24 * 3600, 180)
+    assert job.enqueued_at is not None
+    assert runtime.backend.queue.name.encode() in b"".join(runtime.store.smembers("rq:queues"))
+    assert runtime.backend.order.seq(event) == 1
+
+
+def test_queued_jobs_after_the_first_are_built_as_rq_builds_them(runtime):
+    """RQBackend.event_job builds RQ's job hash once through RQ, then by replacing the fields that
+    differ from event to event: the result must be field for field what RQ builds."""
+    import zlib
+
+    from rq.scripts import _build_hset_args
+
+    from connectors.base import Event
+    from tests.conftest import raw
+    backend = runtime.backend
+    conn = runtime.connections.connections["quickstart-amo"]
+    from connectors import CONNECTORS
+    first, = CONNECTORS["amocrm"].parse(raw("amocrm/lead_status_changed_full.form"), conn)
+    backend.event_job(first.to_dict())                               # the template
+    other = Event(**{**first.__dict__, "id": "quickstart-amo:other", "kind": "entity.updated"}).to_dict()
+    job_id, fields = backend.event_job(other)
+    job = backend.queue.create_job("worker.handle_event", args=(other,), job_id=job_id, **backend._job_options(other))
+    backend.queue._prepare_for_queue(job)
+    ours, theirs = dict(zip(fields[::2], fields[1::2])), dict(zip(*[iter(_build_hset_args(job))] * 2))
+    assert ours.keys() == theirs.keys()
+    for name in ("data",):
+        assert zlib.decompress(ours.pop(name)) == zlib.decompress(theirs.pop(name))
+    for name in ("created_at", "enqueued_at"):
+        assert ours.pop(name)[:16] == theirs.pop(name)[:16]      # the same minute: stamps differ by µs
+    assert ours == theirs

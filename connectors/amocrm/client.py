@@ -7,6 +7,7 @@ HTTP 204 with no body when nothing matches; single entities answer 204 when miss
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,7 @@ class Client(TokenAuth, BaseClient):
     """Actions on one amoCRM account through API v4."""
 
     rate_per_second = 7  # "not more than 7 requests per second" (developers.kommo.com/docs/limitations)
+    reports_sends = True  # every API call goes through request() (the token refresh is not an action)
     catch_up_entity = "lead"  # what changed_since() lists
     docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
 
@@ -117,8 +119,9 @@ class Client(TokenAuth, BaseClient):
                 data[key]["name"] = pipelines.get(data[key]["id"], {}).get("name")
         for key, pkey in (("stage", "pipeline"), ("previous_stage", "previous_pipeline")):
             if key in data:
-                data[key]["name"] = _stage_name(pipelines, data[key]["id"],
-                                                (data.get(pkey) or data.get("pipeline") or {}).get("id"))
+                pipeline_id = (data.get(pkey) or data.get("pipeline") or {}).get("id")
+                data[key]["name"] = _stage_name(pipelines, data[key]["id"], pipeline_id)
+                data[key]["position"] = _stage_position(pipelines, data[key]["id"], pipeline_id)
         for key in ("responsible", "previous_responsible"):
             if key in data:
                 data[key]["name"] = users.get(data[key]["id"])
@@ -130,7 +133,8 @@ class Client(TokenAuth, BaseClient):
             resp = self.request("GET", "/api/v4/leads/pipelines")
             result = {}
             for p in resp.json().get("_embedded", {}).get("pipelines", []):
-                statuses = {str(s["id"]): s["name"] for s in p.get("_embedded", {}).get("statuses", [])}
+                ordered = sorted(p.get("_embedded", {}).get("statuses", []), key=lambda s: s.get("sort", 0))
+                statuses = {str(s["id"]): s["name"] for s in ordered}  # in the pipeline's order (`sort`)
                 result[str(p["id"])] = {"name": p["name"], "statuses": statuses}
             return result
         return self.cached("pipelines", fetch)
@@ -224,6 +228,23 @@ class Client(TokenAuth, BaseClient):
         """True when the entity has no open task (also in record-only mode, where nothing is read)."""
         return not self.list_tasks(entity, open_only=True)
 
+    def overdue_tasks(self, before: str) -> list[dict[str, Any]]:
+        """Open tasks due before `before` (ISO 8601), oldest first, with the responsible user's name.
+
+        tasks-api filters by is_completed, responsible, type, entity and updated_at only; it has no
+        complete_till bound, so the list is ordered by complete_till (order[complete_till]=asc)
+        and read until the first task not yet due."""
+        limit = datetime.fromisoformat(before).timestamp()
+        params = {"filter[is_completed]": 0, "order[complete_till]": "asc"}
+        names, found = self.users(), []
+        for task in self.pages("/api/v4/tasks", "tasks", params):
+            if not task.get("complete_till") or task["complete_till"] >= limit:
+                break
+            item = normalize_task(task)
+            item["responsible"]["name"] = names.get(item["responsible"]["id"])
+            found.append(item)
+        return found
+
     def get_task(self, task_id: str | int) -> dict[str, Any] | None:
         """One task in the common shape, or None."""
         resp = self.request("GET", f"/api/v4/tasks/{task_id}")
@@ -250,6 +271,56 @@ class Client(TokenAuth, BaseClient):
         """PATCH /api/v4/tasks/{id} with is_completed and result.text (tasks-api, "Выполнение задачи")."""
         self.request("PATCH", f"/api/v4/tasks/{task_id}",
                      json_body={"is_completed": True, "result": {"text": result_text}})
+
+    def complete_tasks_matching(self, entity: Entity, pattern: str, result_text: str) -> list[str]:
+        """Close the entity's open tasks whose text matches `pattern` (a regex, any case)."""
+        closed = []
+        for task in self.list_tasks(entity, open_only=True):
+            if re.search(pattern, task["text"], re.IGNORECASE):
+                self.complete_task(task["id"], result_text)
+                closed.append(task["id"])
+        return closed
+
+    # --- what conditions read: tasks, activity, files, a task's parent ------------------------
+
+    # events-and-notes, "Типы событий": what counts as working on a deal. amoCRM's event list has
+    # no e-mail type; mail that lands in the deal's feed comes as a note or a chat message.
+    ACTIVITY_EVENTS = ("lead_status_changed", "incoming_call", "outgoing_call", "incoming_chat_message",
+                       "outgoing_chat_message", "incoming_sms", "outgoing_sms", "common_note_added",
+                       "attachment_note_added")
+    EVENTS_PAGE_LIMIT = 100  # events-and-notes: "Максимум – 100"
+
+    def list_events(self, entity: Entity, types: tuple[str, ...]) -> list[dict[str, Any]]:
+        """GET /api/v4/events?filter[entity]=lead&filter[entity_id][]=…&filter[type][]=…, all pages."""
+        params: dict[str, Any] = {"filter[entity]": entity.type, "filter[entity_id][]": int(entity.id),
+                                  "filter[type][]": list(types)}
+        return list(self.pages("/api/v4/events", "events", params, limit=self.EVENTS_PAGE_LIMIT))
+
+    def activity(self, entity: Entity) -> dict[str, Any]:
+        """When the entity entered its current stage (`stage_since`: its last lead_status_changed
+        event, else its creation) and its last call, message, note or stage move (`last_activity`)."""
+        events = self.list_events(entity, self.ACTIVITY_EVENTS)
+        moves = [e["created_at"] for e in events if e.get("type") == "lead_status_changed"]
+        since = max(moves) if moves else (self.get_raw(entity) or {}).get("created_at")
+        last = max((e["created_at"] for e in events), default=None)
+        return {"stage_since": utc_iso(since) if since else None, "last_activity": utc_iso(last) if last else None}
+
+    def rule_context(self, entity: Entity, needs: set[str] | frozenset[str]) -> dict[str, Any]:
+        """What the rules' conditions need besides the record: its open tasks, activity, files."""
+        if self.record_only or entity.type not in API_ENTITY:
+            return {}
+        found: dict[str, Any] = {}
+        if "tasks" in needs:
+            found["tasks"] = self.list_tasks(entity, open_only=True)
+        if "activity" in needs:
+            found.update(self.activity(entity))
+        if "files" in needs:
+            found["files"] = self.list_files(entity)
+        if "contacts" in needs and entity.type == "lead":
+            raw = self.get_raw(entity) or {}
+            ids = [str(c["id"]) for c in (raw.get("_embedded") or {}).get("contacts") or []]
+            found["contact_cards"] = [c for c in (self.get_contact(i) for i in ids) if c is not None]
+        return found
 
     # --- notes and files ---------------------------------------------------------------------
 
@@ -315,15 +386,29 @@ class Client(TokenAuth, BaseClient):
 
     # --- acting on leads and contacts --------------------------------------------------------
 
-    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> None:
-        """Move a lead to a stage (PATCH /api/v4/leads/{id} with status_id and pipeline_id)."""
+    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None,
+                      only_forward: bool = False) -> dict[str, Any] | None:
+        """Move a lead to a stage (PATCH /api/v4/leads/{id} with status_id and pipeline_id).
+
+        only_forward: read the lead first and leave it where it is when it already stands at or
+        past that stage of the same pipeline (statuses ordered by `sort`, leads_pipelines)."""
         body: dict[str, Any] = {}
         if not self.record_only:
             status_id, pipeline_id = self.resolve_stage(stage, pipeline)
             body = {"status_id": status_id, **({"pipeline_id": pipeline_id} if pipeline_id else {})}
+            if only_forward:
+                current = self.get_raw(entity) or {}
+                here, there = str(current.get("status_id")), str(status_id)
+                same = str(current.get("pipeline_id")) == str(pipeline_id or current.get("pipeline_id"))
+                pipelines = self.pipelines()
+                at = _stage_position(pipelines, here, str(current.get("pipeline_id")))
+                to = _stage_position(pipelines, there, str(current.get("pipeline_id")))
+                if same and at is not None and to is not None and to <= at:
+                    return {"moved": False, "reason": f"already at stage {here}, not before {there}"}
         else:
             body = {"status_id": stage, **({"pipeline_id": pipeline} if pipeline else {})}
         self.request("PATCH", f"/api/v4/leads/{entity.id}", json_body=body)
+        return {"moved": True}
 
     def set_fields(self, entity: Entity, fields: dict[str, Any]) -> None:
         """Write custom fields by name or id; a list writes several values (multiselect)."""
@@ -358,9 +443,11 @@ class Client(TokenAuth, BaseClient):
 
     def copy_entity(self, entity: Entity, pipeline: str, stage: str, responsible: str | int | None = None,
                     fields: dict[str, Any] | None = None, tags: list[str] | None = None,
-                    contacts: bool = True) -> int | None:
-        """Create a lead in another pipeline/stage with the source's name, price, custom fields and
-        tags (or `tags`), `fields` overriding by name; then link its contacts and company.
+                    contacts: bool = True, copy_fields: bool | list[str] = True,
+                    name: str | None = None) -> int | None:
+        """Create a lead in another pipeline/stage with the source's name (or `name`), price, custom
+        fields (all, none, or those named in `copy_fields`) and tags (or `tags`), `fields`
+        overriding by name; then link its contacts and company.
 
         POST /api/v4/leads takes an array (leads-api); links go through POST
         /api/v4/leads/{id}/link with to_entity_type contacts|companies (entity-links-api).
@@ -371,6 +458,12 @@ class Client(TokenAuth, BaseClient):
         source = self.get_raw(entity)
         if source is None:
             raise PermanentApiError(f"amoCRM has no {entity.type} {entity.id} to copy")
+        if copy_fields is not True:
+            keep = set(copy_fields or [])
+            source = {**source, "custom_fields_values": [cf for cf in source.get("custom_fields_values") or []
+                                                         if cf.get("field_name") in keep]}
+        if name:
+            source = {**source, "name": name}
         resp = self.request("POST", "/api/v4/leads", json_body=[self._copy_body(
             source, pipeline, stage, responsible, fields, tags)])
         new_id = resp.json()["_embedded"]["leads"][0]["id"]
@@ -418,7 +511,8 @@ def normalize_task(task: dict[str, Any]) -> dict[str, Any]:
             "responsible": {"id": str(task.get("responsible_user_id"))},
             "parent": {"type": SINGULAR.get(task.get("entity_type"), task.get("entity_type")),
                        "id": str(task.get("entity_id"))},
-            "task_type": task.get("task_type_id"), "result": result.get("text")}
+            "task_type": task.get("task_type_id"), "result": result.get("text"),
+            "created_at": utc_iso(task["created_at"]) if task.get("created_at") else None}
 
 
 def normalize_note(note: dict[str, Any]) -> dict[str, Any]:
@@ -480,6 +574,14 @@ def _links_of(lead: dict[str, Any]) -> list[dict[str, Any]]:
               "metadata": {"is_main": bool(c.get("is_main"))}} for c in embedded.get("contacts") or []]
     links += [{"to_entity_id": c["id"], "to_entity_type": "companies"} for c in embedded.get("companies") or []]
     return links
+
+
+def _stage_position(pipelines: dict[str, Any], stage_id: str, pipeline_id: str | None) -> int | None:
+    """The stage's place in its pipeline (0 first), by the statuses' `sort` (leads_pipelines)."""
+    for pid, p in pipelines.items():
+        if pipeline_id in (None, pid) and stage_id in p["statuses"]:
+            return list(p["statuses"]).index(stage_id)
+    return None
 
 
 def _stage_name(pipelines: dict[str, Any], stage_id: str, pipeline_id: str | None) -> str | None:

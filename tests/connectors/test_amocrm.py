@@ -115,7 +115,7 @@ def test_get_entity_normalizes_with_names(amo_client, fake_amo):
     fake_amo.users.append({"id": 321123, "name": "Maria"})
     lead = amo_client.get_entity(Entity("lead", "17657"))
     assert lead["name"] == "Тестовая сделка"
-    assert lead["stage"] == {"id": "2030", "name": "Content"}
+    assert lead["stage"] == {"id": "2030", "name": "Content", "position": 0}  # its place in the pipeline
     assert lead["pipeline"] == {"id": "1113", "name": "Realization"}
     assert lead["responsible"] == {"id": "321123", "name": "Maria"}
     assert lead["fields"] == {"Кастомное поле": "2020-05-08"}
@@ -515,7 +515,7 @@ def test_tasks_in_the_documented_shapes(amo_client, fake_amo):
     assert amo_client.get_task(56981) == {
         "id": "56981", "text": "Назначить встречу с клиентом", "completed": True, "due": "2019-12-09T16:53:43+00:00",
         "responsible": {"id": "123123"}, "parent": {"type": "lead", "id": "180765"}, "task_type": 2,
-        "result": "Результат есть"}
+        "result": "Результат есть", "created_at": "2019-12-09T16:48:43+00:00"}
     assert amo_client.get_entity(Entity("task", "56981")) == amo_client.get_task(56981)  # what snapshots read
     for task in json.loads((PAYLOADS / "amocrm/api_tasks_list.json").read_text())["_embedded"]["tasks"]:
         fake_amo.tasks[task["id"]] = task

@@ -18,10 +18,11 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
@@ -80,7 +81,7 @@ def open_test_db() -> Redis:
     conn = Redis.from_url(TEST_REDIS_URL)
     try:
         conn.ping()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the test Redis fails the test
         pytest.fail(f"Redis at {TEST_REDIS_URL} does not answer: {exc}")
     return conn
 
@@ -230,7 +231,7 @@ def percentile(values: list[float], p: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 # --- the web app on a real socket ------------------------------------------------------------------
@@ -241,7 +242,7 @@ class LiveApp:
     def __init__(self, settings: Settings):
         self.settings = settings
 
-    def __enter__(self) -> "LiveApp":
+    def __enter__(self) -> Self:
         import worker
         from webhooks import create_app
         self._previous_runtime = worker._runtime
@@ -254,7 +255,7 @@ class LiveApp:
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         import worker
         try:
             self.server.shutdown()
@@ -418,16 +419,16 @@ class ScriptedTelegram(Scripted, FakeTelegram):
 class Vendors:
     """FakeAmo and FakeTelegram (scripted), started and stopped together."""
 
-    def __enter__(self) -> "Vendors":
+    def __enter__(self) -> Self:
         self.amo = ScriptedAmo().start()
         self.tg = ScriptedTelegram().start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for fake in (self.amo, self.tg):
             try:
                 fake.stop()
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - stopping a fake must not hide the test's own failure
                 pass
 
     @property
@@ -447,7 +448,7 @@ def tally(vendors: Vendors, leads: list[int]) -> dict[str, Any]:
     handled = [lead for lead in leads if tasks[lead] == 1 and messages[lead] == 1]
     return {"handled": len(handled), "lost": len(lost), "duplicated": len(duplicated),
             "tasks": sum(tasks[lead] for lead in leads), "messages": sum(messages[lead] for lead in leads),
-            "lost_leads": lost[:20], "duplicated_leads": duplicated[:20]}
+            "lost_leads": lost[:20], "duplicated_leads": duplicated[:20], "lost_leads_all": lost}
 
 
 # --- RQ's bookkeeping ----------------------------------------------------------------------------------
@@ -479,7 +480,7 @@ def job_lead(store: Redis, job_id: str) -> int | None:
     try:
         job = Job.fetch(job_id, connection=store, serializer=JSONSerializer)
         return int(job.args[0]["entity"]["id"])
-    except Exception:
+    except Exception:  # noqa: BLE001 - a figure: a job gone or unreadable has no lead
         return None
 
 
@@ -512,19 +513,19 @@ class WorkerPool:
         self._logs: list[Any] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> Self:
         for slot in range(self.size):
             self.start(slot)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self, slot: int) -> subprocess.Popen:
         if self.starts >= self.max_starts:
             raise RuntimeError(f"more than {self.max_starts} worker starts")
         self.starts += 1
-        log = open(self.log_dir / f"worker-{slot}-{self.starts}.log", "wb")
+        log = open(self.log_dir / f"worker-{slot}-{self.starts}.log", "wb")  # noqa: SIM115 - open for the process's life, closed in stop()
         self._logs.append(log)
         proc = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -647,11 +648,11 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.kill()
 
     def start(self, timeout: float = 10.0, wait: bool = True) -> None:
@@ -663,7 +664,7 @@ class RedisServer:
                 "--appendonly", "yes" if self.durable else "no", "--appendfsync", "always",
                 "--dir", str(self.dir), "--daemonize", "no", "--maxmemory-policy", "noeviction",
                 *self.extra_args]
-        self.log = open(self.dir / f"redis-{self.starts}.log", "wb")
+        self.log = open(self.dir / f"redis-{self.starts}.log", "wb")  # noqa: SIM115 - open for the server's life, closed in kill()
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         if not wait:
             return
@@ -693,7 +694,7 @@ class RedisServer:
 def _pings(conn: Redis) -> bool:
     try:
         return bool(conn.ping())
-    except Exception:
+    except Exception:  # noqa: BLE001 - not answering, for any reason, is the answer
         return False
 
 

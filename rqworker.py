@@ -1,0 +1,250 @@
+"""crmbridge's RQ worker: RQ's SimpleWorker, made to give a dead worker's job back in seconds and to
+outlive a Redis outage. `worker.main` runs it; the reasons are RQ 2.12's own code:
+
+- A SimpleWorker's StartedJobRegistry entry gets the score now + job.timeout + 60 (240 s for our
+  180 s jobs) and is never refreshed while the job runs (rq/worker/worker_classes.py
+  SimpleWorker.get_heartbeat_ttl; only the forking Worker heartbeats, from its monitoring loop).
+  Here the entry lives `job_heartbeat_ttl` seconds (15 by default) and a thread of the worker
+  renews it every few seconds while the job runs: a SIGKILLed worker's entry expires 15 s later,
+  a live one's never does.
+- Maintenance (StartedJobRegistry.cleanup) runs only between two dequeues, and an idle worker
+  blocks in BLMOVE for worker_ttl - 15 = 405 s: here the block lasts at most maintenance_interval.
+- RQ's cleanup re-runs an abandoned job through its Retry interval, i.e. through the RQ scheduler,
+  whose lock (interval + 60 s) the dead worker's scheduler may hold for a minute: here an abandoned
+  job with retries left goes straight back to the front of its queue.
+- The maintenance lock RQ takes (rq:clean_registries:<queue>) expires after 899 s: a worker killed
+  while holding it would stop every cleanup for 15 minutes. Here it expires after CLEANING_LOCK_TTL.
+- A job moved into the intermediate list by a worker that died before it registered the job is
+  given back after INTERMEDIATE_GRACE seconds (RQ: after a minute, and through the scheduler).
+- RQ's work loop quits on any Redis error outside its dequeue (`run_supervised` starts a new
+  worker after Redis answers again) and waits up to 60 s between reconnections (here 5 s).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import SimpleWorker, worker_registration
+from rq.exceptions import AbandonedJobError
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.registry import (
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    StartedJobRegistry,
+)
+from rq.utils import current_timestamp, now, parse_composite_key
+from rq.worker import WorkerStatus
+
+log = logging.getLogger("crmbridge.rqworker")
+
+JOB_HEARTBEAT_TTL = 15      # seconds a started job stays registered without a heartbeat
+CLEANING_LOCK_TTL = 20      # seconds the maintenance lock outlives a worker killed while holding it
+INTERMEDIATE_GRACE = 10     # seconds a dequeued job may stay unregistered before it is given back
+
+# release the maintenance lock only if this worker still holds it
+RELEASE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class CrashSafeWorker(SimpleWorker):
+    """SimpleWorker whose started jobs are heartbeated by a thread and whose maintenance gives an
+    abandoned job back within about job_heartbeat_ttl + maintenance_interval seconds."""
+
+    max_connection_wait_time = 5.0   # RQ: up to 60 s between two tries to reach Redis while idle
+
+    def __init__(self, *args: Any, job_heartbeat_ttl: int = JOB_HEARTBEAT_TTL, **kwargs: Any):
+        self.job_heartbeat_ttl = max(3, int(job_heartbeat_ttl))
+        super().__init__(*args, **kwargs)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """Block for a job at most maintenance_interval seconds, so an idle worker runs its
+        maintenance on time (RQ blocks worker_ttl - 15 s)."""
+        return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        return self.job_heartbeat_ttl
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        beat = Heartbeat(self.connection, self.key, job, execution, self.job_heartbeat_ttl)
+        beat.start()
+        try:
+            self.perform_job(job, queue)
+        finally:
+            beat.stop()
+        self.set_state(WorkerStatus.IDLE)
+
+    def clean_registries(self) -> None:
+        """RQ's maintenance pass, with our recovery of abandoned jobs and a short-lived lock."""
+        for queue in self.queues:
+            lock = queue.registry_cleaning_key
+            if not self.connection.set(lock, self.name, nx=True, ex=CLEANING_LOCK_TTL):
+                continue
+            try:
+                self.log.debug("Worker %s: cleaning registries for queue: %s", self.name, queue.name)
+                recover_abandoned(queue, self._exc_handlers)
+                for registry in (FinishedJobRegistry, FailedJobRegistry, DeferredJobRegistry):
+                    registry(queue.name, connection=queue.connection, job_class=queue.job_class,
+                             serializer=queue.serializer).cleanup()
+                worker_registration.clean_worker_registry(queue)
+                give_back_unregistered(queue)
+            finally:
+                self.connection.eval(RELEASE_IF_OWNER, 1, lock, self.name)
+        self.last_cleaned_at = now()
+
+
+class Heartbeat:
+    """Keeps a running job's StartedJobRegistry entry (and its execution and worker keys) alive
+    while this process lives: every ttl/5 seconds, and never past the job's own timeout + 60 s
+    (RQ's death penalty stops the job at its timeout; a job past that is someone else's)."""
+
+    def __init__(self, connection: Redis, worker_key: str, job: Job, execution: Any, ttl: int):
+        self.connection, self.worker_key, self.job, self.execution, self.ttl = (
+            connection, worker_key, job, execution, ttl)
+        self.interval = max(1.0, ttl / 5)
+        self.limit = time.monotonic() + (job.timeout if job.timeout and job.timeout > 0 else 180) + 60
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rq-heartbeat-{job.id[-8:]}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def beat(self) -> None:
+        until = current_timestamp() + self.ttl
+        with self.connection.pipeline() as pipe:
+            # xx: an entry already removed (the job ended, or cleanup took it) is not brought back
+            pipe.zadd(StartedJobRegistry.key_template.format(self.job.origin),
+                      {self.execution.composite_key: until}, xx=True)
+            pipe.expire(self.execution.key, self.ttl)
+            pipe.zadd(f"rq:executions:{self.job.id}", {self.execution.id: until + 60}, xx=True)
+            pipe.expire(self.worker_key, self.ttl + 60)
+            pipe.execute()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if time.monotonic() > self.limit:
+                log.warning("job %s runs past its timeout: its heartbeat stops", self.job.id)
+                return
+            try:
+                self.beat()
+            except RedisError as exc:   # Redis away: try again at the next beat
+                log.warning("heartbeat of job %s failed: %s", self.job.id, exc)
+
+
+def recover_abandoned(queue: Queue, exception_handlers: list | None = None) -> list[str]:
+    """StartedJobRegistry.cleanup, except that a job with retries left goes back to the front of
+    its queue at once (RQ schedules it through its Retry interval). Returns the jobs given back."""
+    registry = queue.started_job_registry
+    expired = queue.connection.zrangebyscore(registry.key, 0, current_timestamp())
+    given_back = []
+    for raw in expired:
+        entry = raw.decode() if isinstance(raw, bytes) else raw
+        job_id, execution_id = parse_composite_key(entry)
+        # forget the dead execution first: its hash expires with the heartbeat, and a job whose
+        # execution list still names it fails when RQ cleans it up after its next run
+        # (ExecutionRegistry.get_executions: "Execution ... not found in Redis")
+        with queue.connection.pipeline() as pipe:
+            pipe.zrem(f"rq:executions:{job_id}", execution_id)
+            pipe.delete(f"rq:execution:{entry}")
+            pipe.execute()
+        job = queue.fetch_job(job_id)
+        if job is None:
+            queue.connection.zrem(registry.key, entry)
+            continue
+        job.execute_failure_callback(registry.death_penalty_class, AbandonedJobError, AbandonedJobError(),
+                                     traceback.extract_stack())
+        for handler in exception_handlers or []:
+            if handler(job, AbandonedJobError, AbandonedJobError(), traceback.extract_stack()) is False:
+                break
+        with queue.connection.pipeline() as pipe:
+            if job.retries_left and job.retries_left > 0:
+                job.retries_left -= 1
+                queue._enqueue_job(job, pipeline=pipe, at_front=True)
+                given_back.append(job.id)
+                log.warning("job %s abandoned by its worker: queued again (%s retries left)", job.id,
+                            job.retries_left)
+            else:
+                job.set_status(JobStatus.FAILED, pipeline=pipe)
+                job._handle_failure(f"Moved to FailedJobRegistry, due to AbandonedJobError, at {now()}", pipe,
+                                    worker_name="")
+                log.warning("job %s abandoned by its worker, no retries left: failed", job.id)
+            pipe.zrem(registry.key, entry)
+            pipe.execute()
+    return given_back
+
+
+def give_back_unregistered(queue: Queue, grace: float = INTERMEDIATE_GRACE) -> list[str]:
+    """Jobs moved into the intermediate list by a worker that died before registering them."""
+    intermediate = queue.intermediate_queue
+    started = {parse_composite_key(e.decode())[0] for e in queue.connection.zrange(queue.started_job_registry.key, 0, -1)}
+    given_back = []
+    for job_id in intermediate.get_job_ids():
+        if job_id in started:
+            continue
+        if queue.fetch_job(job_id) is None:
+            intermediate.remove(job_id)
+            continue
+        if intermediate.set_first_seen(job_id):
+            continue
+        first = intermediate.get_first_seen(job_id)
+        if first is not None and (now() - first).total_seconds() > grace:
+            with queue.connection.pipeline() as pipe:
+                pipe.lrem(intermediate.key, 1, job_id)
+                queue.push_job_id(job_id, pipeline=pipe, at_front=True)
+                pipe.delete(intermediate.get_first_seen_key(job_id))
+                pipe.execute()
+            given_back.append(job_id)
+            log.warning("job %s was dequeued by a worker that died before starting it: queued again", job_id)
+    return given_back
+
+
+def run_supervised(make_worker: Callable[[], CrashSafeWorker], ping: Callable[[], Any], *, burst: bool = False,
+                   logging_level: str = "INFO", max_pause: float = 30.0, max_runs: int | None = None) -> int:
+    """Run RQ's work loop; when it quits on an error (Redis gone in the middle of a job, a Redis
+    timeout), wait until Redis answers (backoff up to max_pause) and run a new worker. Stops on
+    SIGINT/SIGTERM (RQ's warm shutdown), in burst mode, or after max_runs (tests)."""
+    runs, pause = 0, 1.0
+    stop = threading.Event()
+
+    def stop_between_runs(signum: int, frame: Any) -> None:
+        stop.set()
+
+    while True:
+        runs += 1
+        worker = make_worker()
+        try:
+            worker.work(with_scheduler=True, burst=burst, logging_level=logging_level)
+        except RedisError as exc:   # bootstrap or teardown without Redis
+            log.error("worker %s stopped: %s", worker.name, exc)
+        if burst or worker._shutdown_requested_date is not None or (max_runs is not None and runs >= max_runs):
+            return 0
+        # RQ's handlers belong to the worker that quit: between runs a signal just stops us
+        signal.signal(signal.SIGTERM, stop_between_runs)
+        signal.signal(signal.SIGINT, stop_between_runs)
+        log.warning("worker %s quit its work loop; a new worker starts once Redis answers", worker.name)
+        while not stop.wait(pause):
+            try:
+                ping()
+                break
+            except RedisError as exc:
+                pause = min(pause * 2, max_pause)
+                log.warning("Redis still unavailable (%s); next try in %.0f s", exc, pause)
+        if stop.is_set():
+            return 0
+        pause = 1.0

@@ -1,0 +1,132 @@
+"""rqworker.py against RQ 2.12's own bookkeeping, in one process and without waiting: what a dead
+worker leaves in Redis (a StartedJobRegistry entry, an execution, a job in the intermediate list) is
+given back the way a live worker's maintenance pass gives it back."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from rq import Queue, Retry
+from rq.executions import Execution
+from rq.serializers import JSONSerializer
+
+from rqworker import (
+    CrashSafeWorker,
+    Heartbeat,
+    give_back_unregistered,
+    recover_abandoned,
+)
+from tests.reliability.harness import open_test_db
+
+QUEUE = "crmrel-rq"
+
+
+def job_of_a_dead_worker(store, retries: int = 3, ttl: int = 15):
+    """A job as a SimpleWorker leaves it when SIGKILLed mid-job: dequeued, registered, executing."""
+    queue = Queue(QUEUE, connection=store, serializer=JSONSerializer)
+    job = queue.enqueue("builtins.len", [1, 2], retry=Retry(max=retries, interval=[5, 30, 120][:retries]))
+    dead = CrashSafeWorker([queue], connection=store, serializer=JSONSerializer, maintenance_interval=2,
+                           job_heartbeat_ttl=ttl)
+    assert queue.dequeue_any([queue], None, connection=store, serializer=JSONSerializer)[0].id == job.id
+    execution = dead.prepare_execution(job)   # what RQ does before running it (registry entry, ttl)
+    store.lrem(queue.intermediate_queue_key, 1, job.id)
+    return queue, job, execution
+
+
+@pytest.fixture
+def store():
+    conn = open_test_db()
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+    conn.close()
+
+
+def test_a_started_job_is_registered_for_the_heartbeat_ttl_not_the_job_timeout(store):
+    queue, _job, execution = job_of_a_dead_worker(store, ttl=15)
+    expires_in = store.zscore(queue.started_job_registry.key, execution.composite_key) - time.time()
+    assert 13 < expires_in <= 15          # RQ's SimpleWorker: job.timeout + 60 = 240 s
+
+
+def test_the_heartbeat_renews_the_entry_and_never_brings_a_removed_one_back(store):
+    queue, job, execution = job_of_a_dead_worker(store, ttl=15)
+    key = queue.started_job_registry.key
+    store.zadd(key, {execution.composite_key: time.time() + 1})
+    Heartbeat(store, "rq:worker:nobody", job, execution, 15).beat()
+    assert store.zscore(key, execution.composite_key) - time.time() > 13
+    store.zrem(key, execution.composite_key)           # the job ended (or cleanup took it)
+    Heartbeat(store, "rq:worker:nobody", job, execution, 15).beat()
+    assert store.zscore(key, execution.composite_key) is None
+
+
+def test_an_expired_entry_goes_back_to_the_front_of_the_queue_at_once(store):
+    queue, job, execution = job_of_a_dead_worker(store)
+    other = queue.enqueue("builtins.len", [3])
+    assert recover_abandoned(queue) == []                 # not expired yet: a live worker's job
+    store.zadd(queue.started_job_registry.key, {execution.composite_key: time.time() - 1})
+    assert recover_abandoned(queue) == [job.id]
+    assert queue.get_job_ids() == [job.id, other.id]      # front, not through the scheduler
+    assert store.zcard(queue.started_job_registry.key) == 0
+    job.refresh()
+    assert job.retries_left == 2 and job.get_status() == "queued"
+    # the dead execution is forgotten, so RQ's cleanup after the re-run does not trip on it
+    assert [e.id for e in job.get_executions()] == []
+    assert not store.exists(f"rq:execution:{execution.composite_key}")
+
+
+def test_a_job_abandoned_with_no_retries_left_fails(store):
+    queue, job, execution = job_of_a_dead_worker(store, retries=1)
+    job.retries_left = 0
+    job.save()
+    store.zadd(queue.started_job_registry.key, {execution.composite_key: time.time() - 1})
+    assert recover_abandoned(queue) == []
+    assert job.get_status(refresh=True) == "failed"
+    assert job.id in queue.failed_job_registry.get_job_ids()
+
+
+def test_a_job_dequeued_by_a_worker_that_died_before_registering_it_comes_back(store):
+    queue = Queue(QUEUE, connection=store, serializer=JSONSerializer)
+    job = queue.enqueue("builtins.len", [1])
+    assert queue.dequeue_any([queue], None, connection=store, serializer=JSONSerializer)[0].id == job.id
+    assert store.lrange(queue.intermediate_queue_key, 0, -1) == [job.id.encode()]
+    assert give_back_unregistered(queue, grace=0.2) == []      # first seen now
+    time.sleep(0.3)
+    assert give_back_unregistered(queue, grace=0.2) == [job.id]
+    assert queue.get_job_ids() == [job.id] and store.llen(queue.intermediate_queue_key) == 0
+
+
+def test_a_registered_job_in_the_intermediate_list_is_left_alone(store):
+    queue = Queue(QUEUE, connection=store, serializer=JSONSerializer)
+    job = queue.enqueue("builtins.len", [1])
+    queue.dequeue_any([queue], None, connection=store, serializer=JSONSerializer)
+    worker = CrashSafeWorker([queue], connection=store, serializer=JSONSerializer, maintenance_interval=2)
+    worker.prepare_execution(job)     # registered: a live worker is about to run it
+    give_back_unregistered(queue, grace=0.0)
+    time.sleep(0.05)
+    assert give_back_unregistered(queue, grace=0.0) == []
+    assert queue.get_job_ids() == []
+
+
+def test_an_idle_worker_blocks_no_longer_than_its_maintenance_interval(store):
+    queue = Queue(QUEUE, connection=store, serializer=JSONSerializer)
+    worker = CrashSafeWorker([queue], connection=store, serializer=JSONSerializer, maintenance_interval=10)
+    assert worker.dequeue_timeout == 10            # RQ: worker_ttl - 15 = 405 s
+
+
+def test_the_maintenance_lock_of_a_dead_worker_expires_in_seconds(store):
+    queue = Queue(QUEUE, connection=store, serializer=JSONSerializer)
+    worker = CrashSafeWorker([queue], connection=store, serializer=JSONSerializer, maintenance_interval=2)
+    worker.clean_registries()
+    assert not store.exists(queue.registry_cleaning_key)      # released after the pass
+    store.set(queue.registry_cleaning_key, "a-dead-worker", ex=20)   # as a worker killed mid-pass leaves it
+    worker.clean_registries()
+    assert store.get(queue.registry_cleaning_key) == b"a-dead-worker"   # not ours: not released
+    assert 0 < store.ttl(queue.registry_cleaning_key) <= 20               # RQ's own: 899 s
+
+
+def test_execution_objects_match_rq(store):
+    """The keys the heartbeat renews are RQ's own (a rename in RQ would silently stop renewing)."""
+    queue, job, execution = job_of_a_dead_worker(store)
+    assert store.exists(Execution(execution.id, job.id, store).key)
+    assert store.zscore(job.execution_registry.key, execution.id) is not None
+    assert queue.started_job_registry.key == f"rq:wip:{QUEUE}"
