@@ -375,11 +375,13 @@ def repeatable(action: PlannedAction) -> bool:
 def execute(rt: Runtime, event: Event, action: PlannedAction) -> bool:
     """Run one planned action once: skipped if its idempotency key is already recorded.
 
-    An `attempted:` mark is written just before the vendor is called and dropped once the step
-    is recorded done (or the vendor refused it, so nothing was done). A mark found on a later run
-    means a worker died, or lost Redis, after calling the vendor and before recording the step:
-    a repeatable step is done again; any other goes to the dead letters as "may have been sent".
-    The same holds for a call that got no answer after it was sent (UncertainApiError).
+    An `attempted:` mark ("calling") is written before the client is called, turned into "sent"
+    by clients that report their sends just before a request leaves, and dropped once the step is
+    recorded done (or the vendor refused it, so nothing was done). A mark found on a later run
+    means a worker died, or lost Redis, in between: "calling" from such a client is done again
+    (nothing left); otherwise a repeatable step is done again and any other goes to the dead
+    letters as "may have been sent". The same holds for a call that got no answer after it was
+    sent (UncertainApiError).
     """
     done_key, attempted_key = rt.keys("done", action.key), rt.keys("attempted", action.key)
     if rt.store.exists(done_key):
