@@ -86,6 +86,10 @@ def _handle_event(payload: dict[str, Any]) -> dict[str, Any]:
                              if each is not event and k.startswith("previous_") or k == "changed"}}
         if each.kind == "stage.changed" and was_undo(rt, each, view):
             each.data["undo"] = True   # rules see `data.undo`: crmbridge put the deal back here
+        if each.kind == "stage.changed" and stage_seen_already(rt, each):
+            audit(rt, each, "event.skipped", reason="this stage move was already handled (seen by a catch-up first)")
+            outcome[each.kind] = {"already_handled": True}
+            continue
         result = plan(each, view, rt.ruleset, clock(), MODULES)
         if not links.claim(rt, each, result):  # an approval already answered by an earlier press
             outcome[each.kind] = {"already_chosen": True}
@@ -96,6 +100,8 @@ def _handle_event(payload: dict[str, Any]) -> dict[str, Any]:
         for timer in result.timers:
             rt.backend.schedule(timer_as_dict(timer))
             audit(rt, each, "timer.set", timer=timer.timer_id, rule=timer.rule, fire_at=timer.fire_at)
+        if each.kind == "stage.changed":  # before the actions: one of them may move the record on
+            remember_stage(rt, each, derived=each is not event)
         outcome[each.kind] = run_plan(rt, each, result)
     rt.backend.order.done(payload)
     return outcome
@@ -251,6 +257,48 @@ def snapshot(rt: Runtime, event: Event) -> dict[str, Any]:
     if hasattr(client, "name_refs"):
         data = client.name_refs(json.loads(json.dumps(data)))
     return {**data, **(fresh or {}), **entity}
+
+
+STAGE_SEEN_TTL = 30 * 24 * 3600
+
+
+def remember_stage(rt: Runtime, event: Event, derived: bool) -> None:
+    """Keep the stage a record was last seen entering, and as of when.
+
+    A move seen in a fresh read (a catch-up's, or an update webhook's snapshot diff) is known as
+    of now; one the vendor reported, as of the change itself.
+    """
+    stage = (event.data.get("stage") or {}).get("id")
+    if stage is None or event.entity.type not in CRM_ENTITIES:
+        return
+    as_of = clock().isoformat() if derived else event.occurred_at
+    rt.store.set(rt.keys("stage-seen", event.connection, str(event.entity)),
+                 json.dumps({"stage": str(stage), "as_of": as_of, "event": event.id}), ex=STAGE_SEEN_TTL)
+
+
+def stage_seen_already(rt: Runtime, event: Event) -> bool:
+    """Is this stage move one already handled under another event id?
+
+    A catch-up that runs before the vendor's own (delayed) status webhook derives the move from
+    a fresh read; the webhook, arriving later, reports the same move again with an earlier
+    change time. The record was already known to be in that stage as of a moment not before the
+    change: the move is the same one. A later move into the same stage (after leaving it) has a
+    later change time, or another stage was seen in between, and is handled.
+    """
+    stage = (event.data.get("stage") or {}).get("id")
+    if stage is None or event.entity.type not in CRM_ENTITIES:
+        return False
+    raw = rt.store.get(rt.keys("stage-seen", event.connection, str(event.entity)))
+    if raw is None:
+        return False
+    seen = json.loads(raw)
+    if seen.get("event") == event.id:  # the same event again (a replay, a re-run job): its steps decide
+        return False
+    try:
+        return seen["stage"] == str(stage) and (datetime.fromisoformat(event.occurred_at)
+                                                <= datetime.fromisoformat(seen["as_of"]))
+    except (TypeError, ValueError):
+        return False
 
 
 def form_record(rt: Runtime, event: Event) -> dict[str, Any] | None:
@@ -432,6 +480,8 @@ def execute(rt: Runtime, event: Event, action: PlannedAction) -> bool:
     record_done(rt, done_key, attempted_key, result)
     if undo and (result or {}).get("moved", True):
         remember_undo(rt, action.connection, args["entity"], str(args.get("stage")))
+    if action.method == "move_to_stage":  # the record left the stage last seen: a move back in is new
+        rt.store.delete(rt.keys("stage-seen", action.connection, str(args["entity"])))
     audit(rt, event, "action.done", rule=action.rule, action=action.describe(), result=result)
     return True
 

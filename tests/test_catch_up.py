@@ -2,6 +2,7 @@
 webhook's stage move is still seen, and a change already handled does nothing twice."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -81,3 +82,60 @@ def test_catch_ups_are_planned_once_per_slot(b24_runtime):
     assert len(ids) == 1
     [when] = [rt.backend.queue.scheduled_job_registry.get_scheduled_time(i) for i in ids]
     assert when == datetime(2026, 11, 24, 7, 10, tzinfo=timezone.utc)
+
+
+# --- amoCRM: a catch-up that runs before amoCRM's own, delayed, status webhook ----------------------
+
+AMO_LEAD = {"id": 31926520, "name": "Some test lead", "price": 1000, "status_id": 10216995, "pipeline_id": 2116,
+            "responsible_user_id": 938348, "updated_at": 1456820680}
+CHANGED_AT = 1456820780   # leads[status][0][last_modified] in the recorded webhook
+
+
+@pytest.fixture
+def amo_catch_up(config_dir, fake_amo, monkeypatch):
+    conns = config_dir / "connections.yaml"
+    text = conns.read_text(encoding="utf-8")
+    conns.write_text(text.replace("    calendar: office\n", "    calendar: office\n    options:\n"
+                                  "      catch_up: {every: 5 minutes}\n", 1), encoding="utf-8")
+    fake_amo.add_lead(dict(AMO_LEAD))
+    return fake_amo
+
+
+def at(ts: float):
+    return lambda: datetime.fromtimestamp(ts, timezone.utc)
+
+
+def post_status(client, last_modified: int):
+    from tests.conftest import payload
+    body = payload("amocrm/lead_status_changed_full.form").replace(
+        b"last_modified%5D=1456820780", f"last_modified%5D={last_modified}".encode())
+    return client.post("/hooks/quickstart-amo?token=amo-secret", data=body,
+                       content_type="application/x-www-form-urlencoded")
+
+
+def test_a_move_caught_up_before_amocrms_delayed_webhook_acts_once(amo_catch_up, client, runtime, fake_tg,
+                                                                   monkeypatch):
+    monkeypatch.setattr(worker, "clock", at(CHANGED_AT - 60))
+    assert worker.catch_up("quickstart-amo")["accepted"] == 1       # first look: remember the lead
+    run_worker(runtime)
+    # the lead moves to "Brief received"; the catch-up sees it before amoCRM's webhook arrives
+    amo_catch_up.leads[31926520].update(status_id=10216994, updated_at=CHANGED_AT)
+    monkeypatch.setattr(worker, "clock", at(CHANGED_AT + 120))
+    assert worker.catch_up("quickstart-amo")["accepted"] == 1
+    run_worker(runtime)
+    assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 1
+    # amoCRM's own status webhook for that same move, late
+    monkeypatch.setattr(worker, "clock", at(CHANGED_AT + 300))
+    assert post_status(client, CHANGED_AT).json == {"accepted": 1, "duplicates": 0}
+    run_worker(runtime)
+    assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 1
+    assert len(fake_tg.method_calls("sendMessage")) == 1
+    audit = [json.loads(e[b"entry"]) for _, e in runtime.store.xrange(runtime.keys("audit"))]
+    assert [a["reason"] for a in audit if a["what"] == "event.skipped"] == [
+        "this stage move was already handled (seen by a catch-up first)"]
+
+    # later the lead really enters the stage again (after leaving it): that move is handled
+    monkeypatch.setattr(worker, "clock", at(CHANGED_AT + 4000))
+    assert post_status(client, CHANGED_AT + 3600).json == {"accepted": 1, "duplicates": 0}
+    run_worker(runtime)
+    assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 2
