@@ -30,15 +30,16 @@ from rules.engine import Plan, PlannedAction
 
 LINK_COMMAND = re.compile(r"^/link(?:@\w+)?(?:\s+#?(\S+))?\s*$")
 NOTICES = {  # shown to the person who pressed (answerCallbackQuery: up to 200 characters)
-    "forged": "⛔ Ця кнопка недійсна.",
-    "expired": "⌛ Термін дії цієї кнопки минув.",
-    "not_approver": "🔒 Цю кнопку може натиснути лише відповідальна особа.",
-    "chosen": "Вже обрано: {label} ({by}).",
-    "not_linked": "Цей чат не прив'язаний до жодної задачі.",
-    "linked": "✅ Чат прив'язано до задачі №{number} «{name}».",
-    "link_usage": "Напишіть: /link <номер задачі>",
-    "link_denied": "🔒 Прив'язати чат може лише співробітник агенції.",
-    "link_missing": "Задачу №{number} не знайдено: {error}",
+    "forged": "⛔ Ця кнопка недійсна.",                                  # This button is not valid.
+    "expired": "⌛ Термін дії цієї кнопки минув.",                     # This button has expired.
+    "not_approver": "🔒 Цю кнопку може натиснути лише відповідальна особа.",  # Only the person in charge may press it.
+    "chosen": "Вже обрано: {label} ({by}).",                          # Already chosen: … (by whom).
+    "not_linked": "Цей чат не прив'язаний до жодної задачі.",           # This chat is not linked to any task.
+    "linked": "✅ Чат прив'язано до задачі №{number} «{name}».",        # The chat is linked to task No. … «…».
+    "link_usage": "Напишіть: /link <номер задачі>",                   # Write: /link <task number>
+    "link_denied": "🔒 Прив'язати чат може лише співробітник агенції.",  # Only agency staff may link a chat.
+    "link_missing": "Задачу №{number} не знайдено: {error}",          # Task No. … not found: <error>
+    # A message from the unlinked chat «…» from <name>:
     "unlinked_message": "📭 Повідомлення з неприв'язаного чату «{title}» від {name}:\n{text}",
 }
 
@@ -61,11 +62,21 @@ def bind(rt: Any, event: Event) -> tuple[Event, dict[str, Any] | None]:
 
 
 def claim(rt: Any, event: Event, result: Plan) -> bool:
-    """Record the first choice of an approval message; False if another press got there first."""
+    """Record the first choice of an approval message; False if another press got there first.
+
+    A press that no step of the plan answers (no rule for it, or rules without `answer_button`)
+    is answered first, without text, so Telegram stops the button's spinner (answerCallbackQuery;
+    until then the client shows it for several seconds)."""
     data = event.data
+    if event.kind == "button.pressed" and data.get("callback_id") \
+            and not any(a.method == "answer_button" for a in result.actions):
+        result.actions.insert(0, PlannedAction(
+            rule="answer_button", rule_id="answer_button", step=0, connection=event.connection,
+            method="answer_button", key=f"{event.id}|answer_button|spinner",
+            args={"callback_id": data["callback_id"], "text": None}))
     if event.kind != "button.pressed" or not data.get("approval"):
         return True
-    if not [a for a in result.actions if "/otherwise" not in a.key]:
+    if not [a for a in result.actions if "/otherwise" not in a.key and not a.key.endswith("|spinner")]:
         return True  # refused by a rule's condition, or no rule acts: the buttons stay usable
     conn = rt.connections.connections[event.connection]
     key = _choice_key(rt, conn, data)
@@ -102,6 +113,38 @@ def fetch_files(rt: Any, value: Any) -> Any:
     if isinstance(value, list):
         return [fetch_files(rt, v) for v in value]
     return value
+
+
+MESSAGE_KINDS = ("message.received", "message.edited")
+_RECORD_FREE: dict[tuple[str, str], tuple[Any, bool]] = {}
+
+
+def needs_record(rt: Any, event: Event) -> bool:
+    """Must the worker read the record this event is about before planning?
+
+    Not for a group message bound to its task (links.bind) when every rule listening to it has
+    no condition, delay or `otherwise:`, and only verbs that plan a chat message from the event
+    and the record's reference (their module's RECORD_FREE names the kinds; sync_chat does),
+    with no template naming `entity`. Planfix allows one request a second: a busy client group
+    would otherwise spend one on every message. Decided once per rule set, event kind and bot."""
+    if event.kind not in MESSAGE_KINDS or not (event.data or {}).get("record"):
+        return True
+    memo = _RECORD_FREE.get((event.kind, event.connection))
+    if memo is not None and memo[0] is rt.ruleset:
+        return memo[1]
+    from rules import MODULES
+    needed = False
+    for rule in rt.ruleset.rules:
+        trigger = rule.trigger
+        if event.kind not in trigger.events or (trigger.connections and event.connection not in trigger.connections):
+            continue
+        free = (not rule.conditions and not rule.guard and rule.delay is None and not rule.otherwise
+                and not rule.for_each and all(
+                    event.kind in getattr(MODULES.get(a.verb), "RECORD_FREE", ()) and "entity" not in repr(a.options)
+                    for a in rule.actions))
+        needed = needed or not free
+    _RECORD_FREE[(event.kind, event.connection)] = (rt.ruleset, needed)
+    return needed
 
 
 # --- presses ---------------------------------------------------------------------------------
@@ -179,35 +222,73 @@ def _message(rt: Any, conn: Connection, link: dict, event: Event) -> tuple[Event
         text = _notice(link, "unlinked_message").format(
             title=(data.get("chat") or {}).get("title") or chat, name=_name(data.get("from")),
             text=data.get("text") or "📎 " + ", ".join(f.get("name") or f["kind"] for f in data.get("files") or []))
-        _call(rt, lambda: rt.client(conn.name).send_message(staff, text))
+        _step(rt, event, conn.name, "send_message", "unlinked-notice", chat=staff, text=text)
     return event, {"unlinked": chat}
 
 
 def _link(rt: Any, conn: Connection, link: dict, event: Event, chat: str, number: str | None) -> dict:
-    """`/link 1042`: check the sender and the task, write the chat id to the task, remember it."""
-    bot = rt.client(conn.name)
+    """`/link 1042`: check the sender and the task, write the chat id to the task, remember it.
+
+    Re-linking the group to another task clears the field of the task it was linked to (when that
+    field still names this group); linking a task that another group had unlinks that group. The
+    writes and replies are planned steps run by worker.execute under keys of this update, so a
+    job run again after a crash skips what was done (the reply is not sent twice)."""
+    def say(step: str, text: str) -> None:
+        _step(rt, event, conn.name, "send_message", step, chat=chat, text=text)
+
     if not number or not number.isdigit():
-        _call(rt, lambda: bot.send_message(chat, _notice(link, "link_usage")))
+        say("usage", _notice(link, "link_usage"))
         return {"link": "usage"}
     if not staff(link) or not allowed("staff", event.data.get("from"), link):
         _audit(rt, event, "chat.link_refused", reason="not staff", who=event.data.get("from"))
-        _call(rt, lambda: bot.send_message(chat, _notice(link, "link_denied")))
+        say("denied", _notice(link, "link_denied"))
         return {"link": "denied"}
-    crm, task = rt.client(link["crm"]), Entity("task", number)
+    crm, field = rt.client(link["crm"]), link.get("field") or "Telegram чат"
+    record = {"connection": link["crm"], "type": "task", "id": number}
     try:
-        fresh = _call(rt, lambda: crm.get_entity(task)) or {}
-        _call(rt, lambda: crm.set_fields(task, {link.get("field") or "Telegram чат": chat}))
+        fresh = _call(rt, lambda: crm.get_entity(Entity("task", number))) or {}
+        previous = linked_record(rt, conn, chat)
+        if previous is not None and (previous["type"], str(previous["id"])) != ("task", number):
+            _clear_old(rt, conn, event, crm, previous, field, chat)
+        _step(rt, event, link["crm"], "set_fields", "field", entity={"type": "task", "id": number},
+              fields={field: chat})
     except PermanentApiError as exc:
         _audit(rt, event, "chat.link_failed", task=number, error=str(exc))
-        reply = _notice(link, "link_missing").format(number=number, error=str(exc)[:200])
-        _call(rt, lambda: bot.send_message(chat, reply))
+        say("failed", _notice(link, "link_missing").format(number=number, error=str(exc)[:200]))
         return {"link": "failed"}
-    record = {"connection": link["crm"], "type": "task", "id": number}
+    other = str((fresh.get("fields") or {}).get(field) or "").strip()
+    if other and other != chat and linked_record(rt, conn, other) == record:
+        rt.store.delete(link_key(rt.keys.prefix, conn.name, other))   # the task now belongs to this group
+        _audit(rt, event, "chat.unlinked", chat=other, reason=f"task {number} linked to chat {chat}")
     rt.store.set(link_key(rt.keys.prefix, conn.name, chat), json.dumps(record))
-    _audit(rt, event, "chat.linked", chat=chat, task=number)
-    name = fresh.get("name") or ""
-    _call(rt, lambda: bot.send_message(chat, _notice(link, "linked").format(number=number, name=name)))
+    _audit(rt, event, "chat.linked", chat=chat, task=number, previous=previous)
+    say("linked", _notice(link, "linked").format(number=number, name=fresh.get("name") or ""))
     return {"linked": record}
+
+
+def _clear_old(rt: Any, conn: Connection, event: Event, crm: Any, previous: dict, field: str, chat: str) -> None:
+    """Empty the chat field of the task this group was linked to, if it still names this group."""
+    old = Entity(previous["type"], str(previous["id"]))
+    try:
+        before = _call(rt, lambda: crm.get_entity(old)) or {}
+    except PermanentApiError as exc:   # deleted since: nothing left to clear
+        _audit(rt, event, "chat.unlink_skipped", task=old.id, error=str(exc))
+        return
+    if str((before.get("fields") or {}).get(field) or "").strip() != chat:
+        return
+    try:
+        _step(rt, event, previous["connection"], "set_fields", "clear-old",
+              entity={"type": old.type, "id": old.id}, fields={field: ""})
+    except PermanentApiError as exc:   # the new link matters more: it goes on, the failure audited
+        _audit(rt, event, "chat.unlink_failed", task=old.id, error=str(exc))
+
+
+def _step(rt: Any, event: Event, connection: str, method: str, name: str, **args: Any) -> None:
+    """One side effect of /link or of a message from an unlinked group, as a planned action: once
+    per update, its idempotency key recorded by worker.execute like any rule's step."""
+    import worker
+    worker.execute(rt, event, PlannedAction(rule="link", rule_id="link", step=0, connection=connection,
+                                            method=method, args=args, key=f"{event.id}|link|{name}"))
 
 
 def linked_record(rt: Any, conn: Connection, chat: str) -> dict[str, str] | None:

@@ -7,7 +7,9 @@ A `Limit(rate, burst)` allows at most `burst` calls in any window of `burst / ra
 (7, 7) is 7 calls in any second, (1/3, 20) is 20 calls in any minute, (2, 50) is 50 calls in any
 25 s. The window is a log of the calls' times (a sorted set, Redis's own clock), so the limit holds
 exactly in every window, not only on average: a token bucket whose burst is a second's worth lets
-a full bucket and a second's refill through within one second, twice the limit.
+a full bucket and a second's refill through within one second, twice the limit. A call under
+several limits (a Telegram message: the bot's, the chat's, a group's) takes a slot in all of them
+at once or in none, in one script call.
 """
 from __future__ import annotations
 
@@ -20,21 +22,32 @@ from redis import Redis
 
 from connectors.base import RetryableApiError
 
-# KEYS[1] the window's log; ARGV: calls allowed, window (ms), a unique member.
-# Returns the milliseconds to wait (0 = go: the call is logged). Redis's clock, so that workers
-# on machines whose clocks differ share one timeline.
+# KEYS: the windows' logs of one call (a connection's, a chat's, a group's); ARGV: a unique member,
+# then for each key the calls allowed and the window (ms). All or none: the call is logged in every
+# window only if each has room; else nothing is logged and the reply is the milliseconds until the
+# fullest has room (0 = go). Redis's clock, so that workers on machines whose clocks differ share
+# one timeline.
 SLIDING_WINDOW = """
-local allowed, window, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local member = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < allowed then
-  redis.call('ZADD', KEYS[1], now, member)
-  redis.call('PEXPIRE', KEYS[1], window + 1000)
-  return 0
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local allowed, window = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= allowed then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    wait = math.max(wait, 1, tonumber(oldest[2]) + window - now + 1)
+  end
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now + 1)
+if wait > 0 then
+  return wait
+end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 1]) + 1000)
+end
+return 0
 """
 
 
@@ -61,19 +74,25 @@ class RateLimiter:
         self.store, self.prefix, self.max_wait = store, prefix, max_wait
         self._script = store.register_script(SLIDING_WINDOW)
 
-    def wait_time(self, bucket: str, limit: Limit) -> float:
-        """Take a slot if there is one (0.0, the call is counted), else say how long until there is."""
-        waited_ms = self._script(keys=[f"{self.prefix}rate:{bucket}"],
-                                 args=[limit.allowed, limit.window_ms, uuid.uuid4().hex])
+    def wait_time(self, bucket: str, limit: Limit, *more: tuple[str, Limit]) -> float:
+        """Take a slot in every bucket named (0.0: the call is counted in each), or in none and say
+        how long until all have room. One script call, however many buckets."""
+        buckets = ((bucket, limit), *more)
+        args: list[object] = [uuid.uuid4().hex]
+        for _, each in buckets:
+            args += (each.allowed, each.window_ms)
+        waited_ms = self._script(keys=[f"{self.prefix}rate:{name}" for name, _ in buckets], args=args)
         return int(waited_ms) / 1000.0
 
-    def acquire(self, bucket: str, limit: Limit) -> None:
+    def acquire(self, bucket: str, limit: Limit, *more: tuple[str, Limit]) -> None:
+        """Block until every bucket named has room, then take one slot in each at once."""
         deadline = time.monotonic() + self.max_wait
         while True:
-            wait = self.wait_time(bucket, limit)
+            wait = self.wait_time(bucket, limit, *more)
             if wait <= 0:
                 return
             if time.monotonic() + wait > deadline:
-                raise RetryableApiError(f"rate limit {bucket}: no slot within {self.max_wait:.0f} s",
+                names = ", ".join(name for name, _ in ((bucket, limit), *more))
+                raise RetryableApiError(f"rate limit {names}: no slot within {self.max_wait:.0f} s",
                                         retry_after=wait)
             time.sleep(min(wait, 1.0))

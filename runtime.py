@@ -5,10 +5,12 @@ whole configuration, so a broken rule file stops the service before it takes any
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from redis import Redis
 
@@ -19,7 +21,7 @@ from connectors import CONNECTORS
 from connectors.base import BaseClient
 from queueing import InProcessBackend, Keys, RQBackend
 from ratelimit import Limit, RateLimiter
-from rules import MODULES
+from rules import MODULES, send_email
 from rules.engine import RuleSet
 from rules.files import load_rules
 
@@ -46,11 +48,37 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
     try:
         ruleset = load_rules(base / "rules", MODULES, calendars=connections.calendars,
                              connections=connections.connections or None, base=None)
+        errors.extend(unsupported_options(ruleset, connections))
+        errors.extend(send_email.load_templates(ruleset.rules, base))
     except ConfigErrors as exc:
         errors.extend(exc.errors)
     if errors:
         raise ConfigErrors(errors)
     return connections, ruleset
+
+
+def unsupported_options(ruleset: RuleSet, connections: Connections) -> list[ConfigError]:
+    """`move_to_stage: {only_forward: true}` needs a CRM whose client knows its stages' order
+    (amoCRM: statuses by `sort`); on another CRM the rule is refused here, at start-up, with its
+    file and line, rather than failing on every deal. The action's CRM is its `connection:`, else
+    the connections the rule's `on:` names, else every connection that moves records."""
+    errors = []
+    movers = {name: conn.type for name, conn in connections.connections.items()
+              if hasattr(CONNECTORS[conn.type].Client, "move_to_stage")}
+    for rule in ruleset.rules:
+        for spec in (*rule.actions, *rule.otherwise):
+            options = spec.options if isinstance(spec.options, dict) else {}
+            if spec.verb != "move_to_stage" or options.get("only_forward") is not True:
+                continue
+            named = options.get("connection")
+            targets = [named] if named else list(rule.trigger.connections) or list(movers)
+            for name in targets:
+                kind = movers.get(name)
+                if kind and "only_forward" not in inspect.signature(CONNECTORS[kind].Client.move_to_stage).parameters:
+                    errors.append(ConfigError(rule.file, spec.line, f'rule "{rule.name}": move_to_stage → '
+                                              f"only_forward: not supported for {kind} (connection {name!r}); "
+                                              "only amoCRM reads its stages' order"))
+    return errors
 
 
 @dataclass
@@ -65,7 +93,7 @@ class Runtime:
     recorder: Callable[[str, str, Any], None] | None = None
 
     @classmethod
-    def create(cls, settings: Settings, *, handle_event=None, fire_timer=None, on_failure=None) -> "Runtime":
+    def create(cls, settings: Settings, *, handle_event=None, fire_timer=None, on_failure=None) -> Runtime:
         connections, ruleset = load_configuration(settings)
         for warning in connections.warnings:
             log.warning(warning)
@@ -93,13 +121,18 @@ class Runtime:
 
 
     def _limiter_for(self, conn, client: BaseClient) -> Callable[..., None]:
-        """The connection's shared bucket; `options: {rate_per_second, burst}` may lower it."""
+        """The connection's shared bucket: the vendor's documented rate, or `options: {rate_per_second,
+        burst}` (checked and made numbers by config/connections.py; above the vendor's rate it warns)."""
         rate = float(conn.options.get("rate_per_second", client.rate_per_second))
         limit = Limit(rate, float(conn.options.get("burst", client.burst or rate)))
         limiter = RateLimiter(self.store, self.keys.prefix)
 
-        def acquire(scope: str | None = None, scoped: tuple[float, float] | None = None) -> None:
-            limiter.acquire(f"{conn.name}:{scope}" if scope else conn.name, Limit(*scoped) if scoped else limit)
+        def acquire(scope: str | None = None, scoped: tuple[float, float] | None = None,
+                    also: tuple[tuple[str, tuple[float, float]], ...] = ()) -> None:
+            """One slot of the connection's limit (or of `scope`'s), and one of each scope in `also`
+            (e.g. a chat's), all taken at once in one round trip, or none until all have room."""
+            limiter.acquire(f"{conn.name}:{scope}" if scope else conn.name, Limit(*scoped) if scoped else limit,
+                            *((f"{conn.name}:{name}", Limit(*rate)) for name, rate in also))
         return acquire
 
 

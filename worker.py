@@ -84,9 +84,12 @@ def _handle_event(payload: dict[str, Any]) -> dict[str, Any]:
         # event's own refs are in the snapshot already, named (a derived event brings its own)
         view = {**entity, **{k: v for k, v in each.data.items()
                              if each is not event and k.startswith("previous_") or k == "changed"}}
-        if each.kind == "stage.changed" and was_undo(rt, each, view):
+        # a stage change reads its undo mark and the stage last seen in one round trip
+        undo_mark, seen = rt.store.mget(rt.keys("undo", each.connection, str(each.entity)), rt.keys(
+            "stage-seen", each.connection, str(each.entity))) if each.kind == "stage.changed" else (None, None)
+        if each.kind == "stage.changed" and was_undo(rt, each, view, undo_mark):
             each.data["undo"] = True   # rules see `data.undo`: crmbridge put the deal back here
-        if each.kind == "stage.changed" and stage_seen_already(rt, each):
+        if each.kind == "stage.changed" and stage_seen_already(rt, each, seen):
             audit(rt, each, "event.skipped", reason="this stage move was already handled (seen by a catch-up first)")
             outcome[each.kind] = {"already_handled": True}
             continue
@@ -249,7 +252,8 @@ def snapshot(rt: Runtime, event: Event) -> dict[str, Any]:
     # a Telegram press or message bound to a CRM record (links.py) is read from that record's CRM
     client = rt.client((event.data.get("record") or {}).get("connection") or event.connection)
     fresh = None
-    if event.entity.type in CRM_ENTITIES and hasattr(client, "get_entity"):
+    # (a group message that only chat sync handles needs no read: links.needs_record)
+    if event.entity.type in CRM_ENTITIES and hasattr(client, "get_entity") and links.needs_record(rt, event):
         try:
             fresh = client.get_entity(event.entity)
         except PermanentApiError as exc:  # deleted, or no access: the webhook's data must do
@@ -260,6 +264,7 @@ def snapshot(rt: Runtime, event: Event) -> dict[str, Any]:
 
 
 STAGE_SEEN_TTL = 30 * 24 * 3600
+READ = object()   # "read it yourself": the caller did not read the key ahead
 
 
 def remember_stage(rt: Runtime, event: Event, derived: bool) -> None:
@@ -276,7 +281,7 @@ def remember_stage(rt: Runtime, event: Event, derived: bool) -> None:
                  json.dumps({"stage": str(stage), "as_of": as_of, "event": event.id}), ex=STAGE_SEEN_TTL)
 
 
-def stage_seen_already(rt: Runtime, event: Event) -> bool:
+def stage_seen_already(rt: Runtime, event: Event, raw: Any = READ) -> bool:
     """Is this stage move one already handled under another event id?
 
     A catch-up that runs before the vendor's own (delayed) status webhook derives the move from
@@ -288,7 +293,8 @@ def stage_seen_already(rt: Runtime, event: Event) -> bool:
     stage = (event.data.get("stage") or {}).get("id")
     if stage is None or event.entity.type not in CRM_ENTITIES:
         return False
-    raw = rt.store.get(rt.keys("stage-seen", event.connection, str(event.entity)))
+    if raw is READ:   # not read by the caller already
+        raw = rt.store.get(rt.keys("stage-seen", event.connection, str(event.entity)))
     if raw is None:
         return False
     seen = json.loads(raw)
@@ -432,18 +438,33 @@ def execute(rt: Runtime, event: Event, action: PlannedAction) -> bool:
     sent (UncertainApiError).
     """
     done_key, attempted_key = rt.keys("done", action.key), rt.keys("attempted", action.key)
-    if rt.store.exists(done_key):
-        audit(rt, event, "action.skipped", rule=action.rule, action=action.describe(), reason="already done")
-        return False
-    client = rt.client(action.connection)
-    args = {k: Entity(v["type"], str(v["id"])) if k == "entity" else v for k, v in action.args.items()}
-    undo = bool(args.pop("undo", False))  # move_to_stage undoing a refused move (remember_undo)
-    method = getattr(client, action.method, None) or composite(rt, action)
-    if method is None:
-        raise PermanentApiError(f"connection {action.connection!r} cannot {action.method}")
-    args = with_retries(rt, lambda: links.fetch_files(rt, args))  # files carried from another connection
     mark = {"at": clock().isoformat(), "pid": os.getpid(), "phase": "calling"}
-    if not rt.store.set(attempted_key, json.dumps(mark), nx=True, ex=rt.settings.done_ttl):
+    claimed = None   # the attempted mark: set (True), found (False), or not tried yet (None)
+    if _carries_files(action.args):   # files are fetched first: the step is claimed after that
+        done = rt.store.exists(done_key)
+    else:   # nothing to fetch: the done check and the claim in one round trip
+        with rt.store.pipeline(transaction=False) as pipe:
+            pipe.exists(done_key)
+            pipe.set(attempted_key, json.dumps(mark), nx=True, ex=rt.settings.done_ttl)
+            done, claimed = pipe.execute()
+    try:
+        if done:
+            audit(rt, event, "action.skipped", rule=action.rule, action=action.describe(), reason="already done")
+            return False
+        client = rt.client(action.connection)
+        args = {k: Entity(v["type"], str(v["id"])) if k == "entity" else v for k, v in action.args.items()}
+        undo = bool(args.pop("undo", False))  # move_to_stage undoing a refused move (remember_undo)
+        method = getattr(client, action.method, None) or composite(rt, action)
+        if method is None:
+            raise PermanentApiError(f"connection {action.connection!r} cannot {action.method}")
+    except BaseException:
+        if claimed:   # claimed in the same round trip as the done check, for nothing: give it back
+            _forget_attempt(rt, attempted_key)
+        raise
+    if claimed is None:
+        args = with_retries(rt, lambda: links.fetch_files(rt, args))  # files carried from another connection
+        claimed = rt.store.set(attempted_key, json.dumps(mark), nx=True, ex=rt.settings.done_ttl)
+    if not claimed:
         before = json.loads(rt.store.get(attempted_key) or "{}")
         own = getattr(client, action.method, None) is not None   # not a step spanning connections
         if before.get("phase") == "calling" and client.reports_sends and own:
@@ -495,10 +516,11 @@ def remember_undo(rt: Runtime, connection: str, entity: Entity, stage: str) -> N
     rt.store.set(rt.keys("undo", connection, str(entity)), stage, ex=UNDO_TTL)
 
 
-def was_undo(rt: Runtime, event: Event, view: dict[str, Any]) -> bool:
+def was_undo(rt: Runtime, event: Event, view: dict[str, Any], stage: Any = READ) -> bool:
     """Is this stage change the one crmbridge's undo caused (same record, same stage)? Once."""
     key = rt.keys("undo", event.connection, str(event.entity))
-    stage = rt.store.get(key)
+    if stage is READ:   # not read by the caller already
+        stage = rt.store.get(key)
     now = view.get("stage") or {}
     if stage is None or stage.decode() not in (str(now.get("id")), str(now.get("name"))):
         return False
@@ -521,6 +543,15 @@ def observe(rt: Runtime, event: Event) -> None:
     found = learn(event) if learn else None
     if found:
         audit(rt, event, "connector.observed", **found)
+
+
+def _carries_files(value: Any) -> bool:
+    """Does an action's argument hold a {"$download": …} (links.fetch_files) anywhere?"""
+    if isinstance(value, dict):
+        return "$download" in value or any(_carries_files(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_carries_files(v) for v in value)
+    return False
 
 
 def _forget_attempt(rt: Runtime, attempted_key: str) -> None:

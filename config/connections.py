@@ -14,11 +14,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from config.loader import ConfigError, ConfigErrors, SECRET_REF, expand_env, line_of, load_yaml
+from config.loader import (
+    SECRET_REF,
+    ConfigError,
+    ConfigErrors,
+    expand_env,
+    line_of,
+    load_yaml,
+)
 from connectors import CONNECTORS
 from connectors.base import Connection
 
@@ -56,9 +64,30 @@ def load_connections(path: Path, environ: Mapping[str, str], shown_as: str | Non
         conn = _connection(str(name), entry, where, environ, errors, result)
         if conn is not None:
             result.connections[conn.name] = conn
+    _check_links(doc["connections"], result, errors, shown)
     if errors:
         raise ConfigErrors(errors)
     return result
+
+
+def _check_links(entries: Any, result: Connections, errors: list[ConfigError], shown: str) -> None:
+    """A bot's `options.link.crm` (links.py: /link, signed buttons) names a CRM connection of
+    this file that can read and write records: checked here, not on the first /link or press."""
+    for name, conn in result.connections.items():
+        options = (entries.get(name) or {}).get("options") if isinstance(entries.get(name), dict) else None
+        if conn.type != "telegram" or not isinstance(options, dict) or "link" not in options:
+            continue
+        link, crms = options["link"], sorted(
+            n for n, c in result.connections.items()
+            if all(hasattr(getattr(CONNECTORS.get(c.type), "Client", None), m) for m in ("get_entity", "set_fields")))
+        expected = f"expected the name of a CRM connection of this file ({', '.join(crms) or 'none defined'})"
+        if not isinstance(link, dict):
+            errors.append(ConfigError(shown, line_of(options, "link"), f'connection "{name}" → options → link: '
+                                      f"expected a mapping such as {{crm: <connection>, field: …}}, found {link!r}"))
+        elif link.get("crm") not in crms:
+            errors.append(ConfigError(shown, line_of(link, "crm", line_of(options, "link")),
+                                      f'connection "{name}" → options → link → crm: {expected}, '
+                                      f"found {link.get('crm')!r}"))
 
 
 def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[str, str],
@@ -101,6 +130,7 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
         err("options", f"options: expected a mapping, found {options!r}")
         options = {}
     options = _expand_options(options, environ)
+    _check_rate(name, ctype, options, err, result)
     conn = Connection(name=name, type=str(ctype), base_url=base_url, credentials=credentials,
                       webhook_secret=secret, calendar=calendar, options=options)
     if ctype in CONNECTORS and not conn.record_only and base_url is None and getattr(
@@ -111,6 +141,31 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
         result.warnings.append(f'connection "{name}" has no credentials: record-only mode, '
                                "calls are logged, not made")
     return conn
+
+
+def _check_rate(name: str, ctype: Any, options: dict, err, result: Connections) -> None:
+    """`options: {rate_per_second, burst}` (often `${AMO_RATE_PER_SECOND:-7}`, so text): a positive
+    number, turned into one here. Above the vendor's documented limit it is a warning, not an error:
+    a deployment may have a raised quota, and tests point connections at fakes that answer at once."""
+    for key in ("rate_per_second", "burst"):
+        if key not in options:
+            continue
+        value = options[key]
+        try:
+            number = float(value)
+            if isinstance(value, bool) or not number > 0 or number == float("inf"):
+                raise ValueError
+        except (TypeError, ValueError):
+            err("options", f"options → {key}: expected a positive number of requests per second, found {value!r}")
+            return
+        options[key] = number
+    documented = getattr(getattr(CONNECTORS.get(ctype), "Client", None), "rate_per_second", None) \
+        if ctype in CONNECTORS else None
+    rate = options.get("rate_per_second")
+    if documented and rate and rate > float(documented):
+        result.warnings.append(f'connection "{name}" → options → rate_per_second: {rate:g} is above '
+                               f"the {ctype} limit of {float(documented):g} requests per second; "
+                               "the API will answer 429 and calls will wait and retry")
 
 
 def _secret(value: Any, key: str, environ: Mapping[str, str], err, *, required: bool) -> str | None:

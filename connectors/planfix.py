@@ -497,7 +497,8 @@ class Client(BaseClient):
 
     def start_next_task(self, entity: Entity, status: str, order_field: str | None = None,
                         waiting: list[str] | None = None, due: str | None = None,
-                        responsible: Any = None) -> dict[str, Any]:
+                        responsible: Any = None, create: list[dict[str, Any]] | None = None,
+                        copy_fields: list[str] | None = None) -> dict[str, Any]:
         """Start the task that follows this one in its project: status, deadline, executor.
 
         The project's tasks come from POST /task/list with the project filter (complex task filter
@@ -505,10 +506,17 @@ class Client(BaseClient):
         without a value follow, in task-number order (the order a project template creates them).
         It is started only while its status is one of `waiting`, so a repeated completion starts
         nothing twice. POST /task/{next} {"status", "endDateTime", "assignees"}.
+
+        When the project has no task after this one, `create` (the service's ordered task list:
+        {name, responsible, due, fields}) gives the one after this task's name: it is created in
+        the project (POST /task/), in `status`, with `copy_fields` copied from this task and the
+        order field one above this task's — unless a task of that name is already in the project.
         """
         order_id = None if self.record_only or not order_field else self.resolve_field("task", order_field)["id"]
+        copied = {} if self.record_only else {str(self.resolve_field("task", n)["id"]): n for n in copy_fields or []}
         extra = [str(order_id)] if order_id else []
-        found = self.request("GET", f"/task/{entity.id}", params={"fields": ",".join(["id,project", *extra])})
+        found = self.request("GET", f"/task/{entity.id}", params={"fields": ",".join(
+            ["id,name,project,processId", *extra, *[i for i in copied if i not in extra]])})
         if found is None:  # record-only: nothing to read the project from
             return {"next": None, "reason": "record-only"}
         project = ((_json_body(found).get("task") or {}).get("project") or {}).get("id")
@@ -519,6 +527,8 @@ class Client(BaseClient):
         place = _place(current, order_id)
         following = sorted((t for t in tasks if str(t.get("id")) != str(entity.id) and _place(t, order_id) > place),
                            key=lambda t: _place(t, order_id))
+        if not following and create:
+            return self._create_next(entity, current, project, tasks, create, status, order_id, copied)
         if not following:
             return {"next": None, "reason": f"task {entity.id} is the last of project {project}"}
         nxt = self.normalize_task(following[0])
@@ -533,6 +543,39 @@ class Client(BaseClient):
             body["assignees"] = {"users": [{"id": user}]}
         outcome = _outcome(self.request("POST", f"/task/{nxt['id']}", json_body=body))
         return {"next": nxt["id"], "name": nxt.get("name"), "outcome": outcome}
+
+    def _create_next(self, entity: Entity, current: dict[str, Any], project: Any, tasks: list[dict[str, Any]],
+                     create: list[dict[str, Any]], status: str, order_id: Any,
+                     copied: dict[str, str]) -> dict[str, Any]:
+        """Create the task that follows this one in `create` (matched by name) in the project."""
+        names = [str(item["name"]).strip().casefold() for item in create]
+        here = str(current.get("name") or "").strip().casefold()
+        if here not in names or names.index(here) + 1 >= len(create):
+            return {"next": None, "reason": f"task {entity.id} ({current.get('name')!r}) is the last of project "
+                                            f"{project}, and no task of the create: list follows it"}
+        item = create[names.index(here) + 1]
+        taken = [t for t in tasks if str(t.get("name") or "").strip().casefold() == str(item["name"]).strip().casefold()]
+        if taken:  # already made (by hand, or by an earlier completion): never twice
+            return {"next": str(taken[0].get("id")), "reason": f"{item['name']!r} is already in project {project}"}
+        process = current.get("processId")
+        values = {name: value for name in copied.values()
+                  if (value := _custom_values(current.get("customFieldData")).get(name)) not in (None, "")}
+        own = _place(current, order_id)
+        if order_id and own[0] == 0:
+            values[str(order_id)] = int(own[1]) + 1 if own[1].is_integer() else own[1] + 1
+        values.update(item.get("fields") or {})
+        body: dict[str, Any] = {"name": str(item["name"])[:250], "project": {"id": _int_or(project)},
+                                "status": {"id": self.resolve_status(entity, status, process)}}
+        if process:
+            body["processId"] = _int_or(process)
+        if item.get("due"):
+            body["endDateTime"] = _timepoint(item["due"])
+        user = self.resolve_user(item["responsible"]) if item.get("responsible") else None
+        if user:
+            body["assignees"] = {"users": [{"id": user}]}
+        body.update(self.custom_data("task", values))
+        made = _created_id(self.request("POST", "/task/", json_body=body))
+        return {"next": str(made) if made else None, "name": item["name"], "created": True}
 
     def project_tasks(self, project: Any, fields: list[str]) -> list[dict[str, Any]]:
         """Every task of a project (POST /task/list, filter type 5), 100 a page."""

@@ -17,17 +17,26 @@ import re
 import warnings
 from collections.abc import Coroutine
 from datetime import timedelta
+from http import HTTPStatus
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update, constants
+import requests
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    Update,
+    constants,
+)
 from telegram import error as tg_error
 from telegram.request import HTTPXRequest
 
 from connectors.base import (
-    check_secret, BadPayload,
+    BadPayload,
     BaseClient,
     Connection,
     Entity,
@@ -36,7 +45,9 @@ from connectors.base import (
     RawWebhook,
     RetryableApiError,
     UncertainApiError,
+    check_secret,
     parse_json,
+    transport_error,
     utc_iso,
 )
 
@@ -299,6 +310,79 @@ def keyboard(buttons: list[list[dict[str, str]]] | None) -> InlineKeyboardMarkup
                                  for row in buttons])
 
 
+# Bot API methods whose parameters are all JSON (no uploads) and whose answer is a Message or True:
+# sent by Client._post as one POST of a JSON body (the Bot API takes application/json) on a
+# keep-alive requests session, without PTB's Bot (asyncio + httpx + its request objects, ~3 ms a
+# call in bench/profiling.py). Uploads, getFile, downloads and setWebhook still go through PTB.
+JSON_METHODS = {"send_message": "sendMessage", "answer_callback_query": "answerCallbackQuery",
+                "edit_message_reply_markup": "editMessageReplyMarkup", "edit_message_text": "editMessageText"}
+
+
+def bot_api_result(code: int, payload: bytes) -> Any:
+    """A Bot API answer's `result`, or the TelegramError python-telegram-bot raises for it (the
+    rules of PTB 22's BaseRequest._request_wrapper and post: description, ResponseParameters'
+    migrate_to_chat_id and retry_after, then the error class by HTTP status)."""
+    try:
+        data = json.loads(payload.decode("utf-8", "replace"))
+    except ValueError:
+        data = None
+    if 200 <= code <= 299:
+        if not isinstance(data, dict) or "result" not in data:
+            raise tg_error.TelegramError("Invalid server response")
+        return data["result"]
+    try:
+        message = f"{HTTPStatus(code).phrase} ({code})"
+    except ValueError:
+        message = f"Unknown HTTPError ({code})"
+    if not isinstance(data, dict):
+        message += f". Parsing the server response {payload!r} failed"
+    else:
+        message = data.get("description") or message
+        parameters = data.get("parameters")
+        if parameters:
+            if parameters.get("migrate_to_chat_id"):
+                raise tg_error.ChatMigrated(parameters["migrate_to_chat_id"])
+            if parameters.get("retry_after"):
+                raise tg_error.RetryAfter(parameters["retry_after"])
+            message += f". The server response contained unknown parameters: {parameters}"
+    if code == HTTPStatus.FORBIDDEN:
+        raise tg_error.Forbidden(message)
+    if code in (HTTPStatus.NOT_FOUND, HTTPStatus.UNAUTHORIZED):
+        raise tg_error.InvalidToken(message)
+    if code == HTTPStatus.BAD_REQUEST:
+        raise tg_error.BadRequest(message)
+    if code == HTTPStatus.CONFLICT:
+        raise tg_error.Conflict(message)
+    raise tg_error.NetworkError(message)   # 5xx and the rest: an answer, so definite (no cause)
+
+
+def api_error(what: str, exc: tg_error.TelegramError) -> Exception:
+    """A TelegramError as crmbridge's Retryable/Uncertain/PermanentApiError."""
+    if isinstance(exc, tg_error.ChatMigrated):
+        # 400 with parameters.migrate_to_chat_id (Bot API ResponseParameters; PTB raises
+        # ChatMigrated for it): the group became a supergroup and the old id is dead
+        return PermanentApiError(f"{what}: the group was upgraded to a supergroup; its new chat id is "
+                                 f"{exc.new_chat_id}", status=400)
+    if isinstance(exc, tg_error.RetryAfter):
+        with warnings.catch_warnings():  # PTB 22 warns that the type will become timedelta
+            warnings.simplefilter("ignore")
+            wait = exc.retry_after
+        seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+        return RetryableApiError(f"{what}: {exc.message}", status=429, retry_after=seconds)
+    if isinstance(exc, (tg_error.TimedOut, tg_error.NetworkError)):
+        if isinstance(exc, tg_error.BadRequest):
+            return PermanentApiError(f"{what}: {exc.message}", status=400)
+        # PTB chains httpx's exception when Telegram did not answer: a read timeout or a dropped
+        # connection may follow a message that was sent; a connection never made (or no free
+        # pooled connection) cannot. An answer (5xx: NetworkError without a cause) is definite.
+        cause = exc.__cause__
+        if isinstance(cause, httpx.HTTPError) and not isinstance(
+                cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+            return UncertainApiError(f"{what}: {exc.message} (the call may have been done)")
+        return RetryableApiError(f"{what}: {exc.message}")
+    return PermanentApiError(f"{what}: {exc.message}")
+
+
 class Client(BaseClient):
     """Calls on one bot. Every method is one Bot API call."""
 
@@ -328,49 +412,44 @@ class Client(BaseClient):
             self.request("POST", f"/bot<token>/{wire}", json_body=_plain(params))
             return None
         bot = self.bot
-        if self.limiter:
-            self.limiter()
-            self._chat_limits(method, params.get("chat_id"))
+        if self.limiter:   # the bot's limit and the chat's (and group's), one round trip for all
+            self.limiter(also=self._chat_limits(method, params.get("chat_id")))
         if self.sending:
             self.sending()
+        if method in JSON_METHODS:
+            return self._post(method, params)
         return self._run(method, getattr(bot, method)(**params))
 
-    def _chat_limits(self, method: str, chat: Any) -> None:
+    def _chat_limits(self, method: str, chat: Any) -> tuple[tuple[str, tuple[float, float]], ...]:
         """"No more than one message per second" to a chat, "20 messages per minute" to a group
         (core.telegram.org/bots/faq): shared by every worker through the runtime's buckets."""
         if chat is None or not method.startswith(("send_", "edit_", "copy_", "forward_")):
-            return
-        self.limiter(f"chat:{chat}", PER_CHAT)
+            return ()
         if str(chat).startswith("-"):
-            self.limiter(f"group:{chat}", PER_GROUP)
+            return (f"chat:{chat}", PER_CHAT), (f"group:{chat}", PER_GROUP)
+        return ((f"chat:{chat}", PER_CHAT),)
+
+    def _post(self, method: str, params: dict[str, Any]) -> Any:
+        """One of JSON_METHODS as one POST of a JSON body on the client's keep-alive requests session;
+        the answer (or error) read as PTB's request layer reads it, and mapped by the same rules."""
+        body = {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in params.items() if v is not None}
+        try:
+            resp = self.session.post(f"{self.bot.base_url}/{JSON_METHODS[method]}", json=body,
+                                     timeout=(5, self.timeout))
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            # never connected: nothing was sent; no answer after sending: it may have been done
+            raise transport_error(method, exc) from None
+        try:
+            result = bot_api_result(resp.status_code, resp.content)
+        except tg_error.TelegramError as exc:
+            raise api_error(method, exc) from None
+        return Message.de_json(result, self.bot) if isinstance(result, dict) else result
 
     def _run(self, what: str, work: Coroutine[Any, Any, Any]) -> Any:
         try:
             return self._loop.run_until_complete(work)
-        except tg_error.ChatMigrated as exc:
-            # 400 with parameters.migrate_to_chat_id (Bot API ResponseParameters; PTB raises
-            # ChatMigrated for it): the group became a supergroup and the old id is dead
-            raise PermanentApiError(f"{what}: the group was upgraded to a supergroup; its new chat id is "
-                                    f"{exc.new_chat_id}", status=400) from None
-        except tg_error.RetryAfter as exc:
-            with warnings.catch_warnings():  # PTB 22 warns that the type will become timedelta
-                warnings.simplefilter("ignore")
-                wait = exc.retry_after
-            seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
-            raise RetryableApiError(f"{what}: {exc.message}", status=429, retry_after=seconds) from None
-        except (tg_error.TimedOut, tg_error.NetworkError) as exc:
-            if isinstance(exc, tg_error.BadRequest):
-                raise PermanentApiError(f"{what}: {exc.message}", status=400) from None
-            # PTB chains httpx's exception when Telegram did not answer: a read timeout or a dropped
-            # connection may follow a message that was sent; a connection never made (or no free
-            # pooled connection) cannot. An answer (5xx: NetworkError without a cause) is definite.
-            cause = exc.__cause__
-            if isinstance(cause, httpx.HTTPError) and not isinstance(
-                    cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
-                raise UncertainApiError(f"{what}: {exc.message} (the call may have been done)") from None
-            raise RetryableApiError(f"{what}: {exc.message}") from None
         except tg_error.TelegramError as exc:
-            raise PermanentApiError(f"{what}: {exc.message}") from None
+            raise api_error(what, exc) from None
 
     def chat_id(self, chat: str | int) -> str:
         """A chat id, or a chat's name from the connection's `options: {chats: {team: …}}`."""

@@ -323,14 +323,16 @@ def filter_problem(name: str, value: Any) -> str | None:
 
 def data_needs(rules: list[Rule], kinds: set[str] | None = None) -> set[str]:
     """What the worker must read besides the record itself for these rules (all of them, or those
-    listening to `kinds` plus every guarded timer, whose guard any event may check):
+    listening to `kinds` plus every guarded timer without `keep_timer`, whose guard any event may check):
     `tasks` (open_tasks, entity.tasks), `activity` (no_activity, stage_since, last_activity),
     `files` (has_file, entity.files), `contacts` (entity.contact_cards: the linked contacts with
-    their fields), `parent` (a task's parent record: parent:, entity.parent.…)."""
+    their fields; entity.main_contact.phone / .email: the deal's main contact), `parent` (a task's
+    parent record: parent:, entity.parent.…)."""
     needs: set[str] = set()
     for rule in rules:
         listening = kinds is None or bool(set(rule.trigger.events) & kinds)
-        if not listening and not (rule.delay and rule.guard):
+        # another event checks a timer's guard only to cancel it, which `keep_timer` rules skip
+        if not listening and not (rule.delay and rule.guard and not rule.keep_timer):
             continue
         conditions = [*rule.conditions, *rule.guard, *(rule.delay.until if rule.delay else ())]
         text = " ".join([repr(conditions), repr([a.options for a in (*rule.actions, *rule.otherwise)]),
@@ -348,7 +350,7 @@ def data_needs(rules: list[Rule], kinds: set[str] | None = None) -> set[str]:
 _NEEDS = (("tasks", ("open_tasks",), r"\.tasks\b"),
           ("activity", ("no_activity",), r"\b(last_activity|stage_since)\b"),
           ("files", ("has_file",), r"\.files\b"),
-          ("contacts", (), r"\.contact_cards\b"),
+          ("contacts", (), r"\.contact_cards\b|\bmain_contact\.(?!id\b)\w+|main_contact\["),
           ("parent", ("parent",), r"parent\.(?!id\b|type\b)\w+|parent\["))
 
 
@@ -539,10 +541,7 @@ def fire_time(delay: Delay, ctx: RuleContext, first: bool = False) -> datetime |
     value = (ctx.entity.get("fields") or {}).get(delay.field)
     if value in (None, "", []):
         return None
-    base = to_datetime(value, cal, delay.at_time or time(9, 0))
-    if delay.at_time is not None:  # `time:` sets the time of day of the field's date (amoCRM dates are midnight)
-        tz = ZoneInfo(cal.timezone)
-        base = datetime.combine(base.astimezone(tz).date(), delay.at_time, tz)
+    base = field_moment(value, cal, delay.at_time)
     if delay.duration is not None:
         sign = -1 if delay.kind == "before" else 1
         base = delay.duration.apply(base, cal, sign=sign)
@@ -558,7 +557,7 @@ def _first_of_every(delay: Delay, ctx: RuleContext) -> datetime | None:
         value = (ctx.entity.get("fields") or {}).get(delay.field)
         if value in (None, "", []):
             return None
-        begin = to_datetime(value, cal, delay.at_time or time(9, 0))
+        begin = field_moment(value, cal, delay.at_time)
     for step in delay.start:
         begin = step.apply(begin, cal)
     return max(cal.next_working_moment(begin) if delay.duration.working else begin, ctx.now)
@@ -568,6 +567,18 @@ def _jitter(ctx: RuleContext) -> float:
     """A stable point in a range ("30-60 minutes"): the same event always plans the same time."""
     digest = hashlib.sha1(f"{ctx.event.id}|{ctx.rule.id}".encode()).digest()
     return digest[0] / 255
+
+
+def field_moment(value: Any, cal: WorkingCalendar, at_time: time | None) -> datetime:
+    """A date field's moment for `at:`/`after:`/`before:`/`every:`: `time:` (at_time) sets the time
+    of day on the field's date in the calendar's zone, whatever form the date comes in: amoCRM sends
+    a date field as a unix timestamp of midnight, others an ISO date. Without `time:` a bare date is
+    09:00 and a timestamp or datetime stays as it is."""
+    base = to_datetime(value, cal, at_time or time(9, 0))
+    if at_time is None:
+        return base
+    tz = ZoneInfo(cal.timezone)
+    return datetime.combine(base.astimezone(tz).date(), at_time, tz)
 
 
 def to_datetime(value: Any, cal: WorkingCalendar, default_time: time) -> datetime:

@@ -23,6 +23,9 @@ from marshmallow import Schema, fields
 from rules.engine import to_datetime
 
 NAME = "sync_chat"
+# a chat message is written to the task from the event and the task's reference alone: the worker
+# need not read the task first (links.needs_record); a CRM comment needs the task's chat field
+RECORD_FREE = ("message.received", "message.edited")
 ECHO_MARK = "💬 Telegram"      # how the comments the bridge writes from the chat begin
 DOWNLOAD_LIMIT = 20_000_000      # bots download at most 20 MB (Bot API getFile)
 
@@ -51,7 +54,7 @@ def _to_crm(ctx, options: dict) -> list:
     local = to_datetime(ctx.event.occurred_at, ctx.calendar, None).astimezone(ZoneInfo(ctx.calendar.timezone))
     when = local.strftime("%d.%m.%Y %H:%M")
     author = (data.get("from") or {}).get("name") or "?"
-    edited = " (змінено)" if ctx.event.kind == "message.edited" else ""
+    edited = " (змінено)" if ctx.event.kind == "message.edited" else ""   # (edited)
     lines = [f"{ECHO_MARK} · {author} · {when}{edited}"]
     if data.get("text"):
         lines.append(data["text"])
@@ -59,6 +62,7 @@ def _to_crm(ctx, options: dict) -> list:
     for file in data.get("files") or []:
         name = file.get("name") or f"{file['kind']}_{file['file_id'][-8:]}"
         if (file.get("size") or 0) > DOWNLOAD_LIMIT:
+            # "…: the file is larger than 20 MB, the bot cannot download it — see the chat"
             lines.append(f"📎 {name}: файл більший за 20 МБ, бот не може його завантажити — дивіться в чаті")
             continue
         uploads.append({"name": name, "content": {"$download": {

@@ -61,3 +61,111 @@ def test_errors(tmp_path, entry, expected):
     with pytest.raises(ConfigErrors) as exc:
         load(tmp_path, f"calendars: {{}}\nconnections:\n  x:\n    {entry}\n", {"S": "s"})
     assert str(exc.value).splitlines()[0].startswith(expected)
+
+
+CRM_EXPECTED = 'connections.yaml:13: connection "bot" → options → link → crm: expected the name of a CRM connection ' \
+    "of this file (pf), found "
+
+
+@pytest.mark.parametrize("link, expected", [
+    ("{crm: agency-planfx, field: Telegram чат}", CRM_EXPECTED + "'agency-planfx'"),
+    ("{crm: bot}", CRM_EXPECTED + "'bot'"),
+    ("{field: Telegram чат}", CRM_EXPECTED + "None"),
+    ("agency-planfix", ('connections.yaml:12: connection "bot" → options → link: expected a mapping such as '
+                        "{crm: <connection>, field: …}, found 'agency-planfix'")),
+])
+def test_a_bots_link_must_name_a_crm_connection(tmp_path, link, expected):
+    """options.link.crm is checked when the configuration loads, not on the first /link or press."""
+    text = f"""
+calendars: {{}}
+connections:
+  pf:
+    type: planfix
+    webhook_secret: ${{S}}
+  bot:
+    type: telegram
+    webhook_secret: ${{S}}
+    options:
+      chats: {{staff: "-100"}}
+      link:
+        {link}
+"""
+    with pytest.raises(ConfigErrors) as exc:
+        load(tmp_path, text, {"S": "s"})
+    assert str(exc.value).splitlines()[0] == expected
+    fixed = text.replace(link, "{crm: pf, field: Telegram чат}")
+    assert load(tmp_path, fixed, {"S": "s"}).connections["bot"].options["link"]["crm"] == "pf"
+
+
+def test_the_rate_may_come_from_the_environment_and_above_the_vendors_limit_warns(tmp_path):
+    """`options: {rate_per_second: ${AMO_RATE_PER_SECOND:-7}}`: text from the environment becomes a
+    number; above amoCRM's documented 7/s it loads with a warning (a raised quota, a test's fake)."""
+    text = """
+connections:
+  amo:
+    type: amocrm
+    webhook_secret: ${S}
+    options: {rate_per_second: "${AMO_RATE_PER_SECOND:-7}", burst: "${AMO_BURST:-7}"}
+"""
+    default = load(tmp_path, text, {"S": "s"})
+    assert default.connections["amo"].options == {"rate_per_second": 7.0, "burst": 7.0}
+    assert not [w for w in default.warnings if "rate_per_second" in w]
+    raised = load(tmp_path, text, {"S": "s", "AMO_RATE_PER_SECOND": "50"})
+    assert raised.connections["amo"].options["rate_per_second"] == 50.0
+    assert 'connection "amo" → options → rate_per_second: 50 is above the amocrm limit of 7 requests per second' \
+        in " ".join(raised.warnings)
+    for bad in ("fast", "0", "-1", "inf"):   # empty: `:-` gives the default, as in a shell
+        with pytest.raises(ConfigErrors) as exc:
+            load(tmp_path, text, {"S": "s", "AMO_RATE_PER_SECOND": bad})
+        assert str(exc.value).splitlines()[0] == (
+            f'connections.yaml:6: connection "amo" → options → rate_per_second: expected a positive number '
+            f"of requests per second, found {bad!r}")
+
+
+def test_the_limiter_takes_the_configured_rate(tmp_path, redis_db, monkeypatch):
+    import runtime
+    from connectors import amocrm
+    from queueing import Keys
+    loaded = load(tmp_path, "connections:\n  amo:\n    type: amocrm\n    webhook_secret: ${S}\n"
+                            "    options: {rate_per_second: '${R}'}\n", {"S": "s", "R": "3"})
+    calls = []
+    monkeypatch.setattr(runtime.RateLimiter, "acquire", lambda self, key, limit: calls.append((key, limit)))
+    rt = runtime.Runtime(settings=None, connections=loaded, ruleset=None, store=redis_db, keys=Keys("t:"), backend=None)
+    conn = loaded.connections["amo"]
+    rt._limiter_for(conn, amocrm.Client(conn, store=redis_db))()
+    assert calls == [("amo", runtime.Limit(3.0, 3.0))]
+
+
+def test_only_forward_on_a_crm_that_does_not_know_its_stage_order_is_refused_at_start_up(tmp_path):
+    from config.settings import Settings
+    from runtime import load_configuration
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "connections.yaml").write_text("""
+connections:
+  amo: {type: amocrm, webhook_secret: "${S}"}
+  b24: {type: bitrix24, webhook_secret: "${S}"}
+  pf: {type: planfix, webhook_secret: "${S}"}
+""", encoding="utf-8")
+    (tmp_path / "rules" / "r.yaml").write_text("""rules:
+  - name: amo forward
+    on: {event: file.added, connection: amo}
+    do: [{move_to_stage: {stage: Proposal, only_forward: true}}]
+  - name: b24 forward
+    on: {event: file.added, connection: b24}
+    do:
+      - add_note: x
+      - move_to_stage: {stage: Proposal, only_forward: true}
+  - name: pf plain
+    on: {event: task.updated, connection: pf}
+    do: [{move_to_stage: Done}]
+  - name: pf forward by connection
+    on: {event: file.added, connection: amo}
+    do: [{move_to_stage: {stage: Done, only_forward: true, connection: pf}}]
+""", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as exc:
+        load_configuration(Settings(config_dir=tmp_path, environ={"S": "s"}))
+    lines = str(exc.value).splitlines()
+    assert lines[-1] == "2 errors in 1 file; crmbridge did not start."
+    assert [line.split(": rule ")[0].rsplit("/", 1)[-1] for line in lines[:-1]] == ["r.yaml:9", "r.yaml:15"]
+    assert 'rule "b24 forward": move_to_stage → only_forward: not supported for bitrix24 (connection \'b24\')' in lines[0]
+    assert "not supported for planfix (connection 'pf')" in lines[1]

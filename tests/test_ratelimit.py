@@ -115,3 +115,18 @@ def test_the_bot_limit_holds_under_concurrent_callers(redis_db):
         t.join(timeout=15)
     assert len(stamps) == 80
     assert max_in_window(sorted(stamps), 1.0 - SLACK) <= 30
+
+
+def test_a_call_under_several_limits_takes_a_slot_in_all_or_in_none(redis_db):
+    """A Telegram message counts against the bot, its chat and its group in one script call: when
+    one window is full nothing is taken from the others, and the wait is the fullest window's."""
+    limiter = RateLimiter(redis_db, "crmbridge-test:")
+    bot, chat, group = Limit(rate=30, burst=30), Limit(rate=1, burst=1), Limit(rate=20 / 60, burst=20)
+    assert limiter.wait_time("bot", bot, ("chat:-1", chat), ("group:-1", group)) == 0.0
+    wait = limiter.wait_time("bot", bot, ("chat:-1", chat), ("group:-1", group))
+    assert 0.0 < wait <= 1.001                              # the chat's window is full for ~1 s
+    bot_log = redis_db.zcard("crmbridge-test:rate:bot")
+    group_log = redis_db.zcard("crmbridge-test:rate:group:-1")
+    assert (bot_log, group_log) == (1, 1)                   # the refused call took no slot anywhere
+    assert limiter.wait_time("bot", bot, ("chat:-2", chat)) == 0.0   # another chat goes at once
+    assert redis_db.zcard("crmbridge-test:rate:bot") == 2

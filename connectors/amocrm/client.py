@@ -105,6 +105,7 @@ class Client(TokenAuth, BaseClient):
         snap["fields"], enums = api_fields(item.get("custom_fields_values"))
         if enums:
             snap["field_enums"] = enums
+        snap.update(contact_channels(item.get("custom_fields_values")))
         snap.update(_embedded(item.get("_embedded") or {}))
         return self.name_refs(snap)
 
@@ -318,8 +319,16 @@ class Client(TokenAuth, BaseClient):
             found["files"] = self.list_files(entity)
         if "contacts" in needs and entity.type == "lead":
             raw = self.get_raw(entity) or {}
-            ids = [str(c["id"]) for c in (raw.get("_embedded") or {}).get("contacts") or []]
-            found["contact_cards"] = [c for c in (self.get_contact(i) for i in ids) if c is not None]
+            linked = (raw.get("_embedded") or {}).get("contacts") or []
+            ids = [str(c["id"]) for c in linked]
+            cards = [c for c in (self.get_contact(i) for i in ids) if c is not None]
+            found["contact_cards"] = cards
+            # the deal's main contact (is_main, else the first linked): its phone and email are
+            # where amoCRM keeps the client's (`entity.main_contact.phone`, `.email`); empty
+            # strings when the deal has no contact, so a guard can test them
+            main = next((str(c["id"]) for c in linked if c.get("is_main")), ids[0] if ids else None)
+            card = next((c for c in cards if c["id"] == main), None)
+            found["main_contact"] = {**EMPTY_CHANNELS, **(card or {}), "id": main}
         return found
 
     # --- notes and files ---------------------------------------------------------------------
@@ -539,6 +548,24 @@ def api_fields(values: list[dict[str, Any]] | None) -> tuple[dict[str, Any], dic
         if ids:
             enums[cf.get("field_name")] = ids[0] if len(ids) == 1 else ids
     return fields, enums
+
+
+EMPTY_CHANNELS: dict[str, Any] = {"phone": "", "phones": [], "email": "", "emails": []}
+
+
+def contact_channels(values: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A contact's (or company's) phones and emails: amoCRM keeps them in the multitext fields
+    with `field_code` PHONE and EMAIL, each value with its kind (`enum_code` WORK, MOB, WORKDD,
+    HOME, FAX, OTHER; PRIV for email; the API's own example names it `enum`). `phone` / `email`
+    are the first, as amoCRM lists them; `phones` / `emails` all, with `kind`."""
+    found: dict[str, Any] = {}
+    for code, key in (("PHONE", "phone"), ("EMAIL", "email")):
+        items = [{"value": str(v.get("value") or "").strip(), "kind": v.get("enum_code") or v.get("enum")}
+                 for cf in values or [] if cf.get("field_code") == code for v in cf.get("values") or []]
+        items = [i for i in items if i["value"]]
+        if items:
+            found.update({key: items[0]["value"], f"{key}s": items})
+    return found
 
 
 def _embedded(embedded: dict[str, Any]) -> dict[str, Any]:

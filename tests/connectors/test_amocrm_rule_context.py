@@ -54,6 +54,36 @@ def test_open_tasks_files_and_linked_contacts(amo_client, fake_amo):
     assert amo_client.rule_context(Entity("lead", "17657"), set()) == {}
 
 
+def test_the_main_contacts_phone_and_email_from_its_phone_and_email_fields(amo_client, fake_amo):
+    """amoCRM keeps a client's phone and email on the contact (multitext fields with field_code
+    PHONE / EMAIL, API-REFERENCE.md); the deal's main contact is the one `is_main` in
+    `_embedded.contacts` (api_lead_get_with_contacts.json), not necessarily the first linked."""
+    documented = json.loads((PAYLOADS / "amocrm/api_contact_get.json").read_text())  # "enum": "WORK"
+    fake_amo.contacts[3] = documented
+    fake_amo.contacts[9] = {"id": 9, "name": "Блогер", "custom_fields_values": [
+        {"field_id": 3, "field_name": "Телефон", "field_code": "PHONE", "field_type": "multitext",
+         "values": [{"value": "+7 999 000-00-00", "enum_id": 2, "enum_code": "MOB"}]}]}
+    fake_amo.contacts[4] = {"id": 4, "name": "Анна", "custom_fields_values": [
+        {"field_id": 3, "field_name": "Телефон", "field_code": "PHONE", "field_type": "multitext",
+         "values": [{"value": " ", "enum_id": 1, "enum_code": "WORK"},
+                    {"value": "+7 903 111-22-33", "enum_id": 2, "enum_code": "MOB"}]},
+        {"field_id": 4, "field_name": "Email", "field_code": "EMAIL", "field_type": "multitext",
+         "values": [{"value": "anna@client.example", "enum_id": 7, "enum_code": "WORK"},
+                    {"value": "anna@home.example", "enum_id": 8, "enum_code": "PRIV"}]}]}
+    lead = fake_amo.leads[17657].setdefault("_embedded", {})
+    lead["contacts"] = [{"id": 9, "is_main": False}, {"id": 3, "is_main": True}]
+    main = amo_client.rule_context(Entity("lead", "17657"), {"contacts"})["main_contact"]
+    assert (main["id"], main["name"], main["phone"], main["email"]) == ("3", "Иван Иванов", "+79123", "")
+    assert main["phones"] == [{"value": "+79123", "kind": "WORK"}] and main["emails"] == []
+    lead["contacts"] = [{"id": 4, "is_main": True}]
+    main = amo_client.rule_context(Entity("lead", "17657"), {"contacts"})["main_contact"]
+    assert (main["phone"], main["email"]) == ("+7 903 111-22-33", "anna@client.example")  # empty values skipped
+    assert main["emails"] == [{"value": "anna@client.example", "kind": "WORK"}, {"value": "anna@home.example", "kind": "PRIV"}]
+    lead["contacts"] = []   # no contact: empty strings, so a guard `expr: entity.main_contact.phone` is false
+    assert amo_client.rule_context(Entity("lead", "17657"), {"contacts"})["main_contact"] == {
+        "id": None, "phone": "", "phones": [], "email": "", "emails": []}
+
+
 def test_stage_positions_follow_the_statuses_sort(amo_client, fake_amo):
     fake_amo.pipelines = [{"id": 1, "name": "Реализация", "statuses": [
         {"id": 142, "name": "Успешно реализовано", "sort": 10000}, {"id": 3, "name": "Исполнение", "sort": 40},

@@ -14,6 +14,7 @@ from connectors.base import (
     RawWebhook,
     RetryableApiError,
     Unauthorized,
+    UncertainApiError,
 )
 from tests.conftest import PAYLOADS, TG_TOKEN, raw
 
@@ -288,3 +289,39 @@ def test_files_on_this_server_are_never_uploaded_by_name(bot, fake_tg, tmp_path)
     with pytest.raises(PermanentApiError, match="expected the file's bytes, got str"):
         bot.send_document("1", str(secret), "a.yaml")
     assert fake_tg.calls == []
+
+
+@pytest.mark.parametrize("status, body", [
+    (429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 5",
+           "parameters": {"retry_after": 5}}),
+    (400, {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"}),
+    (400, {"ok": False, "error_code": 400, "description": "Bad Request: group chat was upgraded to a supergroup chat",
+           "parameters": {"migrate_to_chat_id": -1003569294766}}),
+    (403, {"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}),
+    (401, {"ok": False, "error_code": 401, "description": "Unauthorized"}),
+    (409, {"ok": False, "error_code": 409, "description": "Conflict: terminated by other getUpdates request"}),
+    (502, {"ok": False, "error_code": 502, "description": "Bad Gateway"}),
+    (500, b"<html>Internal Server Error</html>"),
+    (200, b"not json"),
+])
+def test_json_methods_fail_as_python_telegram_bot_does(bot, fake_tg, status, body):
+    """sendMessage & co. go out as plain JSON POSTs (telegram.JSON_METHODS), not through PTB's Bot:
+    every answer must become the same error PTB's own request layer leads to."""
+    def outcome(send):
+        fake_tg.fail("sendMessage", status, body)
+        with pytest.raises(Exception) as exc:
+            send()
+        e = exc.value
+        return type(e), str(e), getattr(e, "status", None), getattr(e, "retry_after", None)
+
+    direct = outcome(lambda: bot.send_message("42", "x"))
+    through_ptb = outcome(lambda: bot._run("send_message", bot.bot.send_message(chat_id="42", text="x")))
+    assert direct == through_ptb
+    assert not issubclass(direct[0], UncertainApiError)   # Telegram answered: definite
+
+
+def test_a_connection_never_made_is_retryable_and_nothing_was_sent(fake_tg):
+    conn = Connection(name="bot", type="telegram", base_url="http://127.0.0.1:9", credentials={"token": TG_TOKEN})
+    with pytest.raises(RetryableApiError) as exc:
+        telegram.Client(conn).send_message("42", "x")
+    assert not isinstance(exc.value, UncertainApiError)

@@ -15,7 +15,7 @@ import copy
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Smm:
     planfix: FakePlanfix
     tg: FakeTelegram
     updates: Iterator[int]
+    tg_updates: list = field(default_factory=list)   # every update posted, in order
 
     # --- webhooks in ---------------------------------------------------------------------------
 
@@ -91,6 +92,7 @@ class Smm:
         return self.post_tg(update)
 
     def post_tg(self, update: dict) -> dict:
+        self.tg_updates.append(update)
         resp = self.client.post("/hooks/agency-bot", json=update, headers=TG)
         assert resp.status_code == 200, resp.get_json()
         return resp.get_json()

@@ -63,8 +63,9 @@ def hook():
 
 @pytest.fixture
 def env(fake_amo, fake_tg, smtp, fake_zd, hook) -> dict[str, str]:
-    """What the agency's deployment sets, pointed at the local servers."""
-    return {"AMO_BASE_URL": fake_amo.url, "AMO_TOKEN": "amo-token", "AMO_WEBHOOK_SECRET": "amo-secret",
+    """What the agency's deployment sets, pointed at the local servers; the fake amoCRM answers at
+    once, so AMO_RATE_PER_SECOND lifts amoCRM's 7 requests/second, which would only slow the tests."""
+    return {"AMO_RATE_PER_SECOND": "1000", "AMO_BASE_URL": fake_amo.url, "AMO_TOKEN": "amo-token", "AMO_WEBHOOK_SECRET": "amo-secret",
             "TELEGRAM_API_URL": fake_tg.url, "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret",
             "HEAD_CHAT_ID": "-1001000000002",
             "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port), "SMTP_SECURITY": "none",
@@ -81,19 +82,40 @@ def config_dir(tmp_path: Path) -> Path:
     shutil.copy(EXAMPLE / "connections.yaml", target / "connections.yaml")
     for name in ("followups.yaml", "discipline.yaml"):
         shutil.copy(EXAMPLE / "rules" / name, target / "rules" / name)
+    shutil.copytree(EXAMPLE / "templates", target / "templates")   # the warming series' email templates
     return target
+
+
+def phone_and_email(phones: list[tuple[str, str]], emails: list[tuple[str, str]]) -> list[dict]:
+    """A contact's PHONE and EMAIL multitext fields as GET /api/v4/contacts/{id} returns them
+    (api_contact_get.json; API-REFERENCE.md: field_code PHONE/EMAIL, values with enum_code)."""
+    return [{"field_id": 3, "field_name": "Телефон", "field_code": "PHONE", "field_type": "multitext",
+             "values": [{"value": v, "enum_id": 1 + n, "enum_code": code} for n, (v, code) in enumerate(phones)]},
+            {"field_id": 4, "field_name": "Email", "field_code": "EMAIL", "field_type": "multitext",
+             "values": [{"value": v, "enum_id": 7 + n, "enum_code": code} for n, (v, code) in enumerate(emails)]}]
 
 
 @pytest.fixture
 def amo(fake_amo):
-    """The agency's amoCRM: Russian pipeline, users and fields; one deal with the client's email and phone."""
+    """The agency's amoCRM: Russian pipeline, users and fields; one deal whose main contact has the
+    client's phones and email (where amoCRM keeps them: the contact's PHONE and EMAIL fields), and
+    a blogger's contact linked first, not main, with its own."""
     fake_amo.pipelines = [{"id": 2116, "name": "Воронка продаж",
                            "statuses": [{"id": i, "name": n} for n, i in STAGES.items()]}]
     fake_amo.users = [{"id": 938348, "name": "Ольга Смирнова"}, {"id": 102525, "name": "Иван Петров"}]
+    fake_amo.contacts[5002] = {"id": 5002, "name": "Бузова Ольга", "responsible_user_id": 938348,
+                               "custom_fields_values": phone_and_email([("+7 999 000-00-00", "MOB")],
+                                                                       [("blogger@example.com", "WORK")]),
+                               "_embedded": {"tags": [], "companies": [], "leads": [{"id": LEAD_ID}]}}
+    fake_amo.contacts[5001] = {"id": 5001, "name": "Анна Клиентова", "responsible_user_id": 938348,
+                               "custom_fields_values": phone_and_email(
+                                   [("+7 (916) 123-45-67", "WORK"), ("+7 903 111-22-33", "MOB")],
+                                   [("client@example.com", "WORK"), ("anna@home.example", "PRIV")]),
+                               "_embedded": {"tags": [], "companies": [], "leads": [{"id": LEAD_ID}]}}
     fake_amo.add_lead({"id": LEAD_ID, "name": "Весна 2027", "price": 450000, "status_id": STAGES["Новый клиент"],
-                       "pipeline_id": 2116, "responsible_user_id": 938348, "custom_fields_values": [
-                           {"field_id": 1, "field_name": "Email", "values": [{"value": "client@example.com"}]},
-                           {"field_id": 2, "field_name": "Телефон", "values": [{"value": "+7 (916) 123-45-67"}]}]})
+                       "pipeline_id": 2116, "responsible_user_id": 938348, "custom_fields_values": [],
+                       "_embedded": {"tags": [], "companies": [], "contacts": [{"id": 5002, "is_main": False},
+                                                                              {"id": 5001, "is_main": True}]}})
     return fake_amo
 
 
@@ -159,15 +181,20 @@ def test_c1_warming_emails_after_7_days_and_none_once_the_deal_moved_on(client, 
     tick(runtime, at, msk(2026, 12, 14, 11, 0, 1))
     [sent] = smtp.wait_for(1)
     assert sent["to"] == ["client@example.com"] and sent["login"] == smtp.user
+    # the named template templates/email/warming-1.{subject,txt,html}, rendered for this deal
     assert sent["message"]["Subject"] == "Как блогеры помогают брендам расти"
     assert "менеджер Ольга Смирнова свяжется с вами" in FakeSmtp.text_of(sent["message"])
+    html = sent["message"].get_body(preferencelist=("html",)).get_content()
+    assert "<p>Ответьте на это письмо — менеджер Ольга Смирнова свяжется с вами.</p>" in html
     # the client answered and the deal moved on: the second email of the series is not sent
     move(client, amo, "Получение брифа", "Новый клиент", 1796623300)
     run_worker(runtime)
-    assert timer(runtime, "C1 утепляющее письмо 2 (14 дней в «Новый клиент»)") is None
-    tick(runtime, at, msk(2026, 12, 21, 11, 0, 1))
+    tick(runtime, at, msk(2026, 12, 21, 11, 0, 1))   # `keep_timer`: the guard is checked when it fires
     subjects = [m["message"]["Subject"] for m in smtp.messages]
     assert subjects == ["Как блогеры помогают брендам расти", "Ждём ваш бриф"]  # the second: C2's reminder
+    assert timer(runtime, "C1 утепляющее письмо 2 (14 дней в «Новый клиент»)") is None
+    [skipped] = [a for a in audit(runtime, "timer.skipped") if a["rule"].startswith("C1 утепляющее письмо 2")]
+    assert "guard no longer holds" in skipped["reason"]
 
 
 def test_c1_a_deal_created_in_new_client_gets_the_series_too(client, runtime, amo, smtp, at):
@@ -232,10 +259,12 @@ def test_c2_retargeting_reminder_task_then_calls_with_busy_retry_and_the_pause_a
     # Wednesday: the deal is still waiting for the brief, so the calls go on
     tick(runtime, at, fire_at(runtime, CALLS) + timedelta(seconds=1))
     assert len(fake_zd.callbacks()) == 3
-    # the brief came: the deal moves on and the calls stop
+    # the brief came: the deal moves on, and the next firing finds it gone and stops the calls
+    # (`keep_timer`: the guard is checked when the timer fires)
     move(client, amo, "Бриф получен", "Получение брифа", 1797000000)
     run_worker(runtime)
-    assert timer(runtime, CALLS) is None
+    tick(runtime, at, fire_at(runtime, CALLS) + timedelta(seconds=1))
+    assert len(fake_zd.callbacks()) == 3 and timer(runtime, CALLS) is None
 
 
 def test_c2_calls_due_outside_working_hours_wait_for_the_next_working_moment(client, runtime, amo, fake_zd, at):
@@ -265,6 +294,43 @@ def test_c2_a_telephony_error_is_dead_lettered_and_the_calls_go_on(client, runti
     tick(runtime, at, nxt + timedelta(seconds=1))
     assert len(fake_zd.callbacks()) == 2
     assert len([d for d in audit(runtime, "action.done") if d["action"].startswith("zadarma.call_back")]) == 1
+
+
+@pytest.fixture
+def with_gate(config_dir):
+    """lost.yaml too: «Закрыто и не реализовано» without «Причина отказа» is put back (C4)."""
+    shutil.copy(EXAMPLE / "rules" / "lost.yaml", config_dir / "rules" / "lost.yaml")
+
+
+C2_TIMERS = ["C2 ретаргетинг через 3 дня без брифа", "C2 письмо-напоминание о брифе через 5 дней",
+             "C2 задача позвонить через 6 дней", CALLS]
+
+
+def test_c2_a_deal_the_gate_puts_back_into_getting_the_brief_keeps_its_follow_ups(
+        with_gate, client, runtime, amo, smtp, hook, at):
+    at(msk(2026, 12, 4, 11))  # Friday: the deal starts waiting for the brief
+    move(client, amo, "Получение брифа", "Новый клиент", 1796374800)
+    run_worker(runtime)
+    planned = {name: fire_at(runtime, name) for name in C2_TIMERS}
+    assert planned["C2 ретаргетинг через 3 дня без брифа"] == msk(2026, 12, 7, 11)
+    # Saturday: the manager closes the deal as lost without a reason; the gate moves it back
+    at(msk(2026, 12, 5, 12))
+    move(client, amo, "Закрыто и не реализовано", "Получение брифа", 1796461200)
+    run_worker(runtime)
+    assert [c.body for c in amo.received("PATCH", f"/api/v4/leads/{LEAD_ID}")] == [
+        {"status_id": STAGES["Получение брифа"]}]
+    # amoCRM announces the move back: crmbridge's own undo, so the series neither restarts
+    # (`undo: false`) nor was cancelled by the refused move (`keep_timer: true`)
+    move(client, amo, "Получение брифа", "Закрыто и не реализовано", 1796461205)
+    run_worker(runtime)
+    matched = [e["rule"] for e in audit(runtime, "rule.matched")]
+    assert [matched.count(name) for name in C2_TIMERS] == [1, 1, 1, 1]   # the first entry only
+    assert {name: fire_at(runtime, name) for name in C2_TIMERS} == planned
+    # Monday, 3 days after the deal first came: the client joins the audience, once
+    tick(runtime, at, msk(2026, 12, 7, 11, 0, 1))
+    [added] = hook.received("POST", "/audiences/retargeting")
+    assert added.body["audience"] == "brief-pending" and added.body["phone"] == "+7 (916) 123-45-67"
+    assert timer(runtime, "C2 ретаргетинг через 3 дня без брифа") is None
 
 
 # --- C7 ---------------------------------------------------------------------------------------------------

@@ -183,12 +183,14 @@ def test_c8_documents_contract_prepayment_and_payment_dates(client, runtime, amo
     moved(client, runtime, amo, DEAL, "Утвержденный проект")
     [docs] = tasks_made(amo)
     assert (docs["text"], docs["responsible_user_id"]) == ("Подготовить документы: договор и счёт", USERS["Елена Новикова"])
-    uploaded(client, runtime, amo, DEAL, "Счет 118 от 25.11.2026.pdf")
-    assert len(tasks_made(amo)) == 1
     uploaded(client, runtime, amo, DEAL, "Договор 118 Весна.docx")
+    assert len(tasks_made(amo)) == 1          # the contract without the invoice: not yet
+    uploaded(client, runtime, amo, DEAL, "Счет 118 от 25.11.2026.pdf")
     send, confirm = tasks_made(amo, since=1)
     assert (send["text"], send["responsible_user_id"]) == ("Отправить клиенту договор и согласовать", USERS["Ольга Смирнова"])
     assert (confirm["text"], confirm["complete_till"]) == ("Запросить подтверждение оплаты", ts(msk(2026, 11, 29, 11, 0)))
+    uploaded(client, runtime, amo, DEAL, "Договор 118 Весна v2.docx")   # a new version: no second request
+    assert len(tasks_made(amo)) == 3
     first = timers(runtime, "C8 дата оплаты 1 → «Уточнить статус оплаты»")
     assert [datetime.fromisoformat(t["fire_at"]) for t in first] == [msk(2026, 12, 3, 10, 0)]
     assert timers(runtime, "C8 дата оплаты 3 → «Уточнить статус оплаты»") == []   # not filled

@@ -3,8 +3,11 @@ Planfix scenario requests and Telegram updates into the app, a real RQ worker on
 Planfix and Telegram servers that record the calls they receive."""
 from __future__ import annotations
 
+import json
 import time
 
+from connectors import telegram
+from connectors.base import RawWebhook
 from tests.playbooks.smm_links_harness import (
     CLIENT,
     CLIENT_2,
@@ -191,3 +194,29 @@ def test_the_longest_token_fits_telegrams_64_bytes_and_reads_back():
                               options={"link": {"crm": "agency-planfix"}})
     assert "error" in read_choice(data, other_secret, "-1002233445566")
     assert read_choice("send_brief", bot, "-1002233445566") is None       # a plain button
+
+
+def test_a_press_no_rule_answers_stops_the_spinner_once_without_text(smm):
+    """No rule of approvals.yaml handles a plain "send_brief" button in a linked group: crmbridge
+    answers it once, silently. A rule that answers itself ("revise") gets no second answer."""
+    add_task(smm.planfix, 1042, "Контент-план на грудень", "В роботі", **{"Тип задачі": "Контент-план",
+                                                                          "Telegram чат": CLIENT_CHAT})
+    smm.link(CLIENT_CHAT, 1042)
+    assert smm.press("send_brief", CLIENT, callback_id="cb-plain") == {"accepted": 1, "duplicates": 0}
+    smm.work()
+    [answer] = smm.tg.method_calls("answerCallbackQuery")
+    assert answer.body["callback_query_id"] == "cb-plain" and "text" not in answer.body
+    assert smm.comments(1042) == [] and smm.sent() == []
+    # the same job runs again (a worker died before finishing it): the answer is not repeated
+    [event] = telegram.parse(RawWebhook(headers={}, content_type="application/json",
+                                        body=json.dumps(smm.tg_updates[-1]).encode()),
+                             smm.rt.connections.connections["agency-bot"])
+    smm.rt.backend.enqueue_event(event.to_dict())
+    smm.work()
+    assert len(smm.tg.method_calls("answerCallbackQuery")) == 1
+
+    sent = ask(smm)
+    smm.press(smm.buttons(sent)[1]["callback_data"], CLIENT, callback_id="cb-revise")
+    smm.work()
+    assert [c.body.get("text") for c in smm.tg.method_calls("answerCallbackQuery")] == [
+        None, "Дякуємо! Передали команді на доопрацювання."]

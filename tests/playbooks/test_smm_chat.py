@@ -141,3 +141,95 @@ def test_link_survives_as_the_task_field(smm):
     stored = json.loads(smm.rt.store.get(smm.rt.keys.prefix + f"link:agency-bot:{CLIENT_CHAT}"))
     assert stored == {"connection": "agency-planfix", "type": "task", "id": "1042"}
     assert [d["value"] for d in smm.planfix.tasks[1042]["customFieldData"] if d["field"]["id"] == 106] == [CLIENT_CHAT]
+
+
+def _link_update(smm, text: str, who: dict) -> dict:
+    """The Telegram update /link arrives in (shape: message_group_photo.json, a real group capture)."""
+    update = load("telegram/message_group_photo.json")
+    update["update_id"] = next(smm.updates)
+    msg = update["message"]
+    for key in ("photo", "caption"):
+        msg.pop(key, None)
+    msg.update({"text": text, "from": who, "message_id": 7000 + update["update_id"],
+                "chat": {"id": int(CLIENT_CHAT), "title": "SMM · Кав'ярня «Зерно»", "type": "supergroup"}})
+    return update
+
+
+def test_link_run_again_after_a_crash_writes_and_confirms_once(smm):
+    """/link's field write and reply are planned steps with idempotency keys: a job that failed
+    after the write (Telegram down for the reply) and runs again only sends the reply, once."""
+    from connectors import telegram
+    from connectors.base import RawWebhook
+    add_task(smm.planfix, 1042, "Контент-план на грудень", "В роботі", **{"Тип задачі": "Контент-план"})
+    smm.tg.fail("sendMessage", 502, {"ok": False, "error_code": 502, "description": "Bad Gateway"}, times=3)
+    update = _link_update(smm, "/link 1042", OLENA_PM)
+    smm.post_tg(update)
+    smm.work()
+    assert len(smm.planfix.received("POST", "/rest/task/1042")) == 1 and smm.sent(CLIENT_CHAT) == []
+    [event] = telegram.parse(RawWebhook(headers={}, content_type="application/json",
+                                        body=json.dumps(update).encode()), smm.rt.connections.connections["agency-bot"])
+    for _ in range(2):  # the job runs again (RQ requeues it, or the dead letter is replayed), twice
+        smm.rt.backend.enqueue_event(event.to_dict())
+        smm.work()
+    assert len(smm.planfix.received("POST", "/rest/task/1042")) == 1
+    assert [m["text"] for m in smm.sent(CLIENT_CHAT)] == ["✅ Чат прив'язано до задачі №1042 «Контент-план на грудень»."]
+    assert [a["reason"] for a in smm.audit("action.skipped")].count("already done") >= 3
+
+
+def test_relinking_clears_the_old_tasks_field_and_a_taken_task_leaves_its_old_group(smm):
+    add_task(smm.planfix, 1042, "Контент-план на грудень", "В роботі", **{"Тип задачі": "Контент-план"})
+    add_task(smm.planfix, 1050, "Комунікація", "В роботі", **{"Тип задачі": "Комунікація"})
+    smm.message("/link 1042", OLENA_PM)
+    smm.work()
+    smm.message("/link 1050", OLENA_PM)               # the PM picked the wrong task first
+    smm.work()
+    assert [(c.path, c.body) for c in smm.planfix.received("POST", r"/rest/task/10(42|50)")] == [
+        ("/rest/task/1042", {"customFieldData": [{"field": {"id": 106}, "value": CLIENT_CHAT}]}),
+        ("/rest/task/1042", {"customFieldData": [{"field": {"id": 106}, "value": ""}]}),
+        ("/rest/task/1050", {"customFieldData": [{"field": {"id": 106}, "value": CLIENT_CHAT}]})]
+    assert json.loads(smm.rt.store.get(smm.rt.keys.prefix + f"link:agency-bot:{CLIENT_CHAT}"))["id"] == "1050"
+
+    # another group is linked to task 1050: this group is unlinked (its messages would land on a
+    # task whose field names the other group), and 1050's field now names the other group
+    other = "-1003334445556"
+    smm.message("/link 1050", OLENA_PM, chat=other)
+    smm.work()
+    assert smm.rt.store.get(smm.rt.keys.prefix + f"link:agency-bot:{CLIENT_CHAT}") is None
+    assert smm.planfix.received("POST", "/rest/task/1050")[-1].body == {
+        "customFieldData": [{"field": {"id": 106}, "value": other}]}
+    [gone] = [a for a in smm.audit("chat.unlinked") if a.get("reason")]
+    assert gone["chat"] == CLIENT_CHAT and gone["reason"] == f"task 1050 linked to chat {other}"
+
+
+def test_chat_sync_reads_no_task_per_message_unless_a_rule_needs_it(smm):
+    """Planfix allows one request a second. Chat sync writes a message to the task from the event
+    and the linked task's number: no GET /task per message. A rule that does read the task (its
+    name, its fields) brings the read back, once per message."""
+    linked_task(smm)
+    for text in ("Доброго дня!", "Коли буде контент-план?", "Дякую!"):
+        smm.message(text, CLIENT)
+    smm.work()
+    assert [c.split("<br>")[-1] for c in smm.comments(1042)] == ["Доброго дня!", "Коли буде контент-план?", "Дякую!"]
+    assert smm.planfix.received("GET", r"/rest/task/1042") == []
+    assert [c.method for c in smm.planfix.received(path=r"/rest/task/1042/comments/")] == ["POST"] * 3
+
+    from rules import MODULES
+    from rules.files import load_rules
+    extra = smm.rt.settings.config_dir / "rules" / "urgent.yaml"
+    extra.write_text("""
+defaults: {connection: agency-planfix}
+rules:
+  - name: client messages on ads tasks go to the staff chat too
+    on: {event: message.received, connection: agency-bot, entity: task}
+    if:
+      - field: "Тип задачі"
+        equals: "Реклама"
+    do:
+      - send_message: {connection: agency-bot, chat: staff, text: "{{ entity.name }}: {{ data.text }}"}
+""", encoding="utf-8")
+    smm.rt.ruleset = load_rules(extra.parent, MODULES, calendars=smm.rt.connections.calendars,
+                                connections=smm.rt.connections.connections, base=extra.parent.parent)
+    smm.message("А реклама вже йде?", CLIENT)
+    smm.work()
+    assert len(smm.planfix.received("GET", r"/rest/task/1042")) == 1
+    assert smm.comments(1042)[-1].endswith("<br>А реклама вже йде?") and smm.sent(STAFF_CHAT) == []

@@ -3,6 +3,7 @@ the shipped example folder as a whole. Real-format Planfix scenario requests go 
 into a real RQ worker on the real Redis, against the fake Planfix and Telegram."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -75,13 +76,14 @@ def test_a1_completing_a_task_starts_the_next_one_by_order(live_server, runtime,
 
 
 def test_a1_the_last_task_of_a_project_starts_nothing(live_server, runtime, fake_planfix, at):
+    """A task that is not in the service's create: list (an extra task added by the PM)."""
     at(FRIDAY_5PM_KYIV)
     fake_planfix.add("task", task(1041, "Комунікація", "Завершена", "Комунікація", order=1))
-    fake_planfix.add("task", task(1042, "Рубрикатор", "Завершена", "Рубрикатор", order=2))
-    post_planfix(live_server, planfix_body("smm_task_status_changed.json"))
+    fake_planfix.add("task", task(1042, "Аудит конкурентів", "Завершена", "Рубрикатор", order=2))
+    post_planfix(live_server, planfix_body("smm_task_status_changed.json", name="Аудит конкурентів"))
     run_worker(runtime)
     assert len(fake_planfix.received("POST", "/rest/task/list")) == 1
-    assert fake_planfix.received("POST", r"/rest/task/\d+") == []
+    assert fake_planfix.received("POST", r"/rest/task/\d*") == []
 
 
 def test_a2_start_notice_depends_on_the_task_type(live_server, runtime, fake_planfix, fake_tg, at):
@@ -89,7 +91,11 @@ def test_a2_start_notice_depends_on_the_task_type(live_server, runtime, fake_pla
     fake_planfix.add("task", task(1044, "Контент-план", "В роботі", "Контент-план", order=3))
     fake_planfix.add("task", task(1045, "Перші 9 публікацій", "В роботі", "Перші 9 публікацій", order=5))
     fake_planfix.add("task", task(1041, "Комунікація", "В роботі", "Комунікація", order=1))
-    for number, name in ((1044, "Контент-план"), (1045, "Перші 9 публікацій"), (1041, "Комунікація")):
+    fake_planfix.add("task", task(1042, "Рубрикатор", "В роботі", "Рубрикатор", order=2))
+    fake_planfix.add("task", task(1043, "Оформлення акаунту", "В роботі", "Оформлення акаунту", order=4))
+    fake_planfix.add("task", task(1046, "Реклама публікацій", "В роботі", "Реклама", order=6))
+    for number, name in ((1044, "Контент-план"), (1045, "Перші 9 публікацій"), (1041, "Комунікація"),
+                         (1042, "Рубрикатор"), (1043, "Оформлення акаунту"), (1046, "Реклама публікацій")):
         post_planfix(live_server, planfix_body("smm_task_status_changed.json", task_id=number, name=name,
                                                status="В роботі", previous_status="Нова"))
     # back in work after a revision: not announced again
@@ -99,7 +105,11 @@ def test_a2_start_notice_depends_on_the_task_type(live_server, runtime, fake_pla
     assert sent(fake_tg, CLIENT_CHAT) == [
         ("🗓 Розпочали підготовку контент-плану — переліку публікацій на наступний період. "
          "Надішлемо його вам на затвердження."),
-        "📸 Для мінімального заповнення Instagram-профілю потрібно 9 публікацій. Ми вже почали над ними працювати."]
+        "📸 Для мінімального заповнення Instagram-профілю потрібно 9 публікацій. Ми вже почали над ними працювати.",
+        ("📝 Розпочали роботу над рубрикатором — списком тем і підтем, на основі яких складемо контент-план. "
+         "Повідомимо, щойно він буде готовий до перегляду."),
+        "🎨 Працюємо над оформленням акаунту: залишилося завантажити логотип і придумати опис профілю.",
+        "📣 Готуємося до рекламної кампанії: обираємо дописи, створюємо кампанію та налаштовуємо аудиторію."]
 
 
 def test_a8_handover_with_everything_filled_goes_through(live_server, runtime, fake_planfix, fake_tg, at):
@@ -133,3 +143,53 @@ def test_a8_handover_with_missing_fields_is_refused_and_undone(live_server, runt
 
 
 SALES_DEAL = 12  # "Угода"
+
+
+def _staff(fake_planfix) -> None:
+    """The executors the example's create: list names (config/examples/smm-agency/rules/tasks.yaml)."""
+    fake_planfix.users += [{"id": 7, "name": "Ірина", "lastname": "Мельник"},
+                           {"id": 8, "name": "Максим", "lastname": "Бондар"}]
+
+
+def test_a1_a_project_without_the_next_task_gets_it_created_from_the_service_list(
+        live_server, runtime, fake_planfix, fake_tg, at):
+    """The project was made by hand, not from the template: after "Рубрикатор" (order 2) nothing
+    follows, so "Контент-план" of the create: list is created in the project, in work, with its
+    executor, 5 working days, its type, the client's chat and order 3. Repeats create nothing."""
+    at(FRIDAY_5PM_KYIV)
+    _staff(fake_planfix)
+    fake_planfix.add("task", task(1041, "Комунікація", "Завершена", "Комунікація", order=1))
+    fake_planfix.add("task", task(1042, "Рубрикатор", "Завершена", "Рубрикатор", order=2))
+    post_planfix(live_server, planfix_body("smm_task_status_changed.json"))
+    run_worker(runtime)
+
+    [created] = fake_planfix.received("POST", "/rest/task/")
+    # 5 working days from Friday 17:00 Kyiv: Friday 4 December 17:00 Kyiv (15:00 UTC)
+    assert created.body == {
+        "name": "Контент-план", "project": {"id": PROJECT}, "status": {"id": 2}, "processId": 7,
+        "endDateTime": {"datetime": "2026-12-04T15:00Z"}, "assignees": {"users": [{"id": "user:7"}]},
+        "customFieldData": [{"field": {"id": 112}, "value": str(CLIENT_CHAT)}, {"field": {"id": 110}, "value": 3},
+                            {"field": {"id": 111}, "value": "Контент-план"}]}
+    # the step's own read of the completed task asks for its name, process, order and the copied field
+    reads = [set(c.query["fields"][0].split(",")) for c in fake_planfix.received("GET", "/rest/task/1042")]
+    assert {"id", "name", "project", "processId", "110", "112"} in reads
+
+    # Planfix repeats the completion, and it is completed again later: the created task follows
+    post_planfix(live_server, planfix_body("smm_task_status_changed.json"))
+    post_planfix(live_server, planfix_body("smm_task_status_changed.json", at="27-11-2026 17:20"))
+    run_worker(runtime)
+    assert len(fake_planfix.received("POST", "/rest/task/")) == 1
+
+
+def test_a1_the_last_task_of_the_service_list_creates_nothing(live_server, runtime, fake_planfix, at):
+    at(FRIDAY_5PM_KYIV)
+    _staff(fake_planfix)
+    fake_planfix.add("task", task(1042, "Реклама публікацій", "Завершена", "Реклама", order=6))
+    fake_planfix.add("task", task(1043, "Контент-план", "Завершена", "Контент-план", order=3))
+    post_planfix(live_server, planfix_body("smm_task_status_changed.json", name="Реклама публікацій"))
+    run_worker(runtime)
+    assert fake_planfix.received("POST", r"/rest/task/\d*") == []
+    done = [json.loads(e[b"entry"]) for _, e in runtime.store.xrange(runtime.keys("audit"))]
+    [step] = [e for e in done if e["what"] == "action.done" and ".start_next_task(" in e["action"]]
+    assert step["result"]["reason"] == ("task 1042 ('Реклама публікацій') is the last of project 77, "
+                                        "and no task of the create: list follows it")

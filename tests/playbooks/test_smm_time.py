@@ -24,8 +24,8 @@ from tests.playbooks.smm import (
 at, config_dir, env, fake_planfix = smm.at, smm.config_dir, smm.env, smm.fake_planfix
 
 TUESDAY_NOON_KYIV = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
-PAY_REMINDER = ("Період закінчується через 5 робочих днів. Щоб не зупиняти роботу, просимо оплатити послуги "
-                "просування та рекламний бюджет заздалегідь.")
+PAY_REMINDER = ("Через 5 робочих днів період добігає кінця. Щоб не зупиняти процес, сплатіть, будь ласка, "
+                "заздалегідь послуги просування та рекламний бюджет.")   # the seed's text, word for word
 HOURS = 113  # "Витрачено, год"
 
 

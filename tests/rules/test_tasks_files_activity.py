@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -313,3 +314,105 @@ rules:
                                                           "pipeline": None, "undo": True})
     with pytest.raises(ConfigErrors, match="on → undo: expected true or false, found 'no'"):
         ruleset(tmp_path, "rules:\n  - name: x\n    on: {event: stage.changed, undo: 'no'}\n    do: [{add_note: x}]\n")
+
+
+def test_time_of_day_applies_to_a_unix_timestamp_date_in_at_after_and_every(tmp_path):
+    """amoCRM sends a date field as the unix time of its midnight; `time:` sets the time of day on
+    that date for `at:` and for the first firing of `every: {field, time, start}` alike (the
+    working hours, 10:00-19:00, must not be what puts 11:30 there)."""
+    rules = ruleset(tmp_path, """
+defaults: {connection: amo, calendar: msk}
+rules:
+  - name: on the date
+    on: {event: stage.changed}
+    at: {field: "Дата принятия решения", time: "11:30"}
+    do: [{create_task: "Связаться с клиентом"}]
+  - name: calls from 3 days after
+    on: {event: stage.changed}
+    every: {field: "Дата принятия решения", time: "11:30", start: 3 days, interval: 30-60 working minutes}
+    do: [{add_note: "звонок"}]
+  - name: no time given
+    on: {event: stage.changed}
+    every: {field: "Дата принятия решения", start: 3 days, interval: 1 day}
+    do: [{add_note: "звонок"}]
+""")
+    midnight = int(datetime(2026, 12, 7, tzinfo=ZoneInfo("Europe/Moscow")).timestamp())
+    for value in (midnight, str(midnight), "2026-12-07"):
+        entity = {"type": "lead", "id": "77", "fields": {"Дата принятия решения": value}}
+        fired = {t.rule: t.fire_at for t in plan(event("stage.changed", {}), entity, rules, NOW, MODULES).timers}
+        assert fired["on the date"] == "2026-12-07T11:30:00+03:00", value
+        assert fired["calls from 3 days after"] == "2026-12-10T11:30:00+03:00", value
+        # without `time:` a timestamp keeps its own moment and a bare date is 09:00
+        assert fired["no time given"] == ("2026-12-10T09:00:00+03:00" if value == "2026-12-07"
+                                          else "2026-12-10T00:00:00+03:00"), value
+
+
+def test_the_main_contacts_phone_is_read_only_for_rules_that_use_it(tmp_path):
+    """`entity.main_contact.phone` / `.email` need the linked contacts (one more read per contact);
+    the main contact's id comes with the deal. A `keep_timer` rule's guard is checked only when the
+    timer fires, so other events do not read what it needs."""
+    rules = ruleset(tmp_path, """
+defaults: {connection: amo, calendar: msk}
+rules:
+  - name: call the client
+    on: {event: stage.changed}
+    every: {start: 10 days, interval: 30-60 working minutes}
+    while: [{expr: "entity.main_contact.phone"}, {no_activity: 3 days}]
+    keep_timer: true
+    do: [{add_note: "{{ entity.main_contact.phone }}"}]
+  - name: note on the contact
+    on: {event: field.changed}
+    do: [{add_note: {entity: "contact:{{ entity.main_contact.id }}", text: "x"}}]
+""").rules
+    assert data_needs(rules, {"stage.changed"}) == {"contacts", "activity"}
+    assert data_needs(rules[:1], None) == {"contacts", "activity"}   # the timer firing
+    assert data_needs(rules, {"field.changed"}) == set()
+    assert data_needs(rules, {"note.added"}) == set()
+
+
+def test_named_email_templates_are_read_and_checked_at_start_up(tmp_path):
+    """`send_email: {template: name}`: templates/email/<name>.subject, .txt (.html) in the
+    configuration directory become the action's options at start-up; problems stop the service
+    with the rule's or the template file's line."""
+    from rules.send_email import load_templates
+    mail = tmp_path / "templates" / "email"
+    mail.mkdir(parents=True)
+    (mail / "warming-1.subject").write_text("{{ entity.name }}: как мы работаем\n", encoding="utf-8")
+    (mail / "warming-1.txt").write_text("Здравствуйте!\n\nМенеджер {{ entity.responsible.name }}.\n", encoding="utf-8")
+    (mail / "warming-1.html").write_text("<p>{{ entity.name | e }}</p>\n", encoding="utf-8")
+    (mail / "broken.subject").write_text("Тема\n", encoding="utf-8")
+    (mail / "broken.txt").write_text("Строка 1\n{{ entity.name }\n", encoding="utf-8")
+    (mail / "no-body.subject").write_text("Тема\n", encoding="utf-8")
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    rules = ruleset(rules_dir, """
+defaults: {connection: amo, calendar: msk}
+rules:
+  - name: warming
+    on: {event: stage.changed}
+    do:
+      - send_email: {connection: mail, to: "a@example.com", template: warming-1}
+      - send_email: {connection: mail, to: "a@example.com", template: warming-1, subject: "Своя тема"}
+  - name: broken
+    on: {event: stage.changed}
+    do:
+      - send_email: {connection: mail, to: "a@example.com", template: broken}
+      - send_email: {connection: mail, to: "a@example.com", template: no-body}
+      - send_email: {connection: mail, to: "a@example.com", template: "../secrets"}
+      - send_email: {connection: mail, to: "a@example.com", text: "без темы"}
+""")
+    errors = [str(e).replace(str(tmp_path) + "/", "") for e in load_templates(rules.rules, tmp_path)]
+    assert errors == [
+        ('templates/email/broken.txt:2: rule "broken": send_email → template \'broken\': template error '
+         "(template line 2): unexpected '}'"),
+        ("r.yaml:13: rule \"broken\": send_email → template: 'no-body' has no templates/email/no-body.txt in the "
+         f"configuration directory {str(tmp_path)!r}"),
+        ("r.yaml:14: rule \"broken\": send_email → template: expected a name such as warming-1 (letters, digits, "
+         "- _ .), found '../secrets'"),
+        'r.yaml:15: rule "broken": send_email → subject: required; expected subject: or template: <name>']
+    entity = {"type": "lead", "id": "77", "name": "Весна", "responsible": {"id": "1", "name": "Ольга"}}
+    first, second = [a for a in plan(event("stage.changed", {}), entity, rules, NOW, MODULES).actions
+                     if a.rule == "warming"]
+    assert first.args == {"to": "a@example.com", "subject": "Весна: как мы работаем",
+                          "text": "Здравствуйте!\n\nМенеджер Ольга.", "html": "<p>Весна</p>"}  # Jinja2 drops the last newline
+    assert second.args["subject"] == "Своя тема" and second.args["text"] == first.args["text"]
