@@ -40,13 +40,15 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
         raise ConfigErrors([ConfigError(str(path), 0, "no connections.yaml in the configuration "
                                         f"directory {str(base)!r} (set CRMBRIDGE_CONFIG)")])
     errors: list[ConfigError] = []
-    connections = Connections()
+    connections, loaded = Connections(), False
     try:
-        connections = load_connections(path, settings.environ, shown_as=str(path))
+        connections, loaded = load_connections(path, settings.environ, shown_as=str(path)), True
     except ConfigErrors as exc:
         errors.extend(exc.errors)
     try:
-        ruleset = load_rules(base / "rules", MODULES, calendars=connections.calendars,
+        # connections.yaml's own errors come first; its calendars are unknown then, and rules
+        # naming them are not reported again for that
+        ruleset = load_rules(base / "rules", MODULES, calendars=connections.calendars if loaded else None,
                              connections=connections.connections or None, base=None)
         errors.extend(unsupported_options(ruleset, connections))
         errors.extend(send_email.load_templates(ruleset.rules, base))

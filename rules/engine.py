@@ -101,6 +101,7 @@ class RuleSet:
     rules: list[Rule] = field(default_factory=list)
     calendars: dict[str, WorkingCalendar] = field(default_factory=dict)
     connection_calendars: dict[str, str] = field(default_factory=dict)
+    calendars_known: bool = True     # False while connections.yaml could not be read: no cross-check
 
     def calendar_for(self, rule: Rule, connection: str) -> WorkingCalendar:
         name = rule.calendar or self.connection_calendars.get(connection)

@@ -63,7 +63,7 @@ def load_rules(rules_dir: Path, modules: Mapping[str, Any], *, calendars: Mappin
                connections: Mapping[str, Any] | None = None, base: Path | None = None) -> RuleSet:
     """Load every `*.yaml` in rules_dir (sorted by name); raise ConfigErrors listing all problems."""
     errors: list[ConfigError] = []
-    ruleset = RuleSet()
+    ruleset = RuleSet(calendars_known=calendars is not None)
     for name, cfg in (calendars or {}).items():
         try:
             ruleset.calendars[name] = WorkingCalendar.from_config(cfg)
@@ -140,7 +140,7 @@ def _rule(item: Any, index: int, parent: list, defaults: Mapping[str, Any], col:
     guard = _conditions(item.get("while") or [], item, "while", col, crumb)
     delay = _delay(item, col, crumb)
     calendar = data["calendar"] or defaults.get("calendar")
-    if calendar and calendar not in ruleset.calendars:
+    if calendar and ruleset.calendars_known and calendar not in ruleset.calendars:
         col.add(item, "calendar", crumb, f"calendar: no calendar {calendar!r} in connections.yaml")
     # `do: []` with `otherwise:` is a gate: nothing to do when the conditions hold
     gate = item["do"] == [] and bool(item.get("otherwise"))

@@ -69,3 +69,19 @@ def test_timers_lists_pending_timers_by_entity(runtime, settings):
         "2 pending timers"]
     one = CliRunner().invoke(cli.cli, ["--config", str(settings.config_dir), "timers", "--entity", "lead:5"], env=env)
     assert one.output.splitlines()[-1] == "1 pending timer"
+
+
+def test_a_connections_file_that_cannot_be_read_is_reported_alone(tmp_path):
+    """Missing secrets in connections.yaml are the errors; the rules naming its calendars are not
+    reported again as naming unknown calendars (the calendars are unknown until it loads)."""
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    env = {"PATH": "/usr/bin:/bin", "CRMBRIDGE_CONFIG": str(ROOT / "config" / "examples" / "smm-agency")}
+    done = subprocess.run([sys.executable, "cli.py", "validate"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() + done.stdout.splitlines() if line.strip()]
+    assert [line for line in lines if "no calendar" in line] == []
+    assert any(line.endswith("environment variable PLANFIX_WEBHOOK_SECRET is not set") for line in lines)
+    assert lines[-1] == "3 errors in 1 file; crmbridge did not start."
