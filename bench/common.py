@@ -6,6 +6,7 @@ here is recorded and ended, by its own id (and its own process group), by `Procs
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 import yaml
@@ -81,7 +83,7 @@ class Procs:
 
     def start(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path = ROOT,
               stdin: Any = subprocess.DEVNULL, stdout: Any = None) -> subprocess.Popen:
-        log = open(self.logdir / f"{name}.log", "ab")
+        log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 (the child writes to it; closed on exit)
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=stdin, stdout=stdout or log, stderr=log,
                                 start_new_session=True)
         proc.bench_name = name  # type: ignore[attr-defined]
@@ -122,10 +124,8 @@ class Procs:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            try:
+            with contextlib.suppress(Exception):  # keep stopping the others
                 self.stop(proc, timeout=0)
-            except Exception:  # keep stopping the others
-                pass
 
     def stop_all(self) -> None:
         self.stop_many(list(reversed(self.started)), timeout=5.0)
@@ -229,7 +229,7 @@ class Background:
             self.samples.append((time.time(), ticks / self._tick / max(1e-9, t_now - t_prev)))
             prev, t_prev = now, t_now
 
-    def start(self) -> "Background":
+    def start(self) -> Background:
         self._thread.start()
         return self
 
@@ -364,7 +364,7 @@ class Web:
         self.proc = procs.start(name, [str(BIN / "gunicorn"), "--workers", str(workers), "--bind",
                                        f"127.0.0.1:{self.port}", app], env, cwd=cwd)
 
-    def ready(self, timeout: float = 60.0) -> "Web":
+    def ready(self, timeout: float = 60.0) -> Web:
         wait_http(f"http://127.0.0.1:{self.port}/healthz", timeout, self.proc)
         deadline = time.monotonic() + timeout  # every worker booted (gunicorn boots them lazily)
         while len(tree(self.proc.pid)) < GUNICORN_WORKERS + 1 and time.monotonic() < deadline:
@@ -412,7 +412,7 @@ def exclusive(wait: float):
     """One benchmark at a time on this machine (they share database 10 and flush it): an
     flock on LOCK_PATH, waited for up to `wait` seconds. Returns the open lock file, or None."""
     import fcntl
-    handle = open(LOCK_PATH, "a")
+    handle = open(LOCK_PATH, "a")  # noqa: SIM115 (held for the run: the flock lives as long as it)
     deadline = time.monotonic() + wait
     while True:
         try:

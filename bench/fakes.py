@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes import Call, FakeAmo, FakeTelegram  # noqa: E402
+from tests.fakes import Call, FakeAmo, FakeTelegram
 
 TG_TOKEN = "123456:BENCH-token"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 
 @dataclass
@@ -155,5 +155,5 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[rank - 1]
 
 
-def run_sync(coro_factory: Callable[[], "asyncio.Future"]) -> Run:
+def run_sync(coro_factory: Callable[[], asyncio.Future]) -> Run:
     return asyncio.run(coro_factory())

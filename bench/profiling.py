@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from common import (  # noqa: E402
+from common import (
     BIN,
     PYTHON,
     REDIS_URL,
@@ -47,7 +47,7 @@ from common import (  # noqa: E402
     make_workdir,
     redis,
 )
-from load import closed_loop  # noqa: E402
+from load import closed_loop
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 
@@ -198,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         n = 100
 
         def drain() -> None:
-            subprocess.run([PYTHON, "worker.py", "--burst"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+            subprocess.run([PYTHON, "worker.py", "--burst"], cwd=ROOT, env=env, capture_output=True, timeout=120,
+                           check=False)
         idle = monitor_counts(store, drain)            # a worker's start and stop, no job
         web_counts = monitor_counts(store, lambda: post(web, hooks, count=n))
         job_counts = monitor_counts(store, drain) - idle
-        for title, counts in (("one webhook (intake)", web_counts), ("one job (worker; its start and stop "
-                                                                      "subtracted)", job_counts)):
+        job_title = "one job (worker; its start and stop subtracted)"
+        for title, counts in (("one webhook (intake)", web_counts), (job_title, job_counts)):
             trips = counts.pop("(round trips)", 0)
             total = sum(counts.values())
             reports.append(f"== Redis commands for {title}: {total / n:.1f} per event (Lua's own included), "

@@ -39,13 +39,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from common import (  # noqa: E402
+from common import (
     BENCH,
     GUNICORN_WORKERS,
     PYTHON,
@@ -70,7 +71,7 @@ from common import (  # noqa: E402
     redis,
     tree,
 )
-from load import closed_loop, paced, percentile  # noqa: E402
+from load import closed_loop, paced, percentile
 
 CONCURRENCY = 16
 PHASES = {"intake", "workers", "fork", "e2e", "timers", "aof"}
@@ -201,7 +202,7 @@ def delivery_rate(got: dict[str, list[float]]) -> float:
 def job_times(store, queue: str = "crmbridge") -> dict[str, tuple[float, float, float]]:
     """{lead id: (enqueued_at, started_at, ended_at)} of crmbridge's finished RQ jobs, from the
     job hashes RQ keeps for result_ttl (the description names the lead)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
     ids = store.zrange(f"rq:finished:{queue}", 0, -1)
     pipe = store.pipeline(transaction=False)
     for job_id in ids:
@@ -209,7 +210,7 @@ def job_times(store, queue: str = "crmbridge") -> dict[str, tuple[float, float, 
     found = {}
 
     def stamp(raw: bytes) -> float:
-        return datetime.strptime(raw.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+        return datetime.strptime(raw.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
     for desc, enq, start, end in pipe.execute():
         if desc and enq and start and end:
             key = desc.decode().rsplit(":", 1)[-1] if queue == "crmbridge" else len(found)
@@ -419,14 +420,14 @@ def aof(procs: Procs, workdir: Path, config: Path, amo: Fake, tg: Fake, scale: S
     try:
         run_closed(web.port, hooks.stream(web.port, crm_path()), duration=scale.warmup)
         for _ in range(2):  # taking turns, as the intake phase does
-            for policy in acc:
+            for policy, runs in acc.items():
                 own.flushdb()
                 own.config_set("appendonly", "no" if policy == "no" else "yes")
                 if policy != "no":
                     own.config_set("appendfsync", policy)
                 while any(own.info("persistence").get(k) for k in ("aof_rewrite_in_progress", "aof_rewrite_scheduled")):
                     time.sleep(0.05)
-                acc[policy].append(intake({"crm": web}, hooks, crm_path(), Scale(**{**scale.__dict__, "warmup": 0.2}),
+                runs.append(intake({"crm": web}, hooks, crm_path(), Scale(**{**scale.__dict__, "warmup": 0.2}),
                                           scale.aof_seconds / 2, rounds=1)["crm"])
         results = {policy: {"rate": statistics.mean(r["rate"] for r in runs),
                             "p99": statistics.mean(r["p99"] for r in runs)} for policy, runs in acc.items()}
@@ -444,7 +445,7 @@ def fmt(value: Any, unit: str = "") -> str:
         return "—"
     if isinstance(value, str):
         return value
-    if value != value:  # NaN
+    if value != value:  # noqa: PLR0124 (NaN)
         return "n/a"
     if abs(value) >= 100:
         text = f"{value:,.0f}"
@@ -457,7 +458,7 @@ def fmt(value: Any, unit: str = "") -> str:
 
 def ratio(a: Any, b: Any) -> str:
     try:
-        return f"{a / b:.2f}×" if b and a == a and b == b else "—"
+        return f"{a / b:.2f}×" if b and a == a and b == b else "—"  # noqa: PLR0124 (NaN)
     except TypeError:
         return "—"
 
@@ -594,7 +595,7 @@ def table(r: dict[str, Any], scale: Scale) -> str:
                             a[policy]["p99"], a["no"]["p99"], "ms"))
     head = ["measure", "crmbridge", "baseline", "ratio", "target", "holds"]
     widths = [max(len(x[i]) for x in rows + [head]) for i in range(len(head))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(x) for x in rows]
     return "\n".join(out)
@@ -603,10 +604,11 @@ def table(r: dict[str, Any], scale: Scale) -> str:
 def machine() -> str:
     model = ""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -733,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         if wanted("e2e"):
             crm_wpids = [p for w in crm_workers for p in tree(w.pid)]
             base_wpids = [p for w in base_workers for p in tree(w.pid)]
-            e2e = dict(tg=tg, settle=scale.settle)
+            e2e = {"tg": tg, "settle": scale.settle}
             with phase("sat"):
                 results["sat"] = {
                     "base": end_to_end(base, hooks, crm_path(), prefix=BASE_PREFIX, count=scale.e2e_events,
@@ -787,10 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         background.stop()
         procs.stop_all()
-        try:
+        with contextlib.suppress(Exception):   # Redis gone: nothing to flush
             flush(store)
-        except Exception:
-            pass
         if args.keep:
             log(f"kept {workdir}")
         else:

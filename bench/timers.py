@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ def planned(rule_name: str, rule_id: str, lead: int, fire_at: datetime, event: d
 def fill(rt: Any, first: int, count: int) -> float:
     """Schedule `count` far-off filler timers; return the seconds it took."""
     event = sample_event(rt, first)
-    base = datetime.now(timezone.utc) + timedelta(days=30)
+    base = datetime.now(UTC) + timedelta(days=30)
     t0 = time.perf_counter()
     for n in range(count):
         lead = first + n
@@ -71,7 +71,7 @@ def due_timers(rt: Any, rule_name: str, rule_id: str, first: int, count: int, le
     for n in range(count):
         lead = first + n
         at = start + random.uniform(0, window)
-        rt.backend.schedule(planned(rule_name, rule_id, lead, datetime.fromtimestamp(at, timezone.utc), event))
+        rt.backend.schedule(planned(rule_name, rule_id, lead, datetime.fromtimestamp(at, UTC), event))
         due[str(lead)] = at
     return due
 
