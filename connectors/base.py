@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -274,6 +275,12 @@ class Connector(Protocol):
 Recorder = Callable[[str, str, Any], None]
 
 
+# lookup_field's notes: {field}, {value}, {catalog} and {matches} are filled in
+LOOKUP_AMBIGUOUS = "«{field}»: several entries of «{catalog}» start with «{value}»: {matches}. Type more letters."
+LOOKUP_NOT_FOUND = "«{field}»: no entry of «{catalog}» starts with «{value}»."
+LOOKUP_MATCHES = ("starts_with", "word_starts_with")
+
+
 class BaseClient:
     """One HTTP session per connection, with timeouts and errors split in two kinds."""
 
@@ -367,6 +374,53 @@ class BaseClient:
 
     def error_message(self, resp: requests.Response) -> str:
         return resp.text[:300]
+
+    def lookup_field(self, entity: Entity, field: str, value: str, catalog: str, match: str = "starts_with",
+                     ambiguous: str = LOOKUP_AMBIGUOUS, not_found: str = LOOKUP_NOT_FOUND) -> dict[str, Any]:
+        """Replace what was typed into `field` by the one `catalog` entry it starts (the bloggers'
+        base by the first letters of the surname). Several entries: a note listing them; none: a
+        note saying so; the field is left as it is. A value that already is an entry's full name
+        (crmbridge's own write, announced back) is left alone, so the lookup never loops.
+
+        Needs the connector's find_catalog_elements(catalog, query) → [{"id", "name", …}]."""
+        find = getattr(self, "find_catalog_elements", None)
+        if find is None:
+            raise PermanentApiError(f"{self.connection.name}: this CRM has no catalogs to look {field!r} up in")
+        found = find(catalog, value)
+        names = list(dict.fromkeys(str(e.get("name") or "") for e in found))
+        if any(fold(n) == fold(value) for n in names):
+            return {"kept": value}
+        hits = catalog_matches(names, value, match)
+        if len(hits) == 1:
+            self.set_fields(entity, {field: hits[0]})
+            return {"set": hits[0]}
+        words = {"field": field, "value": value, "catalog": str(catalog), "matches": ", ".join(hits)}
+        text = re.sub(r"\{(field|value|catalog|matches)\}", lambda m: words[m.group(1)],
+                      ambiguous if hits else not_found)    # one pass: typed braces stay as typed
+        self.add_note(entity, text)
+        return {"matches": hits}
+
+
+def fold(text: Any) -> str:
+    """Text compared as people read it: any case, ё as е, runs of spaces as one."""
+    return " ".join(str(text or "").casefold().replace("ё", "е").split())
+
+
+def catalog_matches(names: list[str], typed: str, match: str = "starts_with") -> list[str]:
+    """The names that `typed` starts: the whole name (starts_with: "Фамилия Имя" by the surname),
+    or any of its words onwards (word_starts_with: "Имя Фамилия" too)."""
+    want = fold(typed)
+    if match not in LOOKUP_MATCHES:
+        raise ValueError(f"match: expected one of {', '.join(LOOKUP_MATCHES)}, found {match!r}")
+    if not want:
+        return []
+    found = []
+    for name in names:
+        words = fold(name).split(" ")
+        tails = [" ".join(words[i:]) for i in range(len(words))] if match == "word_starts_with" else [" ".join(words)]
+        if any(t.startswith(want) for t in tails):
+            found.append(name)
+    return found
 
 
 def read_environment_once(session: requests.Session) -> None:

@@ -401,6 +401,10 @@ class FakeAmo(FakeServer):
         self.events: list[dict[str, Any]] = []
         self.event_ids = itertools.count(1)
         self.route("GET", r"/api/v4/events", self._list_events)
+        self.catalogs: list[dict[str, Any]] = []                # GET /api/v4/catalogs (catalogs-api)
+        self.catalog_elements: dict[int, list[dict[str, Any]]] = {}
+        self.route("GET", r"/api/v4/catalogs", lambda c, m: self._page(c, "catalogs", self.catalogs))
+        self.route("GET", r"/api/v4/catalogs/(\d+)/elements", self._list_catalog_elements)
 
     def add_event(self, lead_id: int, kind: str, at: float | None = None, **value_after: Any) -> None:
         """An events-and-notes event of a lead ("incoming_call", "lead_status_changed"…)."""
@@ -437,6 +441,20 @@ class FakeAmo(FakeServer):
         lead["status_id"], lead["pipeline_id"] = status_id, pipeline_id or lead.get("pipeline_id")
         self.add_event(lead_id, "lead_status_changed", lead_status={"id": status_id, "pipeline_id": lead["pipeline_id"]})
         self.events[-1]["value_before"] = [before]
+
+    def add_catalog_element(self, catalog_id: int, name: str) -> dict[str, Any]:
+        """An element of a list, as GET /api/v4/catalogs/{id}/elements shows it (api_catalog_elements_list.json)."""
+        element = {"id": next(self.ids), "name": name, "created_by": 0, "updated_by": 0, "created_at": int(self.clock()),
+                   "updated_at": int(self.clock()), "is_deleted": None, "custom_fields_values": None,
+                   "catalog_id": catalog_id, "account_id": 1231414}
+        self.catalog_elements.setdefault(catalog_id, []).append(element)
+        return element
+
+    def _list_catalog_elements(self, call: Call, m: re.Match):
+        """`query` searches the filled fields (catalogs-api); here: the name contains it, any case."""
+        query = (call.query.get("query") or [""])[0].casefold()
+        found = [e for e in self.catalog_elements.get(int(m.group(1)), []) if query in e["name"].casefold()]
+        return self._page(call, "elements", found)
 
     def _list_events(self, call: Call, m: re.Match):
         """GET /api/v4/events: filter[entity], filter[entity_id][], filter[type][]; newest first."""

@@ -160,6 +160,32 @@ class Client(TokenAuth, BaseClient):
             return found
         return self.cached(f"custom_fields:{entity_type}", fetch)
 
+    def catalogs(self) -> dict[str, str]:
+        """{list (catalog) name: id}, cached (GET /api/v4/catalogs, catalogs-api "Доступные списки")."""
+        def fetch() -> dict[str, str]:
+            return {c["name"]: str(c["id"]) for c in self.pages("/api/v4/catalogs", "catalogs")}
+        return self.cached("catalogs", fetch)
+
+    def resolve_catalog(self, catalog: str | int) -> int:
+        """A list named as amoCRM shows it (or its id) → its id."""
+        if str(catalog).isdigit():
+            return int(catalog)
+        for attempt in range(2):
+            found = self.catalogs().get(str(catalog))
+            if found:
+                return int(found)
+            self.forget("catalogs")
+        raise PermanentApiError(f"amoCRM has no list (catalog) {catalog!r}")
+
+    def find_catalog_elements(self, catalog: str | int, query: str) -> list[dict[str, Any]]:
+        """Elements of a list that amoCRM's search finds for `query` (GET /api/v4/catalogs/{id}/elements
+        ?query=…, "поиск по заполненным полям"), all pages, as {"id", "name", "fields"} (fields by name).
+        How the search matches is not documented: callers match the names themselves."""
+        catalog_id = catalog if self.record_only else self.resolve_catalog(catalog)
+        return [{"id": str(e["id"]), "name": e.get("name"), "fields": api_fields(e.get("custom_fields_values"))[0]}
+                for e in self.pages(f"/api/v4/catalogs/{catalog_id}/elements", "elements", {"query": query})
+                if not e.get("is_deleted")]
+
     def drive_url(self) -> str:
         """The account's files host (GET /api/v4/account?with=drive_url, account-info), cached."""
         def fetch() -> str:
