@@ -84,12 +84,7 @@ def _handle_event(payload: dict[str, Any]) -> dict[str, Any]:
         # event's own refs are in the snapshot already, named (a derived event brings its own)
         view = {**entity, **{k: v for k, v in each.data.items()
                              if each is not event and k.startswith("previous_") or k == "changed"}}
-        # a stage change reads its undo mark and the stage last seen in one round trip
-        undo_mark, seen = rt.store.mget(rt.keys("undo", each.connection, str(each.entity)), rt.keys(
-            "stage-seen", each.connection, str(each.entity))) if each.kind == "stage.changed" else (None, None)
-        if each.kind == "stage.changed" and was_undo(rt, each, view, undo_mark):
-            each.data["undo"] = True   # rules see `data.undo`: crmbridge put the deal back here
-        if each.kind == "stage.changed" and stage_seen_already(rt, each, seen):
+        if each.kind == "stage.changed" and stage_marks(rt, each, view):
             audit(rt, each, "event.skipped", reason="this stage move was already handled (seen by a catch-up first)")
             outcome[each.kind] = {"already_handled": True}
             continue
@@ -264,7 +259,16 @@ def snapshot(rt: Runtime, event: Event) -> dict[str, Any]:
 
 
 STAGE_SEEN_TTL = 30 * 24 * 3600
-READ = object()   # "read it yourself": the caller did not read the key ahead
+def stage_marks(rt: Runtime, event: Event, view: dict[str, Any]) -> bool:
+    """A stage change's two marks, read in one round trip: crmbridge's own undo (the change is
+    marked `data.undo` for the rules, once), and the stage last seen (True: this move was
+    already handled under another event id)."""
+    undo_key = rt.keys("undo", event.connection, str(event.entity))
+    undo_mark, seen = rt.store.mget(undo_key, rt.keys("stage-seen", event.connection, str(event.entity)))
+    if was_undo(undo_mark, view):
+        rt.store.delete(undo_key)
+        event.data["undo"] = True
+    return stage_seen_already(event, seen)
 
 
 def remember_stage(rt: Runtime, event: Event, derived: bool) -> None:
@@ -281,7 +285,7 @@ def remember_stage(rt: Runtime, event: Event, derived: bool) -> None:
                  json.dumps({"stage": str(stage), "as_of": as_of, "event": event.id}), ex=STAGE_SEEN_TTL)
 
 
-def stage_seen_already(rt: Runtime, event: Event, raw: Any = READ) -> bool:
+def stage_seen_already(event: Event, raw: bytes | None) -> bool:
     """Is this stage move one already handled under another event id?
 
     A catch-up that runs before the vendor's own (delayed) status webhook derives the move from
@@ -293,8 +297,6 @@ def stage_seen_already(rt: Runtime, event: Event, raw: Any = READ) -> bool:
     stage = (event.data.get("stage") or {}).get("id")
     if stage is None or event.entity.type not in CRM_ENTITIES:
         return False
-    if raw is READ:   # not read by the caller already
-        raw = rt.store.get(rt.keys("stage-seen", event.connection, str(event.entity)))
     if raw is None:
         return False
     seen = json.loads(raw)
@@ -516,16 +518,10 @@ def remember_undo(rt: Runtime, connection: str, entity: Entity, stage: str) -> N
     rt.store.set(rt.keys("undo", connection, str(entity)), stage, ex=UNDO_TTL)
 
 
-def was_undo(rt: Runtime, event: Event, view: dict[str, Any], stage: Any = READ) -> bool:
-    """Is this stage change the one crmbridge's undo caused (same record, same stage)? Once."""
-    key = rt.keys("undo", event.connection, str(event.entity))
-    if stage is READ:   # not read by the caller already
-        stage = rt.store.get(key)
+def was_undo(stage: bytes | None, view: dict[str, Any]) -> bool:
+    """Is this stage change the one crmbridge's undo caused: the stage it moved the record to?"""
     now = view.get("stage") or {}
-    if stage is None or stage.decode() not in (str(now.get("id")), str(now.get("name"))):
-        return False
-    rt.store.delete(key)
-    return True
+    return stage is not None and stage.decode() in (str(now.get("id")), str(now.get("name")))
 
 
 def composite(rt: Runtime, action: PlannedAction) -> Callable[..., Any] | None:

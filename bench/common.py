@@ -300,27 +300,20 @@ class Fake:
 def collect(tg: Fake, keys: set[str], prefix: str, timeout: float, settle: float = 0.5) -> dict[str, list[float]]:
     """Wait until each key has a message starting with `prefix` (or the timeout); then a
     little longer, so that a message sent twice shows as twice. {key: [times received]}"""
-    deadline = time.monotonic() + timeout
-    got: dict[str, list[float]] = {}
-    while True:
-        got = {}
+    def received() -> dict[str, list[float]]:
+        got: dict[str, list[float]] = {}
         for stamp, text in tg.deliveries():
-            if text.startswith(prefix):
-                m = KEY_RE.search(text)
-                if m:
-                    got.setdefault(m.group(1), []).append(stamp)
-        if keys <= got.keys() or time.monotonic() > deadline:
-            break
+            m = KEY_RE.search(text) if text.startswith(prefix) else None
+            if m:
+                got.setdefault(m.group(1), []).append(stamp)
+        return got
+
+    deadline = time.monotonic() + timeout
+    while not (keys <= received().keys() or time.monotonic() > deadline):
         time.sleep(0.05)
     if settle:
         time.sleep(settle)
-        got = {}
-        for stamp, text in tg.deliveries():
-            if text.startswith(prefix):
-                m = KEY_RE.search(text)
-                if m:
-                    got.setdefault(m.group(1), []).append(stamp)
-    return got
+    return received()
 
 
 # --- crmbridge's configuration and environment --------------------------------------------------
