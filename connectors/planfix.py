@@ -12,6 +12,7 @@ Samples: tests/payloads/planfix/.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
@@ -251,6 +252,11 @@ TIME_STATE_TTL = 400 * 24 * 3600  # track_time's state outlives a year-long task
 FIELDS = {"task": "id,name,description,status,processId,assigner,assignees,parent,template,project,"
                   "counterparty,endDateTime",
           "contact": "id,name,midname,lastname,email,phones,telegram,position,isCompany,description"}
+# Complex task filter types (planfix-docs REST_API__Сложные_фильтры_задач.md): 38 "Дата последнего
+# изменения"; 79 "Дата последнего изменения или комментария" would also list tasks that only got a
+# comment, which a catch-up cannot use (it compares status, responsible and fields).
+CHANGED_FILTER = 38
+MAX_PAGES = 1000  # 100 000 tasks a look: a guard, not a limit one should meet
 
 
 class Client(BaseClient):
@@ -258,6 +264,7 @@ class Client(BaseClient):
 
     rate_per_second = 1  # "1 запрос в секунду" (planfix-docs Интеграции/REST_API_Введение.md)
     docs_url = "https://help.planfix.com/restapidocs/"
+    catch_up_entity = "task"  # what changed_since() lists
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.connection.credentials.get('token', '')}"}
@@ -327,6 +334,41 @@ class Client(BaseClient):
                  "author": _person(c.get("owner") or {}), "at": (c.get("dateTime") or {}).get("datetime"),
                  "files": [{"id": str(f.get("id")), "name": f.get("name")} for f in c.get("files") or []]}
                 for c in _json_body(resp).get("comments") or []]
+
+    # --- catch-up (worker.catch_up) -------------------------------------------------------------
+
+    def changed_since(self, since: str) -> list[dict[str, str]] | None:
+        """Tasks changed after `since` (ISO 8601) as [{"id", "type", "modified"}], every page.
+
+        POST /task/list with the complex task filter type 38, "Дата последнего изменения", operator
+        "gt", value {"dateType": "otherDate_withTime", "dateFrom": "dd-mm-yyyy hh:mm"}; Planfix reads
+        that time in the zone of the token's user (planfix-docs REST_API__Сложные_фильтры_задач.md,
+        github.com/electronic777/planfix-docs). It is given in options.timezone, to the minute, one
+        minute early: a change is listed twice rather than missed, and the worker dedupes it.
+        `modified` is the task's dateOfLastUpdate (TimePoint; TaskResponse in
+        saranchyev/planfix-rest-api-generated docs/Model/TaskResponse.md) plus a digest of its
+        status and assignees, since Planfix's times are to the minute.
+        """
+        zone = ZoneInfo(str((self.connection.options or {}).get("timezone") or "UTC"))
+        moment = datetime.fromisoformat(since)
+        moment = (moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo("UTC"))).astimezone(zone)
+        start = moment.replace(second=0, microsecond=0) - timedelta(minutes=1)
+        flt = {"type": CHANGED_FILTER, "operator": "gt",
+               "value": {"dateType": "otherDate_withTime", "dateFrom": start.strftime("%d-%m-%Y %H:%M")}}
+        found: dict[str, dict[str, str]] = {}
+        for page in range(MAX_PAGES):
+            resp = self.request("POST", "/task/list", json_body={
+                "offset": page * 100, "pageSize": 100, "filters": [flt],
+                "fields": "id,dateOfLastUpdate,status,assignees"})
+            if resp is None:  # record-only
+                return None
+            items = [t for t in _json_body(resp).get("tasks") or [] if isinstance(t, dict) and t.get("id") is not None]
+            fresh = [t for t in items if str(t["id"]) not in found]
+            for task in fresh:
+                found[str(task["id"])] = {"id": str(task["id"]), "type": "task", "modified": _modified(task)}
+            if len(items) < 100 or not fresh:  # the last page (or a server that ignores offset)
+                break
+        return list(found.values())
 
     # --- metadata, cached in Redis -------------------------------------------------------------
 
@@ -679,6 +721,16 @@ def _outcome(resp) -> str | None:
 
 def _created_id(resp) -> int | None:
     return None if resp is None else _json_body(resp).get("id")
+
+
+def _modified(task: dict[str, Any]) -> str:
+    """The task's dateOfLastUpdate (a TimePoint, to the minute) and a digest of its status and
+    assignees: a stage or responsible move within the same minute still gives a new value."""
+    point = task.get("dateOfLastUpdate") or {}
+    when = (point.get("datetime") or " ".join(str(point[k]) for k in ("date", "time") if point.get(k))
+            if isinstance(point, dict) else str(point))
+    state = json.dumps([task.get("status"), task.get("assignees")], sort_keys=True, default=str)
+    return f"{when or '-'}|{hashlib.sha1(state.encode()).hexdigest()[:8]}"
 
 
 def _person(p: dict[str, Any]) -> dict[str, Any]:

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import copy
 import itertools
+import operator
 import re
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from tests.fakes import Call, FakeServer, multipart_parts
 
 OK = {"result": "success"}
+DATE_OPERATORS = {"gt": operator.gt, "lt": operator.lt, "gtAndEqual": operator.ge, "ltAndEqual": operator.le,
+                  "equal": operator.eq, "notequal": operator.ne}
 
 
 class FakePlanfix(FakeServer):
@@ -27,6 +32,7 @@ class FakePlanfix(FakeServer):
         self.contacts: dict[int, dict[str, Any]] = {}
         self.comments: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.locked: set[int] = set()  # tasks being changed elsewhere: updates answer 202
+        self.zone = "UTC"  # the token user's time zone: date filters are read in it
         self.custom_fields = {
             "task": [{"id": 101, "name": "Бюджет", "type": 1}, {"id": 102, "name": "Дата оплаты", "type": 3},
                      {"id": 103, "name": "Результат", "type": 2}, {"id": 104, "name": "Реклама запущена", "type": 7}],
@@ -113,16 +119,51 @@ class FakePlanfix(FakeServer):
         return 200, {**OK, "users": self.users[start:start + size]}, {}
 
     def _list_tasks(self, call: Call, m: re.Match):
-        """POST /task/list: complex filters type 5 (project) and 73 (parent task), "equal" only."""
+        """POST /task/list with complex filters (REST_API__Сложные_фильтры_задач.md in planfix-docs):
+        5 (project) and 73 (parent task) with "equal"; 38 (date of last change) and 79 (… or comment)
+        with gt / lt / gtAndEqual / ltAndEqual and {"dateType": "otherDate_withTime", "dateFrom":
+        "dd-mm-yyyy hh:mm"}, read in `self.zone` (the token user's zone) and compared to the minute."""
         body = call.body or {}
         found = sorted(self.tasks.values(), key=lambda t: t["id"])
         for flt in body.get("filters") or []:
-            key = {5: "project", 73: "parent"}.get(int(flt["type"]))
+            kind = int(flt["type"])
+            if kind in (38, 79):
+                moment = self._filter_moment(flt)
+                if moment is None or flt.get("operator") not in DATE_OPERATORS:
+                    return 400, {"result": "fail", "code": 41, "error": "Invalid parameter value"}, {}
+                found = [t for t in found if DATE_OPERATORS[flt["operator"]](self._changed_minute(t), moment)]
+                continue
+            key = {5: "project", 73: "parent"}.get(kind)
             if key is None or flt.get("operator") != "equal":
                 return 400, {"result": "fail", "code": 41, "error": "Invalid parameter value"}, {}
             found = [t for t in found if str((t.get(key) or {}).get("id")) == str(flt["value"])]
         start, size = int(body.get("offset", 0)), int(body.get("pageSize", 100))
+        if size > 100:  # "list methods return at most 100 items" (REST_API_Введение.md)
+            return 400, {"result": "fail", "code": 41, "error": "Invalid parameter value"}, {}
         return 200, {**OK, "tasks": [copy.deepcopy(t) for t in found[start:start + size]]}, {}
+
+    def _filter_moment(self, flt: dict[str, Any]) -> datetime | None:
+        value = flt.get("value") if isinstance(flt.get("value"), dict) else {}
+        if value.get("dateType") != "otherDate_withTime":
+            return None
+        try:
+            local = datetime.strptime(str(value.get("dateFrom")), "%d-%m-%Y %H:%M")
+        except ValueError:
+            return None
+        return local.replace(tzinfo=ZoneInfo(self.zone)).astimezone(UTC)
+
+    @staticmethod
+    def _changed_minute(task: dict[str, Any]) -> datetime:
+        when = (task.get("dateOfLastUpdate") or {}).get("datetime") or "1970-01-01T00:00Z"
+        return datetime.fromisoformat(when).replace(second=0, microsecond=0)
+
+    def touch(self, number: int, at: datetime, **changes: Any) -> None:
+        """Change a task in Planfix at `at` (UTC): its dateOfLastUpdate becomes that minute, as a
+        TimePoint with the date and time in the account's zone and the datetime in UTC."""
+        local = at.astimezone(ZoneInfo(self.zone))
+        self.tasks[number].update(copy.deepcopy(changes), dateOfLastUpdate={
+            "date": local.strftime("%d-%m-%Y"), "time": local.strftime("%H:%M"),
+            "datetime": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")})
 
 
     # --- files: FileApi postFileUpload (POST /file/, multipart "file"), getFileId, download ----------
