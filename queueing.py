@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Callback, Job
@@ -98,20 +99,44 @@ return seq
             event["seq"] = int(raw) if raw else None
         return event["seq"]
 
-    def is_turn(self, event: dict[str, Any]) -> bool:
+    def is_turn(self, event: dict[str, Any], also: dict[str, bytes | None] | None = None) -> bool:
+        """Is every earlier event of the record done? `also`: more keys the caller will read
+        next (their values are filled in), fetched in the same round trip on the first look."""
         done_key = self._key("order-done", event)
         if "seq" in event:
             seq = event["seq"]
             done = self.store.get(done_key) if seq else None
-        else:  # the first look: ticket and counter in one round trip
-            raw, done = self.store.mget(self.keys("ticket", event["id"]), done_key)
+        else:  # the first look: ticket and counter (and the caller's keys) in one round trip
+            extra = list(also or ())
+            raw, done, *values = self.store.mget(self.keys("ticket", event["id"]), done_key, *extra)
+            if also is not None:
+                also.update(zip(extra, values))
             seq = event["seq"] = int(raw) if raw else None
         return not seq or int(done or 0) >= seq - 1
 
-    def done(self, event: dict[str, Any]) -> None:
-        if self.seq(event):
-            self._done(keys=[self._key("order-done", event), self.keys("ticket", event["id"])],
-                       args=[event["seq"], self.TTL + 3600])
+    def done(self, event: dict[str, Any], pipe=None) -> None:
+        """Raise the record's done counter to this event's number. With `pipe` (not a
+        transaction) the script is queued there by its digest; `finish` runs it again, loading
+        it, if Redis had lost it (a restart)."""
+        if not self.seq(event):
+            return
+        keys, args = [self._key("order-done", event), self.keys("ticket", event["id"])], [event["seq"], self.TTL + 3600]
+        if pipe is None:
+            self._done(keys=keys, args=args)
+        else:
+            pipe.evalsha(self._done.sha, len(keys), *keys, *args)
+            pipe.__dict__.setdefault("order_done", []).append((keys, args))
+
+    def finish(self, pipe, results: list[Any]) -> None:
+        """After `pipe.execute(raise_on_error=False)` with `done(pipe=…)` queued in it: if Redis
+        did not have the script (NOSCRIPT after a restart), run those again through it (raising
+        a counter to a number is harmless twice); raise any other error."""
+        if any(isinstance(r, NoScriptError) for r in results):
+            for keys, args in pipe.__dict__.get("order_done", []):
+                self._done(keys=keys, args=args)
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, NoScriptError):
+                raise result
 
 
 class TimerIndex:
@@ -207,7 +232,8 @@ return seq
             return job_id, fields
         stamp = utcformat(utcnow())
         job = {**self._job_template, "created_at": stamp, "enqueued_at": stamp, "description": options["description"],
-               "data": zlib.compress(JSONSerializer.dumps([HANDLE_EVENT, None, [event], {}]))}
+               # level 1: a third of the default level's CPU for a few more bytes; RQ reads any level
+               "data": zlib.compress(JSONSerializer.dumps([HANDLE_EVENT, None, [event], {}]), 1)}
         return job_id, [x for pair in job.items() for x in pair]
 
     def enqueue_event(self, event: dict[str, Any]) -> None:

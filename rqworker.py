@@ -33,7 +33,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import SimpleWorker, worker_registration
 from rq.exceptions import AbandonedJobError
-from rq.job import Job, JobStatus
+from rq.executions import Execution
+from rq.job import Job, JobStatus, _job_stack
 from rq.queue import Queue
 from rq.registry import (
     DeferredJobRegistry,
@@ -41,7 +42,7 @@ from rq.registry import (
     FinishedJobRegistry,
     StartedJobRegistry,
 )
-from rq.utils import current_timestamp, now, parse_composite_key
+from rq.utils import current_timestamp, now, parse_composite_key, utcformat
 from rq.worker import WorkerStatus
 
 log = logging.getLogger("crmbridge.rqworker")
@@ -73,18 +74,98 @@ class CrashSafeWorker(SimpleWorker):
         maintenance on time (RQ blocks worker_ttl - 15 s)."""
         return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
 
+    SUSPENSION_CHECK_EVERY = 1.0   # seconds; RQ checks for `rq suspend` before every job
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's check (a round trip) before every job; here at most once a second: `rq suspend`
+        takes effect within a second, and a busy worker saves a round trip per job."""
+        if time.monotonic() < getattr(self, "_suspension_checked", 0.0) + self.SUSPENSION_CHECK_EVERY:
+            return
+        super().check_for_suspension(burst)
+        self._suspension_checked = time.monotonic()
+
     def get_heartbeat_ttl(self, job: Job) -> int:
         return self.job_heartbeat_ttl
 
+    # Jobs whose start and success are written in one transaction each (see execute_job and
+    # handle_job_success); crmbridge enqueues them without dependencies, repeats or groups.
+    lean_functions = frozenset({"worker.handle_event", "worker.fire_timer"})
+
     def execute_job(self, job: Job, queue: Queue) -> None:
-        execution = self.prepare_execution(job)
+        if job.func_name in self.lean_functions and len(self.queues) == 1:
+            execution = self._start(job, queue)
+        else:
+            execution = self.prepare_execution(job)
         beat = Heartbeat(self.connection, self.key, job, execution, self.job_heartbeat_ttl)
         beat.start()
         try:
             self.perform_job(job, queue)
         finally:
             beat.stop()
+            self._started_by_us = None
         self.set_state(WorkerStatus.IDLE)
+
+    def _start(self, job: Job, queue: Queue) -> Execution:
+        """RQ's prepare_execution and prepare_job_execution, in one transaction instead of two:
+        the same writes (the execution and its registries, the worker busy with the job, the job
+        started, out of the intermediate list), one round trip."""
+        ttl = self.get_heartbeat_ttl(job)
+        with self.connection.pipeline() as pipe:
+            self.execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self.set_current_job_id(job.id, pipeline=pipe)
+            self.set_current_job_working_time(0, pipeline=pipe)
+            # (RQ also shortens the worker key's TTL to the job's here; the job's liveness is its
+            # StartedJobRegistry entry, renewed by Heartbeat, so the worker key keeps its own TTL
+            # and is not written again after every job)
+            job.heartbeat(now(), ttl, pipeline=pipe)
+            job.prepare_for_execution(self.name, pipeline=pipe)
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.persist(job.key)   # Job.perform's first write (LeanJob skips it)
+            pipe.execute()
+        self._started_by_us = job.id
+        job.persisted = True
+        return self.execution
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if getattr(self, "_started_by_us", None) == job.id:   # written by _start already
+            return
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        """RQ writes the job's last heartbeat here in a round trip of its own; a lean job that
+        succeeded gets it in handle_job_success's transaction."""
+        if getattr(self, "_started_by_us", None) == job.id and job.get_status(refresh=False) != JobStatus.FAILED:
+            job.ended_at = job.last_heartbeat = now()
+            return
+        super().handle_execution_ended(job, queue, heartbeat_ttl)
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
+        """RQ's success handling in one transaction, without its reads: RQ WATCHes and reads the
+        job's dependents (crmbridge enqueues none) and, to delete a job kept 0 s, reads back the
+        executions this worker created itself. The writes are RQ's own."""
+        if getattr(self, "_started_by_us", None) != job.id or job.repeats_left:
+            return super().handle_job_success(job, queue, started_job_registry)
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        execution = self.execution
+        with self.connection.pipeline() as pipe:
+            self.increment_successful_job_count(pipeline=pipe)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+            if result_ttl != 0:
+                pipe.hset(job.key, "last_heartbeat", utcformat(job.last_heartbeat))
+                job._handle_success(result_ttl, pipeline=pipe, worker_name=self.name,
+                                    execution_id=execution.id if execution else None,
+                                    execution_started_at=execution.created_at if execution else None,
+                                    execution_ended_at=job.ended_at)
+                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+            else:   # Job.delete(remove_from_queue=False), knowing the job's one live execution
+                pipe.zrem(job.finished_job_registry.key, job.id)
+                pipe.delete(job.key, job.dependents_key, job.dependencies_key, job.execution_registry.key)
+            self.cleanup_execution(job, pipeline=pipe)
+            self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+            pipe.execute()
+        self.log.info("Successfully completed %s job in %ss on worker %s", job.description,
+                      job.ended_at - job.started_at, self.name)
 
     def clean_registries(self) -> None:
         """RQ's maintenance pass, with our recovery of abandoned jobs and a short-lived lock."""
@@ -103,6 +184,23 @@ class CrashSafeWorker(SimpleWorker):
             finally:
                 self.connection.eval(RELEASE_IF_OWNER, 1, lock, self.name)
         self.last_cleaned_at = now()
+
+
+class LeanJob(Job):
+    """RQ's Job, whose perform() does not PERSIST the job hash in a round trip of its own when
+    the worker already did it in the job's start transaction (CrashSafeWorker._start)."""
+
+    persisted = False
+
+    def perform(self) -> Any:
+        if not self.persisted:
+            return super().perform()
+        _job_stack.push(self)
+        try:
+            self._result = self._execute()
+        finally:
+            assert self is _job_stack.pop()
+        return self._result
 
 
 class Heartbeat:

@@ -68,7 +68,8 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _handle_event(payload: dict[str, Any]) -> dict[str, Any]:
     rt = runtime()
-    if not wait_for_turn(rt, payload):
+    marks = stage_mark_keys(rt, payload)   # read with the turn's check: one round trip less
+    if not wait_for_turn(rt, payload, marks):
         return {"deferred": True}
     event, answered = links.bind(rt, Event.from_dict(payload))  # chats and buttons bound to records
     if answered is not None:
@@ -84,7 +85,7 @@ def _handle_event(payload: dict[str, Any]) -> dict[str, Any]:
         # event's own refs are in the snapshot already, named (a derived event brings its own)
         view = {**entity, **{k: v for k, v in each.data.items()
                              if each is not event and k.startswith("previous_") or k == "changed"}}
-        if each.kind == "stage.changed" and stage_marks(rt, each, view):
+        if each.kind == "stage.changed" and stage_marks(rt, each, view, marks):
             audit(rt, each, "event.skipped", reason="this stage move was already handled (seen by a catch-up first)")
             outcome[each.kind] = {"already_handled": True}
             continue
@@ -101,7 +102,7 @@ def _handle_event(payload: dict[str, Any]) -> dict[str, Any]:
         if each.kind == "stage.changed":  # before the actions: one of them may move the record on
             remember_stage(rt, each, derived=each is not event)
         outcome[each.kind] = run_plan(rt, each, result)
-    rt.backend.order.done(payload)
+    order_done(rt, payload)
     return outcome
 
 
@@ -109,10 +110,11 @@ ORDER_POLL = 5.0          # seconds a worker waits for an earlier event of the s
 ORDER_GIVE_UP = 15 * 60   # …and how long an event is kept waiting at most, deferred in between
 
 
-def wait_for_turn(rt: Runtime, payload: dict[str, Any]) -> bool:
-    """True once the record's earlier events are done; else defer this one and return False."""
+def wait_for_turn(rt: Runtime, payload: dict[str, Any], also: dict[str, bytes | None] | None = None) -> bool:
+    """True once the record's earlier events are done; else defer this one and return False.
+    `also`: keys to read with the first look (Order.is_turn)."""
     deadline = time.monotonic() + ORDER_POLL
-    while not rt.backend.order.is_turn(payload):
+    while not rt.backend.order.is_turn(payload, also):
         if time.monotonic() >= deadline:
             first = payload.setdefault("waiting_since", time.time())
             if time.time() - first > ORDER_GIVE_UP:  # an earlier event is stuck: go on, and say so
@@ -259,12 +261,26 @@ def snapshot(rt: Runtime, event: Event) -> dict[str, Any]:
 
 
 STAGE_SEEN_TTL = 30 * 24 * 3600
-def stage_marks(rt: Runtime, event: Event, view: dict[str, Any]) -> bool:
-    """A stage change's two marks, read in one round trip: crmbridge's own undo (the change is
-    marked `data.undo` for the rules, once), and the stage last seen (True: this move was
-    already handled under another event id)."""
+def stage_mark_keys(rt: Runtime, payload: dict[str, Any]) -> dict[str, bytes | None]:
+    """The keys stage_marks reads for a record, to be read ahead (empty: nothing to read)."""
+    if payload.get("kind") not in ("stage.changed", "entity.updated"):
+        return {}
+    record = f"{payload['entity']['type']}:{payload['entity']['id']}"
+    return dict.fromkeys([rt.keys("undo", payload["connection"], record),
+                          rt.keys("stage-seen", payload["connection"], record)])
+
+
+def stage_marks(rt: Runtime, event: Event, view: dict[str, Any], ahead: dict[str, bytes | None] | None = None) -> bool:
+    """A stage change's two marks, read in one round trip (or read ahead, with the turn's check:
+    `ahead` holds them once, and is emptied): crmbridge's own undo (the change is marked
+    `data.undo` for the rules, once), and the stage last seen (True: this move was already
+    handled under another event id)."""
     undo_key = rt.keys("undo", event.connection, str(event.entity))
-    undo_mark, seen = rt.store.mget(undo_key, rt.keys("stage-seen", event.connection, str(event.entity)))
+    seen_key = rt.keys("stage-seen", event.connection, str(event.entity))
+    if ahead and undo_key in ahead and seen_key in ahead:
+        undo_mark, seen = ahead.pop(undo_key), ahead.pop(seen_key)
+    else:
+        undo_mark, seen = rt.store.mget(undo_key, seen_key)
     if was_undo(undo_mark, view):
         rt.store.delete(undo_key)
         event.data["undo"] = True
@@ -622,23 +638,41 @@ def audit_batch() -> Iterator[None]:
     if getattr(_batch, "entries", None) is not None:  # nested: the outer job writes them
         yield
         return
-    _batch.entries = []
+    _batch.entries, _batch.handled = [], []
     failed = True
     try:
         yield
         failed = False
     finally:
         entries, _batch.entries = _batch.entries, None
-        if entries:
+        handled, _batch.handled = _batch.handled if not failed else [], None
+        if entries or handled:
             try:
-                pipe = entries[0][0].store.pipeline(transaction=False)
+                store = (entries or handled)[0][0].store
+                pipe = store.pipeline(transaction=False)
                 for rt, text in entries:
                     pipe.xadd(rt.keys("audit"), {"entry": text}, maxlen=rt.settings.audit_max, approximate=True)
-                pipe.execute()
+                for rt, payload in handled:   # the record's next event may go (Order.done)
+                    rt.backend.order.done(payload, pipe)
+                results = pipe.execute(raise_on_error=False)
+                store_order = handled[0][0].backend.order if handled else None
+                if store_order is not None:
+                    store_order.finish(pipe, results)
+                elif any(isinstance(r, Exception) for r in results):
+                    raise next(r for r in results if isinstance(r, Exception))
             except Exception:
                 if not failed:
                     raise
                 log.exception("audit entries of a failed job not written")
+
+
+def order_done(rt: Runtime, payload: dict[str, Any]) -> None:
+    """The event is handled: its record's next event may go. Inside a job, written with the
+    job's audit entries when it ends well (one round trip); else now."""
+    if getattr(_batch, "handled", None) is not None:
+        _batch.handled.append((rt, payload))
+    else:
+        rt.backend.order.done(payload)
 
 
 def audit(rt: Runtime, event: Event, what: str, **details: Any) -> None:
@@ -711,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     from rq.serializers import JSONSerializer
 
     from queueing import lean_worker_class
-    from rqworker import CrashSafeWorker, run_supervised
+    from rqworker import CrashSafeWorker, LeanJob, run_supervised
 
     configure_logging()
     settings = Settings.from_env()
@@ -730,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     worker_class = lean_worker_class(CrashSafeWorker)   # fewer of RQ's own writes per job (queueing.py)
 
     def make_worker() -> CrashSafeWorker:
-        return worker_class([rt.backend.queue], connection=rt.store, serializer=JSONSerializer,
+        return worker_class([rt.backend.queue], connection=rt.store, serializer=JSONSerializer, job_class=LeanJob,
                             maintenance_interval=settings.maintenance_interval,
                             job_heartbeat_ttl=settings.job_heartbeat_ttl)
     burst = "--burst" in (argv or sys.argv[1:])

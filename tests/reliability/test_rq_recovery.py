@@ -13,6 +13,7 @@ from rq.serializers import JSONSerializer
 from rqworker import (
     CrashSafeWorker,
     Heartbeat,
+    LeanJob,
     give_back_unregistered,
     recover_abandoned,
 )
@@ -130,3 +131,87 @@ def test_execution_objects_match_rq(store):
     assert store.exists(Execution(execution.id, job.id, store).key)
     assert store.zscore(job.execution_registry.key, execution.id) is not None
     assert queue.started_job_registry.key == f"rq:wip:{QUEUE}"
+
+
+# --- the lean per-job path: RQ's writes, fewer round trips -------------------------------------
+
+SEEN_WHILE_RUNNING: list[dict] = []
+
+
+def look_while_running(queue_name: str) -> int:
+    """A job that records what Redis holds about it while it runs."""
+    from rq import get_current_job
+    job = get_current_job()
+    store = job.connection
+    SEEN_WHILE_RUNNING.append({
+        "status": store.hget(job.key, "status"), "started_at": store.hget(job.key, "started_at"),
+        "registered": [e.decode() for e in store.zrange(f"rq:wip:{queue_name}", 0, -1)],
+        "intermediate": store.lrange(f"rq:queue:{queue_name}:intermediate", 0, -1),
+        "ttl": store.ttl(job.key)})
+    return 7
+
+
+def fails() -> None:
+    raise RuntimeError("the vendor said no")
+
+
+def run_one(store, func: str, *, lean: bool, result_ttl: int = 0, args=()):
+    class Worker(CrashSafeWorker):
+        lean_functions = frozenset({func}) if lean else frozenset()
+    queue = Queue(QUEUE, connection=store, serializer=JSONSerializer)
+    job = queue.enqueue(func, *args, result_ttl=result_ttl, retry=Retry(max=2, interval=[5, 30]))
+    worker = Worker([queue], connection=store, serializer=JSONSerializer, job_class=LeanJob)
+    worker.work(burst=True)
+    return queue, job, worker
+
+
+def keys_left(store) -> set[str]:
+    """Key names with job, execution and worker ids replaced, and their types."""
+    import re
+    names = set()
+    for key in store.scan_iter():
+        name = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}", "<id>",
+                      key.decode())
+        names.add((re.sub(r"rq:job:[^:]+", "rq:job:<job>", re.sub(r"executions?:[^:]+", "execution:<job>", name)),
+                   store.type(key).decode()))
+    return names
+
+
+@pytest.mark.parametrize("result_ttl", [0, 300])
+def test_the_lean_path_leaves_redis_as_rq_does(store, result_ttl):
+    """A job run by the lean path (one transaction to start it, one to end it) leaves the keys
+    RQ's own path leaves, and RQ reads its outcome the same way."""
+    SEEN_WHILE_RUNNING.clear()
+    _, rq_job, _ = run_one(store, f"{__name__}.look_while_running", lean=False, result_ttl=result_ttl, args=(QUEUE,))
+    theirs = keys_left(store)
+    rq_status = rq_job.get_status(refresh=True) if result_ttl else None
+    store.flushdb()
+    queue, job, worker = run_one(store, f"{__name__}.look_while_running", lean=True, result_ttl=result_ttl,
+                                 args=(QUEUE,))
+    assert keys_left(store) == theirs
+    rq_seen, ours_seen = SEEN_WHILE_RUNNING
+    assert ours_seen["status"] == rq_seen["status"] == b"started"
+    assert ours_seen["registered"] and ours_seen["registered"][0].startswith(job.id + ":")   # heartbeat-able
+    assert ours_seen["intermediate"] == rq_seen["intermediate"] == []
+    assert ours_seen["ttl"] == rq_seen["ttl"] == -1                                      # persisted
+    assert store.zcard(queue.started_job_registry.key) == 0
+    assert store.hget(worker.key, "successful_job_count") == b"1"
+    assert store.hget(worker.key, "current_job") is None
+    if result_ttl:
+        assert job.get_status(refresh=True) == rq_status == "finished"
+        assert job.latest_result().return_value == 7
+        job.refresh()
+        assert job.started_at and job.ended_at and job.ended_at >= job.started_at
+        assert job.worker_name == worker.name
+        assert job.id in queue.finished_job_registry.get_job_ids()
+    else:
+        assert not store.exists(job.key)
+
+
+def test_a_lean_job_that_fails_takes_rqs_failure_path(store):
+    """Failure handling stays RQ's own: the retry is scheduled, the execution cleaned up."""
+    queue, job, _ = run_one(store, f"{__name__}.fails", lean=True)
+    assert job.get_status(refresh=True) == "scheduled"
+    assert job.id in queue.scheduled_job_registry.get_job_ids()
+    assert store.zcard(queue.started_job_registry.key) == 0
+    assert int(store.hget(job.key, "retries_left")) == 1
