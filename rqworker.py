@@ -63,6 +63,9 @@ class CrashSafeWorker(SimpleWorker):
     abandoned job back within about job_heartbeat_ttl + maintenance_interval seconds."""
 
     max_connection_wait_time = 5.0   # RQ: up to 60 s between two tries to reach Redis while idle
+    # RQ logs three lines per job; the job's start ("crmbridge: <description> (<id>)") and its
+    # "Job OK" are kept, the line about the result's lifetime (always 0 s here) is not
+    log_result_lifespan = False
 
     def __init__(self, *args: Any, job_heartbeat_ttl: int = JOB_HEARTBEAT_TTL, **kwargs: Any):
         self.job_heartbeat_ttl = max(3, int(job_heartbeat_ttl))
@@ -164,8 +167,6 @@ class CrashSafeWorker(SimpleWorker):
             self.cleanup_execution(job, pipeline=pipe)
             self.set_state(WorkerStatus.IDLE, pipeline=pipe)
             pipe.execute()
-        self.log.info("Successfully completed %s job in %ss on worker %s", job.description,
-                      job.ended_at - job.started_at, self.name)
 
     def clean_registries(self) -> None:
         """RQ's maintenance pass, with our recovery of abandoned jobs and a short-lived lock."""

@@ -78,14 +78,19 @@ def _handle_event(payload: dict[str, Any]) -> dict[str, Any]:
     entity = snapshot(rt, event)
     observe(rt, event)
     outcome: dict[str, Any] = {}
-    derived = derive(event, remember(rt, event, entity), entity)
+    # the vendor's own stage change is checked against its marks (read ahead) now, and the stage
+    # it enters is kept in the same round trip as the snapshot (before the actions: one of them
+    # may move the record on)
+    seen_before = event.kind == "stage.changed" and stage_marks(rt, event, entity, marks)
+    entering = None if seen_before or event.kind != "stage.changed" else stage_seen_entry(event, derived=False)
+    derived = derive(event, remember(rt, event, entity, entering), entity)
     entity = enrich(rt, event, entity, data_needs(rt.ruleset.rules, {event.kind, *(d.kind for d in derived)}))
     for each in [event, *derived]:
         # what the event knows of the past (previous stage, changed fields) joins the entity; the
         # event's own refs are in the snapshot already, named (a derived event brings its own)
         view = {**entity, **{k: v for k, v in each.data.items()
                              if each is not event and k.startswith("previous_") or k == "changed"}}
-        if each.kind == "stage.changed" and stage_marks(rt, each, view, marks):
+        if each.kind == "stage.changed" and (seen_before if each is event else stage_marks(rt, each, view, marks)):
             audit(rt, each, "event.skipped", reason="this stage move was already handled (seen by a catch-up first)")
             outcome[each.kind] = {"already_handled": True}
             continue
@@ -99,8 +104,8 @@ def _handle_event(payload: dict[str, Any]) -> dict[str, Any]:
         for timer in result.timers:
             rt.backend.schedule(timer_as_dict(timer))
             audit(rt, each, "timer.set", timer=timer.timer_id, rule=timer.rule, fire_at=timer.fire_at)
-        if each.kind == "stage.changed":  # before the actions: one of them may move the record on
-            remember_stage(rt, each, derived=each is not event)
+        if each.kind == "stage.changed" and each is not event:  # before the actions (see above)
+            remember_stage(rt, each, derived=True)
         outcome[each.kind] = run_plan(rt, each, result)
     order_done(rt, payload)
     return outcome
@@ -288,17 +293,23 @@ def stage_marks(rt: Runtime, event: Event, view: dict[str, Any], ahead: dict[str
 
 
 def remember_stage(rt: Runtime, event: Event, derived: bool) -> None:
-    """Keep the stage a record was last seen entering, and as of when.
+    """Keep the stage a record was last seen entering, and as of when (stage_seen_entry)."""
+    entry = stage_seen_entry(event, derived)
+    if entry is not None:
+        rt.store.set(rt.keys("stage-seen", event.connection, str(event.entity)), entry, ex=STAGE_SEEN_TTL)
+
+
+def stage_seen_entry(event: Event, derived: bool) -> str | None:
+    """What remember_stage keeps for a stage change (None: nothing to keep).
 
     A move seen in a fresh read (a catch-up's, or an update webhook's snapshot diff) is known as
     of now; one the vendor reported, as of the change itself.
     """
     stage = (event.data.get("stage") or {}).get("id")
     if stage is None or event.entity.type not in CRM_ENTITIES:
-        return
+        return None
     as_of = clock().isoformat() if derived else event.occurred_at
-    rt.store.set(rt.keys("stage-seen", event.connection, str(event.entity)),
-                 json.dumps({"stage": str(stage), "as_of": as_of, "event": event.id}), ex=STAGE_SEEN_TTL)
+    return json.dumps({"stage": str(stage), "as_of": as_of, "event": event.id})
 
 
 def stage_seen_already(event: Event, raw: bytes | None) -> bool:
@@ -370,12 +381,20 @@ def enrich(rt: Runtime, event: Event, entity: dict[str, Any], needs: set[str]) -
         return entity
 
 
-def remember(rt: Runtime, event: Event, entity: dict[str, Any]) -> dict[str, Any] | None:
-    """Keep the entity's state; return the state kept before (None the first time)."""
+def remember(rt: Runtime, event: Event, entity: dict[str, Any], entering: str | None = None) -> dict[str, Any] | None:
+    """Keep the entity's state; return the state kept before (None the first time). `entering`:
+    the stage-seen entry of the event's own stage change, written in the same round trip."""
     if event.entity.type not in CRM_ENTITIES or event.kind == "entity.deleted":
         return None
     key = rt.keys("snapshot", event.connection, str(event.entity))
-    previous = rt.store.set(key, json.dumps(entity, ensure_ascii=False, default=str), ex=SNAPSHOT_TTL, get=True)
+    state = json.dumps(entity, ensure_ascii=False, default=str)
+    if entering is None:
+        previous = rt.store.set(key, state, ex=SNAPSHOT_TTL, get=True)
+    else:
+        with rt.store.pipeline(transaction=False) as pipe:
+            pipe.set(key, state, ex=SNAPSHOT_TTL, get=True)
+            pipe.set(rt.keys("stage-seen", event.connection, str(event.entity)), entering, ex=STAGE_SEEN_TTL)
+            previous, _ = pipe.execute()
     return json.loads(previous) if previous else None
 
 
