@@ -21,7 +21,8 @@ from connectors import CONNECTORS
 from connectors.base import BaseClient
 from queueing import InProcessBackend, Keys, RQBackend
 from ratelimit import Limit, RateLimiter
-from rules import MODULES, send_email
+from rules import MODULES, find_or_create, send_email
+from rules._verb_support import unsupported_verbs
 from rules.engine import RuleSet
 from rules.files import load_rules
 
@@ -51,6 +52,8 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
         ruleset = load_rules(base / "rules", MODULES, calendars=connections.calendars if loaded else None,
                              connections=connections.connections or None, base=None)
         errors.extend(unsupported_options(ruleset, connections))
+        errors.extend(find_or_create.unsupported(ruleset.rules, connections, CONNECTORS))
+        errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS))  # set_responsible, delete_entity, notify
         errors.extend(send_email.load_templates(ruleset.rules, base))
     except ConfigErrors as exc:
         errors.extend(exc.errors)

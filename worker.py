@@ -451,7 +451,12 @@ def run_plan(rt: Runtime, event: Event, result: Plan) -> dict[str, Any]:
 # state (a stage, fields, a keyboard, a text) or answer a callback, so doing them twice leaves the
 # same result. Every other method (creates: tasks, notes; messages: send_message, reply, files) is
 # not repeated blindly: a step that may have been done goes to the dead letters to be checked.
-REPEATABLE_METHODS = frozenset({"move_to_stage", "set_fields", "edit_buttons", "edit_text", "answer_button"})
+# find_or_create creates a contact, but it searches before it creates, every time: run again after a
+# crash between the create and its record, it finds the contact the dead run made and does not make a
+# second one; its link call is idempotent too (a contact already linked stays linked once).
+REPEATABLE_METHODS = frozenset({"move_to_stage", "set_fields", "edit_buttons", "edit_text", "answer_button",
+                                "find_or_create", "set_responsible", "delete_entity"})
+# set_responsible sets a state; delete_entity counts a record already gone as done (notify is a message).
 MAYBE_DONE = "may have been sent: check the vendor, then replay it only if it was not done"
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import unquote
 
 import requests
+from redis.exceptions import LockError
 
 log = logging.getLogger("crmbridge.connectors")
 
@@ -399,6 +400,107 @@ class BaseClient:
                       ambiguous if hits else not_found)    # one pass: typed braces stay as typed
         self.add_note(entity, text)
         return {"matches": hits}
+
+    # --- find_or_create (rules/find_or_create.py) ------------------------------------------------
+    # A connector that can do it defines FIND_BY (the `by:` values its search can do) and three hooks:
+    # search_contacts(by, value, field) → [{"id", "created", "phones", "emails", "fields"}] (candidates:
+    # the vendor's search may be fuzzy, they are checked here), add_contact(name, by, value, fields) → id,
+    # and link_contact(entity, contact_id) → None when linked, else why not.
+    FIND_BY: tuple[str, ...] = ()
+    FIND_LOCK_SECONDS = 120   # one find_or_create per person and connection at a time (two messages at once)
+
+    def find_or_create(self, by: str, value: str, name: str | None = None, fields: dict[str, Any] | None = None,
+                       field: str | None = None, entity: Entity | None = None) -> dict[str, Any]:
+        """The one contact `value` names (by phone, email or inbox sender), created when none matches.
+
+        Safe to repeat: it always searches before creating, so a run after a crash between the create
+        and its record finds the contact the dead run made instead of making a second one. Several
+        matches: the oldest is taken and the result says `several_matched`. `entity` (a deal, lead or
+        task): the contact is linked to it."""
+        if by not in self.FIND_BY:
+            raise PermanentApiError(f"{self.connection.name}: cannot find contacts by {by!r}")
+        value = str(value if value is not None else "").strip()
+        if by == "inbox_sender":
+            value = value.rstrip("/")   # a profile link with or without its trailing slash is one sender
+        if not match_key(by, value):
+            raise PermanentApiError(f"find_or_create: nothing to match by {by} in {value!r}")
+        if by == "inbox_sender" and not field:
+            raise PermanentApiError("find_or_create by inbox_sender needs the contact field that keeps the sender")
+        values = dict(fields or {})
+        if by == "inbox_sender":
+            values[field] = value   # the sender's id/link is what later messages are matched on
+        lock = None
+        if self.store is not None and not self.record_only:
+            lock = self.store.lock(f"{self.key_prefix}find-or-create:{self.connection.name}:{by}:"
+                                   f"{match_key(by, value)}", timeout=self.FIND_LOCK_SECONDS,
+                                   blocking_timeout=self.FIND_LOCK_SECONDS / 2)
+            if not lock.acquire():
+                raise RetryableApiError(f"find_or_create: another worker is matching {value!r} ({by})")
+        try:
+            found = [c for c in self.search_contacts(by, value, field) or [] if contact_matches(by, value, c, field)]
+            found = sorted({str(c["id"]): c for c in found}.values(), key=_age)
+            result: dict[str, Any] = {"by": by, "value": value}
+            if found:
+                result.update(contact=str(found[0]["id"]), created=False)
+                if len(found) > 1:
+                    result["several_matched"] = [str(c["id"]) for c in found]
+                    log.warning("%s: %d contacts match %s %r: %s; took the oldest", self.connection.name,
+                                len(found), by, value, ", ".join(result["several_matched"]))
+            else:
+                made = self.add_contact(name or value, by, value, values)
+                result.update(contact=None if made is None else str(made), created=True)
+            if entity is not None and result["contact"] is not None:
+                why_not = self.link_contact(entity, result["contact"])
+                result["linked"] = None if why_not else str(entity)
+                if why_not:
+                    result["not_linked"] = why_not
+            return result
+        finally:
+            if lock is not None:
+                try:
+                    lock.release()
+                except LockError:   # expired meanwhile: nothing to release
+                    log.warning("%s: find_or_create lock had expired", self.connection.name)
+
+
+FIND_BY = ("phone", "email", "inbox_sender")
+
+
+def phone_digits(value: Any) -> str:
+    """A phone number compared as its last 10 digits (all of them when shorter): +380 67 123 45 67,
+    067 123-45-67 and 380671234567 are one number, as are +7 912 … and 8 912 …; no vendor source
+    here names a rule to rewrite prefixes (8… → 7…), so none is applied."""
+    digits = re.sub(r"\D", "", str(value or ""))
+    return digits[-10:] if len(digits) >= 10 else digits
+
+
+def match_key(by: str, value: Any) -> str:
+    """What two values of `by` are compared as: phone digits, an email in any case, a sender's
+    id or profile link in any case and without a trailing slash."""
+    if by == "phone":
+        return phone_digits(value)
+    text = str(value or "").strip()
+    return text.casefold() if by == "email" else text.rstrip("/").casefold()
+
+
+def contact_matches(by: str, value: Any, contact: dict[str, Any], field: str | None = None) -> bool:
+    """Does a candidate the vendor's search returned really carry `value`? (Searches are fuzzy.)"""
+    want = match_key(by, value)
+    if by == "phone":
+        have = contact.get("phones") or []
+    elif by == "email":
+        have = contact.get("emails") or []
+    else:
+        kept = (contact.get("fields") or {}).get(field)
+        have = kept if isinstance(kept, list) else [kept]
+    return bool(want) and any(match_key(by, h) == want for h in have if h not in (None, ""))
+
+
+def _age(contact: dict[str, Any]) -> tuple[Any, ...]:
+    """Oldest first: by creation time (unix seconds) when the vendor gives one, then by id."""
+    created = contact.get("created")
+    ident = str(contact.get("id"))
+    return (created is None, float(created or 0), int(ident) if ident.isdigit() else 0, ident)
 
 
 def fold(text: Any) -> str:

@@ -28,7 +28,7 @@ from urllib.parse import urlencode
 
 from connectors.base import (
     ApiError, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
-    RetryableApiError, Unauthorized, event_id, parse_nested_form, utc_iso,
+    RetryableApiError, Unauthorized, event_id, parse_nested_form, phone_digits, utc_iso,
 )
 
 SOURCE = "bitrix24"
@@ -417,6 +417,46 @@ class Client(BaseClient):
         """crm.contact.update, fields by code or label."""
         return self.update(_as_entity("contact", contact), fields)
 
+    # find_or_create (connectors/base.py BaseClient.find_or_create). Doc paths in bitrix24/b24restdocs:
+    # crm/duplicates/crm-duplicate-find-by-comm.md ({"entity_type": "CONTACT", "type": "PHONE"|"EMAIL",
+    # "values": [≤ 20]} → {"CONTACT": [ids]}), crm/contacts/crm-contact-get.md, crm-contact-list.md
+    # (filter "=FIELD": exact), crm-contact-add.md (PHONE/EMAIL as crm_multifield [{VALUE, VALUE_TYPE}]),
+    # crm/deals/contacts/crm-deal-contact-add.md ({"id", "fields": {"CONTACT_ID"}}; `false` when linked).
+    FIND_BY = ("phone", "email", "inbox_sender")
+
+    def search_contacts(self, by: str, value: str, field: str | None = None) -> list[dict[str, Any]] | None:
+        if by == "inbox_sender":
+            code = field if self.record_only else next(iter(self.resolve_fields("contact", {field: value})))
+            rows = self.list_all("crm.contact.list", {"filter": {f"={code}": value},
+                                                      "select": ["ID", "DATE_CREATE", code]}) or []
+            return [{"id": str(r["ID"]), "created": _unix(r.get("DATE_CREATE")), "fields": {field: r.get(code)}}
+                    for r in rows]
+        variants = [value, phone_digits(value), "+" + re.sub(r"\D", "", value)] if by == "phone" else [value]
+        body = self.call("crm.duplicate.findbycomm", {"entity_type": "CONTACT", "type": by.upper(),
+                                                      "values": list(dict.fromkeys(variants))})
+        ids = _as_dict((body or {}).get("result")).get("CONTACT") or []   # PHP answers "none" as []
+        found = []
+        for cid in ids[:20]:
+            rec = (self.call("crm.contact.get", {"id": int(cid)}) or {}).get("result") or {}
+            found.append({"id": str(cid), "created": _unix(rec.get("DATE_CREATE")),
+                          "phones": [p.get("VALUE") for p in rec.get("PHONE") or [] if isinstance(p, dict)],
+                          "emails": [e.get("VALUE") for e in rec.get("EMAIL") or [] if isinstance(e, dict)]})
+        return found
+
+    def add_contact(self, name: str, by: str, value: str, fields: dict[str, Any]) -> int | None:
+        values = self.resolve_fields("contact", fields) if fields and not self.record_only else dict(fields or {})
+        values["NAME"] = name
+        if by in ("phone", "email"):
+            values[by.upper()] = [{"VALUE": value, "VALUE_TYPE": "WORK"}]
+        body = self.call("crm.contact.add", {"fields": values})
+        return None if body is None else int(body["result"])
+
+    def link_contact(self, entity: Entity, contact_id: str) -> str | None:
+        if entity.type != "deal":
+            return f"Bitrix24: contacts are linked to deals here, not to a {entity.type}"
+        self.call("crm.deal.contact.add", {"id": _id(entity), "fields": {"CONTACT_ID": int(contact_id)}})
+        return None
+
     def create_task(self, entity: Entity, text: str, due: str, responsible: str | int | None = None,
                     task_type: int | None = None, bind: list[Any] | None = None) -> int | None:
         """tasks.task.add bound to the entity and to `bind` (e.g. the deal's contact and company).
@@ -450,6 +490,27 @@ class Client(BaseClient):
         uid = user if self.record_only else self.resolve_user(user)
         body = self.call("im.notify.system.add", {"USER_ID": uid, "MESSAGE": text})
         return None if body is None else int(body["result"])
+
+    def set_responsible(self, entity: Entity, user: str | int) -> bool | None:
+        """crm.<type>.update {"id", "fields": {"ASSIGNED_BY_ID"}}: the responsible person of a deal,
+        lead, contact or company (crm/deals/crm-deal-update.md and the lead, contact, company pages);
+        the user by id or by "NAME LAST_NAME" as user.get shows it."""
+        uid = user if self.record_only else self.resolve_user(user)
+        if uid in (None, ""):
+            raise PermanentApiError("set_responsible: no user given")
+        return self.update(entity, {"ASSIGNED_BY_ID": uid}, resolve=False)
+
+    def delete_entity(self, entity: Entity) -> str | None:
+        """crm.<type>.delete {"id"} (crm/deals/crm-deal-delete.md, crm/leads/crm-lead-delete.md,
+        crm/contacts/crm-contact-delete.md): "deleted", or "gone" when the record no longer exists —
+        the documented "Not found" (HTTP 400, empty error code) — so a repeated step is done."""
+        try:
+            body = self.call(f"{_crm(entity.type)}.delete", {"id": _id(entity)})
+        except PermanentApiError as exc:
+            if exc.status == 400 and str(exc).endswith(": HTTP 400: Not found"):
+                return "gone"
+            raise
+        return None if body is None else "deleted"
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -523,6 +584,14 @@ def _status_names(rows: Any) -> dict[str, str]:
 
 def _as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _unix(value: Any) -> float | None:
+    """DATE_CREATE ("2024-02-26T00:00:00+02:00") as unix seconds, to order contacts by age."""
+    try:
+        return datetime.fromisoformat(str(value)).timestamp() if value else None
+    except ValueError:
+        return None
 
 
 def _ref(data: dict[str, Any], key: str, value: Any) -> None:

@@ -25,7 +25,7 @@ import requests
 from connectors.base import (
     check_secret, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
     RetryableApiError, retry_after_header, event_id, indexed, parse_json,
-    parse_nested_form, utc_iso, written_key,
+    parse_nested_form, phone_digits, utc_iso, written_key,
 )
 
 SOURCE = "planfix"
@@ -256,6 +256,7 @@ FIELDS = {"task": "id,name,description,status,processId,assigner,assignees,paren
 # изменения"; 79 "Дата последнего изменения или комментария" would also list tasks that only got a
 # comment, which a catch-up cannot use (it compares status, responsible and fields).
 CHANGED_FILTER = 38
+CONTACT_FILTERS = {"phone": 4003, "email": 4005, "inbox_sender": 4101}  # find_or_create, see Client
 MAX_PAGES = 1000  # 100 000 tasks a look: a guard, not a limit one should meet
 
 
@@ -531,9 +532,79 @@ class Client(BaseClient):
         body = {"name": name, **details, **self.custom_data("contact", fields)}
         return _created_id(self.request("POST", "/contact/", json_body=body))
 
+    # find_or_create (connectors/base.py BaseClient.find_or_create): POST /contact/list with complex
+    # contact filters (planfix-docs REST_API__Сложные_фильтры_контактов.md, github.com/electronic777/
+    # planfix-docs): 4003 "Телефон" and 4005 "Email (частичное вхождение)", operator equal, a string
+    # that the contact's value contains; 4101 "Пользовательское поле типа Строка" with `field` = the
+    # field's id, equal. Planfix lists no creation time with a contact here: the oldest is the lowest id.
+    # Phones are written as PhoneRequest {number, type: 1 mobile} (saranchyev/planfix-rest-api-generated
+    # docs/Model/PhoneRequest.md); the task's client is TaskUpdateRequest.counterparty (API-REFERENCE §3.1).
+    FIND_BY = ("phone", "email", "inbox_sender")
+
+    def search_contacts(self, by: str, value: str, field: str | None = None) -> list[dict[str, Any]] | None:
+        flt: dict[str, Any] = {"type": CONTACT_FILTERS[by], "operator": "equal"}
+        wanted = "id,name,lastname,email,phones"
+        if by == "inbox_sender":
+            meta = self.resolve_field("contact", field) if not self.record_only else {"id": field, "type": 0}
+            if meta.get("type") not in (None, 0):
+                raise PermanentApiError(f"Planfix contact field {field!r} is not a line (Строка) field: "
+                                        "the sender can only be matched in one")
+            flt.update(field=meta["id"], value=value)
+            wanted += f",{meta['id']}"
+        else:   # "contains": the digits as Planfix may keep them, or the address as typed
+            flt["value"] = phone_digits(value) if by == "phone" else value
+        resp = self.request("POST", "/contact/list", json_body={"offset": 0, "pageSize": 100, "filters": [flt],
+                                                                 "fields": wanted})
+        if resp is None:
+            return None
+        found = []
+        for c in _json_body(resp).get("contacts") or []:
+            card = normalize_contact(c)
+            if by == "inbox_sender":   # by the field's id: a list may name its fields or not
+                card["fields"][field] = [d.get("value") for d in c.get("customFieldData") or []
+                                         if str((d.get("field") or {}).get("id")) == str(flt["field"])]
+            found.append({"id": card["id"], "created": None, "phones": card["phones"],
+                          "emails": [card["email"]] if card.get("email") else [], "fields": card["fields"]})
+        return found
+
+    def add_contact(self, name: str, by: str, value: str, fields: dict[str, Any]) -> int | None:
+        details = {"phone": {"phones": [{"number": value, "type": 1}]}, "email": {"email": value}}.get(by, {})
+        return self.create_contact(name, fields, **details)
+
+    def link_contact(self, entity: Entity, contact_id: str) -> str | None:
+        if entity.type != "task":
+            return f"Planfix: a contact is the client (counterparty) of a task, not of a {entity.type}"
+        self.request("POST", f"/task/{entity.id}", json_body={"counterparty": {"id": f"contact:{contact_id}"}})
+        return None
+
     def delete_contact(self, entity: Entity) -> str | None:
         """The REST API has no DELETE for contacts; ContactRequest.isDeleted marks one deleted."""
         return _outcome(self.request("POST", f"/contact/{entity.id}", json_body={"isDeleted": True}))
+
+    def delete_entity(self, entity: Entity) -> str | None:
+        """Mark a task or contact deleted: the REST API has no DELETE method (TaskApi, ContactApi in
+        saranchyev/planfix-rest-api-generated); POST /{task|contact}/{id} {"isDeleted": true}
+        (TaskUpdateRequest / ContactRequest `isDeleted`). "done", "queued" (202), or "gone" when the
+        record does not exist: HTTP 404, or error code 1000 ("task not exist") / 2000 (the first of
+        the contact codes 2000-2006; API-REFERENCE §3.1), so a repeated step is done."""
+        kind = _kind(entity)
+        try:
+            return _outcome(self.request("POST", f"/{kind}/{entity.id}", json_body={"isDeleted": True}))
+        except PermanentApiError as exc:
+            if exc.status == 404 or re.search(r": Planfix code (1000|2000): ", str(exc)):
+                return "gone"
+            raise
+
+    def set_responsible(self, entity: Entity, user: Any) -> str | None:
+        """One user becomes responsible: a task's assignees, POST /task/{id} {"assignees": {"users":
+        [{"id": "user:N"}]}} (TaskUpdateRequest.assignees, PeopleRequest; API-REFERENCE §3.1), or a
+        contact's supervisors (curators), POST /contact/{id} {"supervisors": {…}} (ContactRequest
+        .supervisors, saranchyev/planfix-rest-api-generated). The user by name, id or "user:N"."""
+        key = {"task": "assignees", "contact": "supervisors"}[_kind(entity)]
+        uid = user if self.record_only else self.resolve_user(user)
+        if not uid:
+            raise PermanentApiError("set_responsible: no user given")
+        return _outcome(self.request("POST", f"/{entity.type}/{entity.id}", json_body={key: {"users": [{"id": uid}]}}))
 
     # --- ordered projects (start_next_task) and time in a status (track_time) -----------------
 

@@ -197,6 +197,7 @@ class FakeAmo(FakeServer):
         self.route("POST", r"/api/v4/leads/notes", self._created("notes"))
         self._more_routes()
         self._playbook_routes()
+        self._contact_search_routes()
 
     def add_lead(self, lead: dict[str, Any]) -> None:
         self.leads[int(lead["id"])] = lead
@@ -455,6 +456,39 @@ class FakeAmo(FakeServer):
         query = (call.query.get("query") or [""])[0].casefold()
         found = [e for e in self.catalog_elements.get(int(m.group(1)), []) if query in e["name"].casefold()]
         return self._page(call, "elements", found)
+
+    # --- added for find_or_create: contacts searched by `query` and created (contacts-api) -----------
+
+    def _contact_search_routes(self) -> None:
+        self.route("GET", r"/api/v4/contacts", self._search_contacts)
+        self.route("POST", r"/api/v4/contacts", self._add_contacts)
+
+    def _search_contacts(self, call: Call, m: re.Match):
+        """`query` "searches the filled fields"; here: the name or a field value contains it (any
+        case), or, for 5+ digits, a value's digits do. amoCRM's own matching is not documented."""
+        query = (call.query.get("query") or [""])[0].strip().casefold()
+        digits = re.sub(r"\D", "", query)
+
+        def hit(contact: dict[str, Any]) -> bool:
+            texts = [str(contact.get("name") or "")] + [str(v.get("value")) for cf in contact.get("custom_fields_values") or []
+                                                        for v in cf.get("values") or []]
+            return any(query in t.casefold() or (len(digits) >= 5 and digits in re.sub(r"\D", "", t)) for t in texts)
+        found = [c for c in sorted(self.contacts.values(), key=lambda c: c["id"]) if query and hit(c)]
+        return self._page(call, "contacts", found)
+
+    def _add_contacts(self, call: Call, m: re.Match):
+        """POST /api/v4/contacts: an array; kept as GET shows it (field names and codes, created_at)."""
+        made = []
+        names = {f["id"]: f["name"] for f in self.entity_fields["contacts"]}
+        for i, contact in enumerate(call.body):
+            new_id = next(self.ids)
+            values = [{**cf, "field_name": names.get(cf.get("field_id"), cf.get("field_code")),
+                       "field_code": cf.get("field_code")} for cf in contact.get("custom_fields_values", [])]
+            self.contacts[new_id] = {"id": new_id, "name": contact.get("name"), "created_at": int(self.clock()),
+                                     "updated_at": int(self.clock()), "custom_fields_values": values or None,
+                                     "_embedded": {"tags": [], "companies": []}}
+            made.append({"id": new_id, "request_id": str(i)})
+        return 200, {"_embedded": {"contacts": made}}, {"Content-Type": "application/hal+json"}
 
     def _list_events(self, call: Call, m: re.Match):
         """GET /api/v4/events: filter[entity], filter[entity_id][], filter[type][]; newest first."""

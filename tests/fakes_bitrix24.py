@@ -118,6 +118,8 @@ class FakeBitrix24(FakeServer):
         self.statuses = default_statuses()
         self.fields = default_fields()
         self.methods = self._methods()
+        self.methods.update(self._contact_match_methods())
+        self.methods.update(self._delete_methods())
         pattern = rf"/rest/{re.escape(user_id)}/{re.escape(code)}/([\w.]+?)(?:\.json)?"
         self.route("POST", pattern, self._serve)
         self.route("GET", pattern, self._serve)
@@ -242,6 +244,55 @@ class FakeBitrix24(FakeServer):
         note = {"id": next(self.ids), **params}
         self.notifications.append(note)
         return note["id"]
+
+    # --- find_or_create: duplicates by phone/email, contacts added and linked to deals ---------------
+
+    def _contact_match_methods(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        return {"crm.duplicate.findbycomm": self._find_by_comm, "crm.contact.add": self._contact_add,
+                "crm.deal.contact.add": self._deal_contact_add}
+
+    def _find_by_comm(self, params: dict[str, Any]) -> Any:
+        """{"CONTACT": [ids]} of contacts holding one of `values` (crm-duplicate-find-by-comm.md); phones
+        compared on their digits (the portal normalizes them; how exactly is not documented), emails in
+        any case. Nothing found: [] (PHP's empty map)."""
+        kind, values = str(params.get("type") or ""), _listed(params.get("values"))
+        if kind not in ("PHONE", "EMAIL"):
+            raise BitrixError(400, "Communication type is not defined", "Parameter 'type' is required.")
+        norm = (lambda v: re.sub(r"\D", "", str(v))) if kind == "PHONE" else (lambda v: str(v).strip().casefold())
+        wanted = {norm(v) for v in values if norm(v)}
+        ids = [int(rid) for rid, rec in sorted(self.records["contact"].items())
+               if any(norm(item.get("VALUE")) in wanted for item in rec.get(kind) or [])]
+        return {"CONTACT": ids} if ids else []
+
+    def _contact_add(self, params: dict[str, Any]) -> int:
+        fields = params.get("fields") or params.get("FIELDS") or {}
+        rid = next(self.ids)
+        self.add("contact", {**fields, "ID": str(rid),
+                             "DATE_CREATE": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        return rid
+
+    def _deal_contact_add(self, params: dict[str, Any]) -> bool:
+        deal = self._record("deal", params)
+        contact = int((params.get("fields") or {}).get("CONTACT_ID") or 0)
+        if contact <= 0:
+            raise BitrixError(400, "", "The parameter 'fields' is not valid.")
+        linked = deal.setdefault("CONTACT_IDS", [])
+        if contact in linked:   # "false — link not added, contact already linked to the deal"
+            return False
+        linked.append(contact)
+        deal.setdefault("CONTACT_ID", str(contact))
+        return True
+
+    # --- delete_entity: crm.<type>.delete {"id"} (crm-deal-delete.md, crm-lead-delete.md, crm-contact-delete.md) --
+
+    def _delete_methods(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        return {f"crm.{etype}.delete": (lambda p, t=etype: self._delete(t, p)) for etype in self.records}
+
+    def _delete(self, entity_type: str, params: dict[str, Any]) -> bool:
+        """`true`; a missing record is the documented HTTP 400 "Not found" (via _record)."""
+        record = self._record(entity_type, params)
+        del self.records[entity_type][int(record["ID"])]
+        return True
 
     # --- tasks -----------------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ class FakePlanfix(FakeServer):
         self.route("POST", r"/rest/user/list", self._users)
         self._file_routes()
         self.route("POST", r"/rest/task/list", self._list_tasks)
+        self.route("POST", r"/rest/contact/list", self._list_contacts)
 
     def store(self, kind: str) -> dict[int, dict[str, Any]]:
         return self.tasks if kind == "task" else self.contacts
@@ -107,6 +108,26 @@ class FakePlanfix(FakeServer):
                                                                           for f in c.get("files", [])]}
                 for c in found]
         return 200, {**OK, "comments": body}, {}
+
+    def _list_contacts(self, call: Call, m: re.Match):
+        """POST /contact/list with complex contact filters (REST_API__Сложные_фильтры_контактов.md):
+        4003 phone, 4005 email (the value contains the text), 4101 a line custom field (`field`),
+        equal; others refused here as unknown to this fake."""
+        body = call.body or {}
+        found = sorted(self.contacts.values(), key=lambda c: int(c["id"]))
+        for flt in body.get("filters") or []:
+            want = str(flt.get("value") or "")
+            if flt.get("type") == 4003:
+                found = [c for c in found if any(want in re.sub(r"\D", "", str(p.get("number")))
+                                                 or want in str(p.get("number")) for p in c.get("phones") or [])]
+            elif flt.get("type") == 4005:
+                found = [c for c in found if want.casefold() in str(c.get("email") or "").casefold()]
+            elif flt.get("type") == 4101:
+                found = [c for c in found if any(str(d["field"]["id"]) == str(flt.get("field")) and str(d.get("value")) == want
+                                                 for d in c.get("customFieldData") or [])]
+            else:
+                return 400, {"result": "fail", "code": 41, "error": f"filter type {flt.get('type')} unknown"}, {}
+        return 200, {**OK, "contacts": found[int(body.get("offset") or 0):][:int(body.get("pageSize") or 100)]}, {}
 
     def _statuses(self, call: Call, m: re.Match):
         found = self.statuses.get(int(m.group(1)))

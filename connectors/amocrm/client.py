@@ -15,7 +15,9 @@ from typing import Any
 import requests
 
 from connectors.amocrm.auth import TokenAuth
-from connectors.base import BaseClient, Entity, PermanentApiError, utc_iso
+from connectors.base import (
+    BaseClient, Entity, PermanentApiError, contact_matches, phone_digits, utc_iso,
+)
 
 log = logging.getLogger("crmbridge.connectors.amocrm")
 
@@ -459,6 +461,46 @@ class Client(TokenAuth, BaseClient):
             body["custom_fields_values"] = self._field_values(entity.type, fields)
         self.request("PATCH", f"/api/v4/contacts/{entity.id}", json_body=body)
 
+    # find_or_create (connectors/base.py BaseClient.find_or_create): contacts-api "Список контактов",
+    # GET /api/v4/contacts?query=… ("Осуществляет поиск по заполненным полям сущности": fuzzy, so every
+    # candidate is checked by BaseClient), POST /api/v4/contacts (an array), and entity-links-api
+    # POST /api/v4/leads/{id}/link [{"to_entity_id", "to_entity_type": "contacts"}].
+    FIND_BY = ("phone", "email", "inbox_sender")
+
+    def search_contacts(self, by: str, value: str, field: str | None = None) -> list[dict[str, Any]]:
+        """Contacts amoCRM's search finds for the value as given, then for its digits (phone)."""
+        queries = list(dict.fromkeys([value, phone_digits(value)] if by == "phone" else [value]))
+        found: list[dict[str, Any]] = []
+        for query in queries:
+            found = [{"id": str(c["id"]), "created": c.get("created_at"),
+                      "phones": [p["value"] for p in contact_channels(c.get("custom_fields_values")).get("phones", [])],
+                      "emails": [e["value"] for e in contact_channels(c.get("custom_fields_values")).get("emails", [])],
+                      "fields": api_fields(c.get("custom_fields_values"))[0]}
+                     for c in self.pages("/api/v4/contacts", "contacts", {"query": query}) if not c.get("is_deleted")]
+            if any(contact_matches(by, value, c, field) for c in found):
+                break
+        return found
+
+    def add_contact(self, name: str, by: str, value: str, fields: dict[str, Any]) -> int | None:
+        """POST /api/v4/contacts: the name, custom fields by name, and the phone or email in the
+        multitext field with field_code PHONE / EMAIL (value + enum_code WORK, API-REFERENCE §1.2)."""
+        values = self._field_values("contact", fields) if fields else []
+        if by in ("phone", "email"):
+            values.append({"field_code": by.upper(), "values": [{"value": value, "enum_code": "WORK"}]})
+        body: dict[str, Any] = {"name": name}
+        if values:
+            body["custom_fields_values"] = values
+        resp = self.request("POST", "/api/v4/contacts", json_body=[body])
+        return None if resp is None else resp.json()["_embedded"]["contacts"][0]["id"]
+
+    def link_contact(self, entity: Entity, contact_id: str) -> str | None:
+        """A lead gets the contact (entity-links-api); an amoCRM task belongs to one record only."""
+        if entity.type != "lead":
+            return f"amoCRM links contacts to leads, not to a {entity.type}"
+        self.request("POST", f"/api/v4/leads/{entity.id}/link",
+                     json_body=[{"to_entity_id": int(contact_id), "to_entity_type": "contacts"}])
+        return None
+
     def change_tags(self, entity: Entity, add: list[str] | tuple[str, ...] = (),
                     remove: list[str] | tuple[str, ...] = ()) -> None:
         """Add and remove tags by name in one PATCH (leads-api: tags_to_add / tags_to_delete)."""
@@ -471,7 +513,10 @@ class Client(TokenAuth, BaseClient):
             self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}", json_body=body)
 
     def set_responsible(self, entity: Entity, user: str | int) -> None:
-        """Make a user (name or id) responsible for the entity."""
+        """Make a user (name or id) responsible for the entity: PATCH /api/v4/{leads|contacts|companies}/{id}
+        {"responsible_user_id"} (leads-api, contacts-api, companies-api "Редактирование")."""
+        if entity.type not in API_ENTITY:
+            raise PermanentApiError(f"amoCRM: set_responsible works on leads, contacts and companies, not a {entity.type}")
         uid = user if self.record_only else self.resolve_user(user)
         self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}",
                      json_body={"responsible_user_id": int(uid) if str(uid).isdigit() else uid})
