@@ -63,26 +63,33 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
 
 
 def unsupported_options(ruleset: RuleSet, connections: Connections) -> list[ConfigError]:
-    """`move_to_stage: {only_forward: true}` needs a CRM whose client knows its stages' order
-    (amoCRM: statuses by `sort`); on another CRM the rule is refused here, at start-up, with its
-    file and line, rather than failing on every deal. The action's CRM is its `connection:`, else
-    the connections the rule's `on:` names, else every connection that moves records."""
+    """Options only some CRMs' clients take: `move_to_stage: {only_forward: true}` needs a client
+    that knows its stages' order (amoCRM: statuses by `sort`; Bitrix24: crm.status.list SORT and
+    SEMANTICS), `create_task: {bind: …}` one whose tasks belong to several records at once
+    (Bitrix24 UF_CRM_TASK; an amoCRM or Planfix task belongs to one record). On another CRM the
+    rule is refused here, at start-up, with its file and line, rather than failing on every record.
+    The action's CRM is its `connection:`, else the connections the rule's `on:` names, else every
+    connection that can do the verb."""
     errors = []
-    movers = {name: conn.type for name, conn in connections.connections.items()
-              if hasattr(CONNECTORS[conn.type].Client, "move_to_stage")}
+    checked = {"move_to_stage": ("only_forward", "only amoCRM and Bitrix24 read their stages' order"),
+               "create_task": ("bind", "its tasks belong to one record only; Bitrix24 binds a task to several")}
     for rule in ruleset.rules:
         for spec in (*rule.actions, *rule.otherwise):
             options = spec.options if isinstance(spec.options, dict) else {}
-            if spec.verb != "move_to_stage" or options.get("only_forward") is not True:
+            if spec.verb not in checked:
                 continue
+            option, why = checked[spec.verb]
+            if options.get(option) in (None, False):
+                continue
+            doers = {name: conn.type for name, conn in connections.connections.items()
+                     if hasattr(CONNECTORS[conn.type].Client, spec.verb)}
             named = options.get("connection")
-            targets = [named] if named else list(rule.trigger.connections) or list(movers)
+            targets = [named] if named else list(rule.trigger.connections) or list(doers)
             for name in targets:
-                kind = movers.get(name)
-                if kind and "only_forward" not in inspect.signature(CONNECTORS[kind].Client.move_to_stage).parameters:
-                    errors.append(ConfigError(rule.file, spec.line, f'rule "{rule.name}": move_to_stage → '
-                                              f"only_forward: not supported for {kind} (connection {name!r}); "
-                                              "only amoCRM reads its stages' order"))
+                kind = doers.get(name)
+                if kind and option not in inspect.signature(getattr(CONNECTORS[kind].Client, spec.verb)).parameters:
+                    errors.append(ConfigError(rule.file, spec.line, f'rule "{rule.name}": {spec.verb} → '
+                                              f"{option}: not supported for {kind} (connection {name!r}); {why}"))
     return errors
 
 

@@ -541,7 +541,9 @@ def execute(rt: Runtime, event: Event, action: PlannedAction) -> bool:
     finally:
         client.sending = None
     record_done(rt, done_key, attempted_key, result)
-    if undo and (result or {}).get("moved", True):
+    # a client reports a move it left out (only_forward) as {"moved": False}; others return True,
+    # a status name or None
+    if undo and not (isinstance(result, dict) and result.get("moved") is False):
         remember_undo(rt, action.connection, args["entity"], str(args.get("stage")))
     if action.method == "move_to_stage":  # the record left the stage last seen: a move back in is new
         rt.store.delete(rt.keys("stage-seen", action.connection, str(args["entity"])))

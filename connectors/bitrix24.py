@@ -383,25 +383,70 @@ class Client(BaseClient):
 
     # --- acting -------------------------------------------------------------------------------
 
-    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> bool | None:
-        """Move a deal (or lead) to a stage; into another funnel through crm.item.update."""
+    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None,
+                      only_forward: bool = False) -> bool | dict[str, Any] | None:
+        """Move a deal (or lead) to a stage; into another funnel through crm.item.update.
+
+        only_forward: read the record first (crm.deal.get STAGE_ID and CATEGORY_ID; crm.lead.get
+        STATUS_ID) and leave it where it is when it already stands at or past that stage of the same
+        funnel (stage_order): {"moved": False, "reason"}; else the move, {"moved": True}. A stage of
+        another funnel is a move into that funnel, as on amoCRM."""
         if entity.type == "lead":
             status = stage if self.record_only else self.resolve_stage(entity, stage)[0]
-            return self.update(entity, {"STATUS_ID": status}, resolve=False)
+            if only_forward and not self.record_only:
+                here = str(self.call("crm.lead.get", {"id": _id(entity)})["result"].get("STATUS_ID") or "")
+                held = self.at_or_past("STATUS", here, status)
+                if held:
+                    return held
+            moved = self.update(entity, {"STATUS_ID": status}, resolve=False)
+            return {"moved": moved} if only_forward and moved is not None else moved
         if entity.type != "deal":
             raise PermanentApiError(f"Bitrix24 stages belong to deals and leads, not {entity.type}s")
         if self.record_only:  # nothing to resolve names with: log the call as the rule wrote it
             status, category, current = stage, pipeline, None
         else:
             status, category = self.resolve_stage(entity, stage, pipeline)
-            current = self.deal_category(entity) if pipeline is not None else category
-        if pipeline is not None and category != current:
+            if only_forward:
+                deal = self.call("crm.deal.get", {"id": _id(entity)})["result"]
+                current = str(deal.get("CATEGORY_ID") or "0")
+                held = category == current and self.at_or_past(_stage_list(current), str(deal.get("STAGE_ID") or ""),
+                                                               status)
+                if held:
+                    return held
+            else:
+                current = self.deal_category(entity) if pipeline is not None else category
+        if category != current:
             # "If it is necessary to change the funnel of the deal, use crm.item.update" (crm-deal-update.md)
             fields = {"categoryId": _num(category), "stageId": status}
             body = self.call("crm.item.update", {"entityTypeId": OWNER_TYPE["deal"], "id": _id(entity),
                                                  "fields": fields})
-            return None if body is None else bool(body.get("result"))
-        return self.update(entity, {"STAGE_ID": status}, resolve=False)
+            moved = None if body is None else bool(body.get("result"))
+        else:
+            moved = self.update(entity, {"STAGE_ID": status}, resolve=False)
+        return {"moved": moved} if only_forward and moved is not None else moved
+
+    def stage_order(self, list_id: str) -> dict[str, list[int]]:
+        """{STATUS_ID: [0 open or 1 final, SORT]} of one stage list, cached: crm.status.list {"order":
+        {"SORT": "ASC"}, "filter": {"ENTITY_ID": "DEAL_STAGE" | "DEAL_STAGE_<category>" | "STATUS"}}, rows
+        {"STATUS_ID", "SORT", "SEMANTICS"}: "S" success, "F" failure, null in progress
+        (crm/status/crm-status-list.md, crm/status/crm-status-add.md). Won and lost come after every
+        open stage whatever their SORT; between two of them SORT decides (LOSE after WON)."""
+        def fetch() -> dict[str, list[int]]:
+            rows = self.list_all("crm.status.list", {"order": {"SORT": "ASC"}, "filter": {"ENTITY_ID": list_id}})
+            return {str(r["STATUS_ID"]): [1 if r.get("SEMANTICS") in ("S", "F") else 0, int(r.get("SORT") or 0)]
+                    for r in rows or [] if isinstance(r, dict) and r.get("STATUS_ID")}
+        return self.cached(f"stage-order:{list_id}", fetch)
+
+    def at_or_past(self, list_id: str, here: str, there: str) -> dict[str, Any] | None:
+        """{"moved": False, "reason"} when stage `here` is `there` or comes after it in the list, else
+        None (also when either is not in the list, read fresh once: then the move goes ahead)."""
+        def both() -> dict[str, list[int]] | None:
+            order = self.stage_order(list_id)
+            return order if here in order and there in order else None
+        order = self.refreshed(f"stage-order:{list_id}", both)
+        if order and order[there] <= order[here]:
+            return {"moved": False, "reason": f"already at stage {here}, not before {there}"}
+        return None
 
     def update(self, entity: Entity, fields: dict[str, Any], resolve: bool = True) -> bool | None:
         """crm.<type>.update with the fields (by label or code when `resolve`)."""
@@ -461,15 +506,35 @@ class Client(BaseClient):
                     task_type: int | None = None, bind: list[Any] | None = None) -> int | None:
         """tasks.task.add bound to the entity and to `bind` (e.g. the deal's contact and company).
 
-        Bitrix24 tasks have no type: `task_type` is accepted for the common signature and ignored.
-        With no responsible, the task goes to the webhook's own user (RESPONSIBLE_ID is required).
+        `bind` items: a record (Entity, {"type", "id"}, or "C_7" as is), or {"contacts_of_deal": id}:
+        every contact linked to that deal now (deal_contacts). Bitrix24 tasks have no type:
+        `task_type` is accepted for the common signature and ignored. With no responsible, the task
+        goes to the webhook's own user (RESPONSIBLE_ID is required).
         """
         user = responsible if self.record_only else self.resolve_user(responsible)
+        targets: list[Any] = [entity]
+        for item in bind or []:
+            if isinstance(item, dict) and "contacts_of_deal" in item:
+                targets += [Entity("contact", cid) for cid in self.deal_contacts(item["contacts_of_deal"])]
+            else:
+                targets.append(item)
         fields = {"TITLE": text, "DEADLINE": datetime.fromisoformat(due).isoformat(),
                   "RESPONSIBLE_ID": user if user not in (None, "") else self.webhook_user(),
-                  "UF_CRM_TASK": list(dict.fromkeys(_binding(b) for b in [entity, *(bind or [])]))}
+                  "UF_CRM_TASK": list(dict.fromkeys(_binding(b) for b in targets))}
         body = self.call("tasks.task.add", {"fields": fields})
         return None if body is None else int(body["result"]["task"]["id"])
+
+    def deal_contacts(self, deal: Entity | str | int) -> list[str]:
+        """Every contact linked to a deal, in the deal's order: crm.deal.contact.items.get {"id"} →
+        [{"CONTACT_ID", "SORT", "ROLE_ID", "IS_PRIMARY"}] (crm/deals/contacts/crm-deal-contact-items-get.md).
+        crm.deal.get gives one CONTACT_ID only, "Deprecated… To get a list of all contacts associated
+        with the deal, use the method crm.deal.contact.items.get" (crm/deals/crm-deal-get.md).
+        Record-only: none (the call is only logged)."""
+        body = self.call("crm.deal.contact.items.get", {"id": _id(_as_entity("deal", deal))})
+        rows = (body or {}).get("result") or []
+        rows = sorted((r for r in rows if isinstance(r, dict) and r.get("CONTACT_ID")),
+                      key=lambda r: int(r.get("SORT") or 0))
+        return [str(r["CONTACT_ID"]) for r in rows]
 
     def webhook_user(self) -> int | None:
         """The user the inbound webhook acts as: the number after /rest/ in its URL."""

@@ -4,7 +4,8 @@
       - move_to_stage: "Proposal approval"     # stage name as the CRM shows it, or its id
       - move_to_stage: {stage: "Getting the brief", pipeline: Sales}
       - move_to_stage: {stage: Paid, only_forward: true}   # never back: a deal already past
-                                                            # "Paid" in its pipeline stays (amoCRM)
+                                                            # "Paid" in its pipeline stays (amoCRM,
+                                                            # Bitrix24; refused on Planfix at start-up)
       - move_to_stage: {stage: "{{ entity.previous_stage.id }}", undo: true}
             # a gate putting the deal back: the CRM's stage change that follows comes with
             # `data.undo`, so rules on entering that stage can skip it (`expr: "not data.undo"`)

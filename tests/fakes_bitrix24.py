@@ -120,6 +120,7 @@ class FakeBitrix24(FakeServer):
         self.methods = self._methods()
         self.methods.update(self._contact_match_methods())
         self.methods.update(self._delete_methods())
+        self.methods.update(self._deal_contact_items_methods())
         pattern = rf"/rest/{re.escape(user_id)}/{re.escape(code)}/([\w.]+?)(?:\.json)?"
         self.route("POST", pattern, self._serve)
         self.route("GET", pattern, self._serve)
@@ -282,6 +283,19 @@ class FakeBitrix24(FakeServer):
         linked.append(contact)
         deal.setdefault("CONTACT_ID", str(contact))
         return True
+
+    # --- create_task bind: crm.deal.contact.items.get {"id"} (crm/deals/contacts/crm-deal-contact-items-get.md) --
+
+    def _deal_contact_items_methods(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        return {"crm.deal.contact.items.get": self._deal_contact_items}
+
+    def _deal_contact_items(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """[{"CONTACT_ID", "SORT", "ROLE_ID", "IS_PRIMARY"}] of the deal's CONTACT_IDS (crm.deal.contact.add),
+        else of its CONTACT_ID; the first is primary. A missing deal: HTTP 400 "Not found" (via _record)."""
+        deal = self._record("deal", params)
+        ids = list(deal.get("CONTACT_IDS") or ([deal["CONTACT_ID"]] if deal.get("CONTACT_ID") else []))
+        return [{"CONTACT_ID": int(cid), "SORT": 10 * (n + 1), "ROLE_ID": 0, "IS_PRIMARY": "Y" if n == 0 else "N"}
+                for n, cid in enumerate(ids)]
 
     # --- delete_entity: crm.<type>.delete {"id"} (crm-deal-delete.md, crm-lead-delete.md, crm-contact-delete.md) --
 
