@@ -101,11 +101,15 @@ return seq
 
     def is_turn(self, event: dict[str, Any], also: dict[str, bytes | None] | None = None) -> bool:
         """Is every earlier event of the record done? `also`: more keys the caller will read
-        next (their values are filled in), fetched in the same round trip on the first look."""
+        next, fetched in the same round trip on the first look (their values filled in); on a
+        later look (a deferred event, a second poll) they are not read and `also` is emptied,
+        so the caller reads them itself."""
         done_key = self._key("order-done", event)
         if "seq" in event:
             seq = event["seq"]
             done = self.store.get(done_key) if seq else None
+            if also:
+                also.clear()
         else:  # the first look: ticket and counter (and the caller's keys) in one round trip
             extra = list(also or ())
             raw, done, *values = self.store.mget(self.keys("ticket", event["id"]), done_key, *extra)

@@ -79,7 +79,7 @@ def unsupported_options(ruleset: RuleSet, connections: Connections) -> list[Conf
             if spec.verb not in checked:
                 continue
             option, why = checked[spec.verb]
-            if options.get(option) in (None, False):
+            if not options.get(option):   # not asked for (None, false, an empty list)
                 continue
             doers = {name: conn.type for name, conn in connections.connections.items()
                      if hasattr(CONNECTORS[conn.type].Client, spec.verb)}

@@ -84,8 +84,11 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
         name = path[7:] if path.startswith("/hooks/") else ""
         if environ.get("REQUEST_METHOD") != "POST" or not name or "/" in name:
             return flask_app(environ, start_response)
-        req = HookRequest(environ)
+        # PEP 3333 gives the path as latin-1 text: the UTF-8 name, as Flask's routing decodes it
+        name = name.encode("latin-1", "replace").decode("utf-8", "replace")
+        req = None
         try:
+            req = HookRequest(environ)
             status, payload = receive(name, req)
         except HTTPException as exc:   # a body over the limit, a broken request
             status, payload = _error_body(exc.code or 400, exc.description or exc.name)
@@ -95,7 +98,8 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
             log.exception("webhook %s failed", name)
             status, payload = _error_body(500, "internal error")
         finally:
-            req.close()
+            if req is not None:
+                req.close()
         start_response(f"{status} {HTTP_STATUS_CODES.get(status, '')}",
                        [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
         return [payload]

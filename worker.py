@@ -120,6 +120,8 @@ def wait_for_turn(rt: Runtime, payload: dict[str, Any], also: dict[str, bytes | 
     `also`: keys to read with the first look (Order.is_turn)."""
     deadline = time.monotonic() + ORDER_POLL
     while not rt.backend.order.is_turn(payload, also):
+        if also:   # read before the earlier event (which may write them) was done: read again later
+            also.clear()
         if time.monotonic() >= deadline:
             first = payload.setdefault("waiting_since", time.time())
             if time.time() - first > ORDER_GIVE_UP:  # an earlier event is stuck: go on, and say so
@@ -282,7 +284,7 @@ def stage_marks(rt: Runtime, event: Event, view: dict[str, Any], ahead: dict[str
     handled under another event id)."""
     undo_key = rt.keys("undo", event.connection, str(event.entity))
     seen_key = rt.keys("stage-seen", event.connection, str(event.entity))
-    if ahead and undo_key in ahead and seen_key in ahead:
+    if ahead and undo_key in ahead and seen_key in ahead:   # (Order.is_turn empties it unless it read them)
         undo_mark, seen = ahead.pop(undo_key), ahead.pop(seen_key)
     else:
         undo_mark, seen = rt.store.mget(undo_key, seen_key)
@@ -451,12 +453,12 @@ def run_plan(rt: Runtime, event: Event, result: Plan) -> dict[str, Any]:
 # state (a stage, fields, a keyboard, a text) or answer a callback, so doing them twice leaves the
 # same result. Every other method (creates: tasks, notes; messages: send_message, reply, files) is
 # not repeated blindly: a step that may have been done goes to the dead letters to be checked.
-# find_or_create creates a contact, but it searches before it creates, every time: run again after a
-# crash between the create and its record, it finds the contact the dead run made and does not make a
-# second one; its link call is idempotent too (a contact already linked stays linked once).
-REPEATABLE_METHODS = frozenset({"move_to_stage", "set_fields", "edit_buttons", "edit_text", "answer_button",
-                                "find_or_create", "set_responsible", "delete_entity"})
 # set_responsible sets a state; delete_entity counts a record already gone as done (notify is a message).
+# find_or_create is not among them: it searches before it creates, but a vendor's search may not show a
+# contact created a moment ago (amoCRM's `query` is a full-text index), so a create that may have been
+# done is left to a person, as other creates are.
+REPEATABLE_METHODS = frozenset({"move_to_stage", "set_fields", "edit_buttons", "edit_text", "answer_button",
+                                "set_responsible", "delete_entity"})
 MAYBE_DONE = "may have been sent: check the vendor, then replay it only if it was not done"
 
 

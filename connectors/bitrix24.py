@@ -408,11 +408,15 @@ class Client(BaseClient):
             status, category = self.resolve_stage(entity, stage, pipeline)
             if only_forward:
                 deal = self.call("crm.deal.get", {"id": _id(entity)})["result"]
-                current = str(deal.get("CATEGORY_ID") or "0")
-                held = category == current and self.at_or_past(_stage_list(current), str(deal.get("STAGE_ID") or ""),
-                                                               status)
+                actual = str(deal.get("CATEGORY_ID") or "0")
+                held = category == actual and self.at_or_past(_stage_list(actual), str(deal.get("STAGE_ID") or ""),
+                                                              status)
                 if held:
                     return held
+                # the deal's funnel is known here: a stage found only in another funnel moves the deal
+                # into it (crm.item.update). Without only_forward the deal is not read, and a stage
+                # name without `pipeline:` is taken as one of the deal's own funnel (crm.deal.update)
+                current = actual
             else:
                 current = self.deal_category(entity) if pipeline is not None else category
         if category != current:

@@ -348,7 +348,7 @@ class Client(BaseClient):
         minute early: a change is listed twice rather than missed, and the worker dedupes it.
         `modified` is the task's dateOfLastUpdate (TimePoint; TaskResponse in
         saranchyev/planfix-rest-api-generated docs/Model/TaskResponse.md) plus a digest of its
-        status and assignees, since Planfix's times are to the minute.
+        status, assignees and custom fields, since Planfix's times are to the minute.
         """
         zone = ZoneInfo(str((self.connection.options or {}).get("timezone") or "UTC"))
         moment = datetime.fromisoformat(since)
@@ -360,7 +360,7 @@ class Client(BaseClient):
         for page in range(MAX_PAGES):
             resp = self.request("POST", "/task/list", json_body={
                 "offset": page * 100, "pageSize": 100, "filters": [flt],
-                "fields": "id,dateOfLastUpdate,status,assignees"})
+                "fields": "id,dateOfLastUpdate,status,assignees,customFieldData"})
             if resp is None:  # record-only
                 return None
             items = [t for t in _json_body(resp).get("tasks") or [] if isinstance(t, dict) and t.get("id") is not None]
@@ -795,12 +795,13 @@ def _created_id(resp) -> int | None:
 
 
 def _modified(task: dict[str, Any]) -> str:
-    """The task's dateOfLastUpdate (a TimePoint, to the minute) and a digest of its status and
-    assignees: a stage or responsible move within the same minute still gives a new value."""
+    """The task's dateOfLastUpdate (a TimePoint, to the minute) and a digest of its status,
+    assignees and custom fields: a change within the same minute still gives a new value."""
     point = task.get("dateOfLastUpdate") or {}
     when = (point.get("datetime") or " ".join(str(point[k]) for k in ("date", "time") if point.get(k))
             if isinstance(point, dict) else str(point))
-    state = json.dumps([task.get("status"), task.get("assignees")], sort_keys=True, default=str)
+    state = json.dumps([task.get("status"), task.get("assignees"), task.get("customFieldData")], sort_keys=True,
+                       default=str)
     return f"{when or '-'}|{hashlib.sha1(state.encode()).hexdigest()[:8]}"
 
 

@@ -38,6 +38,8 @@ def unsupported_verbs(rules: list, connections: Any, modules: dict[str, Any],
                 targets = [named]
             else:
                 targets = [n for n in rule.trigger.connections if n in known and _is_crm(connectors, known[n].type)]
+                if not rule.trigger.connections:   # `on:` names none: every CRM connection may be the one
+                    targets = [n for n, c in known.items() if _is_crm(connectors, c.type)]
             for name in targets:
                 conn = known.get(name)
                 if conn is None or conn.type not in connectors:

@@ -13,8 +13,10 @@ link it to the event's deal, lead or task.
 Phones match on their last 10 digits (+380 67 123 45 67 = 067 123 45 67), emails in any case, an
 inbox sender on the contact field that keeps the sender's profile link or id: `field:` names it,
 or it is the entry of `fields:` whose value is the same template as `value:`. Several contacts
-match: the oldest is taken and the step's result lists them (`several_matched`). One step, safe
-to repeat: it searches before it creates (worker.REPEATABLE_METHODS). The result, recorded with
+match: the oldest is taken and the step's result lists them (`several_matched`). One step; it
+searches before it creates, every time, but it is not repeated blindly after a crash or a timeout
+in the middle of it (a vendor's search may not show a contact made a moment ago): such a step goes
+to the dead letters as "may have been sent", like other creates. The result, recorded with
 the step and audited: {contact, created, by, value, linked | not_linked, several_matched}.
 Start-up refuses a CRM connection that cannot do the `by:` asked (unsupported(), with file:line).
 """

@@ -63,3 +63,44 @@ def test_a_dead_lettered_event_releases_the_next(client, runtime, monkeypatch):
     worker.on_job_failed(Job, runtime.store, RuntimeError, RuntimeError("boom"), None)
     assert "deferred" not in worker.handle_event(second)
     assert runtime.store.hexists(runtime.keys("dead"), first["id"])
+
+
+def marks_for(runtime, lead: str, undo_stage: str) -> tuple[dict, dict]:
+    """A queued stage change of `lead` and crmbridge's undo mark for the stage it enters."""
+    runtime.store.set(runtime.keys("undo", "quickstart-amo", f"lead:{lead}"), undo_stage)
+    [queued] = [p for p in queued_payloads(runtime) if p["entity"]["id"] == lead]
+    return queued, {"stage": {"id": undo_stage, "name": "x"}}
+
+
+def test_marks_read_with_the_turn_check_are_not_trusted_on_a_deferred_run(client, runtime):
+    """A deferred event's payload carries its number: the turn check reads no marks then, and
+    stage_marks must read them itself (crmbridge's own undo must still be recognised)."""
+    client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("8", "10216994", "1"), content_type=FORM)
+    queued, view = marks_for(runtime, "8", "10216994")
+    queued["seq"] = runtime.backend.order.seq(queued)          # as defer_event re-queues it
+    marks = worker.stage_mark_keys(runtime, queued)
+    assert worker.wait_for_turn(runtime, queued, marks)
+    event = worker.Event.from_dict(queued)
+    worker.stage_marks(runtime, event, view, marks)
+    assert event.data.get("undo") is True
+
+
+def test_marks_read_while_waiting_for_an_earlier_event_are_read_again(client, runtime, monkeypatch):
+    """Marks read on the first look, before the record's earlier event was done, are stale: that
+    event may write them (its undo move). They are read again once it is this event's turn."""
+    import threading
+    for stage, stamp in (("10216994", "1"), ("10216996", "2")):
+        client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("9", stage, stamp), content_type=FORM)
+    first, second = queued_payloads(runtime)
+
+    def earlier_event_finishes():   # its rule moved the record back with undo, then it was done
+        runtime.store.set(runtime.keys("undo", "quickstart-amo", "lead:9"), "10216996")
+        runtime.backend.order.done(dict(first))
+    timer = threading.Timer(0.15, earlier_event_finishes)
+    timer.start()
+    marks = worker.stage_mark_keys(runtime, second)
+    assert worker.wait_for_turn(runtime, second, marks)
+    timer.join()
+    event = worker.Event.from_dict(second)
+    worker.stage_marks(runtime, event, {"stage": {"id": "10216996", "name": "x"}}, marks)
+    assert event.data.get("undo") is True

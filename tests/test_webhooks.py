@@ -172,3 +172,11 @@ def test_queued_jobs_after_the_first_are_built_as_rq_builds_them(runtime):
     for name in ("created_at", "enqueued_at"):
         assert ours.pop(name)[:16] == theirs.pop(name)[:16]      # the same minute: stamps differ by µs
     assert ours == theirs
+
+
+def test_a_connection_named_in_cyrillic_is_found_by_its_utf8_path(client):
+    """The WSGI path is latin-1 text (PEP 3333); the receiver decodes the name as UTF-8, as Flask's
+    routing does: an unknown Cyrillic name is reported as such, not as mojibake."""
+    resp = client.post("/hooks/магазин", data=b"{}", content_type="application/json")
+    assert resp.status_code == 404
+    assert resp.json == {"error": "unknown connection 'магазин'"}

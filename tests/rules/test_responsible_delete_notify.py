@@ -164,6 +164,26 @@ connections:
            "method that notifies a user" in lines[2]
 
 
+
+def test_a_rule_whose_on_names_no_connection_is_checked_against_every_crm(tmp_path):
+    """`on:` without a connection may be any CRM's event: a verb one of them cannot do is refused."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "connections.yaml").write_text("""
+connections:
+  amo: {type: amocrm, webhook_secret: "${S}"}
+  b24: {type: bitrix24, webhook_secret: "${S}"}
+""", encoding="utf-8")
+    (tmp_path / "rules" / "r.yaml").write_text("""rules:
+  - name: any lost deal
+    on: {event: stage.changed, stage: Lost}
+    do: [{delete_entity: {}}]
+""", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as exc:
+        load_configuration(Settings(config_dir=tmp_path, environ={"S": "s"}))
+    [error, summary] = str(exc.value).splitlines()
+    assert "r.yaml:4: rule \"any lost deal\": delete_entity → not supported for amocrm (connection 'amo')" in error
+    assert summary == "1 error in 1 file; crmbridge did not start."
+
 # --- through the worker ----------------------------------------------------------------------------
 
 E2E_CONNECTIONS = """
