@@ -15,7 +15,9 @@ from rules import MODULES
 from rules.engine import plan
 from rules.files import load_rules
 from runtime import load_configuration
-from tests.conftest import TEST_REDIS_URL, run_worker
+from tests.b24_app import DEAL_ADD
+from tests.b24_app import b24_app as make_b24_app
+from tests.conftest import run_worker
 from tests.fakes_bitrix24 import FakeBitrix24
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -140,15 +142,6 @@ connections:
 
 # --- through the worker ----------------------------------------------------------------------------
 
-E2E_CONNECTIONS = """
-connections:
-  shop-b24:
-    type: bitrix24
-    base_url: ${B24_URL}
-    webhook_secret: ${B24_APP_TOKEN}
-    credentials:
-      webhook: ${B24_CODE}
-"""
 E2E_RULES = """
 defaults: {connection: shop-b24}
 rules:
@@ -158,8 +151,6 @@ rules:
       - create_task: {text: "Prepare the contract", bind: [contact, company]}
       - move_to_stage: {stage: "Подготовка документов", only_forward: true}
 """
-DEAL_ADD = (b"event=ONCRMDEALADD&data%5BFIELDS%5D%5BID%5D=410&ts=1766047124"
-            b"&auth%5Bapplication_token%5D=app-token&auth%5Bdomain%5D=shop.bitrix24.ru")
 
 
 @pytest.fixture
@@ -173,13 +164,7 @@ def fake_b24():
 
 @pytest.fixture
 def b24_app(tmp_path, fake_b24, redis_db):
-    from webhooks import create_app
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "connections.yaml").write_text(E2E_CONNECTIONS, encoding="utf-8")
-    (tmp_path / "rules" / "b24.yaml").write_text(E2E_RULES, encoding="utf-8")
-    env = {"B24_URL": fake_b24.base_url, "B24_APP_TOKEN": "app-token", "B24_CODE": fake_b24.code}
-    return create_app(settings=Settings(config_dir=tmp_path, redis_url=TEST_REDIS_URL, redis_prefix="crmbridge-test:",
-                                        queue_name="crmbridge-test", environ=env, testing=True))
+    return make_b24_app(tmp_path, fake_b24, E2E_RULES)
 
 
 def test_a_new_deal_gets_a_task_bound_to_its_contacts_and_company_and_is_not_moved_back(b24_app, fake_b24):
