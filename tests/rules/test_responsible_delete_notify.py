@@ -215,8 +215,6 @@ def b24_runtime(tmp_path, fake_b24, redis_db):
     return make_b24_app(tmp_path, fake_b24, E2E_RULES)
 
 
-
-
 def test_a_new_deal_gets_its_responsible_a_notification_and_its_contact_deleted_once(b24_runtime, fake_b24):
     client = b24_runtime.test_client()
     for _ in range(2):   # Bitrix24 delivering the same event twice
