@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from config.loader import (
     SECRET_REF,
@@ -131,6 +132,7 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
         options = {}
     options = _expand_options(options, environ)
     _check_rate(name, ctype, options, err, result)
+    _check_zone(name, ctype, options, err, result)
     conn = Connection(name=name, type=str(ctype), base_url=base_url, credentials=credentials,
                       webhook_secret=secret, calendar=calendar, options=options)
     if ctype in CONNECTORS and not conn.record_only and base_url is None and getattr(
@@ -166,6 +168,21 @@ def _check_rate(name: str, ctype: Any, options: dict, err, result: Connections) 
         result.warnings.append(f'connection "{name}" → options → rate_per_second: {rate:g} is above '
                                f"the {ctype} limit of {float(documented):g} requests per second; "
                                "the API will answer 429 and calls will wait and retry")
+
+
+def _check_zone(name: str, ctype: Any, options: dict, err, result: Connections) -> None:
+    """`options: {timezone}` (the account's zone: Planfix dates and its catch-up's filter are read in
+    the token user's zone) must be an IANA zone; a Planfix catch-up without it assumes UTC: a warning."""
+    zone = options.get("timezone")
+    if zone is not None:
+        try:
+            ZoneInfo(str(zone))
+        except (ZoneInfoNotFoundError, ValueError):
+            err("options", f"options → timezone: expected an IANA time zone such as Europe/Kyiv, found {zone!r}")
+    elif ctype == "planfix" and options.get("catch_up"):
+        result.warnings.append(f'connection "{name}" → options: catch_up without timezone: Planfix reads the '
+                               "catch-up's time in the zone of the token's user, UTC is assumed; set "
+                               "options → timezone (a zone east of the real one misses changes)")
 
 
 def _secret(value: Any, key: str, environ: Mapping[str, str], err, *, required: bool) -> str | None:

@@ -169,3 +169,20 @@ connections:
     assert [line.split(": rule ")[0].rsplit("/", 1)[-1] for line in lines[:-1]] == ["r.yaml:15"]
     assert ('rule "pf forward by connection": move_to_stage → only_forward: not supported for planfix '
             "(connection 'pf'); only amoCRM and Bitrix24 read their stages' order") in lines[0]
+
+
+def test_a_connections_time_zone_is_checked_and_a_planfix_catch_up_without_one_warns(tmp_path):
+    """Planfix reads dates, and the catch-up's filter, in the token user's zone (options.timezone)."""
+    text = """
+connections:
+  pf:
+    type: planfix
+    webhook_secret: ${S}
+    options: {catch_up: {every: 10 minutes}, timezone: "${PF_ZONE:-Europe/Kyiv}"}
+"""
+    assert not [w for w in load(tmp_path, text, {"S": "s"}).warnings if "timezone" in w]
+    with pytest.raises(ConfigErrors) as exc:
+        load(tmp_path, text, {"S": "s", "PF_ZONE": "Kyiv"})
+    assert "options → timezone: expected an IANA time zone such as Europe/Kyiv, found 'Kyiv'" in str(exc.value)
+    unset = load(tmp_path, text.replace(', timezone: "${PF_ZONE:-Europe/Kyiv}"', ""), {"S": "s"})
+    assert 'connection "pf" → options: catch_up without timezone' in " ".join(unset.warnings)
