@@ -337,7 +337,11 @@ class InProcessBackend:
     def accept(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
         if not self.store.set(seen, 1, nx=True, ex=ttl):
             return False
-        self.order.ticket(event)
+        try:
+            self.order.ticket(event)
+        except Exception:   # not queued: the vendor's retry must not be taken for a duplicate
+            self.store.delete(seen)
+            raise
         self._queue.put(("event", event))
         return True
 
