@@ -118,30 +118,30 @@ return seq
             seq = event["seq"] = int(raw) if raw else None
         return not seq or int(done or 0) >= seq - 1
 
-    def done(self, event: dict[str, Any], pipe=None) -> None:
+    def done(self, event: dict[str, Any], pipe=None) -> Callable[[], Any] | None:
         """Raise the record's done counter to this event's number. With `pipe` (not a
-        transaction) the script is queued there by its digest; `finish` runs it again, loading
-        it, if Redis had lost it (a restart)."""
+        transaction) the script is queued there by its digest, and what runs it again, loading it,
+        is returned for `finish_pipeline` (Redis may have lost the script: a restart)."""
         if not self.seq(event):
-            return
+            return None
         keys, args = [self._key("order-done", event), self.keys("ticket", event["id"])], [event["seq"], self.TTL + 3600]
         if pipe is None:
             self._done(keys=keys, args=args)
-        else:
-            pipe.evalsha(self._done.sha, len(keys), *keys, *args)
-            pipe.__dict__.setdefault("order_done", []).append((keys, args))
+            return None
+        pipe.evalsha(self._done.sha, len(keys), *keys, *args)
+        return lambda: self._done(keys=keys, args=args)
 
-    def finish(self, pipe, results: list[Any]) -> None:
-        """After `pipe.execute(raise_on_error=False)` with `done(pipe=…)` queued in it: if Redis
-        did not have the script (NOSCRIPT after a restart), run those again through it (raising
-        a counter to a number is harmless twice); raise any other error."""
-        if any(isinstance(r, NoScriptError) for r in results):
-            for keys, args in pipe.__dict__.get("order_done", []):
-                self._done(keys=keys, args=args)
-        for result in results:
-            if isinstance(result, Exception) and not isinstance(result, NoScriptError):
-                raise result
 
+def finish_pipeline(results: list[Any], redo: list[Callable[[], Any]]) -> None:
+    """After `pipe.execute(raise_on_error=False)` of a pipeline scripts were queued in by digest
+    (Order.done): if Redis did not have a script (NOSCRIPT after a restart), run `redo` (raising a
+    counter to a number is harmless twice); raise any other error of the pipeline."""
+    if any(isinstance(r, NoScriptError) for r in results):
+        for again in redo:
+            again()
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(result, NoScriptError):
+            raise result
 
 class TimerIndex:
     """Pending timers by fire time (sorted set) and their contents (hash)."""

@@ -78,11 +78,12 @@ class CrashSafeWorker(SimpleWorker):
         return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
 
     SUSPENSION_CHECK_EVERY = 1.0   # seconds; RQ checks for `rq suspend` before every job
+    _suspension_checked = float("-inf")   # monotonic time of the last check
 
     def check_for_suspension(self, burst: bool) -> None:
         """RQ's check (a round trip) before every job; here at most once a second: `rq suspend`
         takes effect within a second, and a busy worker saves a round trip per job."""
-        if time.monotonic() < getattr(self, "_suspension_checked", 0.0) + self.SUSPENSION_CHECK_EVERY:
+        if time.monotonic() < self._suspension_checked + self.SUSPENSION_CHECK_EVERY:
             return
         super().check_for_suspension(burst)
         self._suspension_checked = time.monotonic()
@@ -93,6 +94,7 @@ class CrashSafeWorker(SimpleWorker):
     # Jobs whose start and success are written in one transaction each (see execute_job and
     # handle_job_success); crmbridge enqueues them without dependencies, repeats or groups.
     lean_functions = frozenset({"worker.handle_event", "worker.fire_timer"})
+    _started_by_us: str | None = None   # the id of the job _start wrote the start of, while it runs
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if job.func_name in self.lean_functions and len(self.queues) == 1:
@@ -131,14 +133,14 @@ class CrashSafeWorker(SimpleWorker):
         return self.execution
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        if getattr(self, "_started_by_us", None) == job.id:   # written by _start already
+        if self._started_by_us == job.id:   # written by _start already
             return
         super().prepare_job_execution(job, remove_from_intermediate_queue)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         """RQ writes the job's last heartbeat here in a round trip of its own; a lean job that
         succeeded gets it in handle_job_success's transaction."""
-        if getattr(self, "_started_by_us", None) == job.id and job.get_status(refresh=False) != JobStatus.FAILED:
+        if self._started_by_us == job.id and job.get_status(refresh=False) != JobStatus.FAILED:
             job.ended_at = job.last_heartbeat = now()
             return
         super().handle_execution_ended(job, queue, heartbeat_ttl)
@@ -147,7 +149,7 @@ class CrashSafeWorker(SimpleWorker):
         """RQ's success handling in one transaction, without its reads: RQ WATCHes and reads the
         job's dependents (crmbridge enqueues none) and, to delete a job kept 0 s, reads back the
         executions this worker created itself. The writes are RQ's own."""
-        if getattr(self, "_started_by_us", None) != job.id or job.repeats_left:
+        if self._started_by_us != job.id or job.repeats_left:
             return super().handle_job_success(job, queue, started_job_registry)
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         execution = self.execution

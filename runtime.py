@@ -5,7 +5,6 @@ whole configuration, so a broken rule file stops the service before it takes any
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from connectors.base import BaseClient
 from queueing import InProcessBackend, Keys, RQBackend
 from ratelimit import Limit, RateLimiter
 from rules import MODULES, find_or_create, send_email
-from rules._verb_support import unsupported_verbs
+from rules._verb_support import unsupported_options, unsupported_verbs
 from rules.engine import RuleSet
 from rules.files import load_rules
 
@@ -51,46 +50,15 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
         # naming them are not reported again for that
         ruleset = load_rules(base / "rules", MODULES, calendars=connections.calendars if loaded else None,
                              connections=connections.connections or None, base=None)
-        errors.extend(unsupported_options(ruleset, connections))
+        errors.extend(unsupported_options(ruleset.rules, connections, CONNECTORS))
         errors.extend(find_or_create.unsupported(ruleset.rules, connections, CONNECTORS))
-        errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS))  # set_responsible, delete_entity, notify
+        errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS))
         errors.extend(send_email.load_templates(ruleset.rules, base))
     except ConfigErrors as exc:
         errors.extend(exc.errors)
     if errors:
         raise ConfigErrors(errors)
     return connections, ruleset
-
-
-def unsupported_options(ruleset: RuleSet, connections: Connections) -> list[ConfigError]:
-    """Options only some CRMs' clients take: `move_to_stage: {only_forward: true}` needs a client
-    that knows its stages' order (amoCRM: statuses by `sort`; Bitrix24: crm.status.list SORT and
-    SEMANTICS), `create_task: {bind: …}` one whose tasks belong to several records at once
-    (Bitrix24 UF_CRM_TASK; an amoCRM or Planfix task belongs to one record). On another CRM the
-    rule is refused here, at start-up, with its file and line, rather than failing on every record.
-    The action's CRM is its `connection:`, else the connections the rule's `on:` names, else every
-    connection that can do the verb."""
-    errors = []
-    checked = {"move_to_stage": ("only_forward", "only amoCRM and Bitrix24 read their stages' order"),
-               "create_task": ("bind", "its tasks belong to one record only; Bitrix24 binds a task to several")}
-    for rule in ruleset.rules:
-        for spec in (*rule.actions, *rule.otherwise):
-            options = spec.options if isinstance(spec.options, dict) else {}
-            if spec.verb not in checked:
-                continue
-            option, why = checked[spec.verb]
-            if not options.get(option):   # not asked for (None, false, an empty list)
-                continue
-            doers = {name: conn.type for name, conn in connections.connections.items()
-                     if hasattr(CONNECTORS[conn.type].Client, spec.verb)}
-            named = options.get("connection")
-            targets = [named] if named else list(rule.trigger.connections) or list(doers)
-            for name in targets:
-                kind = doers.get(name)
-                if kind and option not in inspect.signature(getattr(CONNECTORS[kind].Client, spec.verb)).parameters:
-                    errors.append(ConfigError(rule.file, spec.line, f'rule "{rule.name}": {spec.verb} → '
-                                              f"{option}: not supported for {kind} (connection {name!r}); {why}"))
-    return errors
 
 
 @dataclass

@@ -27,6 +27,7 @@ from connectors.base import Entity, Event, PermanentApiError, RetryableApiError,
 from rules import MODULES
 from rules.calendar import parse_duration
 from rules.engine import Plan, PlannedAction, data_needs, plan, plan_fired, schedule_timer
+from queueing import finish_pipeline
 from runtime import Runtime, configure_logging
 from config.settings import Settings
 
@@ -268,13 +269,18 @@ def snapshot(rt: Runtime, event: Event) -> dict[str, Any]:
 
 
 STAGE_SEEN_TTL = 30 * 24 * 3600
+
+
+def stage_keys(rt: Runtime, connection: str, record: str) -> tuple[str, str]:
+    """A record's two stage marks: crmbridge's own undo, and the stage last seen."""
+    return rt.keys("undo", connection, record), rt.keys("stage-seen", connection, record)
+
+
 def stage_mark_keys(rt: Runtime, payload: dict[str, Any]) -> dict[str, bytes | None]:
     """The keys stage_marks reads for a record, to be read ahead (empty: nothing to read)."""
     if payload.get("kind") not in ("stage.changed", "entity.updated"):
         return {}
-    record = f"{payload['entity']['type']}:{payload['entity']['id']}"
-    return dict.fromkeys([rt.keys("undo", payload["connection"], record),
-                          rt.keys("stage-seen", payload["connection"], record)])
+    return dict.fromkeys(stage_keys(rt, payload["connection"], f"{payload['entity']['type']}:{payload['entity']['id']}"))
 
 
 def stage_marks(rt: Runtime, event: Event, view: dict[str, Any], ahead: dict[str, bytes | None] | None = None) -> bool:
@@ -282,8 +288,7 @@ def stage_marks(rt: Runtime, event: Event, view: dict[str, Any], ahead: dict[str
     `ahead` holds them once, and is emptied): crmbridge's own undo (the change is marked
     `data.undo` for the rules, once), and the stage last seen (True: this move was already
     handled under another event id)."""
-    undo_key = rt.keys("undo", event.connection, str(event.entity))
-    seen_key = rt.keys("stage-seen", event.connection, str(event.entity))
+    undo_key, seen_key = stage_keys(rt, event.connection, str(event.entity))
     if ahead and undo_key in ahead and seen_key in ahead:   # (Order.is_turn empties it unless it read them)
         undo_mark, seen = ahead.pop(undo_key), ahead.pop(seen_key)
     else:
@@ -680,14 +685,9 @@ def audit_batch() -> Iterator[None]:
                 pipe = store.pipeline(transaction=False)
                 for rt, text in entries:
                     pipe.xadd(rt.keys("audit"), {"entry": text}, maxlen=rt.settings.audit_max, approximate=True)
-                for rt, payload in handled:   # the record's next event may go (Order.done)
-                    rt.backend.order.done(payload, pipe)
-                results = pipe.execute(raise_on_error=False)
-                store_order = handled[0][0].backend.order if handled else None
-                if store_order is not None:
-                    store_order.finish(pipe, results)
-                elif any(isinstance(r, Exception) for r in results):
-                    raise next(r for r in results if isinstance(r, Exception))
+                # the record's next event may go (Order.done)
+                redo = [again for rt, payload in handled if (again := rt.backend.order.done(payload, pipe))]
+                finish_pipeline(pipe.execute(raise_on_error=False), redo)
             except Exception:
                 if not failed:
                     raise

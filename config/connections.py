@@ -29,7 +29,7 @@ from config.loader import (
     load_yaml,
 )
 from connectors import CONNECTORS
-from connectors.base import Connection
+from connectors.base import Connection, is_crm_client
 
 log = logging.getLogger("crmbridge.config")
 
@@ -80,7 +80,7 @@ def _check_links(entries: Any, result: Connections, errors: list[ConfigError], s
             continue
         link, crms = options["link"], sorted(
             n for n, c in result.connections.items()
-            if all(hasattr(getattr(CONNECTORS.get(c.type), "Client", None), m) for m in ("get_entity", "set_fields")))
+            if is_crm_client(getattr(CONNECTORS.get(c.type), "Client", None)))
         expected = f"expected the name of a CRM connection of this file ({', '.join(crms) or 'none defined'})"
         if not isinstance(link, dict):
             errors.append(ConfigError(shown, line_of(options, "link"), f'connection "{name}" → options → link: '

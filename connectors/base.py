@@ -413,8 +413,9 @@ class BaseClient:
                        field: str | None = None, entity: Entity | None = None) -> dict[str, Any]:
         """The one contact `value` names (by phone, email or inbox sender), created when none matches.
 
-        Safe to repeat: it always searches before creating, so a run after a crash between the create
-        and its record finds the contact the dead run made instead of making a second one. Several
+        It always searches before creating (a contact made by an earlier run is found when the vendor's
+        search already shows it), but the worker does not repeat it blindly after a crash or a timeout
+        in the middle of it (worker.REPEATABLE_METHODS: a search may lag behind a create). Several
         matches: the oldest is taken and the result says `several_matched`. `entity` (a deal, lead or
         task): the contact is linked to it."""
         if by not in self.FIND_BY:
@@ -464,6 +465,11 @@ class BaseClient:
 
 
 FIND_BY = ("phone", "email", "inbox_sender")
+
+
+def is_crm_client(client: Any) -> bool:
+    """A connector's Client that reads and writes records (get_entity, set_fields): a CRM's."""
+    return all(hasattr(client, m) for m in ("get_entity", "set_fields"))
 
 
 def phone_digits(value: Any) -> str:

@@ -239,7 +239,7 @@ def _when(value: Any, connection: Connection) -> str:
     except ValueError:
         return utc_iso()
     if moment.tzinfo is None:  # read in the account's zone, if the connection names one
-        moment = moment.replace(tzinfo=ZoneInfo(str((connection.options or {}).get("timezone") or "UTC")))
+        moment = moment.replace(tzinfo=account_zone(connection))
     return moment.astimezone(timezone.utc).isoformat()
 
 
@@ -350,7 +350,7 @@ class Client(BaseClient):
         saranchyev/planfix-rest-api-generated docs/Model/TaskResponse.md) plus a digest of its
         status, assignees and custom fields, since Planfix's times are to the minute.
         """
-        zone = ZoneInfo(str((self.connection.options or {}).get("timezone") or "UTC"))
+        zone = account_zone(self.connection)
         moment = datetime.fromisoformat(since)
         moment = (moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo("UTC"))).astimezone(zone)
         start = moment.replace(second=0, microsecond=0) - timedelta(minutes=1)
@@ -577,10 +577,6 @@ class Client(BaseClient):
         self.request("POST", f"/task/{entity.id}", json_body={"counterparty": {"id": f"contact:{contact_id}"}})
         return None
 
-    def delete_contact(self, entity: Entity) -> str | None:
-        """The REST API has no DELETE for contacts; ContactRequest.isDeleted marks one deleted."""
-        return _outcome(self.request("POST", f"/contact/{entity.id}", json_body={"isDeleted": True}))
-
     def delete_entity(self, entity: Entity) -> str | None:
         """Mark a task or contact deleted: the REST API has no DELETE method (TaskApi, ContactApi in
         saranchyev/planfix-rest-api-generated); POST /{task|contact}/{id} {"isDeleted": true}
@@ -792,6 +788,12 @@ def _outcome(resp) -> str | None:
 
 def _created_id(resp) -> int | None:
     return None if resp is None else _json_body(resp).get("id")
+
+
+def account_zone(connection: Connection) -> ZoneInfo:
+    """The zone Planfix reads and gives local times in (the token user's): `options.timezone`
+    (checked at start-up by config/connections.py), else UTC."""
+    return ZoneInfo(str((connection.options or {}).get("timezone") or "UTC"))
 
 
 def _modified(task: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from marshmallow import fields as f
 
 from config.loader import ConfigError
 from connectors.base import FIND_BY
+from rules._verb_support import action_targets, each_action
 
 NAME = "find_or_create"
 LINKABLE = ("deal", "lead", "task")
@@ -85,25 +86,23 @@ def unsupported(rules: list, connections: Any, connectors: dict[str, Any]) -> li
     else the connections the rule's `on:` names."""
     errors: list[ConfigError] = []
     known = getattr(connections, "connections", None) or {}
-    for rule in rules:
-        for spec in (*rule.actions, *rule.otherwise):
-            options = spec.options if isinstance(spec.options, dict) else {}
-            if spec.verb != NAME:
+    for rule, spec, options in each_action(rules):
+        if spec.verb != NAME:
+            continue
+        by = options.get("by")
+        where = f'rule "{rule.name}": find_or_create → '
+        if by == "inbox_sender" and sender_field(options) is None:
+            errors.append(ConfigError(rule.file, spec.line, where + "by: inbox_sender needs `field:` (the "
+                                      "contact field keeping the sender) or one `fields:` entry whose value "
+                                      "is the same as `value:`"))
+        targets, named = action_targets(rule, options)
+        for name in targets:
+            conn = known.get(name)
+            if conn is None or by not in FIND_BY:
                 continue
-            by = options.get("by")
-            where = f'rule "{rule.name}": find_or_create → '
-            if by == "inbox_sender" and sender_field(options) is None:
-                errors.append(ConfigError(rule.file, spec.line, where + "by: inbox_sender needs `field:` (the "
-                                          "contact field keeping the sender) or one `fields:` entry whose value "
-                                          "is the same as `value:`"))
-            named = options.get("connection")
-            for name in [named] if named else list(rule.trigger.connections):
-                conn = known.get(name)
-                if conn is None or by not in FIND_BY:
-                    continue
-                can = getattr(connectors[conn.type].Client, "FIND_BY", ())
-                if by not in can:
-                    hint = "" if named else "; name the CRM with connection:"
-                    errors.append(ConfigError(rule.file, spec.line, where + f"by: {by} not supported for "
-                                              f"{conn.type} (connection {name!r}){hint}"))
+            can = getattr(connectors[conn.type].Client, "FIND_BY", ())
+            if by not in can:
+                hint = "" if named else "; name the CRM with connection:"
+                errors.append(ConfigError(rule.file, spec.line, where + f"by: {by} not supported for "
+                                          f"{conn.type} (connection {name!r}){hint}"))
     return errors

@@ -349,7 +349,7 @@ def test_contacts_create_update_and_delete(pf, fake_planfix):
     assert fake_planfix.contacts[new_id]["customFieldData"] == [{"field": {"id": 202}, "value": "@lasunka"}]
     assert fake_planfix.contacts[new_id]["email"] == "a@lasunka.example"
     assert pf.set_fields(Entity("contact", str(new_id)), {"Ніша": "Кондитерські"}) == "done"
-    assert pf.delete_contact(Entity("contact", str(new_id))) == "done"
+    assert pf.delete_entity(Entity("contact", str(new_id))) == "done"
     assert fake_planfix.contacts[new_id]["isDeleted"] is True
 
 
