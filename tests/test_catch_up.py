@@ -8,19 +8,11 @@ from datetime import datetime, timezone
 import pytest
 
 import worker
-from config.settings import Settings
-from tests.conftest import TEST_REDIS_URL, run_worker
+from tests.b24_app import B24_CONNECTIONS, b24_app
+from tests.conftest import run_worker
 from tests.fakes_bitrix24 import FakeBitrix24
 
-CONNECTIONS = """
-connections:
-  shop-b24:
-    type: bitrix24
-    base_url: ${B24_URL}
-    webhook_secret: ${B24_APP_TOKEN}
-    credentials:
-      webhook: ${B24_CODE}
-    options:
+CONNECTIONS = B24_CONNECTIONS + """    options:
       catch_up: {every: 5 minutes}
 """
 RULES = """
@@ -43,13 +35,7 @@ def fake_b24():
 
 @pytest.fixture
 def b24_runtime(tmp_path, fake_b24, redis_db, monkeypatch):
-    from webhooks import create_app
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "connections.yaml").write_text(CONNECTIONS, encoding="utf-8")
-    (tmp_path / "rules" / "b24.yaml").write_text(RULES, encoding="utf-8")
-    env = {"B24_URL": fake_b24.base_url, "B24_APP_TOKEN": "app-token", "B24_CODE": fake_b24.code}
-    app = create_app(settings=Settings(config_dir=tmp_path, redis_url=TEST_REDIS_URL, redis_prefix="crmbridge-test:",
-                                       queue_name="crmbridge-test", environ=env, testing=True))
+    app = b24_app(tmp_path, fake_b24, RULES, connections=CONNECTIONS)
     monkeypatch.setattr(worker, "clock", lambda: datetime(2026, 11, 24, 7, 5, tzinfo=timezone.utc))
     return app.extensions["crmbridge"]
 
