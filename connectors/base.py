@@ -110,6 +110,10 @@ class Connection:
     calendar: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    def can(self, verb: str) -> bool:
+        """Does this client implement `verb` (a name in `capabilities`)?"""
+        return verb in self.capabilities
+
     @property
     def record_only(self) -> bool:
         """No credentials: log the calls that would be made instead of making them."""
@@ -293,6 +297,9 @@ class BaseClient:
     timeout: float = 10.0
     metadata_ttl = 3600               # seconds the CRM's names (stages, users, fields) are cached
     memo_ttl = 60.0                   # …and kept in this process in front of that cache
+    # The optional verbs this client implements (the CrmClient interface): the pipeline asks
+    # `client.can(verb)` instead of probing attributes, and start-up checks read the same set.
+    capabilities: frozenset[str] = frozenset()
 
     def __init__(self, connection: Connection, *, store: Any = None, recorder: Recorder | None = None,
                  key_prefix: str = "crmbridge:"):
