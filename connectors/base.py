@@ -110,10 +110,6 @@ class Connection:
     calendar: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    def can(self, verb: str) -> bool:
-        """Does this client implement `verb` (a name in `capabilities`)?"""
-        return verb in self.capabilities
-
     @property
     def record_only(self) -> bool:
         """No credentials: log the calls that would be made instead of making them."""
@@ -312,6 +308,10 @@ class BaseClient:
         self.limiter: Callable[..., None] | None = None   # set by the runtime: a shared token bucket
         self.sending: Callable[[], None] | None = None    # set by the worker: a request is about to leave
         self._memo: dict[str, tuple[float, Any]] = {}      # cached(): name → (expires, value)
+
+    def can(self, verb: str) -> bool:
+        """Does this client implement `verb` (a name in `capabilities`)?"""
+        return verb in self.capabilities
 
     @property
     def record_only(self) -> bool:
