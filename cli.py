@@ -139,7 +139,7 @@ def dead_list(settings: Settings) -> None:
 @click.pass_obj
 def dead_replay(settings: Settings, key: str | None, replay_all: bool, match: str | None) -> None:
     """Queue dead letters again; steps that completed before are skipped."""
-    import worker
+    from pipeline.dead_letters import replay
     rt = _runtime(settings)
     if key:
         keys = [key]
@@ -154,7 +154,7 @@ def dead_replay(settings: Settings, key: str | None, replay_all: bool, match: st
         keys = [k for k in keys if k not in unsure]
         if unsure:
             click.echo(f"left {len(unsure)} that may have been sent: check the vendor, then replay each by its key")
-    replayed = sum(1 for k in keys if worker.replay(rt, k))
+    replayed = sum(1 for k in keys if replay(rt, k))
     click.echo(f"replayed {replayed} of {len(keys)}")
 
 

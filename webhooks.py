@@ -25,6 +25,7 @@ from config.settings import Settings
 from connectors import CONNECTORS
 from connectors.base import Event, RawWebhook, UnsupportedMediaType, WebhookError
 from runtime import Runtime, configure_logging
+from pipeline import timers
 
 log = logging.getLogger("crmbridge.web")
 
@@ -34,7 +35,7 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
     settings = settings or Settings.from_env(**(overrides or {}))
     rt = worker.open_runtime(settings)
     if not rt.backend.durable:  # the embedded default: this process is the worker too
-        worker.ensure_schedules(rt)
+        timers.ensure_schedules(rt)
     app = Flask(__name__)
     # one byte over the limit is read, so that a chunked body (no Content-Length) that is too big
     # is seen as such instead of being cut at the limit

@@ -19,6 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from pipeline import timers  # noqa: E402  (after the path)
 sys.path.insert(0, str(ROOT / "bench"))
 
 FILLER_RULE_ID = "bench-filler"
@@ -38,7 +40,6 @@ def sample_event(rt: Any, lead: int) -> dict[str, Any]:
 
 
 def planned(rule_name: str, rule_id: str, lead: int, fire_at: datetime, event: dict[str, Any]) -> dict[str, Any]:
-    import worker
     from rules.engine import PlannedTimer
 
     entity = {"type": "lead", "id": str(lead)}
@@ -46,7 +47,7 @@ def planned(rule_name: str, rule_id: str, lead: int, fire_at: datetime, event: d
                          timer_id=f"timer:{rule_id}:quickstart-amo:lead:{lead}",
                          fire_at=fire_at.isoformat(), entity=entity,
                          event={**event, "entity": entity, "id": f"{event['id']}-{lead}"})
-    return worker.timer_as_dict(timer)
+    return timers.as_dict(timer)
 
 
 def fill(rt: Any, first: int, count: int) -> float:

@@ -13,7 +13,7 @@ What each CRM does (the client method `delete_entity`):
   (leads-api, contacts-api, companies-api: list, get, add, edit only).
 
 A record that is already gone (Bitrix24 "Not found", Planfix "does not exist" or 404) counts as
-done, so a repeated step is safe (worker.REPEATABLE_METHODS).
+done, so a repeated step is safe (pipeline.execute.REPEATABLE_METHODS).
 """
 from marshmallow import Schema, fields
 

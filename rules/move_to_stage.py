@@ -27,6 +27,6 @@ class Options(Schema):
 def plan(ctx, options: dict) -> list:
     extra = {"only_forward": True} if options["only_forward"] else {}  # only CRMs that know stage order
     if options["undo"]:
-        extra["undo"] = True  # the worker's mark, not the CRM's (worker.remember_undo)
+        extra["undo"] = True  # the worker's mark, not the CRM's (pipeline.stages.remember_undo)
     return [ctx.step("move_to_stage", options["connection"], entity=ctx.entity_ref,
                      stage=options["stage"], pipeline=options["pipeline"], **extra)]

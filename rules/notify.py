@@ -15,7 +15,7 @@ What each CRM does (the client method `notify`):
   notifications/adding_notifications); send a Telegram message instead (send_message).
 
 A notification is a message: a step that may have been sent is not sent again blindly (it is not
-in worker.REPEATABLE_METHODS).
+in pipeline.execute.REPEATABLE_METHODS).
 """
 from marshmallow import Schema, fields
 

@@ -14,7 +14,7 @@ What each CRM does (the client method `set_responsible`):
   [{"id": "user:N"}]}} (TaskUpdateRequest.assignees; API-REFERENCE §3.1); a contact's supervisors
   (curators), POST /contact/{id} {"supervisors": {…}} (ContactRequest.supervisors).
 
-Setting the same user again changes nothing, so a repeated step is safe (worker.REPEATABLE_METHODS).
+Setting the same user again changes nothing, so a repeated step is safe (pipeline.execute.REPEATABLE_METHODS).
 """
 from marshmallow import Schema, fields
 

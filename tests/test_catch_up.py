@@ -11,6 +11,7 @@ import worker
 from tests.b24_app import B24_CONNECTIONS, b24_app
 from tests.conftest import run_worker
 from tests.fakes_bitrix24 import FakeBitrix24
+from pipeline import catch_up, clock
 
 CONNECTIONS = B24_CONNECTIONS + """    options:
       catch_up: {every: 5 minutes}
@@ -36,7 +37,7 @@ def fake_b24():
 @pytest.fixture
 def b24_runtime(tmp_path, fake_b24, redis_db, monkeypatch):
     app = b24_app(tmp_path, fake_b24, RULES, connections=CONNECTIONS)
-    monkeypatch.setattr(worker, "clock", lambda: datetime(2026, 11, 24, 7, 5, tzinfo=timezone.utc))
+    monkeypatch.setattr(clock, "now", lambda: datetime(2026, 11, 24, 7, 5, tzinfo=timezone.utc))
     return app.extensions["crmbridge"]
 
 
@@ -47,13 +48,13 @@ def test_a_lost_stage_move_is_caught_up_once(b24_runtime, fake_b24, monkeypatch)
     assert fake_b24.method_calls("crm.timeline.comment.add") == []
     # the deal moves; Bitrix24's event is lost (it never retries)
     fake_b24.records["deal"][410].update(STAGE_ID="EXECUTING", DATE_MODIFY="2026-11-24T10:07:00+03:00")
-    monkeypatch.setattr(worker, "clock", lambda: datetime(2026, 11, 24, 7, 10, tzinfo=timezone.utc))
+    monkeypatch.setattr(clock, "now", lambda: datetime(2026, 11, 24, 7, 10, tzinfo=timezone.utc))
     assert worker.catch_up("shop-b24") == {"accepted": 1, "seen": 0}
     run_worker(rt)
     [comment] = fake_b24.method_calls("crm.timeline.comment.add")
     assert comment.body["fields"]["COMMENT"] == "Угода в роботі (з Подготовка документов)"
     # the next look overlaps the last by a minute: the same change is a duplicate, nothing repeats
-    monkeypatch.setattr(worker, "clock", lambda: datetime(2026, 11, 24, 7, 15, tzinfo=timezone.utc))
+    monkeypatch.setattr(clock, "now", lambda: datetime(2026, 11, 24, 7, 15, tzinfo=timezone.utc))
     fake_b24.records["deal"][410]["DATE_MODIFY"] = "2026-11-24T10:09:30+03:00"
     worker.catch_up("shop-b24")
     run_worker(rt)
@@ -62,8 +63,8 @@ def test_a_lost_stage_move_is_caught_up_once(b24_runtime, fake_b24, monkeypatch)
 
 def test_catch_ups_are_planned_once_per_slot(b24_runtime):
     rt = b24_runtime
-    assert worker.ensure_catch_ups(rt) == ["shop-b24"]
-    worker.ensure_catch_ups(rt)   # a second worker starting
+    assert catch_up.ensure(rt) == ["shop-b24"]
+    catch_up.ensure(rt)   # a second worker starting
     ids = rt.backend.queue.scheduled_job_registry.get_job_ids()
     assert len(ids) == 1
     [when] = [rt.backend.queue.scheduled_job_registry.get_scheduled_time(i) for i in ids]
@@ -101,17 +102,17 @@ def post_status(client, last_modified: int):
 
 def test_a_move_caught_up_before_amocrms_delayed_webhook_acts_once(amo_catch_up, client, runtime, fake_tg,
                                                                    monkeypatch):
-    monkeypatch.setattr(worker, "clock", at(CHANGED_AT - 60))
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT - 60))
     assert worker.catch_up("quickstart-amo")["accepted"] == 1       # first look: remember the lead
     run_worker(runtime)
     # the lead moves to "Brief received"; the catch-up sees it before amoCRM's webhook arrives
     amo_catch_up.leads[31926520].update(status_id=10216994, updated_at=CHANGED_AT)
-    monkeypatch.setattr(worker, "clock", at(CHANGED_AT + 120))
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT + 120))
     assert worker.catch_up("quickstart-amo")["accepted"] == 1
     run_worker(runtime)
     assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 1
     # amoCRM's own status webhook for that same move, late
-    monkeypatch.setattr(worker, "clock", at(CHANGED_AT + 300))
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT + 300))
     assert post_status(client, CHANGED_AT).json == {"accepted": 1, "duplicates": 0}
     run_worker(runtime)
     assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 1
@@ -121,7 +122,7 @@ def test_a_move_caught_up_before_amocrms_delayed_webhook_acts_once(amo_catch_up,
         "this stage move was already handled (seen by a catch-up first)"]
 
     # later the lead really enters the stage again (after leaving it): that move is handled
-    monkeypatch.setattr(worker, "clock", at(CHANGED_AT + 4000))
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT + 4000))
     assert post_status(client, CHANGED_AT + 3600).json == {"accepted": 1, "duplicates": 0}
     run_worker(runtime)
     assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 2

@@ -5,6 +5,7 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import QUICKSTART
+from pipeline import timers
 
 ENV = {"AMO_WEBHOOK_SECRET": "a", "TELEGRAM_WEBHOOK_SECRET": "b", "AMO_TOKEN": "", "TELEGRAM_BOT_TOKEN": "",
        "REDIS_URL": ""}
@@ -54,10 +55,9 @@ def test_dry_run_refuses_a_body_of_another_vendor(tmp_path):
 
 
 def test_timers_lists_pending_timers_by_entity(runtime, settings):
-    import worker
     from rules.engine import PlannedTimer
     for entity, when in (("31926520", "2026-12-01T10:00:00+02:00"), ("5", "2026-11-30T10:00:00+02:00")):
-        runtime.backend.schedule(worker.timer_as_dict(PlannedTimer(
+        runtime.backend.schedule(timers.as_dict(PlannedTimer(
             rule="Brief reminder", rule_id="abc", timer_id=f"timer:abc:quickstart-amo:lead:{entity}", fire_at=when,
             entity={"type": "lead", "id": entity}, event={})))
     env = {**settings.environ, "REDIS_URL": settings.redis_url, "CRMBRIDGE_REDIS_PREFIX": settings.redis_prefix,

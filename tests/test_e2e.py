@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-import worker
 from tests.conftest import payload, run_worker
+from pipeline import clock, dead_letters
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 TG = {"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": "tg-secret"}
@@ -18,7 +18,7 @@ FRIDAY_5PM_KYIV = datetime(2026, 11, 27, 15, 0, tzinfo=timezone.utc)
 
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch):
-    monkeypatch.setattr(worker, "clock", lambda: FRIDAY_5PM_KYIV)
+    monkeypatch.setattr(clock, "now", lambda: FRIDAY_5PM_KYIV)
 
 
 def post_amo(live_server: str, name: str) -> requests.Response:
@@ -99,7 +99,7 @@ def test_a_permanent_error_goes_to_dead_letters_and_replays(live_server, runtime
     dead = runtime.store.hgetall(runtime.keys("dead"))
     [(key, entry)] = dead.items()
     assert "HTTP 400: Request validation failed" in json.loads(entry)["error"]
-    assert worker.replay(runtime, key.decode())
+    assert dead_letters.replay(runtime, key.decode())
     run_worker(runtime)
     assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1  # done now
     assert len(fake_tg.method_calls("sendMessage")) == 1        # not sent twice

@@ -5,6 +5,7 @@ import json
 
 import worker
 from tests.conftest import payload
+from pipeline import order, stages
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -26,7 +27,7 @@ def test_intake_numbers_events_per_record(client, runtime):
 
 
 def test_a_later_event_waits_for_the_earlier_one(client, runtime, fake_amo, monkeypatch):
-    monkeypatch.setattr(worker, "ORDER_POLL", 0.05)
+    monkeypatch.setattr(order, "ORDER_POLL", 0.05)
     for stage, stamp in (("10216994", "1"), ("10216996", "2")):
         client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("7", stage, stamp), content_type=FORM)
     first, second = queued_payloads(runtime)
@@ -43,7 +44,7 @@ def test_a_later_event_waits_for_the_earlier_one(client, runtime, fake_amo, monk
 
 
 def test_other_records_do_not_wait(client, runtime, monkeypatch):
-    monkeypatch.setattr(worker, "ORDER_POLL", 0.05)
+    monkeypatch.setattr(order, "ORDER_POLL", 0.05)
     for lead, stamp in (("8", "1"), ("8", "2"), ("9", "3")):
         client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body(lead, "10216996", stamp), content_type=FORM)
     *_, other = queued_payloads(runtime)
@@ -51,7 +52,7 @@ def test_other_records_do_not_wait(client, runtime, monkeypatch):
 
 
 def test_a_dead_lettered_event_releases_the_next(client, runtime, monkeypatch):
-    monkeypatch.setattr(worker, "ORDER_POLL", 0.05)
+    monkeypatch.setattr(order, "ORDER_POLL", 0.05)
     for stamp in ("1", "2"):
         client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("5", "10216996", stamp), content_type=FORM)
     first, second = queued_payloads(runtime)
@@ -78,10 +79,10 @@ def test_marks_read_with_the_turn_check_are_not_trusted_on_a_deferred_run(client
     client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("8", "10216994", "1"), content_type=FORM)
     queued, view = marks_for(runtime, "8", "10216994")
     queued["seq"] = runtime.backend.order.seq(queued)          # as defer_event re-queues it
-    marks = worker.stage_mark_keys(runtime, queued)
-    assert worker.wait_for_turn(runtime, queued, marks)
+    marks = stages.mark_keys(runtime, queued)
+    assert order.wait_for_turn(runtime, queued, marks)
     event = worker.Event.from_dict(queued)
-    worker.stage_marks(runtime, event, view, marks)
+    stages.already_handled(runtime, event, view, marks)
     assert event.data.get("undo") is True
 
 
@@ -98,9 +99,9 @@ def test_marks_read_while_waiting_for_an_earlier_event_are_read_again(client, ru
         runtime.backend.order.done(dict(first))
     timer = threading.Timer(0.15, earlier_event_finishes)
     timer.start()
-    marks = worker.stage_mark_keys(runtime, second)
-    assert worker.wait_for_turn(runtime, second, marks)
+    marks = stages.mark_keys(runtime, second)
+    assert order.wait_for_turn(runtime, second, marks)
     timer.join()
     event = worker.Event.from_dict(second)
-    worker.stage_marks(runtime, event, {"stage": {"id": "10216996", "name": "x"}}, marks)
+    stages.already_handled(runtime, event, {"stage": {"id": "10216996", "name": "x"}}, marks)
     assert event.data.get("undo") is True

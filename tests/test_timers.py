@@ -12,6 +12,7 @@ from rq.serializers import JSONSerializer
 
 import worker
 from tests.conftest import payload, run_worker
+from pipeline import clock, timers
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 RULES = """
@@ -49,7 +50,7 @@ def config_dir(config_dir):
 def at(monkeypatch):
     """Set the worker's clock."""
     def set_clock(moment: datetime) -> None:
-        monkeypatch.setattr(worker, "clock", lambda: moment)
+        monkeypatch.setattr(clock, "now", lambda: moment)
     return set_clock
 
 
@@ -173,8 +174,8 @@ def test_a_scheduled_rule_ticks_on_working_days_and_reschedules(config_dir, sett
     at(datetime(2026, 11, 27, 12, tzinfo=timezone.utc))  # Friday, after 09:00 in Kyiv
     app = create_app(settings=settings)
     rt = app.extensions["crmbridge"]
-    assert worker.ensure_schedules(rt) == 1
-    assert worker.ensure_schedules(rt) == 0               # a second worker starting adds nothing
+    assert timers.ensure_schedules(rt) == 1
+    assert timers.ensure_schedules(rt) == 0               # a second worker starting adds nothing
     [tick] = [t for t in pending(rt) if t["entity"]["type"] == "schedule"]
     assert tick["fire_at"] == "2026-11-30T09:00:00+02:00"  # Monday: the weekend is skipped
     at(datetime(2026, 11, 30, 7, 0, 1, tzinfo=timezone.utc))

@@ -20,4 +20,6 @@ class StepContext:
     connection: str
 
 
-STEPS: dict[str, Any] = {}
+from pipeline.steps import send_digest  # noqa: E402  (after StepContext, which they use)
+
+STEPS: dict[str, Any] = {module.METHOD: module for module in (send_digest,)}

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-import worker
 from connectors import amocrm, bitrix24, planfix
 from connectors.base import Connection, Entity, PermanentApiError
 from rules.engine import PlannedAction
 from tests.fakes import FakeAmo
 from tests.fakes_bitrix24 import FakeBitrix24, field
 from tests.fakes_planfix import FakePlanfix
+from pipeline import execute
 
 
 def phone_cf(number: str) -> dict:
@@ -202,4 +202,4 @@ def test_the_worker_does_not_repeat_a_find_or_create_that_may_have_created():
     that may have been done is left to a person, as other creates are."""
     action = PlannedAction(rule="r", rule_id="x", step=0, connection="amo", method="find_or_create",
                            args={"by": "email", "value": "a@b.ua"}, key="k")
-    assert not worker.repeatable(action)
+    assert not execute.repeatable(action)

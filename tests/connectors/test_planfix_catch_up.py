@@ -14,6 +14,7 @@ from connectors import planfix
 from connectors.base import Connection, PermanentApiError, RetryableApiError
 from tests.conftest import PAYLOADS, TEST_REDIS_URL, run_worker
 from tests.fakes_planfix import FakePlanfix
+from pipeline import catch_up, clock
 
 SINCE = "2026-11-24T07:05:30+00:00"   # 09:05:30 in Kyiv (UTC+2 in November)
 T0 = datetime(2026, 11, 24, 7, 0, tzinfo=UTC)
@@ -193,7 +194,7 @@ def pf_runtime(tmp_path, fake_planfix, redis_db, monkeypatch):
     env = {"PF_URL": f"{fake_planfix.url}/rest", "PF_SECRET": "pf-secret", "PF_TOKEN": "PF-TOKEN"}
     app = create_app(settings=Settings(config_dir=tmp_path, redis_url=TEST_REDIS_URL, redis_prefix="crmbridge-test:",
                                        queue_name="crmbridge-test", environ=env, testing=True))
-    monkeypatch.setattr(worker, "clock", lambda: T0 + timedelta(minutes=5))
+    monkeypatch.setattr(clock, "now", lambda: T0 + timedelta(minutes=5))
     return app.extensions["crmbridge"]
 
 
@@ -208,12 +209,12 @@ def test_a_lost_status_change_is_caught_up_once(pf_runtime, fake_planfix, monkey
     assert comments(fake_planfix) == []
     # the task is completed in Planfix; the scenario's webhook never arrives
     fake_planfix.touch(1042, T0 + timedelta(minutes=7), status={"id": 3})
-    monkeypatch.setattr(worker, "clock", lambda: T0 + timedelta(minutes=7, seconds=40))
+    monkeypatch.setattr(clock, "now", lambda: T0 + timedelta(minutes=7, seconds=40))
     assert worker.catch_up("agency-pf") == {"accepted": 1, "seen": 0}
     run_worker(rt)
     assert comments(fake_planfix) == ["Задачу завершено (було: В роботі)"]
     # the next look overlaps the last: the same change is listed again, and is a duplicate
-    monkeypatch.setattr(worker, "clock", lambda: T0 + timedelta(minutes=12))
+    monkeypatch.setattr(clock, "now", lambda: T0 + timedelta(minutes=12))
     assert worker.catch_up("agency-pf") == {"accepted": 0, "seen": 1}
     run_worker(rt)
     assert comments(fake_planfix) == ["Задачу завершено (було: В роботі)"]
@@ -222,7 +223,7 @@ def test_a_lost_status_change_is_caught_up_once(pf_runtime, fake_planfix, monkey
 
 
 def test_the_planfix_catch_up_is_planned(pf_runtime):
-    assert worker.ensure_catch_ups(pf_runtime) == ["agency-pf"]
+    assert catch_up.ensure(pf_runtime) == ["agency-pf"]
     [job] = pf_runtime.backend.queue.scheduled_job_registry.get_job_ids()
     when = pf_runtime.backend.queue.scheduled_job_registry.get_scheduled_time(job)
     assert when == T0 + timedelta(minutes=10)

@@ -5,7 +5,7 @@ runs in the real app and a real RQ worker on real Redis against the fake amoCRM 
 with the agency's pipelines, users and fields. Webhooks are amoCRM's real form-encoded shapes
 (tests/payloads/amocrm/: lead_status_changed_full.form, lead_added.form,
 lead_updated_custom_fields.form, task_updated_doc.form, note_attachment_code_evidence.form).
-Time is `worker.clock`, and the fake's own clock (created_at of tasks and events) follows it.
+Time is `pipeline.clock.now`, and the fake's own clock (created_at of tasks and events) follows it.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import pytest
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-import worker
 from tests.conftest import ROOT, TG_TOKEN, run_worker
+from pipeline import clock
 
 EXAMPLE = ROOT / "config" / "examples" / "marketing-agency"
 MSK = ZoneInfo("Europe/Moscow")
@@ -92,7 +92,7 @@ def amo(fake_amo):
 def at(monkeypatch, fake_amo):
     """Set the worker's clock, and amoCRM's with it."""
     def set_clock(moment: datetime) -> None:
-        monkeypatch.setattr(worker, "clock", lambda: moment)
+        monkeypatch.setattr(clock, "now", lambda: moment)
         fake_amo.clock = moment.timestamp
     return set_clock
 

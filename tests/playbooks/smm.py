@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-import worker
+from pipeline import clock
 from tests.conftest import ROOT, TG_TOKEN, payload
 from tests.fakes_planfix import FakePlanfix
 
@@ -81,7 +81,7 @@ def config_dir(tmp_path: Path) -> Path:
 def at(monkeypatch):
     """Set the worker's clock."""
     def set_clock(moment: datetime) -> None:
-        monkeypatch.setattr(worker, "clock", lambda: moment)
+        monkeypatch.setattr(clock, "now", lambda: moment)
     return set_clock
 
 

@@ -5,7 +5,7 @@ the decision date, C16 the overdue-tasks digest.
 Real-format amoCRM webhooks go through the Flask app into a real RQ worker on real Redis; the
 shipped rules (config/examples/marketing-agency/rules/followups.yaml, discipline.yaml) act on
 fake amoCRM and Telegram servers, a real SMTP server (aiosmtpd), a fake Zadarma API and a fake
-ad-platform hook. Time is `worker.clock`; due timers become RQ jobs the way every worker makes
+ad-platform hook. Time is `pipeline.clock.now`; due timers become RQ jobs the way every worker makes
 them (`fire_due_timers`), run by a real RQ worker with its scheduler.
 """
 from __future__ import annotations
@@ -21,10 +21,10 @@ import pytest
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-import worker
 from rules.calendar import WorkingCalendar
 from tests.conftest import ROOT, TG_TOKEN, payload, run_worker
 from tests.fakes_telephony import ZD_KEY, ZD_SECRET, FakeHook, FakeSmtp, FakeZadarma
+from pipeline import clock, timers
 
 EXAMPLE = ROOT / "config" / "examples" / "marketing-agency"
 MSK = ZoneInfo("Europe/Moscow")
@@ -122,7 +122,7 @@ def amo(fake_amo):
 @pytest.fixture
 def at(monkeypatch):
     def set_clock(moment: datetime) -> None:
-        monkeypatch.setattr(worker, "clock", lambda: moment)
+        monkeypatch.setattr(clock, "now", lambda: moment)
     return set_clock
 
 
@@ -402,7 +402,7 @@ def test_c16_overdue_tasks_per_person_to_the_head_every_working_morning(settings
     app = create_app(settings=settings)
     rt = app.extensions["crmbridge"]
     try:
-        worker.ensure_schedules(rt)
+        timers.ensure_schedules(rt)
         [tick_] = [t for t in rt.backend.timers.pending() if t["entity"]["type"] == "schedule"]
         assert tick_["fire_at"] == "2026-12-07T09:00:00+03:00"
         tick(rt, at, msk(2026, 12, 7, 9, 0, 1))
@@ -443,7 +443,7 @@ def test_c16_the_digest_by_email_sends_each_persons_list_once_even_when_retried(
     app = create_app(settings=settings)
     rt = app.extensions["crmbridge"]
     try:
-        worker.ensure_schedules(rt)
+        timers.ensure_schedules(rt)
         smtp.refuse_next(1, after=1)   # the second message is greylisted: the step is retried, nobody gets two
         tick(rt, at, msk(2026, 12, 7, 9, 0, 1))
         sent = smtp.wait_for(2)

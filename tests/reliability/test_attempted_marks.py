@@ -1,4 +1,4 @@
-"""worker.execute's `attempted:` mark, decided without killing anything: what a re-run does with a
+"""pipeline.execute's `attempted:` mark, decided without killing anything: what a re-run does with a
 step that an earlier run left attempted and not recorded done. The marks are written the way a
 worker killed at each moment leaves them; the calls go to the fake vendors (tests/conftest.py)."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-import worker
 from connectors.base import Entity, Event
-from rules.engine import PlannedAction
+from rules.engine import Plan, PlannedAction
+from pipeline import dead_letters, execute
 
 EVENT = Event(id="quickstart-amo:attempted-test", connection="quickstart-amo", source="amocrm",
               kind="stage.changed", entity=Entity("lead", "31926520"), data={}, raw={},
@@ -41,24 +41,24 @@ def audit(runtime) -> list[dict]:
 def test_a_create_that_may_have_been_sent_is_parked_not_repeated(runtime, fake_amo, phase):
     action = create_task()
     leave_mark(runtime, action, phase)
-    with pytest.raises(worker.StepMaybeDone, match="may have been sent"):
-        worker.execute(runtime, EVENT, action)
+    with pytest.raises(execute.StepMaybeDone, match="may have been sent"):
+        execute.execute(runtime, EVENT, action)
     assert fake_amo.received("POST", "/api/v4/tasks") == []
     assert runtime.store.exists(runtime.keys("attempted", action.key))     # kept for the person who decides
     assert [a["what"] for a in audit(runtime)] == ["action.uncertain"]
     # the run_plan path: the step becomes a dead letter, and a replay is that person's decision
-    result = worker.run_plan(runtime, EVENT, worker.Plan(actions=[action]))
+    result = execute.run_plan(runtime, EVENT, Plan(actions=[action]))
     assert result["failed"] == 1
     dead = json.loads(runtime.store.hget(runtime.keys("dead"), action.key))
     assert "may have been sent" in dead["error"]
-    assert worker.replay(runtime, action.key)
+    assert dead_letters.replay(runtime, action.key)
     assert not runtime.store.exists(runtime.keys("attempted", action.key))
 
 
 def test_a_create_whose_worker_died_before_the_request_left_is_done(runtime, fake_amo):
     action = create_task()
     leave_mark(runtime, action, "calling")     # killed in the rate limiter, say: nothing left
-    assert worker.execute(runtime, EVENT, action) is True
+    assert execute.execute(runtime, EVENT, action) is True
     assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1
     assert runtime.store.exists(runtime.keys("done", action.key))
     assert not runtime.store.exists(runtime.keys("attempted", action.key))
@@ -69,7 +69,7 @@ def test_an_idempotent_step_that_may_have_been_sent_is_done_again(runtime, fake_
     action = step("move_to_stage", "quickstart-amo", entity={"type": "lead", "id": "31926520"},
                   stage="10216994", pipeline=None)
     leave_mark(runtime, action, "sent")
-    assert worker.execute(runtime, EVENT, action) is True
+    assert execute.execute(runtime, EVENT, action) is True
     assert len(fake_amo.received("PATCH", "/api/v4/leads/31926520")) == 1
     assert [a["what"] for a in audit(runtime)] == ["action.repeated", "action.done"]
 
@@ -87,6 +87,6 @@ def test_a_step_sent_now_is_marked_sent_before_the_vendor_answers(runtime, fake_
         return fake_amo_answer(call)
 
     fake_amo._answer = look_at_the_mark
-    assert worker.execute(runtime, EVENT, action) is True
+    assert execute.execute(runtime, EVENT, action) is True
     assert [m.get("phase") for m in seen] == ["sent"]
     assert not runtime.store.exists(runtime.keys("attempted", action.key))

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import dead_letters
 from tests.reliability.harness import (
     TEST_REDIS_URL,
     Deployment,
@@ -177,7 +178,6 @@ def uncertain_steps(store) -> list[tuple[int, str]]:
 def operator_resolves(rt, store, vendors, parked: list[tuple[int, str]]) -> tuple[int, int]:
     """Check each parked step at the vendor: drop the dead letter if the vendor has it, replay it
     (`cli.py dead-letters replay KEY`) if not. Returns (replayed, resolved)."""
-    import worker
     replayed = resolved = 0
     for lead, key in parked:
         error = json.loads(store.hget(f"{PREFIX}dead", key))["error"]
@@ -186,7 +186,7 @@ def operator_resolves(rt, store, vendors, parked: list[tuple[int, str]]) -> tupl
             store.hdel(f"{PREFIX}dead", key)
             resolved += 1
         else:
-            assert worker.replay(rt, key)
+            assert dead_letters.replay(rt, key)
             replayed += 1
     return replayed, resolved
 

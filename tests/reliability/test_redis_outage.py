@@ -239,7 +239,7 @@ def test_redis_dying_under_load_loses_and_duplicates_nothing(tmp_path):
     """Redis is SIGKILLed while both workers wait for amoCRM to create a task (a 1 s answer) and
     comes back 7 s later. The workers stay up (rqworker.run_supervised starts RQ's loop again once
     Redis answers) and the job in flight keeps the vendor's answer and records its step when Redis is
-    back (worker.record_done), so nothing is lost, nothing is done twice, nothing is parked."""
+    back (pipeline.execute.record_done), so nothing is lost, nothing is done twice, nothing is parked."""
     leads = list(range(7_700_000, 7_700_040))
     started = time.monotonic()
     with RedisServer(tmp_path / "redis") as redis_server, Vendors() as vendors:
@@ -348,7 +348,7 @@ def test_redis_dying_inside_the_intake_transaction_loses_nothing(tmp_path):
 def test_a_failed_enqueue_does_not_hold_up_the_record(tmp_path):
     """One connection reset on the intake's script: 503, and nothing of it is left (no mark, no
     ticket taken), so the retry is ticket 1 and is handled at once, not after the 15 minutes a
-    missing earlier ticket would make it wait (worker.wait_for_turn, ORDER_GIVE_UP)."""
+    missing earlier ticket would make it wait (pipeline.order.wait_for_turn, ORDER_GIVE_UP)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
     lead = 7_800_002
     started = time.monotonic()

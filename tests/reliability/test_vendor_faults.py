@@ -167,7 +167,7 @@ def create_timeouts(vendors: Vendors, leads: list[int]) -> None:
 def test_a_create_that_times_out_after_the_vendor_did_it_is_not_done_twice(tmp_path):
     """A create (POST /api/v4/tasks, sendMessage) whose answer comes after the client's read timeout
     was done by the vendor: it is not tried again, and its step goes to the dead letters as "may have
-    been sent" (worker.execute, UncertainApiError), while the job's other steps are done."""
+    been sent" (pipeline.execute, UncertainApiError), while the job's other steps are done."""
     figures = run_vendor_scenario(tmp_path, "vendor faults: creates answered after the client timeout",
                                   leads=TIMEOUT_LEADS, workers=4, wait=60, script=create_timeouts,
                                   amo_rate=10_000, tg_rate=10_000)

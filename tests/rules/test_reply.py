@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-import worker
+from pipeline import clock
 from connectors.base import Connection, Entity, Event
 from rules import MODULES
 from rules.engine import plan
@@ -107,7 +107,7 @@ rules:
 
 def test_an_inbox_question_is_answered_once_in_the_same_instagram_conversation(client, runtime, fake_inbox,
                                                                                monkeypatch):
-    monkeypatch.setattr(worker, "clock", lambda: NOW)
+    monkeypatch.setattr(clock, "now", lambda: NOW)
     body = (PAYLOADS / "inbox/umnico_message_incoming_uk.json").read_bytes()
     for _ in range(2):  # umnico delivering the same message twice
         client.post("/hooks/shop-inbox?token=inbox-secret", data=body, content_type="application/json")

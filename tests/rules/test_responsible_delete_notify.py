@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import worker
 from cli import print_plan
 from config.loader import ConfigErrors
 from config.settings import Settings
@@ -21,6 +20,7 @@ from tests.b24_app import DEAL_ADD
 from tests.b24_app import b24_app as make_b24_app
 from tests.conftest import run_worker
 from tests.fakes_bitrix24 import FakeBitrix24
+from pipeline import execute
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CONNECTIONS = {"b24": Connection("b24", "bitrix24"), "tg": Connection("tg", "telegram")}
@@ -227,5 +227,5 @@ def test_a_new_deal_gets_its_responsible_a_notification_and_its_contact_deleted_
     assert notice.body == {"USER_ID": 7, "MESSAGE": "Нова угода: Торт на весілля"}
     [delete] = fake_b24.method_calls("crm.contact.delete")
     assert delete.body == {"id": 84} and 84 not in fake_b24.records["contact"]
-    assert {"set_responsible", "delete_entity"} <= worker.REPEATABLE_METHODS
-    assert "notify" not in worker.REPEATABLE_METHODS
+    assert {"set_responsible", "delete_entity"} <= execute.REPEATABLE_METHODS
+    assert "notify" not in execute.REPEATABLE_METHODS

@@ -1,4 +1,4 @@
-"""Telegram groups and buttons bound to CRM records: the worker's gate before and after planning.
+"""Telegram groups and buttons bound to CRM records: the pipeline's gate before and after planning.
 
 A bot whose connection has `options.link` serves client groups, each linked to one CRM task
 (`/link <number>` in the group; chat id → task kept in Redis, chat id also written to a task
@@ -26,6 +26,10 @@ from typing import Any
 
 from connectors.base import Connection, Entity, Event, PermanentApiError, written_key
 from connectors.telegram import APPROVAL_TTL, approval_key, link_key, link_options
+from pipeline.audit import audit
+from pipeline.execute import execute
+from pipeline.retry import with_retries
+from rules import MODULES
 from rules.engine import Plan, PlannedAction
 
 LINK_COMMAND = re.compile(r"^/link(?:@\w+)?(?:\s+#?(\S+))?\s*$")
@@ -99,22 +103,6 @@ def claim(rt: Any, event: Event, result: Plan) -> bool:
     return True
 
 
-def fetch_files(rt: Any, value: Any) -> Any:
-    """Replace every {"$download": {connection, file_id, size}} in an action's arguments by the
-    file's bytes, read through that connection's client: a chat file becomes a CRM upload."""
-    if isinstance(value, dict) and set(value) == {"$download"}:
-        spec = value["$download"]
-        found = rt.client(spec["connection"]).download(str(spec["file_id"]), spec.get("size"))
-        if found is None:  # record-only mode: nothing to carry
-            return b""
-        return found[0]
-    if isinstance(value, dict):
-        return {k: fetch_files(rt, v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [fetch_files(rt, v) for v in value]
-    return value
-
-
 MESSAGE_KINDS = ("message.received", "message.edited")
 _RECORD_FREE: dict[tuple[str, str], tuple[Any, bool]] = {}
 
@@ -132,7 +120,6 @@ def needs_record(rt: Any, event: Event) -> bool:
     memo = _RECORD_FREE.get((event.kind, event.connection))
     if memo is not None and memo[0] is rt.ruleset:
         return memo[1]
-    from rules import MODULES
     needed = False
     for rule in rt.ruleset.rules:
         trigger = rule.trigger
@@ -231,7 +218,7 @@ def _link(rt: Any, conn: Connection, link: dict, event: Event, chat: str, number
 
     Re-linking the group to another task clears the field of the task it was linked to (when that
     field still names this group); linking a task that another group had unlinks that group. The
-    writes and replies are planned steps run by worker.execute under keys of this update, so a
+    writes and replies are planned steps run by pipeline.execute under keys of this update, so a
     job run again after a crash skips what was done (the reply is not sent twice)."""
     def say(step: str, text: str) -> None:
         _step(rt, event, conn.name, "send_message", step, chat=chat, text=text)
@@ -285,9 +272,8 @@ def _clear_old(rt: Any, conn: Connection, event: Event, crm: Any, previous: dict
 
 def _step(rt: Any, event: Event, connection: str, method: str, name: str, **args: Any) -> None:
     """One side effect of /link or of a message from an unlinked group, as a planned action: once
-    per update, its idempotency key recorded by worker.execute like any rule's step."""
-    import worker
-    worker.execute(rt, event, PlannedAction(rule="link", rule_id="link", step=0, connection=connection,
+    per update, its idempotency key recorded by execute like any rule's step."""
+    execute(rt, event, PlannedAction(rule="link", rule_id="link", step=0, connection=connection,
                                             method=method, args=args, key=f"{event.id}|link|{name}"))
 
 
@@ -359,10 +345,8 @@ def _answer(rt: Any, conn: Connection, event: Event, text: str, what: str, **det
 
 
 def _call(rt: Any, call: Any) -> Any:
-    import worker  # the worker imports this module; retries and audit are its own
-    return worker.with_retries(rt, call)
+    return with_retries(rt, call)
 
 
 def _audit(rt: Any, event: Event, what: str, **details: Any) -> None:
-    import worker
-    worker.audit(rt, event, what, **details)
+    audit(rt, event, what, **details)

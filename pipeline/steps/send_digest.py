@@ -1,6 +1,6 @@
 """Digests: read a list from one connection, send it per person through another.
 
-The `send_digest` verb plans one step; the worker runs it here, since it touches two
+The `send_digest` verb plans one step; the executor runs it here, since it touches two
 connections (the CRM it reads and the chat or mailbox it writes to). Each person's message is
 marked sent under the step's key, so a retried step does not send it twice.
 """
@@ -30,6 +30,14 @@ def render(title: str, person: str, tasks: list[dict[str, Any]], tz: Any) -> str
         where = f" [{parent.get('type')} {parent.get('id')}]" if parent.get("id") not in (None, "None") else ""
         lines.append(f"• {task.get('text') or '—'} — до {due}{where}")
     return "\n".join(lines)
+
+
+METHOD = "send_digest"
+REQUIRES = frozenset({"overdue_tasks"})   # of the CRM it reads (`source`), not of the action's connection
+
+
+def run(ctx: Any, **args: Any) -> dict[str, Any]:
+    return send_digest(ctx.rt, ctx.key, **args)
 
 
 def send_digest(rt: Any, key: str, source: str, query: str, group_by: str, to: dict[str, str], title: str,

@@ -1,0 +1,221 @@
+"""Each planned step once: skipped when its idempotency key is recorded, never repeated blindly.
+
+An `attempted:` mark ("calling") is written before the client is called, turned into "sent" by
+clients that report their sends just before a request leaves, and dropped once the step is
+recorded done (or the vendor refused it, so nothing was done). A mark found on a later run means
+a worker died, or lost Redis, in between: "calling" from such a client is done again (nothing
+left); otherwise a repeatable step is done again and any other goes to the dead letters as "may
+have been sent". The same holds for a call that got no answer after it was sent
+(UncertainApiError). Steps of several calls run from pipeline/steps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from connectors.base import Entity, Event, PermanentApiError, RetryableApiError, UncertainApiError
+from pipeline import clock, stages
+from pipeline.audit import audit
+from pipeline.dead_letters import dead_letter
+from pipeline.retry import with_retries
+from pipeline.steps import STEPS, StepContext
+from rules.engine import Plan, PlannedAction
+
+log = logging.getLogger("crmbridge.worker")
+
+# Action methods that may be repeated when it is unknown whether an earlier try was done: they set a
+# state (a stage, fields, a keyboard, a text) or answer a callback, so doing them twice leaves the
+# same result. Every other method (creates: tasks, notes; messages: send_message, reply, files) is
+# not repeated blindly: a step that may have been done goes to the dead letters to be checked.
+# set_responsible sets a state; delete_entity counts a record already gone as done (notify is a message).
+# find_or_create is not among them: it searches before it creates, but a vendor's search may not show a
+# contact created a moment ago (amoCRM's `query` is a full-text index), so a create that may have been
+# done is left to a person, as other creates are.
+REPEATABLE_METHODS = frozenset({"move_to_stage", "set_fields", "edit_buttons", "edit_text", "answer_button",
+                                "set_responsible", "delete_entity"})
+MAYBE_DONE = "may have been sent: check the vendor, then replay it only if it was not done"
+RECORD_PATIENCE = 120.0   # seconds a worker keeps trying to record a done step while Redis is away
+
+
+class StepMaybeDone(PermanentApiError):
+    """A step that is not repeatable may have been done already (attempted, never recorded)."""
+
+
+def repeatable(action: PlannedAction) -> bool:
+    return action.method in REPEATABLE_METHODS
+
+
+def run_plan(rt: Any, event: Event, result: Plan) -> dict[str, Any]:
+    """Audit the plan's decisions, then run its steps in order; a step that cannot succeed goes
+    to the dead letters and the others go on."""
+    for rule, reason in result.matched:
+        audit(rt, event, "rule.matched", rule=rule, reason=reason)
+    for rule, message in result.errors:
+        log.error("event %s rule %r: %s", event.id, rule, message)
+        audit(rt, event, "rule.error", rule=rule, error=message)
+    done = failed = 0
+    for action in result.actions:
+        try:
+            done += execute(rt, event, action)
+        except PermanentApiError as exc:
+            # retrying will not help: keep the step for a replay once the cause is fixed
+            failed += 1
+            audit(rt, event, "action.failed", rule=action.rule, action=action.describe(), error=str(exc))
+            dead_letter(rt, "worker.handle_event", event.to_dict(), f"{action.describe()}: {exc}", key=action.key)
+    return {"actions": len(result.actions), "done": done, "failed": failed, "errors": len(result.errors)}
+
+
+def execute(rt: Any, event: Event, action: PlannedAction) -> bool:
+    """Run one planned action once (see the module's docstring); False if it was done before."""
+    done_key, attempted_key = rt.keys("done", action.key), rt.keys("attempted", action.key)
+    mark = {"at": clock.now().isoformat(), "pid": os.getpid(), "phase": "calling"}
+    claimed = None   # the attempted mark: set (True), found (False), or not tried yet (None)
+    if carries_files(action.args):   # files are fetched first: the step is claimed after that
+        done = rt.store.exists(done_key)
+    else:   # nothing to fetch: the done check and the claim in one round trip
+        with rt.store.pipeline(transaction=False) as pipe:
+            pipe.exists(done_key)
+            pipe.set(attempted_key, json.dumps(mark), nx=True, ex=rt.settings.done_ttl)
+            done, claimed = pipe.execute()
+    try:
+        if done:
+            audit(rt, event, "action.skipped", rule=action.rule, action=action.describe(), reason="already done")
+            return False
+        client = rt.client(action.connection)
+        args = {k: Entity(v["type"], str(v["id"])) if k == "entity" else v for k, v in action.args.items()}
+        undo = bool(args.pop("undo", False))  # move_to_stage undoing a refused move (stages.remember_undo)
+        method = callable_for(rt, client, action)
+    except BaseException:
+        if claimed:   # claimed in the same round trip as the done check, for nothing: give it back
+            forget_attempt(rt, attempted_key)
+        raise
+    if claimed is None:
+        args = with_retries(rt, lambda: fetch_files(rt, args))  # files carried from another connection
+        claimed = rt.store.set(attempted_key, json.dumps(mark), nx=True, ex=rt.settings.done_ttl)
+    if not claimed:
+        check_earlier_attempt(rt, event, action, client, attempted_key)
+        rt.store.set(attempted_key, json.dumps(mark), ex=rt.settings.done_ttl)
+    result = call_once(rt, event, action, client, attempted_key, mark, lambda: method(**args))
+    record_done(rt, done_key, attempted_key, result)
+    # a move left out (only_forward) comes back as {"moved": False}; others return True, a status or None
+    if undo and not (isinstance(result, dict) and result.get("moved") is False):
+        stages.remember_undo(rt, action.connection, args["entity"], str(args.get("stage")))
+    if action.method in ("move_to_stage", "move_forward"):
+        stages.forget(rt, action.connection, args["entity"])
+    audit(rt, event, "action.done", rule=action.rule, action=action.describe(), result=result)
+    return True
+
+
+def callable_for(rt: Any, client: Any, action: PlannedAction) -> Callable[..., Any]:
+    """The step's callable: a step of several calls (pipeline/steps), else the client's verb."""
+    step = STEPS.get(action.method)
+    if step is not None:
+        ctx = StepContext(rt=rt, client=client, key=action.key, connection=action.connection)
+        return lambda **args: step.run(ctx, **args)
+    if not client.can(action.method):
+        raise PermanentApiError(f"connection {action.connection!r} cannot {action.method}")
+    return getattr(client, action.method)
+
+
+def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: Any, attempted_key: str) -> None:
+    """An attempted mark was there before: go on only if the earlier try sent nothing or the step
+    is repeatable; else raise StepMaybeDone (the step is parked for a person)."""
+    before = json.loads(rt.store.get(attempted_key) or "{}")
+    # a step of several calls may have used other connections, which do not report their sends
+    step = STEPS.get(action.method)
+    own = step is None or getattr(step, "ONE_CLIENT", False)
+    if before.get("phase") == "calling" and client.reports_sends and own:
+        # the worker that tried died before any request of this step left it: nothing was sent
+        audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
+              reason="attempted before, but no request had left")
+    elif not repeatable(action):
+        audit(rt, event, "action.uncertain", rule=action.rule, action=action.describe(),
+              reason="attempted before and never recorded done", advice=MAYBE_DONE)
+        raise StepMaybeDone(f"attempted before and never recorded done; {MAYBE_DONE}")
+    else:
+        audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
+              reason="attempted before and never recorded done; repeatable")
+
+
+def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, attempted_key: str,
+              mark: dict[str, Any], call: Callable[[], Any]) -> Any:
+    """Call the vendor with retries; the attempted mark is dropped when nothing was done, kept
+    when something may have been."""
+    sent = json.dumps({**mark, "phase": "sent"})
+    # a client that reports its sends marks the step "sent" just before a request leaves (after its
+    # rate limits): a worker killed before that is known to have sent nothing
+    client.sending = lambda: rt.store.set(attempted_key, sent, xx=True, ex=rt.settings.done_ttl)
+    try:
+        return with_retries(rt, call, repeat_uncertain=repeatable(action))
+    except UncertainApiError as exc:
+        if not repeatable(action):   # the mark stays: a replay must be a decision, not an accident
+            audit(rt, event, "action.uncertain", rule=action.rule, action=action.describe(), error=str(exc),
+                  advice=MAYBE_DONE)
+            raise StepMaybeDone(f"{exc}; {MAYBE_DONE}") from None
+        forget_attempt(rt, attempted_key)
+        raise
+    except (RetryableApiError, PermanentApiError):
+        forget_attempt(rt, attempted_key)   # the vendor refused it (or it never left): nothing was done
+        raise
+    # anything else (the job's timeout firing mid-call, a shutdown) keeps the mark: it may have been sent
+    finally:
+        client.sending = None
+
+
+def record_done(rt: Any, done_key: str, attempted_key: str, result: Any) -> None:
+    """Record a step the vendor did. Only this process knows it was done, so a Redis outage is
+    waited out (with backoff, up to RECORD_PATIENCE) instead of failing the job and leaving an
+    attempted mark that a re-run would have to dead-letter."""
+    value = json.dumps(result, default=str)
+    deadline, pause = time.monotonic() + RECORD_PATIENCE, 0.2
+    while True:
+        try:
+            with rt.store.pipeline() as pipe:
+                pipe.set(done_key, value, ex=rt.settings.done_ttl)
+                pipe.delete(attempted_key)
+                pipe.execute()
+            return
+        except RedisError as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("step done but not recorded yet (%s); trying again in %.1f s", exc, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def forget_attempt(rt: Any, attempted_key: str) -> None:
+    try:
+        rt.store.delete(attempted_key)
+    except RedisError:   # the mark stays: a later run dead-letters the step instead of repeating it
+        log.warning("could not drop %s (Redis unavailable)", attempted_key)
+
+
+def carries_files(value: Any) -> bool:
+    """Does an action's argument hold a {"$download": …} (fetch_files) anywhere?"""
+    if isinstance(value, dict):
+        return "$download" in value or any(carries_files(v) for v in value.values())
+    if isinstance(value, list):
+        return any(carries_files(v) for v in value)
+    return False
+
+
+def fetch_files(rt: Any, value: Any) -> Any:
+    """Replace every {"$download": {connection, file_id, size}} in an action's arguments by the
+    file's bytes, read through that connection's client: a chat file becomes a CRM upload."""
+    if isinstance(value, dict) and set(value) == {"$download"}:
+        spec = value["$download"]
+        found = rt.client(spec["connection"]).download(str(spec["file_id"]), spec.get("size"))
+        if found is None:  # record-only mode: nothing to carry
+            return b""
+        return found[0]
+    if isinstance(value, dict):
+        return {k: fetch_files(rt, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fetch_files(rt, v) for v in value]
+    return value

@@ -1,0 +1,58 @@
+"""Per-record order: an event waits until its record's earlier events are done.
+
+Intake numbers the events of each record (queueing.Order); a worker handles number n once n-1
+is done. An event that is not yet its turn is deferred (queued again a little later) after a
+short poll; one whose predecessor is stuck goes on after ORDER_GIVE_UP, and the audit says so.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.base import Event
+from pipeline import stages
+from pipeline.audit import after_success, audit
+
+ORDER_POLL = 5.0          # seconds a worker waits for an earlier event of the same record…
+ORDER_GIVE_UP = 15 * 60   # …and how long an event is kept waiting at most, deferred in between
+
+
+@dataclass
+class Turn:
+    """The outcome of waiting: `ready` (else the event was deferred), and the record's stage marks
+    read with the turn's check (`stages.mark_keys`; emptied unless read for this look)."""
+    ready: bool
+    marks: dict[str, bytes | None] = field(default_factory=dict)
+
+
+def take_turn(rt: Any, payload: dict[str, Any]) -> Turn:
+    """Wait (briefly) for the record's earlier events; defer this one if they are not done."""
+    marks = stages.mark_keys(rt, payload)   # read with the turn's check: one round trip less
+    return Turn(wait_for_turn(rt, payload, marks), marks)
+
+
+def wait_for_turn(rt: Any, payload: dict[str, Any], also: dict[str, bytes | None] | None = None) -> bool:
+    """True once the record's earlier events are done; else defer this one and return False.
+    `also`: keys to read with the first look (Order.is_turn)."""
+    deadline = time.monotonic() + ORDER_POLL
+    while not rt.backend.order.is_turn(payload, also):
+        if also:   # read before the earlier event (which may write them) was done: read again later
+            also.clear()
+        if time.monotonic() >= deadline:
+            first = payload.setdefault("waiting_since", time.time())
+            if time.time() - first > ORDER_GIVE_UP:  # an earlier event is stuck: go on, and say so
+                audit(rt, Event.from_dict(payload), "order.gave_up", seq=payload.get("seq"))
+                return True
+            payload["defers"] = payload.get("defers", 0) + 1
+            rt.backend.defer_event(payload, 2.0)
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def done(rt: Any, payload: dict[str, Any]) -> None:
+    """The event is handled: its record's next event may go. Inside a job, written with the
+    job's audit entries when it ends well (one round trip); else now."""
+    if not after_success(rt, payload):
+        rt.backend.order.done(payload)

@@ -1,0 +1,169 @@
+"""The record as it is now, what changed since it was last seen, and what the rules read besides.
+
+`take` reads the record fresh from its CRM (over the webhook's data), keeps it as the record's
+snapshot, derives the changes the webhook did not spell out (stage, responsible, fields), and adds
+the data the rules' conditions need (open tasks, activity, files, a task's parent).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.base import Entity, Event, PermanentApiError
+from pipeline import CRM_ENTITIES, links, stages
+from pipeline.audit import audit
+from rules.engine import data_needs
+
+SNAPSHOT_TTL = 90 * 24 * 3600
+
+
+@dataclass
+class Change:
+    """One thing to plan for: the event itself or a change derived from the snapshot, with the
+    record as the rules see it. `seen_before`: the event's own stage move was handled already
+    (None: not checked yet, see stages.already_handled)."""
+    event: Event
+    view: dict[str, Any]
+    derived: bool = False
+    seen_before: bool | None = None
+
+
+@dataclass
+class Record:
+    """An event's record, read and kept, and the changes to plan for, in order."""
+    event: Event
+    entity: dict[str, Any]
+    changes: list[Change] = field(default_factory=list)
+
+
+def take(rt: Any, event: Event, marks: dict[str, bytes | None]) -> Record:
+    """Read, keep and compare the event's record (`marks`: its stage marks, read ahead)."""
+    entity = read(rt, event)
+    # the vendor's own stage change is checked against its marks now, and the stage it enters is
+    # kept in the same round trip as the snapshot (before the actions: one may move the record on)
+    seen_before = event.kind == "stage.changed" and stages.already_handled(rt, event, entity, marks)
+    entering = None if seen_before or event.kind != "stage.changed" else stages.seen_entry(event, derived=False)
+    derived = derive(event, keep(rt, event, entity, entering), entity)
+    entity = enrich(rt, event, entity, data_needs(rt.ruleset.rules, {event.kind, *(d.kind for d in derived)}))
+    own = Change(event, {**entity, **{k: v for k, v in event.data.items() if k == "changed"}}, seen_before=seen_before)
+    # what a derived change knows of the past (previous stage, changed fields) joins the record
+    return Record(event, entity, [own, *(Change(d, {**entity, **{k: v for k, v in d.data.items()
+                                                               if k.startswith("previous_") or k == "changed"}},
+                                                derived=True) for d in derived)])
+
+
+def read(rt: Any, event: Event) -> dict[str, Any]:
+    """The entity as it is now: the webhook's data, overlaid with a fresh read from the CRM."""
+    data = dict(event.data)
+    entity: dict[str, Any] = {"type": event.entity.type, "id": event.entity.id}
+    if event.connection not in rt.connections.connections:
+        return {**data, **entity}
+    linked = form_record(rt, event)
+    if linked is not None:
+        return linked
+    # a Telegram press or message bound to a CRM record (links.py) is read from that record's CRM
+    client = rt.client((event.data.get("record") or {}).get("connection") or event.connection)
+    fresh = None
+    # (a group message that only chat sync handles needs no read: links.needs_record)
+    if event.entity.type in CRM_ENTITIES and client.can("get_entity") and links.needs_record(rt, event):
+        try:
+            fresh = client.get_entity(event.entity)
+        except PermanentApiError as exc:  # deleted, or no access: the webhook's data must do
+            audit(rt, event, "enrich.failed", error=str(exc))
+    if client.can("name_refs"):
+        data = client.name_refs(json.loads(json.dumps(data)))
+    return {**data, **(fresh or {}), **entity}
+
+
+def form_record(rt: Any, event: Event) -> dict[str, Any] | None:
+    """The CRM record a form submission is about, when the form connection names one.
+
+    `options: {record: {connection: agency-planfix, type: task, answer: "Номер задачі"}}`: the
+    answer to that question (pre-filled in the link sent to the client) is the record's id; the
+    record is read fresh and becomes the rules' `entity`, the answers staying in `data`.
+    """
+    spec = rt.connections.connections[event.connection].options.get("record")
+    if event.kind != "form.submitted" or not isinstance(spec, dict) or spec.get("connection") not in rt.connections.connections:
+        return None
+    ident = str((event.data.get("answers") or {}).get(str(spec.get("answer"))) or "").strip()
+    if not ident:
+        return None
+    record = Entity(str(spec.get("type") or "task"), ident)
+    fresh = None
+    try:
+        fresh = rt.client(spec["connection"]).get_entity(record)
+    except PermanentApiError as exc:  # a mistyped number: the rules see the form's data only
+        audit(rt, event, "enrich.failed", error=str(exc), record=str(record))
+    return {**event.data, **(fresh or {}), "type": record.type, "id": record.id}
+
+
+def enrich(rt: Any, event: Event, entity: dict[str, Any], needs: set[str]) -> dict[str, Any]:
+    """Add what the rules' conditions read besides the record, only when some rule uses it:
+    open tasks, activity (when the stage was entered, the last call/note/move), files, and for
+    a task its parent record with the same (rules.engine.data_needs says which)."""
+    if not needs or event.entity.type not in CRM_ENTITIES or event.connection not in rt.connections.connections:
+        return entity
+    client = rt.client(event.connection)
+    if not client.can("rule_context"):
+        return entity
+    try:
+        if event.entity.type != "task":
+            return {**entity, **client.rule_context(event.entity, needs)}
+        parent = entity.get("parent") or {}
+        if "parent" not in needs or parent.get("type") not in CRM_ENTITIES or not parent.get("id"):
+            return entity
+        ref = Entity(parent["type"], str(parent["id"]))
+        fresh = client.get_entity(ref) or {}
+        return {**entity, "parent": {**fresh, **client.rule_context(ref, needs), "type": ref.type, "id": ref.id}}
+    except PermanentApiError as exc:  # the conditions that need it say it was not read
+        audit(rt, event, "enrich.failed", error=str(exc), needs=sorted(needs))
+        return entity
+
+
+def keep(rt: Any, event: Event, entity: dict[str, Any], entering: str | None = None) -> dict[str, Any] | None:
+    """Keep the entity's state; return the state kept before (None the first time). `entering`:
+    the stage-seen entry of the event's own stage change, written in the same round trip."""
+    if event.entity.type not in CRM_ENTITIES or event.kind == "entity.deleted":
+        return None
+    key = rt.keys("snapshot", event.connection, str(event.entity))
+    state = json.dumps(entity, ensure_ascii=False, default=str)
+    if entering is None:
+        previous = rt.store.set(key, state, ex=SNAPSHOT_TTL, get=True)
+    else:
+        with rt.store.pipeline(transaction=False) as pipe:
+            pipe.set(key, state, ex=SNAPSHOT_TTL, get=True)
+            pipe.set(rt.keys("stage-seen", event.connection, str(event.entity)), entering, ex=stages.STAGE_SEEN_TTL)
+            previous, _ = pipe.execute()
+    return json.loads(previous) if previous else None
+
+
+def derive(event: Event, previous: dict[str, Any] | None, current: dict[str, Any]) -> list[Event]:
+    """What changed since the last snapshot, as events of their own.
+
+    Vendors that send only an id (Bitrix24) get stage and responsible changes this way; every
+    CRM gets `field.changed` with `changed: {field: {"from", "to"}}`, since update webhooks do
+    not say which fields changed.
+    """
+    if previous is None or event.kind != "entity.updated":
+        return []
+    derived = []
+    if event.data.get("needs_snapshot_diff"):
+        for key, kind in (("stage", "stage.changed"), ("responsible", "responsible.changed")):
+            before, after = (previous.get(key) or {}).get("id"), (current.get(key) or {}).get("id")
+            if after is not None and before != after:
+                data = {**event.data, key: current[key], f"previous_{key}": previous.get(key)}
+                derived.append(_derived(event, kind, f"{key}:{before}>{after}", data))
+    old, new = previous.get("fields") or {}, current.get("fields") or {}
+    changed = {name: {"from": old.get(name), "to": new.get(name)}
+               for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)}
+    if changed:
+        derived.append(_derived(event, "field.changed", json.dumps(changed, sort_keys=True, default=str),
+                                {**event.data, "changed": changed}))
+    return derived
+
+
+def _derived(event: Event, kind: str, what: str, data: dict[str, Any]) -> Event:
+    digest = hashlib.sha1(what.encode()).hexdigest()[:12]
+    return Event(**{**event.__dict__, "id": f"{event.id}|{kind}|{digest}", "kind": kind, "data": data})

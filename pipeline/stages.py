@@ -1,0 +1,101 @@
+"""A record's stage marks: the stage last seen entering (so a move seen twice, by a catch-up and by
+the vendor's late webhook, is handled once) and crmbridge's own undo (so the move back it made is
+known to the rules as `data.undo`)."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from connectors.base import Entity, Event
+from pipeline import CRM_ENTITIES, clock
+
+STAGE_SEEN_TTL = 30 * 24 * 3600
+UNDO_TTL = 3600  # how long a move crmbridge undid waits for the CRM to announce it
+
+
+def keys(rt: Any, connection: str, record: str) -> tuple[str, str]:
+    """A record's two stage marks: crmbridge's own undo, and the stage last seen."""
+    return rt.keys("undo", connection, record), rt.keys("stage-seen", connection, record)
+
+
+def mark_keys(rt: Any, payload: dict[str, Any]) -> dict[str, bytes | None]:
+    """The keys `already_handled` reads for a record, to be read ahead (empty: nothing to read)."""
+    if payload.get("kind") not in ("stage.changed", "entity.updated"):
+        return {}
+    return dict.fromkeys(keys(rt, payload["connection"], f"{payload['entity']['type']}:{payload['entity']['id']}"))
+
+
+def already_handled(rt: Any, event: Event, view: dict[str, Any], ahead: dict[str, bytes | None] | None = None) -> bool:
+    """A stage change's two marks, read in one round trip (or read ahead, with the turn's check:
+    `ahead` holds them once, and is emptied): crmbridge's own undo (the change is marked
+    `data.undo` for the rules, once), and the stage last seen (True: this move was already
+    handled under another event id)."""
+    undo_key, seen_key = keys(rt, event.connection, str(event.entity))
+    if ahead and undo_key in ahead and seen_key in ahead:   # (Order.is_turn empties it unless it read them)
+        undo_mark, seen = ahead.pop(undo_key), ahead.pop(seen_key)
+    else:
+        undo_mark, seen = rt.store.mget(undo_key, seen_key)
+    if was_undo(undo_mark, view):
+        rt.store.delete(undo_key)
+        event.data["undo"] = True
+    return seen_already(event, seen)
+
+
+def remember(rt: Any, event: Event, derived: bool) -> None:
+    """Keep the stage a record was last seen entering, and as of when (seen_entry)."""
+    entry = seen_entry(event, derived)
+    if entry is not None:
+        rt.store.set(rt.keys("stage-seen", event.connection, str(event.entity)), entry, ex=STAGE_SEEN_TTL)
+
+
+def forget(rt: Any, connection: str, entity: Entity) -> None:
+    """crmbridge moved the record: it left the stage last seen, so a move back in is new."""
+    rt.store.delete(rt.keys("stage-seen", connection, str(entity)))
+
+
+def seen_entry(event: Event, derived: bool) -> str | None:
+    """What `remember` keeps for a stage change (None: nothing to keep).
+
+    A move seen in a fresh read (a catch-up's, or an update webhook's snapshot diff) is known as
+    of now; one the vendor reported, as of the change itself.
+    """
+    stage = (event.data.get("stage") or {}).get("id")
+    if stage is None or event.entity.type not in CRM_ENTITIES:
+        return None
+    as_of = clock.now().isoformat() if derived else event.occurred_at
+    return json.dumps({"stage": str(stage), "as_of": as_of, "event": event.id})
+
+
+def seen_already(event: Event, raw: bytes | None) -> bool:
+    """Is this stage move one already handled under another event id?
+
+    A catch-up that runs before the vendor's own (delayed) status webhook derives the move from
+    a fresh read; the webhook, arriving later, reports the same move again with an earlier
+    change time. The record was already known to be in that stage as of a moment not before the
+    change: the move is the same one. A later move into the same stage (after leaving it) has a
+    later change time, or another stage was seen in between, and is handled.
+    """
+    stage = (event.data.get("stage") or {}).get("id")
+    if stage is None or event.entity.type not in CRM_ENTITIES or raw is None:
+        return False
+    seen = json.loads(raw)
+    if seen.get("event") == event.id:  # the same event again (a replay, a re-run job): its steps decide
+        return False
+    try:
+        return seen["stage"] == str(stage) and (datetime.fromisoformat(event.occurred_at)
+                                                <= datetime.fromisoformat(seen["as_of"]))
+    except (TypeError, ValueError):
+        return False
+
+
+def remember_undo(rt: Any, connection: str, entity: Entity, stage: str) -> None:
+    """crmbridge moved a record back (`move_to_stage: {undo: true}`): the CRM's stage change that
+    follows is marked `data.undo`, so that rules on entering that stage can leave it alone."""
+    rt.store.set(rt.keys("undo", connection, str(entity)), stage, ex=UNDO_TTL)
+
+
+def was_undo(stage: bytes | None, view: dict[str, Any]) -> bool:
+    """Is this stage change the one crmbridge's undo caused: the stage it moved the record to?"""
+    now = view.get("stage") or {}
+    return stage is not None and stage.decode() in (str(now.get("id")), str(now.get("name")))
