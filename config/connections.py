@@ -72,7 +72,7 @@ def load_connections(path: Path, environ: Mapping[str, str], shown_as: str | Non
 
 
 def _check_links(entries: Any, result: Connections, errors: list[ConfigError], shown: str) -> None:
-    """A bot's `options.link.crm` (links.py: /link, signed buttons) names a CRM connection of
+    """A bot's `options.link.crm` (pipeline/links.py: /link, signed buttons) names a CRM connection of
     this file that can read and write records: checked here, not on the first /link or press."""
     for name, conn in result.connections.items():
         options = (entries.get(name) or {}).get("options") if isinstance(entries.get(name), dict) else None

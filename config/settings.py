@@ -25,6 +25,7 @@ class Settings:
     job_retries: int = 3                  # RQ re-runs of a whole job after that
     maintenance_interval: int = 10        # RQ's default is 600 s: abandoned jobs are found sooner
     job_heartbeat_ttl: int = 15           # a dead worker's job is abandoned this long after its last heartbeat
+    order_gap_timeout: int = 60           # seconds an event waits for its record's missing earlier event
     testing: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
 
@@ -41,7 +42,8 @@ class Settings:
                                 ("CRMBRIDGE_MAX_BODY_BYTES", "max_body_bytes", int),
                                 ("CRMBRIDGE_DEDUPE_TTL", "dedupe_ttl", int),
                                 ("CRMBRIDGE_MAINTENANCE_INTERVAL", "maintenance_interval", int),
-                                ("CRMBRIDGE_JOB_HEARTBEAT_TTL", "job_heartbeat_ttl", int)):
+                                ("CRMBRIDGE_JOB_HEARTBEAT_TTL", "job_heartbeat_ttl", int),
+                                ("CRMBRIDGE_ORDER_GAP_TIMEOUT", "order_gap_timeout", int)):
             if env.get(name):
                 values[key] = cast(env[name])
         return replace(cls(**values), **overrides)

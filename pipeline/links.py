@@ -29,7 +29,6 @@ from connectors.telegram import APPROVAL_TTL, approval_key, link_key, link_optio
 from pipeline.audit import audit
 from pipeline.execute import execute
 from pipeline.retry import with_retries
-from rules import MODULES
 from rules.engine import Plan, PlannedAction
 
 LINK_COMMAND = re.compile(r"^/link(?:@\w+)?(?:\s+#?(\S+))?\s*$")
@@ -99,39 +98,8 @@ def claim(rt: Any, event: Event, result: Plan) -> bool:
         method="edit_buttons", key=f"{event.id}|ask_approval|keyboard",
         args={"chat": data["chat"]["id"], "message_id": data["message_id"],
               "buttons": [[{"text": f"{label} · {who}"[:64], "data": data["callback_data"]}]]}))
-    _audit(rt, event, "approval.chosen", choice=data["button"], by=who)
+    audit(rt, event, "approval.chosen", choice=data["button"], by=who)
     return True
-
-
-MESSAGE_KINDS = ("message.received", "message.edited")
-_RECORD_FREE: dict[tuple[str, str], tuple[Any, bool]] = {}
-
-
-def needs_record(rt: Any, event: Event) -> bool:
-    """Must the worker read the record this event is about before planning?
-
-    Not for a group message bound to its task (links.bind) when every rule listening to it has
-    no condition, delay or `otherwise:`, and only verbs that plan a chat message from the event
-    and the record's reference (their module's RECORD_FREE names the kinds; sync_chat does),
-    with no template naming `entity`. Planfix allows one request a second: a busy client group
-    would otherwise spend one on every message. Decided once per rule set, event kind and bot."""
-    if event.kind not in MESSAGE_KINDS or not (event.data or {}).get("record"):
-        return True
-    memo = _RECORD_FREE.get((event.kind, event.connection))
-    if memo is not None and memo[0] is rt.ruleset:
-        return memo[1]
-    needed = False
-    for rule in rt.ruleset.rules:
-        trigger = rule.trigger
-        if event.kind not in trigger.events or (trigger.connections and event.connection not in trigger.connections):
-            continue
-        free = (not rule.conditions and not rule.guard and rule.delay is None and not rule.otherwise
-                and not rule.for_each and all(
-                    event.kind in getattr(MODULES.get(a.verb), "RECORD_FREE", ()) and "entity" not in repr(a.options)
-                    for a in rule.actions))
-        needed = needed or not free
-    _RECORD_FREE[(event.kind, event.connection)] = (rt.ruleset, needed)
-    return needed
 
 
 # --- presses ---------------------------------------------------------------------------------
@@ -193,7 +161,7 @@ def _message(rt: Any, conn: Connection, link: dict, event: Event) -> tuple[Event
     data = event.data
     chat = str((data.get("chat") or {}).get("id") or "")
     if (data.get("from") or {}).get("is_bot"):
-        _audit(rt, event, "message.ignored", reason="sent by a bot")
+        audit(rt, event, "message.ignored", reason="sent by a bot")
         return event, {"ignored": "bot"}
     command = LINK_COMMAND.match(data.get("text") or "")
     if command and event.kind == "message.received":
@@ -203,7 +171,7 @@ def _message(rt: Any, conn: Connection, link: dict, event: Event) -> tuple[Event
     linked = linked_record(rt, conn, chat)
     if linked is not None:
         return _bound(event, linked), None
-    _audit(rt, event, "chat.unlinked", chat=chat, text=data.get("text"), files=data.get("files"))
+    audit(rt, event, "chat.unlinked", chat=chat, text=data.get("text"), files=data.get("files"))
     staff = link.get("unlinked_notice")
     if staff:
         text = _notice(link, "unlinked_message").format(
@@ -227,28 +195,28 @@ def _link(rt: Any, conn: Connection, link: dict, event: Event, chat: str, number
         say("usage", _notice(link, "link_usage"))
         return {"link": "usage"}
     if not staff(link) or not allowed("staff", event.data.get("from"), link):
-        _audit(rt, event, "chat.link_refused", reason="not staff", who=event.data.get("from"))
+        audit(rt, event, "chat.link_refused", reason="not staff", who=event.data.get("from"))
         say("denied", _notice(link, "link_denied"))
         return {"link": "denied"}
     crm, field = rt.client(link["crm"]), link.get("field") or "Telegram чат"
     record = {"connection": link["crm"], "type": "task", "id": number}
     try:
-        fresh = _call(rt, lambda: crm.get_entity(Entity("task", number))) or {}
+        fresh = with_retries(rt, lambda: crm.get_entity(Entity("task", number))) or {}
         previous = linked_record(rt, conn, chat)
         if previous is not None and (previous["type"], str(previous["id"])) != ("task", number):
             _clear_old(rt, conn, event, crm, previous, field, chat)
         _step(rt, event, link["crm"], "set_fields", "field", entity={"type": "task", "id": number},
               fields={field: chat})
     except PermanentApiError as exc:
-        _audit(rt, event, "chat.link_failed", task=number, error=str(exc))
+        audit(rt, event, "chat.link_failed", task=number, error=str(exc))
         say("failed", _notice(link, "link_missing").format(number=number, error=str(exc)[:200]))
         return {"link": "failed"}
     other = str((fresh.get("fields") or {}).get(field) or "").strip()
     if other and other != chat and linked_record(rt, conn, other) == record:
         rt.store.delete(link_key(rt.keys.prefix, conn.name, other))   # the task now belongs to this group
-        _audit(rt, event, "chat.unlinked", chat=other, reason=f"task {number} linked to chat {chat}")
+        audit(rt, event, "chat.unlinked", chat=other, reason=f"task {number} linked to chat {chat}")
     rt.store.set(link_key(rt.keys.prefix, conn.name, chat), json.dumps(record))
-    _audit(rt, event, "chat.linked", chat=chat, task=number, previous=previous)
+    audit(rt, event, "chat.linked", chat=chat, task=number, previous=previous)
     say("linked", _notice(link, "linked").format(number=number, name=fresh.get("name") or ""))
     return {"linked": record}
 
@@ -257,9 +225,9 @@ def _clear_old(rt: Any, conn: Connection, event: Event, crm: Any, previous: dict
     """Empty the chat field of the task this group was linked to, if it still names this group."""
     old = Entity(previous["type"], str(previous["id"]))
     try:
-        before = _call(rt, lambda: crm.get_entity(old)) or {}
+        before = with_retries(rt, lambda: crm.get_entity(old)) or {}
     except PermanentApiError as exc:   # deleted since: nothing left to clear
-        _audit(rt, event, "chat.unlink_skipped", task=old.id, error=str(exc))
+        audit(rt, event, "chat.unlink_skipped", task=old.id, error=str(exc))
         return
     if str((before.get("fields") or {}).get(field) or "").strip() != chat:
         return
@@ -267,7 +235,7 @@ def _clear_old(rt: Any, conn: Connection, event: Event, crm: Any, previous: dict
         _step(rt, event, previous["connection"], "set_fields", "clear-old",
               entity={"type": old.type, "id": old.id}, fields={field: ""})
     except PermanentApiError as exc:   # the new link matters more: it goes on, the failure audited
-        _audit(rt, event, "chat.unlink_failed", task=old.id, error=str(exc))
+        audit(rt, event, "chat.unlink_failed", task=old.id, error=str(exc))
 
 
 def _step(rt: Any, event: Event, connection: str, method: str, name: str, **args: Any) -> None:
@@ -334,19 +302,11 @@ def _name(person: dict | None) -> str:
 
 
 def _answer(rt: Any, conn: Connection, event: Event, text: str, what: str, **details: Any) -> dict:
-    _audit(rt, event, what, notice=text, **details)
+    audit(rt, event, what, notice=text, **details)
     callback = event.data.get("callback_id")
     if callback:
         try:
-            _call(rt, lambda: rt.client(conn.name).answer_button(callback, text[:200]))
+            with_retries(rt, lambda: rt.client(conn.name).answer_button(callback, text[:200]))
         except PermanentApiError as exc:  # e.g. "query is too old": the refusal itself stands
-            _audit(rt, event, "button.answer_failed", error=str(exc))
+            audit(rt, event, "button.answer_failed", error=str(exc))
     return {"answered": what}
-
-
-def _call(rt: Any, call: Any) -> Any:
-    return with_retries(rt, call)
-
-
-def _audit(rt: Any, event: Event, what: str, **details: Any) -> None:
-    audit(rt, event, what, **details)

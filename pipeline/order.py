@@ -1,8 +1,11 @@
 """Per-record order: an event waits until its record's earlier events are done.
 
 Intake numbers the events of each record (queueing.Order); a worker handles number n once n-1
-is done. An event that is not yet its turn is deferred (queued again a little later) after a
-short poll; one whose predecessor is stuck goes on after ORDER_GIVE_UP, and the audit says so.
+is done. An event that is not yet its turn is deferred: queued again a little later (after a
+poll of a quarter second, the time a predecessor being handled right now usually takes), so the
+worker goes on with other records' events and only this record waits. An event whose
+predecessor is missing or stuck goes on after `settings.order_gap_timeout` seconds (60 by
+default), and the audit says so (`order.gap_skipped`).
 """
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ from connectors.base import Event
 from pipeline import stages
 from pipeline.audit import after_success, audit
 
-ORDER_POLL = 5.0          # seconds a worker waits for an earlier event of the same record…
-ORDER_GIVE_UP = 15 * 60   # …and how long an event is kept waiting at most, deferred in between
+ORDER_POLL = 0.25         # seconds a worker polls for an earlier event of the same record…
+DEFER_MAX = 5.0           # …then the event is queued again after 1, 2, … up to this many seconds
 
 
 @dataclass
@@ -41,13 +44,15 @@ def wait_for_turn(rt: Any, payload: dict[str, Any], also: dict[str, bytes | None
             also.clear()
         if time.monotonic() >= deadline:
             first = payload.setdefault("waiting_since", time.time())
-            if time.time() - first > ORDER_GIVE_UP:  # an earlier event is stuck: go on, and say so
-                audit(rt, Event.from_dict(payload), "order.gave_up", seq=payload.get("seq"))
+            waited = time.time() - first
+            if waited > rt.settings.order_gap_timeout:  # an earlier event is missing or stuck: go on
+                audit(rt, Event.from_dict(payload), "order.gap_skipped", seq=payload.get("seq"),
+                      waited=round(waited, 1), reason="an earlier event of this record was not done in time")
                 return True
             payload["defers"] = payload.get("defers", 0) + 1
-            rt.backend.defer_event(payload, 2.0)
+            rt.backend.defer_event(payload, min(DEFER_MAX, float(payload["defers"])))
             return False
-        time.sleep(0.05)
+        time.sleep(0.02)
     return True
 
 

@@ -1,6 +1,7 @@
 """The record as it is now, what changed since it was last seen, and what the rules read besides.
 
-`take` reads the record fresh from its CRM (over the webhook's data), keeps it as the record's
+`take` reads the record fresh from its CRM (over the webhook's data; a read is retried in the
+job like any call, with the vendor's Retry-After), keeps it as the record's
 snapshot, derives the changes the webhook did not spell out (stage, responsible, fields), and adds
 the data the rules' conditions need (open tasks, activity, files, a task's parent).
 """
@@ -12,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.base import Entity, Event, PermanentApiError
-from pipeline import CRM_ENTITIES, links, stages
+from pipeline import CRM_ENTITIES, stages
 from pipeline.audit import audit
+from pipeline.retry import with_retries
+from rules import MODULES
 from rules.engine import data_needs
 
 SNAPSHOT_TTL = 90 * 24 * 3600
@@ -63,18 +66,49 @@ def read(rt: Any, event: Event) -> dict[str, Any]:
     linked = form_record(rt, event)
     if linked is not None:
         return linked
-    # a Telegram press or message bound to a CRM record (links.py) is read from that record's CRM
+    # a Telegram press or message bound to a CRM record (pipeline/links.py) is read from that record's CRM
     client = rt.client((event.data.get("record") or {}).get("connection") or event.connection)
     fresh = None
-    # (a group message that only chat sync handles needs no read: links.needs_record)
-    if event.entity.type in CRM_ENTITIES and client.can("get_entity") and links.needs_record(rt, event):
+    # (a group message that only chat sync handles needs no read: needs_record)
+    if event.entity.type in CRM_ENTITIES and client.can("get_entity") and needs_record(rt, event):
         try:
-            fresh = client.get_entity(event.entity)
+            fresh = with_retries(rt, lambda: client.get_entity(event.entity))
         except PermanentApiError as exc:  # deleted, or no access: the webhook's data must do
             audit(rt, event, "enrich.failed", error=str(exc))
     if client.can("name_refs"):
         data = client.name_refs(json.loads(json.dumps(data)))
     return {**data, **(fresh or {}), **entity}
+
+
+MESSAGE_KINDS = ("message.received", "message.edited")
+_RECORD_FREE: dict[tuple[str, str], tuple[Any, bool]] = {}
+
+
+def needs_record(rt: Any, event: Event) -> bool:
+    """Must the worker read the record this event is about before planning?
+
+    Not for a group message bound to its task (pipeline/links.py) when every rule listening to it has
+    no condition, delay or `otherwise:`, and only verbs that plan a chat message from the event
+    and the record's reference (their module's RECORD_FREE names the kinds; sync_chat does),
+    with no template naming `entity`. Planfix allows one request a second: a busy client group
+    would otherwise spend one on every message. Decided once per rule set, event kind and bot."""
+    if event.kind not in MESSAGE_KINDS or not (event.data or {}).get("record"):
+        return True
+    memo = _RECORD_FREE.get((event.kind, event.connection))
+    if memo is not None and memo[0] is rt.ruleset:
+        return memo[1]
+    needed = False
+    for rule in rt.ruleset.rules:
+        trigger = rule.trigger
+        if event.kind not in trigger.events or (trigger.connections and event.connection not in trigger.connections):
+            continue
+        free = (not rule.conditions and not rule.guard and rule.delay is None and not rule.otherwise
+                and not rule.for_each and all(
+                    event.kind in getattr(MODULES.get(a.verb), "RECORD_FREE", ()) and "entity" not in repr(a.options)
+                    for a in rule.actions))
+        needed = needed or not free
+    _RECORD_FREE[(event.kind, event.connection)] = (rt.ruleset, needed)
+    return needed
 
 
 def form_record(rt: Any, event: Event) -> dict[str, Any] | None:
@@ -93,7 +127,7 @@ def form_record(rt: Any, event: Event) -> dict[str, Any] | None:
     record = Entity(str(spec.get("type") or "task"), ident)
     fresh = None
     try:
-        fresh = rt.client(spec["connection"]).get_entity(record)
+        fresh = with_retries(rt, lambda: rt.client(spec["connection"]).get_entity(record))
     except PermanentApiError as exc:  # a mistyped number: the rules see the form's data only
         audit(rt, event, "enrich.failed", error=str(exc), record=str(record))
     return {**event.data, **(fresh or {}), "type": record.type, "id": record.id}
@@ -110,13 +144,14 @@ def enrich(rt: Any, event: Event, entity: dict[str, Any], needs: set[str]) -> di
         return entity
     try:
         if event.entity.type != "task":
-            return {**entity, **client.rule_context(event.entity, needs)}
+            return {**entity, **with_retries(rt, lambda: client.rule_context(event.entity, needs))}
         parent = entity.get("parent") or {}
         if "parent" not in needs or parent.get("type") not in CRM_ENTITIES or not parent.get("id"):
             return entity
         ref = Entity(parent["type"], str(parent["id"]))
-        fresh = client.get_entity(ref) or {}
-        return {**entity, "parent": {**fresh, **client.rule_context(ref, needs), "type": ref.type, "id": ref.id}}
+        fresh = with_retries(rt, lambda: client.get_entity(ref)) or {}
+        context = with_retries(rt, lambda: client.rule_context(ref, needs))
+        return {**entity, "parent": {**fresh, **context, "type": ref.type, "id": ref.id}}
     except PermanentApiError as exc:  # the conditions that need it say it was not read
         audit(rt, event, "enrich.failed", error=str(exc), needs=sorted(needs))
         return entity

@@ -8,7 +8,7 @@
           field: "Telegram чат"       # the task field holding the group's chat id (what /link wrote)
           marker: "#клієнту"          # optional: a comment starting with it is for the client
 
-- A message in a linked group (the worker binds it to the group's task, see links.py) becomes a
+- A message in a linked group (the worker binds it to the group's task, see pipeline/links.py) becomes a
   comment on the task: author, local time and text, photos and documents uploaded as files.
   Such comments start with "💬 Telegram", so the comment scenario's webhook for them is
   recognised and never sent back to the chat (as are comments whose id the bridge recorded when
@@ -24,7 +24,7 @@ from rules.engine import to_datetime
 
 NAME = "sync_chat"
 # a chat message is written to the task from the event and the task's reference alone: the worker
-# need not read the task first (links.needs_record); a CRM comment needs the task's chat field
+# need not read the task first (pipeline.snapshot.needs_record); a CRM comment needs the task's chat field
 RECORD_FREE = ("message.received", "message.edited")
 ECHO_MARK = "💬 Telegram"      # how the comments the bridge writes from the chat begin
 DOWNLOAD_LIMIT = 20_000_000      # bots download at most 20 MB (Bot API getFile)

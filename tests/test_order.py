@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import worker
 from tests.conftest import payload
@@ -105,3 +106,38 @@ def test_marks_read_while_waiting_for_an_earlier_event_are_read_again(client, ru
     event = worker.Event.from_dict(second)
     stages.already_handled(runtime, event, {"stage": {"id": "10216996", "name": "x"}}, marks)
     assert event.data.get("undo") is True
+
+
+def test_an_event_not_yet_its_turn_is_deferred_without_holding_the_worker(client, runtime):
+    """The worker polls a quarter second at most, then queues the event again: other records'
+    events are not held up behind one record's wait (issue: nothing stalls)."""
+    for stamp in ("1", "2"):
+        client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("11", "10216996", stamp), content_type=FORM)
+    _, second = queued_payloads(runtime)
+    started = time.monotonic()
+    assert worker.handle_event(dict(second)) == {"deferred": True}
+    assert time.monotonic() - started < 1.0
+    [deferred] = runtime.backend.queue.scheduled_job_registry.get_job_ids()
+    assert deferred.startswith("crmbridge-event-")
+
+
+def test_a_missing_earlier_event_is_skipped_after_the_gap_timeout_and_audited(client, runtime, fake_amo):
+    """Ticket 1 never comes (lost between intake and a worker): ticket 2 waits, deferred, until
+    `order_gap_timeout` seconds have passed since it first waited, then goes on and says why."""
+    for stamp in ("1", "2"):
+        client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("12", "10216994", stamp), content_type=FORM)
+    _, second = queued_payloads(runtime)
+    second = dict(second, waiting_since=time.time() - runtime.settings.order_gap_timeout + 30)
+    assert worker.handle_event(dict(second)) == {"deferred": True}      # 30 s left: still waiting
+    second["waiting_since"] = time.time() - runtime.settings.order_gap_timeout - 1
+    assert "deferred" not in worker.handle_event(dict(second))
+    entries = [json.loads(e[b"entry"]) for _, e in runtime.store.xrange(runtime.keys("audit"))]
+    [gap] = [e for e in entries if e["what"] == "order.gap_skipped"]
+    assert gap["entity"] == "lead:12" and gap["seq"] == 2 and gap["waited"] > runtime.settings.order_gap_timeout
+    assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1         # and its rule acted
+
+
+def test_the_gap_timeout_is_a_setting():
+    from config.settings import Settings
+    assert Settings.from_env({}).order_gap_timeout == 60
+    assert Settings.from_env({"CRMBRIDGE_ORDER_GAP_TIMEOUT": "15"}).order_gap_timeout == 15
