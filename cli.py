@@ -104,32 +104,91 @@ def _runtime(settings: Settings):
     return worker.open_runtime(settings)
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--entity", default=None, help="only timers of one entity, e.g. lead:31926520")
-@click.pass_obj
-def timers(settings: Settings, entity: str | None) -> None:
+@click.pass_context
+def timers(ctx: click.Context, entity: str | None) -> None:
     """List pending timers: when each fires, for which entity, set by which rule."""
-    rt = _runtime(settings)
+    if ctx.invoked_subcommand is not None:
+        return
+    rt = _runtime(ctx.obj)
     pending = sorted(rt.backend.timers.pending(entity), key=lambda t: t["fire_at"])
     for t in pending:
         click.echo(f"{t['fire_at']}  {t['entity']['type']}:{t['entity']['id']}  {t['rule']!r}  ({t['timer_id']})")
     click.echo(f"{len(pending)} pending timer{'s' if len(pending) != 1 else ''}")
 
 
+@timers.command("fire")
+@click.argument("timer_id")
+@click.pass_obj
+def timers_fire(settings: Settings, timer_id: str) -> None:
+    """Fire a pending timer now (a worker runs it; its guard is checked as at its own time)."""
+    _operate_timer(settings, timer_id, "fire")
+
+
+@timers.command("cancel")
+@click.argument("timer_id")
+@click.pass_obj
+def timers_cancel(settings: Settings, timer_id: str) -> None:
+    """Cancel a pending timer; the audit says an operator did."""
+    _operate_timer(settings, timer_id, "cancel")
+
+
+def _operate_timer(settings: Settings, timer_id: str, what: str) -> None:
+    from connectors.base import Event
+    from pipeline import clock
+    from pipeline.audit import audit
+    rt = _runtime(settings)
+    timer = rt.backend.timers.get(timer_id)
+    if timer is None:
+        raise click.ClickException(f"no pending timer {timer_id!r} (see `cli.py timers`)")
+    event = Event.from_dict(timer["event"])
+    if what == "fire":
+        rt.backend.schedule({**timer, "fire_at": clock.now().isoformat()})
+        audit(rt, event, "timer.moved", timer=timer_id, fire_at=clock.now().isoformat(),
+              reason="fired now by an operator (cli.py timers fire)")
+        click.echo(f"timer {timer_id} fires now (was {timer['fire_at']}); a worker runs it")
+    else:
+        rt.backend.cancel(timer_id)
+        audit(rt, event, "timer.cancelled", timer=timer_id, reason="cancelled by an operator (cli.py timers cancel)")
+        click.echo(f"timer {timer_id} cancelled (was due {timer['fire_at']})")
+
+
 @cli.group("dead-letters")
 def dead_letters() -> None:
-    """Jobs that gave up after their retries."""
+    """Jobs and steps that gave up after their retries: list, show, replay, discard."""
 
 
 @dead_letters.command("list")
 @click.pass_obj
 def dead_list(settings: Settings) -> None:
-    rt = _runtime(settings)
-    entries = rt.store.hgetall(rt.keys("dead"))
-    for key, raw in sorted(entries.items()):
-        entry = json.loads(raw)
-        click.echo(f"{key.decode()}  {entry['at']}  {entry['job']}  {entry['error'].splitlines()[-1]}")
+    from pipeline import dead_letters as kept
+    entries = kept.entries(_runtime(settings))
+    for key, entry in entries.items():
+        click.echo(f"{key}  {entry['at']}  {entry['job']}  {entry['error'].splitlines()[-1] if entry['error'] else ''}")
     click.echo(f"{len(entries)} dead letter{'s' if len(entries) != 1 else ''}")
+
+
+@dead_letters.command("show")
+@click.argument("key")
+@click.pass_obj
+def dead_show(settings: Settings, key: str) -> None:
+    """One dead letter whole: its job, error and the event (or timer) it carries."""
+    from pipeline import dead_letters as kept
+    entry = kept.get(_runtime(settings), key)
+    if entry is None:
+        raise click.ClickException(f"no dead letter {key!r} (see `cli.py dead-letters list`)")
+    click.echo(json.dumps(entry, ensure_ascii=False, indent=2, default=str))
+
+
+def _chosen_keys(rt, key: str | None, every: bool, match: str | None, verb: str) -> list[str]:
+    from pipeline import dead_letters as kept
+    if key:
+        return [key]
+    if not every:
+        raise click.UsageError(f"give a KEY, or --all (optionally with --match) to {verb}")
+    return [k for k, entry in kept.entries(rt).items()
+            if match is None or match in k or match in json.dumps(entry, ensure_ascii=False, default=str)]
 
 
 @dead_letters.command("replay")
@@ -139,23 +198,31 @@ def dead_list(settings: Settings) -> None:
 @click.pass_obj
 def dead_replay(settings: Settings, key: str | None, replay_all: bool, match: str | None) -> None:
     """Queue dead letters again; steps that completed before are skipped."""
-    from pipeline.dead_letters import replay
+    from pipeline import dead_letters as kept
     rt = _runtime(settings)
-    if key:
-        keys = [key]
-    elif replay_all:
-        keys = [k.decode() for k, raw in rt.store.hgetall(rt.keys("dead")).items()
-                if match is None or match in k.decode() or match in raw.decode()]
-    else:
-        raise click.UsageError("give a KEY, or --all (optionally with --match)")
+    keys = _chosen_keys(rt, key, replay_all, match, "replay")
     if replay_all and match is None:
         # a step that "may have been sent" is replayed by its key (or --match) once checked, never in bulk
-        unsure = [k for k in keys if "may have been sent" in (rt.store.hget(rt.keys("dead"), k) or b"").decode()]
+        unsure = [k for k in keys if "may have been sent" in ((kept.get(rt, k) or {}).get("error") or "")]
         keys = [k for k in keys if k not in unsure]
         if unsure:
             click.echo(f"left {len(unsure)} that may have been sent: check the vendor, then replay each by its key")
-    replayed = sum(1 for k in keys if replay(rt, k))
+    replayed = sum(1 for k in keys if kept.replay(rt, k))
     click.echo(f"replayed {replayed} of {len(keys)}")
+
+
+@dead_letters.command("discard")
+@click.argument("key", required=False)
+@click.option("--all", "discard_all", is_flag=True, help="discard every dead letter (or those matching)")
+@click.option("--match", default=None, help="only dead letters whose key or error contains this text")
+@click.pass_obj
+def dead_discard(settings: Settings, key: str | None, discard_all: bool, match: str | None) -> None:
+    """Drop dead letters without running them (e.g. the vendor had the step after all)."""
+    from pipeline import dead_letters as kept
+    rt = _runtime(settings)
+    keys = _chosen_keys(rt, key, discard_all, match, "discard")
+    dropped = sum(1 for k in keys if kept.discard(rt, k))
+    click.echo(f"discarded {dropped} of {len(keys)}")
 
 
 @cli.command("telegram-set-webhook")

@@ -26,6 +26,7 @@ class Settings:
     maintenance_interval: int = 10        # RQ's default is 600 s: abandoned jobs are found sooner
     job_heartbeat_ttl: int = 15           # a dead worker's job is abandoned this long after its last heartbeat
     order_gap_timeout: int = 60           # seconds an event waits for its record's missing earlier event
+    dead_letter_ttl: int = 30 * 24 * 3600  # seconds a dead letter is kept for a person to decide
     testing: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
 
@@ -43,7 +44,8 @@ class Settings:
                                 ("CRMBRIDGE_DEDUPE_TTL", "dedupe_ttl", int),
                                 ("CRMBRIDGE_MAINTENANCE_INTERVAL", "maintenance_interval", int),
                                 ("CRMBRIDGE_JOB_HEARTBEAT_TTL", "job_heartbeat_ttl", int),
-                                ("CRMBRIDGE_ORDER_GAP_TIMEOUT", "order_gap_timeout", int)):
+                                ("CRMBRIDGE_ORDER_GAP_TIMEOUT", "order_gap_timeout", int),
+                                ("CRMBRIDGE_DEAD_LETTER_TTL", "dead_letter_ttl", int)):
             if env.get(name):
                 values[key] = cast(env[name])
         return replace(cls(**values), **overrides)

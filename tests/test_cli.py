@@ -85,3 +85,87 @@ def test_a_connections_file_that_cannot_be_read_is_reported_alone(tmp_path):
     assert [line for line in lines if "no calendar" in line] == []
     assert any(line.endswith("environment variable PLANFIX_WEBHOOK_SECRET is not set") for line in lines)
     assert lines[-1] == "3 errors in 1 file; crmbridge did not start."
+
+
+def live_env(settings) -> dict[str, str]:
+    return {**settings.environ, "REDIS_URL": settings.redis_url, "CRMBRIDGE_REDIS_PREFIX": settings.redis_prefix,
+            "CRMBRIDGE_QUEUE": settings.queue_name}
+
+
+def run(settings, *args: str):
+    return CliRunner().invoke(cli.cli, ["--config", str(settings.config_dir), *args], env=live_env(settings))
+
+
+def audit_lines(runtime) -> list[dict]:
+    import json
+    return [json.loads(e[b"entry"]) for _, e in runtime.store.xrange(runtime.keys("audit"))]
+
+
+def a_timer(runtime, lead: str = "5", when: str = "2030-11-30T10:00:00+02:00") -> str:
+    from rules.engine import PlannedTimer
+    timer_id = f"timer:abc:quickstart-amo:lead:{lead}"
+    event = {"id": f"quickstart-amo:t{lead}", "connection": "quickstart-amo", "source": "amocrm",
+             "kind": "stage.changed", "entity": {"type": "lead", "id": lead}, "data": {}, "raw": {},
+             "occurred_at": "2026-11-30T08:00:00+00:00"}
+    runtime.backend.schedule(timers.as_dict(PlannedTimer(
+        rule="Brief reminder", rule_id="abc", timer_id=timer_id, fire_at=when, entity=event["entity"], event=event)))
+    return timer_id
+
+
+def test_an_operator_fires_a_timer_now(runtime, settings):
+    import time
+    timer_id = a_timer(runtime)
+    result = run(settings, "timers", "fire", timer_id)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"timer {timer_id} fires now (was 2030-11-30T10:00:00+02:00)")
+    assert runtime.store.zscore(runtime.keys("timers"), timer_id) <= time.time()   # due: the next poll queues it
+    assert runtime.backend.fire_due_timers() == 1
+    [moved] = [e for e in audit_lines(runtime) if e["what"] == "timer.moved"]
+    assert moved["timer"] == timer_id and "operator" in moved["reason"]
+
+
+def test_an_operator_cancels_a_timer_and_the_audit_says_so(runtime, settings):
+    timer_id = a_timer(runtime, "6")
+    result = run(settings, "timers", "cancel", timer_id)
+    assert result.exit_code == 0 and f"timer {timer_id} cancelled" in result.output
+    assert runtime.backend.timers.get(timer_id) is None
+    [cancelled] = [e for e in audit_lines(runtime) if e["what"] == "timer.cancelled"]
+    assert cancelled["entity"] == "lead:6" and "operator" in cancelled["reason"]
+    missing = run(settings, "timers", "cancel", timer_id)
+    assert missing.exit_code == 1 and "no pending timer" in missing.output
+
+
+def test_dead_letters_are_shown_whole_discarded_and_expire(runtime, settings):
+    from pipeline import dead_letters
+    payload = {"id": "quickstart-amo:x", "kind": "stage.changed", "entity": {"type": "lead", "id": "1"}}
+    dead_letters.dead_letter(runtime, "worker.handle_event", payload, "PermanentApiError: 400 bad", key="step-1")
+    dead_letters.dead_letter(runtime, "worker.handle_event", payload, "may have been sent: check", key="step-2")
+    runtime.store.set(runtime.keys("attempted", "step-2"), "{}")
+    shown = run(settings, "dead-letters", "show", "step-1")
+    assert shown.exit_code == 0 and '"error": "PermanentApiError: 400 bad"' in shown.output
+    assert '"id": "quickstart-amo:x"' in shown.output
+    dropped = run(settings, "dead-letters", "discard", "step-2")
+    assert dropped.output.strip() == "discarded 1 of 1"
+    assert runtime.store.get(runtime.keys("attempted", "step-2")) is None   # nothing left waiting
+    assert run(settings, "dead-letters", "list").output.splitlines()[-1] == "1 dead letter"
+    # one older than the TTL goes the next time dead letters are written or listed
+    runtime.store.zadd(runtime.keys("dead-index"), {"step-1": 1.0})
+    assert run(settings, "dead-letters", "list").output.splitlines()[-1] == "0 dead letters"
+    assert runtime.store.hlen(runtime.keys("dead")) == 0 and runtime.store.zcard(runtime.keys("dead-index")) == 0
+
+
+def test_a_timer_that_fails_for_good_leaves_the_index_with_its_data_in_the_dead_letter(runtime):
+    import worker
+    from pipeline import dead_letters
+    timer_id = a_timer(runtime, "7")
+
+    class Job:  # what RQ hands the failure callback once retries are exhausted
+        retries_left = 0
+        func_name = "worker.fire_timer"
+        args = [{"timer_id": timer_id, "at": 1.0}]
+    worker.on_job_failed(Job, runtime.store, RuntimeError, RuntimeError("boom"), None)
+    assert runtime.backend.timers.get(timer_id) is None
+    assert runtime.store.zscore(runtime.keys("timers"), timer_id) is None
+    entry = dead_letters.get(runtime, timer_id)
+    assert entry["payload"]["event"]["entity"] == {"type": "lead", "id": "7"} and entry["error"] == "RuntimeError: boom"
+    assert dead_letters.replay(runtime, timer_id) and runtime.backend.timers.get(timer_id) is not None
