@@ -55,16 +55,16 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
             record = snapshot.take(rt, event, turn.marks)
             if found := observers.observe(rt, event):
                 audit.audit(rt, event, "connector.observed", **found)
-            answered = {change.event.kind: act(rt, change, turn.marks) for change in record.changes}
+            answered = {change.event.kind: act(rt, change) for change in record.changes}
         order.done(rt, payload)
         return answered
 
 
-def act(rt: Runtime, change: Change, marks: dict[str, bytes | None]) -> dict[str, Any]:
+def act(rt: Runtime, change: Change) -> dict[str, Any]:
     """One change of a record: plan the rules, claim an approval, set timers, run the steps."""
     event = change.event
     if event.kind == "stage.changed" and (change.seen_before if not change.derived
-                                          else stages.already_handled(rt, event, change.view, marks)):
+                                          else stages.already_handled(rt, event, change.view, change.marks)):
         audit.audit(rt, event, "event.skipped", reason="this stage move was already handled (seen by a catch-up first)")
         return {"already_handled": True}
     decisions = plan(event, change.view, rt.ruleset, clock.now(), MODULES)

@@ -83,10 +83,12 @@ def execute(rt: Any, event: Event, action: PlannedAction) -> bool:
             pipe.exists(done_key)
             pipe.set(attempted_key, json.dumps(mark), nx=True, ex=rt.settings.done_ttl)
             done, claimed = pipe.execute()
+    if done:
+        if claimed:   # claimed in the same round trip as the done check, for nothing: give it back
+            forget_attempt(rt, attempted_key)
+        audit(rt, event, "action.skipped", rule=action.rule, action=action.describe(), reason="already done")
+        return False
     try:
-        if done:
-            audit(rt, event, "action.skipped", rule=action.rule, action=action.describe(), reason="already done")
-            return False
         client = rt.client(action.connection)
         args = {k: Entity(v["type"], str(v["id"])) if k == "entity" else v for k, v in action.args.items()}
         undo = bool(args.pop("undo", False))  # move_to_stage undoing a refused move (stages.remember_undo)

@@ -10,7 +10,7 @@ default), and the audit says so (`order.gap_skipped`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from connectors.base import Event
@@ -21,18 +21,21 @@ ORDER_POLL = 0.25         # seconds a worker polls for an earlier event of the s
 DEFER_MAX = 5.0           # …then the event is queued again after 1, 2, … up to this many seconds
 
 
-@dataclass
+@dataclass(frozen=True)
 class Turn:
     """The outcome of waiting: `ready` (else the event was deferred), and the record's stage marks
-    read with the turn's check (`stages.mark_keys`; emptied unless read for this look)."""
+    if they were read with the turn's check and are still current (None: read them when needed)."""
     ready: bool
-    marks: dict[str, bytes | None] = field(default_factory=dict)
+    marks: stages.Marks | None = None
 
 
 def take_turn(rt: Any, payload: dict[str, Any]) -> Turn:
     """Wait (briefly) for the record's earlier events; defer this one if they are not done."""
-    marks = stages.mark_keys(rt, payload)   # read with the turn's check: one round trip less
-    return Turn(wait_for_turn(rt, payload, marks), marks)
+    keys = stages.mark_keys(rt, payload)
+    values = dict.fromkeys(keys)   # read with the turn's first check: one round trip less
+    ready = wait_for_turn(rt, payload, values)
+    # (emptied unless read on the look that found it the turn: an earlier event may have written them)
+    return Turn(ready, stages.Marks(values[keys[0]], values[keys[1]]) if ready and keys and values else None)
 
 
 def wait_for_turn(rt: Any, payload: dict[str, Any], also: dict[str, bytes | None] | None = None) -> bool:

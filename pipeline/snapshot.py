@@ -26,11 +26,12 @@ SNAPSHOT_TTL = 90 * 24 * 3600
 class Change:
     """One thing to plan for: the event itself or a change derived from the snapshot, with the
     record as the rules see it. `seen_before`: the event's own stage move was handled already
-    (None: not checked yet, see stages.already_handled)."""
+    (None: not checked yet, see stages.already_handled, with `marks` when they were read ahead)."""
     event: Event
     view: dict[str, Any]
     derived: bool = False
     seen_before: bool | None = None
+    marks: stages.Marks | None = None
 
 
 @dataclass
@@ -41,8 +42,9 @@ class Record:
     changes: list[Change] = field(default_factory=list)
 
 
-def take(rt: Any, event: Event, marks: dict[str, bytes | None]) -> Record:
-    """Read, keep and compare the event's record (`marks`: its stage marks, read ahead)."""
+def take(rt: Any, event: Event, marks: stages.Marks | None) -> Record:
+    """Read, keep and compare the event's record (`marks`: its stage marks, if read ahead; they
+    serve the first stage change checked, the event's own or a derived one, and no other)."""
     entity = read(rt, event)
     # the vendor's own stage change is checked against its marks now, and the stage it enters is
     # kept in the same round trip as the snapshot (before the actions: one may move the record on)
@@ -51,10 +53,12 @@ def take(rt: Any, event: Event, marks: dict[str, bytes | None]) -> Record:
     derived = derive(event, keep(rt, event, entity, entering), entity)
     entity = enrich(rt, event, entity, data_needs(rt.ruleset.rules, {event.kind, *(d.kind for d in derived)}))
     own = Change(event, {**entity, **{k: v for k, v in event.data.items() if k == "changed"}}, seen_before=seen_before)
+    ahead = None if event.kind == "stage.changed" else marks
     # what a derived change knows of the past (previous stage, changed fields) joins the record
     return Record(event, entity, [own, *(Change(d, {**entity, **{k: v for k, v in d.data.items()
                                                                if k.startswith("previous_") or k == "changed"}},
-                                                derived=True) for d in derived)])
+                                                derived=True, marks=ahead if d.kind == "stage.changed" else None)
+                                         for d in derived)])
 
 
 def read(rt: Any, event: Event) -> dict[str, Any]:

@@ -4,6 +4,7 @@ known to the rules as `data.undo`)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,28 +15,34 @@ STAGE_SEEN_TTL = 30 * 24 * 3600
 UNDO_TTL = 3600  # how long a move crmbridge undid waits for the CRM to announce it
 
 
+@dataclass(frozen=True)
+class Marks:
+    """A record's two stage marks as read with its turn's check (one round trip less per event)."""
+    undo: bytes | None
+    seen: bytes | None
+
+
 def keys(rt: Any, connection: str, record: str) -> tuple[str, str]:
     """A record's two stage marks: crmbridge's own undo, and the stage last seen."""
     return rt.keys("undo", connection, record), rt.keys("stage-seen", connection, record)
 
 
-def mark_keys(rt: Any, payload: dict[str, Any]) -> dict[str, bytes | None]:
-    """The keys `already_handled` reads for a record, to be read ahead (empty: nothing to read)."""
+def mark_keys(rt: Any, payload: dict[str, Any]) -> list[str]:
+    """The keys `already_handled` reads for a record, to be read ahead (none: nothing to read)."""
     if payload.get("kind") not in ("stage.changed", "entity.updated"):
-        return {}
-    return dict.fromkeys(keys(rt, payload["connection"], f"{payload['entity']['type']}:{payload['entity']['id']}"))
+        return []
+    return list(keys(rt, payload["connection"], f"{payload['entity']['type']}:{payload['entity']['id']}"))
 
 
-def already_handled(rt: Any, event: Event, view: dict[str, Any], ahead: dict[str, bytes | None] | None = None) -> bool:
-    """A stage change's two marks, read in one round trip (or read ahead, with the turn's check:
-    `ahead` holds them once, and is emptied): crmbridge's own undo (the change is marked
-    `data.undo` for the rules, once), and the stage last seen (True: this move was already
-    handled under another event id)."""
-    undo_key, seen_key = keys(rt, event.connection, str(event.entity))
-    if ahead and undo_key in ahead and seen_key in ahead:   # (Order.is_turn empties it unless it read them)
-        undo_mark, seen = ahead.pop(undo_key), ahead.pop(seen_key)
+def already_handled(rt: Any, event: Event, view: dict[str, Any], ahead: Marks | None = None) -> bool:
+    """A stage change's two marks, read in one round trip (or `ahead`, read with the turn's
+    check): crmbridge's own undo (the change is marked `data.undo` for the rules, once), and the
+    stage last seen (True: this move was already handled under another event id)."""
+    if ahead is None:
+        undo_mark, seen = rt.store.mget(*keys(rt, event.connection, str(event.entity)))
     else:
-        undo_mark, seen = rt.store.mget(undo_key, seen_key)
+        undo_mark, seen = ahead.undo, ahead.seen
+    undo_key = keys(rt, event.connection, str(event.entity))[0]
     if was_undo(undo_mark, view):
         rt.store.delete(undo_key)
         event.data["undo"] = True

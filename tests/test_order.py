@@ -80,10 +80,10 @@ def test_marks_read_with_the_turn_check_are_not_trusted_on_a_deferred_run(client
     client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("8", "10216994", "1"), content_type=FORM)
     queued, view = marks_for(runtime, "8", "10216994")
     queued["seq"] = runtime.backend.order.seq(queued)          # as defer_event re-queues it
-    marks = stages.mark_keys(runtime, queued)
-    assert order.wait_for_turn(runtime, queued, marks)
+    turn = order.take_turn(runtime, queued)
+    assert turn.ready and turn.marks is None
     event = worker.Event.from_dict(queued)
-    stages.already_handled(runtime, event, view, marks)
+    stages.already_handled(runtime, event, view, turn.marks)
     assert event.data.get("undo") is True
 
 
@@ -100,11 +100,22 @@ def test_marks_read_while_waiting_for_an_earlier_event_are_read_again(client, ru
         runtime.backend.order.done(dict(first))
     timer = threading.Timer(0.15, earlier_event_finishes)
     timer.start()
-    marks = stages.mark_keys(runtime, second)
-    assert order.wait_for_turn(runtime, second, marks)
+    turn = order.take_turn(runtime, second)
+    assert turn.ready and turn.marks is None
     timer.join()
     event = worker.Event.from_dict(second)
-    stages.already_handled(runtime, event, {"stage": {"id": "10216996", "name": "x"}}, marks)
+    stages.already_handled(runtime, event, {"stage": {"id": "10216996", "name": "x"}}, turn.marks)
+    assert event.data.get("undo") is True
+
+
+def test_marks_read_with_the_first_turn_check_serve_the_stage_check(client, runtime):
+    """On the look that finds it the turn, the marks come with the turn's check (no second read)."""
+    client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("10", "10216994", "1"), content_type=FORM)
+    queued, view = marks_for(runtime, "10", "10216994")
+    turn = order.take_turn(runtime, queued)
+    assert turn.ready and turn.marks == stages.Marks(undo=b"10216994", seen=None)
+    event = worker.Event.from_dict(queued)
+    stages.already_handled(runtime, event, view, turn.marks)
     assert event.data.get("undo") is True
 
 

@@ -90,3 +90,13 @@ def test_a_step_sent_now_is_marked_sent_before_the_vendor_answers(runtime, fake_
     assert execute.execute(runtime, EVENT, action) is True
     assert [m.get("phase") for m in seen] == ["sent"]
     assert not runtime.store.exists(runtime.keys("attempted", action.key))
+
+
+def test_a_step_found_done_leaves_no_attempted_mark(runtime, fake_amo):
+    """The done check and the claim share a round trip: a step found done gives its claim back,
+    so no stale `attempted:` mark is left behind (it would outlive the step by done_ttl)."""
+    action = create_task()
+    assert execute.execute(runtime, EVENT, action) is True
+    assert execute.execute(runtime, EVENT, action) is False            # the re-run finds it done
+    assert runtime.store.get(runtime.keys("attempted", action.key)) is None
+    assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1
