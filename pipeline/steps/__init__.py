@@ -6,6 +6,8 @@ executor runs `STEPS[method].run(ctx, **args)` instead of a client method. Each 
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,18 @@ class StepContext:
     client: Any
     key: str
     connection: str
+
+    def once(self, name: str, call: Callable[[], Any]) -> Any:
+        """One vendor call of the step, recorded under its own key (the step's key + `name`): a
+        step tried again (a retry, a re-run after a crash) resumes after the last call that
+        succeeded instead of repeating it (a copy is created once, then linked)."""
+        key = self.rt.keys("done", f"{self.key}|{name}")
+        raw = self.rt.store.get(key)
+        if raw is not None:
+            return json.loads(raw)
+        result = call()
+        self.rt.store.set(key, json.dumps(result, default=str), ex=self.rt.settings.done_ttl)
+        return result
 
 
 from pipeline.steps import send_digest  # noqa: E402  (after StepContext, which they use)
