@@ -22,7 +22,7 @@ from typing import Any
 
 from connectors.base import (
     BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook, check_secret,
-    event_id, parse_json, utc_iso,
+    event_id, parse_json, positive_id, segment, utc_iso,
 )
 
 SOURCE = "inbox"
@@ -242,7 +242,7 @@ class Client(BaseClient):
         sent = []
         for message in _messages(text, attachments or []):
             custom_id = f"{OUR_CUSTOM_ID}{uuid.uuid4().hex[:16]}"
-            self.call("POST", f"/v1.3/messaging/{lead}/send",
+            self.call("POST", f"/v1.3/messaging/{segment(lead)}/send",
                       {"message": message, **{k: v for k, v in base.items() if v is not None},
                        "customId": custom_id})
             sent.append(custom_id)
@@ -251,7 +251,7 @@ class Client(BaseClient):
     def reply_source(self, conversation: Any) -> str | None:
         """The channel to answer through: GET /v1.3/messaging/<lead>/sources, a `message` one first."""
         lead = _lead_id(conversation)
-        sources = self.call("GET", f"/v1.3/messaging/{lead}/sources")
+        sources = self.call("GET", f"/v1.3/messaging/{segment(lead)}/sources")
         if sources is None and self.record_only:
             return None
         items = [s for s in (sources if isinstance(sources, list) else []) if isinstance(s, dict)]
@@ -273,7 +273,7 @@ class Client(BaseClient):
 
     def get_conversation(self, conversation: Any) -> dict[str, Any] | None:
         """GET /v1.3/leads/<lead>: account, customer, status, responsible, whether the client wrote last."""
-        lead = self.call("GET", f"/v1.3/leads/{_lead_id(conversation)}")
+        lead = self.call("GET", f"/v1.3/leads/{segment(_lead_id(conversation))}")
         if not isinstance(lead, dict):
             return None
         sa, customer = lead.get("socialAccount") or {}, lead.get("customer") or {}

@@ -25,7 +25,7 @@ import requests
 from connectors.base import (
     check_secret, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
     RetryableApiError, retry_after_header, event_id, indexed, parse_json,
-    parse_nested_form, phone_digits, utc_iso, written_key,
+    parse_nested_form, phone_digits, positive_id, segment, utc_iso, written_key,
 )
 
 SOURCE = "planfix"
@@ -297,7 +297,7 @@ class Client(BaseClient):
             return None
         kind = _kind(entity)
         ids = [item["id"] for item in self.catalog(f"customfield/{kind}", "customfields")]
-        resp = self.request("GET", f"/{kind}/{entity.id}", params={"fields": ",".join([FIELDS[kind], *ids])})
+        resp = self.request("GET", f"/{kind}/{segment(entity.id)}", params={"fields": ",".join([FIELDS[kind], *ids])})
         item = _json_body(resp).get(kind) or {}
         return self.normalize_task(item) if kind == "task" else normalize_contact(item)
 
@@ -330,7 +330,7 @@ class Client(BaseClient):
         """The first 100 comments, oldest first (POST /{task|contact}/{id}/comments/list)."""
         body = {"offset": 0, "pageSize": 100, "fields": "id,description,owner,dateTime,files,isHidden",
                 "typeList": "Comments", "resultOrder": "Asc"}
-        resp = self.request("POST", f"/{_kind(entity)}/{entity.id}/comments/list", json_body=body)
+        resp = self.request("POST", f"/{_kind(entity)}/{segment(entity.id)}/comments/list", json_body=body)
         return [{"id": str(c.get("id")), "text": plain_text(c.get("description") or ""),
                  "author": _person(c.get("owner") or {}), "at": (c.get("dateTime") or {}).get("datetime"),
                  "files": [{"id": str(f.get("id")), "name": f.get("name")} for f in c.get("files") or []]}
@@ -423,7 +423,7 @@ class Client(BaseClient):
             process = self.lookup("process/task", "processes", pipeline,
                                   f"Planfix has no task process {pipeline!r}")["id"]
         if process in (None, ""):
-            task = _json_body(self.request("GET", f"/task/{entity.id}", params={"fields": "id,processId"}))
+            task = _json_body(self.request("GET", f"/task/{segment(entity.id)}", params={"fields": "id,processId"}))
             process = (task.get("task") or {}).get("processId")
             if not process:
                 raise PermanentApiError(f"Planfix task {entity.id} has no process; name the pipeline")
@@ -437,12 +437,12 @@ class Client(BaseClient):
         if entity.type != "task":
             raise PermanentApiError(f"Planfix statuses belong to tasks, not to a {entity.type}")
         status = stage if self.record_only else self.resolve_status(entity, stage, pipeline)
-        return _outcome(self.request("POST", f"/task/{entity.id}", json_body={"status": {"id": status}}))
+        return _outcome(self.request("POST", f"/task/{segment(entity.id)}", json_body={"status": {"id": status}}))
 
     def set_fields(self, entity: Entity, fields: dict[str, Any]) -> str | None:
         """Custom fields by name or id (customFieldData); "queued" when Planfix answers 202."""
         kind = _kind(entity)
-        return _outcome(self.request("POST", f"/{kind}/{entity.id}", json_body=self.custom_data(kind, fields)))
+        return _outcome(self.request("POST", f"/{kind}/{segment(entity.id)}", json_body=self.custom_data(kind, fields)))
 
     def custom_data(self, kind: str, fields: dict[str, Any] | None) -> dict[str, Any]:
         if not fields:
@@ -458,7 +458,7 @@ class Client(BaseClient):
             body["files"] = [{"id": _int_or(f.get("id") if isinstance(f, dict) else f)} for f in files]
         if for_client:  # addressed to the client: the task's counterparty, or the contact itself
             body["recipients"] = {"users": [{"id": self.client_of(entity)}]}
-        return _created_id(self.request("POST", f"/{_kind(entity)}/{entity.id}/comments/", json_body=body))
+        return _created_id(self.request("POST", f"/{_kind(entity)}/{segment(entity.id)}/comments/", json_body=body))
 
     def add_chat_comment(self, entity: Entity, text: str, uploads: list[dict[str, Any]] | None = None) -> int | None:
         """A comment carrying a chat message and its files: each file is uploaded (POST /file/),
@@ -468,7 +468,7 @@ class Client(BaseClient):
         ids = [self.upload_file(u["content"], u["name"]) for u in uploads or []]
         if any(ids):
             body["files"] = [{"id": i} for i in ids if i]
-        comment = _created_id(self.request("POST", f"/{_kind(entity)}/{entity.id}/comments/", json_body=body))
+        comment = _created_id(self.request("POST", f"/{_kind(entity)}/{segment(entity.id)}/comments/", json_body=body))
         if comment and self.store is not None:
             self.store.set(written_key(self.key_prefix, self.connection.name, "comment", comment), 1, ex=WRITTEN_TTL)
         return comment
@@ -493,8 +493,8 @@ class Client(BaseClient):
         """(content, name) of a Planfix file: GET /file/{id} for the name, GET /file/{id}/download."""
         if self.record_only:
             return None
-        meta = _json_body(self.request("GET", f"/file/{file_id}", params={"fields": "id,name,size"})).get("file") or {}
-        resp = self.request("GET", f"/file/{file_id}/download")
+        meta = _json_body(self.request("GET", f"/file/{segment(file_id)}", params={"fields": "id,name,size"})).get("file") or {}
+        resp = self.request("GET", f"/file/{segment(file_id)}/download")
         return resp.content, str(meta.get("name") or f"file-{file_id}")
 
     def client_of(self, entity: Entity) -> str:
@@ -503,7 +503,7 @@ class Client(BaseClient):
             return f"contact:{entity.id}"
         if self.record_only:
             return f"<counterparty of task {entity.id}>"
-        task = _json_body(self.request("GET", f"/task/{entity.id}", params={"fields": "id,counterparty"}))
+        task = _json_body(self.request("GET", f"/task/{segment(entity.id)}", params={"fields": "id,counterparty"}))
         who = str(((task.get("task") or {}).get("counterparty") or {}).get("id") or "")
         if not who:
             raise PermanentApiError(f"Planfix task {entity.id} has no counterparty to address the comment to")
@@ -574,7 +574,7 @@ class Client(BaseClient):
     def link_contact(self, entity: Entity, contact_id: str) -> str | None:
         if entity.type != "task":
             return f"Planfix: a contact is the client (counterparty) of a task, not of a {entity.type}"
-        self.request("POST", f"/task/{entity.id}", json_body={"counterparty": {"id": f"contact:{contact_id}"}})
+        self.request("POST", f"/task/{segment(entity.id)}", json_body={"counterparty": {"id": f"contact:{contact_id}"}})
         return None
 
     def delete_entity(self, entity: Entity) -> str | None:
@@ -585,7 +585,7 @@ class Client(BaseClient):
         the contact codes 2000-2006; API-REFERENCE §3.1), so a repeated step is done."""
         kind = _kind(entity)
         try:
-            return _outcome(self.request("POST", f"/{kind}/{entity.id}", json_body={"isDeleted": True}))
+            return _outcome(self.request("POST", f"/{kind}/{segment(entity.id)}", json_body={"isDeleted": True}))
         except PermanentApiError as exc:
             if exc.status == 404 or re.search(r": Planfix code (1000|2000): ", str(exc)):
                 return "gone"
@@ -600,7 +600,7 @@ class Client(BaseClient):
         uid = user if self.record_only else self.resolve_user(user)
         if not uid:
             raise PermanentApiError("set_responsible: no user given")
-        return _outcome(self.request("POST", f"/{entity.type}/{entity.id}", json_body={key: {"users": [{"id": uid}]}}))
+        return _outcome(self.request("POST", f"/{segment(entity.type)}/{segment(entity.id)}", json_body={key: {"users": [{"id": uid}]}}))
 
     # --- ordered projects (start_next_task) and time in a status (track_time) -----------------
 
