@@ -13,9 +13,17 @@ reactions and posts each one to one webhook. Two JSON bodies are read (docs/conn
 Whether umnico signs webhooks is unknown; its webhook registration takes only {url, name}, so the
 secret rides in the URL (`?token=`) or, for services that can send one, an X-Crmbridge-Token header.
 The client speaks umnico's API v1.3. Samples: tests/payloads/inbox/.
+
+Id grammar: umnico's `leadId` (the conversation, which goes into /v1.3/messaging/<lead>/… and
+/v1.3/leads/<lead>) is a positive integer: the live capture has `"leadId": 64950001`, the API's lead
+objects a numeric `id` (api.umnico.com/docs/ru/apiMethods/leads.html, quoted in docs/connectors/social-inbox.md),
+and the client already refuses any other (_lead_id). The generic format is ours: its
+`message_id` and `conversation_id` are 1-128 characters of letters, digits and `._:@=+-`, starting with a
+letter or digit (enough for Instagram mids such as "aWdfZAG9tZA1" and "conv-7781"; no `/`, no spaces).
 """
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -38,6 +46,7 @@ NETWORKS = {"instagramV3": "instagram", "instagram": "instagram", "fb_messenger"
 # umnico attachment types (photo, doc, video, audio, sticker, link: API docs, messages.html) → ours
 FILE_TYPES = {"photo": "image", "image": "image", "doc": "file", "file": "file"}
 OUR_CUSTOM_ID = "crmbridge:"  # prefix of the customId we send; umnico echoes it in message.outgoing
+GENERIC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}")   # see "Id grammar" above
 
 
 def verify(raw: RawWebhook, connection: Connection) -> None:
@@ -69,6 +78,7 @@ def _umnico_events(body: dict[str, Any], connection: Connection) -> list[Event]:
     lead = _str(body.get("leadId"))
     if lead is None:
         raise BadPayload(f"{body['type']} without leadId")
+    lead = positive_id(body["leadId"] if isinstance(body["leadId"], int) else lead, "leadId")
     message = body.get("message")
     if not isinstance(message, dict):
         raise BadPayload(f"{body['type']}: 'message' is not an object")
@@ -109,6 +119,8 @@ def _generic_event(body: dict[str, Any], connection: Connection) -> Event:
     for key in ("message_id", "conversation_id"):
         if _str(body.get(key)) is None:
             raise BadPayload(f"{key} is missing")
+        if not GENERIC_ID.fullmatch(_str(body[key]) or ""):
+            raise BadPayload(f"{key} must be 1-128 letters, digits or ._:@=+- (found {str(body[key])[:40]!r})")
     account, sender = _obj(body, "account"), _obj(body, "sender")
     data = {
         "account": _account(account.get("id"), account.get("name"), account.get("network")),

@@ -9,6 +9,14 @@ Planfix sends an account's requests one at a time; after an answer other than 20
 +15 min, +30 min, +1 h, +1 h and sends nothing from the account for 3 minutes
 (planfix-docs Интеграции/HTTP-запросы.md), so the receiver answers at once and never waits.
 Samples: tests/payloads/planfix/.
+
+Id grammar (what may reach a URL of the REST API): a task's `id` is its number, a positive decimal
+integer (REST v2 `GET /task/{id}`: "id int — Number of task"); a contact's is its number too, which the
+API also takes in the generic form (`GET /contact/{id}`: "contact:12 OR 12"), read here as the number
+(saranchyev/planfix-rest-api-generated docs/Api/TaskApi.md, ContactApi.md, generated from
+help.planfix.com/restapidocs). A comment's and a file's ids are positive integers as well. A reference inside the body (status,
+responsible, author, project, contact) may carry REST v2's generic person id, `user:5`, `contact:6`,
+`group:3` (API-REFERENCE §3.1), or a plain number (status ids start at 0, "Черновик"). Anything else: 400.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ import requests
 from connectors.base import (
     check_secret, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
     RetryableApiError, retry_after_header, event_id, indexed, parse_json,
-    parse_nested_form, phone_digits, positive_id, segment, utc_iso, written_key,
+    parse_nested_form, phone_digits, positive_id, segment, unique_keys, utc_iso, written_key,
 )
 
 SOURCE = "planfix"
@@ -45,6 +53,7 @@ TAG = re.compile(r"<[^>]+>")
 BREAK = re.compile(r"<br\s*/?>|</p>|</div>|</li>", re.IGNORECASE)
 ENTITY_REF = re.compile(r"&(#\d+|#x[0-9a-f]+|[a-z]+);", re.IGNORECASE)
 LINK = re.compile(r"<a\s[^>]*href=\"([^\"]+)\"[^>]*>(.*?)</a>", re.IGNORECASE | re.DOTALL)
+REF_ID = re.compile(r"(?:(?:user|contact|group):)?[0-9]{1,19}")   # see "Id grammar" above
 
 
 # --- webhooks in ------------------------------------------------------------------------------
@@ -67,6 +76,10 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
     holder = body.get(entity_type) if isinstance(body.get(entity_type), dict) else {}
     if not _text(holder.get("id")):
         raise BadPayload(f"{entity_type}.id is missing (expected the {entity_type} number)")
+    given = _text(holder.get("id")) or ""
+    if entity_type == "contact" and given.startswith("contact:"):
+        given = given[len("contact:"):]   # the generic form of a contact number
+    record_id = positive_id(given, f"{entity_type}.id")
     data = _data(body, entity_type, holder, connection)
     _require(name, kind, entity_type, data)
     plain = {k: v for k, v in body.items() if k != "secret"}
@@ -76,7 +89,7 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
 
     def event(key: str, event_kind: str, event_data: dict[str, Any]) -> Event:
         return Event(id=key, connection=connection.name, source=SOURCE, kind=event_kind,
-                     entity=Entity(entity_type, _text(holder["id"])), data=event_data, raw=plain,
+                     entity=Entity(entity_type, record_id), data=event_data, raw=plain,
                      occurred_at=_when(body.get("at"), connection),
                      dedupe_window=None if comment_id or body.get("at") else RETRY_LADDER)
 
@@ -150,8 +163,13 @@ def _text(value: Any) -> str | None:
 def _ref(value: Any) -> dict[str, str] | None:
     """{"id", "name"} from an object, a name (a string) or an id (a JSON number)."""
     if isinstance(value, dict):
-        return {k: _text(value.get(k)) for k in ("id", "name") if _text(value.get(k))} or None
+        found = {k: _text(value.get(k)) for k in ("id", "name") if _text(value.get(k))} or None
+        if found and "id" in found and not REF_ID.fullmatch(found["id"]):
+            raise BadPayload(f"reference id {found['id'][:40]!r} is neither a number nor user:/contact:/group:<number>")
+        return found
     if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise BadPayload(f"reference id {value} is negative")
         return {"id": str(value)}
     text = _text(value)
     return {"name": text} if text else None
@@ -185,7 +203,8 @@ def _comment(value: dict[str, Any], connection: Connection) -> dict[str, Any]:
     marker = str((connection.options or {}).get("client_marker") or "").strip()
     if marker and text.lower().startswith(marker.lower()):
         for_client, text = True, text[len(marker):].lstrip(" :—-\n")
-    comment = {"id": _text(value.get("id")), "text": text, "author": _ref(value.get("author")),
+    ident = _text(value.get("id"))
+    comment = {"id": ident and positive_id(ident, "comment.id"), "text": text, "author": _ref(value.get("author")),
                "for_client": for_client}
     if TAG.search(original):
         comment["html"] = original
@@ -211,6 +230,8 @@ def _files(value: Any) -> list[dict[str, str]]:
     for item in value if isinstance(value, list) else [value] if isinstance(value, dict) else []:
         item = item if isinstance(item, dict) else {"name": item}
         file = {k: _text(item.get(k)) for k in ("id", "name", "url") if _text(item.get(k))}
+        if "id" in file:
+            positive_id(file["id"], "file id")
         if file:
             files.append(file)
     return files
@@ -222,7 +243,7 @@ def _truthy(value: Any) -> bool:
 
 def _json_or(text: str, default: Any) -> Any:
     try:
-        return json.loads(text, strict=False)
+        return json.loads(text, strict=False, object_pairs_hook=unique_keys)
     except (ValueError, RecursionError):
         return default
 
