@@ -196,7 +196,7 @@ def parse_nested_form(body: bytes) -> dict[str, Any]:
         raw_key, _, value = pair.partition("=")
         key, path = _form_key(raw_key)
         if "+" in value or "%" in value:
-            value = unquote(value.replace("+", " "))
+            value = _unquote(value.replace("+", " "))
         node = root
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -215,11 +215,20 @@ _FORM_KEYS: dict[str, tuple[str, list[str]]] = {}   # raw form key → (key, its
 def _form_key(raw: str) -> tuple[str, list[str]]:
     found = _FORM_KEYS.get(raw)
     if found is None:
-        key = unquote(raw.replace("+", " ")) if "+" in raw or "%" in raw else raw
+        key = _unquote(raw.replace("+", " ")) if "+" in raw or "%" in raw else raw
         found = (key, _split_key(key))
         if len(raw) <= 200 and len(_FORM_KEYS) < 10_000:
             _FORM_KEYS[raw] = found
     return found
+
+
+def _unquote(text: str) -> str:
+    """Percent-decoding that refuses bytes which are not UTF-8 (`%ff`): a vendor's form is UTF-8
+    throughout, and a replacement character would silently change a value."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise BadPayload(f"form field {text[:40]!r} is not UTF-8 once percent-decoded") from None
 
 
 def _split_key(key: str) -> list[str]:
@@ -263,19 +272,38 @@ def parse_json(body: bytes, *, max_depth: int = 32) -> Any:
 
 
 class DuplicateKey(ValueError):
-    """A JSON object names one key twice."""
+    """A JSON object names one key twice (or holds text that is not Unicode)."""
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """json's object_pairs_hook: an object that names a key twice is refused. RFC 8259 leaves the
     meaning of such an object to the reader (json keeps the last value, other readers the first), so
-    a sender and a proxy could each see a different record; no vendor here sends one."""
+    a sender and a proxy could each see a different record; no vendor here sends one.
+
+    So is a string with an unpaired surrogate escape ("\\ud800"): it is no Unicode text (RFC 8259
+    §8.2), cannot be written as UTF-8, and no vendor sends one."""
     found = dict(pairs)
     if len(found) != len(pairs):
         seen: set[str] = set()
         twice = next(k for k, _ in pairs if k in seen or seen.add(k))
         raise DuplicateKey(f"JSON object names the key {twice[:60]!r} twice")
+    for key, value in pairs:
+        _no_lone_surrogates(key)
+        _no_lone_surrogates(value)
     return found
+
+
+def _no_lone_surrogates(value: Any) -> None:
+    """Strings, and the strings in lists (objects are checked by their own hook call)."""
+    if isinstance(value, str):
+        if not value.isascii() and LONE_SURROGATE.search(value):
+            raise DuplicateKey("JSON text holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)")
+    elif isinstance(value, list):
+        for item in value:
+            _no_lone_surrogates(item)
 
 
 # --- record ids: what goes into a vendor's URL ------------------------------------------------
