@@ -125,8 +125,9 @@ MAX_TEXT, MAX_CAPTION, MAX_CALLBACK_DATA = (constants.MessageLimit.MAX_TEXT_LENG
                                             constants.InlineKeyboardButtonLimit.MAX_CALLBACK_DATA)
 _INT, _STR, _BOOL = (_is_int, "an integer"), (lambda v: isinstance(v, str), "a string"), \
     (lambda v: isinstance(v, bool), "a boolean")
-_POSITIVE = (lambda v: _is_int(v) and 0 < v < INT64, "a positive 64-bit integer")
-_CHAT_ID = (lambda v: _is_int(v) and v != 0 and -INT64 <= v < INT64, "a non-zero signed 64-bit integer")
+# (check, what it is[, the type check first: "is not an integer" before "is not in range"])
+_POSITIVE = (lambda v: _is_int(v) and 0 < v < INT64, "a positive 64-bit integer", _INT)
+_CHAT_ID = (lambda v: _is_int(v) and v != 0 and -INT64 <= v < INT64, "a non-zero signed 64-bit integer", _INT)
 _TEXT = (lambda v: isinstance(v, str) and len(v) <= MAX_TEXT, f"a string of at most {MAX_TEXT} characters")
 _CAPTION = (lambda v: isinstance(v, str) and len(v) <= MAX_CAPTION, f"a string of at most {MAX_CAPTION} characters")
 _DATA = (lambda v: isinstance(v, str) and 1 <= len(v.encode("utf-8")) <= MAX_CALLBACK_DATA,
@@ -172,6 +173,8 @@ def _check_value(value: Any, kind: Any, where: str, depth: int) -> None:
             raise BadPayload(f"malformed Telegram Update: {where} is not a list")
         for i, item in enumerate(value):
             _check_value(item, kind[0], f"{where}[{i}]", depth + 1)
+    elif len(kind) > 2 and not kind[2][0](value):
+        raise BadPayload(f"malformed Telegram Update: {where} is not {kind[2][1]}")
     elif not kind[0](value):
         raise BadPayload(f"malformed Telegram Update: {where} is not {kind[1]}")
 
