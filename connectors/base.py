@@ -308,7 +308,7 @@ def _no_lone_surrogates(value: Any) -> None:
 
 # --- record ids: what goes into a vendor's URL ------------------------------------------------
 
-POSITIVE_INT = re.compile(r"[1-9][0-9]{0,18}")   # 1 … 10^19-1: fits the 64-bit ids vendors keep
+POSITIVE_INT = re.compile(r"[1-9][0-9]{0,18}")   # and below 2^63: the signed 64-bit ids vendors keep
 
 
 def positive_id(value: Any, where: str) -> str:
@@ -317,7 +317,7 @@ def positive_id(value: Any, where: str) -> str:
     integer is taken as is; a string must be the digits alone."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not POSITIVE_INT.fullmatch(value):
+    if not isinstance(value, str) or not POSITIVE_INT.fullmatch(value) or int(value) >= 2 ** 63:
         raise BadPayload(f"{where} must be a positive integer id, found {_shown(value)}")
     return value
 
