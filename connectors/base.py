@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Protocol
-from urllib.parse import unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 from redis.exceptions import LockError
@@ -196,7 +196,7 @@ def parse_nested_form(body: bytes) -> dict[str, Any]:
         raw_key, _, value = pair.partition("=")
         key, path = _form_key(raw_key)
         if "+" in value or "%" in value:
-            value = unquote(value.replace("+", " "))
+            value = _unquote(value.replace("+", " "))
         node = root
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -215,11 +215,20 @@ _FORM_KEYS: dict[str, tuple[str, list[str]]] = {}   # raw form key → (key, its
 def _form_key(raw: str) -> tuple[str, list[str]]:
     found = _FORM_KEYS.get(raw)
     if found is None:
-        key = unquote(raw.replace("+", " ")) if "+" in raw or "%" in raw else raw
+        key = _unquote(raw.replace("+", " ")) if "+" in raw or "%" in raw else raw
         found = (key, _split_key(key))
         if len(raw) <= 200 and len(_FORM_KEYS) < 10_000:
             _FORM_KEYS[raw] = found
     return found
+
+
+def _unquote(text: str) -> str:
+    """Percent-decoding that refuses bytes which are not UTF-8 (`%ff`): a vendor's form is UTF-8
+    throughout, and a replacement character would silently change a value."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise BadPayload(f"form field {text[:40]!r} is not UTF-8 once percent-decoded") from None
 
 
 def _split_key(key: str) -> list[str]:
@@ -255,9 +264,79 @@ def parse_json(body: bytes, *, max_depth: int = 32) -> Any:
         elif ch in "]}":
             depth -= 1
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
+        raise BadPayload(str(exc)) from None
     except (ValueError, RecursionError) as exc:
         raise BadPayload(f"body is not JSON: {exc}") from None
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (or holds text that is not Unicode)."""
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: an object that names a key twice is refused. RFC 8259 leaves the
+    meaning of such an object to the reader (json keeps the last value, other readers the first), so
+    a sender and a proxy could each see a different record; no vendor here sends one.
+
+    So is a string with an unpaired surrogate escape ("\\ud800"): it is no Unicode text (RFC 8259
+    §8.2), cannot be written as UTF-8, and no vendor sends one."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise DuplicateKey(f"JSON object names the key {twice[:60]!r} twice")
+    for key, value in pairs:
+        _no_lone_surrogates(key)
+        _no_lone_surrogates(value)
+    return found
+
+
+def _no_lone_surrogates(value: Any) -> None:
+    """Strings, and the strings in lists (objects are checked by their own hook call)."""
+    if isinstance(value, str):
+        if not value.isascii() and LONE_SURROGATE.search(value):
+            raise DuplicateKey("JSON text holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)")
+    elif isinstance(value, list):
+        for item in value:
+            _no_lone_surrogates(item)
+
+
+# --- record ids: what goes into a vendor's URL ------------------------------------------------
+
+POSITIVE_INT = re.compile(r"[1-9][0-9]{0,18}")   # and below 2^63: the signed 64-bit ids vendors keep
+
+
+def positive_id(value: Any, where: str) -> str:
+    """A record id that must be a positive decimal integer (amoCRM, Bitrix24, Planfix, umnico…), as
+    its text; anything else (`1/../../account`, `-1`, `1e3`, ` 7`, `007`) is BadPayload. A JSON
+    integer is taken as is; a string must be the digits alone."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not POSITIVE_INT.fullmatch(value) or int(value) >= 2 ** 63:
+        raise BadPayload(f"{where} must be a positive integer id, found {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def segment(value: Any) -> str:
+    """One path segment built from a value (a record id, a file id): percent-quoted whole, so that
+    `/`, `?`, `#` and `..` in it can never change which path of the vendor is called."""
+    return quote(str(value), safe="")
+
+
+def has_dot_segments(path: str) -> bool:
+    """Does a request path (or URL) walk up or sideways with `.`/`..` segments (also %2e-encoded)?"""
+    parts = urlsplit(path).path.split("/")
+    return any(unquote(p) in (".", "..") for p in parts)
 
 
 # --- the connector protocol -----------------------------------------------------------------
@@ -323,6 +402,10 @@ class BaseClient:
                 url: str | None = None) -> requests.Response | None:
         """Send one request; in record-only mode log it and return None."""
         target = url or f"{(self.connection.base_url or '').rstrip('/')}{path}"
+        if has_dot_segments(path) or has_dot_segments(target):
+            # defence in depth: ids are checked at parse time and quoted as path segments, so a
+            # `..` here means a bug let one through; nothing leaves (GET /leads/1/../../account)
+            raise PermanentApiError(f"{method} {path[:80]}: refused, the path has '.' or '..' segments")
         if self.record_only:
             log.info("record-only %s: would call %s %s params=%s body=%s", self.connection.name,
                      method, target, dict(params or {}),

@@ -17,6 +17,11 @@ What the integrator writes in connections.yaml:
 No credentials: record-only (calls are logged, not made). A base_url that already ends in the
 code works as well. Doc paths below are in github.com/bitrix24/b24restdocs.
 Samples: tests/payloads/bitrix24/.
+
+Id grammar: `data[FIELDS][ID]` (and a task's `data[FIELDS_AFTER][ID]`) is a positive decimal integer:
+records are numbered (the event pages' samples, api-reference/crm/deals/events/*.md; crm.deal.get takes
+`{"ID": 410}`, shared/API-REFERENCE.md §2.2; task ids such as "3711", tasks/fields.md), and every capture
+in tests/payloads/bitrix24/ has digits only. Anything else is refused with 400.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from urllib.parse import urlencode
 
 from connectors.base import (
     ApiError, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
-    RetryableApiError, Unauthorized, event_id, parse_nested_form, phone_digits, utc_iso,
+    RetryableApiError, Unauthorized, event_id, parse_nested_form, phone_digits, positive_id, utc_iso,
 )
 
 SOURCE = "bitrix24"
@@ -88,9 +93,10 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
         raise BadPayload(f"unsupported Bitrix24 event {name!r}")
     entity_type, kind = EVENTS[name.upper()]
     entity_id = _event_record_id(form.get("data"), entity_type)
+    where = "data[FIELDS_AFTER][ID]" if entity_type == "task" else "data[FIELDS][ID]"
     if not entity_id:
-        where = "data[FIELDS_AFTER][ID]" if entity_type == "task" else "data[FIELDS][ID]"
         raise BadPayload(f"{name} has no {where}")
+    entity_id = positive_id(entity_id, where)
     ts = form.get("ts")
     auth = form.get("auth") if isinstance(form.get("auth"), dict) else {}
     kept = {k: v for k, v in form.items() if k != "auth"}

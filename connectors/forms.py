@@ -10,9 +10,25 @@ The sheet-bound variant sends the event's `namedValues` ({column title: [answer]
 `namedValues` object and the flat {Email, Form_Id, Form_Title, question: answer} shape seen in
 public scripts are read too. Apps Script signs nothing: the secret comes in the body, the URL
 (`token`) or an X-Crmbridge-Token header. Samples: tests/payloads/forms/.
+
+A body in the Forms API's own `FormResponse` shape (forms.responses.get/list, e.g. relayed by a script
+that reads responses through the API: {formId, responseId, createTime, lastSubmittedTime,
+respondentEmail, answers {questionId: {questionId, textAnswers {answers [{value}]}, fileUploadAnswers
+{answers [{fileId, fileName, mimeType}]}}}}, developers.google.com/forms/api/reference/rest/v1/
+forms.responses) is read as such: answers keyed by question id (or by the title that
+`options.questions: {questionId: title}` gives), text answers as text (a list when several), file
+uploads as [{id, name, mime_type}], and its responseId as the response id.
+
+What is refused (400), because neither Apps Script nor the Forms API sends it: an answer that is not
+text, a list of text or a list of such lists (ItemResponse.getResponse gives String, String[] or
+String[][]); a namedValues column that is not a list of text; a FormResponse answer without its
+questionId or with neither textAnswers nor fileUploadAnswers. Ids: a form id and a question id are
+Drive-style ids, 1-128 of A-Z a-z 0-9 _ -; a response id the same alphabet up to 256 (FormResponse.getId
+"2_ABaOnud8Xk…", responseId "ACYDBNj…").
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,6 +49,10 @@ EMAIL_TITLES = ("email address", "email", "адреса електронної �
 FLAT_KEYS = {"Email": "email", "Form_Id": "form_id", "Form_Title": "form_title"}
 ENVELOPE = {"secret", "form", "form_id", "form_title", "response_id", "email", "submitted_at",
             "answers", "namedValues", "values", "row", "sheet", "edit_url"}
+API_RESPONSE = {"formId", "responseId", "createTime", "lastSubmittedTime", "respondentEmail", "answers",
+                "totalScore", "secret"}
+FORM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 def verify(raw: RawWebhook, connection: Connection) -> None:
@@ -44,7 +64,9 @@ def verify(raw: RawWebhook, connection: Connection) -> None:
 def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
     """One submission → one form.submitted event, keyed by the response id when there is one."""
     body = _body(raw)
-    if isinstance(body.get("answers"), dict):
+    if "responseId" in body or "formId" in body:
+        response = _api_response(body, connection)
+    elif isinstance(body.get("answers"), dict):
         response = _form_bound(body)
     elif isinstance(body.get("namedValues"), dict):
         response = _sheet_bound(body, body["namedValues"])
@@ -54,8 +76,12 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
         response = _sheet_bound({}, body)  # e.namedValues posted as it is
     else:
         raise BadPayload("no answers found (expected 'answers', 'namedValues' or the bare namedValues)")
-    form_id = (response["form"].get("id") or raw.query.get("form")
-               or str((connection.options or {}).get("form_id") or "") or connection.name)
+    given = response["form"].get("id") or raw.query.get("form")
+    if given is not None and not FORM_ID.fullmatch(given):
+        raise BadPayload(f"form id {given[:40]!r} is not a Google Forms id (1-128 of A-Z a-z 0-9 _ -)")
+    if response["response_id"] is not None and not RESPONSE_ID.fullmatch(response["response_id"]):
+        raise BadPayload(f"response id {response['response_id'][:40]!r} is not a Google Forms response id")
+    form_id = given or str((connection.options or {}).get("form_id") or "") or connection.name
     response["form"]["id"] = form_id
     plain = {k: v for k, v in body.items() if k != "secret"}
     # Apps Script gives every response an id (FormResponse.getId); a sheet row has none, so
@@ -80,9 +106,55 @@ def _response(form_id: Any, title: Any, response_id: Any, email: Any, submitted_
             "email": _text(email), "submitted_at": _text(submitted_at), "answers": answers}
 
 
+def _answer(value: Any, where: str) -> Any:
+    """An ItemResponse.getResponse value: String, String[] or String[][]; anything else is refused."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    if isinstance(value, list) and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value):
+        return value
+    raise BadPayload(f"answer {where[:60]!r} is not text, a list of text or a list of such lists")
+
+
+def _api_response(body: dict[str, Any], connection: Connection) -> dict[str, Any]:
+    """The Forms API's FormResponse: answers by question id (or options.questions' title)."""
+    unknown = set(body) - API_RESPONSE
+    if unknown:
+        raise BadPayload(f"not a FormResponse: unexpected key {sorted(unknown)[0][:40]!r}")
+    if not isinstance(body.get("responseId"), str) or not isinstance(body.get("answers", {}), dict):
+        raise BadPayload("a FormResponse needs a responseId (text) and answers (an object by questionId)")
+    titles = (connection.options or {}).get("questions") or {}
+    answers: dict[str, Any] = {}
+    for key, item in body.get("answers", {}).items():
+        if not isinstance(item, dict) or item.get("questionId") != key or not FORM_ID.fullmatch(key):
+            raise BadPayload(f"answer {key[:40]!r}: expected {{questionId: {key[:40]!r}, textAnswers | fileUploadAnswers}}")
+        answers[str(titles.get(key) or key)] = _api_answer(item, key)
+    return _response(body.get("formId"), None, body["responseId"], body.get("respondentEmail"),
+                     body.get("lastSubmittedTime") or body.get("createTime"), answers)
+
+
+def _api_answer(item: dict[str, Any], key: str) -> Any:
+    """textAnswers.answers[].value → text (a list when several); fileUploadAnswers → [{id, name, mime_type}]."""
+    text, files = item.get("textAnswers"), item.get("fileUploadAnswers")
+    holder = text if text is not None else files
+    found = holder.get("answers") if isinstance(holder, dict) else None
+    if not isinstance(found, list) or not all(isinstance(a, dict) for a in found):
+        raise BadPayload(f"answer {key[:40]!r}: expected textAnswers.answers or fileUploadAnswers.answers (a list)")
+    if text is not None:
+        values = [a.get("value") for a in found]
+        if not all(isinstance(v, str) for v in values):
+            raise BadPayload(f"answer {key[:40]!r}: a textAnswers value is not text")
+        return values[0] if len(values) == 1 else values
+    uploads = [{"id": a.get("fileId"), "name": a.get("fileName"), "mime_type": a.get("mimeType")} for a in found]
+    if not all(isinstance(u["id"], str) and FORM_ID.fullmatch(u["id"]) for u in uploads):
+        raise BadPayload(f"answer {key[:40]!r}: a fileUploadAnswers fileId is not a Drive id")
+    return uploads
+
+
 def _form_bound(body: dict[str, Any]) -> dict[str, Any]:
     form = body.get("form") if isinstance(body.get("form"), dict) else {}
-    answers = {str(k): v for k, v in body["answers"].items()}
+    answers = {str(k): _answer(v, str(k)) for k, v in body["answers"].items()}
     return _response(form.get("id") or body.get("form_id"), form.get("title") or body.get("form_title"),
                      body.get("response_id"), body.get("email"), body.get("submitted_at"), answers)
 
@@ -91,7 +163,9 @@ def _sheet_bound(body: dict[str, Any], named: dict[str, Any]) -> dict[str, Any]:
     """namedValues: one-item lists unwrapped; the timestamp and email columns taken out."""
     answers, stamp, email = {}, None, body.get("email")
     for title, value in named.items():
-        value = value[0] if isinstance(value, list) and len(value) == 1 else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadPayload(f"namedValues {str(title)[:60]!r} is not a list of text (Sheets gives [answer])")
+        value = value[0] if len(value) == 1 else value
         lowered = str(title).strip().lower()
         if lowered in TIMESTAMP_TITLES:
             stamp = value
@@ -105,7 +179,7 @@ def _sheet_bound(body: dict[str, Any], named: dict[str, Any]) -> dict[str, Any]:
 
 
 def _flat(body: dict[str, Any]) -> dict[str, Any]:
-    answers = {k: v for k, v in body.items() if k not in FLAT_KEYS and k not in ENVELOPE}
+    answers = {k: _answer(v, k) for k, v in body.items() if k not in FLAT_KEYS and k not in ENVELOPE}
     return _response(body.get("Form_Id"), body.get("Form_Title"), body.get("response_id"),
                      body.get("Email"), body.get("submitted_at"), answers)
 

@@ -13,16 +13,24 @@ reactions and posts each one to one webhook. Two JSON bodies are read (docs/conn
 Whether umnico signs webhooks is unknown; its webhook registration takes only {url, name}, so the
 secret rides in the URL (`?token=`) or, for services that can send one, an X-Crmbridge-Token header.
 The client speaks umnico's API v1.3. Samples: tests/payloads/inbox/.
+
+Id grammar: umnico's `leadId` (the conversation, which goes into /v1.3/messaging/<lead>/… and
+/v1.3/leads/<lead>) is a positive integer: the live capture has `"leadId": 64950001`, the API's lead
+objects a numeric `id` (api.umnico.com/docs/ru/apiMethods/leads.html, quoted in docs/connectors/social-inbox.md),
+and the client already refuses any other (_lead_id). The generic format is ours: its
+`message_id` and `conversation_id` are 1-128 characters of letters, digits and `._:@=+-`, starting with a
+letter or digit (enough for Instagram mids such as "aWdfZAG9tZA1" and "conv-7781"; no `/`, no spaces).
 """
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
 from connectors.base import (
     BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook, check_secret,
-    event_id, parse_json, utc_iso,
+    event_id, parse_json, positive_id, segment, utc_iso,
 )
 
 SOURCE = "inbox"
@@ -38,6 +46,7 @@ NETWORKS = {"instagramV3": "instagram", "instagram": "instagram", "fb_messenger"
 # umnico attachment types (photo, doc, video, audio, sticker, link: API docs, messages.html) → ours
 FILE_TYPES = {"photo": "image", "image": "image", "doc": "file", "file": "file"}
 OUR_CUSTOM_ID = "crmbridge:"  # prefix of the customId we send; umnico echoes it in message.outgoing
+GENERIC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}")   # see "Id grammar" above
 
 
 def verify(raw: RawWebhook, connection: Connection) -> None:
@@ -69,6 +78,7 @@ def _umnico_events(body: dict[str, Any], connection: Connection) -> list[Event]:
     lead = _str(body.get("leadId"))
     if lead is None:
         raise BadPayload(f"{body['type']} without leadId")
+    lead = positive_id(body["leadId"] if isinstance(body["leadId"], int) else lead, "leadId")
     message = body.get("message")
     if not isinstance(message, dict):
         raise BadPayload(f"{body['type']}: 'message' is not an object")
@@ -109,6 +119,8 @@ def _generic_event(body: dict[str, Any], connection: Connection) -> Event:
     for key in ("message_id", "conversation_id"):
         if _str(body.get(key)) is None:
             raise BadPayload(f"{key} is missing")
+        if not GENERIC_ID.fullmatch(_str(body[key]) or ""):
+            raise BadPayload(f"{key} must be 1-128 letters, digits or ._:@=+- (found {str(body[key])[:40]!r})")
     account, sender = _obj(body, "account"), _obj(body, "sender")
     data = {
         "account": _account(account.get("id"), account.get("name"), account.get("network")),
@@ -242,7 +254,7 @@ class Client(BaseClient):
         sent = []
         for message in _messages(text, attachments or []):
             custom_id = f"{OUR_CUSTOM_ID}{uuid.uuid4().hex[:16]}"
-            self.call("POST", f"/v1.3/messaging/{lead}/send",
+            self.call("POST", f"/v1.3/messaging/{segment(lead)}/send",
                       {"message": message, **{k: v for k, v in base.items() if v is not None},
                        "customId": custom_id})
             sent.append(custom_id)
@@ -251,7 +263,7 @@ class Client(BaseClient):
     def reply_source(self, conversation: Any) -> str | None:
         """The channel to answer through: GET /v1.3/messaging/<lead>/sources, a `message` one first."""
         lead = _lead_id(conversation)
-        sources = self.call("GET", f"/v1.3/messaging/{lead}/sources")
+        sources = self.call("GET", f"/v1.3/messaging/{segment(lead)}/sources")
         if sources is None and self.record_only:
             return None
         items = [s for s in (sources if isinstance(sources, list) else []) if isinstance(s, dict)]
@@ -273,7 +285,7 @@ class Client(BaseClient):
 
     def get_conversation(self, conversation: Any) -> dict[str, Any] | None:
         """GET /v1.3/leads/<lead>: account, customer, status, responsible, whether the client wrote last."""
-        lead = self.call("GET", f"/v1.3/leads/{_lead_id(conversation)}")
+        lead = self.call("GET", f"/v1.3/leads/{segment(_lead_id(conversation))}")
         if not isinstance(lead, dict):
             return None
         sa, customer = lead.get("socialAccount") or {}, lead.get("customer") or {}

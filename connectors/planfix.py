@@ -9,6 +9,14 @@ Planfix sends an account's requests one at a time; after an answer other than 20
 +15 min, +30 min, +1 h, +1 h and sends nothing from the account for 3 minutes
 (planfix-docs Интеграции/HTTP-запросы.md), so the receiver answers at once and never waits.
 Samples: tests/payloads/planfix/.
+
+Id grammar (what may reach a URL of the REST API): a task's `id` is its number, a positive decimal
+integer (REST v2 `GET /task/{id}`: "id int — Number of task"); a contact's is its number too, which the
+API also takes in the generic form (`GET /contact/{id}`: "contact:12 OR 12"), read here as the number
+(saranchyev/planfix-rest-api-generated docs/Api/TaskApi.md, ContactApi.md, generated from
+help.planfix.com/restapidocs). A comment's and a file's ids are positive integers as well. A reference inside the body (status,
+responsible, author, project, contact) may carry REST v2's generic person id, `user:5`, `contact:6`,
+`group:3` (API-REFERENCE §3.1), or a plain number (status ids start at 0, "Черновик"). Anything else: 400.
 """
 from __future__ import annotations
 
@@ -25,7 +33,7 @@ import requests
 from connectors.base import (
     check_secret, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
     RetryableApiError, retry_after_header, event_id, indexed, parse_json,
-    parse_nested_form, phone_digits, utc_iso, written_key,
+    parse_nested_form, phone_digits, positive_id, segment, unique_keys, utc_iso, written_key,
 )
 
 SOURCE = "planfix"
@@ -45,6 +53,7 @@ TAG = re.compile(r"<[^>]+>")
 BREAK = re.compile(r"<br\s*/?>|</p>|</div>|</li>", re.IGNORECASE)
 ENTITY_REF = re.compile(r"&(#\d+|#x[0-9a-f]+|[a-z]+);", re.IGNORECASE)
 LINK = re.compile(r"<a\s[^>]*href=\"([^\"]+)\"[^>]*>(.*?)</a>", re.IGNORECASE | re.DOTALL)
+REF_ID = re.compile(r"(?:(?:user|contact|group):)?[0-9]{1,19}")   # see "Id grammar" above
 
 
 # --- webhooks in ------------------------------------------------------------------------------
@@ -67,6 +76,10 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
     holder = body.get(entity_type) if isinstance(body.get(entity_type), dict) else {}
     if not _text(holder.get("id")):
         raise BadPayload(f"{entity_type}.id is missing (expected the {entity_type} number)")
+    given = _text(holder.get("id")) or ""
+    if entity_type == "contact" and given.startswith("contact:"):
+        given = given[len("contact:"):]   # the generic form of a contact number
+    record_id = positive_id(given, f"{entity_type}.id")
     data = _data(body, entity_type, holder, connection)
     _require(name, kind, entity_type, data)
     plain = {k: v for k, v in body.items() if k != "secret"}
@@ -76,7 +89,7 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
 
     def event(key: str, event_kind: str, event_data: dict[str, Any]) -> Event:
         return Event(id=key, connection=connection.name, source=SOURCE, kind=event_kind,
-                     entity=Entity(entity_type, _text(holder["id"])), data=event_data, raw=plain,
+                     entity=Entity(entity_type, record_id), data=event_data, raw=plain,
                      occurred_at=_when(body.get("at"), connection),
                      dedupe_window=None if comment_id or body.get("at") else RETRY_LADDER)
 
@@ -150,8 +163,13 @@ def _text(value: Any) -> str | None:
 def _ref(value: Any) -> dict[str, str] | None:
     """{"id", "name"} from an object, a name (a string) or an id (a JSON number)."""
     if isinstance(value, dict):
-        return {k: _text(value.get(k)) for k in ("id", "name") if _text(value.get(k))} or None
+        found = {k: _text(value.get(k)) for k in ("id", "name") if _text(value.get(k))} or None
+        if found and "id" in found and not REF_ID.fullmatch(found["id"]):
+            raise BadPayload(f"reference id {found['id'][:40]!r} is neither a number nor user:/contact:/group:<number>")
+        return found
     if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise BadPayload(f"reference id {value} is negative")
         return {"id": str(value)}
     text = _text(value)
     return {"name": text} if text else None
@@ -185,7 +203,8 @@ def _comment(value: dict[str, Any], connection: Connection) -> dict[str, Any]:
     marker = str((connection.options or {}).get("client_marker") or "").strip()
     if marker and text.lower().startswith(marker.lower()):
         for_client, text = True, text[len(marker):].lstrip(" :—-\n")
-    comment = {"id": _text(value.get("id")), "text": text, "author": _ref(value.get("author")),
+    ident = _text(value.get("id"))
+    comment = {"id": ident and positive_id(ident, "comment.id"), "text": text, "author": _ref(value.get("author")),
                "for_client": for_client}
     if TAG.search(original):
         comment["html"] = original
@@ -211,6 +230,8 @@ def _files(value: Any) -> list[dict[str, str]]:
     for item in value if isinstance(value, list) else [value] if isinstance(value, dict) else []:
         item = item if isinstance(item, dict) else {"name": item}
         file = {k: _text(item.get(k)) for k in ("id", "name", "url") if _text(item.get(k))}
+        if "id" in file:
+            positive_id(file["id"], "file id")
         if file:
             files.append(file)
     return files
@@ -222,7 +243,7 @@ def _truthy(value: Any) -> bool:
 
 def _json_or(text: str, default: Any) -> Any:
     try:
-        return json.loads(text, strict=False)
+        return json.loads(text, strict=False, object_pairs_hook=unique_keys)
     except (ValueError, RecursionError):
         return default
 
@@ -297,7 +318,7 @@ class Client(BaseClient):
             return None
         kind = _kind(entity)
         ids = [item["id"] for item in self.catalog(f"customfield/{kind}", "customfields")]
-        resp = self.request("GET", f"/{kind}/{entity.id}", params={"fields": ",".join([FIELDS[kind], *ids])})
+        resp = self.request("GET", f"/{kind}/{segment(entity.id)}", params={"fields": ",".join([FIELDS[kind], *ids])})
         item = _json_body(resp).get(kind) or {}
         return self.normalize_task(item) if kind == "task" else normalize_contact(item)
 
@@ -330,7 +351,7 @@ class Client(BaseClient):
         """The first 100 comments, oldest first (POST /{task|contact}/{id}/comments/list)."""
         body = {"offset": 0, "pageSize": 100, "fields": "id,description,owner,dateTime,files,isHidden",
                 "typeList": "Comments", "resultOrder": "Asc"}
-        resp = self.request("POST", f"/{_kind(entity)}/{entity.id}/comments/list", json_body=body)
+        resp = self.request("POST", f"/{_kind(entity)}/{segment(entity.id)}/comments/list", json_body=body)
         return [{"id": str(c.get("id")), "text": plain_text(c.get("description") or ""),
                  "author": _person(c.get("owner") or {}), "at": (c.get("dateTime") or {}).get("datetime"),
                  "files": [{"id": str(f.get("id")), "name": f.get("name")} for f in c.get("files") or []]}
@@ -423,7 +444,7 @@ class Client(BaseClient):
             process = self.lookup("process/task", "processes", pipeline,
                                   f"Planfix has no task process {pipeline!r}")["id"]
         if process in (None, ""):
-            task = _json_body(self.request("GET", f"/task/{entity.id}", params={"fields": "id,processId"}))
+            task = _json_body(self.request("GET", f"/task/{segment(entity.id)}", params={"fields": "id,processId"}))
             process = (task.get("task") or {}).get("processId")
             if not process:
                 raise PermanentApiError(f"Planfix task {entity.id} has no process; name the pipeline")
@@ -437,12 +458,12 @@ class Client(BaseClient):
         if entity.type != "task":
             raise PermanentApiError(f"Planfix statuses belong to tasks, not to a {entity.type}")
         status = stage if self.record_only else self.resolve_status(entity, stage, pipeline)
-        return _outcome(self.request("POST", f"/task/{entity.id}", json_body={"status": {"id": status}}))
+        return _outcome(self.request("POST", f"/task/{segment(entity.id)}", json_body={"status": {"id": status}}))
 
     def set_fields(self, entity: Entity, fields: dict[str, Any]) -> str | None:
         """Custom fields by name or id (customFieldData); "queued" when Planfix answers 202."""
         kind = _kind(entity)
-        return _outcome(self.request("POST", f"/{kind}/{entity.id}", json_body=self.custom_data(kind, fields)))
+        return _outcome(self.request("POST", f"/{kind}/{segment(entity.id)}", json_body=self.custom_data(kind, fields)))
 
     def custom_data(self, kind: str, fields: dict[str, Any] | None) -> dict[str, Any]:
         if not fields:
@@ -458,7 +479,7 @@ class Client(BaseClient):
             body["files"] = [{"id": _int_or(f.get("id") if isinstance(f, dict) else f)} for f in files]
         if for_client:  # addressed to the client: the task's counterparty, or the contact itself
             body["recipients"] = {"users": [{"id": self.client_of(entity)}]}
-        return _created_id(self.request("POST", f"/{_kind(entity)}/{entity.id}/comments/", json_body=body))
+        return _created_id(self.request("POST", f"/{_kind(entity)}/{segment(entity.id)}/comments/", json_body=body))
 
     def add_chat_comment(self, entity: Entity, text: str, uploads: list[dict[str, Any]] | None = None) -> int | None:
         """A comment carrying a chat message and its files: each file is uploaded (POST /file/),
@@ -468,7 +489,7 @@ class Client(BaseClient):
         ids = [self.upload_file(u["content"], u["name"]) for u in uploads or []]
         if any(ids):
             body["files"] = [{"id": i} for i in ids if i]
-        comment = _created_id(self.request("POST", f"/{_kind(entity)}/{entity.id}/comments/", json_body=body))
+        comment = _created_id(self.request("POST", f"/{_kind(entity)}/{segment(entity.id)}/comments/", json_body=body))
         if comment and self.store is not None:
             self.store.set(written_key(self.key_prefix, self.connection.name, "comment", comment), 1, ex=WRITTEN_TTL)
         return comment
@@ -493,8 +514,8 @@ class Client(BaseClient):
         """(content, name) of a Planfix file: GET /file/{id} for the name, GET /file/{id}/download."""
         if self.record_only:
             return None
-        meta = _json_body(self.request("GET", f"/file/{file_id}", params={"fields": "id,name,size"})).get("file") or {}
-        resp = self.request("GET", f"/file/{file_id}/download")
+        meta = _json_body(self.request("GET", f"/file/{segment(file_id)}", params={"fields": "id,name,size"})).get("file") or {}
+        resp = self.request("GET", f"/file/{segment(file_id)}/download")
         return resp.content, str(meta.get("name") or f"file-{file_id}")
 
     def client_of(self, entity: Entity) -> str:
@@ -503,7 +524,7 @@ class Client(BaseClient):
             return f"contact:{entity.id}"
         if self.record_only:
             return f"<counterparty of task {entity.id}>"
-        task = _json_body(self.request("GET", f"/task/{entity.id}", params={"fields": "id,counterparty"}))
+        task = _json_body(self.request("GET", f"/task/{segment(entity.id)}", params={"fields": "id,counterparty"}))
         who = str(((task.get("task") or {}).get("counterparty") or {}).get("id") or "")
         if not who:
             raise PermanentApiError(f"Planfix task {entity.id} has no counterparty to address the comment to")
@@ -574,7 +595,7 @@ class Client(BaseClient):
     def link_contact(self, entity: Entity, contact_id: str) -> str | None:
         if entity.type != "task":
             return f"Planfix: a contact is the client (counterparty) of a task, not of a {entity.type}"
-        self.request("POST", f"/task/{entity.id}", json_body={"counterparty": {"id": f"contact:{contact_id}"}})
+        self.request("POST", f"/task/{segment(entity.id)}", json_body={"counterparty": {"id": f"contact:{contact_id}"}})
         return None
 
     def delete_entity(self, entity: Entity) -> str | None:
@@ -585,7 +606,7 @@ class Client(BaseClient):
         the contact codes 2000-2006; API-REFERENCE §3.1), so a repeated step is done."""
         kind = _kind(entity)
         try:
-            return _outcome(self.request("POST", f"/{kind}/{entity.id}", json_body={"isDeleted": True}))
+            return _outcome(self.request("POST", f"/{kind}/{segment(entity.id)}", json_body={"isDeleted": True}))
         except PermanentApiError as exc:
             if exc.status == 404 or re.search(r": Planfix code (1000|2000): ", str(exc)):
                 return "gone"
@@ -600,7 +621,7 @@ class Client(BaseClient):
         uid = user if self.record_only else self.resolve_user(user)
         if not uid:
             raise PermanentApiError("set_responsible: no user given")
-        return _outcome(self.request("POST", f"/{entity.type}/{entity.id}", json_body={key: {"users": [{"id": uid}]}}))
+        return _outcome(self.request("POST", f"/{segment(entity.type)}/{segment(entity.id)}", json_body={key: {"users": [{"id": uid}]}}))
 
     # --- ordered projects (start_next_task) and time in a status (track_time) -----------------
 

@@ -84,8 +84,11 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
     payload = parse_json(raw.body)
     if not isinstance(payload, dict) or not _is_int(payload.get("update_id")):
         raise BadPayload("not a Telegram Update (expected an object with an integer update_id)")
+    if not 0 <= payload["update_id"] < INT64:
+        raise BadPayload("malformed Telegram Update: update.update_id is not a non-negative 64-bit integer")
     _fill_is_bot(payload)
     _check_types(payload)
+    _fill_documented_gaps(payload)
     try:
         update = Update.de_json(payload, bot=None)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -105,22 +108,41 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)   # JSON true is not an id
 
 
-# The fields parse() reads, with their Bot API types (core.telegram.org/bots/api: Update, Message,
-# Chat, User, CallbackQuery, PhotoSize, Document). python-telegram-bot's de_json copies values as
-# they come, so a wrongly typed field would reach the queue; each is checked here instead.
+# The fields parse() reads, with their Bot API types and bounds (core.telegram.org/bots/api: Update,
+# Message, Chat, User, CallbackQuery, PhotoSize, Document, InlineKeyboardButton). python-telegram-bot's
+# de_json copies values as they come, so a wrongly typed field would reach the queue; each is checked
+# here instead, and what Telegram itself never sends is refused (400):
+# - Chat.id "may have more than 32 significant bits … a signed 64-bit integer … is safe": negative for
+#   groups (-100… for supergroups), never 0; User.id the same, and a user's is positive;
+# - message_id positive ("Unique message identifier inside this chat"), update_id from a positive start;
+# - callback_data "1-64 bytes" (InlineKeyboardButton; PTB InlineKeyboardButton.MAX_CALLBACK_DATA);
+# - a message text is at most 4096 characters, a caption 1024 (sendMessage "1-4096 characters after
+#   entities parsing", sendPhoto caption "0-1024"; PTB MessageLimit.MAX_TEXT_LENGTH, CAPTION_LENGTH):
+#   counted here in code points, never more than Telegram's UTF-16 count, so no real message is refused.
+INT64 = 2 ** 63
+MAX_TEXT, MAX_CAPTION, MAX_CALLBACK_DATA = (constants.MessageLimit.MAX_TEXT_LENGTH,
+                                            constants.MessageLimit.CAPTION_LENGTH,
+                                            constants.InlineKeyboardButtonLimit.MAX_CALLBACK_DATA)
 _INT, _STR, _BOOL = (_is_int, "an integer"), (lambda v: isinstance(v, str), "a string"), \
     (lambda v: isinstance(v, bool), "a boolean")
-USER = {"id": (_INT, True), "is_bot": (_BOOL, False), "first_name": (_STR, True), "last_name": (_STR, False),
+# (check, what it is[, the type check first: "is not an integer" before "is not in range"])
+_POSITIVE = (lambda v: _is_int(v) and 0 < v < INT64, "a positive 64-bit integer", _INT)
+_CHAT_ID = (lambda v: _is_int(v) and v != 0 and -INT64 <= v < INT64, "a non-zero signed 64-bit integer", _INT)
+_TEXT = (lambda v: isinstance(v, str) and len(v) <= MAX_TEXT, f"a string of at most {MAX_TEXT} characters")
+_CAPTION = (lambda v: isinstance(v, str) and len(v) <= MAX_CAPTION, f"a string of at most {MAX_CAPTION} characters")
+_DATA = (lambda v: isinstance(v, str) and 1 <= len(v.encode("utf-8")) <= MAX_CALLBACK_DATA,
+         f"a string of 1-{MAX_CALLBACK_DATA} bytes")
+USER = {"id": (_POSITIVE, True), "is_bot": (_BOOL, False), "first_name": (_STR, True), "last_name": (_STR, False),
         "username": (_STR, False)}
-CHAT = {"id": (_INT, True), "type": (_STR, True), "title": (_STR, False), "username": (_STR, False),
+CHAT = {"id": (_CHAT_ID, True), "type": (_STR, False), "title": (_STR, False), "username": (_STR, False),
         "first_name": (_STR, False), "last_name": (_STR, False)}
-FILE = {"file_id": (_STR, True), "file_unique_id": (_STR, True), "file_size": (_INT, False)}
+FILE = {"file_id": (_STR, True), "file_unique_id": (_STR, False), "file_size": (_INT, False)}
 DOCUMENT = {**FILE, "file_name": (_STR, False), "mime_type": (_STR, False)}
-MESSAGE: dict[str, Any] = {"message_id": (_INT, True), "date": (_INT, True), "edit_date": (_INT, False),
-                           "chat": (CHAT, True), "from": (USER, False), "text": (_STR, False),
-                           "caption": (_STR, False), "photo": ([FILE], False), "document": (DOCUMENT, False)}
+MESSAGE: dict[str, Any] = {"message_id": (_POSITIVE, True), "date": (_INT, True), "edit_date": (_INT, False),
+                           "chat": (CHAT, True), "from": (USER, False), "text": (_TEXT, False),
+                           "caption": (_CAPTION, False), "photo": ([FILE], False), "document": (DOCUMENT, False)}
 MESSAGE["reply_to_message"] = (MESSAGE, False)
-CALLBACK = {"id": (_STR, True), "from": (USER, True), "message": (MESSAGE, False), "data": (_STR, False),
+CALLBACK = {"id": (_STR, True), "from": (USER, True), "message": (MESSAGE, False), "data": (_DATA, False),
             "chat_instance": (_STR, False), "inline_message_id": (_STR, False)}
 UPDATE = {"message": (MESSAGE, False), "edited_message": (MESSAGE, False), "callback_query": (CALLBACK, False)}
 
@@ -151,6 +173,8 @@ def _check_value(value: Any, kind: Any, where: str, depth: int) -> None:
             raise BadPayload(f"malformed Telegram Update: {where} is not a list")
         for i, item in enumerate(value):
             _check_value(item, kind[0], f"{where}[{i}]", depth + 1)
+    elif len(kind) > 2 and not kind[2][0](value):
+        raise BadPayload(f"malformed Telegram Update: {where} is not {kind[2][1]}")
     elif not kind[0](value):
         raise BadPayload(f"malformed Telegram Update: {where} is not {kind[1]}")
 
@@ -166,6 +190,34 @@ def _fill_is_bot(payload: dict[str, Any]) -> None:
                 user = holder.get("from")
                 if isinstance(user, dict):
                     user.setdefault("is_bot", False)
+
+
+def _fill_documented_gaps(payload: dict[str, Any]) -> None:
+    """What the Bot API documentation's own sample updates (core.telegram.org/bots/webhooks, "Testing your
+    bot with updates"; tests/payloads/telegram/official_*.json) leave out but python-telegram-bot
+    requires: the callback query sample has no `chat_instance`, the document sample no `file_unique_id`
+    (both predate the fields), the first text sample's chat no `type`. Filled with what they must be:
+    an empty chat_instance and file_unique_id (nothing reads them), and `private` for a chat whose id is
+    positive (group and channel ids are negative: Chat.id)."""
+    for key in ("message", "edited_message", "callback_query"):
+        part = payload.get(key)
+        if not isinstance(part, dict):
+            continue
+        if key == "callback_query":
+            part.setdefault("chat_instance", "")
+            part = part.get("message") if isinstance(part.get("message"), dict) else {}
+        for message in (part, part.get("reply_to_message")):
+            if not isinstance(message, dict):
+                continue
+            chat = message.get("chat")
+            if isinstance(chat, dict) and chat.get("type") is None:
+                if chat["id"] < 0:
+                    raise BadPayload("malformed Telegram Update: a group chat without its type")
+                chat["type"] = "private"
+            files = [message.get("document"), *(message.get("photo") or [])]
+            for file in files:
+                if isinstance(file, dict):
+                    file.setdefault("file_unique_id", "")
 
 
 def _person(user: Any) -> dict[str, Any] | None:
@@ -184,7 +236,7 @@ def _files(message: Any) -> list[dict[str, Any]]:
     if message.photo:
         biggest = message.photo[-1]  # PhotoSize list runs from small to large
         files.append({"kind": "photo", "file_id": biggest.file_id, "size": biggest.file_size,
-                      "name": f"photo_{biggest.file_unique_id}.jpg"})
+                      "name": f"photo_{biggest.file_unique_id or biggest.file_id[-12:]}.jpg"})
     if message.document:
         doc = message.document
         files.append({"kind": "document", "file_id": doc.file_id, "size": doc.file_size,

@@ -26,6 +26,8 @@ import re
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from rules.templates import known_parse_mode
+
 NAME = "ask_approval"
 CHOICE = r"[a-z0-9_]{1,16}"
 
@@ -49,7 +51,8 @@ class Options(Schema):
                           metadata={"expected": "1-6 buttons such as [{text: '✅ Затвердити', choice: approve}]"})
     approvers = fields.Raw(load_default="chat_members",
                            metadata={"expected": "chat_members, staff, or a list of Telegram user ids and @usernames"})
-    parse_mode = fields.String(load_default=None, metadata={"expected": "HTML or MarkdownV2"})
+    parse_mode = fields.String(load_default=None, validate=known_parse_mode,
+                               metadata={"expected": "HTML or MarkdownV2 (values the text inserts are escaped for it)"})
 
 
 def plan(ctx, options: dict) -> list:

@@ -11,6 +11,8 @@
 """
 from marshmallow import Schema, fields
 
+from rules.templates import known_parse_mode
+
 NAME = "send_message"
 
 
@@ -20,7 +22,8 @@ class Options(Schema):
     text = fields.String(required=True, metadata={"expected": "the message text (a template)"})
     buttons = fields.List(fields.List(fields.Dict()), load_default=None,
                           metadata={"expected": "rows of buttons, e.g. [[{text: OK, data: ok}]]"})
-    parse_mode = fields.String(load_default=None, metadata={"expected": "HTML or MarkdownV2"})
+    parse_mode = fields.String(load_default=None, validate=known_parse_mode,
+                               metadata={"expected": "HTML or MarkdownV2 (values the text inserts are escaped for it)"})
 
 
 def plan(ctx, options: dict) -> list:

@@ -16,7 +16,7 @@ import requests
 
 from connectors.amocrm.auth import TokenAuth
 from connectors.base import (
-    BaseClient, Entity, PermanentApiError, contact_matches, phone_digits, utc_iso,
+    BaseClient, Entity, PermanentApiError, contact_matches, phone_digits, segment, utc_iso,
 )
 
 log = logging.getLogger("crmbridge.connectors.amocrm")
@@ -74,7 +74,7 @@ class Client(TokenAuth, BaseClient):
     def get_raw(self, entity: Entity) -> dict[str, Any] | None:
         """The entity as API v4 returns it (with its links), or None if missing/record-only."""
         params = {"with": WITH[entity.type]} if entity.type in WITH else None
-        resp = self.request("GET", f"/api/v4/{API_ENTITY.get(entity.type, entity.type)}/{entity.id}",
+        resp = self.request("GET", f"/api/v4/{segment(API_ENTITY.get(entity.type, entity.type))}/{segment(entity.id)}",
                             params=params)
         if resp is None or resp.status_code == 204:
             return None
@@ -185,7 +185,7 @@ class Client(TokenAuth, BaseClient):
         How the search matches is not documented: callers match the names themselves."""
         catalog_id = catalog if self.record_only else self.resolve_catalog(catalog)
         return [{"id": str(e["id"]), "name": e.get("name"), "fields": api_fields(e.get("custom_fields_values"))[0]}
-                for e in self.pages(f"/api/v4/catalogs/{catalog_id}/elements", "elements", {"query": query})
+                for e in self.pages(f"/api/v4/catalogs/{segment(catalog_id)}/elements", "elements", {"query": query})
                 if not e.get("is_deleted")]
 
     def drive_url(self) -> str:
@@ -276,7 +276,7 @@ class Client(TokenAuth, BaseClient):
 
     def get_task(self, task_id: str | int) -> dict[str, Any] | None:
         """One task in the common shape, or None."""
-        resp = self.request("GET", f"/api/v4/tasks/{task_id}")
+        resp = self.request("GET", f"/api/v4/tasks/{segment(task_id)}")
         if resp is None or resp.status_code == 204:
             return None
         return normalize_task(resp.json())
@@ -298,7 +298,7 @@ class Client(TokenAuth, BaseClient):
 
     def complete_task(self, task_id: str | int, result_text: str) -> None:
         """PATCH /api/v4/tasks/{id} with is_completed and result.text (tasks-api, "Выполнение задачи")."""
-        self.request("PATCH", f"/api/v4/tasks/{task_id}",
+        self.request("PATCH", f"/api/v4/tasks/{segment(task_id)}",
                      json_body={"is_completed": True, "result": {"text": result_text}})
 
     def complete_tasks_matching(self, entity: Entity, pattern: str, result_text: str) -> list[str]:
@@ -371,12 +371,12 @@ class Client(TokenAuth, BaseClient):
 
     def list_notes(self, entity: Entity) -> list[dict[str, Any]]:
         """The entity's notes, oldest page first (GET /api/v4/<entity>/{id}/notes)."""
-        path = f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}/notes"
+        path = f"/api/v4/{API_ENTITY[entity.type]}/{segment(entity.id)}/notes"
         return [normalize_note(n) for n in self.pages(path, "notes")]
 
     def get_note(self, entity: Entity, note_id: str | int) -> dict[str, Any] | None:
         """One note (GET /api/v4/<entity>/{id}/notes/{note_id}), e.g. to name a webhook's attachment."""
-        resp = self.request("GET", f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}/notes/{note_id}")
+        resp = self.request("GET", f"/api/v4/{API_ENTITY[entity.type]}/{segment(entity.id)}/notes/{segment(note_id)}")
         if resp is None or resp.status_code == 204:
             return None
         return normalize_note(resp.json())
@@ -395,7 +395,7 @@ class Client(TokenAuth, BaseClient):
         return [f for f in (self._drive_file(drive, u) for u in uuids) if f is not None]
 
     def _file_uuids(self, entity: Entity) -> Iterator[str]:
-        path = f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}/files"
+        path = f"/api/v4/{API_ENTITY[entity.type]}/{segment(entity.id)}/files"
         params: dict[str, Any] = {"limit": FILES_PAGE_LIMIT}
         for _ in range(MAX_PAGES):
             resp = self.request("GET", path, params=params)
@@ -409,7 +409,7 @@ class Client(TokenAuth, BaseClient):
 
     def _drive_file(self, drive: str, uuid: str) -> dict[str, Any] | None:
         try:
-            resp = self.request("GET", f"/v1.0/files/{uuid}", url=f"{drive}/v1.0/files/{uuid}")
+            resp = self.request("GET", f"/v1.0/files/{segment(uuid)}", url=f"{drive}/v1.0/files/{segment(uuid)}")
         except PermanentApiError as exc:
             if exc.status != 404:  # "Файл не найден": linked, then deleted from the drive
                 raise
@@ -444,12 +444,12 @@ class Client(TokenAuth, BaseClient):
                     return {"moved": False, "reason": f"already at stage {here}, not before {there}"}
         else:
             body = {"status_id": stage, **({"pipeline_id": pipeline} if pipeline else {})}
-        self.request("PATCH", f"/api/v4/leads/{entity.id}", json_body=body)
+        self.request("PATCH", f"/api/v4/leads/{segment(entity.id)}", json_body=body)
         return {"moved": True}
 
     def set_fields(self, entity: Entity, fields: dict[str, Any]) -> None:
         """Write custom fields by name or id; a list writes several values (multiselect)."""
-        self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}",
+        self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{segment(entity.id)}",
                      json_body={"custom_fields_values": self._field_values(entity.type, fields)})
 
     def update_contact(self, contact: Entity | str | int, fields: dict[str, Any] | None = None,
@@ -459,7 +459,7 @@ class Client(TokenAuth, BaseClient):
         body = {k: v for k, v in attrs.items() if k in ("name", "first_name", "last_name") and v is not None}
         if fields:
             body["custom_fields_values"] = self._field_values(entity.type, fields)
-        self.request("PATCH", f"/api/v4/contacts/{entity.id}", json_body=body)
+        self.request("PATCH", f"/api/v4/contacts/{segment(entity.id)}", json_body=body)
 
     # find_or_create (connectors/base.py BaseClient.find_or_create): contacts-api "Список контактов",
     # GET /api/v4/contacts?query=… ("Осуществляет поиск по заполненным полям сущности": fuzzy, so every
@@ -497,7 +497,7 @@ class Client(TokenAuth, BaseClient):
         """A lead gets the contact (entity-links-api); an amoCRM task belongs to one record only."""
         if entity.type != "lead":
             return f"amoCRM links contacts to leads, not to a {entity.type}"
-        self.request("POST", f"/api/v4/leads/{entity.id}/link",
+        self.request("POST", f"/api/v4/leads/{segment(entity.id)}/link",
                      json_body=[{"to_entity_id": int(contact_id), "to_entity_type": "contacts"}])
         return None
 
@@ -510,7 +510,7 @@ class Client(TokenAuth, BaseClient):
         if remove:
             body["tags_to_delete"] = [{"name": t} for t in remove]
         if body:
-            self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}", json_body=body)
+            self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{segment(entity.id)}", json_body=body)
 
     def set_responsible(self, entity: Entity, user: str | int) -> None:
         """Make a user (name or id) responsible for the entity: PATCH /api/v4/{leads|contacts|companies}/{id}
@@ -518,7 +518,7 @@ class Client(TokenAuth, BaseClient):
         if entity.type not in API_ENTITY:
             raise PermanentApiError(f"amoCRM: set_responsible works on leads, contacts and companies, not a {entity.type}")
         uid = user if self.record_only else self.resolve_user(user)
-        self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}",
+        self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{segment(entity.id)}",
                      json_body={"responsible_user_id": int(uid) if str(uid).isdigit() else uid})
 
     def copy_entity(self, entity: Entity, pipeline: str, stage: str, responsible: str | int | None = None,
@@ -549,7 +549,7 @@ class Client(TokenAuth, BaseClient):
         new_id = resp.json()["_embedded"]["leads"][0]["id"]
         links = _links_of(source) if contacts else []
         if links:
-            self.request("POST", f"/api/v4/leads/{new_id}/link", json_body=links)
+            self.request("POST", f"/api/v4/leads/{segment(new_id)}/link", json_body=links)
         return new_id
 
     def _copy_body(self, source: dict[str, Any], pipeline: str, stage: str, responsible: str | int | None,

@@ -6,6 +6,11 @@ Webhooks are `application/x-www-form-urlencoded` with PHP bracket keys,
 crm_platform/webhooks-format). Companies arrive as `contacts[...]` with `[type]=company`
 (same page, "Пример создания компании"). amoCRM does not sign webhooks, so the URL carries a
 secret: `https://bridge.example/hooks/<connection>?token=<secret>`. Samples: tests/payloads/amocrm/.
+
+Id grammar: every record id (`[id]`, a note's `[element_id]` and `[id]`, a task's `[id]`) is a positive
+decimal integer: API v4 numbers its records (GET /api/v4/leads/{id}, shared/API-REFERENCE.md §1.2; the
+official SDK amocrm/amocrm-api-php keeps model ids as int), and every capture in tests/payloads/amocrm/
+has digits only. Anything else is refused with 400 before it can reach a URL.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from connectors.base import (
     event_id,
     indexed,
     parse_nested_form,
+    positive_id,
     utc_iso,
 )
 
@@ -82,6 +88,7 @@ def _item_event(connection: Connection, where: str, wire_type: str, action: str,
     entity_id = item.get("id")
     if not entity_id:
         raise BadPayload(f"{where} has no id")
+    entity_id = positive_id(entity_id, f"{where}[id]")
     entity_type = "company" if item.get("type") == "company" else wire_type
     data = normalize_webhook_item(item)
     if action == "restore":
@@ -166,6 +173,9 @@ def _note_event(connection: Connection, where: str, wire_type: str, item: dict[s
     element_id = note.get("element_id") or item.get("id")
     if not element_id:
         raise BadPayload(f"{where} has no element_id")
+    element_id = positive_id(element_id, f"{where}[element_id]")
+    if note.get("id"):
+        positive_id(note["id"], f"{where}[note][id]")
     entity_type = ELEMENT_TYPES.get(str(note.get("element_type", "")), wire_type)
     data: dict[str, Any] = {"note": {"text": note.get("text", ""), "type": note.get("note_type")}}
     if note.get("id"):
@@ -200,6 +210,9 @@ def _task_event(connection: Connection, where: str, action: str, item: dict[str,
     item = _unwrap_task(item)
     if not item.get("id"):
         raise BadPayload(f"{where} has no id")
+    positive_id(item["id"], f"{where}[id]")
+    if item.get("element_id") not in (None, "", "0"):   # 0: a task bound to no record
+        positive_id(item["element_id"], f"{where}[element_id]")
     done = str(item.get("status", "0")) == "1"  # "0 - не завершена, 1 - завершена"
     kind = "task.created" if action == "add" else ("task.completed" if _closed_now(item, done)
                                                    else "task.updated")
