@@ -7,6 +7,7 @@ connection (`reset=True`), which is what makes a create uncertain.
 """
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import json
@@ -47,6 +48,81 @@ class Fault:
 RESET = object()   # an answer's status that tells the handler to drop the connection unanswered
 
 
+@dataclass
+class VendorLimit:
+    """A vendor's published limit as it counts it: at most `calls` requests in any `window` seconds
+    per key (`key(call)`: the account, a chat, a group; None: the call does not count)."""
+
+    name: str
+    calls: int
+    window: float
+    key: Callable[["Call"], str | None]
+
+
+@dataclass
+class Violation:
+    limit: str
+    key: str
+    at: float          # time.monotonic() when the request arrived
+    in_window: int     # admitted requests already in the window it arrived in
+
+
+class LimitKeeper:
+    """Counts arrivals per limit and key the way the vendor does (a sliding window of admitted
+    requests, on the fake's clock, when the request arrives) and records every request that would
+    exceed one. Every arrival time is kept, so a test can say how many calls any window held."""
+
+    def __init__(self, limits: list[VendorLimit]):
+        self.limits = limits
+        self.lock = threading.Lock()
+        self.admitted: dict[tuple[str, str], list[float]] = {}
+        self.arrived: dict[tuple[str, str], list[float]] = {}    # admitted or refused
+        self.violations: list[Violation] = []
+
+    def admit(self, call: "Call", at: float) -> Violation | None:
+        """Log the call under each limit it counts against, or (over any) log a violation instead."""
+        with self.lock:
+            keys = [(limit, limit.key(call)) for limit in self.limits]
+            keys = [(limit, key) for limit, key in keys if key is not None]
+            for limit, key in keys:
+                bisect.insort(self.arrived.setdefault((limit.name, key), []), at)
+            for limit, key in keys:
+                log = self.admitted.get((limit.name, key), [])
+                held = bisect.bisect_right(log, at) - bisect.bisect_right(log, at - limit.window)
+                later = bisect.bisect_left(log, at + limit.window) - bisect.bisect_right(log, at)
+                if held >= limit.calls or held + later >= limit.calls and self._crowds(log, at, limit):
+                    found = Violation(limit.name, key, at, held)
+                    self.violations.append(found)
+                    return found
+            for limit, key in keys:
+                bisect.insort(self.admitted.setdefault((limit.name, key), []), at)
+            return None
+
+    @staticmethod
+    def _crowds(log: list[float], at: float, limit: VendorLimit) -> bool:
+        """Would `at` (arriving out of order, after later arrivals were logged) make some window
+        hold more than `limit.calls`?"""
+        merged = sorted([*log, at])
+        return any(merged[i + limit.calls] - merged[i] < limit.window for i in range(len(merged) - limit.calls))
+
+    def peak(self, name: str, window: float | None = None, *, refused_too: bool = True) -> int:
+        """The most calls any one key sent in any window of the limit's (or `window`) seconds: all
+        that arrived (refused ones too: what the caller sent), or only those admitted."""
+        limit = next(lim for lim in self.limits if lim.name == name)
+        span = limit.window if window is None else window
+        with self.lock:
+            logs = [sorted(times) for (lname, _), times in (self.arrived if refused_too else self.admitted).items()
+                    if lname == name]
+        best = 0
+        for times in logs:
+            lo = 0
+            for hi, t in enumerate(times):
+                while times[lo] <= t - span:
+                    lo += 1
+                best = max(best, hi - lo + 1)
+        return best
+
+
 class FakeServer:
     """A threaded HTTP server whose routes are (method, regex) → handler(call, match)."""
 
@@ -54,6 +130,7 @@ class FakeServer:
         self.calls: list[Call] = []
         self.faults: list[Fault] = []
         self.applied_faults: list[tuple[str, str, int]] = []   # (method, path, the status it had) done, then failed
+        self.keeper: LimitKeeper | None = None       # the vendor's limits, once enforce_limits() is called
         self.lock = threading.Lock()
         self.routes: list[tuple[str, re.Pattern, Callable]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -82,6 +159,19 @@ class FakeServer:
         are done first (a vendor that made the task, then failed to answer); with `reset` they are
         done and the connection is dropped instead of answered."""
         self.faults.append(Fault(pattern, status, body, times, headers or {}, applied, reset))
+
+    def limited(self, limits: list[VendorLimit]) -> "FakeServer":
+        """Enforce these limits from now on: a request over one is answered as the vendor answers
+        it (`over_limit`) and counted in `violations`."""
+        self.keeper = LimitKeeper(limits)
+        return self
+
+    @property
+    def violations(self) -> list[Violation]:
+        return list(self.keeper.violations) if self.keeper else []
+
+    def over_limit(self, violation: Violation) -> tuple[int, Any, dict[str, str]]:
+        return 429, {"error": f"over the {violation.limit} limit"}, {}
 
     def received(self, method: str | None = None, path: str | None = None, *,
                  failed: bool = False) -> list[Call]:
@@ -131,13 +221,15 @@ class FakeServer:
                 pass
 
             def _serve(self) -> None:
+                arrived = time.monotonic()
                 parts = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 call = Call(self.command, parts.path, parse_qs(parts.query),
                             decode_body(raw, self.headers.get("Content-Type", "")), dict(self.headers))
                 call.raw = raw
-                status, body, headers = fake._answer(call)
+                refused = fake.keeper.admit(call, arrived) if fake.keeper else None
+                status, body, headers = fake.over_limit(refused) if refused else fake._answer(call)
                 if status is RESET:   # done, but the client never hears: drop the connection
                     call.status = 200
                     with fake.lock:
@@ -231,6 +323,17 @@ class FakeAmo(FakeServer):
 
     def add_lead(self, lead: dict[str, Any]) -> None:
         self.leads[int(lead["id"])] = lead
+
+    def enforce_limits(self, per_second: int = 7) -> "FakeAmo":
+        """amoCRM's limit, "не более 7 запросов в секунду" per integration (API-REFERENCE.md §1, Rate
+        limits; developers.kommo.com/docs/limitations): here every /api/ request of the account, in any
+        sliding second. Over it amoCRM answers 429 (and repeated excess blocks the account with 403)."""
+        return self.limited([VendorLimit("account", per_second, 1.0,
+                                         lambda call: "account" if call.path.startswith("/api/") else None)])
+
+    def over_limit(self, violation: Violation) -> tuple[int, Any, dict[str, str]]:
+        # the 429 body "may not be JSON" (API-REFERENCE.md §1): the problem+json shape of other errors
+        return 429, {"title": "Too Many Requests", "status": 429}, {"Content-Type": "application/problem+json"}
 
     def _get_lead(self, call: Call, m: re.Match):
         lead = self.leads.get(int(m.group(1)))
@@ -569,6 +672,30 @@ class FakeTelegram(FakeServer):
 
     def method_calls(self, name: str) -> list[Call]:
         return self.received("POST", rf"/bot{re.escape(self.token)}/{name}")
+
+    def enforce_limits(self, per_bot: int = 30, per_chat: int = 1, per_group_minute: int = 20) -> "FakeTelegram":
+        """The Bot FAQ's limits ("My bot is hitting limits", API-REFERENCE.md §4): not more than 30
+        messages a second per bot, one a second per chat, 20 a minute per group, counted over messages
+        sent (send*, copy*, forward*); over them Telegram answers 429 with parameters.retry_after."""
+        def chat(call: Call) -> str | None:
+            method = call.path.rsplit("/", 1)[-1]
+            body = call.body if isinstance(call.body, dict) else {}
+            if not method.startswith(("send", "copy", "forward")) or "chat_id" not in body:
+                return None
+            return str(body["chat_id"])
+
+        def group(call: Call) -> str | None:
+            found = chat(call)
+            return found if found is not None and found.startswith("-") else None
+
+        return self.limited([VendorLimit("bot", per_bot, 1.0, lambda call: "bot" if chat(call) is not None else None),
+                             VendorLimit("chat", per_chat, 1.0, chat),
+                             VendorLimit("group", per_group_minute, 60.0, group)])
+
+    def over_limit(self, violation: Violation) -> tuple[int, Any, dict[str, str]]:
+        wait = 60 if violation.limit == "group" else 1
+        return 429, {"ok": False, "error_code": 429, "description": f"Too Many Requests: retry after {wait}",
+                     "parameters": {"retry_after": wait}}, {}
 
     def _method(self, call: Call, m: re.Match):
         name, params = m.group(1), call.body or {}
