@@ -101,7 +101,7 @@ class Limit:
 
     @property
     def window_ms(self) -> int:
-        return max(1, math.ceil(1000 * self.allowed * (1 + self.margin) / self.rate))
+        return max(1, math.ceil(round(1000 * self.allowed * (1 + self.margin) / self.rate, 6)))  # 1100.0000000000002 is 1100
 
 
 class RateLimiter:
