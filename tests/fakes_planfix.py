@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tests.fakes import Call, FakeServer, multipart_parts
+from tests.fakes import Call, FakeServer, VendorLimit, Violation, multipart_parts
 
 OK = {"result": "success"}
 
@@ -60,6 +60,15 @@ class FakePlanfix(FakeServer):
         self._file_routes()
         self.route("POST", r"/rest/task/list", self._list_tasks)
         self.route("POST", r"/rest/contact/list", self._list_contacts)
+
+    def enforce_limits(self, per_second: int = 1) -> "FakePlanfix":
+        """Planfix's "1 запрос в секунду" (REST_API_Введение.md; API-REFERENCE.md §3, Limits) over every
+        /rest/ request in any sliding second. The answer over it is not documented: a 429 is assumed."""
+        return self.limited([VendorLimit("account", per_second, 1.0,
+                                         lambda call: "account" if call.path.startswith("/rest/") else None)])
+
+    def over_limit(self, violation: Violation) -> tuple[int, Any, dict[str, str]]:
+        return 429, {"result": "fail", "code": 0, "error": "Too many requests"}, {}
 
     def store(self, kind: str) -> dict[int, dict[str, Any]]:
         return self.tasks if kind == "task" else self.contacts

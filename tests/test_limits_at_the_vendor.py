@@ -85,3 +85,40 @@ def test_threads_and_two_processes_keep_every_limit_at_the_vendor(vendors):
     assert here["amo"] > 0 and there["amo"] > 0 and here["private"] > 0 and there["private"] > 0
     assert here["amo"] + there["amo"] >= 5 * SECONDS
     assert here["group"] + there["group"] >= SECONDS - 2
+
+
+@pytest.mark.timeout(60)
+def test_planfix_gets_one_request_a_second_from_several_threads(redis_db):
+    """Planfix allows one request a second: 4 threads reading one task for 3 s through the client."""
+    import threading
+
+    from config.connections import Connections
+    from connectors import planfix
+    from connectors.base import Connection, Entity
+    from queueing import Keys
+    import runtime
+    from tests.fakes_planfix import FakePlanfix
+    fake = FakePlanfix().enforce_limits().start()
+    try:
+        fake.add("task", {"id": 1042, "name": "Plan"})
+        conn = Connection(name="pf", type="planfix", base_url=f"{fake.url}/rest", credentials={"token": "t"})
+        rt = runtime.Runtime(settings=None, connections=Connections(connections={"pf": conn}), ruleset=None,
+                             store=redis_db, keys=Keys(PREFIX), backend=None)
+        deadline, done = time.monotonic() + 3.0, []
+
+        def reader() -> None:
+            client = planfix.Client(conn, store=redis_db, key_prefix=PREFIX)
+            client.limiter = rt._limiter_for(conn, client)
+            while time.monotonic() < deadline:
+                client.request("GET", "/task/1042", params={"fields": "id,name"})
+                done.append(1)
+        threads = [threading.Thread(target=reader) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        print(f"\n  Planfix: {len(done)} requests in ~3 s, max in any 1 s: {fake.keeper.peak('account')}, "
+              f"violations: {len(fake.violations)}")
+        assert fake.violations == [] and fake.keeper.peak("account") == 1 and len(done) >= 2
+    finally:
+        fake.stop()
