@@ -353,7 +353,7 @@ def bot_api_result(code: int, payload: bytes) -> Any:
         raise tg_error.BadRequest(message)
     if code == HTTPStatus.CONFLICT:
         raise tg_error.Conflict(message)
-    raise tg_error.NetworkError(message)   # 5xx and the rest: an answer, so definite (no cause)
+    raise tg_error.NetworkError(message)   # 5xx and the rest: an answer, without a cause (api_error)
 
 
 def api_error(what: str, exc: tg_error.TelegramError, *, idempotent: bool = True,
