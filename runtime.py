@@ -19,7 +19,7 @@ from config.settings import Settings
 from connectors import CONNECTORS
 from connectors.base import BaseClient
 from queueing import InProcessBackend, Keys, RQBackend
-from ratelimit import Limit, RateLimiter
+from ratelimit import Limit, RateLimiter, limiter_for  # noqa: F401 - Limit, RateLimiter: tests reach them here
 from rules import MODULES, find_or_create, send_email
 from rules._verb_support import unsupported_options, unsupported_verbs
 from rules.engine import RuleSet
@@ -100,20 +100,10 @@ class Runtime:
         return self.clients[name]
 
 
-    def _limiter_for(self, conn, client: BaseClient) -> Callable[..., None]:
-        """The connection's shared bucket: the vendor's documented rate, or `options: {rate_per_second,
-        burst}` (checked and made numbers by config/connections.py; above the vendor's rate it warns)."""
-        rate = float(conn.options.get("rate_per_second", client.rate_per_second))
-        limit = Limit(rate, float(conn.options.get("burst", client.burst or rate)))
-        limiter = RateLimiter(self.store, self.keys.prefix)
-
-        def acquire(scope: str | None = None, scoped: tuple[float, float] | None = None,
-                    also: tuple[tuple[str, tuple[float, float]], ...] = ()) -> None:
-            """One slot of the connection's limit (or of `scope`'s), and one of each scope in `also`
-            (e.g. a chat's), all taken at once in one round trip, or none until all have room."""
-            limiter.acquire(f"{conn.name}:{scope}" if scope else conn.name, Limit(*scoped) if scoped else limit,
-                            *((f"{conn.name}:{name}", Limit(*rate)) for name, rate in also))
-        return acquire
+    def _limiter_for(self, conn, client: BaseClient) -> Callable[..., Any]:
+        """The connection's shared limits: the vendor's documented rate, or connections.yaml's
+        (`options: {rate_limit: …}`, checked by config/connections.py), with a margin (ratelimit.py)."""
+        return limiter_for(self.store, self.keys.prefix, conn, client)
 
 
 def configure_logging() -> None:

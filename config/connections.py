@@ -95,9 +95,12 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
                 errors: list[ConfigError], result: Connections) -> Connection | None:
     path, line = where
 
-    def err(key: str | None, message: str) -> None:
-        errors.append(ConfigError(path, line_of(entry, key, line) if key else line,
-                                  f'connection "{name}" → {message}'))
+    def err(key: str | None, message: str, node: Any = None) -> None:
+        """A problem with `entry[key]`, or with `node[key]` inside it (a line of its own)."""
+        where = line_of(entry, key, line) if key else line
+        if node is not None:
+            where = line_of(node, key, line_of(entry, "options", line))
+        errors.append(ConfigError(path, where, f'connection "{name}" → {message}'))
 
     if not isinstance(entry, dict):
         err(None, f"expected a mapping with type, webhook_secret…, found {entry!r}")
@@ -130,8 +133,10 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
     if not isinstance(options, dict):
         err("options", f"options: expected a mapping, found {options!r}")
         options = {}
+    raw_options = options
     options = _expand_options(options, environ)
     _check_rate(name, ctype, options, err, result)
+    _check_rate_limit(name, ctype, options, raw_options, err, result)
     _check_zone(name, ctype, options, err, result)
     conn = Connection(name=name, type=str(ctype), base_url=base_url, credentials=credentials,
                       webhook_secret=secret, calendar=calendar, options=options)
@@ -168,6 +173,93 @@ def _check_rate(name: str, ctype: Any, options: dict, err, result: Connections) 
         result.warnings.append(f'connection "{name}" → options → rate_per_second: {rate:g} is above '
                                f"the {ctype} limit of {float(documented):g} requests per second; "
                                "the API will answer 429 and calls will wait and retry")
+
+
+# options.rate_limit (ratelimit.configured reads it): the connection's own limit, its margin, and
+# Telegram's per-chat and per-group limits. A limit is `per_second` or `per_minute` calls (on
+# average), and `burst` calls in any one window (default: a second's or a minute's worth).
+RATE_LIMIT_KEYS = ("per_second", "per_minute", "burst", "margin", "per_chat", "per_group")
+SCOPED_LIMITS = {"per_chat": (1.0, "1 message per second"), "per_group": (20 / 60, "20 messages per minute")}
+
+
+def _check_rate_limit(name: str, ctype: Any, options: dict, raw: Any, err, result: Connections) -> None:
+    """`options: {rate_limit: {per_second: 6, margin: 0.1}}` (Telegram also `per_chat: {per_second: 1}`,
+    `per_group: {per_minute: 20}`): known keys, positive numbers (text from the environment becomes a
+    number here), a margin from 0 to 1. Above the vendor's published limit it warns, as
+    rate_per_second does."""
+    if "rate_limit" not in options:
+        return
+    spec, node = options["rate_limit"], raw.get("rate_limit") if isinstance(raw, dict) else None
+    where = "options → rate_limit"
+    if not isinstance(spec, dict):
+        err("rate_limit", f"{where}: expected a mapping such as {{per_second: 6, margin: 0.1}}, found {spec!r}", raw)
+        return
+    for key in spec:
+        if key not in RATE_LIMIT_KEYS or (key in SCOPED_LIMITS and ctype != "telegram"):
+            allowed = [k for k in RATE_LIMIT_KEYS if k not in SCOPED_LIMITS or ctype == "telegram"]
+            err(key, f"{where}: unknown key {key!r}; expected one of: {', '.join(allowed)}", node)
+            return
+    if not _limit_numbers(spec, node, where, err):
+        return
+    if "margin" in spec:
+        margin = _number(spec["margin"])
+        if margin is None or not 0 <= margin <= 1:
+            err("margin", f"{where} → margin: expected a share of the window from 0 to 1 (0.1 is 10 %), "
+                          f"found {spec['margin']!r}", node)
+            return
+        spec["margin"] = margin
+    for key in SCOPED_LIMITS:
+        if key in spec:
+            scoped, inner = spec[key], node.get(key) if isinstance(node, dict) else None
+            if not isinstance(scoped, dict) or not scoped or set(scoped) - {"per_second", "per_minute", "burst"}:
+                err(key, f"{where} → {key}: expected a mapping such as {{per_second: 1}} or {{per_minute: 20}}, "
+                         f"found {scoped!r}", node)
+                return
+            if not _limit_numbers(scoped, inner, f"{where} → {key}", err):
+                return
+    documented = getattr(getattr(CONNECTORS.get(ctype), "Client", None), "rate_per_second", None) \
+        if ctype in CONNECTORS else None
+    rate = _rate_of(spec)
+    if documented and rate and rate > float(documented):
+        result.warnings.append(f'connection "{name}" → {where}: {rate:g} per second is above the {ctype} '
+                               f"limit of {float(documented):g} requests per second; the API will answer 429")
+    for key, (limit, said) in SCOPED_LIMITS.items():
+        rate = _rate_of(spec.get(key) or {})
+        if rate and rate > limit + 1e-9:
+            result.warnings.append(f'connection "{name}" → {where} → {key}: above Telegram\'s {said}; '
+                                   "the API will answer 429")
+
+
+def _limit_numbers(spec: dict, node: Any, where: str, err) -> bool:
+    """per_second / per_minute (not both) and burst: positive numbers, made numbers in place."""
+    if "per_second" in spec and "per_minute" in spec:
+        err("per_minute", f"{where}: give per_second or per_minute, not both", node)
+        return False
+    for key in ("per_second", "per_minute", "burst"):
+        if key in spec:
+            number = _number(spec[key])
+            if number is None or not number > 0:
+                err(key, f"{where} → {key}: expected a positive number of calls, found {spec[key]!r}", node)
+                return False
+            spec[key] = number
+    return True
+
+
+def _number(value: Any) -> float | None:
+    """A finite number, or text that is one (options often come from `${ENV:-default}`)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if isinstance(value, bool) or number != number or number in (float("inf"), float("-inf")) else number
+
+
+def _rate_of(spec: dict) -> float | None:
+    if "per_second" in spec:
+        return float(spec["per_second"])
+    if "per_minute" in spec:
+        return float(spec["per_minute"]) / 60
+    return None
 
 
 def _check_zone(name: str, ctype: Any, options: dict, err, result: Connections) -> None:

@@ -160,9 +160,27 @@ class PermanentApiError(ApiError):
 
 
 class UncertainApiError(RetryableApiError):
-    """No answer, but the request may have reached the vendor and been done: a read timeout, or a
-    connection lost after the request was sent. Repeating it is safe only for an idempotent call
+    """The request may have reached the vendor and been done: a read timeout, a connection lost
+    after the request was sent, or a 5xx answer to a request that is not idempotent (a vendor may
+    apply a create and then fail to answer it). Repeating it is safe only for an idempotent call
     (a read, an edit, a set); a create or a message must not be sent again blindly."""
+
+
+# Requests that leave the same result however often they are done (RFC 9110 §9.2.2 names GET, HEAD,
+# OPTIONS, PUT and DELETE; the vendors' PATCH sets fields, a stage or tags, so it is one too). A POST
+# creates unless its connector says otherwise (BaseClient.idempotent).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
+
+
+def answered_error(message: str, status: int, retry_after: float | None, *,
+                   idempotent: bool) -> RetryableApiError:
+    """A 429 or 5xx answer. A 429 refuses the call: nothing was done, try again later. A 5xx to an
+    idempotent request is tried again as well; to one that is not (a create, a message) it is
+    uncertain: the vendor may have done it and failed only in answering."""
+    if status >= 500 and not idempotent:
+        return UncertainApiError(f"{message} (the request may have been done)", status=status,
+                                 retry_after=retry_after)
+    return RetryableApiError(message, status=status, retry_after=retry_after)
 
 
 def check_secret(given: Any, connection: Connection, refusal: str) -> None:
@@ -384,7 +402,7 @@ class BaseClient:
         self.recorder = recorder
         self.session = requests.Session()
         read_environment_once(self.session)
-        self.limiter: Callable[..., None] | None = None   # set by the runtime: a shared token bucket
+        self.limiter: Callable[..., Any] | None = None   # set by the runtime: the connection's shared limits
         self.sending: Callable[[], None] | None = None    # set by the worker: a request is about to leave
         self._memo: dict[str, tuple[float, Any]] = {}      # cached(): name → (expires, value)
 
@@ -399,8 +417,9 @@ class BaseClient:
 
     def request(self, method: str, path: str, *, json_body: Any = None,
                 params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-                url: str | None = None) -> requests.Response | None:
-        """Send one request; in record-only mode log it and return None."""
+                url: str | None = None, idempotent: bool | None = None) -> requests.Response | None:
+        """Send one request; in record-only mode log it and return None. `idempotent` (default:
+        self.idempotent(method, path)) decides whether a 5xx answer is retryable or uncertain."""
         target = url or f"{(self.connection.base_url or '').rstrip('/')}{path}"
         if has_dot_segments(path) or has_dot_segments(target):
             # defence in depth: ids are checked at parse time and quoted as path segments, so a
@@ -413,18 +432,34 @@ class BaseClient:
             if self.recorder:
                 self.recorder(method, target, json_body)
             return None
-        if self.limiter:
-            self.limiter()
-        if self.sending:
-            self.sending()
+        release = self.limiter(hold=self.hold_seconds) if self.limiter else None
         try:
-            resp = self.session.request(method, target, json=json_body, params=params,
-                                        headers={**self.auth_headers(), **(headers or {})},
-                                        timeout=self.timeout)
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            raise transport_error(f"{method} {path}", exc) from None
-        self.check(resp, f"{method} {path}")
+            if self.sending:
+                self.sending()
+            try:
+                resp = self.session.request(method, target, json=json_body, params=params,
+                                            headers={**self.auth_headers(), **(headers or {})},
+                                            timeout=self.timeout)
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                raise transport_error(f"{method} {path}", exc) from None
+        finally:
+            if release:
+                release()
+        self.check(resp, f"{method} {path}",
+                   idempotent=self.idempotent(method, path) if idempotent is None else idempotent)
         return resp
+
+    @property
+    def hold_seconds(self) -> float:
+        """How long a call may still reach the vendor after its rate-limit slot was taken: the
+        connect and read timeouts, and a second more. The slot counts as that late until the
+        answer comes (ratelimit.RateLimiter.acquire `hold`)."""
+        return 2 * self.timeout + 1.0
+
+    def idempotent(self, method: str, path: str) -> bool:
+        """Does doing this request twice leave what doing it once leaves? Reads, sets and deletes
+        do; a POST creates. Connectors whose POSTs also read or set say which (Planfix, Bitrix24)."""
+        return method.upper() in IDEMPOTENT_METHODS
 
     def auth_headers(self) -> dict[str, str]:
         return {}
@@ -454,14 +489,14 @@ class BaseClient:
         if self.store is not None:
             self.store.delete(f"{self.key_prefix}meta:{self.connection.name}:{name}")
 
-    def check(self, resp: requests.Response, what: str) -> None:
-        """Raise RetryableApiError for 429/5xx, PermanentApiError for other 4xx."""
+    def check(self, resp: requests.Response, what: str, *, idempotent: bool = True) -> None:
+        """Raise RetryableApiError for 429 and 5xx (UncertainApiError for a 5xx to a request that is
+        not idempotent), PermanentApiError for other 4xx."""
         if resp.status_code < 400:
             return
         message = f"{what}: HTTP {resp.status_code}: {self.error_message(resp)}"
-        retry_after = retry_after_header(resp)
         if resp.status_code == 429 or resp.status_code >= 500:
-            raise RetryableApiError(message, status=resp.status_code, retry_after=retry_after)
+            raise answered_error(message, resp.status_code, retry_after_header(resp), idempotent=idempotent)
         raise PermanentApiError(message, status=resp.status_code)
 
     def error_message(self, resp: requests.Response) -> str:

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import hmac
 import re
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 from urllib.parse import urlencode
 
 from connectors.base import (
     ApiError, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
-    RetryableApiError, Unauthorized, event_id, parse_nested_form, phone_digits, positive_id, utc_iso,
+    RetryableApiError, Unauthorized, UncertainApiError, event_id, parse_nested_form, phone_digits, positive_id,
+    utc_iso,
 )
 
 SOURCE = "bitrix24"
@@ -60,7 +61,12 @@ TASK_DONE = "5"  # tasks.task.list REAL_STATUS: 2 waiting, 3 in progress, 4 awai
 # 503 QUERY_LIMIT_EXCEEDED, 429 OPERATION_TIME_LIMIT, 503 OVERLOAD_LIMIT (limits.md); 500 PORTAL_DELETED
 # is final (_includes/system-errors.md). Some clients see QUERY_LIMIT_EXCEEDED with HTTP 200.
 RETRYABLE_CODES = {"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT", "OVERLOAD_LIMIT", "INTERNAL_SERVER_ERROR"}
+# The limits' answers (limits.md): the call was refused, nothing was done, whatever the HTTP status.
+REFUSAL_CODES = {"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT", "OVERLOAD_LIMIT"}
+# Methods named *.add that bind two existing records: doing one twice leaves the same binding.
+BINDING_METHODS = {"crm.deal.contact.add", "crm.lead.contact.add", "crm.contact.company.add"}
 PERMANENT_CODES = {"PORTAL_DELETED"}
+READ_BACK_SLACK = 60  # seconds find_task/find_note look before `since`: our clock and the portal's may differ
 BATCH_MAX = 50  # "The number of requests in a batch is limited to 50" (settings/how-to-call-rest-api/batch.md)
 
 
@@ -117,6 +123,16 @@ def _event_record_id(data: Any, entity_type: str) -> str:
     return str(value).strip() if isinstance(value, str) and value.strip() else ""
 
 
+def creates(method: str, params: dict[str, Any] | None = None) -> bool:
+    """Does doing this REST call twice make two of something? Every method is a POST: a `*.add`
+    creates (tasks.task.add, crm.timeline.comment.add, im.notify.system.add, crm.contact.add),
+    except those that bind two records (BINDING_METHODS); reads, updates and deletes do not. A
+    batch creates when one of its commands does."""
+    if method == "batch":
+        return any(creates(str(cmd).split("?", 1)[0]) for cmd in ((params or {}).get("cmd") or {}).values())
+    return method.rsplit(".", 1)[-1] == "add" and method not in BINDING_METHODS
+
+
 def command(method: str, params: dict[str, Any] | None = None) -> str:
     """A batch command string, `method?a[b]=c`, with the params URL-encoded PHP-style."""
     return f"{method}?{urlencode(_pairs(params or {}))}" if params else method
@@ -152,21 +168,26 @@ class Client(BaseClient):
     def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """POST one REST method with a JSON body; the whole answer, or None in record-only mode."""
         path = f"/{method}.json"  # what error messages name: never the URL with its secret code
-        resp = self.request("POST", path, json_body=params or {}, url=f"{self.endpoint}{path}")
+        safe = not creates(method, params)
+        resp = self.request("POST", path, json_body=params or {}, url=f"{self.endpoint}{path}", idempotent=safe)
         if resp is None:
             return None
         body = _body(resp)
         if body.get("error") not in (None, ""):  # QUERY_LIMIT_EXCEEDED may come with HTTP 200
-            raise self.api_error(f"POST {path}", resp.status_code, body)
+            raise self.api_error(f"POST {path}", resp.status_code, body, idempotent=safe)
         return body
 
-    def check(self, resp, what: str) -> None:
+    def check(self, resp, what: str, *, idempotent: bool = True) -> None:
         """HTTP 4xx/5xx → the error tree, classified by Bitrix24's own code first."""
         if resp.status_code >= 400:
-            raise self.api_error(what, resp.status_code, _body(resp), resp.headers.get("Retry-After"))
+            raise self.api_error(what, resp.status_code, _body(resp), resp.headers.get("Retry-After"),
+                                 idempotent=idempotent)
 
-    def api_error(self, what: str, status: int, body: dict[str, Any], retry_after: str | None = None) -> ApiError:
-        """{"error", "error_description"} → RetryableApiError (limits, 429, 5xx) or PermanentApiError."""
+    def api_error(self, what: str, status: int, body: dict[str, Any], retry_after: str | None = None,
+                  *, idempotent: bool = True) -> ApiError:
+        """{"error", "error_description"} → RetryableApiError (limits, 429, 5xx) or PermanentApiError;
+        UncertainApiError for a 5xx to a create, unless Bitrix24's code says it refused the call (its
+        limits: QUERY_LIMIT_EXCEEDED, OVERLOAD_LIMIT, OPERATION_TIME_LIMIT)."""
         code = str(body.get("error") or "")
         text = re.sub(r"<br\s*/?>", " ", str(body.get("error_description") or "")).strip()
         message = f"{what}: HTTP {status}: " + (f"{code}: {text}" if code and text else code or text)
@@ -175,6 +196,10 @@ class Client(BaseClient):
         wait = float(retry_after) if retry_after and retry_after.isdigit() else None
         if wait is None and code == "QUERY_LIMIT_EXCEEDED":
             wait = 1.0  # the bucket drains 2 requests/s: a second frees room for a retry
+        if code in REFUSAL_CODES or (status == 429 and code != "INTERNAL_SERVER_ERROR"):
+            return RetryableApiError(message, status=status, retry_after=wait)
+        if not idempotent:   # a 5xx (or INTERNAL_SERVER_ERROR however it came): a create may have been done
+            return UncertainApiError(f"{message} (the request may have been done)", status=status, retry_after=wait)
         return RetryableApiError(message, status=status, retry_after=wait)
 
     def list_all(self, method: str, params: dict[str, Any], key: str | None = None) -> list[Any] | None:
@@ -325,6 +350,43 @@ class Client(BaseClient):
         tasks = self.list_all("tasks.task.list", {"filter": flt, "select": TASK_SELECT, "order": {"ID": "asc"}},
                               key="tasks")
         return None if tasks is None else [self.normalize_task(t) for t in tasks]
+
+    # --- read-back: did an uncertain create happen? (the executor settles UncertainApiError) -------
+
+    def find_task(self, entity: Entity, text: str, since: float | str) -> int | None:
+        """The id of a task bound to the entity whose title is `text`, created at or after `since`
+        (unix time or ISO 8601), or None: tasks.task.list with filter UF_CRM_TASK, TITLE (a pattern
+        in Bitrix24, so compared exactly here) and >=CREATED_DATE, newest first (tasks-task-list.md).
+        READ_BACK_SLACK early, for our clock and the portal's."""
+        start = _moment(since) - timedelta(seconds=READ_BACK_SLACK)
+        body = self.call("tasks.task.list", {
+            "filter": {"UF_CRM_TASK": _binding(entity), "TITLE": text,
+                       ">=CREATED_DATE": start.isoformat(timespec="seconds")},
+            "select": ["ID", "TITLE", "CREATED_DATE"], "order": {"ID": "desc"}})
+        tasks = ((body or {}).get("result") or {}).get("tasks") or []
+        found = [t for t in tasks if t.get("title") == text and _moment(t.get("createdDate") or 0) >= start]
+        return int(found[0]["id"]) if found else None
+
+    def find_note(self, entity: Entity, text: str, since: float | str) -> int | None:
+        """The id of the entity's timeline comment whose text is `text`, made at or after `since`, or
+        None: crm.timeline.comment.list filters by ENTITY_ID and ENTITY_TYPE only (its doc), so the
+        pages are read newest first (order ID desc) until they reach comments older than `since`."""
+        _owner_type(entity.type)
+        start = _moment(since) - timedelta(seconds=READ_BACK_SLACK)
+        offset = 0
+        while True:
+            body = self.call("crm.timeline.comment.list", {
+                "filter": {"ENTITY_ID": _id(entity), "ENTITY_TYPE": entity.type},
+                "select": ["ID", "CREATED", "COMMENT"], "order": {"ID": "DESC"}, "start": offset})
+            rows = (body or {}).get("result") or []
+            for row in rows:
+                if row.get("COMMENT") == text and _moment(row.get("CREATED") or 0) >= start:
+                    return int(row["ID"])
+            following = (body or {}).get("next")
+            if not rows or following in (None, "") or int(following) <= offset or \
+                    all(_moment(r.get("CREATED") or 0) < start for r in rows):
+                return None
+            offset = int(following)
 
     def list_activities(self, entity: Entity) -> list[dict[str, Any]] | None:
         """The entity's CRM activities (calls, meetings, e-mails), newest first, every page."""
@@ -609,6 +671,15 @@ def _crm(entity_type: str) -> str:
 def _owner_type(entity_type: str) -> int:
     _crm(entity_type)
     return OWNER_TYPE[entity_type]
+
+
+def _moment(value: float | str) -> datetime:
+    """An aware datetime from unix time or ISO 8601 (Bitrix24 writes times with the portal's offset;
+    a time without one is read as UTC)."""
+    if isinstance(value, str):
+        moment = datetime.fromisoformat(value)
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return datetime.fromtimestamp(float(value), timezone.utc)
 
 
 def _id(entity: Entity) -> int:

@@ -32,7 +32,7 @@ import requests
 
 from connectors.base import (
     check_secret, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
-    RetryableApiError, retry_after_header, event_id, indexed, parse_json,
+    RetryableApiError, answered_error, retry_after_header, event_id, indexed, parse_json,
     parse_nested_form, phone_digits, positive_id, segment, unique_keys, utc_iso, written_key,
 )
 
@@ -277,6 +277,8 @@ FIELDS = {"task": "id,name,description,status,processId,assigner,assignees,paren
 # изменения"; 79 "Дата последнего изменения или комментария" would also list tasks that only got a
 # comment, which a catch-up cannot use (it compares status, responsible and fields).
 CHANGED_FILTER = 38
+PROJECT_FILTER, PARENT_FILTER = 5, 73   # the same page: "project" and "parent task", operator equal
+READ_BACK_SLACK = 120   # seconds find_task/find_note look before `since`: times to the minute, two clocks
 CONTACT_FILTERS = {"phone": 4003, "email": 4005, "inbox_sender": 4101}  # find_or_create, see Client
 MAX_PAGES = 1000  # 100 000 tasks a look: a guard, not a limit one should meet
 
@@ -291,8 +293,15 @@ class Client(BaseClient):
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.connection.credentials.get('token', '')}"}
 
-    def check(self, resp, what: str) -> None:
-        """Errors come as {result, code, error} (docs) or {result: fail|failure, message} (seen in the wild)."""
+    def idempotent(self, method: str, path: str) -> bool:
+        """Planfix reads lists and updates records by POST too (/task/list, /task/{id}); a POST creates
+        only where the path ends in a slash: /task/, /contact/, /{task|contact}/{id}/comments/. (An
+        upload, POST /file/, made twice leaves a file nothing names: upload_file retries it.)"""
+        return not (method.upper() == "POST" and path.endswith("/"))
+
+    def check(self, resp, what: str, *, idempotent: bool = True) -> None:
+        """Errors come as {result, code, error} (docs) or {result: fail|failure, message} (seen in the wild).
+        A 5xx to a create is uncertain (UncertainApiError): Planfix may have made it."""
         body = _json_body(resp)
         if resp.status_code < 400 and str(body.get("result", "")).lower() not in FAILED:
             return
@@ -300,7 +309,7 @@ class Client(BaseClient):
         if str(body.get("code")) == str(DAILY_LIMIT):  # the quota comes back only the next day
             raise RetryableApiError(message, status=resp.status_code, retry_after=_until_tomorrow())
         if resp.status_code == 429 or resp.status_code >= 500:
-            raise RetryableApiError(message, status=resp.status_code, retry_after=retry_after_header(resp))
+            raise answered_error(message, resp.status_code, retry_after_header(resp), idempotent=idempotent)
         raise PermanentApiError(message, status=resp.status_code)
 
     def error_message(self, resp) -> str:
@@ -499,14 +508,17 @@ class Client(BaseClient):
         if self.record_only:
             self.request("POST", "/file/", json_body={"file": f"<{len(content)} bytes: {name}>"})
             return None
-        if self.limiter:
-            self.limiter()
+        release = self.limiter(hold=self.hold_seconds) if self.limiter else None
         target = f"{(self.connection.base_url or '').rstrip('/')}/file/"
         try:
             resp = self.session.post(target, files={"file": (name, content)}, headers=self.auth_headers(),
                                      timeout=self.timeout)
         except (requests.Timeout, requests.ConnectionError) as exc:
+            # an upload done twice leaves an extra file that nothing names: safe to try again
             raise RetryableApiError(f"POST /file/: {type(exc).__name__}") from None
+        finally:
+            if release:
+                release()
         self.check(resp, "POST /file/")
         return _created_id(resp)
 
@@ -530,10 +542,78 @@ class Client(BaseClient):
             raise PermanentApiError(f"Planfix task {entity.id} has no counterparty to address the comment to")
         return who if ":" in who else f"contact:{who}"
 
+    # --- read-back: did an uncertain create happen? (the executor settles UncertainApiError) -------
+
+    def find_task(self, entity: Entity, text: str, since: float | str) -> int | None:
+        """The id of a subtask of the task (or a task of the project) that create_task would name
+        after `text`, made at or after `since` (its dateTime, a TimePoint to the minute), or None.
+        POST /task/list with the complex filter 73 "parent task" (or 5 "project"), operator equal
+        (planfix-docs REST_API__Сложные_фильтры_задач.md). A contact's tasks have no such filter
+        here: that raises, so an uncertain task there is left to a person, not made twice."""
+        kind = {"task": PARENT_FILTER, "project": PROJECT_FILTER}.get(entity.type)
+        if kind is None:
+            raise PermanentApiError(f"Planfix: cannot read back the tasks of a {entity.type}")
+        name, start = _task_name(text), self._read_back_start(since)
+        flt = {"type": kind, "operator": "equal", "value": _int_or(entity.id)}
+        for page in range(MAX_PAGES):
+            resp = self.request("POST", "/task/list", json_body={
+                "offset": page * 100, "pageSize": 100, "filters": [flt], "fields": "id,name,dateTime"})
+            items = [t for t in _json_body(resp).get("tasks") or [] if isinstance(t, dict)]
+            for task in items:
+                made = self._moment(task.get("dateTime"))
+                if task.get("name") == name and made is not None and made >= start:
+                    return int(task["id"])
+            if len(items) < 100:
+                return None
+        return None
+
+    def find_note(self, entity: Entity, text: str, since: float | str) -> int | None:
+        """The id of the task's (or contact's) comment with this text made at or after `since`, or
+        None: POST /{task|contact}/{id}/comments/list, newest first (resultOrder Desc), until the
+        comments are older than `since`."""
+        want, start = plain_text(_html(text)), self._read_back_start(since)
+        for page in range(MAX_PAGES):
+            resp = self.request("POST", f"/{_kind(entity)}/{entity.id}/comments/list", json_body={
+                "offset": page * 100, "pageSize": 100, "fields": "id,description,dateTime",
+                "typeList": "Comments", "resultOrder": "Desc"})
+            items = [c for c in _json_body(resp).get("comments") or [] if isinstance(c, dict)]
+            moments = [self._moment(c.get("dateTime")) for c in items]
+            for comment, made in zip(items, moments):
+                if plain_text(comment.get("description") or "") == want and made is not None and made >= start:
+                    return int(comment["id"])
+            if len(items) < 100 or all(m is not None and m < start for m in moments):
+                return None
+        return None
+
+    def _read_back_start(self, since: float | str) -> datetime:
+        """`since` (unix time or ISO 8601) to the minute (Planfix's times are), READ_BACK_SLACK early."""
+        if isinstance(since, str):
+            moment = datetime.fromisoformat(since)
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        else:
+            moment = datetime.fromtimestamp(float(since), timezone.utc)
+        return moment.replace(second=0, microsecond=0) - timedelta(seconds=READ_BACK_SLACK)
+
+    def _moment(self, point: Any) -> datetime | None:
+        """A TimePoint's moment: `datetime` (ISO; without an offset in the account's zone), or
+        `date` + `time` ("dd-mm-yyyy", "hh:mm") in the account's zone; None when it has neither."""
+        if not isinstance(point, dict):
+            return None
+        try:
+            if point.get("datetime"):
+                moment = datetime.fromisoformat(str(point["datetime"]).replace("Z", "+00:00"))
+            elif point.get("date") and point.get("time"):
+                moment = datetime.strptime(f"{point['date']} {point['time']}", "%d-%m-%Y %H:%M")
+            else:
+                return None
+        except ValueError:
+            return None
+        return moment if moment.tzinfo else moment.replace(tzinfo=account_zone(self.connection))
+
     def create_task(self, entity: Entity, text: str, due: str, responsible: Any = None,
                     task_type: int | None = None, template: int | None = None) -> int | None:
         """POST /task/: a subtask of a task, or a task on a contact or project; a type is a template."""
-        name = (text.strip().splitlines() or [""])[0][:250]
+        name = _task_name(text)
         task: dict[str, Any] = {"name": name, "endDateTime": _timepoint(due)}
         if text.strip() != name:
             task["description"] = _html(text)
@@ -873,6 +953,11 @@ def _timepoint(moment: str) -> dict[str, str]:
     when = datetime.fromisoformat(moment)
     when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
     return {"datetime": when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")}
+
+
+def _task_name(text: str) -> str:
+    """A task's name from its text: the first line, at most 250 characters (create_task)."""
+    return (text.strip().splitlines() or [""])[0][:250]
 
 
 def _html(text: str) -> str:

@@ -405,11 +405,14 @@ def bot_api_result(code: int, payload: bytes) -> Any:
         raise tg_error.BadRequest(message)
     if code == HTTPStatus.CONFLICT:
         raise tg_error.Conflict(message)
-    raise tg_error.NetworkError(message)   # 5xx and the rest: an answer, so definite (no cause)
+    raise tg_error.NetworkError(message)   # 5xx and the rest: an answer, without a cause (api_error)
 
 
-def api_error(what: str, exc: tg_error.TelegramError) -> Exception:
-    """A TelegramError as crmbridge's Retryable/Uncertain/PermanentApiError."""
+def api_error(what: str, exc: tg_error.TelegramError, *, idempotent: bool = True,
+              status: int | None = None) -> Exception:
+    """A TelegramError as crmbridge's Retryable/Uncertain/PermanentApiError. A 5xx answer (PTB's
+    NetworkError without a cause; `status` when the answer was read here) to a call that creates
+    (a message) is uncertain: Telegram may have sent it and failed only in answering."""
     if isinstance(exc, tg_error.ChatMigrated):
         # 400 with parameters.migrate_to_chat_id (Bot API ResponseParameters; PTB raises
         # ChatMigrated for it): the group became a supergroup and the old id is dead
@@ -426,10 +429,15 @@ def api_error(what: str, exc: tg_error.TelegramError) -> Exception:
             return PermanentApiError(f"{what}: {exc.message}", status=400)
         # PTB chains httpx's exception when Telegram did not answer: a read timeout or a dropped
         # connection may follow a message that was sent; a connection never made (or no free
-        # pooled connection) cannot. An answer (5xx: NetworkError without a cause) is definite.
+        # pooled connection) cannot. An answer (5xx: NetworkError without a cause) is definite for
+        # an edit or a read, and uncertain for a message (sent, then the answer failed).
         cause = exc.__cause__
         if isinstance(cause, httpx.HTTPError) and not isinstance(
                 cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+            return UncertainApiError(f"{what}: {exc.message} (the call may have been done)")
+        answered = not isinstance(cause, httpx.HTTPError) and not isinstance(exc, tg_error.TimedOut) \
+            and (status is None or status >= 500)
+        if answered and not idempotent:
             return UncertainApiError(f"{what}: {exc.message} (the call may have been done)")
         return RetryableApiError(f"{what}: {exc.message}")
     return PermanentApiError(f"{what}: {exc.message}")
@@ -458,19 +466,31 @@ class Client(BaseClient):
         return self._bot
 
     def call(self, method: str, **params: Any) -> Any:
-        """Run one Bot method; Telegram's errors become Retryable/PermanentApiError."""
+        """Run one Bot method; Telegram's errors become Retryable/Uncertain/PermanentApiError."""
         if self.record_only:
             wire = "".join(w.capitalize() if i else w for i, w in enumerate(method.split("_")))
             self.request("POST", f"/bot<token>/{wire}", json_body=_plain(params))
             return None
         bot = self.bot
-        if self.limiter:   # the bot's limit and the chat's (and group's), one round trip for all
-            self.limiter(also=self._chat_limits(method, params.get("chat_id")))
-        if self.sending:
-            self.sending()
-        if method in JSON_METHODS:
-            return self._post(method, params)
-        return self._run(method, getattr(bot, method)(**params))
+        # the bot's limit and the chat's (and group's), one round trip for all; the slot is held
+        # until the answer (ratelimit.py), so the limit holds when Telegram counts
+        release = self.limiter(also=self._chat_limits(method, params.get("chat_id")),
+                               hold=self.hold_seconds) if self.limiter else None
+        try:
+            if self.sending:
+                self.sending()
+            if method in JSON_METHODS:
+                return self._post(method, params)
+            return self._run(method, getattr(bot, method)(**params))
+        finally:
+            if release:
+                release()
+
+    @staticmethod
+    def creates(method: str) -> bool:
+        """A method whose repeat makes a second message (sendMessage, copyMessage, forwardMessage…);
+        edits, answers and reads leave the same result however often they are done."""
+        return method.startswith(("send_", "copy_", "forward_"))
 
     def _chat_limits(self, method: str, chat: Any) -> tuple[tuple[str, tuple[float, float]], ...]:
         """"No more than one message per second" to a chat, "20 messages per minute" to a group
@@ -494,14 +514,14 @@ class Client(BaseClient):
         try:
             result = bot_api_result(resp.status_code, resp.content)
         except tg_error.TelegramError as exc:
-            raise api_error(method, exc) from None
+            raise api_error(method, exc, idempotent=not self.creates(method), status=resp.status_code) from None
         return Message.de_json(result, self.bot) if isinstance(result, dict) else result
 
     def _run(self, what: str, work: Coroutine[Any, Any, Any]) -> Any:
         try:
             return self._loop.run_until_complete(work)
         except tg_error.TelegramError as exc:
-            raise api_error(what, exc) from None
+            raise api_error(what, exc, idempotent=not self.creates(what)) from None
 
     def chat_id(self, chat: str | int) -> str:
         """A chat id, or a chat's name from the connection's `options: {chats: {team: …}}`."""

@@ -1,14 +1,18 @@
 """Local fake vendor servers on 127.0.0.1 that speak the recorded wire formats.
 
 Each records what it received (method, path, query, body) and can be told to fail the next
-calls of a path (status + body), the way the real APIs do under load.
+calls of a path (status + body), the way the real APIs do under load: refusing the call, or doing
+it and then answering an error (`applied=True`: a 500 after the task was made) or dropping the
+connection (`reset=True`), which is what makes a create uncertain.
 """
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import json
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +41,86 @@ class Fault:
     body: Any
     times: int
     headers: dict[str, str] = field(default_factory=dict)
+    applied: bool = False     # the call is done first, then this answer is given
+    reset: bool = False       # the call is done, then the connection is closed without an answer
+
+
+RESET = object()   # an answer's status that tells the handler to drop the connection unanswered
+
+
+@dataclass
+class VendorLimit:
+    """A vendor's published limit as it counts it: at most `calls` requests in any `window` seconds
+    per key (`key(call)`: the account, a chat, a group; None: the call does not count)."""
+
+    name: str
+    calls: int
+    window: float
+    key: Callable[["Call"], str | None]
+
+
+@dataclass
+class Violation:
+    limit: str
+    key: str
+    at: float          # time.monotonic() when the request arrived
+    in_window: int     # admitted requests already in the window it arrived in
+
+
+class LimitKeeper:
+    """Counts arrivals per limit and key the way the vendor does (a sliding window of admitted
+    requests, on the fake's clock, when the request arrives) and records every request that would
+    exceed one. Every arrival time is kept, so a test can say how many calls any window held."""
+
+    def __init__(self, limits: list[VendorLimit]):
+        self.limits = limits
+        self.lock = threading.Lock()
+        self.admitted: dict[tuple[str, str], list[float]] = {}
+        self.arrived: dict[tuple[str, str], list[float]] = {}    # admitted or refused
+        self.violations: list[Violation] = []
+
+    def admit(self, call: "Call", at: float) -> Violation | None:
+        """Log the call under each limit it counts against, or (over any) log a violation instead."""
+        with self.lock:
+            keys = [(limit, limit.key(call)) for limit in self.limits]
+            keys = [(limit, key) for limit, key in keys if key is not None]
+            for limit, key in keys:
+                bisect.insort(self.arrived.setdefault((limit.name, key), []), at)
+            for limit, key in keys:
+                log = self.admitted.get((limit.name, key), [])
+                held = bisect.bisect_right(log, at) - bisect.bisect_right(log, at - limit.window)
+                later = bisect.bisect_left(log, at + limit.window) - bisect.bisect_right(log, at)
+                if held >= limit.calls or held + later >= limit.calls and self._crowds(log, at, limit):
+                    found = Violation(limit.name, key, at, held)
+                    self.violations.append(found)
+                    return found
+            for limit, key in keys:
+                bisect.insort(self.admitted.setdefault((limit.name, key), []), at)
+            return None
+
+    @staticmethod
+    def _crowds(log: list[float], at: float, limit: VendorLimit) -> bool:
+        """Would `at` (arriving out of order, after later arrivals were logged) make some window
+        hold more than `limit.calls`?"""
+        merged = sorted([*log, at])
+        return any(merged[i + limit.calls] - merged[i] < limit.window for i in range(len(merged) - limit.calls))
+
+    def peak(self, name: str, window: float | None = None, *, refused_too: bool = True) -> int:
+        """The most calls any one key sent in any window of the limit's (or `window`) seconds: all
+        that arrived (refused ones too: what the caller sent), or only those admitted."""
+        limit = next(lim for lim in self.limits if lim.name == name)
+        span = limit.window if window is None else window
+        with self.lock:
+            logs = [sorted(times) for (lname, _), times in (self.arrived if refused_too else self.admitted).items()
+                    if lname == name]
+        best = 0
+        for times in logs:
+            lo = 0
+            for hi, t in enumerate(times):
+                while times[lo] <= t - span:
+                    lo += 1
+                best = max(best, hi - lo + 1)
+        return best
 
 
 class FakeServer:
@@ -45,6 +129,8 @@ class FakeServer:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.faults: list[Fault] = []
+        self.applied_faults: list[tuple[str, str, int]] = []   # (method, path, the status it had) done, then failed
+        self.keeper: LimitKeeper | None = None       # the vendor's limits, once enforce_limits() is called
         self.lock = threading.Lock()
         self.routes: list[tuple[str, re.Pattern, Callable]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -67,16 +153,34 @@ class FakeServer:
     def route(self, method: str, pattern: str, handler: Callable) -> None:
         self.routes.append((method, re.compile(pattern + "$"), handler))
 
-    def fail(self, pattern: str, status: int, body: Any, times: int = 1, headers: dict | None = None) -> None:
-        """The next `times` calls whose path matches `pattern` get this answer."""
-        self.faults.append(Fault(pattern, status, body, times, headers or {}))
+    def fail(self, pattern: str, status: int, body: Any, times: int = 1, headers: dict | None = None, *,
+             applied: bool = False, reset: bool = False) -> None:
+        """The next `times` calls whose path matches `pattern` get this answer; with `applied` they
+        are done first (a vendor that made the task, then failed to answer); with `reset` they are
+        done and the connection is dropped instead of answered."""
+        self.faults.append(Fault(pattern, status, body, times, headers or {}, applied, reset))
+
+    def limited(self, limits: list[VendorLimit]) -> "FakeServer":
+        """Enforce these limits from now on: a request over one is answered as the vendor answers
+        it (`over_limit`) and counted in `violations`."""
+        self.keeper = LimitKeeper(limits)
+        return self
+
+    @property
+    def violations(self) -> list[Violation]:
+        return list(self.keeper.violations) if self.keeper else []
+
+    def over_limit(self, violation: Violation) -> tuple[int, Any, dict[str, str]]:
+        return 429, {"error": f"over the {violation.limit} limit"}, {}
 
     def received(self, method: str | None = None, path: str | None = None, *,
                  failed: bool = False) -> list[Call]:
-        """Calls answered with success (or, with failed=True, every call)."""
+        """Calls the vendor did: answered with success, or done and then failed (an applied fault);
+        with failed=True, every call."""
         with self.lock:
             return [c for c in self.calls if (method is None or c.method == method)
-                    and (path is None or re.fullmatch(path, c.path)) and (failed or c.status < 400)]
+                    and (path is None or re.fullmatch(path, c.path))
+                    and (failed or c.status < 400 or getattr(c, "applied", False))]
 
     def wait_for(self, method: str, path: str, count: int = 1, timeout: float = 10.0) -> list[Call]:
         deadline = time.monotonic() + timeout
@@ -88,12 +192,21 @@ class FakeServer:
         raise AssertionError(f"{count}× {method} {path} not received in {timeout}s; got "
                              f"{[(c.method, c.path) for c in self.calls]}")
 
-    def _answer(self, call: Call) -> tuple[int, Any, dict[str, str]]:
+    def _answer(self, call: Call) -> tuple[Any, Any, dict[str, str]]:
         with self.lock:
-            for fault in self.faults:
-                if fault.times > 0 and re.search(fault.pattern, call.path):
-                    fault.times -= 1
-                    return fault.status, fault.body, fault.headers
+            fault = next((f for f in self.faults if f.times > 0 and re.search(f.pattern, call.path)), None)
+            if fault is not None:
+                fault.times -= 1
+        if fault is not None and not (fault.applied or fault.reset):
+            return fault.status, fault.body, fault.headers
+        answer = self._route(call)
+        if fault is None:
+            return answer
+        call.applied = answer[0] < 400
+        self.applied_faults.append((call.method, call.path, answer[0]))
+        return (RESET, b"", {}) if fault.reset else (fault.status, fault.body, fault.headers)
+
+    def _route(self, call: Call) -> tuple[int, Any, dict[str, str]]:
         for method, pattern, handler in self.routes:
             match = pattern.match(call.path)
             if method == call.method and match:
@@ -108,13 +221,22 @@ class FakeServer:
                 pass
 
             def _serve(self) -> None:
+                arrived = time.monotonic()
                 parts = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 call = Call(self.command, parts.path, parse_qs(parts.query),
                             decode_body(raw, self.headers.get("Content-Type", "")), dict(self.headers))
                 call.raw = raw
-                status, body, headers = fake._answer(call)
+                refused = fake.keeper.admit(call, arrived) if fake.keeper else None
+                status, body, headers = fake.over_limit(refused) if refused else fake._answer(call)
+                if status is RESET:   # done, but the client never hears: drop the connection
+                    call.status = 200
+                    with fake.lock:
+                        fake.calls.append(call)
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 call.status = status
                 with fake.lock:
                     fake.calls.append(call)
@@ -194,13 +316,24 @@ class FakeAmo(FakeServer):
         self.route("GET", r"/api/v4/leads/custom_fields",
                    lambda c, m: (200, {"_embedded": {"custom_fields": self.fields}}, {}))
         self.route("POST", r"/api/v4/tasks", self._add_tasks)  # kept, so that lists and closing find them
-        self.route("POST", r"/api/v4/leads/notes", self._created("notes"))
+        self.route("POST", r"/api/v4/(leads|contacts|companies)/notes", self._add_notes)
         self._more_routes()
         self._playbook_routes()
         self._contact_search_routes()
 
     def add_lead(self, lead: dict[str, Any]) -> None:
         self.leads[int(lead["id"])] = lead
+
+    def enforce_limits(self, per_second: int = 7) -> "FakeAmo":
+        """amoCRM's limit, "не более 7 запросов в секунду" per integration (API-REFERENCE.md §1, Rate
+        limits; developers.kommo.com/docs/limitations): here every /api/ request of the account, in any
+        sliding second. Over it amoCRM answers 429 (and repeated excess blocks the account with 403)."""
+        return self.limited([VendorLimit("account", per_second, 1.0,
+                                         lambda call: "account" if call.path.startswith("/api/") else None)])
+
+    def over_limit(self, violation: Violation) -> tuple[int, Any, dict[str, str]]:
+        # the 429 body "may not be JSON" (API-REFERENCE.md §1): the problem+json shape of other errors
+        return 429, {"title": "Too Many Requests", "status": 429}, {"Content-Type": "application/problem+json"}
 
     def _get_lead(self, call: Call, m: re.Match):
         lead = self.leads.get(int(m.group(1)))
@@ -322,9 +455,12 @@ class FakeAmo(FakeServer):
         found = [t for t in self.tasks.values()
                  if q.get("filter[entity_type]") in (None, t["entity_type"])
                  and q.get("filter[entity_id]") in (None, str(t["entity_id"]))
-                 and q.get("filter[is_completed]") in (None, str(int(t["is_completed"])))]
-        order = "complete_till" if q.get("order[complete_till]") else "id"  # tasks-api order[complete_till]=asc
-        return self._page(call, "tasks", sorted(found, key=lambda t: (t.get(order) or 0, t["id"])))
+                 and q.get("filter[is_completed]") in (None, str(int(t["is_completed"])))
+                 and t.get("updated_at", 0) >= int(q.get("filter[updated_at][from]", 0))]
+        # tasks-api: order by created_at, complete_till or id, asc or desc
+        order = next((k for k in ("complete_till", "created_at", "id") if q.get(f"order[{k}]")), "id")
+        return self._page(call, "tasks", sorted(found, key=lambda t: (t.get(order) or 0, t["id"]),
+                                                reverse=q.get(f"order[{order}]") == "desc"))
 
     def _get_task(self, call: Call, m: re.Match):
         task = self.tasks.get(int(m.group(1)))
@@ -337,8 +473,29 @@ class FakeAmo(FakeServer):
         task.update({k: v for k, v in call.body.items() if k in ("is_completed", "result", "text")})
         return 200, {"id": task["id"], "updated_at": int(time.time()), "request_id": "0"}, {}
 
+    def _add_notes(self, call: Call, m: re.Match):
+        """POST /api/v4/<entity>/notes: an array; each kept as GET shows it (api_notes_list.json)."""
+        made = []
+        for i, note in enumerate(call.body):
+            new_id, now = next(self.ids), int(self.clock())
+            self.notes.setdefault((m.group(1), int(note["entity_id"])), []).append({
+                "id": new_id, "entity_id": int(note["entity_id"]), "created_by": 0, "updated_by": 0,
+                "created_at": now, "updated_at": now, "responsible_user_id": 0, "group_id": 0,
+                "note_type": note.get("note_type"), "params": note.get("params") or {}, "account_id": 1231414})
+            made.append({"id": new_id, "entity_id": int(note["entity_id"]), "request_id": str(i)})
+        return 200, {"_embedded": {"notes": made}}, {"Content-Type": "application/hal+json"}
+
     def _list_notes(self, call: Call, m: re.Match):
-        return self._page(call, "notes", self.notes.get((m.group(1), int(m.group(2))), []))
+        """filter[note_type], filter[updated_at][from], order[id|updated_at] (events-and-notes, "Список
+        примечаний по конкретной сущности, по ID сущности")."""
+        q = {k: v[0] for k, v in call.query.items()}
+        found = [n for n in self.notes.get((m.group(1), int(m.group(2))), [])
+                 if q.get("filter[note_type]") in (None, n.get("note_type"))
+                 and n.get("updated_at", 0) >= int(q.get("filter[updated_at][from]", 0))]
+        for key in ("id", "updated_at"):
+            if q.get(f"order[{key}]"):
+                found = sorted(found, key=lambda n: n.get(key) or 0, reverse=q[f"order[{key}]"] == "desc")
+        return self._page(call, "notes", found)
 
     def _get_note(self, call: Call, m: re.Match):
         for note in self.notes.get((m.group(1), int(m.group(2))), []):
@@ -515,6 +672,30 @@ class FakeTelegram(FakeServer):
 
     def method_calls(self, name: str) -> list[Call]:
         return self.received("POST", rf"/bot{re.escape(self.token)}/{name}")
+
+    def enforce_limits(self, per_bot: int = 30, per_chat: int = 1, per_group_minute: int = 20) -> "FakeTelegram":
+        """The Bot FAQ's limits ("My bot is hitting limits", API-REFERENCE.md §4): not more than 30
+        messages a second per bot, one a second per chat, 20 a minute per group, counted over messages
+        sent (send*, copy*, forward*); over them Telegram answers 429 with parameters.retry_after."""
+        def chat(call: Call) -> str | None:
+            method = call.path.rsplit("/", 1)[-1]
+            body = call.body if isinstance(call.body, dict) else {}
+            if not method.startswith(("send", "copy", "forward")) or "chat_id" not in body:
+                return None
+            return str(body["chat_id"])
+
+        def group(call: Call) -> str | None:
+            found = chat(call)
+            return found if found is not None and found.startswith("-") else None
+
+        return self.limited([VendorLimit("bot", per_bot, 1.0, lambda call: "bot" if chat(call) is not None else None),
+                             VendorLimit("chat", per_chat, 1.0, chat),
+                             VendorLimit("group", per_group_minute, 60.0, group)])
+
+    def over_limit(self, violation: Violation) -> tuple[int, Any, dict[str, str]]:
+        wait = 60 if violation.limit == "group" else 1
+        return 429, {"ok": False, "error_code": 429, "description": f"Too Many Requests: retry after {wait}",
+                     "parameters": {"retry_after": wait}}, {}
 
     def _method(self, call: Call, m: re.Match):
         name, params = m.group(1), call.body or {}

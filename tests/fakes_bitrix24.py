@@ -22,7 +22,8 @@ PAGE = 50
 OWNER_TYPES = {1: "lead", 2: "deal", 3: "contact", 4: "company"}
 # tasks.task.list filter keys → the camelCase keys tasks are answered with (tasks-task-list.md)
 TASK_KEYS = {"ID": "id", "TITLE": "title", "REAL_STATUS": "status", "STATUS": "status",
-             "RESPONSIBLE_ID": "responsibleId", "UF_CRM_TASK": "ufCrmTask", "DEADLINE": "deadline"}
+             "RESPONSIBLE_ID": "responsibleId", "UF_CRM_TASK": "ufCrmTask", "DEADLINE": "deadline",
+             "CREATED_DATE": "createdDate"}
 
 
 class BitrixError(Exception):
@@ -178,7 +179,8 @@ class FakeBitrix24(FakeServer):
             "crm.item.update": self._item_update, "crm.category.list": self._categories,
             "crm.status.list": self._status_list, "user.get": lambda p: self._list(self.users, p),
             "tasks.task.add": self._task_add, "tasks.task.get": self._task_get, "tasks.task.list": self._task_list,
-            "crm.timeline.comment.add": self._comment_add, "crm.activity.list": self._activity_list,
+            "crm.timeline.comment.add": self._comment_add, "crm.timeline.comment.list": self._comment_list,
+            "crm.activity.list": self._activity_list,
             "im.notify.system.add": self._notify, "batch": self._batch,
         })
         return methods
@@ -237,9 +239,20 @@ class FakeBitrix24(FakeServer):
         fields = params.get("fields") or {}
         if not fields.get("COMMENT"):
             raise BitrixError(400, "", "Required fields are missing: COMMENT")  # wording not documented
-        comment = {"ID": next(self.ids), **fields}
+        comment = {"ID": next(self.ids), **fields, "CREATED": _now_iso(), "AUTHOR_ID": self.user_id, "FILES": {}}
         self.comments.append(comment)
         return comment["ID"]
+
+    def _comment_list(self, params: dict[str, Any]) -> Page:
+        """crm.timeline.comment.list: the filter must name ENTITY_ID and ENTITY_TYPE; order by ID,
+        CREATED or AUTHOR_ID; rows as "Response Handling" shows them (IDs as strings; b24restdocs
+        api-reference/crm/timeline/comments/crm-timeline-comment-list.md)."""
+        flt = params.get("filter") or {}
+        if not flt.get("ENTITY_ID") or not flt.get("ENTITY_TYPE"):   # the two mandatory fields
+            raise BitrixError(400, "", "ENTITY_ID and ENTITY_TYPE are required")   # wording not documented
+        rows = [{**c, "ID": str(c["ID"]), "ENTITY_ID": str(c.get("ENTITY_ID"))} for c in self.comments
+                if str(c.get("ENTITY_ID")) == str(flt["ENTITY_ID"]) and str(c.get("ENTITY_TYPE")) == str(flt["ENTITY_TYPE"])]
+        return self._list(rows, {**params, "filter": {}})
 
     def _notify(self, params: dict[str, Any]) -> int:
         note = {"id": next(self.ids), **params}
@@ -314,7 +327,7 @@ class FakeBitrix24(FakeServer):
         fields = params.get("fields") or {}
         if not fields.get("TITLE"):  # the documented ERROR_CORE answer (tasks-task-add.md)
             raise BitrixError(400, "ERROR_CORE", "Task title is not specified<br>")
-        task = self.add_task(title=fields["TITLE"], description=fields.get("DESCRIPTION", ""),
+        task = self.add_task(title=fields["TITLE"], description=fields.get("DESCRIPTION", ""), createdDate=_now_iso(),
                              responsibleId=str(fields.get("RESPONSIBLE_ID", "")), deadline=fields.get("DEADLINE"),
                              createdBy=self.user_id, ufCrmTask=list(fields.get("UF_CRM_TASK") or []))
         return {"task": task}
@@ -391,6 +404,11 @@ def _match(row: dict[str, Any], key: str, want: Any, keys: dict[str, str]) -> bo
 def _sort_key(value: Any) -> tuple[int, Any]:
     text = str(value if value is not None else "")
     return (0, float(text)) if re.fullmatch(r"-?\d+(\.\d+)?", text) else (1, text)
+
+
+def _now_iso() -> str:
+    """Now as Bitrix24 writes times: ISO 8601 with the portal's offset (here UTC)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _time() -> dict[str, Any]:

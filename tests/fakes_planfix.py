@@ -15,9 +15,14 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tests.fakes import Call, FakeServer, multipart_parts
+from tests.fakes import Call, FakeServer, VendorLimit, Violation, multipart_parts
 
 OK = {"result": "success"}
+
+
+def _now_point() -> dict[str, str]:
+    """Now as a Planfix TimePoint `datetime` (to the minute, UTC): {"datetime": "2026-11-25T10:00Z"}."""
+    return {"datetime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")}
 DATE_OPERATORS = {"gt": operator.gt, "lt": operator.lt, "gtAndEqual": operator.ge, "ltAndEqual": operator.le,
                   "equal": operator.eq, "notequal": operator.ne}
 
@@ -56,6 +61,15 @@ class FakePlanfix(FakeServer):
         self.route("POST", r"/rest/task/list", self._list_tasks)
         self.route("POST", r"/rest/contact/list", self._list_contacts)
 
+    def enforce_limits(self, per_second: int = 1) -> "FakePlanfix":
+        """Planfix's "1 запрос в секунду" (REST_API_Введение.md; API-REFERENCE.md §3, Limits) over every
+        /rest/ request in any sliding second. The answer over it is not documented: a 429 is assumed."""
+        return self.limited([VendorLimit("account", per_second, 1.0,
+                                         lambda call: "account" if call.path.startswith("/rest/") else None)])
+
+    def over_limit(self, violation: Violation) -> tuple[int, Any, dict[str, str]]:
+        return 429, {"result": "fail", "code": 0, "error": "Too many requests"}, {}
+
     def store(self, kind: str) -> dict[int, dict[str, Any]]:
         return self.tasks if kind == "task" else self.contacts
 
@@ -89,8 +103,10 @@ class FakePlanfix(FakeServer):
         return {**value, "field": {**value["field"], **meta}} if meta else value
 
     def _create(self, call: Call, m: re.Match):
+        """A new task or contact; a task keeps its creation time as TaskResponse.dateTime (a TimePoint)."""
         number = next(self.ids)
-        self.add(m.group(1), {**(call.body or {}), "id": number})
+        made = {"dateTime": _now_point()} if m.group(1) == "task" else {}
+        self.add(m.group(1), {**(call.body or {}), "id": number, **made})
         return 200, {**OK, "id": number}, {}
 
     def _add_comment(self, call: Call, m: re.Match):
@@ -98,16 +114,22 @@ class FakePlanfix(FakeServer):
         if int(m.group(2)) not in self.store(m.group(1)):
             return 400, {"result": "fail", "code": 5001, "error": "comment add error"}, {}
         number = next(self.ids)
-        self.comments.setdefault(key, []).append({**(call.body or {}), "id": number})
+        self.comments.setdefault(key, []).append({"dateTime": _now_point(), **(call.body or {}), "id": number})
         return 200, {**OK, "id": number}, {}
 
     def _list_comments(self, call: Call, m: re.Match):
-        found = self.comments.get((m.group(1), int(m.group(2))), [])
-        body = [{"id": c["id"], "description": c.get("description"), "owner": {"id": "user:5", "name": "Олена Коваленко"},
-                 "dateTime": {"datetime": "2025-11-24T12:15Z"}, "files": [{"id": f["id"], "name": f"file-{f['id']}"}
-                                                                          for f in c.get("files", [])]}
-                for c in found]
-        return 200, {**OK, "comments": body}, {}
+        """offset, pageSize (at most 100) and resultOrder Asc|Desc (CommentsListRequest in
+        saranchyev/planfix-rest-api-generated); dateTime a TimePoint, as the comment was made."""
+        body = call.body or {}
+        found = list(self.comments.get((m.group(1), int(m.group(2))), []))   # in the order they were made
+        if body.get("resultOrder") == "Desc":
+            found.reverse()
+        start, size = int(body.get("offset", 0)), int(body.get("pageSize", 100))
+        rows = [{"id": c["id"], "description": c.get("description"), "owner": {"id": "user:5", "name": "Олена Коваленко"},
+                 "dateTime": c.get("dateTime") or {"datetime": "2025-11-24T12:15Z"},
+                 "files": [{"id": f["id"], "name": f"file-{f['id']}"} for f in c.get("files", [])]}
+                for c in found[start:start + size]]
+        return 200, {**OK, "comments": rows}, {}
 
     def _list_contacts(self, call: Call, m: re.Match):
         """POST /contact/list with complex contact filters (REST_API__Сложные_фильтры_контактов.md):

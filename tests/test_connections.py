@@ -129,11 +129,11 @@ def test_the_limiter_takes_the_configured_rate(tmp_path, redis_db, monkeypatch):
     loaded = load(tmp_path, "connections:\n  amo:\n    type: amocrm\n    webhook_secret: ${S}\n"
                             "    options: {rate_per_second: '${R}'}\n", {"S": "s", "R": "3"})
     calls = []
-    monkeypatch.setattr(runtime.RateLimiter, "acquire", lambda self, key, limit: calls.append((key, limit)))
+    monkeypatch.setattr(runtime.RateLimiter, "acquire", lambda self, key, limit, **kw: calls.append((key, limit)))
     rt = runtime.Runtime(settings=None, connections=loaded, ruleset=None, store=redis_db, keys=Keys("t:"), backend=None)
     conn = loaded.connections["amo"]
     rt._limiter_for(conn, amocrm.Client(conn, store=redis_db))()
-    assert calls == [("amo", runtime.Limit(3.0, 3.0))]
+    assert calls == [("amo", runtime.Limit(3.0, 3.0, margin=0.1))]   # the default margin: 3 calls in any 1.1 s
 
 
 def test_only_forward_on_a_crm_that_does_not_know_its_stage_order_is_refused_at_start_up(tmp_path):

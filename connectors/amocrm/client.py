@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import requests
@@ -29,6 +29,7 @@ PAGE_LIMIT = 250        # "limit … (Максимум – 250)" on every list p
 FIELDS_PAGE_LIMIT = 50  # custom-fields: "Метод возвращает до 50 полей за один запрос"
 FILES_PAGE_LIMIT = 50   # files-api, GET /api/v4/leads/{id}/files pages with limit + before_id
 MAX_PAGES = 400         # a guard against a server that always answers `next`
+READ_BACK_SLACK = 60    # seconds find_task/find_note look before `since`: our clock and amoCRM's may differ
 ENUM_TYPES = {"select", "multiselect", "radiobutton", "category"}  # write enum_id only
 PAIRED_TYPES = {"multitext", "smart_address"}  # value + enum_id (custom-fields, fill examples)
 
@@ -40,6 +41,11 @@ class Client(TokenAuth, BaseClient):
     reports_sends = True  # every API call goes through request() (the token refresh is not an action)
     catch_up_entity = "lead"  # what changed_since() lists
     docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
+
+    def idempotent(self, method: str, path: str) -> bool:
+        """POST creates (leads, contacts, tasks, notes), except a link (entity-links-api): linking
+        what is already linked leaves the same links."""
+        return super().idempotent(method, path) or path.endswith(("/link", "/unlink"))
 
     def error_message(self, resp: requests.Response) -> str:
         try:
@@ -295,6 +301,33 @@ class Client(TokenAuth, BaseClient):
         if resp is None:
             return None
         return resp.json()["_embedded"]["tasks"][0]["id"]
+
+    # --- read-back: did an uncertain create happen? (the executor settles UncertainApiError) -------
+
+    def find_task(self, entity: Entity, text: str, since: float | str) -> int | None:
+        """The id of the entity's task with exactly this text created at or after `since` (unix
+        time or ISO 8601), or None. GET /api/v4/tasks with filter[entity_type], filter[entity_id]
+        and filter[updated_at][from] (a task made since then was updated since then), newest first
+        (order[created_at]=desc); created_at compared here, READ_BACK_SLACK early for clocks."""
+        start = _unix(since) - READ_BACK_SLACK
+        params = {"filter[entity_type]": API_ENTITY[entity.type], "filter[entity_id]": int(entity.id),
+                  "filter[updated_at][from]": int(start), "order[created_at]": "desc"}
+        for task in self.pages("/api/v4/tasks", "tasks", params):
+            if task.get("text") == text and (task.get("created_at") or 0) >= int(start):
+                return task["id"]
+        return None
+
+    def find_note(self, entity: Entity, text: str, since: float | str) -> int | None:
+        """The id of the entity's common note with exactly this text created at or after `since`, or
+        None. GET /api/v4/<entity>/{id}/notes with filter[note_type]=common and
+        filter[updated_at][from], newest first (order[id]=desc; events-and-notes "Список примечаний
+        по конкретной сущности")."""
+        start = _unix(since) - READ_BACK_SLACK
+        params = {"filter[note_type]": "common", "filter[updated_at][from]": int(start), "order[id]": "desc"}
+        for note in self.pages(f"/api/v4/{API_ENTITY[entity.type]}/{entity.id}/notes", "notes", params):
+            if (note.get("params") or {}).get("text") == text and (note.get("created_at") or 0) >= int(start):
+                return note["id"]
+        return None
 
     def complete_task(self, task_id: str | int, result_text: str) -> None:
         """PATCH /api/v4/tasks/{id} with is_completed and result.text (tasks-api, "Выполнение задачи")."""
@@ -580,6 +613,14 @@ class Client(TokenAuth, BaseClient):
             items = value if isinstance(value, list) else [value]
             values.append({"field_id": fid, "values": [{"value": v} for v in items]})
         return values
+
+
+def _unix(moment: float | str) -> float:
+    """Unix time from unix time or ISO 8601 (naive: UTC)."""
+    if isinstance(moment, str):
+        parsed = datetime.fromisoformat(moment)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+    return float(moment)
 
 
 def normalize_task(task: dict[str, Any]) -> dict[str, Any]:

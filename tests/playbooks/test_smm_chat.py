@@ -157,11 +157,13 @@ def _link_update(smm, text: str, who: dict) -> dict:
 
 def test_link_run_again_after_a_crash_writes_and_confirms_once(smm):
     """/link's field write and reply are planned steps with idempotency keys: a job that failed
-    after the write (Telegram down for the reply) and runs again only sends the reply, once."""
+    after the write (Telegram refused the reply: a 429 asking for longer than a job waits) and runs
+    again only sends the reply, once. (A 5xx to a message would be uncertain: parked, not resent.)"""
     from connectors import telegram
     from connectors.base import RawWebhook
     add_task(smm.planfix, 1042, "Контент-план на грудень", "В роботі", **{"Тип задачі": "Контент-план"})
-    smm.tg.fail("sendMessage", 502, {"ok": False, "error_code": 502, "description": "Bad Gateway"}, times=3)
+    smm.tg.fail("sendMessage", 429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 120",
+                                     "parameters": {"retry_after": 120}})
     update = _link_update(smm, "/link 1042", OLENA_PM)
     smm.post_tg(update)
     smm.work()

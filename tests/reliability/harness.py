@@ -283,6 +283,7 @@ class Scripted:
 
     `script[(operation, item)] = ["429", "500", "slow", "timeout", …]` gives the answers to the first
     attempts of that operation on that item: "429" and "500" refuse the call (nothing is done),
+    "applied-500" does it and then answers 500 (the client cannot tell it from "500"),
     "slow" answers normally after `slow_seconds`, "timeout" does the work and answers after
     `timeout_seconds` (longer than the client waits, so the client never learns it was done).
     """
@@ -328,6 +329,10 @@ class Scripted:
                 time.sleep(self.delay[key[0]])
             if fault in ("429", "500"):
                 return self.refuse(fault)
+            if fault == "applied-500":   # done, then the answer fails: FakeServer.received counts it
+                answer = super()._answer(call)  # type: ignore[misc]
+                call.applied = answer[0] < 400
+                return self.refuse("500")
             if fault == "slow":
                 time.sleep(self.slow_seconds)
             elif fault == "timeout":

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-import worker
+from pipeline import clock
 from rules.templates import TemplateProblem, escape_markdown_v2, render, render_value
 from tests.conftest import run_worker
 
@@ -99,7 +99,7 @@ def mode_rule(request, config_dir):
 ], indirect=["mode_rule"], ids=["HTML", "MarkdownV2"])
 def test_a_crm_record_with_hostile_fields_reaches_telegram_escaped(mode_rule, expected, monkeypatch, live_server,
                                                                    runtime, fake_amo, fake_tg):
-    monkeypatch.setattr(worker, "clock", lambda: FRIDAY_5PM_KYIV)
+    monkeypatch.setattr(clock, "now", lambda: FRIDAY_5PM_KYIV)
     fake_amo.add_lead({"id": 31926520, "name": HOSTILE, "price": None, "status_id": 10216994, "pipeline_id": 2116,
                        "responsible_user_id": 938348})
     body = (f"leads[status][0][id]=31926520&leads[status][0][status_id]=10216994&leads[status][0][pipeline_id]=2116"

@@ -1,0 +1,202 @@
+"""A 5xx answer, or a connection dropped after the request went out, is *uncertain* for a call that
+creates (a task, a note, a comment, a contact, a message): the vendor may have done it and failed
+only in answering. The clients say so (UncertainApiError), and keep RetryableApiError for a 429 and
+for the 5xx of reads and of writes that set a state. Against the fakes, with the fault "applied,
+then 500" (tests/fakes.py FakeServer.fail(applied=True)): the vendor holds the object once."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import execute
+from connectors import amocrm, bitrix24, planfix, telegram
+from connectors.base import Connection, Entity, Event, RetryableApiError, UncertainApiError
+from rules.engine import Plan, PlannedAction
+from tests.conftest import PAYLOADS, TG_TOKEN
+from tests.fakes_bitrix24 import FakeBitrix24
+from tests.fakes_planfix import FakePlanfix
+
+LEAD = Entity("lead", "31926520")
+DUE = "2026-11-25T10:00:00+00:00"
+AMO_500 = {"title": "Internal Server Error", "status": 500}
+TG_500 = {"ok": False, "error_code": 500, "description": "Internal Server Error"}
+
+
+def raised(call) -> Exception:
+    with pytest.raises(RetryableApiError) as exc:
+        call()
+    return exc.value
+
+
+@pytest.fixture
+def amo(fake_amo, redis_db) -> amocrm.Client:
+    fake_amo.add_lead({"id": 31926520, "name": "Brief", "status_id": 10216995, "pipeline_id": 2116})
+    conn = Connection(name="amo", type="amocrm", base_url=fake_amo.url, credentials={"token": "t"})
+    return amocrm.Client(conn, store=redis_db, key_prefix="crmbridge-test:")
+
+
+@pytest.fixture
+def bot(fake_tg) -> telegram.Client:
+    conn = Connection(name="bot", type="telegram", base_url=fake_tg.url, credentials={"token": TG_TOKEN})
+    return telegram.Client(conn)
+
+
+# --- amoCRM ----------------------------------------------------------------------------------------
+
+def test_amocrm_a_create_answered_500_after_it_was_done_is_uncertain(amo, fake_amo):
+    fake_amo.fail(r"^/api/v4/tasks$", 500, AMO_500, applied=True)
+    exc = raised(lambda: amo.create_task(LEAD, "Call back", DUE))
+    assert isinstance(exc, UncertainApiError) and exc.status == 500
+    assert "may have been done" in str(exc)
+    assert len(fake_amo.tasks) == 1 and fake_amo.applied_faults == [("POST", "/api/v4/tasks", 200)]
+    fake_amo.fail(r"^/api/v4/leads/notes$", 502, AMO_500, applied=True)
+    assert isinstance(raised(lambda: amo.add_note(LEAD, "x")), UncertainApiError)
+
+
+def test_amocrm_a_create_whose_connection_drops_after_it_was_done_is_uncertain(amo, fake_amo):
+    fake_amo.fail(r"^/api/v4/tasks$", 500, None, reset=True)
+    assert isinstance(raised(lambda: amo.create_task(LEAD, "Call back", DUE)), UncertainApiError)
+    assert len(fake_amo.tasks) == 1
+
+
+def test_amocrm_429_to_a_create_and_500_to_reads_and_sets_are_retryable(amo, fake_amo):
+    fake_amo.fail(r"^/api/v4/tasks$", 429, {"title": "Too Many Requests", "status": 429}, headers={"Retry-After": "1"})
+    exc = raised(lambda: amo.create_task(LEAD, "Call back", DUE))
+    assert not isinstance(exc, UncertainApiError) and exc.retry_after == 1.0
+    assert fake_amo.tasks == {}                       # a 429 refuses: nothing was done
+    fake_amo.fail(r"^/api/v4/leads/31926520$", 500, AMO_500)
+    assert not isinstance(raised(lambda: amo.get_raw(LEAD)), UncertainApiError)        # GET
+    fake_amo.fail(r"^/api/v4/leads/31926520$", 500, AMO_500, applied=True)
+    assert not isinstance(raised(lambda: amo.move_to_stage(LEAD, "10216994")), UncertainApiError)   # PATCH
+    fake_amo.fail(r"^/api/v4/leads/31926520/link$", 503, AMO_500)
+    assert not isinstance(raised(lambda: amo.link_contact(LEAD, "77")), UncertainApiError)  # a link: a set
+
+
+# --- Telegram --------------------------------------------------------------------------------------
+
+def test_telegram_a_message_answered_500_after_it_was_sent_is_uncertain(bot, fake_tg):
+    fake_tg.fail("sendMessage", 500, TG_500, applied=True)
+    exc = raised(lambda: bot.send_message("42", "Hello"))
+    assert isinstance(exc, UncertainApiError)
+    assert [c.status for c in fake_tg.calls] == [500] and len(fake_tg.applied_faults) == 1
+    fake_tg.fail("sendMessage", 500, None, reset=True)
+    assert isinstance(raised(lambda: bot.send_message("42", "Hello")), UncertainApiError)
+
+
+def test_telegram_an_edit_or_an_answer_answered_500_is_retryable(bot, fake_tg):
+    fake_tg.fail("editMessageText", 500, TG_500, applied=True)
+    assert not isinstance(raised(lambda: bot.edit_text("42", 7, "x")), UncertainApiError)
+    fake_tg.fail("answerCallbackQuery", 502, TG_500)
+    assert not isinstance(raised(lambda: bot.answer_button("cb-1", "ok")), UncertainApiError)
+    fake_tg.fail("sendMessage", 429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 3",
+                                      "parameters": {"retry_after": 3}})
+    exc = raised(lambda: bot.send_message("42", "Hello"))
+    assert not isinstance(exc, UncertainApiError) and exc.retry_after == 3
+
+
+# --- Bitrix24 --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def b24(redis_db):
+    fake = FakeBitrix24().start()
+    fake.add("deal", {"ID": "410", "TITLE": "Deal", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "ASSIGNED_BY_ID": "1"})
+    conn = Connection(name="b24", type="bitrix24", base_url=fake.base_url, credentials={"webhook": fake.code})
+    yield bitrix24.Client(conn, store=redis_db, key_prefix="crmbridge-test:"), fake
+    fake.stop()
+
+
+B24_500 = {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}
+
+
+def test_bitrix24_an_add_answered_500_after_it_was_done_is_uncertain(b24):
+    client, fake = b24
+    fake.fail(r"/tasks\.task\.add(\.json)?$", 500, B24_500, applied=True)
+    exc = raised(lambda: client.create_task(Entity("deal", "410"), "Call back", DUE))
+    assert isinstance(exc, UncertainApiError)
+    assert len(fake.tasks) == 1
+    fake.fail(r"/crm\.timeline\.comment\.add(\.json)?$", 500, B24_500, applied=True)
+    assert isinstance(raised(lambda: client.add_note(Entity("deal", "410"), "x")), UncertainApiError)
+    assert len(fake.comments) == 1
+
+
+def test_bitrix24_limits_refuse_and_updates_and_reads_retry(b24):
+    client, fake = b24
+    fake.fail(r"/tasks\.task\.add(\.json)?$", 503, {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"})
+    exc = raised(lambda: client.create_task(Entity("deal", "410"), "Call back", DUE))
+    assert not isinstance(exc, UncertainApiError) and exc.retry_after == 1.0 and fake.tasks == {}
+    fake.fail(r"/crm\.deal\.update(\.json)?$", 500, B24_500, applied=True)
+    assert not isinstance(raised(lambda: client.set_fields(Entity("deal", "410"), {"TITLE": "New"})), UncertainApiError)
+    fake.fail(r"/crm\.deal\.get(\.json)?$", 500, B24_500)
+    assert not isinstance(raised(lambda: client.get_entity(Entity("deal", "410"))), UncertainApiError)
+    assert bitrix24.creates("batch", {"cmd": {"a": "crm.deal.get?id=1", "b": "tasks.task.add?fields[TITLE]=x"}})
+    assert not bitrix24.creates("batch", {"cmd": {"a": "crm.deal.get?id=1"}})
+    assert not bitrix24.creates("crm.deal.contact.add")      # binds two records: a set
+
+
+# --- Planfix ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def pf(redis_db):
+    fake = FakePlanfix().start()
+    fake.add("task", json.loads((PAYLOADS / "planfix/api_task_get.json").read_text())["task"])
+    conn = Connection(name="pf", type="planfix", base_url=f"{fake.url}/rest", credentials={"token": "PF-TOKEN"})
+    yield planfix.Client(conn, store=redis_db, key_prefix="crmbridge-test:"), fake
+    fake.stop()
+
+
+PF_500 = {"result": "fail", "code": 0, "error": "Internal error"}
+
+
+def test_planfix_creates_answered_500_are_uncertain_and_updates_and_lists_retry(pf):
+    client, fake = pf
+    task = Entity("task", "1042")
+    fake.fail(r"^/rest/task/1042/comments/$", 500, PF_500, applied=True)
+    assert isinstance(raised(lambda: client.add_note(task, "x")), UncertainApiError)
+    fake.fail(r"^/rest/task/$", 500, PF_500, applied=True)
+    assert isinstance(raised(lambda: client.create_task(task, "Sub", DUE)), UncertainApiError)
+    fake.fail(r"^/rest/contact/$", 504, PF_500, applied=True)
+    assert isinstance(raised(lambda: client.create_contact("Ann")), UncertainApiError)
+    assert [(m, p) for m, p, _ in fake.applied_faults] == [
+        ("POST", "/rest/task/1042/comments/"), ("POST", "/rest/task/"), ("POST", "/rest/contact/")]
+    assert len(fake.comments[("task", 1042)]) == 1 and len(fake.contacts) == 1
+    fake.fail(r"^/rest/task/1042$", 500, PF_500, applied=True)            # an update, by POST
+    assert not isinstance(raised(lambda: client.move_to_stage(task, "2")), UncertainApiError)
+    fake.fail(r"^/rest/task/1042/comments/list$", 500, PF_500)            # a list, by POST
+    assert not isinstance(raised(lambda: client.list_comments(task)), UncertainApiError)
+
+
+# --- through the executor: the step is parked once, never sent twice --------------------------------
+
+EVENT = Event(id="quickstart-amo:uncertain-test", connection="quickstart-amo", source="amocrm",
+              kind="stage.changed", entity=LEAD, data={}, raw={}, occurred_at="2026-11-24T10:00:00+00:00")
+
+
+def step(method: str, connection: str, **args) -> PlannedAction:
+    return PlannedAction(rule="Test rule", rule_id="test", step=0, connection=connection, method=method,
+                         args=args, key=f"{EVENT.id}|test|{method}")
+
+
+@pytest.mark.parametrize("method, connection, args, path", [
+    ("create_task", "quickstart-amo", {"entity": {"type": "lead", "id": "31926520"}, "text": "Call back", "due": DUE},
+     r"^/api/v4/tasks$"),
+    ("send_message", "quickstart-bot", {"chat": "42", "text": "Hello"}, "sendMessage"),
+])
+def test_applied_then_500_is_done_once_at_the_vendor_and_parked(runtime, fake_amo, fake_tg, method, connection, args, path):
+    fake = fake_amo if connection == "quickstart-amo" else fake_tg
+    fake.fail(path, 500, AMO_500 if fake is fake_amo else TG_500, applied=True)
+    action = step(method, connection, **args)
+    result = execute.run_plan(runtime, EVENT, Plan(actions=[action]))
+    assert result["failed"] == 1
+    sent = [c for c in fake.calls if c.method == "POST" and (c.path == "/api/v4/tasks" or c.path.endswith("/sendMessage"))]
+    assert len(sent) == 1                                   # done once, never again
+    assert len(fake.applied_faults) == 1
+    dead = json.loads(runtime.store.hget(runtime.keys("dead"), action.key))
+    assert "may have been sent" in dead["error"] and "Internal Server Error" in dead["error"]
+
+
+def test_429_then_success_on_a_create_is_done_once(runtime, fake_amo):
+    fake_amo.fail(r"^/api/v4/tasks$", 429, {"title": "Too Many Requests", "status": 429}, headers={"Retry-After": "0"})
+    action = step("create_task", "quickstart-amo", entity={"type": "lead", "id": "31926520"}, text="Call back", due=DUE)
+    assert execute.execute(runtime, EVENT, action) is True
+    assert len(fake_amo.tasks) == 1 and len(fake_amo.received("POST", "/api/v4/tasks", failed=True)) == 2
