@@ -16,7 +16,7 @@ import requests
 
 from connectors.amocrm.auth import TokenAuth
 from connectors.base import (
-    BaseClient, Entity, PermanentApiError, contact_matches, phone_digits, utc_iso,
+    BaseClient, Changed, Entity, PermanentApiError, contact_matches, phone_digits, utc_iso,
 )
 
 log = logging.getLogger("crmbridge.connectors.amocrm")
@@ -38,7 +38,12 @@ class Client(TokenAuth, BaseClient):
 
     rate_per_second = 7  # "not more than 7 requests per second" (developers.kommo.com/docs/limitations)
     reports_sends = True  # every API call goes through request() (the token refresh is not an action)
-    catch_up_entity = "lead"  # what changed_since() lists
+    capabilities = frozenset({
+        "get_entity", "name_refs", "rule_context", "changed_since", "list_tasks", "overdue_tasks",
+        "set_fields", "move_to_stage", "create_task", "add_note", "set_responsible", "complete_task",
+        "complete_tasks_matching", "change_tags", "copy_entity", "search_contacts", "add_contact",
+        "link_contact", "find_catalog_elements", "read_stage", "find_stage", "stage_order",
+    })
     docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
 
     def error_message(self, resp: requests.Response) -> str:
@@ -235,13 +240,14 @@ class Client(TokenAuth, BaseClient):
             self.forget(f"custom_fields:{entity_type}")
         raise PermanentApiError(f"amoCRM has no {entity_type} field {field!r}")
 
-    def changed_since(self, since: float | str) -> list[dict[str, Any]]:
-        """Leads updated at or after `since` (unix time or ISO 8601), oldest first, in the common
-        shape (for catch-up jobs)."""
+    def changed_since(self, since: float | str) -> list[Changed]:
+        """Leads updated at or after `since` (unix time or ISO 8601), oldest first (for catch-up
+        jobs); each one's `raw` is the lead in the common shape, `modified` its updated_at."""
         unix_ts = datetime.fromisoformat(since).timestamp() if isinstance(since, str) else float(since)
         # filters-api: filter[updated_at][from]=<ts>; leads-api: order[updated_at]=asc
         params = {"filter[updated_at][from]": int(unix_ts), "order[updated_at]": "asc", "with": "contacts"}
-        return [self.normalize(lead) for lead in self.pages("/api/v4/leads", "leads", params)]
+        return [Changed("lead", lead["id"], lead.get("updated_at") or "", lead)
+                for lead in (self.normalize(item) for item in self.pages("/api/v4/leads", "leads", params))]
 
     # --- tasks -------------------------------------------------------------------------------
 
@@ -424,28 +430,39 @@ class Client(TokenAuth, BaseClient):
     # --- acting on leads and contacts --------------------------------------------------------
 
     def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None,
-                      only_forward: bool = False) -> dict[str, Any] | None:
+                      current_pipeline: str | None = None) -> dict[str, Any]:
         """Move a lead to a stage (PATCH /api/v4/leads/{id} with status_id and pipeline_id).
-
-        only_forward: read the lead first and leave it where it is when it already stands at or
-        past that stage of the same pipeline (statuses ordered by `sort`, leads_pipelines)."""
-        body: dict[str, Any] = {}
-        if not self.record_only:
+        `current_pipeline` (the lead's, when the caller has read it) changes nothing here: the
+        same PATCH moves a lead within its pipeline or into another."""
+        if self.record_only:
+            body: dict[str, Any] = {"status_id": stage, **({"pipeline_id": pipeline} if pipeline else {})}
+        else:
             status_id, pipeline_id = self.resolve_stage(stage, pipeline)
             body = {"status_id": status_id, **({"pipeline_id": pipeline_id} if pipeline_id else {})}
-            if only_forward:
-                current = self.get_raw(entity) or {}
-                here, there = str(current.get("status_id")), str(status_id)
-                same = str(current.get("pipeline_id")) == str(pipeline_id or current.get("pipeline_id"))
-                pipelines = self.pipelines()
-                at = _stage_position(pipelines, here, str(current.get("pipeline_id")))
-                to = _stage_position(pipelines, there, str(current.get("pipeline_id")))
-                if same and at is not None and to is not None and to <= at:
-                    return {"moved": False, "reason": f"already at stage {here}, not before {there}"}
-        else:
-            body = {"status_id": stage, **({"pipeline_id": pipeline} if pipeline else {})}
         self.request("PATCH", f"/api/v4/leads/{entity.id}", json_body=body)
         return {"moved": True}
+
+    # --- stages, for pipeline/steps/move_forward.py ----------------------------------------------
+
+    def read_stage(self, entity: Entity) -> dict[str, Any] | None:
+        """The lead's status and pipeline ids (GET /api/v4/leads/{id}); None in record-only mode."""
+        raw = self.get_raw(entity)
+        if raw is None:
+            return None
+        return {"stage": str(raw.get("status_id")), "pipeline": str(raw.get("pipeline_id"))}
+
+    def find_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> dict[str, Any]:
+        """A status name or id (and pipeline name or id) → {"stage", "pipeline"} ids, from cached pipelines."""
+        status_id, pipeline_id = self.resolve_stage(stage, pipeline)
+        return {"stage": str(status_id), "pipeline": None if pipeline_id is None else str(pipeline_id)}
+
+    def stage_order(self, entity: Entity, pipeline: str | None, fresh: bool = False) -> dict[str, int]:
+        """{status id: its place} in a pipeline, by the statuses' `sort` (leads_pipelines), cached;
+        `fresh`: the pipelines are read again first."""
+        if fresh:
+            self.forget("pipelines")
+        statuses = (self.pipelines().get(str(pipeline)) or {}).get("statuses") or {}
+        return {sid: place for place, sid in enumerate(statuses)}   # kept in `sort` order
 
     def set_fields(self, entity: Entity, fields: dict[str, Any]) -> None:
         """Write custom fields by name or id; a list writes several values (multiselect)."""
@@ -461,9 +478,9 @@ class Client(TokenAuth, BaseClient):
             body["custom_fields_values"] = self._field_values(entity.type, fields)
         self.request("PATCH", f"/api/v4/contacts/{entity.id}", json_body=body)
 
-    # find_or_create (connectors/base.py BaseClient.find_or_create): contacts-api "Список контактов",
+    # find_or_create (pipeline/steps/find_or_create.py): contacts-api "Список контактов",
     # GET /api/v4/contacts?query=… ("Осуществляет поиск по заполненным полям сущности": fuzzy, so every
-    # candidate is checked by BaseClient), POST /api/v4/contacts (an array), and entity-links-api
+    # candidate is checked by the step), POST /api/v4/contacts (an array), and entity-links-api
     # POST /api/v4/leads/{id}/link [{"to_entity_id", "to_entity_type": "contacts"}].
     FIND_BY = ("phone", "email", "inbox_sender")
 

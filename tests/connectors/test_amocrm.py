@@ -658,8 +658,8 @@ def test_changed_since_pages_through_the_leads_updated_after_a_moment(amo_client
         fake_amo.add_lead({"id": 70000 + n, "name": f"L{n}", "status_id": 142, "pipeline_id": 2116,
                            "updated_at": 1700000000 + n})
     changed = amo_client.changed_since(1700000000)
-    assert [c["id"] for c in changed] == [str(70000 + n) for n in range(300)]
-    assert changed[0]["updated_at"] == "2023-11-14T22:13:20+00:00" and changed[0]["stage"]["name"] == "Won"
+    assert [c.id for c in changed] == [str(70000 + n) for n in range(300)] and {c.type for c in changed} == {"lead"}
+    assert changed[0].modified == "2023-11-14T22:13:20+00:00" and changed[0].raw["stage"]["name"] == "Won"
     first, second = fake_amo.received("GET", "/api/v4/leads")
     assert first.query["filter[updated_at][from]"] == ["1700000000"] and first.query["order[updated_at]"] == ["asc"]
     assert (first.query["page"], second.query["page"]) == (["1"], ["2"])
