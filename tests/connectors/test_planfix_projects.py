@@ -40,13 +40,16 @@ def a_task(number: int, status: int, project: int | None = 77, order: int | None
     return item
 
 
+def start(client: planfix.Client, task: str, **args) -> dict:
+    return run_step("start_next_task", client, Entity("task", task), status="В роботі", **args)
+
+
 def test_without_an_order_field_the_next_task_is_the_next_number(pf, fake_planfix):
     for number, status in ((500, 3), (501, 2), (502, 1), (503, 1)):
         fake_planfix.add("task", a_task(number, status))
     # 501 is already in work: the next one is 501 and it is not started again
-    assert run_step("start_next_task", pf, Entity("task", "500"), status="В роботі") == {"next": "501", "reason": "already В роботі"}
-    assert run_step("start_next_task", pf, Entity("task", "501"), status="В роботі", due="2026-12-02T15:00:00+00:00") == {
-        "next": "502", "name": "Задача 502", "outcome": "done"}
+    assert start(pf, "500") == {"next": "501", "reason": "already В роботі"}
+    assert start(pf, "501", due="2026-12-02T15:00:00+00:00") == {"next": "502", "name": "Задача 502", "outcome": "done"}
     [started] = fake_planfix.received("POST", "/rest/task/502")
     assert started.body == {"status": {"id": 2}, "endDateTime": {"datetime": "2026-12-02T15:00Z"}}
 
@@ -55,8 +58,7 @@ def test_ordered_tasks_come_before_unordered_ones_and_a_named_executor_is_set(pf
     fake_planfix.add("task", a_task(600, 3, order=1))
     fake_planfix.add("task", a_task(601, 1))            # no order: after every ordered task
     fake_planfix.add("task", a_task(602, 1, order=7))
-    result = run_step("start_next_task", pf, Entity("task", "600"), status="В роботі", order_field="Порядок",
-                                responsible="Иван Петренко")
+    result = start(pf, "600", order_field="Порядок", responsible="Иван Петренко")
     assert result["next"] == "602"
     [started] = fake_planfix.received("POST", "/rest/task/602")
     assert started.body == {"status": {"id": 2}, "assignees": {"users": [{"id": "user:6"}]}}
@@ -64,7 +66,7 @@ def test_ordered_tasks_come_before_unordered_ones_and_a_named_executor_is_set(pf
 
 def test_a_task_outside_a_project_starts_nothing(pf, fake_planfix):
     fake_planfix.add("task", a_task(700, 3, project=None))
-    assert run_step("start_next_task", pf, Entity("task", "700"), status="В роботі") == {
+    assert start(pf, "700") == {
         "next": None, "reason": "task 700 is not in a project"}
     assert fake_planfix.received("POST", "/rest/task/list") == []
 
