@@ -1,8 +1,11 @@
 """The common model every connector speaks, and the base of every API client.
 
 A connector module turns one vendor's webhook into `Event`s (`verify` + `parse`) and
-offers a `Client` whose methods are the actions rules may call. Nothing past a
-connector sees a vendor's wire format.
+offers a `Client` whose verbs (the CrmClient and ChannelClient protocols below; each client
+names its own in `capabilities`) are single API calls: wire format in, single calls out.
+What takes several calls or keeps state (find-or-create, only-forward moves, time tracking…)
+is a pipeline step built on those verbs (pipeline/steps). Nothing past a connector sees a
+vendor's wire format.
 """
 from __future__ import annotations
 
@@ -328,8 +331,10 @@ class CrmClient(Protocol):
         """Write fields by the name the CRM shows (or by id/code)."""
         ...
 
-    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> Any:
-        """Move the record to a stage (name or id), in `pipeline` or its own; no questions asked."""
+    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None,
+                      current_pipeline: str | None = None) -> Any:
+        """Move the record to a stage (name or id), in `pipeline` or its own, no questions asked;
+        `current_pipeline`: the record's own, when the caller has just read it (spares a read)."""
         ...
 
     def create_task(self, entity: Entity, text: str, due: str, responsible: Any = None) -> Any:
@@ -378,7 +383,8 @@ class CrmClient(Protocol):
 
     # single calls the pipeline's steps (pipeline/steps/) are built on
     def search_contacts(self, by: str, value: str, field: str | None = None) -> list[dict[str, Any]] | None:
-        """Contacts the vendor's search finds for a phone, email or sender: candidates, to be checked."""
+        """Contacts the vendor's search finds for a phone, email or sender: candidates to be checked,
+        [{"id", "created" (unix seconds or None), "phones", "emails", "fields"}]."""
         ...
 
     def add_contact(self, name: str, by: str, value: str, fields: dict[str, Any]) -> Any:

@@ -437,8 +437,10 @@ class Client(BaseClient):
 
     # --- acting ---------------------------------------------------------------------------------
 
-    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> str | None:
-        """POST /task/{id} {"status": {"id"}}: "done", or "queued" when Planfix answers 202."""
+    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None,
+                      current_pipeline: str | None = None) -> str | None:
+        """POST /task/{id} {"status": {"id"}}: "done", or "queued" when Planfix answers 202. A status
+        is set the same way in any process, so `current_pipeline` changes nothing."""
         if entity.type != "task":
             raise PermanentApiError(f"Planfix statuses belong to tasks, not to a {entity.type}")
         status = stage if self.record_only else self.resolve_status(entity, stage, pipeline)
