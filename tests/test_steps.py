@@ -106,3 +106,38 @@ def test_record_only_steps_only_log_their_calls(caplog):
 
 def test_the_registry_names_each_step_by_its_method():
     assert {m: s.METHOD for m, s in STEPS.items()} == {m: m for m in STEPS}
+
+
+def test_a_step_a_crm_cannot_run_is_refused_at_start_up_with_file_and_line(tmp_path):
+    """A step's REQUIRES against the client's capabilities (rules/_verb_support.py), as for verbs."""
+    from config.loader import ConfigErrors
+    from config.settings import Settings
+    from runtime import load_configuration
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "connections.yaml").write_text("""
+connections:
+  amo: {type: amocrm, webhook_secret: "${S}"}
+  pf: {type: planfix, webhook_secret: "${S}"}
+""", encoding="utf-8")
+    (tmp_path / "rules" / "r.yaml").write_text("""rules:
+  - name: amo task done
+    on: {event: task.completed, connection: amo}
+    do:
+      - start_next_task: {status: "В работе"}
+      - track_time: {stage: "В работе", field: "Часы"}
+  - name: pf typed
+    on: {event: field.changed, connection: pf}
+    do:
+      - lookup_field: {field: "Блогер", catalog: "Блогеры"}
+      - start_next_task: {status: "В роботі"}
+""", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as exc:
+        load_configuration(Settings(config_dir=tmp_path, environ={"S": "s"}))
+    lines = str(exc.value).splitlines()
+    assert lines[-1] == "2 errors in 1 file; crmbridge did not start."
+    assert lines[0].endswith('r.yaml:5: rule "amo task done": start_next_task → not supported for amocrm '
+                             "(connection 'amo'): amoCRM tasks belong to records, not to ordered projects; "
+                             "start_next_task reads a Planfix project's tasks")
+    assert lines[1].endswith('r.yaml:10: rule "pf typed": lookup_field → not supported for planfix (connection '
+                             "'pf'): Planfix has no catalogs (lists) to look names up in here; amoCRM's lists "
+                             "(«Списки») can be")
