@@ -18,6 +18,7 @@ from config.loader import ConfigError, ConfigErrors
 from config.settings import Settings
 from connectors import CONNECTORS
 from connectors.base import BaseClient
+from pipeline.steps import STEPS
 from queueing import InProcessBackend, Keys, RQBackend
 from ratelimit import Limit, RateLimiter, limiter_for  # noqa: F401 - Limit, RateLimiter: tests reach them here
 from rules import MODULES, find_or_create, send_email
@@ -50,9 +51,9 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
         # naming them are not reported again for that
         ruleset = load_rules(base / "rules", MODULES, calendars=connections.calendars if loaded else None,
                              connections=connections.connections or None, base=None)
-        errors.extend(unsupported_options(ruleset.rules, connections, CONNECTORS))
+        errors.extend(unsupported_options(ruleset.rules, connections, CONNECTORS, STEPS))
         errors.extend(find_or_create.unsupported(ruleset.rules, connections, CONNECTORS))
-        errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS))
+        errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS, STEPS))
         errors.extend(send_email.load_templates(ruleset.rules, base))
     except ConfigErrors as exc:
         errors.extend(exc.errors)

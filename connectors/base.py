@@ -1,8 +1,11 @@
 """The common model every connector speaks, and the base of every API client.
 
 A connector module turns one vendor's webhook into `Event`s (`verify` + `parse`) and
-offers a `Client` whose methods are the actions rules may call. Nothing past a
-connector sees a vendor's wire format.
+offers a `Client` whose verbs (the CrmClient and ChannelClient protocols below; each client
+names its own in `capabilities`) are single API calls: wire format in, single calls out.
+What takes several calls or keeps state (find-or-create, only-forward moves, time tracking…)
+is a pipeline step built on those verbs (pipeline/steps). Nothing past a connector sees a
+vendor's wire format.
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
-from redis.exceptions import LockError
 
 log = logging.getLogger("crmbridge.connectors")
 
@@ -368,14 +370,247 @@ class Connector(Protocol):
     Client: type["BaseClient"]
 
 
+# --- what a client offers: the verbs --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Changed:
+    """One record a CRM lists as changed since a moment (changed_since), the same for every CRM:
+    the record, its modification mark (a time, or a time and a digest of the record's state; a
+    new mark is a new change) and the item as the vendor listed it."""
+
+    type: str
+    id: str
+    modified: str
+    raw: dict[str, Any]
+
+
+class CrmClient(Protocol):
+    """What a CRM's client is. Every verb a client really implements is named in its
+    `capabilities` (tests/connectors/test_capabilities.py keeps the two equal); the pipeline asks
+    `client.can(verb)` and start-up checks read the same set. A client with CRM_VERBS is a CRM's
+    (is_crm_client); the others are optional. Records are `Entity`s; what comes back is in the
+    common shape (connectors' normalize functions), never a vendor's wire format."""
+
+    capabilities: frozenset[str]
+    FIND_BY: tuple[str, ...]
+
+    def can(self, verb: str) -> bool:
+        """Is `verb` one of this client's capabilities?"""
+        ...
+
+    # reading records
+    def get_entity(self, entity: Entity) -> dict[str, Any] | None:
+        """The record as it is now (None: record-only mode, or gone)."""
+        ...
+
+    def name_refs(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Add the CRM's names to the stage, pipeline and responsible refs of `data` (cached metadata)."""
+        ...
+
+    def rule_context(self, entity: Entity, needs: set[str] | frozenset[str]) -> dict[str, Any]:
+        """What rule conditions read besides the record (tasks, activity, files, contacts), per `needs`."""
+        ...
+
+    def changed_since(self, since: str) -> list[Changed] | None:
+        """The records changed after `since` (ISO 8601), oldest first (None: record-only)."""
+        ...
+
+    def list_tasks(self, entity: Entity, open_only: bool = True) -> list[dict[str, Any]] | None:
+        """The tasks of a record (open ones only by default)."""
+        ...
+
+    def overdue_tasks(self, before: str) -> list[dict[str, Any]]:
+        """Open tasks whose deadline is before `before` (ISO 8601), with their responsible."""
+        ...
+
+    # writing records
+    def set_fields(self, entity: Entity, fields: dict[str, Any]) -> Any:
+        """Write fields by the name the CRM shows (or by id/code)."""
+        ...
+
+    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None,
+                      current_pipeline: str | None = None) -> Any:
+        """Move the record to a stage (name or id), in `pipeline` or its own, no questions asked;
+        `current_pipeline`: the record's own, when the caller has just read it (spares a read)."""
+        ...
+
+    def create_task(self, entity: Entity, text: str, due: str, responsible: Any = None) -> Any:
+        """A task on the record, due at `due` (ISO 8601), for `responsible` (a name or id)."""
+        ...
+
+    def add_note(self, entity: Entity, text: str) -> Any:
+        """A note (comment) on the record."""
+        ...
+
+    def set_responsible(self, entity: Entity, user: Any) -> Any:
+        """Make `user` (a name or id) responsible for the record."""
+        ...
+
+    def delete_entity(self, entity: Entity) -> Any:
+        """Delete the record ("gone" when it already was)."""
+        ...
+
+    def notify(self, user: Any, text: str) -> Any:
+        """A notification to a user of the CRM."""
+        ...
+
+    def complete_task(self, task_id: Any, result_text: str) -> Any:
+        """Complete one task with a result text."""
+        ...
+
+    def complete_tasks_matching(self, entity: Entity, pattern: str, result_text: str) -> Any:
+        """Complete the record's open tasks whose text matches `pattern`."""
+        ...
+
+    def change_tags(self, entity: Entity, add: Any = (), remove: Any = ()) -> Any:
+        """Add and remove tags by name."""
+        ...
+
+    def get_raw(self, entity: Entity) -> dict[str, Any] | None:
+        """The record as the vendor's API returns it (what create_copy copies from)."""
+        ...
+
+    def create_copy(self, source: dict[str, Any] | None, pipeline: str, stage: str, **options: Any) -> Any:
+        """A new record copied from `source`, in another pipeline and stage (one create)."""
+        ...
+
+    def link_copy(self, record_id: Any, source: dict[str, Any]) -> Any:
+        """Link a record to the contacts and company of `source` (one call)."""
+        ...
+
+    # reading back an uncertain create (a 5xx or no answer after it was sent)
+    def find_task(self, entity: Entity, text: str, since: float | str) -> Any:
+        """The id of the record's task with this text made at or after `since`, or None."""
+        ...
+
+    def find_note(self, entity: Entity, text: str, since: float | str) -> Any:
+        """The id of the record's note (comment) with this text made at or after `since`, or None."""
+        ...
+
+    def add_chat_comment(self, entity: Entity, text: str, uploads: list[dict[str, Any]] | None = None) -> Any:
+        """A comment carrying a chat message and its files, marked as crmbridge's own."""
+        ...
+
+    def download(self, file_id: str, size: int | None = None) -> tuple[bytes, str] | None:
+        """(content, name) of a file the CRM keeps (None: record-only)."""
+        ...
+
+    # single calls the pipeline's steps (pipeline/steps/) are built on
+    def search_contacts(self, by: str, value: str, field: str | None = None) -> list[dict[str, Any]] | None:
+        """Contacts the vendor's search finds for a phone, email or sender: candidates to be checked,
+        [{"id", "created" (unix seconds or None), "phones", "emails", "fields"}]."""
+        ...
+
+    def add_contact(self, name: str, by: str, value: str, fields: dict[str, Any]) -> Any:
+        """Create a contact carrying the phone/email `value`; its id."""
+        ...
+
+    def link_contact(self, entity: Entity, contact_id: str) -> str | None:
+        """Link a contact to a record: None when linked, else why it cannot be."""
+        ...
+
+    def find_catalog_elements(self, catalog: str | int, query: str) -> list[dict[str, Any]]:
+        """Entries of a catalog (a list) the vendor's search finds for `query`: [{"id", "name"}]."""
+        ...
+
+    def read_stage(self, entity: Entity) -> dict[str, Any] | None:
+        """The record's stage and pipeline ids now, {"stage", "pipeline"}, in one read."""
+        ...
+
+    def find_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> dict[str, Any]:
+        """A stage named as the CRM shows it (or its id) → {"stage", "pipeline"} ids."""
+        ...
+
+    def stage_order(self, entity: Entity, pipeline: str | None, fresh: bool = False) -> dict[str, Any]:
+        """{stage id: rank} of the record's kind in `pipeline`: a higher rank is further on."""
+        ...
+
+    def read_task(self, entity: Entity, fields: list[str] = ()) -> dict[str, Any] | None:
+        """A task with its project and process, and the custom `fields` named (by those names)."""
+        ...
+
+    def project_tasks(self, project: Any, fields: list[str] = ()) -> list[dict[str, Any]]:
+        """Every task of a project, as read_task gives one."""
+        ...
+
+    def set_status(self, entity: Entity, status: Any, pipeline: Any = None, due: str | None = None,
+                   responsible: Any = None) -> Any:
+        """A task's status (in its process `pipeline`), and its deadline and executor, in one write."""
+        ...
+
+
+class ChannelClient(Protocol):
+    """The verbs of the other clients: messengers, e-mail, outgoing webhooks, telephony."""
+
+    def send_message(self, chat: Any, text: str, buttons: list | None = None) -> Any:
+        """A message to a chat."""
+        ...
+
+    def send_approval(self, chat: Any, text: str, choices: list[dict[str, str]], record: dict[str, str]) -> Any:
+        """A message with signed choice buttons for a record."""
+        ...
+
+    def answer_button(self, callback_id: str, text: str | None = None) -> Any:
+        """Answer a button press."""
+        ...
+
+    def edit_buttons(self, chat: Any, message_id: int, buttons: list | None = None) -> Any:
+        """Replace a message's buttons."""
+        ...
+
+    def edit_text(self, chat: Any, message_id: int, text: str, buttons: list | None = None) -> Any:
+        """Replace a message's text."""
+        ...
+
+    def send_photo(self, chat: Any, photo: Any, caption: str | None = None) -> Any:
+        """A photo to a chat."""
+        ...
+
+    def send_document(self, chat: Any, content: bytes, filename: str) -> Any:
+        """A file to a chat."""
+        ...
+
+    def reply(self, conversation: Any, text: str, attachments: list[dict[str, Any]] | None = None) -> Any:
+        """A reply in an inbox conversation."""
+        ...
+
+    def send_email(self, to: Any, subject: str, text: str, html: str | None = None) -> Any:
+        """An e-mail."""
+        ...
+
+    def post_webhook(self, body: Any, path: str | None = None) -> Any:
+        """A POST of `body` to the connection's URL."""
+        ...
+
+    def request_callback(self, manager: str, client: str) -> Any:
+        """Ring the manager, then connect the client (telephony)."""
+        ...
+
+    def extension(self, manager: str) -> str:
+        """A manager's name or id → their PBX extension."""
+        ...
+
+    def download(self, file_id: str, size: int | None = None) -> tuple[bytes, str] | None:
+        """(content, name) of a file the channel keeps."""
+        ...
+
+
+def _verbs(*protocols: type) -> frozenset[str]:
+    return frozenset(name for proto in protocols for name, value in vars(proto).items()
+                     if callable(value) and not name.startswith("_") and name != "can")
+
+
+# every verb a client may name in `capabilities`; CRM_VERBS make a client a CRM's
+VERBS = _verbs(CrmClient, ChannelClient)
+CRM_VERBS = frozenset({"get_entity", "set_fields"})
+
+
 # --- API clients ---------------------------------------------------------------------------
 
 Recorder = Callable[[str, str, Any], None]
 
 
-# lookup_field's notes: {field}, {value}, {catalog} and {matches} are filled in
-LOOKUP_AMBIGUOUS = "«{field}»: several entries of «{catalog}» start with «{value}»: {matches}. Type more letters."
-LOOKUP_NOT_FOUND = "«{field}»: no entry of «{catalog}» starts with «{value}»."
+# how lookup_field (pipeline/steps/lookup_field.py) compares what was typed with a catalog's names
 LOOKUP_MATCHES = ("starts_with", "word_starts_with")
 
 
@@ -408,8 +643,7 @@ class BaseClient:
 
     def can(self, verb: str) -> bool:
         """Does this client implement `verb` (a name in `capabilities`)?"""
-        # (until every Client declares its capabilities: the verbs it defines)
-        return verb in self.capabilities if self.capabilities else callable(getattr(self, verb, None))
+        return verb in self.capabilities
 
     @property
     def record_only(self) -> bool:
@@ -502,100 +736,16 @@ class BaseClient:
     def error_message(self, resp: requests.Response) -> str:
         return resp.text[:300]
 
-    def lookup_field(self, entity: Entity, field: str, value: str, catalog: str, match: str = "starts_with",
-                     ambiguous: str = LOOKUP_AMBIGUOUS, not_found: str = LOOKUP_NOT_FOUND) -> dict[str, Any]:
-        """Replace what was typed into `field` by the one `catalog` entry it starts (the bloggers'
-        base by the first letters of the surname). Several entries: a note listing them; none: a
-        note saying so; the field is left as it is. A value that already is an entry's full name
-        (crmbridge's own write, announced back) is left alone, so the lookup never loops.
-
-        Needs the connector's find_catalog_elements(catalog, query) → [{"id", "name", …}]."""
-        find = getattr(self, "find_catalog_elements", None)
-        if find is None:
-            raise PermanentApiError(f"{self.connection.name}: this CRM has no catalogs to look {field!r} up in")
-        found = find(catalog, value)
-        names = list(dict.fromkeys(str(e.get("name") or "") for e in found))
-        if any(fold(n) == fold(value) for n in names):
-            return {"kept": value}
-        hits = catalog_matches(names, value, match)
-        if len(hits) == 1:
-            self.set_fields(entity, {field: hits[0]})
-            return {"set": hits[0]}
-        words = {"field": field, "value": value, "catalog": str(catalog), "matches": ", ".join(hits)}
-        text = re.sub(r"\{(field|value|catalog|matches)\}", lambda m: words[m.group(1)],
-                      ambiguous if hits else not_found)    # one pass: typed braces stay as typed
-        self.add_note(entity, text)
-        return {"matches": hits}
-
-    # --- find_or_create (rules/find_or_create.py) ------------------------------------------------
-    # A connector that can do it defines FIND_BY (the `by:` values its search can do) and three hooks:
-    # search_contacts(by, value, field) → [{"id", "created", "phones", "emails", "fields"}] (candidates:
-    # the vendor's search may be fuzzy, they are checked here), add_contact(name, by, value, fields) → id,
-    # and link_contact(entity, contact_id) → None when linked, else why not.
+    # find_or_create (pipeline/steps/find_or_create.py): the `by:` values a client's search_contacts can do
     FIND_BY: tuple[str, ...] = ()
-    FIND_LOCK_SECONDS = 120   # one find_or_create per person and connection at a time (two messages at once)
-
-    def find_or_create(self, by: str, value: str, name: str | None = None, fields: dict[str, Any] | None = None,
-                       field: str | None = None, entity: Entity | None = None) -> dict[str, Any]:
-        """The one contact `value` names (by phone, email or inbox sender), created when none matches.
-
-        It always searches before creating (a contact made by an earlier run is found when the vendor's
-        search already shows it), but the worker does not repeat it blindly after a crash or a timeout
-        in the middle of it (pipeline.execute.REPEATABLE_METHODS: a search may lag behind a create). Several
-        matches: the oldest is taken and the result says `several_matched`. `entity` (a deal, lead or
-        task): the contact is linked to it."""
-        if by not in self.FIND_BY:
-            raise PermanentApiError(f"{self.connection.name}: cannot find contacts by {by!r}")
-        value = str(value if value is not None else "").strip()
-        if by == "inbox_sender":
-            value = value.rstrip("/")   # a profile link with or without its trailing slash is one sender
-        if not match_key(by, value):
-            raise PermanentApiError(f"find_or_create: nothing to match by {by} in {value!r}")
-        if by == "inbox_sender" and not field:
-            raise PermanentApiError("find_or_create by inbox_sender needs the contact field that keeps the sender")
-        values = dict(fields or {})
-        if by == "inbox_sender":
-            values[field] = value   # the sender's id/link is what later messages are matched on
-        lock = None
-        if self.store is not None and not self.record_only:
-            lock = self.store.lock(f"{self.key_prefix}find-or-create:{self.connection.name}:{by}:"
-                                   f"{match_key(by, value)}", timeout=self.FIND_LOCK_SECONDS,
-                                   blocking_timeout=self.FIND_LOCK_SECONDS / 2)
-            if not lock.acquire():
-                raise RetryableApiError(f"find_or_create: another worker is matching {value!r} ({by})")
-        try:
-            found = [c for c in self.search_contacts(by, value, field) or [] if contact_matches(by, value, c, field)]
-            found = sorted({str(c["id"]): c for c in found}.values(), key=_age)
-            result: dict[str, Any] = {"by": by, "value": value}
-            if found:
-                result.update(contact=str(found[0]["id"]), created=False)
-                if len(found) > 1:
-                    result["several_matched"] = [str(c["id"]) for c in found]
-                    log.warning("%s: %d contacts match %s %r: %s; took the oldest", self.connection.name,
-                                len(found), by, value, ", ".join(result["several_matched"]))
-            else:
-                made = self.add_contact(name or value, by, value, values)
-                result.update(contact=None if made is None else str(made), created=True)
-            if entity is not None and result["contact"] is not None:
-                why_not = self.link_contact(entity, result["contact"])
-                result["linked"] = None if why_not else str(entity)
-                if why_not:
-                    result["not_linked"] = why_not
-            return result
-        finally:
-            if lock is not None:
-                try:
-                    lock.release()
-                except LockError:   # expired meanwhile: nothing to release
-                    log.warning("%s: find_or_create lock had expired", self.connection.name)
 
 
 FIND_BY = ("phone", "email", "inbox_sender")
 
 
 def is_crm_client(client: Any) -> bool:
-    """A connector's Client that reads and writes records (get_entity, set_fields): a CRM's."""
-    return all(hasattr(client, m) for m in ("get_entity", "set_fields"))
+    """A connector's Client (class or instance) that reads and writes records: a CRM's (CRM_VERBS)."""
+    return CRM_VERBS <= getattr(client, "capabilities", frozenset())
 
 
 def phone_digits(value: Any) -> str:
@@ -626,35 +776,6 @@ def contact_matches(by: str, value: Any, contact: dict[str, Any], field: str | N
         kept = (contact.get("fields") or {}).get(field)
         have = kept if isinstance(kept, list) else [kept]
     return bool(want) and any(match_key(by, h) == want for h in have if h not in (None, ""))
-
-
-def _age(contact: dict[str, Any]) -> tuple[Any, ...]:
-    """Oldest first: by creation time (unix seconds) when the vendor gives one, then by id."""
-    created = contact.get("created")
-    ident = str(contact.get("id"))
-    return (created is None, float(created or 0), int(ident) if ident.isdigit() else 0, ident)
-
-
-def fold(text: Any) -> str:
-    """Text compared as people read it: any case, ё as е, runs of spaces as one."""
-    return " ".join(str(text or "").casefold().replace("ё", "е").split())
-
-
-def catalog_matches(names: list[str], typed: str, match: str = "starts_with") -> list[str]:
-    """The names that `typed` starts: the whole name (starts_with: "Фамилия Имя" by the surname),
-    or any of its words onwards (word_starts_with: "Имя Фамилия" too)."""
-    want = fold(typed)
-    if match not in LOOKUP_MATCHES:
-        raise ValueError(f"match: expected one of {', '.join(LOOKUP_MATCHES)}, found {match!r}")
-    if not want:
-        return []
-    found = []
-    for name in names:
-        words = fold(name).split(" ")
-        tails = [" ".join(words[i:]) for i in range(len(words))] if match == "word_starts_with" else [" ".join(words)]
-        if any(t.startswith(want) for t in tails):
-            found.append(name)
-    return found
 
 
 def read_environment_once(session: requests.Session) -> None:

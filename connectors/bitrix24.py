@@ -32,7 +32,7 @@ from typing import Any, Callable
 from urllib.parse import urlencode
 
 from connectors.base import (
-    ApiError, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
+    ApiError, BadPayload, BaseClient, Changed, Connection, Entity, Event, PermanentApiError, RawWebhook,
     RetryableApiError, Unauthorized, UncertainApiError, event_id, parse_nested_form, phone_digits, positive_id,
     utc_iso,
 )
@@ -154,7 +154,11 @@ class Client(BaseClient):
     """Actions on one Bitrix24 portal through its inbound webhook; each method is one to three calls."""
 
     rate_per_second = 2  # the leaky bucket drains 2 requests/s on non-Enterprise plans (limits.md)
-    catch_up_entity = "deal"  # what changed_since() lists
+    capabilities = frozenset({
+        "get_entity", "name_refs", "changed_since", "list_tasks", "set_fields", "move_to_stage",
+        "create_task", "add_note", "notify", "set_responsible", "delete_entity", "search_contacts",
+        "add_contact", "link_contact", "read_stage", "find_stage", "stage_order", "find_task", "find_note",
+    })
     timeout = 30.0  # a REST request may run up to 60 s (limits.md); most answer in a second or two
     docs_url = "https://apidocs.bitrix24.com/"
 
@@ -399,11 +403,12 @@ class Client(BaseClient):
              "completed": a.get("COMPLETED") == "Y", "deadline": a.get("DEADLINE"),
              "responsible": {"id": str(a.get("RESPONSIBLE_ID"))}} for a in rows]
 
-    def changed_since(self, since: str) -> list[dict[str, str]] | None:
-        """Deals modified after `since` (ISO 8601), oldest first, as [{"id", "modified"}], every page."""
+    def changed_since(self, since: str) -> list[Changed] | None:
+        """Deals modified after `since` (ISO 8601), oldest first, every page; `modified` is DATE_MODIFY."""
         rows = self.list_all("crm.deal.list", {"filter": {">DATE_MODIFY": since}, "order": {"DATE_MODIFY": "ASC"},
                                                "select": ["ID", "DATE_MODIFY"]})
-        return None if rows is None else [{"id": str(d["ID"]), "modified": d.get("DATE_MODIFY")} for d in rows]
+        return None if rows is None else [Changed("deal", str(d["ID"]), str(d.get("DATE_MODIFY") or ""), d)
+                                          for d in rows]
 
     # --- names → ids ------------------------------------------------------------------------
 
@@ -452,73 +457,66 @@ class Client(BaseClient):
     # --- acting -------------------------------------------------------------------------------
 
     def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None,
-                      only_forward: bool = False) -> bool | dict[str, Any] | None:
+                      current_pipeline: str | None = None) -> bool | None:
         """Move a deal (or lead) to a stage; into another funnel through crm.item.update.
 
-        only_forward: read the record first (crm.deal.get STAGE_ID and CATEGORY_ID; crm.lead.get
-        STATUS_ID) and leave it where it is when it already stands at or past that stage of the same
-        funnel (stage_order): {"moved": False, "reason"}; else the move, {"moved": True}. A stage of
-        another funnel is a move into that funnel, as on amoCRM."""
+        A stage name without `pipeline:` is taken as one of the deal's own funnel (crm.deal.update).
+        With `pipeline`, the deal's funnel decides the method: `current_pipeline` when the caller
+        has just read it (read_stage), else crm.deal.get tells it."""
         if entity.type == "lead":
             status = stage if self.record_only else self.resolve_stage(entity, stage)[0]
-            if only_forward and not self.record_only:
-                here = str(self.call("crm.lead.get", {"id": _id(entity)})["result"].get("STATUS_ID") or "")
-                held = self.at_or_past("STATUS", here, status)
-                if held:
-                    return held
-            moved = self.update(entity, {"STATUS_ID": status}, resolve=False)
-            return {"moved": moved} if only_forward and moved is not None else moved
+            return self.update(entity, {"STATUS_ID": status}, resolve=False)
         if entity.type != "deal":
             raise PermanentApiError(f"Bitrix24 stages belong to deals and leads, not {entity.type}s")
         if self.record_only:  # nothing to resolve names with: log the call as the rule wrote it
             status, category, current = stage, pipeline, None
         else:
             status, category = self.resolve_stage(entity, stage, pipeline)
-            if only_forward:
-                deal = self.call("crm.deal.get", {"id": _id(entity)})["result"]
-                actual = str(deal.get("CATEGORY_ID") or "0")
-                held = category == actual and self.at_or_past(_stage_list(actual), str(deal.get("STAGE_ID") or ""),
-                                                              status)
-                if held:
-                    return held
-                # the deal's funnel is known here: a stage found only in another funnel moves the deal
-                # into it (crm.item.update). Without only_forward the deal is not read, and a stage
-                # name without `pipeline:` is taken as one of the deal's own funnel (crm.deal.update)
-                current = actual
-            else:
-                current = self.deal_category(entity) if pipeline is not None else category
+            current = (current_pipeline if current_pipeline is not None else
+                       self.deal_category(entity) if pipeline is not None else category)
         if category != current:
             # "If it is necessary to change the funnel of the deal, use crm.item.update" (crm-deal-update.md)
             fields = {"categoryId": _num(category), "stageId": status}
             body = self.call("crm.item.update", {"entityTypeId": OWNER_TYPE["deal"], "id": _id(entity),
                                                  "fields": fields})
-            moved = None if body is None else bool(body.get("result"))
-        else:
-            moved = self.update(entity, {"STAGE_ID": status}, resolve=False)
-        return {"moved": moved} if only_forward and moved is not None else moved
+            return None if body is None else bool(body.get("result"))
+        return self.update(entity, {"STAGE_ID": status}, resolve=False)
 
-    def stage_order(self, list_id: str) -> dict[str, list[int]]:
-        """{STATUS_ID: [0 open or 1 final, SORT]} of one stage list, cached: crm.status.list {"order":
-        {"SORT": "ASC"}, "filter": {"ENTITY_ID": "DEAL_STAGE" | "DEAL_STAGE_<category>" | "STATUS"}}, rows
-        {"STATUS_ID", "SORT", "SEMANTICS"}: "S" success, "F" failure, null in progress
-        (crm/status/crm-status-list.md, crm/status/crm-status-add.md). Won and lost come after every
-        open stage whatever their SORT; between two of them SORT decides (LOSE after WON)."""
+    # --- stages, for pipeline/steps/move_forward.py ----------------------------------------------
+
+    def read_stage(self, entity: Entity) -> dict[str, Any] | None:
+        """A deal's STAGE_ID and CATEGORY_ID (crm.deal.get), a lead's STATUS_ID (crm.lead.get)."""
+        if entity.type not in ("deal", "lead"):
+            raise PermanentApiError(f"Bitrix24 stages belong to deals and leads, not {entity.type}s")
+        body = self.call(f"{_crm(entity.type)}.get", {"id": _id(entity)})
+        if body is None:
+            return None
+        rec = body.get("result") or {}
+        if entity.type == "lead":
+            return {"stage": str(rec.get("STATUS_ID") or ""), "pipeline": None}
+        return {"stage": str(rec.get("STAGE_ID") or ""), "pipeline": str(rec.get("CATEGORY_ID") or "0")}
+
+    def find_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> dict[str, Any]:
+        """A stage name or STATUS_ID (and funnel) → {"stage": STATUS_ID, "pipeline": category; None for leads}."""
+        status, category = self.resolve_stage(entity, stage, pipeline)
+        return {"stage": status, "pipeline": category}
+
+    def stage_order(self, entity: Entity, pipeline: str | None, fresh: bool = False) -> dict[str, list[int]]:
+        """{STATUS_ID: [0 open or 1 final, SORT]} of the stage list of a deal's funnel (or of leads),
+        cached: crm.status.list {"order": {"SORT": "ASC"}, "filter": {"ENTITY_ID": "DEAL_STAGE" |
+        "DEAL_STAGE_<category>" | "STATUS"}}, rows {"STATUS_ID", "SORT", "SEMANTICS"}: "S" success,
+        "F" failure, null in progress (crm/status/crm-status-list.md, crm/status/crm-status-add.md).
+        Won and lost come after every open stage whatever their SORT; between two of them SORT
+        decides (LOSE after WON). `fresh`: read again, not from the cache."""
+        list_id = "STATUS" if entity.type == "lead" else _stage_list(pipeline or "0")
+        if fresh:
+            self.forget(f"stage-order:{list_id}")
+
         def fetch() -> dict[str, list[int]]:
             rows = self.list_all("crm.status.list", {"order": {"SORT": "ASC"}, "filter": {"ENTITY_ID": list_id}})
             return {str(r["STATUS_ID"]): [1 if r.get("SEMANTICS") in ("S", "F") else 0, int(r.get("SORT") or 0)]
                     for r in rows or [] if isinstance(r, dict) and r.get("STATUS_ID")}
         return self.cached(f"stage-order:{list_id}", fetch)
-
-    def at_or_past(self, list_id: str, here: str, there: str) -> dict[str, Any] | None:
-        """{"moved": False, "reason"} when stage `here` is `there` or comes after it in the list, else
-        None (also when either is not in the list, read fresh once: then the move goes ahead)."""
-        def both() -> dict[str, list[int]] | None:
-            order = self.stage_order(list_id)
-            return order if here in order and there in order else None
-        order = self.refreshed(f"stage-order:{list_id}", both)
-        if order and order[there] <= order[here]:
-            return {"moved": False, "reason": f"already at stage {here}, not before {there}"}
-        return None
 
     def update(self, entity: Entity, fields: dict[str, Any], resolve: bool = True) -> bool | None:
         """crm.<type>.update with the fields (by label or code when `resolve`)."""
@@ -534,7 +532,7 @@ class Client(BaseClient):
         """crm.contact.update, fields by code or label."""
         return self.update(_as_entity("contact", contact), fields)
 
-    # find_or_create (connectors/base.py BaseClient.find_or_create). Doc paths in bitrix24/b24restdocs:
+    # find_or_create (pipeline/steps/find_or_create.py). Doc paths in bitrix24/b24restdocs:
     # crm/duplicates/crm-duplicate-find-by-comm.md ({"entity_type": "CONTACT", "type": "PHONE"|"EMAIL",
     # "values": [≤ 20]} → {"CONTACT": [ids]}), crm/contacts/crm-contact-get.md, crm-contact-list.md
     # (filter "=FIELD": exact), crm-contact-add.md (PHONE/EMAIL as crm_multifield [{VALUE, VALUE_TYPE}]),

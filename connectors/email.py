@@ -82,6 +82,7 @@ def recipients(to: str | list[str]) -> list[str]:
 class Client(BaseClient):
     """One SMTP account. `send_email` opens a connection, sends one message, and closes it."""
 
+    capabilities = frozenset({"send_email"})
     rate_per_second = 2.0
     timeout = 20.0
     docs_url = "https://www.rfc-editor.org/rfc/rfc5321"

@@ -208,6 +208,7 @@ class Client(BaseClient):
     # umnico documents no request limit (the integrators' notes in aliyaredpilled/chatwoot
     # UMNICO-INTEGRATION-BRIEF.md say so too), so a conservative 5 per second
     rate_per_second = 5.0
+    capabilities = frozenset({"reply"})
     default_base_url = "https://api.umnico.com"
     docs_url = "https://api.umnico.com/docs/ru/"
 

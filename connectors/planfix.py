@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 import requests
 
 from connectors.base import (
-    check_secret, BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook,
+    check_secret, BadPayload, BaseClient, Changed, Connection, Entity, Event, PermanentApiError, RawWebhook,
     RetryableApiError, answered_error, retry_after_header, event_id, indexed, parse_json,
     parse_nested_form, phone_digits, positive_id, segment, unique_keys, utc_iso, written_key,
 )
@@ -269,7 +269,6 @@ def _when(value: Any, connection: Connection) -> str:
 FAILED = {"fail", "failure", "error"}
 WRITTEN_TTL = 30 * 24 * 3600  # how long the bridge remembers the comments it wrote (echo suppression)
 DAILY_LIMIT = 22  # "daily request limit exhausted" (REST API error codes; API-REFERENCE §3.1)
-TIME_STATE_TTL = 400 * 24 * 3600  # track_time's state outlives a year-long task
 FIELDS = {"task": "id,name,description,status,processId,assigner,assignees,parent,template,project,"
                   "counterparty,endDateTime",
           "contact": "id,name,midname,lastname,email,phones,telegram,position,isCompany,description"}
@@ -288,7 +287,11 @@ class Client(BaseClient):
 
     rate_per_second = 1  # "1 запрос в секунду" (planfix-docs Интеграции/REST_API_Введение.md)
     docs_url = "https://help.planfix.com/restapidocs/"
-    catch_up_entity = "task"  # what changed_since() lists
+    capabilities = frozenset({
+        "get_entity", "changed_since", "set_fields", "move_to_stage", "create_task", "add_note",
+        "add_chat_comment", "download", "set_responsible", "delete_entity", "search_contacts", "add_contact",
+        "link_contact", "read_task", "project_tasks", "set_status", "find_task", "find_note",
+    })
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.connection.credentials.get('token', '')}"}
@@ -368,8 +371,8 @@ class Client(BaseClient):
 
     # --- catch-up (worker.catch_up) -------------------------------------------------------------
 
-    def changed_since(self, since: str) -> list[dict[str, str]] | None:
-        """Tasks changed after `since` (ISO 8601) as [{"id", "type", "modified"}], every page.
+    def changed_since(self, since: str) -> list[Changed] | None:
+        """Tasks changed after `since` (ISO 8601), every page.
 
         POST /task/list with the complex task filter type 38, "Дата последнего изменения", operator
         "gt", value {"dateType": "otherDate_withTime", "dateFrom": "dd-mm-yyyy hh:mm"}; Planfix reads
@@ -386,7 +389,7 @@ class Client(BaseClient):
         start = moment.replace(second=0, microsecond=0) - timedelta(minutes=1)
         flt = {"type": CHANGED_FILTER, "operator": "gt",
                "value": {"dateType": "otherDate_withTime", "dateFrom": start.strftime("%d-%m-%Y %H:%M")}}
-        found: dict[str, dict[str, str]] = {}
+        found: dict[str, Changed] = {}
         for page in range(MAX_PAGES):
             resp = self.request("POST", "/task/list", json_body={
                 "offset": page * 100, "pageSize": 100, "filters": [flt],
@@ -396,7 +399,7 @@ class Client(BaseClient):
             items = [t for t in _json_body(resp).get("tasks") or [] if isinstance(t, dict) and t.get("id") is not None]
             fresh = [t for t in items if str(t["id"]) not in found]
             for task in fresh:
-                found[str(task["id"])] = {"id": str(task["id"]), "type": "task", "modified": _modified(task)}
+                found[str(task["id"])] = Changed("task", str(task["id"]), _modified(task), task)
             if len(items) < 100 or not fresh:  # the last page (or a server that ignores offset)
                 break
         return list(found.values())
@@ -452,6 +455,8 @@ class Client(BaseClient):
         if pipeline not in (None, "") and not str(pipeline).isdigit():
             process = self.lookup("process/task", "processes", pipeline,
                                   f"Planfix has no task process {pipeline!r}")["id"]
+        if process in (None, "") and entity.type != "task":   # a new task in a project: no task to ask
+            raise PermanentApiError(f"Planfix status {stage!r} is named: name the task process (pipeline) too")
         if process in (None, ""):
             task = _json_body(self.request("GET", f"/task/{segment(entity.id)}", params={"fields": "id,processId"}))
             process = (task.get("task") or {}).get("processId")
@@ -462,8 +467,10 @@ class Client(BaseClient):
 
     # --- acting ---------------------------------------------------------------------------------
 
-    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> str | None:
-        """POST /task/{id} {"status": {"id"}}: "done", or "queued" when Planfix answers 202."""
+    def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None,
+                      current_pipeline: str | None = None) -> str | None:
+        """POST /task/{id} {"status": {"id"}}: "done", or "queued" when Planfix answers 202. A status
+        is set the same way in any process, so `current_pipeline` changes nothing."""
         if entity.type != "task":
             raise PermanentApiError(f"Planfix statuses belong to tasks, not to a {entity.type}")
         status = stage if self.record_only else self.resolve_status(entity, stage, pipeline)
@@ -610,15 +617,24 @@ class Client(BaseClient):
             return None
         return moment if moment.tzinfo else moment.replace(tzinfo=account_zone(self.connection))
 
-    def create_task(self, entity: Entity, text: str, due: str, responsible: Any = None,
-                    task_type: int | None = None, template: int | None = None) -> int | None:
-        """POST /task/: a subtask of a task, or a task on a contact or project; a type is a template."""
+    def create_task(self, entity: Entity, text: str, due: str | None = None, responsible: Any = None,
+                    task_type: int | None = None, template: int | None = None, status: Any = None,
+                    pipeline: Any = None, fields: dict[str, Any] | None = None) -> int | None:
+        """POST /task/: a subtask of a task, or a task on a contact or project; a type is a template.
+        `status` (a name in the process `pipeline`, or an id), `pipeline` (processId) and custom
+        `fields` by name are set on the new task in the same request."""
         name = _task_name(text)
-        task: dict[str, Any] = {"name": name, "endDateTime": _timepoint(due)}
+        task: dict[str, Any] = {"name": name}
+        if due:
+            task["endDateTime"] = _timepoint(due)
         if text.strip() != name:
             task["description"] = _html(text)
         if template or task_type:
             task["template"] = {"id": _int_or(template or task_type)}
+        if status not in (None, ""):
+            task["status"] = {"id": status if self.record_only else self.resolve_status(entity, status, pipeline)}
+        if pipeline not in (None, ""):
+            task["processId"] = _int_or(pipeline)
         user = responsible if self.record_only else self.resolve_user(responsible)
         if user:
             task["assignees"] = {"users": [{"id": user}]}
@@ -626,6 +642,7 @@ class Client(BaseClient):
                 "contact": ("counterparty", {"id": f"contact:{entity.id}"})}.get(entity.type)
         if link:
             task[link[0]] = link[1]
+        task.update(self.custom_data("task", fields))
         return _created_id(self.request("POST", "/task/", json_body=task))
 
     def create_contact(self, name: str, fields: dict[str, Any] | None = None, **details: Any) -> int | None:
@@ -633,7 +650,7 @@ class Client(BaseClient):
         body = {"name": name, **details, **self.custom_data("contact", fields)}
         return _created_id(self.request("POST", "/contact/", json_body=body))
 
-    # find_or_create (connectors/base.py BaseClient.find_or_create): POST /contact/list with complex
+    # find_or_create (pipeline/steps/find_or_create.py): POST /contact/list with complex
     # contact filters (planfix-docs REST_API__Сложные_фильтры_контактов.md, github.com/electronic777/
     # planfix-docs): 4003 "Телефон" and 4005 "Email (частичное вхождение)", operator equal, a string
     # that the contact's value contains; 4101 "Пользовательское поле типа Строка" with `field` = the
@@ -703,140 +720,64 @@ class Client(BaseClient):
             raise PermanentApiError("set_responsible: no user given")
         return _outcome(self.request("POST", f"/{segment(entity.type)}/{segment(entity.id)}", json_body={key: {"users": [{"id": uid}]}}))
 
-    # --- ordered projects (start_next_task) and time in a status (track_time) -----------------
+    # --- projects, for pipeline/steps/start_next_task.py ------------------------------------------
 
-    def start_next_task(self, entity: Entity, status: str, order_field: str | None = None,
-                        waiting: list[str] | None = None, due: str | None = None,
-                        responsible: Any = None, create: list[dict[str, Any]] | None = None,
-                        copy_fields: list[str] | None = None) -> dict[str, Any]:
-        """Start the task that follows this one in its project: status, deadline, executor.
+    def read_task(self, entity: Entity, fields: list[str] | tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """GET /task/{id} with its name, project and process, and the custom `fields` named:
+        the common shape, those fields by the names asked (None in record-only mode)."""
+        ids = self._field_ids(fields)
+        resp = self.request("GET", f"/task/{entity.id}", params={"fields": ",".join(
+            ["id,name,project,processId", *ids])})
+        if resp is None:
+            return None
+        return self._with_fields(_json_body(resp).get("task") or {}, ids)
 
-        The project's tasks come from POST /task/list with the project filter (complex task filter
-        type 5, "Проект"). The next one has the smallest `order_field` above this task's; tasks
-        without a value follow, in task-number order (the order a project template creates them).
-        It is started only while its status is one of `waiting`, so a repeated completion starts
-        nothing twice. POST /task/{next} {"status", "endDateTime", "assignees"}.
-
-        When the project has no task after this one, `create` (the service's ordered task list:
-        {name, responsible, due, fields}) gives the one after this task's name: it is created in
-        the project (POST /task/), in `status`, with `copy_fields` copied from this task and the
-        order field one above this task's — unless a task of that name is already in the project.
-        """
-        order_id = None if self.record_only or not order_field else self.resolve_field("task", order_field)["id"]
-        copied = {} if self.record_only else {str(self.resolve_field("task", n)["id"]): n for n in copy_fields or []}
-        extra = [str(order_id)] if order_id else []
-        found = self.request("GET", f"/task/{entity.id}", params={"fields": ",".join(
-            ["id,name,project,processId", *extra, *[i for i in copied if i not in extra]])})
-        if found is None:  # record-only: nothing to read the project from
-            return {"next": None, "reason": "record-only"}
-        project = ((_json_body(found).get("task") or {}).get("project") or {}).get("id")
-        if not project:
-            return {"next": None, "reason": f"task {entity.id} is not in a project"}
-        current = _json_body(found).get("task") or {}
-        tasks = self.project_tasks(project, extra)
-        place = _place(current, order_id)
-        following = sorted((t for t in tasks if str(t.get("id")) != str(entity.id) and _place(t, order_id) > place),
-                           key=lambda t: _place(t, order_id))
-        if not following and create:
-            return self._create_next(entity, current, project, tasks, create, status, order_id, copied)
-        if not following:
-            return {"next": None, "reason": f"task {entity.id} is the last of project {project}"}
-        nxt = self.normalize_task(following[0])
-        if not _status_in(nxt.get("stage"), waiting or ["Нова"]):
-            return {"next": nxt["id"], "reason": f"already {(nxt.get('stage') or {}).get('name') or 'started'}"}
-        body: dict[str, Any] = {"status": {"id": self.resolve_status(
-            Entity("task", nxt["id"]), status, (nxt.get("pipeline") or {}).get("id"))}}
-        if due:
-            body["endDateTime"] = _timepoint(due)
-        user = self.resolve_user(responsible) if responsible else None
-        if user:
-            body["assignees"] = {"users": [{"id": user}]}
-        outcome = _outcome(self.request("POST", f"/task/{nxt['id']}", json_body=body))
-        return {"next": nxt["id"], "name": nxt.get("name"), "outcome": outcome}
-
-    def _create_next(self, entity: Entity, current: dict[str, Any], project: Any, tasks: list[dict[str, Any]],
-                     create: list[dict[str, Any]], status: str, order_id: Any,
-                     copied: dict[str, str]) -> dict[str, Any]:
-        """Create the task that follows this one in `create` (matched by name) in the project."""
-        names = [str(item["name"]).strip().casefold() for item in create]
-        here = str(current.get("name") or "").strip().casefold()
-        if here not in names or names.index(here) + 1 >= len(create):
-            return {"next": None, "reason": f"task {entity.id} ({current.get('name')!r}) is the last of project "
-                                            f"{project}, and no task of the create: list follows it"}
-        item = create[names.index(here) + 1]
-        taken = [t for t in tasks if str(t.get("name") or "").strip().casefold() == str(item["name"]).strip().casefold()]
-        if taken:  # already made (by hand, or by an earlier completion): never twice
-            return {"next": str(taken[0].get("id")), "reason": f"{item['name']!r} is already in project {project}"}
-        process = current.get("processId")
-        values = {name: value for name in copied.values()
-                  if (value := _custom_values(current.get("customFieldData")).get(name)) not in (None, "")}
-        own = _place(current, order_id)
-        if order_id and own[0] == 0:
-            values[str(order_id)] = int(own[1]) + 1 if own[1].is_integer() else own[1] + 1
-        values.update(item.get("fields") or {})
-        body: dict[str, Any] = {"name": str(item["name"])[:250], "project": {"id": _int_or(project)},
-                                "status": {"id": self.resolve_status(entity, status, process)}}
-        if process:
-            body["processId"] = _int_or(process)
-        if item.get("due"):
-            body["endDateTime"] = _timepoint(item["due"])
-        user = self.resolve_user(item["responsible"]) if item.get("responsible") else None
-        if user:
-            body["assignees"] = {"users": [{"id": user}]}
-        body.update(self.custom_data("task", values))
-        made = _created_id(self.request("POST", "/task/", json_body=body))
-        return {"next": str(made) if made else None, "name": item["name"], "created": True}
-
-    def project_tasks(self, project: Any, fields: list[str]) -> list[dict[str, Any]]:
-        """Every task of a project (POST /task/list, filter type 5), 100 a page."""
+    def project_tasks(self, project: Any, fields: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Every task of a project (POST /task/list, complex task filter type 5 "Проект"), 100 a
+        page, as read_task gives one."""
+        ids = self._field_ids(fields)
         tasks: list[dict[str, Any]] = []
         for page in range(20):
             resp = self.request("POST", "/task/list", json_body={
                 "offset": page * 100, "pageSize": 100,
                 "filters": [{"type": 5, "operator": "equal", "value": _int_or(project)}],
-                "fields": ",".join(["id,name,status,processId,assignees,endDateTime", *fields])})
+                "fields": ",".join(["id,name,status,processId,assignees,endDateTime", *ids])})
             items = [t for t in _json_body(resp).get("tasks") or [] if isinstance(t, dict)]
-            tasks += items
+            tasks += [self._with_fields(t, ids) for t in items]
             if len(items) < 100:
                 break
         return tasks
 
-    def track_time(self, entity: Entity, counting: bool, at: str, change: str, field: str,
-                   decimals: int = 2) -> dict[str, Any]:
-        """Open or close a period of time in a status; write the task's total hours when one closes.
+    def set_status(self, entity: Entity, status: Any, pipeline: Any = None, due: str | None = None,
+                   responsible: Any = None) -> str | None:
+        """POST /task/{id} {"status", "endDateTime"?, "assignees"?}: a status by name in the process
+        `pipeline` (or by id), a deadline and an executor in one write; "queued" when Planfix answers 202."""
+        if entity.type != "task":
+            raise PermanentApiError(f"Planfix statuses belong to tasks, not to a {entity.type}")
+        body: dict[str, Any] = {"status": {"id": status if self.record_only else
+                                           self.resolve_status(entity, status, pipeline)}}
+        if due:
+            body["endDateTime"] = _timepoint(due)
+        user = (responsible if self.record_only else self.resolve_user(responsible)) if responsible else None
+        if user:
+            body["assignees"] = {"users": [{"id": user}]}
+        return _outcome(self.request("POST", f"/task/{entity.id}", json_body=body))
 
-        State in Redis, per connection and task: the open period's start, the total seconds, the
-        latest change seen, and the changes already counted (so a redelivered change counts once).
-        """
-        if self.store is None:
-            raise PermanentApiError("track_time keeps its state in Redis; this client has no store")
-        key = f"{self.key_prefix}timetrack:{self.connection.name}:{entity}"
-        moment = datetime.fromisoformat(at)
+    def _field_ids(self, names: list[str] | tuple[str, ...]) -> dict[str, str]:
+        """{field id: the name asked} of task custom fields (names or ids)."""
+        if self.record_only:
+            return {}
+        return {str(self.resolve_field("task", n)["id"]): str(n) for n in dict.fromkeys(names or ())}
 
-        def update(pipe) -> tuple[float, str | None, bool, bool]:
-            state = {k.decode(): v.decode() for k, v in pipe.hgetall(key).items()}
-            seen = bool(pipe.sismember(f"{key}:seen", change))
-            opened, total, closed = state.get("open") or None, float(state.get("total") or 0), False
-            latest = state.get("latest")
-            if not seen and not (latest and moment < datetime.fromisoformat(latest)):
-                if counting and not opened:
-                    opened = moment.isoformat()
-                elif not counting and opened:
-                    total += max(0.0, (moment - datetime.fromisoformat(opened)).total_seconds())
-                    opened, closed = None, True
-                latest = moment.isoformat()
-            pipe.multi()
-            pipe.hset(key, mapping={"open": opened or "", "total": repr(total), "latest": latest or ""})
-            pipe.sadd(f"{key}:seen", change)
-            pipe.expire(key, TIME_STATE_TTL)
-            pipe.expire(f"{key}:seen", TIME_STATE_TTL)
-            return total, opened, closed, seen
-
-        total, opened, closed, seen = self.store.transaction(update, key, f"{key}:seen", value_from_callable=True)
-        hours = round(total / 3600, decimals)
-        if not counting and (closed or (seen and total > 0)):  # a re-run writes the same total again
-            self.set_fields(entity, {field: hours})
-        return {"total_hours": hours, "open_since": opened, "closed": closed, "repeat": seen}
+    def _with_fields(self, task: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
+        """A task in the common shape, its custom fields keyed by the names they were asked by."""
+        snap = self.normalize_task(task)
+        snap["fields"] = {}
+        for item in task.get("customFieldData") or []:
+            field = str(((item if isinstance(item, dict) else {}).get("field") or {}).get("id"))
+            if field in ids:
+                snap["fields"][ids[field]] = next(iter(_custom_values([item]).values()))
+        return snap
 
 
 def normalize_contact(c: dict[str, Any]) -> dict[str, Any]:
@@ -845,26 +786,6 @@ def normalize_contact(c: dict[str, Any]) -> dict[str, Any]:
             "email": c.get("email"), "telegram": c.get("telegram"), "is_company": bool(c.get("isCompany")),
             "phones": [p.get("number") for p in c.get("phones") or [] if isinstance(p, dict)],
             "fields": _custom_values(c.get("customFieldData"))}
-
-
-def _place(task: dict[str, Any], order_id: Any) -> tuple[int, float, int]:
-    """A task's place in its project: by the order field's number, else after those, by number."""
-    number = int(task.get("id") or 0)
-    for item in task.get("customFieldData") or []:
-        if order_id and str((item.get("field") or {}).get("id")) == str(order_id):
-            try:
-                return (0, float(str(item.get("value")).replace(",", ".")), number)
-            except (TypeError, ValueError):
-                break
-    return (1, 0.0, number)
-
-
-def _status_in(ref: Any, names: list[Any]) -> bool:
-    """Is a {"id", "name"} status one of these names or ids (names compared without case)?"""
-    if not isinstance(ref, dict):
-        return False
-    wanted = {str(n).strip().casefold() for n in names}
-    return str(ref.get("id")) in wanted or str(ref.get("name") or "").strip().casefold() in wanted
 
 
 def _kind(entity: Entity) -> str:

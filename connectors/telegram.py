@@ -449,6 +449,8 @@ class Client(BaseClient):
     rate_per_second = 30  # "not more than 30 messages per second" (core.telegram.org/bots/faq)
     docs_url = "https://core.telegram.org/bots/api"
     reports_sends = True  # every Bot API call goes through call()
+    capabilities = frozenset({"send_message", "send_approval", "answer_button", "edit_buttons", "edit_text",
+                              "send_photo", "send_document", "download"})
 
     def __init__(self, connection: Connection, **kwargs: Any):
         super().__init__(connection, **kwargs)

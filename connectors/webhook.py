@@ -59,6 +59,7 @@ def safe_path(path: str | None) -> str:
 class Client(BaseClient):
     """POSTs JSON to base_url + path, with the connection's secret header when it has one."""
 
+    capabilities = frozenset({"post_webhook"})
     rate_per_second = 5.0
 
     @property

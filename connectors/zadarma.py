@@ -28,9 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
-from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import default
 from typing import Any
@@ -60,8 +58,6 @@ SIGNED_FIELDS = {"NOTIFY_START": ("caller_id", "called_did", "call_start"),
 END_EVENTS = ("NOTIFY_END", "NOTIFY_OUT_END")
 CALL_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 CALLBACK_PATH = "/v1/request/callback/"
-PENDING_TTL = 24 * 3600
-PAUSE_TTL = 14 * 24 * 3600   # kept at least this long; the pause itself ends at its `until`
 
 
 def sign(data: str, secret: str) -> str:
@@ -156,6 +152,7 @@ class Client(BaseClient):
     """Calls on one Zadarma account (credentials: key, secret)."""
 
     rate_per_second = 100 / 60  # "100 requests per minute" (openapi.json info.description)
+    capabilities = frozenset({"request_callback", "extension"})
     docs_url = "https://zadarma.com/en/support/api/"
 
     def call(self, method_path: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -180,53 +177,13 @@ class Client(BaseClient):
         except ValueError:
             return resp.text[:300]
 
-    def call_back(self, manager: str, client: str, pause_until: str | None = None,
-                  entity: Entity | None = None, now: str | None = None) -> dict[str, Any]:
-        """Call the manager, then connect the client — unless they talked and the pause is still on.
-
-        The pause starts when a `call.ended` notification says the two talked (`observe`); it ends
-        at the `pause_until` the rule planned with this call (working calendar: the end of the
-        next working day)."""
-        manager, number = digits(self.extension(manager)), digits(client)
-        moment = datetime.fromisoformat(now) if now else datetime.now(UTC)
-        paused = self._get(self._key("paused", manager, number))
-        if paused and datetime.fromisoformat(paused["until"]) > moment:
-            return {"skipped": f"talked at {paused['talked_at']}; calls paused until {paused['until']}"}
-        answer = self.call(CALLBACK_PATH, {"from": manager, "to": number})
-        self._set(self._key("pending", manager, number),
-                  {"pause_until": pause_until, "entity": str(entity) if entity else None}, PENDING_TTL)
+    def request_callback(self, manager: str, client: str) -> dict[str, Any]:
+        """GET /v1/request/callback/ {from: the manager's extension, to: the client}: Zadarma rings
+        the manager, then connects the client. (Pausing after a talk: pipeline/steps/call_back.py.)"""
+        answer = self.call(CALLBACK_PATH, {"from": digits(self.extension(manager)), "to": digits(client)})
         return {"requested": True, **({"time": answer.get("time")} if answer else {"recorded": True})}
 
     def extension(self, manager: str) -> str:
         """A CRM user (id or name) → their PBX extension, from `options: {extensions: {…}}`; else as given."""
         named = {str(k).casefold(): v for k, v in (self.connection.options.get("extensions") or {}).items()}
         return str(named.get(str(manager).strip().casefold(), manager))
-
-    def observe(self, event: Event) -> dict[str, Any] | None:
-        """A call ended: if manager and client talked, pause the callbacks planned for them."""
-        if event.kind != "call.ended" or not event.data.get("talked"):
-            return None
-        manager, number = str(event.data.get("manager") or ""), str(event.data.get("client") or "")
-        if not manager or not number:
-            return None
-        pending = self._get(self._key("pending", digits(self.extension(manager)), number))
-        if not pending or not pending.get("pause_until"):
-            return None
-        until = pending["pause_until"]
-        ttl = max(PAUSE_TTL, int((datetime.fromisoformat(until) - datetime.now(UTC)).total_seconds()))
-        self._set(self._key("paused", manager, number), {"until": until, "talked_at": event.data.get("call_start"),
-                                                         "entity": pending.get("entity")}, ttl)
-        return {"paused_until": until, "entity": pending.get("entity")}
-
-    def _key(self, what: str, manager: str, number: str) -> str:
-        return f"{self.key_prefix}calls:{self.connection.name}:{what}:{manager}:{number}"
-
-    def _get(self, key: str) -> dict[str, Any] | None:
-        if self.store is None:
-            return None
-        raw = self.store.get(key)
-        return json.loads(raw) if raw else None
-
-    def _set(self, key: str, value: dict[str, Any], ttl: int) -> None:
-        if self.store is not None:
-            self.store.set(key, json.dumps(value), ex=ttl)

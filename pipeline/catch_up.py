@@ -49,7 +49,7 @@ def look(rt: Any, name: str) -> dict[str, int]:
     mark = rt.keys("catch-up", name)
     since = (rt.store.get(mark) or b"").decode() or (now - timedelta(seconds=every(rt, name) or 600)).isoformat()
     accepted = seen = 0
-    for item in map(lambda found: _changed(client, found), client.changed_since(since) or []):
+    for item in client.changed_since(since) or []:
         event = Event(id=event_id(name, "catch-up", item.type, item.id, item.modified), connection=name,
                       source=rt.connections.connections[name].type, kind="entity.updated",
                       entity=Entity(item.type, str(item.id)), data={"needs_snapshot_diff": True, "via": "catch-up"},
@@ -63,11 +63,3 @@ def look(rt: Any, name: str) -> dict[str, int]:
     log.info("catch-up %s since %s: %d new, %d already seen", name, since, accepted, seen)
     return {"accepted": accepted, "seen": seen}
 
-
-def _changed(client: Any, item: Any) -> Any:
-    """(until every client returns connectors.base.Changed) the two shapes of today, as one."""
-    from types import SimpleNamespace
-    if not isinstance(item, dict):
-        return item
-    return SimpleNamespace(type=item.get("type") or client.catch_up_entity, id=str(item["id"]),
-                           modified=item.get("modified") or item.get("updated_at"), raw=item)

@@ -37,8 +37,8 @@ log = logging.getLogger("crmbridge.worker")
 # find_or_create is not among them: it searches before it creates, but a vendor's search may not show a
 # contact created a moment ago (amoCRM's `query` is a full-text index), so a create that may have been
 # done is left to a person, as other creates are.
-REPEATABLE_METHODS = frozenset({"move_to_stage", "set_fields", "edit_buttons", "edit_text", "answer_button",
-                                "set_responsible", "delete_entity"})
+REPEATABLE_METHODS = frozenset({"move_to_stage", "move_forward", "set_fields", "edit_buttons", "edit_text",
+                                "answer_button", "set_responsible", "delete_entity"})
 MAYBE_DONE = "may have been sent: check the vendor, then replay it only if it was not done"
 RECORD_PATIENCE = 120.0   # seconds a worker keeps trying to record a done step while Redis is away
 

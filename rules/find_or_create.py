@@ -100,7 +100,7 @@ def unsupported(rules: list, connections: Any, connectors: dict[str, Any]) -> li
             conn = known.get(name)
             if conn is None or by not in FIND_BY:
                 continue
-            can = getattr(connectors[conn.type].Client, "FIND_BY", ())
+            can = connectors[conn.type].Client.FIND_BY
             if by not in can:
                 hint = "" if named else "; name the CRM with connection:"
                 errors.append(ConfigError(rule.file, spec.line, where + f"by: {by} not supported for "

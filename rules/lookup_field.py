@@ -21,6 +21,9 @@ from marshmallow import Schema, fields, validate
 from connectors.base import LOOKUP_MATCHES
 
 NAME = "lookup_field"
+CLIENT_METHOD = "lookup_field"  # a pipeline step: refused at start-up where the client lacks a verb it REQUIRES
+_NO_CATALOGS = "has no catalogs (lists) to look names up in here; amoCRM's lists («Списки») can be"
+REFUSED = {"bitrix24": "Bitrix24 " + _NO_CATALOGS, "planfix": "Planfix " + _NO_CATALOGS}
 SHORTHAND = "field"
 
 

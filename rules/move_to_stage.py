@@ -25,8 +25,9 @@ class Options(Schema):
 
 
 def plan(ctx, options: dict) -> list:
-    extra = {"only_forward": True} if options["only_forward"] else {}  # only CRMs that know stage order
-    if options["undo"]:
-        extra["undo"] = True  # the worker's mark, not the CRM's (pipeline.stages.remember_undo)
-    return [ctx.step("move_to_stage", options["connection"], entity=ctx.entity_ref,
+    # only_forward: the step that reads the stage order first (pipeline/steps/move_forward.py);
+    # only CRMs that know their stages' order can do it (refused elsewhere at start-up)
+    method = "move_forward" if options["only_forward"] else "move_to_stage"
+    extra = {"undo": True} if options["undo"] else {}  # the worker's mark, not the CRM's (pipeline.stages.remember_undo)
+    return [ctx.step(method, options["connection"], entity=ctx.entity_ref,
                      stage=options["stage"], pipeline=options["pipeline"], **extra)]

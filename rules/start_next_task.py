@@ -26,6 +26,9 @@ when a task of that name is already in the project, so it is created once.
 from marshmallow import Schema, ValidationError, fields
 
 NAME = "start_next_task"
+CLIENT_METHOD = "start_next_task"  # a pipeline step: refused at start-up where the client lacks a verb it REQUIRES
+_NO_PROJECTS = "tasks belong to records, not to ordered projects; start_next_task reads a Planfix project's tasks"
+REFUSED = {"amocrm": "amoCRM " + _NO_PROJECTS, "bitrix24": "Bitrix24 " + _NO_PROJECTS}
 TEMPLATE_KEYS = {"name", "executor", "days", "fields"}
 
 

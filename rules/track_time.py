@@ -20,6 +20,7 @@ from marshmallow import Schema, fields
 from rules.conditions import ref_matches
 
 NAME = "track_time"
+CLIENT_METHOD = "track_time"  # a pipeline step: refused at start-up where the client lacks a verb it REQUIRES
 
 
 class Options(Schema):

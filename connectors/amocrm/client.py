@@ -16,7 +16,7 @@ import requests
 
 from connectors.amocrm.auth import TokenAuth
 from connectors.base import (
-    BaseClient, Entity, PermanentApiError, contact_matches, phone_digits, segment, utc_iso,
+    BaseClient, Changed, Entity, PermanentApiError, contact_matches, phone_digits, segment, utc_iso,
 )
 
 log = logging.getLogger("crmbridge.connectors.amocrm")
@@ -39,7 +39,13 @@ class Client(TokenAuth, BaseClient):
 
     rate_per_second = 7  # "not more than 7 requests per second" (developers.kommo.com/docs/limitations)
     reports_sends = True  # every API call goes through request() (the token refresh is not an action)
-    catch_up_entity = "lead"  # what changed_since() lists
+    capabilities = frozenset({
+        "get_entity", "name_refs", "rule_context", "changed_since", "list_tasks", "overdue_tasks",
+        "set_fields", "move_to_stage", "create_task", "add_note", "set_responsible", "complete_task",
+        "complete_tasks_matching", "change_tags", "get_raw", "create_copy", "link_copy", "search_contacts",
+        "add_contact", "find_task", "find_note",
+        "link_contact", "find_catalog_elements", "read_stage", "find_stage", "stage_order",
+    })
     docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
 
     def idempotent(self, method: str, path: str) -> bool:
@@ -241,13 +247,14 @@ class Client(TokenAuth, BaseClient):
             self.forget(f"custom_fields:{entity_type}")
         raise PermanentApiError(f"amoCRM has no {entity_type} field {field!r}")
 
-    def changed_since(self, since: float | str) -> list[dict[str, Any]]:
-        """Leads updated at or after `since` (unix time or ISO 8601), oldest first, in the common
-        shape (for catch-up jobs)."""
+    def changed_since(self, since: float | str) -> list[Changed]:
+        """Leads updated at or after `since` (unix time or ISO 8601), oldest first (for catch-up
+        jobs); each one's `raw` is the lead in the common shape, `modified` its updated_at."""
         unix_ts = datetime.fromisoformat(since).timestamp() if isinstance(since, str) else float(since)
         # filters-api: filter[updated_at][from]=<ts>; leads-api: order[updated_at]=asc
         params = {"filter[updated_at][from]": int(unix_ts), "order[updated_at]": "asc", "with": "contacts"}
-        return [self.normalize(lead) for lead in self.pages("/api/v4/leads", "leads", params)]
+        return [Changed("lead", lead["id"], lead.get("updated_at") or "", lead)
+                for lead in (self.normalize(item) for item in self.pages("/api/v4/leads", "leads", params))]
 
     # --- tasks -------------------------------------------------------------------------------
 
@@ -457,28 +464,39 @@ class Client(TokenAuth, BaseClient):
     # --- acting on leads and contacts --------------------------------------------------------
 
     def move_to_stage(self, entity: Entity, stage: str, pipeline: str | None = None,
-                      only_forward: bool = False) -> dict[str, Any] | None:
+                      current_pipeline: str | None = None) -> dict[str, Any]:
         """Move a lead to a stage (PATCH /api/v4/leads/{id} with status_id and pipeline_id).
-
-        only_forward: read the lead first and leave it where it is when it already stands at or
-        past that stage of the same pipeline (statuses ordered by `sort`, leads_pipelines)."""
-        body: dict[str, Any] = {}
-        if not self.record_only:
+        `current_pipeline` (the lead's, when the caller has read it) changes nothing here: the
+        same PATCH moves a lead within its pipeline or into another."""
+        if self.record_only:
+            body: dict[str, Any] = {"status_id": stage, **({"pipeline_id": pipeline} if pipeline else {})}
+        else:
             status_id, pipeline_id = self.resolve_stage(stage, pipeline)
             body = {"status_id": status_id, **({"pipeline_id": pipeline_id} if pipeline_id else {})}
-            if only_forward:
-                current = self.get_raw(entity) or {}
-                here, there = str(current.get("status_id")), str(status_id)
-                same = str(current.get("pipeline_id")) == str(pipeline_id or current.get("pipeline_id"))
-                pipelines = self.pipelines()
-                at = _stage_position(pipelines, here, str(current.get("pipeline_id")))
-                to = _stage_position(pipelines, there, str(current.get("pipeline_id")))
-                if same and at is not None and to is not None and to <= at:
-                    return {"moved": False, "reason": f"already at stage {here}, not before {there}"}
-        else:
-            body = {"status_id": stage, **({"pipeline_id": pipeline} if pipeline else {})}
         self.request("PATCH", f"/api/v4/leads/{segment(entity.id)}", json_body=body)
         return {"moved": True}
+
+    # --- stages, for pipeline/steps/move_forward.py ----------------------------------------------
+
+    def read_stage(self, entity: Entity) -> dict[str, Any] | None:
+        """The lead's status and pipeline ids (GET /api/v4/leads/{id}); None in record-only mode."""
+        raw = self.get_raw(entity)
+        if raw is None:
+            return None
+        return {"stage": str(raw.get("status_id")), "pipeline": str(raw.get("pipeline_id"))}
+
+    def find_stage(self, entity: Entity, stage: str, pipeline: str | None = None) -> dict[str, Any]:
+        """A status name or id (and pipeline name or id) → {"stage", "pipeline"} ids, from cached pipelines."""
+        status_id, pipeline_id = self.resolve_stage(stage, pipeline)
+        return {"stage": str(status_id), "pipeline": None if pipeline_id is None else str(pipeline_id)}
+
+    def stage_order(self, entity: Entity, pipeline: str | None, fresh: bool = False) -> dict[str, int]:
+        """{status id: its place} in a pipeline, by the statuses' `sort` (leads_pipelines), cached;
+        `fresh`: the pipelines are read again first."""
+        if fresh:
+            self.forget("pipelines")
+        statuses = (self.pipelines().get(str(pipeline)) or {}).get("statuses") or {}
+        return {sid: place for place, sid in enumerate(statuses)}   # kept in `sort` order
 
     def set_fields(self, entity: Entity, fields: dict[str, Any]) -> None:
         """Write custom fields by name or id; a list writes several values (multiselect)."""
@@ -494,9 +512,9 @@ class Client(TokenAuth, BaseClient):
             body["custom_fields_values"] = self._field_values(entity.type, fields)
         self.request("PATCH", f"/api/v4/contacts/{segment(entity.id)}", json_body=body)
 
-    # find_or_create (connectors/base.py BaseClient.find_or_create): contacts-api "Список контактов",
+    # find_or_create (pipeline/steps/find_or_create.py): contacts-api "Список контактов",
     # GET /api/v4/contacts?query=… ("Осуществляет поиск по заполненным полям сущности": fuzzy, so every
-    # candidate is checked by BaseClient), POST /api/v4/contacts (an array), and entity-links-api
+    # candidate is checked by the step), POST /api/v4/contacts (an array), and entity-links-api
     # POST /api/v4/leads/{id}/link [{"to_entity_id", "to_entity_type": "contacts"}].
     FIND_BY = ("phone", "email", "inbox_sender")
 
@@ -554,23 +572,17 @@ class Client(TokenAuth, BaseClient):
         self.request("PATCH", f"/api/v4/{API_ENTITY[entity.type]}/{segment(entity.id)}",
                      json_body={"responsible_user_id": int(uid) if str(uid).isdigit() else uid})
 
-    def copy_entity(self, entity: Entity, pipeline: str, stage: str, responsible: str | int | None = None,
-                    fields: dict[str, Any] | None = None, tags: list[str] | None = None,
-                    contacts: bool = True, copy_fields: bool | list[str] = True,
+    def create_copy(self, source: dict[str, Any] | None, pipeline: str, stage: str,
+                    responsible: str | int | None = None, fields: dict[str, Any] | None = None,
+                    tags: list[str] | None = None, copy_fields: bool | list[str] = True,
                     name: str | None = None) -> int | None:
-        """Create a lead in another pipeline/stage with the source's name (or `name`), price, custom
-        fields (all, none, or those named in `copy_fields`) and tags (or `tags`), `fields`
-        overriding by name; then link its contacts and company.
-
-        POST /api/v4/leads takes an array (leads-api); links go through POST
-        /api/v4/leads/{id}/link with to_entity_type contacts|companies (entity-links-api).
-        """
-        if self.record_only:  # names stay unresolved, as in move_to_stage
+        """Create a lead in another pipeline/stage from `source` (a lead as get_raw returns it):
+        its name (or `name`), price, custom fields (all, none, or those named in `copy_fields`) and
+        tags (or `tags`), `fields` overriding by name. One POST /api/v4/leads (an array, leads-api);
+        the new lead's id (None in record-only mode, where names stay unresolved)."""
+        if self.record_only or source is None:
             self.request("POST", "/api/v4/leads", json_body=[{"status_id": stage, "pipeline_id": pipeline}])
             return None
-        source = self.get_raw(entity)
-        if source is None:
-            raise PermanentApiError(f"amoCRM has no {entity.type} {entity.id} to copy")
         if copy_fields is not True:
             keep = set(copy_fields or [])
             source = {**source, "custom_fields_values": [cf for cf in source.get("custom_fields_values") or []
@@ -579,11 +591,15 @@ class Client(TokenAuth, BaseClient):
             source = {**source, "name": name}
         resp = self.request("POST", "/api/v4/leads", json_body=[self._copy_body(
             source, pipeline, stage, responsible, fields, tags)])
-        new_id = resp.json()["_embedded"]["leads"][0]["id"]
-        links = _links_of(source) if contacts else []
+        return resp.json()["_embedded"]["leads"][0]["id"]
+
+    def link_copy(self, lead_id: int | str, source: dict[str, Any]) -> int:
+        """Link a lead to the contacts and company of `source`: one POST /api/v4/leads/{id}/link
+        with to_entity_type contacts|companies (entity-links-api); how many links (0: no call)."""
+        links = _links_of(source)
         if links:
-            self.request("POST", f"/api/v4/leads/{segment(new_id)}/link", json_body=links)
-        return new_id
+            self.request("POST", f"/api/v4/leads/{segment(lead_id)}/link", json_body=links)
+        return len(links)
 
     def _copy_body(self, source: dict[str, Any], pipeline: str, stage: str, responsible: str | int | None,
                    fields: dict[str, Any] | None, tags: list[str] | None) -> dict[str, Any]:

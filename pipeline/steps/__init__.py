@@ -1,39 +1,39 @@
 """Steps that take more than one vendor call, built on the clients' single-call verbs.
 
-A rule plans `ctx.action("find_or_create", …)`; when the action's method names a step here, the
-executor runs `STEPS[method].run(ctx, **args)` instead of a client method. Each step module sets
-`METHOD` (the action method it runs) and `REQUIRES` (the client verbs it calls, for start-up checks).
+A rule plans `ctx.step("find_or_create", …)`; when the action's method names a step here, the
+executor runs `STEPS[method].run(StepContext(…), **args)` instead of a client method. Each step
+module sets `METHOD` (the action method it runs), `REQUIRES` (the client verbs it calls: start-up
+checks hold them against a client's `capabilities`) and `run(ctx, **args)`, whose arguments are
+the action's (its `entity` an `Entity`). A step keeps its state in `ctx.rt.store` under
+`ctx.rt.keys(…)`, and makes every vendor call through `ctx.client`, so that the executor's
+`client.sending` marks the step "sent" before the first request leaves.
 """
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from pipeline.steps import (
+    call_back,
+    copy_entity,
+    find_or_create,
+    lookup_field,
+    move_forward,
+    send_digest,
+    start_next_task,
+    track_time,
+)
+from pipeline.steps.base import StepContext, require
 
-@dataclass(frozen=True)
-class StepContext:
-    """What a step may use: the runtime (store, keys, clients by connection), the client of the
-    action's connection, the step's idempotency key and that connection's name."""
-    rt: Any
-    client: Any
-    key: str
-    connection: str
+__all__ = ["STEPS", "StepContext", "require"]
 
-    def once(self, name: str, call: Callable[[], Any]) -> Any:
-        """One vendor call of the step, recorded under its own key (the step's key + `name`): a
-        step tried again (a retry, a re-run after a crash) resumes after the last call that
-        succeeded instead of repeating it (a copy is created once, then linked)."""
-        key = self.rt.keys("done", f"{self.key}|{name}")
-        raw = self.rt.store.get(key)
-        if raw is not None:
-            return json.loads(raw)
-        result = call()
-        self.rt.store.set(key, json.dumps(result, default=str), ex=self.rt.settings.done_ttl)
-        return result
-
-
-from pipeline.steps import send_digest  # noqa: E402  (after StepContext, which they use)
-
-STEPS: dict[str, Any] = {module.METHOD: module for module in (send_digest,)}
+# action method → its step (each module's METHOD; tests/test_steps.py checks they agree)
+STEPS: dict[str, Any] = {
+    "call_back": call_back,
+    "copy_entity": copy_entity,
+    "find_or_create": find_or_create,
+    "lookup_field": lookup_field,
+    "move_forward": move_forward,
+    "send_digest": send_digest,
+    "start_next_task": start_next_task,
+    "track_time": track_time,
+}

@@ -349,7 +349,8 @@ def test_changed_since_reads_every_page(b24, fake_b24):
     changed = b24.changed_since(since)
     expected = sorted((d["DATE_MODIFY"], str(d["ID"])) for d in fake_b24.records["deal"].values()
                       if d["DATE_MODIFY"] > since)
-    assert [(c["modified"], c["id"]) for c in changed] == expected and len(changed) == 57
+    assert [(c.modified, c.id) for c in changed] == expected and len(changed) == 57
+    assert {c.type for c in changed} == {"deal"} and changed[0].raw["ID"] == expected[0][1]
     calls = fake_b24.method_calls("crm.deal.list")
     assert [c.body["start"] for c in calls] == [0, 50]
     assert calls[0].body["filter"] == {">DATE_MODIFY": since} and calls[0].body["order"] == {"DATE_MODIFY": "ASC"}

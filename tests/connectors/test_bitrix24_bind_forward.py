@@ -1,5 +1,6 @@
-"""Bitrix24 client: tasks bound to the deal's contacts and company (UF_CRM_TASK), and
-move_to_stage(only_forward=True) against the stage order of crm.status.list (SORT, SEMANTICS)."""
+"""Bitrix24 client: tasks bound to the deal's contacts and company (UF_CRM_TASK), and the
+move_forward step (move_to_stage only_forward) on its verbs, against the stage order of
+crm.status.list (SORT, SEMANTICS)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from connectors import bitrix24
 from connectors.base import Connection, Entity
 from tests.conftest import PAYLOADS
 from tests.fakes_bitrix24 import FakeBitrix24, status
+from tests.steps import run_step
 
 DUE = "2026-11-25T10:00:00+03:00"
 
@@ -84,21 +86,25 @@ def test_record_only_logs_the_bindings_it_knows(fake_b24, caplog):
     assert '"UF_CRM_TASK": ["D_410", "C_84"]' in caplog.text
 
 
-# --- move_to_stage only_forward --------------------------------------------------------------------
+# --- move_to_stage only_forward: the move_forward step ---------------------------------------------
+
+def forward(client: bitrix24.Client, entity: Entity, stage: str) -> dict:
+    return run_step("move_forward", client, entity=entity, stage=stage)
+
 
 def test_forward_moves_and_reads_the_funnels_stage_order_once(b24, fake_b24):
-    assert b24.move_to_stage(Entity("deal", "410"), "В работе", only_forward=True) == {"moved": True}
+    assert forward(b24, Entity("deal", "410"), "В работе") == {"moved": True}
     assert deal(fake_b24)["STAGE_ID"] == "EXECUTING"
     [listed] = fake_b24.method_calls("crm.status.list")
     assert listed.body == {"order": {"SORT": "ASC"}, "filter": {"ENTITY_ID": "DEAL_STAGE"}, "start": 0}
-    assert b24.move_to_stage(Entity("deal", "410"), "Сделка успешна", only_forward=True) == {"moved": True}
+    assert forward(b24, Entity("deal", "410"), "Сделка успешна") == {"moved": True}
     assert deal(fake_b24)["STAGE_ID"] == "WON"
     assert len(fake_b24.method_calls("crm.status.list")) == 1   # cached with the other metadata
 
 
 @pytest.mark.parametrize("stage", ["Новая", "Подготовка документов", "NEW"])
 def test_backward_or_the_same_stage_leaves_the_deal_where_it_is(b24, fake_b24, stage):
-    result = b24.move_to_stage(Entity("deal", "410"), stage, only_forward=True)
+    result = forward(b24, Entity("deal", "410"), stage)
     assert result["moved"] is False and result["reason"].startswith("already at stage PREPARATION, not before ")
     assert deal(fake_b24)["STAGE_ID"] == "PREPARATION"
     assert fake_b24.method_calls("crm.deal.update") == [] and fake_b24.method_calls("crm.item.update") == []
@@ -106,7 +112,7 @@ def test_backward_or_the_same_stage_leaves_the_deal_where_it_is(b24, fake_b24, s
 
 def test_the_order_is_by_sort_not_by_the_order_the_portal_lists_them(b24, fake_b24):
     fake_b24.statuses["DEAL_STAGE"].append(status("DEAL_STAGE", "UC_EARLY", "Квалификация", 15))
-    assert b24.move_to_stage(Entity("deal", "410"), "Квалификация", only_forward=True)["moved"] is False
+    assert forward(b24, Entity("deal", "410"), "Квалификация")["moved"] is False
 
 
 @pytest.mark.parametrize("here, stage, moved", [
@@ -120,14 +126,14 @@ def test_the_order_is_by_sort_not_by_the_order_the_portal_lists_them(b24, fake_b
 ])
 def test_won_and_lost_count_as_past_every_open_stage(b24, fake_b24, here, stage, moved):
     deal(fake_b24)["STAGE_ID"] = here
-    assert b24.move_to_stage(Entity("deal", "410"), stage, only_forward=True)["moved"] is moved
+    assert forward(b24, Entity("deal", "410"), stage)["moved"] is moved
     assert (deal(fake_b24)["STAGE_ID"] != here) is moved
 
 
 def test_a_stage_of_another_funnel_is_a_move_into_that_funnel(b24, fake_b24):
     deal(fake_b24).update(CATEGORY_ID="3", STAGE_ID="C3:WON")
     # "В работе" is only in funnel 0: the deal, won in funnel 3, moves there through crm.item.update
-    assert b24.move_to_stage(Entity("deal", "410"), "В работе", only_forward=True) == {"moved": True}
+    assert forward(b24, Entity("deal", "410"), "В работе") == {"moved": True}
     [update] = fake_b24.method_calls("crm.item.update")
     assert update.body == {"entityTypeId": 2, "id": 410, "fields": {"categoryId": 0, "stageId": "EXECUTING"}}
     assert fake_b24.method_calls("crm.status.list") == []
@@ -135,21 +141,21 @@ def test_a_stage_of_another_funnel_is_a_move_into_that_funnel(b24, fake_b24):
 
 def test_in_its_own_funnel_the_deal_is_compared_with_that_funnels_stages(b24, fake_b24):
     deal(fake_b24).update(CATEGORY_ID="3", STAGE_ID="C3:WON")
-    result = b24.move_to_stage(Entity("deal", "410"), "Подготовка контента", only_forward=True)
+    result = forward(b24, Entity("deal", "410"), "Подготовка контента")
     assert result == {"moved": False, "reason": "already at stage C3:WON, not before C3:PREPARATION"}
     assert fake_b24.method_calls("crm.status.list")[0].body["filter"] == {"ENTITY_ID": "DEAL_STAGE_3"}
     # "Новая" is in both funnels: the deal's own (3) is meant, and C3:NEW is before C3:WON
-    assert b24.move_to_stage(Entity("deal", "410"), "Новая", only_forward=True)["moved"] is False
+    assert forward(b24, Entity("deal", "410"), "Новая")["moved"] is False
 
 
 def test_a_stage_the_list_does_not_know_reads_it_fresh_once_then_moves(b24, fake_b24):
     deal(fake_b24)["STAGE_ID"] = "UC_GONE"   # a stage deleted since the deal entered it
-    assert b24.move_to_stage(Entity("deal", "410"), "В работе", only_forward=True) == {"moved": True}
+    assert forward(b24, Entity("deal", "410"), "В работе") == {"moved": True}
     assert len(fake_b24.method_calls("crm.status.list")) == 2
 
 
 def test_leads_compare_their_statuses_too(b24, fake_b24):
-    assert b24.move_to_stage(Entity("lead", "365"), "Не обработан", only_forward=True)["moved"] is False
+    assert forward(b24, Entity("lead", "365"), "Не обработан")["moved"] is False
     assert fake_b24.method_calls("crm.lead.update") == []
     assert fake_b24.method_calls("crm.status.list")[0].body["filter"] == {"ENTITY_ID": "STATUS"}
 

@@ -66,9 +66,9 @@ def test_every_page_is_read_and_only_changed_tasks_are_listed(pf, fake_planfix):
     add_tasks(fake_planfix, range(1, 251), T0 + timedelta(minutes=10))    # changed after the look
     add_tasks(fake_planfix, range(300, 340), T0)                           # before it: not listed
     found = pf.changed_since(SINCE)
-    assert [f["id"] for f in found] == [str(n) for n in range(1, 251)]
-    assert {f["type"] for f in found} == {"task"}
-    assert found[0]["modified"].startswith("2026-11-24T07:10Z|")
+    assert [f.id for f in found] == [str(n) for n in range(1, 251)]
+    assert {f.type for f in found} == {"task"}
+    assert found[0].modified.startswith("2026-11-24T07:10Z|") and found[0].raw["id"] == 1
     calls = fake_planfix.received("POST", "/rest/task/list")
     assert [(c.body["offset"], c.body["pageSize"]) for c in calls] == [(0, 100), (100, 100), (200, 100)]
     assert all(c.body["filters"] == calls[0].body["filters"] for c in calls)
@@ -86,7 +86,7 @@ def test_the_minute_of_the_look_is_included(pf, fake_planfix):
     add_tasks(fake_planfix, [1], T0 + timedelta(minutes=4))
     add_tasks(fake_planfix, [2], T0 + timedelta(minutes=5, seconds=10))
     add_tasks(fake_planfix, [3], T0 + timedelta(minutes=6))
-    assert [f["id"] for f in pf.changed_since(SINCE)] == ["2", "3"]
+    assert [f.id for f in pf.changed_since(SINCE)] == ["2", "3"]
 
 
 def test_modified_changes_with_the_status_within_the_same_minute(pf, fake_planfix):
@@ -94,15 +94,15 @@ def test_modified_changes_with_the_status_within_the_same_minute(pf, fake_planfi
     [before] = pf.changed_since(SINCE)
     fake_planfix.touch(1, T0 + timedelta(minutes=7, seconds=40), status={"id": 3})
     [after] = pf.changed_since(SINCE)
-    assert before["modified"].split("|")[0] == after["modified"].split("|")[0] == "2026-11-24T07:07Z"
-    assert before["modified"] != after["modified"]
+    assert before.modified.split("|")[0] == after.modified.split("|")[0] == "2026-11-24T07:07Z"
+    assert before.modified != after.modified
     assert pf.changed_since(SINCE) == [after]   # unchanged: the same value again
 
 
 def test_a_recorded_answer_is_read(pf, fake_planfix):
     fake_planfix.fail(r"/rest/task/list", 200, recorded("api_task_list_changed.json"))
     found = pf.changed_since(SINCE)
-    assert [(f["id"], f["type"], f["modified"].split("|")[0]) for f in found] == [
+    assert [(f.id, f.type, f.modified.split("|")[0]) for f in found] == [
         ("1042", "task", "2026-11-24T07:07Z"), ("2077", "task", "2026-11-24T07:08Z")]
 
 

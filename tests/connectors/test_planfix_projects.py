@@ -1,4 +1,4 @@
-"""The Planfix client's project and time methods (start_next_task, track_time) and date fields,
+"""The start_next_task and track_time steps on the Planfix client's verbs, and its date fields,
 against the fake Planfix REST API and the real Redis."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from connectors import planfix
 from connectors.base import Connection, Entity
 from rules.fill_from_form import _text
 from tests.fakes_planfix import FakePlanfix
+from tests.steps import run_step
 
 ORDER = {"id": 130, "name": "Порядок", "type": 1}
 HOURS = {"id": 131, "name": "Витрачено, год", "type": 1}
@@ -39,13 +40,16 @@ def a_task(number: int, status: int, project: int | None = 77, order: int | None
     return item
 
 
+def start(client: planfix.Client, task: str, **args) -> dict:
+    return run_step("start_next_task", client, Entity("task", task), status="В роботі", **args)
+
+
 def test_without_an_order_field_the_next_task_is_the_next_number(pf, fake_planfix):
     for number, status in ((500, 3), (501, 2), (502, 1), (503, 1)):
         fake_planfix.add("task", a_task(number, status))
     # 501 is already in work: the next one is 501 and it is not started again
-    assert pf.start_next_task(Entity("task", "500"), status="В роботі") == {"next": "501", "reason": "already В роботі"}
-    assert pf.start_next_task(Entity("task", "501"), status="В роботі", due="2026-12-02T15:00:00+00:00") == {
-        "next": "502", "name": "Задача 502", "outcome": "done"}
+    assert start(pf, "500") == {"next": "501", "reason": "already В роботі"}
+    assert start(pf, "501", due="2026-12-02T15:00:00+00:00") == {"next": "502", "name": "Задача 502", "outcome": "done"}
     [started] = fake_planfix.received("POST", "/rest/task/502")
     assert started.body == {"status": {"id": 2}, "endDateTime": {"datetime": "2026-12-02T15:00Z"}}
 
@@ -54,8 +58,7 @@ def test_ordered_tasks_come_before_unordered_ones_and_a_named_executor_is_set(pf
     fake_planfix.add("task", a_task(600, 3, order=1))
     fake_planfix.add("task", a_task(601, 1))            # no order: after every ordered task
     fake_planfix.add("task", a_task(602, 1, order=7))
-    result = pf.start_next_task(Entity("task", "600"), status="В роботі", order_field="Порядок",
-                                responsible="Иван Петренко")
+    result = start(pf, "600", order_field="Порядок", responsible="Иван Петренко")
     assert result["next"] == "602"
     [started] = fake_planfix.received("POST", "/rest/task/602")
     assert started.body == {"status": {"id": 2}, "assignees": {"users": [{"id": "user:6"}]}}
@@ -63,7 +66,7 @@ def test_ordered_tasks_come_before_unordered_ones_and_a_named_executor_is_set(pf
 
 def test_a_task_outside_a_project_starts_nothing(pf, fake_planfix):
     fake_planfix.add("task", a_task(700, 3, project=None))
-    assert pf.start_next_task(Entity("task", "700"), status="В роботі") == {
+    assert start(pf, "700") == {
         "next": None, "reason": "task 700 is not in a project"}
     assert fake_planfix.received("POST", "/rest/task/list") == []
 
@@ -73,7 +76,7 @@ def test_track_time_adds_periods_counts_each_change_once_and_rewrites_on_a_rerun
     fake_planfix.add("task", a_task(800, 2))
 
     def change(counting: bool, at: str, key: str) -> dict:
-        return pf.track_time(task, counting=counting, at=at, change=key, field="Витрачено, год")
+        return run_step("track_time", pf, task, counting=counting, at=at, change=key, field="Витрачено, год")
 
     assert change(True, "2026-11-24T08:00:00+00:00", "c1")["open_since"] == "2026-11-24T08:00:00+00:00"
     assert change(True, "2026-11-24T08:30:00+00:00", "c2")["open_since"] == "2026-11-24T08:00:00+00:00"

@@ -1,4 +1,5 @@
-"""Zadarma: signed callback requests against a fake API, signed call-end notifications in."""
+"""Zadarma: signed callback requests against a fake API (the call_back step on the client's
+request_callback), signed call-end notifications in, and the observer that pauses callbacks."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,9 @@ from connectors.base import (
     Unauthorized,
 )
 from tests.conftest import payload
+from pipeline.observers import observe
 from tests.fakes_telephony import ZD_KEY, ZD_SECRET, FakeZadarma, zd_sign
+from tests.steps import run_step, step_context
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -59,7 +62,7 @@ def test_the_signature_is_the_sdks_algorithm():
 
 def test_call_back_calls_the_manager_extension_then_the_client(fake_zd, redis_db):
     client = zadarma.Client(conn(fake_zd.url), store=redis_db, key_prefix="t:")
-    result = client.call_back("938348", "+7 (916) 123-45-67", pause_until="2026-12-09T10:00:00+03:00",
+    result = run_step("call_back", client, "938348", "+7 (916) 123-45-67", pause_until="2026-12-09T10:00:00+03:00",
                               entity=Entity("lead", "31926520"), now="2026-12-07T10:00:00+03:00")
     assert result["requested"] is True
     assert fake_zd.callbacks() == [("100", "79161234567")]
@@ -71,15 +74,16 @@ def test_api_errors_split_in_two(fake_zd, redis_db):
     client = zadarma.Client(conn(fake_zd.url), store=redis_db, key_prefix="t:")
     fake_zd.fail("/v1/request/callback/", 500, {"status": "error", "message": "Internal error"})
     with pytest.raises(RetryableApiError, match="HTTP 500"):
-        client.call_back("100", "79161234567")
+        run_step("call_back", client, "100", "79161234567")
     fake_zd.fail("/v1/request/callback/", 200, {"status": "error", "message": "Wrong parameters"})
     with pytest.raises(PermanentApiError, match="Wrong parameters"):
-        client.call_back("100", "79161234567")
-    wrong = zadarma.Client(Connection(**{**conn(fake_zd.url).__dict__, "credentials": {"key": ZD_KEY, "secret": "x"}}))
+        run_step("call_back", client, "100", "79161234567")
+    wrong = zadarma.Client(Connection(**{**conn(fake_zd.url).__dict__, "credentials": {"key": ZD_KEY, "secret": "x"}}),
+                           store=redis_db, key_prefix="t:")
     with pytest.raises(PermanentApiError, match="401: Not authorized"):
-        wrong.call_back("100", "79161234567")
+        run_step("call_back", wrong, "100", "79161234567")
     with pytest.raises(PermanentApiError, match="not a phone number"):
-        client.call_back("100", "")
+        run_step("call_back", client, "100", "")
 
 
 def test_a_signed_call_end_becomes_call_ended():
@@ -103,14 +107,14 @@ def test_a_wrong_or_missing_signature_is_refused():
 
 def test_a_talk_pauses_the_pair_until_the_planned_moment(fake_zd, redis_db):
     client = zadarma.Client(conn(fake_zd.url), store=redis_db, key_prefix="t:")
-    client.call_back("100", "79161234567", pause_until="2026-12-09T10:00:00+03:00",
+    run_step("call_back", client, "100", "79161234567", pause_until="2026-12-09T10:00:00+03:00",
                      entity=Entity("lead", "1"), now="2026-12-07T10:00:00+03:00")
     [ended] = zadarma.parse(notification("notify_out_end_answered.form"), conn())
-    assert client.observe(ended) == {"paused_until": "2026-12-09T10:00:00+03:00", "entity": "lead:1"}
-    skipped = client.call_back("100", "79161234567", now="2026-12-08T15:00:00+03:00")
+    assert observe(step_context(client).rt, ended) == {"paused_until": "2026-12-09T10:00:00+03:00", "entity": "lead:1"}
+    skipped = run_step("call_back", client, "100", "79161234567", now="2026-12-08T15:00:00+03:00")
     assert "paused until 2026-12-09T10:00:00+03:00" in skipped["skipped"]
     assert len(fake_zd.callbacks()) == 1
-    client.call_back("100", "79161234567", now="2026-12-09T10:30:00+03:00")
+    run_step("call_back", client, "100", "79161234567", now="2026-12-09T10:30:00+03:00")
     assert len(fake_zd.callbacks()) == 2
     paused = json.loads(redis_db.get("t:calls:zadarma:paused:100:79161234567"))
     assert paused["talked_at"] == "2026-12-07 10:05:11"
@@ -118,10 +122,10 @@ def test_a_talk_pauses_the_pair_until_the_planned_moment(fake_zd, redis_db):
 
 def test_a_busy_end_pauses_nothing(fake_zd, redis_db):
     client = zadarma.Client(conn(fake_zd.url), store=redis_db, key_prefix="t:")
-    client.call_back("100", "79161234567", pause_until="2026-12-09T10:00:00+03:00")
+    run_step("call_back", client, "100", "79161234567", pause_until="2026-12-09T10:00:00+03:00")
     [busy] = zadarma.parse(notification("notify_out_end_busy.form"), conn())
-    assert client.observe(busy) is None
-    client.call_back("100", "79161234567", now=datetime(2026, 12, 7, 8, tzinfo=UTC).isoformat())
+    assert observe(step_context(client).rt, busy) is None
+    run_step("call_back", client, "100", "79161234567", now=datetime(2026, 12, 7, 8, tzinfo=UTC).isoformat())
     assert len(fake_zd.callbacks()) == 2
 
 

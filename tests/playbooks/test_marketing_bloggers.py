@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.base import catalog_matches
+from pipeline.steps.lookup_field import catalog_matches
 from tests.playbooks import marketing_amo
 from tests.playbooks.marketing_amo import FIELD_IDS, SALES, audit, lead, msk, updated
 

@@ -132,15 +132,19 @@ def test_c5_only_forward_never_moves_a_deal_back(client, runtime, amo, at):
     """The proposal step moves with only_forward: amoCRM is read first, and a deal already past
     «Согласование КП» (moved on by hand after the webhook was sent) stays where it is."""
     from connectors.base import Entity
+    from tests.steps import run_step
     at(msk(2026, 11, 24, 11, 0))
     lead(amo, DEAL, "Весна 2027", SALES, "Утвержденный проект")
     amo_client = runtime.client("agency-amo")
-    assert amo_client.move_to_stage(Entity("lead", str(DEAL)), "Согласование КП", only_forward=True) == {
+
+    def forward() -> dict:   # move_to_stage with only_forward: the move_forward step
+        return run_step("move_forward", amo_client, entity=Entity("lead", str(DEAL)), stage="Согласование КП")
+    assert forward() == {
         "moved": False, "reason": f"already at stage {stage(SALES, 'Утвержденный проект')}, "
                                   f"not before {stage(SALES, 'Согласование КП')}"}
     assert stage_moves(amo, DEAL) == []
     amo.leads[DEAL]["status_id"] = stage(SALES, "Бриф получен")
-    assert amo_client.move_to_stage(Entity("lead", str(DEAL)), "Согласование КП", only_forward=True) == {"moved": True}
+    assert forward() == {"moved": True}
     assert stage_moves(amo, DEAL) == [{"status_id": stage(SALES, "Согласование КП"), "pipeline_id": SALES}]
 
 

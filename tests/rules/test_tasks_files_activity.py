@@ -79,8 +79,8 @@ def file_event(name: str, deal="Весна") -> tuple[Event, dict]:
 def test_file_name_filter_by_pattern_and_by_the_deals_own_name(tmp_path):
     rules = ruleset(tmp_path, RULES)
     result = plan(*file_event("Коммерческое предложение v2.pdf"), rules, NOW, MODULES)
-    assert [a.method for a in result.actions] == ["move_to_stage"]
-    assert result.actions[0].args["only_forward"] is True
+    assert [a.method for a in result.actions] == ["move_forward"]   # move_to_stage with only_forward
+    assert result.actions[0].args["stage"] == "Согласование КП"
     result = plan(*file_event('Отчет по проекту "Весна".pdf'), rules, NOW, MODULES)
     assert [(a.rule, a.method) for a in result.actions] == [("report uploaded", "add_note")]
     near = plan(*file_event('Отчет по проекту "Весна-2".pdf'), rules, NOW, MODULES)
