@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -40,11 +41,27 @@ log = logging.getLogger("crmbridge.worker")
 REPEATABLE_METHODS = frozenset({"move_to_stage", "move_forward", "set_fields", "edit_buttons", "edit_text",
                                 "answer_button", "set_responsible", "delete_entity"})
 MAYBE_DONE = "may have been sent: check the vendor, then replay it only if it was not done"
+# creates the vendor lets us read back (the method → the client verb that finds what it made): one
+# that got no clear answer is looked for, then recorded done or sent once more, never parked blindly
+READ_BACK = {"create_task": "find_task", "add_note": "find_note"}
+RESEND_ROUNDS = 3   # sends of a create that keeps getting no clear answer, each looked for after
 RECORD_PATIENCE = 120.0   # seconds a worker keeps trying to record a done step while Redis is away
 
 
 class StepMaybeDone(PermanentApiError):
     """A step that is not repeatable may have been done already (attempted, never recorded)."""
+
+
+class SettleLater(RetryableApiError):
+    """A create that can be read back got no answer at all (a timeout, a lost connection): the
+    vendor may still be making it, so it is looked for on a later try of the job (RQ's retry, its
+    attempted mark kept), once the request cannot be running any more (settle_after)."""
+
+
+def settle_after(client: Any) -> float:
+    """Seconds after a create was sent by when the vendor has surely finished it: the client's
+    timeouts (connect and read) and a margin."""
+    return 2 * float(getattr(client, "timeout", 10.0)) + 5.0
 
 
 def repeatable(action: PlannedAction) -> bool:
@@ -101,9 +118,12 @@ def execute(rt: Any, event: Event, action: PlannedAction) -> bool:
         args = with_retries(rt, lambda: fetch_files(rt, args))  # files carried from another connection
         claimed = rt.store.set(attempted_key, json.dumps(mark), nx=True, ex=rt.settings.done_ttl)
     if not claimed:
-        check_earlier_attempt(rt, event, action, client, attempted_key)
+        found = earlier_attempt(rt, event, action, client, args, attempted_key)
+        if found is not None:   # the vendor has what the earlier try made: record it, send nothing
+            record_done(rt, done_key, attempted_key, found)
+            return True
         rt.store.set(attempted_key, json.dumps(mark), ex=rt.settings.done_ttl)
-    result = call_once(rt, event, action, client, attempted_key, mark, lambda: method(**args))
+    result = call_once(rt, event, action, client, args, attempted_key, mark, lambda: method(**args))
     record_done(rt, done_key, attempted_key, result)
     # a move left out (only_forward) comes back as {"moved": False}; others return True, a status or None
     if undo and not (isinstance(result, dict) and result.get("moved") is False):
@@ -125,10 +145,61 @@ def callable_for(rt: Any, client: Any, action: PlannedAction) -> Callable[..., A
     return getattr(client, action.method)
 
 
-def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: Any, attempted_key: str) -> None:
+def earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: Any, args: dict[str, Any],
+                    attempted_key: str) -> Any:
+    """An attempted mark was there before (a worker died or lost Redis mid-step). A create the
+    vendor lets us read back is looked for: found, its id is returned (the step is done); not
+    found, the step goes on (nothing was made). Else check_earlier_attempt decides."""
+    before = json.loads(rt.store.get(attempted_key) or "{}")
+    if before.get("phase") != "calling" and before.get("at"):
+        age = (clock.now() - datetime.fromisoformat(before["at"])).total_seconds()
+        if can_read_back(client, action, args) and age < settle_after(client):
+            raise SettleLater(f"{action.describe()}: sent {age:.0f} s ago and not answered; looked for later")
+        try:
+            found = read_back(rt, client, action, args, before["at"])
+        except PermanentApiError:   # cannot be read back here (a Planfix contact's tasks): a person decides
+            found = None
+        else:
+            if found is not None:
+                audit(rt, event, "action.reconciled", rule=action.rule, action=action.describe(), found=found,
+                      reason="attempted before; the vendor has it")
+                return found
+            if can_read_back(client, action, args):
+                audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
+                      reason="attempted before; the vendor does not have it")
+                return None
+    check_earlier_attempt(rt, event, action, client, attempted_key, before)
+    return None
+
+
+def can_read_back(client: Any, action: PlannedAction, args: dict[str, Any]) -> bool:
+    verb = READ_BACK.get(action.method)
+    return verb is not None and client.can(verb) and "entity" in args and bool(args.get("text"))
+
+
+def read_back(rt: Any, client: Any, action: PlannedAction, args: dict[str, Any], since: str) -> Any:
+    """What a create made, read back from the vendor (its id), or None; None too when the method
+    or the client cannot be read back."""
+    if not can_read_back(client, action, args):
+        return None
+    verb = READ_BACK[action.method]
+    return with_retries(rt, lambda: getattr(client, verb)(args["entity"], str(args["text"]), since))
+
+
+def settle(rt: Any, client: Any, action: PlannedAction, args: dict[str, Any], since: str,
+           uncertain: UncertainApiError) -> Any:
+    """Read back a create that got no clear answer: its id, or None (not made). A read that fails
+    leaves it uncertain (`uncertain` is raised: the step is parked, never sent again blindly)."""
+    try:
+        return read_back(rt, client, action, args, since)
+    except (RetryableApiError, PermanentApiError):
+        raise uncertain from None
+
+
+def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: Any, attempted_key: str,
+                          before: dict[str, Any]) -> None:
     """An attempted mark was there before: go on only if the earlier try sent nothing or the step
     is repeatable; else raise StepMaybeDone (the step is parked for a person)."""
-    before = json.loads(rt.store.get(attempted_key) or "{}")
     # a step of several calls may have used other connections, which do not report their sends
     step = STEPS.get(action.method)
     own = step is None or getattr(step, "ONE_CLIENT", False)
@@ -145,16 +216,35 @@ def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: 
               reason="attempted before and never recorded done; repeatable")
 
 
-def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, attempted_key: str,
+def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, args: dict[str, Any], attempted_key: str,
               mark: dict[str, Any], call: Callable[[], Any]) -> Any:
     """Call the vendor with retries; the attempted mark is dropped when nothing was done, kept
-    when something may have been."""
+    when something may have been. A create that got no clear answer (UncertainApiError) is read
+    back when the vendor allows it: found, done; not found, sent again (RESEND_ROUNDS in all)."""
     sent = json.dumps({**mark, "phase": "sent"})
     # a client that reports its sends marks the step "sent" just before a request leaves (after its
     # rate limits): a worker killed before that is known to have sent nothing
     client.sending = lambda: rt.store.set(attempted_key, sent, xx=True, ex=rt.settings.done_ttl)
     try:
-        return with_retries(rt, call, repeat_uncertain=repeatable(action))
+        for round_ in range(1, RESEND_ROUNDS + 1):
+            try:
+                return with_retries(rt, call, repeat_uncertain=repeatable(action))
+            except UncertainApiError as exc:
+                if repeatable(action) or not can_read_back(client, action, args):
+                    raise
+                if exc.status is None:   # no answer: the vendor may still be at it (SettleLater)
+                    audit(rt, event, "action.unsettled", rule=action.rule, action=action.describe(), error=str(exc),
+                          reason="no answer; looked for at the vendor on the job's next try")
+                    raise SettleLater(f"{exc}; looked for at the vendor on the job's next try") from None
+                found = settle(rt, client, action, args, mark["at"], exc)
+                if found is not None:
+                    audit(rt, event, "action.reconciled", rule=action.rule, action=action.describe(), found=found,
+                          error=str(exc), reason="no clear answer; the vendor has it")
+                    return found
+                if round_ == RESEND_ROUNDS:
+                    raise
+                audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(), error=str(exc),
+                      reason="no clear answer; the vendor does not have it")
     except UncertainApiError as exc:
         if not repeatable(action):   # the mark stays: a replay must be a decision, not an accident
             audit(rt, event, "action.uncertain", rule=action.rule, action=action.describe(), error=str(exc),
@@ -162,6 +252,8 @@ def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, attempt
             raise StepMaybeDone(f"{exc}; {MAYBE_DONE}") from None
         forget_attempt(rt, attempted_key)
         raise
+    except SettleLater:
+        raise   # the mark stays: the next try reads back what it says was sent
     except (RetryableApiError, PermanentApiError):
         forget_attempt(rt, attempted_key)   # the vendor refused it (or it never left): nothing was done
         raise

@@ -10,6 +10,7 @@ import pytest
 from connectors import amocrm
 from connectors.base import Connection, Entity
 from tests.conftest import PAYLOADS
+from tests.steps import run_step
 
 
 @pytest.fixture
@@ -98,8 +99,8 @@ def test_copy_entity_copies_only_the_named_fields_and_renames(amo_client, fake_a
     source = fake_amo.leads[17657]
     names = [cf["field_name"] for cf in source.get("custom_fields_values") or []]
     assert names, "the sample lead has custom fields"
-    amo_client.copy_entity(Entity("lead", "17657"), "Реализация", "Тайминг", copy_fields=names[:1], name="Проект",
-                           contacts=False)
+    run_step("copy_entity", amo_client, Entity("lead", "17657"), "Реализация", "Тайминг", copy_fields=names[:1],
+             name="Проект", contacts=False)
     [body] = fake_amo.received("POST", "/api/v4/leads")[0].body
     assert body["name"] == "Проект" and (body["pipeline_id"], body["status_id"]) == (3300, 20001)
     assert [v["field_id"] for v in body["custom_fields_values"]] == [source["custom_fields_values"][0]["field_id"]]

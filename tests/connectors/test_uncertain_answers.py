@@ -177,22 +177,70 @@ def step(method: str, connection: str, **args) -> PlannedAction:
                          args=args, key=f"{EVENT.id}|test|{method}")
 
 
-@pytest.mark.parametrize("method, connection, args, path", [
-    ("create_task", "quickstart-amo", {"entity": {"type": "lead", "id": "31926520"}, "text": "Call back", "due": DUE},
-     r"^/api/v4/tasks$"),
-    ("send_message", "quickstart-bot", {"chat": "42", "text": "Hello"}, "sendMessage"),
-])
-def test_applied_then_500_is_done_once_at_the_vendor_and_parked(runtime, fake_amo, fake_tg, method, connection, args, path):
-    fake = fake_amo if connection == "quickstart-amo" else fake_tg
-    fake.fail(path, 500, AMO_500 if fake is fake_amo else TG_500, applied=True)
-    action = step(method, connection, **args)
+def test_a_message_applied_then_500_is_sent_once_and_parked(runtime, fake_tg):
+    """A message cannot be read back from Telegram: it is parked with the evidence, never resent."""
+    fake_tg.fail("sendMessage", 500, TG_500, applied=True)
+    action = step("send_message", "quickstart-bot", chat="42", text="Hello")
     result = execute.run_plan(runtime, EVENT, Plan(actions=[action]))
     assert result["failed"] == 1
-    sent = [c for c in fake.calls if c.method == "POST" and (c.path == "/api/v4/tasks" or c.path.endswith("/sendMessage"))]
-    assert len(sent) == 1                                   # done once, never again
-    assert len(fake.applied_faults) == 1
+    assert len([c for c in fake_tg.calls if c.path.endswith("/sendMessage")]) == 1 and len(fake_tg.applied_faults) == 1
     dead = json.loads(runtime.store.hget(runtime.keys("dead"), action.key))
     assert "may have been sent" in dead["error"] and "Internal Server Error" in dead["error"]
+
+
+def task_step() -> PlannedAction:
+    return step("create_task", "quickstart-amo", entity={"type": "lead", "id": "31926520"}, text="Call back", due=DUE)
+
+
+def audit_whats(runtime) -> list[str]:
+    return [json.loads(e[b"entry"])["what"] for _, e in runtime.store.xrange(runtime.keys("audit"))]
+
+
+def test_a_create_applied_then_500_is_read_back_and_recorded_not_parked(runtime, fake_amo):
+    """A CRM create that got a 5xx is looked for at the vendor before anything else: amoCRM has the
+    task, so the step is done with its id; nothing is sent again, nothing is parked."""
+    fake_amo.fail(r"^/api/v4/tasks$", 500, AMO_500, applied=True)
+    action = task_step()
+    result = execute.run_plan(runtime, EVENT, Plan(actions=[action]))
+    assert result == {"actions": 1, "done": 1, "failed": 0, "errors": 0}
+    assert len(fake_amo.tasks) == 1 and len(fake_amo.received("POST", "/api/v4/tasks", failed=True)) == 1
+    [task_id] = fake_amo.tasks
+    assert json.loads(runtime.store.get(runtime.keys("done", action.key))) == task_id
+    assert runtime.store.get(runtime.keys("attempted", action.key)) is None
+    assert not runtime.store.hexists(runtime.keys("dead"), action.key)
+    assert "action.reconciled" in audit_whats(runtime)
+
+
+def test_a_create_refused_with_500_is_read_back_not_found_and_sent_once_more(runtime, fake_amo):
+    fake_amo.fail(r"^/api/v4/tasks$", 500, AMO_500)                          # not applied
+    action = task_step()
+    assert execute.execute(runtime, EVENT, action) is True
+    assert len(fake_amo.tasks) == 1 and len(fake_amo.received("POST", "/api/v4/tasks", failed=True)) == 2
+    assert audit_whats(runtime).count("action.repeated") == 1
+
+
+def test_a_create_left_sent_by_a_dead_worker_is_read_back(runtime, fake_amo):
+    """A worker died after its create left (the step's mark says "sent"): the re-run looks for
+    the task instead of parking the step; found, it is recorded; not found, it is sent once."""
+    action = task_step()
+    sent_at = "2026-11-24T10:00:00+00:00"
+    fake_amo.fail(r"^/api/v4/tasks$", 500, AMO_500, applied=True, times=1)
+    with pytest.raises(Exception):   # what the dead worker made: the task, and no record of it
+        amo_client_of(runtime).create_task(Entity("lead", "31926520"), "Call back", DUE)
+    runtime.store.set(runtime.keys("attempted", action.key), json.dumps({"at": sent_at, "pid": 1, "phase": "sent"}))
+    assert execute.execute(runtime, EVENT, action) is True
+    assert len(fake_amo.tasks) == 1
+    assert "action.reconciled" in audit_whats(runtime)
+    other = PlannedAction(rule="Test rule", rule_id="test", step=1, connection="quickstart-amo", method="create_task",
+                          args={"entity": {"type": "lead", "id": "31926520"}, "text": "Other", "due": DUE},
+                          key=f"{EVENT.id}|test|other-task")
+    runtime.store.set(runtime.keys("attempted", other.key), json.dumps({"at": sent_at, "pid": 1, "phase": "sent"}))
+    assert execute.execute(runtime, EVENT, other) is True                    # the vendor never had it
+    assert len(fake_amo.tasks) == 2
+
+
+def amo_client_of(runtime):
+    return runtime.client("quickstart-amo")
 
 
 def test_429_then_success_on_a_create_is_done_once(runtime, fake_amo):
@@ -200,3 +248,27 @@ def test_429_then_success_on_a_create_is_done_once(runtime, fake_amo):
     action = step("create_task", "quickstart-amo", entity={"type": "lead", "id": "31926520"}, text="Call back", due=DUE)
     assert execute.execute(runtime, EVENT, action) is True
     assert len(fake_amo.tasks) == 1 and len(fake_amo.received("POST", "/api/v4/tasks", failed=True)) == 2
+
+
+def test_a_create_without_any_answer_is_looked_for_on_the_next_try_not_now(runtime, fake_amo, monkeypatch):
+    """A dropped connection after the create left: the vendor may still be making it, so the job
+    fails (RQ tries it again later) with the step's mark kept; that next try, once the request
+    cannot be running any more, finds the task and records it. One task, nothing parked."""
+    from datetime import datetime, timedelta, timezone
+    from pipeline import clock
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
+    monkeypatch.setattr(clock, "now", lambda: now)
+    fake_amo.fail(r"^/api/v4/tasks$", 500, AMO_500, reset=True)            # done, then the connection drops
+    action = task_step()
+    with pytest.raises(execute.SettleLater):
+        execute.execute(runtime, EVENT, action)
+    assert runtime.store.exists(runtime.keys("attempted", action.key)) and len(fake_amo.tasks) == 1
+    assert fake_amo.received("GET", "/api/v4/tasks") == []                 # not looked for yet
+    with pytest.raises(execute.SettleLater):                               # 5 s later: still too early
+        monkeypatch.setattr(clock, "now", lambda: now + timedelta(seconds=5))
+        execute.execute(runtime, EVENT, action)
+    monkeypatch.setattr(clock, "now", lambda: now + timedelta(seconds=40))
+    assert execute.execute(runtime, EVENT, action) is True
+    assert len(fake_amo.tasks) == 1 and len(fake_amo.received("POST", "/api/v4/tasks", failed=True)) == 1
+    assert not runtime.store.exists(runtime.keys("attempted", action.key))
+    assert {"action.unsettled", "action.reconciled"} <= set(audit_whats(runtime))

@@ -38,12 +38,13 @@ def audit(runtime) -> list[dict]:
 
 
 @pytest.mark.parametrize("phase", ["sent", None])   # None: a mark written before marks had phases
-def test_a_create_that_may_have_been_sent_is_parked_not_repeated(runtime, fake_amo, phase):
-    action = create_task()
+def test_a_message_that_may_have_been_sent_is_parked_not_repeated(runtime, fake_tg, phase):
+    """A message cannot be read back from Telegram: a person decides (the dead letter's replay)."""
+    action = step("send_message", "quickstart-bot", chat="42", text="Hello")
     leave_mark(runtime, action, phase)
     with pytest.raises(execute.StepMaybeDone, match="may have been sent"):
         execute.execute(runtime, EVENT, action)
-    assert fake_amo.received("POST", "/api/v4/tasks") == []
+    assert [c for c in fake_tg.calls if c.path.endswith("/sendMessage")] == []
     assert runtime.store.exists(runtime.keys("attempted", action.key))     # kept for the person who decides
     assert [a["what"] for a in audit(runtime)] == ["action.uncertain"]
     # the run_plan path: the step becomes a dead letter, and a replay is that person's decision
@@ -53,6 +54,19 @@ def test_a_create_that_may_have_been_sent_is_parked_not_repeated(runtime, fake_a
     assert "may have been sent" in dead["error"]
     assert dead_letters.replay(runtime, action.key)
     assert not runtime.store.exists(runtime.keys("attempted", action.key))
+
+
+@pytest.mark.parametrize("phase", ["sent", None])
+def test_a_create_that_may_have_been_sent_is_read_back_before_it_is_sent(runtime, fake_amo, phase):
+    """A CRM create is looked for at the vendor instead of parked: amoCRM does not have the task,
+    so it is sent, once (and a second run finds it done)."""
+    action = create_task()
+    leave_mark(runtime, action, phase)
+    assert execute.execute(runtime, EVENT, action) is True
+    assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1
+    assert len(fake_amo.received("GET", "/api/v4/tasks")) == 1              # the read-back
+    assert [a["what"] for a in audit(runtime)] == ["action.repeated", "action.done"]
+    assert execute.execute(runtime, EVENT, action) is False
 
 
 def test_a_create_whose_worker_died_before_the_request_left_is_done(runtime, fake_amo):
