@@ -59,9 +59,11 @@ class SettleLater(RetryableApiError):
 
 
 def settle_after(client: Any) -> float:
-    """Seconds after a create was sent by when the vendor has surely finished it: the client's
-    timeouts (connect and read) and a margin."""
-    return 2 * float(getattr(client, "timeout", 10.0)) + 5.0
+    """Seconds after a create was sent by when the vendor has finished it: the client's timeout
+    (it gave up on an answer by then) and a margin for the vendor's own work. Shorter than the
+    heartbeat TTL (15 s) plus the maintenance interval for amoCRM and Telegram, so the job of a
+    worker killed mid-call reads back at once when it comes back."""
+    return float(getattr(client, "timeout", 10.0)) + 2.0
 
 
 def repeatable(action: PlannedAction) -> bool:

@@ -76,6 +76,9 @@ def run_vendor_scenario(tmp_path, name: str, *, leads: list[int], workers: int, 
                         "faults injected amo": dict(vendors.amo.injected),
                         "faults injected tg": dict(vendors.tg.injected),
                         "retries seen by fakes amo/tg": (vendors.amo.retries(), vendors.tg.retries()),
+                        "creates sent again amo/tg": (
+                            sum(n - 1 for k, n in vendors.amo.attempts.items() if k[0] == "create_task" and n > 1),
+                            sum(n - 1 for k, n in vendors.tg.attempts.items() if k[0] == "sendMessage" and n > 1)),
                         "calls answered >= 400 amo/tg": (len(vendors.amo.received(failed=True)) - len(vendors.amo.received()),
                                                          len(vendors.tg.received(failed=True)) - len(vendors.tg.received())),
                         "dead letters": store.hlen(f"{PREFIX}dead"),
@@ -180,7 +183,7 @@ def test_a_create_that_times_out_after_the_vendor_did_it_is_not_done_twice(tmp_p
                                   amo_rate=10_000, tg_rate=10_000)
     assert figures["lost"] == 0
     assert figures["duplicated"] == 0, figures["duplicated leads"]
-    assert figures["retries seen by fakes amo/tg"] == (0, 0)     # no create was sent twice
+    assert figures["creates sent again amo/tg"] == (0, 0)     # no create was sent twice (the reads were retried)
     parked = figures["_dead"]
     assert sorted(parked) == sorted([(TIMEOUT_LEADS[2], "send_message"), (TIMEOUT_LEADS[3], "send_message"),
                                      (TIMEOUT_LEADS[5], "send_message")])
