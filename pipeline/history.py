@@ -37,6 +37,7 @@ SCHEMA_VERSION = 1
 BODY_MAX = 64 * 1024     # characters of an event's body kept; a larger one keeps its data, not its raw
 PAUSE = 30.0             # seconds writes pause after the database failed
 PRUNE_EVERY = 3600       # seconds between two retention passes (one worker of all does it)
+PRUNE_CHUNK = 5000       # rows deleted per transaction by a retention pass
 SECRET_KEY = re.compile(r"token|secret|passw|signature|api_?key|authori[sz]ation|cookie|credential", re.I)
 
 _TABLES = """
@@ -194,10 +195,25 @@ class History:
         return self.js(rows[0][0]) if rows else None
 
     def prune(self, now: datetime | None = None) -> tuple[int, int]:
-        """Remove events and decisions older than the retention: (events, decisions) removed."""
+        """Remove events and decisions older than the retention: (events, decisions) removed. On a
+        connection of its own, in chunks of PRUNE_CHUNK rows, each its own transaction, so that
+        jobs writing meanwhile never wait for a long delete."""
         cutoff = self.ts((now or datetime.now(UTC)) - timedelta(seconds=self.retention))
-        with self._lock:
-            return self._prune(self._open(), cutoff)
+        conn = self._connect()
+        try:
+            return (self._delete(conn, "crmbridge_events", "event_id", cutoff),
+                    self._delete(conn, "crmbridge_decisions", "id", cutoff))
+        finally:
+            conn.close()
+
+    def _delete(self, conn: Any, table: str, key: str, cutoff: Any) -> int:
+        removed = 0
+        while True:
+            count = self._query_count(conn, f"DELETE FROM {table} WHERE {key} IN "
+                                            f"(SELECT {key} FROM {table} WHERE at < ? LIMIT {PRUNE_CHUNK})", (cutoff,))
+            removed += count
+            if count < PRUNE_CHUNK:
+                return removed
 
     def maybe_prune(self, store: Any, key: str) -> None:
         """About once an hour, one worker of all (a Redis lock) prunes, in a thread of its own."""
@@ -264,12 +280,9 @@ class SQLiteHistory(History):
     def _query(self, conn: sqlite3.Connection, sql: str, params: tuple) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
-    def _prune(self, conn: sqlite3.Connection, cutoff: str) -> tuple[int, int]:
-        conn.execute("BEGIN")
-        events = conn.execute("DELETE FROM crmbridge_events WHERE at < ?", (cutoff,)).rowcount
-        decisions = conn.execute("DELETE FROM crmbridge_decisions WHERE at < ?", (cutoff,)).rowcount
-        conn.execute("COMMIT")
-        return events, decisions
+    @staticmethod
+    def _query_count(conn: sqlite3.Connection, sql: str, params: tuple) -> int:
+        return conn.execute(sql, params).rowcount   # autocommit: one statement, one transaction
 
     def size(self) -> int:
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
@@ -324,11 +337,9 @@ class PostgresHistory(History):
     def _query(self, conn: Any, sql: str, params: tuple) -> list[tuple]:
         return conn.execute(sql.replace("?", "%s"), params).fetchall()
 
-    def _prune(self, conn: Any, cutoff: datetime) -> tuple[int, int]:
-        with conn.transaction():
-            events = conn.execute("DELETE FROM crmbridge_events WHERE at < %s", (cutoff,)).rowcount
-            decisions = conn.execute("DELETE FROM crmbridge_decisions WHERE at < %s", (cutoff,)).rowcount
-        return events, decisions
+    @staticmethod
+    def _query_count(conn: Any, sql: str, params: tuple) -> int:
+        return conn.execute(sql.replace("?", "%s"), params).rowcount   # autocommit: one statement, one transaction
 
     def size(self) -> int:
         return self.query("SELECT pg_total_relation_size('crmbridge_events') "

@@ -80,3 +80,23 @@ def test_a_database_that_does_not_answer_loses_rows_not_jobs(caplog):
     assert h.write([history.event_row(ev, {}, T0)], []) is False
     assert "decision history (postgresql) not written" in caplog.text
     assert h.write([history.event_row(ev, {}, T0)], []) is False   # paused: not tried again at once
+
+
+def test_retention_deletes_in_chunks_and_one_worker_of_all_runs_it(history_settings, monkeypatch, redis_db):
+    import threading
+    monkeypatch.setattr(history, "PRUNE_CHUNK", 2)
+    h = store(history_settings)
+    old = datetime.now(UTC) - timedelta(days=20)
+    for n in range(5):
+        ev = event(f"amo:{n}")
+        h.write([history.event_row(ev, {}, old)], [history.decision_row(ev, "rule.matched", {"rule": "r"}, old)])
+    h.maybe_prune(redis_db, "crmbridge-test:history-prune")
+    [pruning] = [t for t in threading.enumerate() if t.name == "crmbridge-history-prune"]
+    pruning.join(10)
+    assert h.stats()["events"] == 0 and h.stats()["decisions"] == 0
+    other = store(history_settings)   # another worker within the hour: the lock is taken, nothing runs
+    other.maybe_prune(redis_db, "crmbridge-test:history-prune")
+    assert not [t for t in threading.enumerate() if t.name == "crmbridge-history-prune"]
+    assert redis_db.ttl("crmbridge-test:history-prune") > 3000
+    h.close()
+    other.close()
