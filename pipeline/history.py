@@ -39,6 +39,8 @@ PAUSE = 30.0             # seconds writes pause after the database failed
 PRUNE_EVERY = 3600       # seconds between two retention passes (one worker of all does it)
 PRUNE_CHUNK = 5000       # rows deleted per transaction by a retention pass
 SECRET_KEY = re.compile(r"token|secret|passw|signature|api_?key|authori[sz]ation|cookie|credential", re.I)
+SECRET_WORDS = ("token", "secret", "passw", "signature", "apikey", "api_key", "authoriz", "authoris", "cookie",
+                "credential")   # SECRET_KEY's words: a plain search of a whole body is 20× faster than the regex
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS crmbridge_events (
@@ -102,13 +104,21 @@ def redact(value: Any) -> Any:
     return value
 
 
+def _mentions_secret(text: str) -> bool:
+    low = text.lower()
+    return any(word in low for word in SECRET_WORDS)
+
+
 def event_row(event: Any, view: dict[str, Any] | None, at: datetime, derived: bool = False) -> tuple:
     """The event as parsed (its `raw` is the vendor's body, parsed) and the record as the rules saw
     it, secrets removed: enough to plan it again (cli.py replay-event)."""
-    body = {"event": redact(event.to_dict()), "record": redact(view or {}), "derived": derived}
+    body = {"event": event.to_dict(), "record": view or {}, "derived": derived}
     text = json.dumps(body, ensure_ascii=False, default=str)
+    if _mentions_secret(text):   # walked only when a key (or a value) names a secret: most bodies do not
+        body = redact(body)
+        text = json.dumps(body, ensure_ascii=False, default=str)
     if len(text) > BODY_MAX:
-        body["event"]["raw"] = f"({len(text)} characters: too large to keep)"
+        body = {**body, "event": {**body["event"], "raw": f"({len(text)} characters: too large to keep)"}}
         text = json.dumps(body, ensure_ascii=False, default=str)
     return (event.id, at, event.connection, event.kind, record_of(event), text)
 
@@ -116,8 +126,10 @@ def event_row(event: Any, view: dict[str, Any] | None, at: datetime, derived: bo
 def decision_row(event: Any, what: str, details: dict[str, Any], at: datetime) -> tuple:
     rule = details.get("rule")
     detail = {k: v for k, v in details.items() if k != "rule"}
-    return (at, event.id, event.connection, record_of(event), what, str(rule) if rule is not None else None,
-            json.dumps(redact(detail), ensure_ascii=False, default=str))
+    text = json.dumps(detail, ensure_ascii=False, default=str)
+    if _mentions_secret(text):
+        text = json.dumps(redact(detail), ensure_ascii=False, default=str)
+    return (at, event.id, event.connection, record_of(event), what, str(rule) if rule is not None else None, text)
 
 
 # --- the store -----------------------------------------------------------------------------------
