@@ -3,7 +3,7 @@ decision to the decision history (pipeline/history.py, outside Redis).
 
 Inside a job (`batch()`), a job's entries are written in one round trip when it ends, together
 with its record's order mark (the record's next event may go), so that a job costs one write for
-all it has to say; then its history rows, in one transaction. Some decisions go to the history
+all it has to say; then its history rows go to the history's writer thread (one transaction). Some decisions go to the history
 only (`received`, `planned`: the event as the rules saw it, and every rule skipped), as they are
 one per rule and event: too many for the log and the capped stream.
 """
@@ -113,7 +113,7 @@ def batch() -> Iterator[None]:
         finally:
             # a failed job's decisions too (why it failed); the history never fails a job
             if rt is not None and _kept(rt) and (events or decisions):
-                rt.history.write(events, decisions)
+                rt.history.submit(events, decisions)
                 rt.history.maybe_prune(rt.store, rt.keys("history-prune"))
 
 

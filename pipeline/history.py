@@ -9,17 +9,20 @@ PostgreSQL when DATABASE_URL is set, else SQLite (a file: CRMBRIDGE_HISTORY_PATH
     crmbridge_decisions  one row per decision: rule matched / skipped (and why), action done /
                          failed, timer set / cancelled / fired / skipped, and the rest of the audit
 
-A job's rows are written in one transaction when the job ends (pipeline/audit.batch), one round
-trip to PostgreSQL (a single statement, `synchronous_commit=off`: an audit trail may lose its last
-fraction of a second on a database crash, a job never waits for a disk flush). A database that does
-not answer costs a job at most its connect timeout once: writes then pause for a while, the rows
-are dropped with a warning, and the job goes on. Rows older than the retention (14 days by default)
+A job's rows are handed over when the job ends (pipeline/audit.batch) to a writer thread of the
+worker process, which writes what jobs left meanwhile in one transaction: one round trip to
+PostgreSQL (a single statement, `synchronous_commit=off`: an audit trail may lose its last fraction
+of a second on a database crash). A job never waits for the database: a database that does not
+answer makes the writer pause for a while and drop rows with a warning; a worker killed loses the
+rows it had not written yet (a fraction of a second's; its Redis audit stream has them). Rows older than the retention (14 days by default)
 are removed by `prune`, which a worker runs about once an hour (`maybe_prune`) and
 `cli.py history prune` on demand. Nothing here runs in the webhook path: the store is opened at a
 job's first write.
 """
 from __future__ import annotations
 
+import atexit
+import collections
 import json
 import logging
 import re
@@ -38,6 +41,8 @@ BODY_MAX = 64 * 1024     # characters of an event's body kept; a larger one keep
 PAUSE = 30.0             # seconds writes pause after the database failed
 PRUNE_EVERY = 3600       # seconds between two retention passes (one worker of all does it)
 PRUNE_CHUNK = 5000       # rows deleted per transaction by a retention pass
+QUEUE_MAX = 10_000       # jobs' rows a process holds for its writer thread at most
+BATCH_MAX = 200          # jobs' rows the writer thread writes in one transaction at most
 SECRET_KEY = re.compile(r"token|secret|passw|signature|api_?key|authori[sz]ation|cookie|credential", re.I)
 SECRET_WORDS = ("token", "secret", "passw", "signature", "apikey", "api_key", "authoriz", "authoris", "cookie",
                 "credential")   # SECRET_KEY's words: a plain search of a whole body is 20× faster than the regex
@@ -143,6 +148,53 @@ class History:
         self._conn: Any = None
         self._paused_until = 0.0
         self._next_prune = 0.0
+        self._pending: collections.deque[tuple[list[tuple], list[tuple]]] = collections.deque()
+        self._wake = threading.Condition()
+        self._busy = False
+        self._writer: threading.Thread | None = None
+
+    def submit(self, events: list[tuple], decisions: list[tuple]) -> None:
+        """A job's rows, handed to this process's writer thread: the job goes on at once, whatever
+        the database does. The writer writes what is pending together, each job's rows in the same
+        transaction; beyond QUEUE_MAX pending jobs (a database far behind) the oldest are dropped."""
+        if not events and not decisions:
+            return
+        with self._wake:
+            if len(self._pending) >= QUEUE_MAX:
+                dropped = self._pending.popleft()
+                log.warning("decision history %d jobs behind: a job's %d row(s) dropped", QUEUE_MAX,
+                            len(dropped[0]) + len(dropped[1]))
+            self._pending.append((events, decisions))
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_pending, name="crmbridge-history", daemon=True)
+                self._writer.start()
+                atexit.register(self.flush)
+            self._wake.notify()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every submitted row is written (or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            while self._pending or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.wait(min(left, 0.05))
+        return True
+
+    def _write_pending(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending:
+                    self._wake.wait()
+                jobs = [self._pending.popleft() for _ in range(min(len(self._pending), BATCH_MAX))]
+                self._busy = True
+            try:
+                self.write([row for events, _ in jobs for row in events], [row for _, rows in jobs for row in rows])
+            finally:
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
 
     # each backend: _connect(), _write(events, decisions), _query(sql, params), ts(dt), name
     def write(self, events: list[tuple], decisions: list[tuple]) -> bool:

@@ -100,3 +100,20 @@ def test_retention_deletes_in_chunks_and_one_worker_of_all_runs_it(history_setti
     assert redis_db.ttl("crmbridge-test:history-prune") > 3000
     h.close()
     other.close()
+
+
+def test_a_job_hands_its_rows_over_and_never_waits_for_the_database(history_settings, caplog):
+    import time
+    h = store(history_settings)
+    for n in range(30):
+        ev = event(f"amo:{n}")
+        h.submit([history.event_row(ev, {}, T0)], [history.decision_row(ev, "rule.matched", {"rule": "r"}, T0)])
+    assert h.flush()
+    assert h.stats() == {**h.stats(), "events": 30, "decisions": 30}
+    h.close()
+    away = PostgresHistory("postgresql://postgres@10.255.255.1:5432/none", retention=3600)   # no answer
+    started = time.monotonic()
+    away.submit([history.event_row(event(), {}, T0)], [])
+    assert time.monotonic() - started < 0.05
+    assert away.flush(timeout=10)
+    assert "not written" in caplog.text

@@ -79,6 +79,8 @@ def test_timeline_explain_and_replay_after_a_real_worker(live_server, runtime, f
     post_amo(live_server)
     run_worker(worker_rt)
     assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1
+    import worker
+    assert worker.runtime().history.flush()   # the worker's writer thread has written the job's rows
 
     lines = operator("timeline", "lead:31926520", "--since", "2026-11-01").splitlines()
     assert lines[0].startswith("2026-11-27 15:00:00  quickstart-amo  event stage.changed lead:31926520  [quickstart-amo:")
@@ -119,3 +121,10 @@ def test_timeline_explain_and_replay_after_a_real_worker(live_server, runtime, f
     assert "amo-secret" not in kept and "amo-token" not in kept and "TEST-token" not in kept
     assert '"Кондитерська «Ромашка»"' in kept
     app.extensions["crmbridge"].backend.close()
+
+
+def test_the_webhook_path_opens_no_history(live_server, runtime, settings):
+    post_amo(live_server)
+    # accepted and queued; no worker ran: nothing of the history was opened or written
+    assert runtime.history is not None and runtime.history._conn is None
+    assert settings.database_url or not settings.history_path.exists()
