@@ -43,6 +43,7 @@ PRUNE_EVERY = 3600       # seconds between two retention passes (one worker of a
 PRUNE_CHUNK = 5000       # rows deleted per transaction by a retention pass
 QUEUE_MAX = 10_000       # jobs' rows a process holds for its writer thread at most
 BATCH_MAX = 200          # jobs' rows the writer thread writes in one transaction at most
+LINGER = 0.05            # seconds the writer waits for more jobs' rows before it writes
 SECRET_KEY = re.compile(r"token|secret|passw|signature|api_?key|authori[sz]ation|cookie|credential", re.I)
 SECRET_WORDS = ("token", "secret", "passw", "signature", "apikey", "api_key", "authoriz", "authoris", "cookie",
                 "credential")   # SECRET_KEY's words: a plain search of a whole body is 20× faster than the regex
@@ -187,8 +188,10 @@ class History:
             with self._wake:
                 while not self._pending:
                     self._wake.wait()
-                jobs = [self._pending.popleft() for _ in range(min(len(self._pending), BATCH_MAX))]
                 self._busy = True
+            time.sleep(LINGER)   # let the jobs ending meanwhile join: one statement for several jobs
+            with self._wake:
+                jobs = [self._pending.popleft() for _ in range(min(len(self._pending), BATCH_MAX))]
             try:
                 self.write([row for events, _ in jobs for row in events], [row for _, rows in jobs for row in rows])
             finally:
@@ -349,7 +352,10 @@ class SQLiteHistory(History):
         return conn.execute(sql, params).rowcount   # autocommit: one statement, one transaction
 
     def size(self) -> int:
-        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        """Bytes of the pages in use (the file once its write-ahead log is checkpointed, free pages not counted)."""
+        pages = self.query("SELECT (SELECT page_count FROM pragma_page_count()) - "
+                           "(SELECT freelist_count FROM pragma_freelist_count())")[0][0]
+        return pages * self.query("SELECT page_size FROM pragma_page_size()")[0][0]
 
     @staticmethod
     def ts(moment: datetime) -> str:
