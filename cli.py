@@ -322,6 +322,10 @@ def condition_text(condition) -> str:
     return str(condition)
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def what_would_act(rule, skip: dict) -> str:
     """What would make a skipped rule act, from the reason it was skipped."""
     key, want = skip.get("key"), skip.get("want")
@@ -332,9 +336,9 @@ def what_would_act(rule, skip: dict) -> str:
         return f"its timer acts only while `{condition_text(key)}` holds; a new {kinds} event sets it again"
     if skip.get("stage") == "trigger":
         if key == "event":
-            return f"it acts on a {kinds} event of this record"
+            return f"it acts on {_a(kinds)} event of this record"
         wanted = " or ".join(map(repr, want)) if isinstance(want, list) else repr(want)
-        return f"it acts on a {kinds} event whose {key} is {wanted}"
+        return f"it acts on {_a(kinds)} event whose {key} is {wanted}"
     if skip.get("stage") == "timer":
         return f"it sets its timer once {skip.get('reason')} no longer holds"
     return "it acts once the reason above no longer holds"
@@ -383,7 +387,7 @@ def explain_rule(entries: list, rule_name: str, rule, record: str, since: dateti
         listens = " or ".join(rule.trigger.events) if rule else "other events"
         parts.append(f"it listens to {listens}, and {record}'s events were {', '.join(kinds)}"
                      f"{' (' + str(len(not_listening)) + ' noted as not listening)' if not_listening else ''}"
-                     f" — it acts on a {listens} event of this record")
+                     f" — it acts on {_a(listens)} event of this record")
     return " ".join(parts).replace(": —", " —").rstrip(":") + "."
 
 
