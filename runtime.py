@@ -18,6 +18,7 @@ from config.loader import ConfigError, ConfigErrors
 from config.settings import Settings
 from connectors import CONNECTORS
 from connectors.base import BaseClient
+from pipeline.history import open_history
 from pipeline.steps import STEPS
 from queueing import InProcessBackend, Keys, RQBackend
 from ratelimit import Limit, RateLimiter, limiter_for  # noqa: F401 - Limit, RateLimiter: tests reach them here
@@ -72,6 +73,7 @@ class Runtime:
     backend: Any
     clients: dict[str, BaseClient] = field(default_factory=dict)
     recorder: Callable[[str, str, Any], None] | None = None
+    history: Any = None              # pipeline/history.py: the decision history (None: switched off)
 
     @classmethod
     def create(cls, settings: Settings, *, handle_event=None, fire_timer=None, on_failure=None) -> Runtime:
@@ -88,7 +90,9 @@ class Runtime:
             log.warning(NOT_DURABLE)
             store = fakeredis.FakeRedis()
             backend = InProcessBackend(store, keys, handle_event, fire_timer, on_failure)
-        return cls(settings, connections, ruleset, store, keys, backend)
+        rt = cls(settings, connections, ruleset, store, keys, backend)
+        rt.history = open_history(settings)   # opened at a job's first write, never by the web process
+        return rt
 
     def client(self, name: str) -> BaseClient:
         """The API client of a connection, made once per process."""

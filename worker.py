@@ -63,11 +63,13 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
 def act(rt: Runtime, change: Change) -> dict[str, Any]:
     """One change of a record: plan the rules, claim an approval, set timers, run the steps."""
     event = change.event
+    audit.received(rt, event, change.view, change.derived)   # the decision history keeps it
     if event.kind == "stage.changed" and (change.seen_before if not change.derived
                                           else stages.already_handled(rt, event, change.view, change.marks)):
         audit.audit(rt, event, "event.skipped", reason="this stage move was already handled (seen by a catch-up first)")
         return {"already_handled": True}
     decisions = plan(event, change.view, rt.ruleset, clock.now(), MODULES)
+    audit.planned(rt, event, decisions)   # every rule skipped, and why
     if not links.claim(rt, event, decisions):  # an approval already answered by an earlier press
         return {"already_chosen": True}
     timers.apply(rt, event, decisions)

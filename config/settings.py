@@ -27,6 +27,10 @@ class Settings:
     job_heartbeat_ttl: int = 15           # a dead worker's job is abandoned this long after its last heartbeat
     order_gap_timeout: int = 60           # seconds an event waits for its record's missing earlier event
     dead_letter_ttl: int = 30 * 24 * 3600  # seconds a dead letter is kept for a person to decide
+    database_url: str | None = None       # PostgreSQL for the decision history; None: SQLite (history_file)
+    history: bool = True                  # CRMBRIDGE_HISTORY=off: no decision history (the audit stream stays)
+    history_path: Path | None = None      # the SQLite file; None: crmbridge-history.sqlite3 beside config_dir
+    history_retention: int = 14 * 24 * 3600  # seconds events (with their bodies) and decisions are kept
     testing: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
 
@@ -38,6 +42,12 @@ class Settings:
             values["config_dir"] = Path(env["CRMBRIDGE_CONFIG"])
         if env.get("REDIS_URL"):
             values["redis_url"] = env["REDIS_URL"]
+        if env.get("DATABASE_URL"):
+            values["database_url"] = env["DATABASE_URL"]
+        if env.get("CRMBRIDGE_HISTORY_PATH"):
+            values["history_path"] = Path(env["CRMBRIDGE_HISTORY_PATH"])
+        if env.get("CRMBRIDGE_HISTORY"):
+            values["history"] = env["CRMBRIDGE_HISTORY"].strip().lower() not in ("off", "0", "false", "no")
         for name, key, cast in (("CRMBRIDGE_REDIS_PREFIX", "redis_prefix", str),
                                 ("CRMBRIDGE_QUEUE", "queue_name", str),
                                 ("CRMBRIDGE_MAX_BODY_BYTES", "max_body_bytes", int),
@@ -45,7 +55,13 @@ class Settings:
                                 ("CRMBRIDGE_MAINTENANCE_INTERVAL", "maintenance_interval", int),
                                 ("CRMBRIDGE_JOB_HEARTBEAT_TTL", "job_heartbeat_ttl", int),
                                 ("CRMBRIDGE_ORDER_GAP_TIMEOUT", "order_gap_timeout", int),
-                                ("CRMBRIDGE_DEAD_LETTER_TTL", "dead_letter_ttl", int)):
+                                ("CRMBRIDGE_DEAD_LETTER_TTL", "dead_letter_ttl", int),
+                                ("CRMBRIDGE_HISTORY_RETENTION", "history_retention", int)):
             if env.get(name):
                 values[key] = cast(env[name])
         return replace(cls(**values), **overrides)
+
+    @property
+    def history_file(self) -> Path:
+        """The decision history's SQLite file (when DATABASE_URL is not set)."""
+        return self.history_path or self.config_dir.resolve().parent / "crmbridge-history.sqlite3"

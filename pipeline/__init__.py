@@ -12,7 +12,8 @@
         timers.apply  ─ timers cancelled / set
         execute       ─ each step once: idempotency key, attempted/sent marks, retries,
                         steps (pipeline/steps) for behaviours of several calls
-      order.done      ─ written with the job's audit entries (audit.batch)
+      order.done      ─ written with the job's audit entries (audit.batch); then the job's
+                        decisions (every rule, why not, actions, timers) to history.py, outside Redis
 
     timer due ─▶ worker.fire_timer: timers.current ─ snapshot.read ─ plan_fired ─ execute ─ timers.reschedule
     catch-up  ─▶ worker.catch_up: catch_up.look ─ the webhooks' own intake path

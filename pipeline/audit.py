@@ -1,8 +1,11 @@
-"""The audit trail: one JSON line per decision, to the log and to a capped Redis stream.
+"""The audit trail: one JSON line per decision, to the log and to a capped Redis stream, and every
+decision to the decision history (pipeline/history.py, outside Redis).
 
 Inside a job (`batch()`), a job's entries are written in one round trip when it ends, together
 with its record's order mark (the record's next event may go), so that a job costs one write for
-all it has to say.
+all it has to say; then its history rows go to the history's writer thread (one transaction). Some decisions go to the history
+only (`received`, `planned`: the event as the rules saw it, and every rule skipped), as they are
+one per rule and event: too many for the log and the capped stream.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from connectors.base import Event
-from pipeline import clock
+from pipeline import clock, history
 from queueing import finish_pipeline
 
 log = logging.getLogger("crmbridge.worker")
@@ -25,14 +28,60 @@ _batch = threading.local()   # the audit entries of the job this thread runs (se
 def audit(rt: Any, event: Event, what: str, **details: Any) -> None:
     """One line of the audit trail: to the log, and to a capped Redis stream (at the end of the
     job, see batch)."""
-    entry = {"at": clock.now().isoformat(), "event": event.id, "kind": event.kind,
+    at = clock.now()
+    entry = {"at": at.isoformat(), "event": event.id, "kind": event.kind,
              "entity": str(event.entity), "what": what, **details}
     text = json.dumps(entry, ensure_ascii=False, default=str)
     log.info("%s", text)
+    row = history.decision_row(event, what, details, at) if _kept(rt) else None
     if getattr(_batch, "entries", None) is not None:
         _batch.entries.append((rt, text))
+        if row:
+            _batch.decisions.append(row)
         return
     rt.store.xadd(rt.keys("audit"), {"entry": text}, maxlen=rt.settings.audit_max, approximate=True)
+    if row:
+        rt.history.write([], [row])
+
+
+def received(rt: Any, event: Event, view: dict[str, Any] | None, derived: bool = False) -> None:
+    """The event a job plans, with the record as the rules see it (history only: its body is kept
+    for the history's retention, to explain and re-plan it later)."""
+    if _kept(rt):
+        _history(rt, [history.event_row(event, view, clock.now(), derived)], [])
+
+
+def planned(rt: Any, event: Event, plan: Any) -> None:
+    """Every rule the plan skipped and why (history only; rule.matched and the rest are audited
+    where they happen). Rules listening to other event kinds make one row together."""
+    if not _kept(rt) or not plan.skipped:
+        return
+    at, rows, other = clock.now(), [], []
+    for skip in plan.skipped:
+        if getattr(skip, "listening", True) is False:
+            other.append(skip[0])
+            continue
+        details = skip.details() if hasattr(skip, "details") else {"rule": skip[0], "reason": skip[1]}
+        rows.append(history.decision_row(event, "rule.skipped", details, at))
+    if other:
+        rows.append(history.decision_row(event, "rules.not_listening", {"kind": event.kind, "rules": other}, at))
+        log.debug("event %s: %d rule(s) listen to other events", event.id, len(other))
+    _history(rt, [], rows)
+
+
+def _kept(rt: Any) -> bool:
+    """Does this runtime keep a decision history (CRMBRIDGE_HISTORY is not off)?"""
+    return getattr(rt, "history", None) is not None
+
+
+def _history(rt: Any, events: list[tuple], decisions: list[tuple]) -> None:
+    """History rows: with the job's (see batch), or at once outside a job."""
+    if getattr(_batch, "entries", None) is not None:
+        _batch.events.extend(events)
+        _batch.decisions.extend(decisions)
+        _batch.rt = rt
+    else:
+        rt.history.write(events, decisions)
 
 
 @contextlib.contextmanager
@@ -43,7 +92,7 @@ def batch() -> Iterator[None]:
     if getattr(_batch, "entries", None) is not None:  # nested: the outer job writes them
         yield
         return
-    _batch.entries, _batch.handled = [], []
+    _batch.entries, _batch.handled, _batch.events, _batch.decisions, _batch.rt = [], [], [], [], None
     failed = True
     try:
         yield
@@ -51,13 +100,21 @@ def batch() -> Iterator[None]:
     finally:
         entries, _batch.entries = _batch.entries, None
         handled, _batch.handled = _batch.handled if not failed else [], None
-        if entries or handled:
-            try:
-                _write(entries, handled)
-            except Exception:
-                if not failed:
-                    raise
-                log.exception("audit entries of a failed job not written")
+        events, decisions, rt = _batch.events, _batch.decisions, _batch.rt or (entries[0][0] if entries else None)
+        _batch.events = _batch.decisions = _batch.rt = None
+        try:
+            if entries or handled:
+                try:
+                    _write(entries, handled)
+                except Exception:
+                    if not failed:
+                        raise
+                    log.exception("audit entries of a failed job not written")
+        finally:
+            # a failed job's decisions too (why it failed); the history never fails a job
+            if rt is not None and _kept(rt) and (events or decisions):
+                rt.history.submit(events, decisions)
+                rt.history.maybe_prune(rt.store, rt.keys("history-prune"))
 
 
 def _write(entries: list[tuple[Any, str]], handled: list[tuple[Any, dict[str, Any]]]) -> None:

@@ -139,10 +139,40 @@ class PlannedTimer:
     occurrence: int = 0
 
 
+class Skip(tuple):
+    """A rule that did not act: `(rule name, reason)` as before (so `for name, reason in
+    plan.skipped` and comparisons with plain tuples still work), plus why in parts for the
+    decision history: `stage` (trigger, condition, timer, guard), `key` (the trigger key that did
+    not match, or the failed condition as written), the values compared (`have`, `want`), and
+    `listening` (False: the rule listens to other event kinds, the least interesting skip)."""
+
+    def __new__(cls, rule: str, reason: str, *, rule_id: str = "", stage: str = "", key: Any = None,
+                have: Any = None, want: Any = None, listening: bool = True) -> "Skip":
+        skip = super().__new__(cls, (rule, reason))
+        skip.rule_id, skip.stage, skip.key, skip.have, skip.want = rule_id, stage, key, have, want
+        skip.listening = listening
+        return skip
+
+    @property
+    def rule(self) -> str:
+        return self[0]
+
+    @property
+    def reason(self) -> str:
+        return self[1]
+
+    def details(self) -> dict[str, Any]:
+        """What the decision history keeps of it (JSON-ready)."""
+        out = {"rule": self[0], "rule_id": self.rule_id, "stage": self.stage, "reason": self[1]}
+        out.update({k: v for k, v in (("key", self.key), ("have", self.have), ("want", self.want))
+                    if v is not None})
+        return out
+
+
 @dataclass
 class Plan:
     matched: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # Skip entries
     actions: list[PlannedAction] = field(default_factory=list)
     timers: list[PlannedTimer] = field(default_factory=list)
     cancels: list[tuple[str, str]] = field(default_factory=list)
@@ -215,17 +245,53 @@ def template_context(event: Event, entity: dict[str, Any], rule: Rule, now: date
 
 def match_trigger(trigger: Trigger, event: Event, entity: dict[str, Any]) -> str | None:
     """None if the trigger matches, else the first reason it does not."""
+    missed = trigger_mismatch(trigger, event, entity)
+    return missed[3] if missed else None
+
+
+def trigger_mismatch(trigger: Trigger, event: Event, entity: dict[str, Any]) -> tuple[str, Any, Any, str] | None:
+    """None if the trigger matches, else the first `on:` key that did not, as (key, what the event
+    has, what the rule wants, reason)."""
     if event.kind not in trigger.events:
-        return f"event is {event.kind}, rule listens to {', '.join(trigger.events)}"
+        return "event", event.kind, list(trigger.events), f"event is {event.kind}, rule listens to {', '.join(trigger.events)}"
     if trigger.connections and event.connection not in trigger.connections:
-        return f"connection is {event.connection!r}, not {describe(list(trigger.connections))}"
+        return ("connection", event.connection, list(trigger.connections),
+                f"connection is {event.connection!r}, not {describe(list(trigger.connections))}")
     if trigger.entity and event.entity.type != trigger.entity:
-        return f"entity is a {event.entity.type}, not a {trigger.entity}"
+        return "entity", event.entity.type, trigger.entity, f"entity is a {event.entity.type}, not a {trigger.entity}"
     for name, wanted in trigger.filters:
         reason = _FILTERS[name](wanted, event, entity)
         if reason:
-            return reason
+            return name, _FILTER_VALUES.get(name, lambda e, ent: None)(event, entity), wanted, reason
     return None
+
+
+def first_failed(conditions: list[dict], template: dict[str, Any]) -> tuple[dict, str] | None:
+    """The first condition that does not hold, as written in the rule, and why (check_all's reason)."""
+    for condition in conditions:
+        reason = check_all([condition], template)
+        if reason:
+            return condition, reason
+    return None
+
+
+def compared(condition: dict, template: dict[str, Any]) -> tuple[Any, Any]:
+    """What a failed condition compared: (the record's value, the rule's), for the kinds that compare
+    one value (field, stage, pipeline, responsible, tag, open_tasks); (None, None) for others, whose
+    reason says it."""
+    entity = template.get("entity") or {}
+    kind = next(iter(condition), None)
+    if kind == "field":
+        ops = {k: v for k, v in condition.items() if k != "field"}
+        return (entity.get("fields") or {}).get(condition["field"]), ops or None
+    if kind in ("stage", "not_stage", "pipeline", "responsible"):
+        ref = entity.get("pipeline" if kind == "pipeline" else "responsible" if kind == "responsible" else "stage")
+        return (ref.get("name") or ref.get("id")) if isinstance(ref, dict) else ref, condition[kind]
+    if kind == "tag":
+        return list(entity.get("tags") or []), condition["tag"]
+    if kind == "open_tasks":
+        return len(entity.get("tasks") or []) if entity.get("tasks") is not None else None, condition["open_tasks"]
+    return None, None
 
 
 def _stage_filter(key: str, label: str) -> Callable[[Any, Event, dict], str | None]:
@@ -296,6 +362,23 @@ def _undo_filter(wanted: Any, event: Event, entity: dict) -> str | None:
                                               else "not a move crmbridge undid")
 
 
+def _ref_value(key: str) -> Callable[[Event, dict], Any]:
+    def value(event: Event, entity: dict) -> Any:
+        ref = entity.get(key) or event.data.get(key)
+        return (ref.get("name") or ref.get("id")) if isinstance(ref, dict) else ref
+    return value
+
+
+# what the event had for a trigger filter that did not match (the history keeps it beside the rule's)
+_FILTER_VALUES: dict[str, Callable[[Event, dict], Any]] = {
+    "stage": _ref_value("stage"), "from_stage": _ref_value("previous_stage"), "pipeline": _ref_value("pipeline"),
+    "field": lambda e, ent: sorted(set((e.data.get("changed") or {})) | set((e.data.get("fields") or {}))),
+    "button": lambda e, ent: e.data.get("button"), "text": lambda e, ent: e.data.get("text"),
+    "chat": lambda e, ent: (e.data.get("chat") or {}).get("id"),
+    "file_name": lambda e, ent: (e.data.get("file") or {}).get("name"),
+    "result": lambda e, ent: e.data.get("result") or ent.get("result"),
+    "undo": lambda e, ent: bool(e.data.get("undo"))}
+
 _FILTERS = {"stage": _stage_filter("stage", "stage"),
             "from_stage": _stage_filter("previous_stage", "previous stage"),
             "pipeline": _stage_filter("pipeline", "pipeline"),
@@ -363,10 +446,18 @@ def plan(event: Event, entity: dict[str, Any], ruleset: RuleSet, now: datetime,
         cal = ruleset.calendar_for(rule, event.connection)
         ctx = RuleContext(event, entity, rule, now, cal, {**template_context(event, entity, rule, now), "calendar": cal})
         _cancel_on(rule, ctx, result)
-        reason = match_trigger(rule.trigger, event, entity)
-        failed = None if reason else check_all(list(rule.conditions), ctx.template)
-        if reason or failed:
-            result.skipped.append((rule.name, reason or failed))
+        missed = trigger_mismatch(rule.trigger, event, entity)
+        first = None if missed else first_failed(list(rule.conditions), ctx.template)
+        failed = first[1] if first else None
+        if missed:
+            key, have, want, reason = missed
+            result.skipped.append(Skip(rule.name, reason, rule_id=rule.id, stage="trigger", key=key,
+                                       have=have, want=want, listening=key != "event"))
+        elif first:
+            have, want = compared(first[0], ctx.template)
+            result.skipped.append(Skip(rule.name, failed, rule_id=rule.id, stage="condition", key=first[0],
+                                       have=have, want=want))
+        if missed or first:
             _maybe_cancel(rule, ctx, result)
             if failed and rule.otherwise:
                 ctx.template["reason"] = failed
@@ -386,13 +477,16 @@ def plan_fired(timer: dict[str, Any], event: Event, entity: dict[str, Any], rule
     result = Plan()
     rule = ruleset.by_id(timer["rule_id"])
     if rule is None:
-        result.skipped.append((timer["rule"], "the rule no longer exists in the rule files"))
+        result.skipped.append(Skip(timer["rule"], "the rule no longer exists in the rule files",
+                                   rule_id=timer["rule_id"], stage="timer"))
         return result
     cal = ruleset.calendar_for(rule, event.connection)
     ctx = RuleContext(event, entity, rule, now, cal, {**template_context(event, entity, rule, now), "calendar": cal})
-    reason = check_all(list(rule.guard), ctx.template)
-    if reason:
-        result.skipped.append((rule.name, f"guard no longer holds: {reason}"))
+    first = first_failed(list(rule.guard), ctx.template)
+    if first:
+        have, want = compared(first[0], ctx.template)
+        result.skipped.append(Skip(rule.name, f"guard no longer holds: {first[1]}", rule_id=rule.id,
+                                   stage="guard", key=first[0], have=have, want=want))
         return result
     result.matched.append((rule.name, f"timer fired ({timer['fire_at']}), guard holds"))
     _plan_actions(rule, ctx, modules, result, occurrence=timer.get("occurrence", 0))
@@ -458,10 +552,11 @@ def _plan_timer(rule: Rule, ctx: RuleContext, result: Plan, occurrence: int = 0)
     try:
         fire_at = fire_time(rule.delay, ctx, first=occurrence == 0)
     except (ValueError, TypeError) as exc:
-        result.skipped.append((rule.name, f"cannot compute when to fire: {exc}"))
+        result.skipped.append(Skip(rule.name, f"cannot compute when to fire: {exc}", rule_id=rule.id, stage="timer"))
         return
     if fire_at is None:
-        result.skipped.append((rule.name, f"field {rule.delay.field!r} is empty: nothing to wait for"))
+        result.skipped.append(Skip(rule.name, f"field {rule.delay.field!r} is empty: nothing to wait for",
+                                   rule_id=rule.id, stage="timer", key=rule.delay.field, have=None))
         _maybe_cancel(rule, ctx, result)
         return
     entity = ctx.entity_ref

@@ -172,3 +172,57 @@ rules:
 def test_templates_cannot_reach_python_internals(template):
     with pytest.raises(TemplateProblem):
         render(template, {"entity": {}})
+
+
+# --- why not, in parts (the decision history keeps them; cli.py explain reads them) -------------
+
+@pytest.mark.parametrize("on, key, have, want, listening", [
+    ("{event: entity.updated}", "event", "stage.changed", ["entity.updated"], False),
+    ("{event: stage.changed, stage: Won}", "stage", "Бриф отримано", "Won", True),
+    ("{event: stage.changed, from_stage: [1, 2]}", "from_stage", "Новий", [1, 2], True),
+    ("{event: stage.changed, connection: bot}", "connection", "amo", ["bot"], True),
+    ("{event: stage.changed, entity: contact}", "entity", "lead", "contact", True),
+])
+def test_a_trigger_miss_names_its_key_and_the_values_compared(tmp_path, on, key, have, want, listening):
+    result = run(tmp_path, f"rules:\n  - name: r\n    on: {on}\n    do: [{{add_note: x}}]\n", stage_event())
+    [skip] = result.skipped
+    assert (skip.stage, skip.key, skip.have, skip.want, skip.listening) == ("trigger", key, have, want, listening)
+    assert skip.rule_id == ruleset(tmp_path, f"rules:\n  - name: r\n    on: {on}\n    do: [{{add_note: x}}]\n").rules[0].id
+
+
+def test_a_failed_condition_is_kept_as_written_with_both_values(tmp_path):
+    text = """
+rules:
+  - name: Brief received → task
+    on: stage.changed
+    if:
+      - {stage: "Бриф отримано"}
+      - {field: Budget, gt: 0}
+      - {tag: VIP}
+    do: [{add_note: x}]
+"""
+    result = run(tmp_path, text, stage_event(fields={"Budget": 0}))
+    [skip] = result.skipped
+    assert skip == ("Brief received → task", "field 'Budget' is 0; expected gt 0")
+    assert skip.details() == {"rule": "Brief received → task", "rule_id": skip.rule_id, "stage": "condition",
+                              "reason": "field 'Budget' is 0; expected gt 0",
+                              "key": {"field": "Budget", "gt": 0}, "have": 0, "want": {"gt": 0}}
+
+
+def test_a_guard_that_no_longer_holds_names_its_condition(tmp_path):
+    from rules.engine import plan_fired
+    rules = ruleset(tmp_path, """
+rules:
+  - name: nudge
+    on: stage.changed
+    after: 2 hours
+    while: [{stage: "Бриф отримано"}]
+    do: [{add_note: x}]
+""")
+    event, entity = stage_event()
+    [timer] = plan(event, entity, rules, NOW, MODULES).timers
+    moved = {**entity, "stage": {"id": "11", "name": "Won"}}
+    result = plan_fired(timer.__dict__, event, moved, rules, NOW, MODULES)
+    [skip] = result.skipped
+    assert skip.reason == "guard no longer holds: stage is 'Won', not 'Бриф отримано'"
+    assert (skip.stage, skip.key, skip.have, skip.want) == ("guard", {"stage": "Бриф отримано"}, "Won", "Бриф отримано")
