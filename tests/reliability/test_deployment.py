@@ -7,8 +7,11 @@ the vendors' limits and count tasks created and messages sent per lead. Five pha
 another: clean, random SIGKILLs of workers, 30 % vendor faults of every kind, a Redis SIGKILL and
 restart from AOF, and all of them together.
 
-The short version (`make test`, about a minute): a few leads per phase. It asserts what holds
-today and prints the rest of the figures.
+The short version (`make test`, about 90 s): 12 leads per phase, at most 3 kills. It asserts what
+holds today: every webhook acknowledged, nothing lost, no dead letter but "may have been sent"
+steps, every phase settled within 60 s of its last disturbance, no duplicate in the clean, kill
+and Redis phases, at least one kill hit a running job. It prints the rest (duplicates under
+faults, parked steps, rate-limit violations) for the fixes of issue 14 to bring to zero.
 
 The long version (issue 14's run, 400 leads per phase, about 15 minutes):
 
@@ -36,6 +39,13 @@ from typing import Any
 
 import pytest
 
+from tests.playbooks.smm_links_harness import (
+    CLIENT,
+    CLIENT_2,
+    CLIENT_CHAT,
+    add_task,
+    smm_fixture,  # noqa: F401  (the `smm` fixture: the approval flow of Playbook A)
+)
 from tests.reliability.deployment import SETTLE_TARGET, Shape, phases, table, targets
 
 SHORT_LEADS = 12
@@ -65,7 +75,7 @@ def test_the_whole_shape_loses_nothing_acknowledged(tmp_path):
     for name, f in results.items():
         assert f["never acknowledged"] == 0, (name, f["post answers"])
         assert f["lost"] == 0, (name, f["lost steps"])
-        assert f["settled"] and f["settled s after the last disturbance"] <= SETTLE_TARGET, (name, f["rq state"])
+        assert f["settled"] and f["settled s after the last disturbance or webhook"] <= SETTLE_TARGET, (name, f["rq state"])
         assert f["other dead letters"] == [], (name, f["other dead letters"])
     for name in ("clean", "kills", "redis"):
         assert results[name]["duplicated"] == 0, (name, results[name]["duplicated leads"])
@@ -77,15 +87,6 @@ def test_the_whole_shape_loses_nothing_acknowledged(tmp_path):
 
 
 # --- item 9: two presses of one approval button at the same moment --------------------------------------
-
-from tests.playbooks.smm_links_harness import (  # noqa: E402 - the approval flow's fixture, below item 7
-    CLIENT,
-    CLIENT_2,
-    CLIENT_CHAT,
-    add_task,
-    smm_fixture,  # noqa: F401  (the `smm` fixture)
-)
-
 
 def approval_buttons(smm) -> tuple[str, str]:
     """Task 1042 is done: the client's group gets the result with approve and revise buttons."""
