@@ -464,6 +464,10 @@ class Shape:
             if redis_done and kills_done and not poster.is_alive():
                 break
             time.sleep(0.2)
+        if redis_log and not self.redis.up:   # the phase ran out of time with Redis down: bring it back
+            self.redis.start()
+            last_disturbance = time.monotonic()
+            redis_log.append(("restarted from AOF", last_disturbance - started))
         poster.join(timeout=max(1.0, deadline - time.monotonic()))
         posting_ended = time.monotonic()
         acknowledged = sorted({p.lead for p in posted if p.acknowledged})
