@@ -25,12 +25,17 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Callback, Job
 from rq.serializers import JSONSerializer
 
+from rqintake import FastIntake
+
 log = logging.getLogger("crmbridge.queue")
 
 HANDLE_EVENT = "worker.handle_event"
 # seconds RQ keeps a finished event's job hash and result: nobody reads them (the audit stream
 # records the outcome), so by default none; bench/run.py keeps them to time the jobs
 RESULT_TTL = int(os.environ.get("CRMBRIDGE_RESULT_TTL", "0"))
+# how intake queues an event: "fast" (rqintake.py: RQ's recorded enqueue, one round trip) or "rq"
+# (RQBackend.accept_public: RQ's enqueue_call in a MULTI, two round trips)
+INTAKE = os.environ.get("CRMBRIDGE_INTAKE", "fast")
 FIRE_TIMER = "worker.fire_timer"
 
 
@@ -181,7 +186,9 @@ class RQBackend:
 
     Every job is written by RQ's own public API (`Queue.enqueue_call`, `enqueue_at`, `enqueue_in`,
     each with `pipeline=` where it must be atomic with keys of ours), so that any RQ release that
-    keeps that API reads and runs them; Lua is used for our own keys only."""
+    keeps that API reads and runs them; Lua is used for our own keys only. The one exception is
+    intake's fast path (rqintake.py, the default; CRMBRIDGE_INTAKE=rq turns it off), which applies
+    RQ's recorded enqueue in a script of ours to keep a webhook's acknowledgement at one round trip."""
 
     durable = True
     # seconds the seen-mark of an event being queued lives before it is made permanent together with
@@ -200,6 +207,7 @@ class RQBackend:
         self.order = Order(store, keys)
         self.retry = Retry(max=job_retries, interval=[5, 30, 120][:job_retries]) if job_retries else None
         self._on_failure = Callback("worker.on_job_failed")
+        self.fast = FastIntake(self.queue, HANDLE_EVENT) if INTAKE == "fast" else None
         self._give_back = store.register_script(self.GIVE_BACK)
         self._claim_timer = store.register_script(self.CLAIM_TIMER)
 
@@ -210,10 +218,18 @@ return 0
 """
 
     def accept(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
-        """Mark the event seen, number it and queue it; False if it was seen before.
+        """Mark the event seen, number it and queue it; False if it was seen before. One script
+        (rqintake.py), or, with CRMBRIDGE_INTAKE=rq, accept_public."""
+        if self.fast is None:
+            return self.accept_public(event, seen, ttl)
+        return self.fast.accept(event, self._event_options(event), seen=seen, ttl=ttl, order_ttl=Order.TTL,
+                                order_key=self.order._key("order", event), ticket_key=self.keys("ticket", event["id"]))
 
-        Two steps. The seen-mark is taken first (SET NX, marked "queueing", PENDING_TTL seconds):
-        of two concurrent copies exactly one gets it. Then one MULTI/EXEC holds the rest: the mark
+    def accept_public(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
+        """accept() through RQ's public API alone, in two steps.
+
+        The seen-mark is taken first (SET NX, marked "queueing", PENDING_TTL seconds): of two
+        concurrent copies exactly one gets it. Then one MULTI/EXEC holds the rest: the mark
         made permanent (`ttl`), the order ticket, and the job as RQ's `Queue.enqueue_call` writes
         it (`pipeline=`); Redis applies all of it or none. If that fails, the mark is given back
         (only while it still says "queueing"), so the vendor's retry is not dropped as a

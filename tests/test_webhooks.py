@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+from typing import Any
+
 import pytest
 
 from config.settings import Settings
@@ -95,15 +97,27 @@ def test_invalid_configuration_refuses_to_start(config_dir, env):
         "broken.yaml:4: rule \"x\" → do[0]: unknown action 'fly'; expected one of: " + ", ".join(sorted(MODULES)))
 
 
-def test_a_failed_enqueue_leaves_no_seen_mark(client, runtime, monkeypatch):
-    """The transaction that queues the job (with the mark made permanent and the ticket) fails:
-    nothing of it is written, and the seen-mark taken before it is given back."""
+@pytest.fixture(params=["fast", "rq"])
+def intake_path(request, runtime):
+    """Both ways intake queues: rqintake.py's one script (the default) and RQ's enqueue_call in a
+    MULTI (CRMBRIDGE_INTAKE=rq)."""
+    if request.param == "rq":
+        runtime.backend.fast = None
+    return request.param
+
+
+def test_a_failed_enqueue_leaves_no_seen_mark(client, runtime, intake_path, monkeypatch):
+    """The step that queues the job (with the seen-mark and the ticket) fails: nothing of it is
+    written, and no seen-mark is left that would drop the platform's retry as a duplicate."""
     from redis.client import Pipeline
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    def broken(self, *args, **kwargs):
+    def broken(*args, **kwargs):
         raise RedisConnectionError("connection lost while queueing")
-    monkeypatch.setattr(Pipeline, "execute", broken)
+    if intake_path == "fast":
+        monkeypatch.setattr(runtime.backend.fast, "_script", broken)   # the one script that does it all
+    else:
+        monkeypatch.setattr(Pipeline, "execute", broken)               # the MULTI after the SET NX
     body = payload("amocrm/lead_status_changed_full.form")
     assert client.post(AMO, data=body, content_type=FORM).status_code == 503
     assert runtime.store.keys(runtime.keys("seen", "*")) == [] and runtime.store.keys(runtime.keys("ticket", "*")) == []
@@ -113,10 +127,12 @@ def test_a_failed_enqueue_leaves_no_seen_mark(client, runtime, monkeypatch):
 
 
 def test_a_mark_that_cannot_be_given_back_expires_soon(client, runtime, monkeypatch):
-    """Redis goes away between the seen-mark and the job (or this process dies there): the mark,
-    still "queueing", lives PENDING_TTL seconds, not the dedupe window, so a later retry is queued."""
+    """The public path: Redis goes away between the seen-mark and the job (or this process dies
+    there): the mark, still "queueing", lives PENDING_TTL seconds, not the dedupe window, so a later
+    retry is queued."""
     from redis.client import Pipeline
     from redis.exceptions import ConnectionError as RedisConnectionError
+    runtime.backend.fast = None
 
     def broken(*args, **kwargs):
         raise RedisConnectionError("Redis went away")
@@ -129,7 +145,7 @@ def test_a_mark_that_cannot_be_given_back_expires_soon(client, runtime, monkeypa
     assert queued(runtime) == 0 and runtime.store.keys(runtime.keys("ticket", "*")) == []
 
 
-def test_concurrent_copies_of_one_webhook_are_queued_once(live_server, runtime):
+def test_concurrent_copies_of_one_webhook_are_queued_once(live_server, runtime, intake_path):
     import threading
 
     import requests
@@ -147,8 +163,8 @@ def test_concurrent_copies_of_one_webhook_are_queued_once(live_server, runtime):
     assert queued(runtime) == 1
 
 
-def test_the_queued_job_is_the_one_rq_would_have_written(client, runtime):
-    """accept() queues through RQ's Queue.enqueue_call: the job RQ reads back has our options."""
+def test_the_queued_job_is_the_one_rq_would_have_written(client, runtime, intake_path):
+    """Both intake paths queue what RQ's Queue.enqueue_call writes: RQ reads back our options."""
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
@@ -165,6 +181,56 @@ def test_the_queued_job_is_the_one_rq_would_have_written(client, runtime):
     assert job.enqueued_at is not None
     assert runtime.backend.queue.name.encode() in b"".join(runtime.store.smembers("rq:queues"))
     assert runtime.backend.order.seq(event) == 1
+
+
+def redis_contents(store) -> dict[str, Any]:
+    """Every key with its type and value (hashes field by field; TTL rounded to the minute)."""
+    contents = {}
+    for key in sorted(store.keys("*")):
+        kind = store.type(key).decode()
+        value = {"hash": store.hgetall, "list": lambda k: store.lrange(k, 0, -1), "set": store.smembers,
+                 "zset": lambda k: store.zrange(k, 0, -1), "string": store.get}[kind](key)
+        contents[key.decode()] = (kind, value, -1 if store.ttl(key) < 0 else store.ttl(key) // 60)
+    return contents
+
+
+def test_the_fast_intake_writes_what_rqs_enqueue_writes(runtime):
+    """rqintake.py's guard: with the installed RQ, the keys and values an event's intake leaves are
+    the same on the fast path (RQ's enqueue recorded once, then replayed with the job's id and
+    VARYING fields replaced) as through RQ's own Queue.enqueue_call, for a job after the first
+    (the recording) and for the first. When this fails, RQ changed: see rqintake.py."""
+    import zlib
+
+    from connectors import CONNECTORS
+    from connectors.base import Entity, Event
+    from rqintake import VARYING
+    from tests.conftest import raw
+    backend, store = runtime.backend, runtime.store
+    conn = runtime.connections.connections["quickstart-amo"]
+    first, = CONNECTORS["amocrm"].parse(raw("amocrm/lead_status_changed_full.form"), conn)
+    other = Event(**{**first.__dict__, "id": "quickstart-amo:other", "kind": "entity.updated",
+                     "entity": Entity("lead", "31926521")})
+
+    def intake_of(event: Event, fast: bool) -> dict[str, Any]:
+        store.flushdb()
+        path = backend.accept if fast else backend.accept_public
+        assert path(event.to_dict(), runtime.keys("seen", event.id), 3600)
+        return redis_contents(store)
+    for event in (first, other):   # the first is recorded, the other is built from the recording
+        ours, theirs = intake_of(event, fast=True), intake_of(event, fast=False)
+        assert ours.keys() == theirs.keys()
+        for key, (kind, value, ttl) in theirs.items():
+            assert (ours[key][0], ours[key][2]) == (kind, ttl), key
+            if kind != "hash":
+                assert ours[key][1] == value, key
+                continue
+            mine = dict(ours[key][1])
+            assert zlib.decompress(mine.pop(b"data")) == zlib.decompress(value.pop(b"data"))
+            for name in (b"created_at", b"enqueued_at"):
+                assert mine.pop(name)[:16] == value.pop(name)[:16]      # the same minute: stamps differ by µs
+            assert mine == value, key
+    assert {"data", "description", "created_at", "enqueued_at"} == set(VARYING)
+    assert backend.fast._template is not None
 
 
 def test_a_connection_named_in_cyrillic_is_found_by_its_utf8_path(client):
@@ -201,9 +267,9 @@ def gunicorn(settings, config_dir, env):
         deadline = time.monotonic() + 30
         while True:
             try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:   # not listening yet, or still booting
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
             time.sleep(0.1)
