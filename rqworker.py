@@ -128,7 +128,10 @@ class CrashSafeWorker(SimpleWorker):
             try:
                 self.log.debug("Worker %s: cleaning registries for queue: %s", self.name, queue.name)
                 recover_abandoned(queue)
-                clean_registries(queue)   # RQ's own, for the other registries (the started one is done)
+                # RQ's own pass over the other registries (whichever this RQ version has); the
+                # started registry's entries that expired are already handled, bar one that expires
+                # in the few ms between the two, which RQ retries through its scheduler instead
+                clean_registries(queue)
                 worker_registration.clean_worker_registry(queue)
                 give_back_unregistered(queue)
             finally:

@@ -46,15 +46,16 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
         if conn is None:
             return _error(404, f"unknown connection {name!r}")
         connector = CONNECTORS[conn.type]
-        if request.content_length is not None and request.content_length > limit:
+        length = request.content_length   # None when chunked
+        if length is not None and length > limit:
             return _error(413, f"body over {limit} bytes")
         body = request.get_data(cache=False)
         if len(body) > limit:
             return _error(413, f"body over {limit} bytes")
-        if request.content_length is not None and len(body) < request.content_length:
+        if length is not None and len(body) < length:
             # the client closed early: gunicorn hands the raw stream over (wsgi.input_terminated),
             # so Werkzeug does not see the body end short of its Content-Length
-            return _error(400, f"body ended after {len(body)} of its {request.content_length} bytes")
+            return _error(400, f"body ended after {len(body)} of its {length} bytes")
         raw = RawWebhook(headers=request.headers, content_type=request.mimetype, body=body,
                          query=request.args.to_dict())
         try:
