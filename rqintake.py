@@ -58,8 +58,9 @@ return seq
     def __init__(self, queue: Queue, func: str):
         self.queue, self.func = queue, func
         self._script = queue.connection.register_script(self.ACCEPT)
-        self._template: list[Any] | None = None            # the recorded commands, flattened
-        self._slots: list[tuple[int, str]] = []            # (index in the template, what goes there)
+        # the recorded commands, flattened, and where each thing that differs per job goes in them:
+        # one attribute, set once, so that a thread never sees one without the other
+        self._recording: tuple[list[Any], list[tuple[int, str]]] | None = None
 
     def accept(self, arg: Any, options: dict[str, Any], *, seen: str, ttl: int,
                order_key: str, ticket_key: str, order_ttl: int) -> bool:
@@ -72,15 +73,16 @@ return seq
         script (length, command, arguments, length, …). `options` must name the job (`job_id`) and
         be the same for every job but `job_id` and `description`."""
         job_id = options["job_id"]
-        if self._template is None:
+        if self._recording is None:
             return self._record(arg, options)
+        template, slots = self._recording
         stamp = utcformat(now())
         values = {"id": job_id, "key": self.queue.job_class.key_for(job_id), "created_at": stamp,
                   "enqueued_at": stamp, "description": options.get("description"),
                   # level 1: a third of the default level's CPU for a few more bytes; RQ reads any level
                   "data": zlib.compress(self.queue.serializer.dumps((self.func, None, (arg,), {})), 1)}
-        commands = list(self._template)
-        for index, name in self._slots:
+        commands = list(template)
+        for index, name in slots:
             commands[index] = values[name]
         return commands
 
@@ -109,5 +111,5 @@ return seq
                 for offset in range(2, len(args) - 1, 2):
                     if args[offset] in VARYING:
                         slots.append((start + offset + 1, args[offset]))
-        self._template, self._slots = flat, slots
+        self._recording = (flat, slots)
         return list(flat)

@@ -230,7 +230,7 @@ def test_the_fast_intake_writes_what_rqs_enqueue_writes(runtime):
                 assert mine.pop(name)[:16] == value.pop(name)[:16]      # the same minute: stamps differ by µs
             assert mine == value, key
     assert {"data", "description", "created_at", "enqueued_at"} == set(VARYING)
-    assert backend.fast._template is not None
+    assert backend.fast._recording is not None
 
 
 def test_a_connection_named_in_cyrillic_is_found_by_its_utf8_path(client):
