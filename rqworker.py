@@ -60,7 +60,7 @@ INTERMEDIATE_GRACE = 10     # seconds a dequeued job may stay unregistered befor
 RQ_INTERNALS: dict[str, tuple[str, ...]] = {
     "rq.SimpleWorker": ("execute_job", "prepare_execution", "get_heartbeat_ttl", "dequeue_timeout",
                         "clean_registries", "max_connection_wait_time", "log_result_lifespan"),
-    "rq.SimpleWorker()": ("_shutdown_requested_date",),         # set by a warm shutdown (SIGTERM)
+    "rq.SimpleWorker()": ("_shutdown_requested_date", "last_cleaned_at", "worker_ttl", "maintenance_interval"),
     "rq.queue.Queue": ("registry_cleaning_key", "intermediate_queue", "started_job_registry",
                        "failed_job_registry", "push_job_id"),
     "rq.intermediate_queue.IntermediateQueue()": ("get_job_ids", "remove", "set_first_seen", "get_first_seen",
