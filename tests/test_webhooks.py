@@ -233,6 +233,34 @@ def test_the_fast_intake_writes_what_rqs_enqueue_writes(runtime):
     assert backend.fast._recording is not None
 
 
+def test_flask_hooks_and_error_handlers_see_the_webhook_view(settings, monkeypatch):
+    """POST /hooks/<name> is an ordinary Flask view: an app's after_request hook (metrics,
+    tracing) sees every webhook, and a bug in it gets the app's error handler (Flask logs it)."""
+    import dataclasses
+
+    from flask import request
+
+    from connectors import CONNECTORS
+    from webhooks import create_app
+    app = create_app(settings=dataclasses.replace(settings, testing=False))
+    seen: list[tuple[str, int]] = []
+
+    @app.after_request
+    def record(response):
+        seen.append((request.path, response.status_code))
+        return response
+    client = app.test_client()
+    assert client.post(AMO, data=payload("amocrm/lead_added.form"), content_type=FORM).status_code == 200
+
+    def broken(raw, conn):
+        raise RuntimeError("a bug in a parser")
+    monkeypatch.setattr(CONNECTORS["amocrm"], "parse", broken)
+    resp = client.post(AMO, data=payload("amocrm/lead_added.form"), content_type=FORM)
+    assert (resp.status_code, resp.json) == (500, {"error": "internal error"})
+    assert seen == [("/hooks/quickstart-amo", 200), ("/hooks/quickstart-amo", 500)]
+    app.extensions["crmbridge"].backend.close()
+
+
 def test_a_connection_named_in_cyrillic_is_found_by_its_utf8_path(client):
     """The WSGI path is latin-1 text (PEP 3333); the receiver decodes the name as UTF-8, as Flask's
     routing does: an unknown Cyrillic name is reported as such, not as mojibake."""

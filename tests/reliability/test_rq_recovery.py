@@ -250,7 +250,8 @@ def test_the_rq_internals_we_use_are_there(store):
     assert params(SimpleWorker.clean_registries) == ["self"]
     assert isinstance(SimpleWorker.dequeue_timeout, property)
     assert parse_composite_key("a-job:an-execution") == ("a-job", "an-execution")
-    assert worker._shutdown_requested_date is None and worker.last_cleaned_at is None   # set by a warm shutdown; by maintenance
+    # set by a warm shutdown, and by each maintenance pass
+    assert worker._shutdown_requested_date is None and worker.last_cleaned_at is None
 
 
 # --- the timer poll: claim, then enqueue through RQ ------------------------------------------------
