@@ -42,7 +42,6 @@ from rq.exceptions import AbandonedJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.registry import clean_registries
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp, now, parse_composite_key
@@ -62,12 +61,11 @@ RQ_INTERNALS: dict[str, tuple[str, ...]] = {
                         "clean_registries", "max_connection_wait_time", "log_result_lifespan"),
     "rq.SimpleWorker()": ("_shutdown_requested_date", "last_cleaned_at", "worker_ttl", "maintenance_interval"),
     "rq.queue.Queue": ("registry_cleaning_key", "intermediate_queue", "started_job_registry",
-                       "failed_job_registry", "push_job_id"),
+                       "failed_job_registry", "finished_job_registry", "deferred_job_registry", "push_job_id"),
     "rq.intermediate_queue.IntermediateQueue()": ("get_job_ids", "remove", "set_first_seen", "get_first_seen",
                                                   "get_first_seen_key", "key"),
     "rq.job.Job": ("started_job_registry", "execution_registry", "failure_callback"),
     "rq.executions.Execution": ("key", "composite_key"),
-    "rq.registry": ("clean_registries",),
     "rq.worker_registration": ("clean_worker_registry",),
     "rq.utils": ("parse_composite_key", "current_timestamp"),
 }
@@ -128,15 +126,26 @@ class CrashSafeWorker(SimpleWorker):
             try:
                 self.log.debug("Worker %s: cleaning registries for queue: %s", self.name, queue.name)
                 recover_abandoned(queue)
-                # RQ's own pass over the other registries (whichever this RQ version has); the
-                # started registry's entries that expired are already handled, bar one that expires
-                # in the few ms between the two, which RQ retries through its scheduler instead
-                clean_registries(queue)
+                clean_other_registries(queue)
                 worker_registration.clean_worker_registry(queue)
                 give_back_unregistered(queue)
             finally:
                 self.connection.eval(RELEASE_IF_OWNER, 1, lock, self.name)
         self.last_cleaned_at = now()
+
+
+# the registries RQ's maintenance cleans besides the started one (ready: RQ 3.0), as Queue properties
+OTHER_REGISTRIES = ("finished_job_registry", "failed_job_registry", "deferred_job_registry", "ready_job_registry")
+
+
+def clean_other_registries(queue: Queue) -> None:
+    """RQ's maintenance of the queue's other registries. Not RQ's `clean_registries`, which also
+    runs StartedJobRegistry.cleanup: an entry that expired just after recover_abandoned read the
+    registry would be retried through RQ's scheduler, slowly, instead of at the front."""
+    for name in OTHER_REGISTRIES:
+        registry = getattr(queue, name, None)
+        if registry is not None:
+            registry.cleanup()
 
 
 def run_worker(queue: Queue, settings: Any, *, burst: bool = False, logging_level: str = "INFO") -> int:

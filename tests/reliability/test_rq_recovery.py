@@ -127,6 +127,23 @@ def test_the_maintenance_lock_of_a_dead_worker_expires_in_seconds(store):
     assert 0 < store.ttl(queue.registry_cleaning_key) <= 20               # RQ's own: 899 s
 
 
+def test_the_maintenance_pass_never_leaves_an_abandoned_job_to_rqs_scheduler(store, monkeypatch):
+    """Our recovery puts an abandoned job at the front of its queue; RQ's StartedJobRegistry.cleanup
+    would retry it through the scheduler (5 s, and a dead worker's scheduler lock). The pass must
+    not run RQ's: an entry expiring between the two would take the slow road (seen in
+    test_crash_safety: one job left in the scheduled registry)."""
+    from rq.registry import StartedJobRegistry
+
+    def rqs_own(self, *args, **kwargs):
+        raise AssertionError("StartedJobRegistry.cleanup ran in our maintenance pass")
+    monkeypatch.setattr(StartedJobRegistry, "cleanup", rqs_own)
+    queue, job, execution = job_of_a_dead_worker(store)
+    store.zadd(queue.started_job_registry.key, {execution.composite_key: time.time() - 1})
+    worker = CrashSafeWorker([queue], connection=store, serializer=JSONSerializer, maintenance_interval=2)
+    worker.clean_registries()
+    assert queue.get_job_ids() == [job.id] and store.zcard(queue.scheduled_job_registry.key) == 0
+
+
 def test_execution_objects_match_rq(store):
     """The keys the heartbeat renews are RQ's own (a rename in RQ would silently stop renewing)."""
     queue, job, execution = job_of_a_dead_worker(store)
