@@ -2,10 +2,11 @@
 
 Why it exists. The public path (`queueing.RQBackend.accept_public`: the seen-mark by SET NX, then
 RQ's `Queue.enqueue_call` in a MULTI with the ticket) costs per webhook a second round trip and an
-RQ `Job` built, serialized and compressed by RQ: measured in-process, the receiver's CPU per webhook
-went from 0.46–0.57 ms to 1.26–1.69 ms (a Flask view's share of that is 0.25–0.3 ms), and under
-gunicorn its web CPU per webhook from 1.2–1.3× to 2.0× the baseline receiver's, below the 0.6×
-intake target (BENCHMARKS.md). This path keeps RQ the author of the job:
+RQ `Job` built, serialized and compressed by RQ. Measured (BENCHMARKS.md, "Fourth session"): the
+receiver's CPU per webhook in-process 0.90–1.45 ms on that path, 0.62–0.92 ms on this one, 0.48–0.63
+ms before issue 13 (the Flask view accounts for this path's difference); under gunicorn, intake
+0.37–0.63× the baseline's on that path, 0.65–0.71× on this one (the target is 0.6×). This path keeps
+RQ the author of the job:
 
 - once per process, the first event's job is queued by RQ's own `Queue.enqueue_call` on a
   pipeline that is recorded, not executed (`pipeline=`, RQ's public way to batch its writes), so
