@@ -14,19 +14,18 @@ import os
 import queue
 import threading
 import time
-import zlib
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from redis import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError, WatchError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Callback, Job
-from rq.scripts import _build_hset_args
 from rq.serializers import JSONSerializer
-from rq.utils import now as utcnow
-from rq.utils import utcformat
+
+from rqintake import FastIntake
 
 log = logging.getLogger("crmbridge.queue")
 
@@ -34,6 +33,9 @@ HANDLE_EVENT = "worker.handle_event"
 # seconds RQ keeps a finished event's job hash and result: nobody reads them (the audit stream
 # records the outcome), so by default none; bench/run.py keeps them to time the jobs
 RESULT_TTL = int(os.environ.get("CRMBRIDGE_RESULT_TTL", "0"))
+# how intake queues an event: "fast" (rqintake.py: RQ's recorded enqueue, one round trip) or "rq"
+# (RQBackend.accept_public: RQ's enqueue_call in a MULTI, two round trips)
+INTAKE = os.environ.get("CRMBRIDGE_INTAKE", "fast")
 FIRE_TIMER = "worker.fire_timer"
 
 
@@ -88,9 +90,14 @@ return seq
         return self.keys(kind, event["connection"], f"{event['entity']['type']}:{event['entity']['id']}")
 
     def ticket(self, event: dict[str, Any], pipe=None) -> None:
-        """Number the event among its record's events (inside the intake's transaction)."""
-        self._ticket(keys=[self._key("order", event), self.keys("ticket", event["id"])], args=[self.TTL],
-                     client=pipe if pipe is not None else self.store)
+        """Number the event among its record's events. With `pipe` (the intake's MULTI) the script
+        goes as EVAL with its text: by digest, a Redis that lost its scripts (a restart) would
+        answer NOSCRIPT inside the transaction and the rest of it would still be applied."""
+        keys = [self._key("order", event), self.keys("ticket", event["id"])]
+        if pipe is None:
+            self._ticket(keys=keys, args=[self.TTL])
+        else:
+            pipe.eval(self.TICKET, len(keys), *keys, self.TTL)
 
     def seq(self, event: dict[str, Any]) -> int | None:
         """The event's number, or None for events that were not numbered (timers, replays)."""
@@ -175,9 +182,23 @@ class TimerIndex:
 
 
 class RQBackend:
-    """Durable: events and timers are RQ jobs in Redis (JSON serializer, never pickle)."""
+    """Durable: events and timers are RQ jobs in Redis (JSON serializer, never pickle).
+
+    Every job is written by RQ's own public API (`Queue.enqueue_call`, `enqueue_at`, `enqueue_in`,
+    each with `pipeline=` where it must be atomic with keys of ours), so that any RQ release that
+    keeps that API reads and runs them; Lua is used for our own keys only. The one exception is
+    intake's fast path (rqintake.py, the default; CRMBRIDGE_INTAKE=rq turns it off), which applies
+    RQ's recorded enqueue in a script of ours to keep a webhook's acknowledgement at one round trip."""
 
     durable = True
+    # seconds the seen-mark of an event being queued lives before it is made permanent together with
+    # the job: if this process dies in between (SIGKILL, gunicorn's timeout), the vendor's retry
+    # after that is accepted, not taken for a duplicate
+    PENDING_TTL = 60
+    PENDING = b"queueing"
+    # seconds a poller's claim on a due timer lives: a poller that dies between claim and enqueue
+    # delays that timer by at most this much (the next poll after it claims it again)
+    FIRE_CLAIM_TTL = 10
 
     def __init__(self, store: Redis, keys: Keys, queue_name: str, *, job_retries: int = 3):
         self.store, self.keys = store, keys
@@ -185,63 +206,55 @@ class RQBackend:
         self.timers = TimerIndex(store, keys)
         self.order = Order(store, keys)
         self.retry = Retry(max=job_retries, interval=[5, 30, 120][:job_retries]) if job_retries else None
-        self._accept = store.register_script(self.ACCEPT)
-        self._job_template: dict[str, Any] | None = None   # see event_job
+        self._on_failure = Callback("worker.on_job_failed")
+        self.fast = FastIntake(self.queue, HANDLE_EVENT) if INTAKE == "fast" else None
+        self._give_back = store.register_script(self.GIVE_BACK)
         self._claim_timer = store.register_script(self.CLAIM_TIMER)
 
-    # KEYS: seen-mark, the record's order counter, this event's ticket, the RQ job hash, the RQ
-    # queue, RQ's set of queues. ARGV: seen ttl, order ttl, job id, then the job hash's fields.
-    ACCEPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
-local seq = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[3], seq, 'EX', ARGV[2])
-redis.call('DEL', KEYS[4])
-redis.call('HSET', KEYS[4], unpack(ARGV, 4))
-redis.call('SADD', KEYS[6], KEYS[5])
-redis.call('RPUSH', KEYS[5], ARGV[3])
-return seq
+    # KEYS[1] a seen-mark; ARGV[1] the value it has while its event is being queued
+    GIVE_BACK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
     def accept(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
-        """Mark the event seen, number it and queue it in one step; False if seen before.
+        """Mark the event seen, number it and queue it; False if it was seen before. One script
+        (rqintake.py), or, with CRMBRIDGE_INTAKE=rq, accept_public."""
+        if self.fast is None:
+            return self.accept_public(event, seen, ttl)
+        return self.fast.accept(event, self._event_options(event), seen=seen, ttl=ttl, order_ttl=Order.TTL,
+                                order_key=self.order._key("order", event), ticket_key=self.keys("ticket", event["id"]))
 
-        One Lua script (one round trip; Redis runs it alone), so that no crash can leave an event
-        marked seen but not queued (its retry would then be dropped as a duplicate), and of two
-        concurrent copies exactly one is queued. The RQ job is the one `Queue.enqueue` would
-        write: built by RQ (`create_job`, `_prepare_for_queue`) and saved as RQ's own atomic
-        unique enqueue saves it (`rq.scripts._build_hset_args`), so RQ 2.12 is pinned in
-        requirements.txt and tests/test_webhooks.py reads the job back through RQ.
+    def accept_public(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
+        """accept() through RQ's public API alone, in two steps.
+
+        The seen-mark is taken first (SET NX, marked "queueing", PENDING_TTL seconds): of two
+        concurrent copies exactly one gets it. Then one MULTI/EXEC holds the rest: the mark
+        made permanent (`ttl`), the order ticket, and the job as RQ's `Queue.enqueue_call` writes
+        it (`pipeline=`); Redis applies all of it or none. If that fails, the mark is given back
+        (only while it still says "queueing"), so the vendor's retry is not dropped as a
+        duplicate; if even that cannot reach Redis, or this process dies between the two steps,
+        the mark expires after PENDING_TTL seconds. So no event stays marked seen but not queued.
         """
-        job_id, fields = self.event_job(event)
-        keys = [seen, self.order._key("order", event), self.keys("ticket", event["id"]),
-                self.queue.job_class.key_for(job_id), self.queue.key, self.queue.redis_queues_keys]
-        return bool(self._accept(keys=keys, args=[ttl, Order.TTL, job_id, *fields]))
-
-    def event_job(self, event: dict[str, Any]) -> tuple[str, list[Any]]:
-        """The id and the hash fields of the RQ job `queue.enqueue(HANDLE_EVENT, event, …)` writes.
-
-        RQ builds the first one (`create_job`, `_prepare_for_queue`, `rq.scripts._build_hset_args`);
-        every later one is that, with the four fields that differ from event to event replaced
-        (the rest are this backend's constant job options): building a Job was a fifth of the
-        receiver's CPU per webhook. tests/test_webhooks.py compares both with what RQ builds."""
-        job_id = job_id_for("event", event["id"])
-        options = self._job_options(event)
-        if self._job_template is None:
-            job = self.queue.create_job(HANDLE_EVENT, args=(event,), job_id=job_id, **options)
-            self.queue._prepare_for_queue(job)
-            fields = _build_hset_args(job)
-            self._job_template = dict(zip(fields[::2], fields[1::2]))
-            return job_id, fields
-        stamp = utcformat(utcnow())
-        job = {**self._job_template, "created_at": stamp, "enqueued_at": stamp, "description": options["description"],
-               # level 1: a third of the default level's CPU for a few more bytes; RQ reads any level
-               "data": zlib.compress(JSONSerializer.dumps([HANDLE_EVENT, None, [event], {}]), 1)}
-        return job_id, [x for pair in job.items() for x in pair]
+        if not self.store.set(seen, self.PENDING, nx=True, ex=self.PENDING_TTL):
+            return False
+        try:
+            with self.store.pipeline() as pipe:
+                pipe.multi()   # first: RQ puts a pipeline it is given in MULTI, which must precede any command
+                pipe.set(seen, 1, ex=ttl)
+                self.order.ticket(event, pipe)
+                self.queue.enqueue_call(HANDLE_EVENT, args=(event,), pipeline=pipe, **self._event_options(event))
+                pipe.execute()
+        except BaseException:
+            try:
+                self._give_back(keys=[seen], args=[self.PENDING])
+            except RedisError as exc:   # Redis away: the mark expires after PENDING_TTL seconds
+                log.warning("seen-mark %s not given back (%s); it expires in %s s", seen, exc, self.PENDING_TTL)
+            raise
+        return True
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
-        self.queue.enqueue(HANDLE_EVENT, event, job_id=job_id_for("event", event["id"]), **self._job_options(event))
+        self.queue.enqueue_call(HANDLE_EVENT, args=(event,), **self._event_options(event))
 
     def call_at(self, when: datetime, func: str, arg: Any, key: str) -> None:
         """A periodic job of our own (catch-up) at `when`; one per key, however many workers ask."""
@@ -250,13 +263,16 @@ return seq
 
     def defer_event(self, event: dict[str, Any], seconds: float) -> None:
         """Try an event again a little later (its record's earlier event is not done yet)."""
-        job_id = job_id_for("event", f"{event['id']}#wait{event.get('defers', 0)}")
-        self.queue.enqueue_in(timedelta(seconds=seconds), HANDLE_EVENT, event, job_id=job_id,
-                              **self._job_options(event))
+        options = self._event_options(event)
+        options["job_id"] = job_id_for("event", f"{event['id']}#wait{event.get('defers', 0)}")
+        self.queue.enqueue_in(timedelta(seconds=seconds), HANDLE_EVENT, event, **options)
 
-    def _job_options(self, event: dict[str, Any]) -> dict[str, Any]:
-        return dict(retry=self.retry, on_failure=Callback("worker.on_job_failed"),
-                    description=f"{event['kind']} {event['entity']['type']}:{event['entity']['id']}",
+    def _event_options(self, event: dict[str, Any]) -> dict[str, Any]:
+        return self._job_options(job_id_for("event", event["id"]),
+                                 f"{event['kind']} {event['entity']['type']}:{event['entity']['id']}")
+
+    def _job_options(self, job_id: str, description: str) -> dict[str, Any]:
+        return dict(job_id=job_id, description=description, retry=self.retry, on_failure=self._on_failure,
                     result_ttl=RESULT_TTL, failure_ttl=30 * 24 * 3600)
 
     def schedule(self, timer: dict[str, Any]) -> None:
@@ -266,18 +282,21 @@ return seq
             self.timers.add(timer, pipe)
             pipe.execute()
 
-    # KEYS: the timers' schedule, the RQ job hash, the RQ queue, RQ's set of queues. ARGV: timer id,
-    # its fire time as read, job id, then the job hash's fields. Only the caller that finds the
-    # timer still due at that time takes it off the schedule and queues its job: one firing, however
-    # many workers poll, and none for a timer moved or cancelled since it was read.
+    # KEYS: the timers' schedule, the timer's claim. ARGV: timer id, its fire time as read, a token,
+    # the claim's ttl. The timer is claimed only if it is still due at the time read (not moved or
+    # cancelled since) and nobody holds a claim on it.
     CLAIM_TIMER = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
+if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then return 0 end
+return 1
+"""
+    # KEYS: the timers' schedule, the timer's claim. ARGV: timer id, its fire time: off the schedule
+    # if still at that time (a timer moved meanwhile stays, for its new time), and the claim released
+    TAKE_OFF = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
-redis.call('SADD', KEYS[4], KEYS[3])
-redis.call('LPUSH', KEYS[3], ARGV[3])
 return 1
 """
 
@@ -293,14 +312,45 @@ return 1
         fired = 0
         for raw_id, at in reversed(due):  # each goes to the front: the earliest due ends up first
             timer_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-            job = self.queue.create_job(FIRE_TIMER, args=({"timer_id": timer_id, "at": at},),
-                                        job_id=job_id_for("timer", f"{timer_id}@{at!r}"), retry=self.retry,
-                                        on_failure=Callback("worker.on_job_failed"), description=f"timer {timer_id}",
-                                        result_ttl=RESULT_TTL, failure_ttl=30 * 24 * 3600)
-            self.queue._prepare_for_queue(job)
-            keys = [self.keys("timers"), job.key, self.queue.key, self.queue.redis_queues_keys]
-            fired += self._claim_timer(keys=keys, args=[timer_id, repr(at), job.id, *_build_hset_args(job)])
+            token = self._claim(timer_id, at)
+            fired += bool(token and self._enqueue_claimed(timer_id, at, token))
         return fired
+
+    def _claim(self, timer_id: str, at: float) -> str | None:
+        """Claim a due timer for this poller (a token), or None: taken, moved or cancelled."""
+        token = uuid.uuid4().hex
+        keys = [self.keys("timers"), self.keys("timer-claim", timer_id)]
+        return token if self._claim_timer(keys=keys, args=[timer_id, repr(at), token, self.FIRE_CLAIM_TTL]) else None
+
+    def _enqueue_claimed(self, timer_id: str, at: float, token: str) -> bool:
+        """Queue a claimed timer's job and take the timer off the schedule, in one MULTI/EXEC.
+
+        Why claim, then enqueue, and not the other way round: RQ's public enqueue cannot be made
+        conditional, and a job queued twice would run twice, possibly at once on two workers,
+        before `fire_timer`'s stale check could tell. So the condition lives in keys of ours: the
+        claim (CLAIM_TIMER: one poller per timer) is WATCHed and read back before the MULTI, and
+        the MULTI holds the job (RQ's `enqueue_call`, `pipeline=`, at the front), the timer taken
+        off the schedule and the claim released. A poller that dies after its claim leaves the
+        timer on the schedule; its claim expires after FIRE_CLAIM_TTL seconds and the next poll
+        claims and queues it. A poller that stalled past its claim's expiry finds the claim gone
+        or another's and queues nothing (a claim changed after the WATCH aborts the EXEC). The job
+        id is deterministic (timer id and time), so even a repeat would be the same RQ job."""
+        claim = self.keys("timer-claim", timer_id)
+        job = {"timer_id": timer_id, "at": at}
+        with self.store.pipeline() as pipe:
+            try:
+                pipe.watch(claim)
+                if pipe.get(claim) != token.encode():
+                    return False
+                pipe.multi()
+                self.queue.enqueue_call(FIRE_TIMER, args=(job,), at_front=True, pipeline=pipe,
+                                        **self._job_options(job_id_for("timer", f"{timer_id}@{at!r}"),
+                                                            f"timer {timer_id}"))
+                pipe.eval(self.TAKE_OFF, 2, self.keys("timers"), claim, timer_id, repr(at))
+                pipe.execute()
+            except WatchError:
+                return False
+        return True
 
     def cancel(self, timer_id: str) -> bool:
         existed = self.timers.get(timer_id) is not None
@@ -402,43 +452,3 @@ class InProcessBackend:
         except Exception as exc:  # the embedded worker must outlive one bad job: dead-letter it
             log.exception("job failed: %s", payload.get("id") or payload.get("timer_id"))
             self._on_failure(name, payload, exc)
-
-
-
-def lean_worker_class(base: type | None = None) -> type:
-    """`base` (RQ's SimpleWorker by default) with fewer of RQ's own writes per job.
-
-    Everything that makes a killed worker's job recoverable is left as it is: the dequeue into
-    the intermediate queue, the execution in the StartedJobRegistry, the job's status and the
-    success/failure handling. What is cut is bookkeeping of the worker itself: its heartbeat
-    (HSET + EXPIRE of its worker key, sent unpipelined before and after every dequeue) is sent
-    as one pipelined write, and only when the key would otherwise expire earlier than
-    `heartbeat_every` seconds short of its full lifetime (so the key never lives shorter than
-    RQ would keep it, minus those seconds); and "idle" is not written again while the worker is
-    idle. 27 → 21 Redis round trips per job (BENCHMARKS.md).
-    """
-    if base is None:
-        from rq import SimpleWorker as base
-
-    class LeanWorker(base):
-        heartbeat_every = 10.0
-
-        def heartbeat(self, timeout: int | None = None, pipeline=None):
-            ttl = timeout or self.worker_ttl + 60
-            if pipeline is not None:
-                super().heartbeat(timeout, pipeline)
-            elif timeout is None and getattr(self, "_key_expires", 0.0) - time.monotonic() > ttl - self.heartbeat_every:
-                return
-            else:
-                with self.connection.pipeline(transaction=False) as pipe:
-                    super().heartbeat(timeout, pipe)
-                    pipe.execute()
-            self._key_expires = time.monotonic() + ttl
-
-        def set_state(self, state: str, pipeline=None):
-            if pipeline is None and state == getattr(self, "_state", None) == "idle":
-                return
-            super().set_state(state, pipeline)
-
-    LeanWorker.__name__ = LeanWorker.__qualname__ = f"Lean{base.__name__}"
-    return LeanWorker

@@ -1,12 +1,12 @@
 """crmbridge's RQ worker: RQ's SimpleWorker, made to give a dead worker's job back in seconds and to
-outlive a Redis outage. `worker.main` runs it; the reasons are RQ 2.12's own code:
+outlive a Redis outage. `worker.main` runs it (`run_worker`); the reasons are RQ's own code (2.12,
+the same in 3.0):
 
 - A SimpleWorker's StartedJobRegistry entry gets the score now + job.timeout + 60 (240 s for our
-  180 s jobs) and is never refreshed while the job runs (rq/worker/worker_classes.py
-  SimpleWorker.get_heartbeat_ttl; only the forking Worker heartbeats, from its monitoring loop).
-  Here the entry lives `job_heartbeat_ttl` seconds (15 by default) and a thread of the worker
-  renews it every few seconds while the job runs: a SIGKILLed worker's entry expires 15 s later,
-  a live one's never does.
+  180 s jobs) and is never refreshed while the job runs (SimpleWorker.get_heartbeat_ttl; only the
+  forking Worker heartbeats, from its monitoring loop). Here the entry lives `job_heartbeat_ttl`
+  seconds (15 by default) and a thread of the worker renews it every few seconds while the job
+  runs: a SIGKILLed worker's entry expires 15 s later, a live one's never does.
 - Maintenance (StartedJobRegistry.cleanup) runs only between two dequeues, and an idle worker
   blocks in BLMOVE for worker_ttl - 15 = 405 s: here the block lasts at most maintenance_interval.
 - RQ's cleanup re-runs an abandoned job through its Retry interval, i.e. through the RQ scheduler,
@@ -18,6 +18,13 @@ outlive a Redis outage. `worker.main` runs it; the reasons are RQ 2.12's own cod
   given back after INTERMEDIATE_GRACE seconds (RQ: after a minute, and through the scheduler).
 - RQ's work loop quits on any Redis error outside its dequeue (`run_supervised` starts a new
   worker after Redis answers again) and waits up to 60 s between reconnections (here 5 s).
+
+Everything else (dequeue, job start, success, failure, retries) is RQ's own code. The worker
+overrides only what RQ offers for it: the started job's heartbeat TTL (`get_heartbeat_ttl`, and
+`prepare_execution`/`execute_job` to heartbeat it), the dequeue timeout and the maintenance pass
+(`clean_registries`); jobs are written through RQ's public API. Names RQ uses but does not
+document are listed in RQ_INTERNALS; tests/reliability/test_rq_recovery.py fails when one of them
+changes.
 """
 from __future__ import annotations
 
@@ -25,7 +32,6 @@ import logging
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -34,22 +40,35 @@ from redis.exceptions import RedisError
 from rq import SimpleWorker, worker_registration
 from rq.exceptions import AbandonedJobError
 from rq.executions import Execution
-from rq.job import Job, JobStatus, _job_stack
+from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.registry import (
-    DeferredJobRegistry,
-    FailedJobRegistry,
-    FinishedJobRegistry,
-    StartedJobRegistry,
-)
-from rq.utils import current_timestamp, now, parse_composite_key, utcformat
-from rq.worker import WorkerStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+from rq.utils import current_timestamp, now, parse_composite_key
 
 log = logging.getLogger("crmbridge.rqworker")
 
 JOB_HEARTBEAT_TTL = 15      # seconds a started job stays registered without a heartbeat
 CLEANING_LOCK_TTL = 20      # seconds the maintenance lock outlives a worker killed while holding it
 INTERMEDIATE_GRACE = 10     # seconds a dequeued job may stay unregistered before it is given back
+
+# What this module uses of RQ that RQ's documentation does not promise (module, class, or an
+# instance of the class: "()"; and the names):
+# tests/reliability/test_rq_recovery.py::test_the_rq_internals_we_use_are_there checks them, and
+# the other tests there check what they do (entries, keys, the lock, the intermediate list).
+RQ_INTERNALS: dict[str, tuple[str, ...]] = {
+    "rq.SimpleWorker": ("execute_job", "prepare_execution", "get_heartbeat_ttl", "dequeue_timeout",
+                        "clean_registries", "max_connection_wait_time", "log_result_lifespan"),
+    "rq.SimpleWorker()": ("_shutdown_requested_date", "last_cleaned_at", "worker_ttl", "maintenance_interval"),
+    "rq.queue.Queue": ("registry_cleaning_key", "intermediate_queue", "started_job_registry",
+                       "failed_job_registry", "finished_job_registry", "deferred_job_registry", "push_job_id"),
+    "rq.intermediate_queue.IntermediateQueue()": ("get_job_ids", "remove", "set_first_seen", "get_first_seen",
+                                                  "get_first_seen_key", "key"),
+    "rq.job.Job": ("started_job_registry", "execution_registry", "failure_callback"),
+    "rq.executions.Execution": ("key", "composite_key"),
+    "rq.worker_registration": ("clean_worker_registry",),
+    "rq.utils": ("parse_composite_key", "current_timestamp"),
+}
 
 # release the maintenance lock only if this worker still holds it
 RELEASE_IF_OWNER = """
@@ -69,6 +88,7 @@ class CrashSafeWorker(SimpleWorker):
 
     def __init__(self, *args: Any, job_heartbeat_ttl: int = JOB_HEARTBEAT_TTL, **kwargs: Any):
         self.job_heartbeat_ttl = max(3, int(job_heartbeat_ttl))
+        self._heartbeat: Heartbeat | None = None
         super().__init__(*args, **kwargs)
 
     @property
@@ -77,98 +97,25 @@ class CrashSafeWorker(SimpleWorker):
         maintenance on time (RQ blocks worker_ttl - 15 s)."""
         return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
 
-    SUSPENSION_CHECK_EVERY = 1.0   # seconds; RQ checks for `rq suspend` before every job
-    _suspension_checked = float("-inf")   # monotonic time of the last check
-
-    def check_for_suspension(self, burst: bool) -> None:
-        """RQ's check (a round trip) before every job; here at most once a second: `rq suspend`
-        takes effect within a second, and a busy worker saves a round trip per job."""
-        if time.monotonic() < self._suspension_checked + self.SUSPENSION_CHECK_EVERY:
-            return
-        super().check_for_suspension(burst)
-        self._suspension_checked = time.monotonic()
-
-    def get_heartbeat_ttl(self, job: Job) -> int:
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """The started job's registry entry (and execution) lives this long without a heartbeat."""
         return self.job_heartbeat_ttl
 
-    # Jobs whose start and success are written in one transaction each (see execute_job and
-    # handle_job_success); crmbridge enqueues them without dependencies, repeats or groups.
-    lean_functions = frozenset({"worker.handle_event", "worker.fire_timer"})
-    _started_by_us: str | None = None   # the id of the job _start wrote the start of, while it runs
+    def prepare_execution(self, job: Job) -> Execution:
+        """RQ registers the job's execution (for get_heartbeat_ttl seconds); a thread of this
+        process renews it until execute_job ends."""
+        execution = super().prepare_execution(job)
+        self._heartbeat = Heartbeat(self.connection, self.key, job, execution, self.job_heartbeat_ttl)
+        self._heartbeat.start()
+        return execution
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        if job.func_name in self.lean_functions and len(self.queues) == 1:
-            execution = self._start(job, queue)
-        else:
-            execution = self.prepare_execution(job)
-        beat = Heartbeat(self.connection, self.key, job, execution, self.job_heartbeat_ttl)
-        beat.start()
         try:
-            self.perform_job(job, queue)
+            super().execute_job(job, queue)
         finally:
-            beat.stop()
-            self._started_by_us = None
-        self.set_state(WorkerStatus.IDLE)
-
-    def _start(self, job: Job, queue: Queue) -> Execution:
-        """RQ's prepare_execution and prepare_job_execution, in one transaction instead of two:
-        the same writes (the execution and its registries, the worker busy with the job, the job
-        started, out of the intermediate list), one round trip."""
-        ttl = self.get_heartbeat_ttl(job)
-        with self.connection.pipeline() as pipe:
-            self.execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            self.set_current_job_id(job.id, pipeline=pipe)
-            self.set_current_job_working_time(0, pipeline=pipe)
-            # (RQ also shortens the worker key's TTL to the job's here; the job's liveness is its
-            # StartedJobRegistry entry, renewed by Heartbeat, so the worker key keeps its own TTL
-            # and is not written again after every job)
-            job.heartbeat(now(), ttl, pipeline=pipe)
-            job.prepare_for_execution(self.name, pipeline=pipe)
-            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-            pipe.persist(job.key)   # Job.perform's first write (LeanJob skips it)
-            pipe.execute()
-        self._started_by_us = job.id
-        job.persisted = True
-        return self.execution
-
-    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        if self._started_by_us == job.id:   # written by _start already
-            return
-        super().prepare_job_execution(job, remove_from_intermediate_queue)
-
-    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        """RQ writes the job's last heartbeat here in a round trip of its own; a lean job that
-        succeeded gets it in handle_job_success's transaction."""
-        if self._started_by_us == job.id and job.get_status(refresh=False) != JobStatus.FAILED:
-            job.ended_at = job.last_heartbeat = now()
-            return
-        super().handle_execution_ended(job, queue, heartbeat_ttl)
-
-    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
-        """RQ's success handling in one transaction, without its reads: RQ WATCHes and reads the
-        job's dependents (crmbridge enqueues none) and, to delete a job kept 0 s, reads back the
-        executions this worker created itself. The writes are RQ's own."""
-        if self._started_by_us != job.id or job.repeats_left:
-            return super().handle_job_success(job, queue, started_job_registry)
-        result_ttl = job.get_result_ttl(self.default_result_ttl)
-        execution = self.execution
-        with self.connection.pipeline() as pipe:
-            self.increment_successful_job_count(pipeline=pipe)
-            self.increment_total_working_time(job.ended_at - job.started_at, pipe)
-            if result_ttl != 0:
-                pipe.hset(job.key, "last_heartbeat", utcformat(job.last_heartbeat))
-                job._handle_success(result_ttl, pipeline=pipe, worker_name=self.name,
-                                    execution_id=execution.id if execution else None,
-                                    execution_started_at=execution.created_at if execution else None,
-                                    execution_ended_at=job.ended_at)
-                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-            else:   # Job.delete(remove_from_queue=False), knowing the job's one live execution
-                pipe.zrem(job.finished_job_registry.key, job.id)
-                pipe.delete(job.key, job.dependents_key, job.dependencies_key, job.execution_registry.key)
-            self.cleanup_execution(job, pipeline=pipe)
-            self.set_state(WorkerStatus.IDLE, pipeline=pipe)
-            pipe.execute()
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+                self._heartbeat = None
 
     def clean_registries(self) -> None:
         """RQ's maintenance pass, with our recovery of abandoned jobs and a short-lived lock."""
@@ -178,10 +125,8 @@ class CrashSafeWorker(SimpleWorker):
                 continue
             try:
                 self.log.debug("Worker %s: cleaning registries for queue: %s", self.name, queue.name)
-                recover_abandoned(queue, self._exc_handlers)
-                for registry in (FinishedJobRegistry, FailedJobRegistry, DeferredJobRegistry):
-                    registry(queue.name, connection=queue.connection, job_class=queue.job_class,
-                             serializer=queue.serializer).cleanup()
+                recover_abandoned(queue)
+                clean_other_registries(queue)
                 worker_registration.clean_worker_registry(queue)
                 give_back_unregistered(queue)
             finally:
@@ -189,21 +134,27 @@ class CrashSafeWorker(SimpleWorker):
         self.last_cleaned_at = now()
 
 
-class LeanJob(Job):
-    """RQ's Job, whose perform() does not PERSIST the job hash in a round trip of its own when
-    the worker already did it in the job's start transaction (CrashSafeWorker._start)."""
+# the registries RQ's maintenance cleans besides the started one (ready: RQ 3.0), as Queue properties
+OTHER_REGISTRIES = ("finished_job_registry", "failed_job_registry", "deferred_job_registry", "ready_job_registry")
 
-    persisted = False
 
-    def perform(self) -> Any:
-        if not self.persisted:
-            return super().perform()
-        _job_stack.push(self)
-        try:
-            self._result = self._execute()
-        finally:
-            assert self is _job_stack.pop()
-        return self._result
+def clean_other_registries(queue: Queue) -> None:
+    """RQ's maintenance of the queue's other registries. Not RQ's `clean_registries`, which also
+    runs StartedJobRegistry.cleanup: an entry that expired just after recover_abandoned read the
+    registry would be retried through RQ's scheduler, slowly, instead of at the front."""
+    for name in OTHER_REGISTRIES:
+        registry = getattr(queue, name, None)
+        if registry is not None:
+            registry.cleanup()
+
+
+def run_worker(queue: Queue, settings: Any, *, burst: bool = False, logging_level: str = "INFO") -> int:
+    """worker.py's worker on `queue` (its Redis connection), run by run_supervised."""
+    def make_worker() -> CrashSafeWorker:
+        return CrashSafeWorker([queue], connection=queue.connection, serializer=JSONSerializer,
+                               maintenance_interval=settings.maintenance_interval,
+                               job_heartbeat_ttl=settings.job_heartbeat_ttl)
+    return run_supervised(make_worker, queue.connection.ping, burst=burst, logging_level=logging_level)
 
 
 class Heartbeat:
@@ -229,10 +180,9 @@ class Heartbeat:
         until = current_timestamp() + self.ttl
         with self.connection.pipeline() as pipe:
             # xx: an entry already removed (the job ended, or cleanup took it) is not brought back
-            pipe.zadd(StartedJobRegistry.key_template.format(self.job.origin),
-                      {self.execution.composite_key: until}, xx=True)
+            pipe.zadd(self.job.started_job_registry.key, {self.execution.composite_key: until}, xx=True)
             pipe.expire(self.execution.key, self.ttl)
-            pipe.zadd(f"rq:executions:{self.job.id}", {self.execution.id: until + 60}, xx=True)
+            pipe.zadd(self.job.execution_registry.key, {self.execution.id: until + 60}, xx=True)
             pipe.expire(self.worker_key, self.ttl + 60)
             pipe.execute()
 
@@ -283,7 +233,7 @@ class _Beater:
 _BEATER = _Beater()
 
 
-def recover_abandoned(queue: Queue, exception_handlers: list | None = None) -> list[str]:
+def recover_abandoned(queue: Queue) -> list[str]:
     """StartedJobRegistry.cleanup, except that a job with retries left goes back to the front of
     its queue at once (RQ schedules it through its Retry interval). Returns the jobs given back."""
     registry = queue.started_job_registry
@@ -292,37 +242,46 @@ def recover_abandoned(queue: Queue, exception_handlers: list | None = None) -> l
     for raw in expired:
         entry = raw.decode() if isinstance(raw, bytes) else raw
         job_id, execution_id = parse_composite_key(entry)
-        # forget the dead execution first: its hash expires with the heartbeat, and a job whose
-        # execution list still names it fails when RQ cleans it up after its next run
-        # (ExecutionRegistry.get_executions: "Execution ... not found in Redis")
-        with queue.connection.pipeline() as pipe:
-            pipe.zrem(f"rq:executions:{job_id}", execution_id)
-            pipe.delete(f"rq:execution:{entry}")
-            pipe.execute()
         job = queue.fetch_job(job_id)
         if job is None:
             queue.connection.zrem(registry.key, entry)
             continue
-        job.execute_failure_callback(registry.death_penalty_class, AbandonedJobError, AbandonedJobError(),
-                                     traceback.extract_stack())
-        for handler in exception_handlers or []:
-            if handler(job, AbandonedJobError, AbandonedJobError(), traceback.extract_stack()) is False:
-                break
+        # forget the dead execution first: its hash expires with the heartbeat, and a job whose
+        # execution list still names it fails when RQ cleans it up after its next run
+        # (ExecutionRegistry.get_executions: "Execution ... not found in Redis")
+        with queue.connection.pipeline() as pipe:
+            pipe.zrem(job.execution_registry.key, execution_id)
+            pipe.delete(Execution(execution_id, job_id, queue.connection).key)
+            pipe.execute()
+        report_abandoned(job, queue.connection)
         with queue.connection.pipeline() as pipe:
             if job.retries_left and job.retries_left > 0:
                 job.retries_left -= 1
-                queue._enqueue_job(job, pipeline=pipe, at_front=True)
+                queue.enqueue_job(job, pipeline=pipe, at_front=True)
                 given_back.append(job.id)
                 log.warning("job %s abandoned by its worker: queued again (%s retries left)", job.id,
                             job.retries_left)
             else:
+                reason = f"Moved to FailedJobRegistry, due to AbandonedJobError, at {now()}"
                 job.set_status(JobStatus.FAILED, pipeline=pipe)
-                job._handle_failure(f"Moved to FailedJobRegistry, due to AbandonedJobError, at {now()}", pipe,
-                                    worker_name="")
+                queue.failed_job_registry.add(job, ttl=job.failure_ttl, exc_string=reason, pipeline=pipe)
+                Result.create_failure(job, job.failure_ttl, exc_string=reason, pipeline=pipe)
                 log.warning("job %s abandoned by its worker, no retries left: failed", job.id)
             pipe.zrem(registry.key, entry)
             pipe.execute()
     return given_back
+
+
+def report_abandoned(job: Job, connection: Redis) -> None:
+    """Call the job's failure callback as RQ documents it (job, connection, type, value,
+    traceback), as RQ's own cleanup does; a callback that raises does not stop the pass."""
+    callback = job.failure_callback
+    if callback is None:
+        return
+    try:
+        callback(job, connection, AbandonedJobError, AbandonedJobError(), None)
+    except Exception:
+        log.exception("failure callback of abandoned job %s raised", job.id)
 
 
 def give_back_unregistered(queue: Queue, grace: float = INTERMEDIATE_GRACE) -> list[str]:

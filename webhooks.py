@@ -6,18 +6,14 @@ process also runs the worker on an in-process store.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, jsonify, request
 from redis.exceptions import RedisError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.http import HTTP_STATUS_CODES
-from werkzeug.wrappers import Request
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
 import worker
 from config.loader import ConfigErrors
@@ -38,28 +34,31 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
         timers.ensure_schedules(rt)
     app = Flask(__name__)
     # one byte over the limit is read, so that a chunked body (no Content-Length) that is too big
-    # is seen as such instead of being cut at the limit
+    # is seen as such (Werkzeug raises 413 past MAX_CONTENT_LENGTH) instead of being cut at the limit
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes + 1, TESTING=settings.testing)
     app.extensions["crmbridge"] = rt
 
     limit = settings.max_body_bytes
 
-    class HookRequest(Request):
-        # one byte over the limit is read, so that a chunked body (no Content-Length) that is too
-        # big is seen as such instead of being cut at the limit
-        max_content_length = limit + 1
-
-    def receive(name: str, req: Request) -> tuple[int, bytes]:
+    @app.post("/hooks/<name>")
+    def receive(name: str):
+        """Authenticate, parse, dedupe, queue, answer: nothing slow happens here."""
         conn = rt.connections.connections.get(name)
         if conn is None:
-            return _error_body(404, f"unknown connection {name!r}")
+            return _error(404, f"unknown connection {name!r}")
         connector = CONNECTORS[conn.type]
-        if req.content_length is not None and req.content_length > limit:
-            return _error_body(413, f"body over {limit} bytes")
-        body = req.get_data(cache=False)
+        length = request.content_length   # None when chunked
+        if length is not None and length > limit:
+            return _error(413, f"body over {limit} bytes")
+        body = request.get_data(cache=False)
         if len(body) > limit:
-            return _error_body(413, f"body over {limit} bytes")
-        raw = RawWebhook(headers=req.headers, content_type=req.mimetype, body=body, query=req.args.to_dict())
+            return _error(413, f"body over {limit} bytes")
+        if length is not None and len(body) < length:
+            # the client closed early: gunicorn hands the raw stream over (wsgi.input_terminated),
+            # so Werkzeug does not see the body end short of its Content-Length
+            return _error(400, f"body ended after {len(body)} of its {length} bytes")
+        raw = RawWebhook(headers=request.headers, content_type=request.mimetype, body=body,
+                         query=request.args.to_dict())
         try:
             connector.verify(raw, conn)
             if raw.content_type not in connector.CONTENT_TYPES:
@@ -67,45 +66,13 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
                                            f"expected {', '.join(connector.CONTENT_TYPES)}")
             events = connector.parse(raw, conn)
         except WebhookError as exc:
-            return _error_body(exc.status, str(exc))
+            return _error(exc.status, str(exc))
         try:
             accepted, duplicates = intake(rt, events)
         except RedisError as exc:
             log.error("webhook %s not stored: %s", name, exc)
-            return _error_body(503, "queue unavailable; retry later")
-        return 200, f'{{"accepted":{accepted},"duplicates":{duplicates}}}\n'.encode()
-
-    flask_app = app.wsgi_app
-
-    def hooks_first(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        """POST /hooks/<name>, the one path every webhook takes, answered by Werkzeug alone;
-        everything else goes through Flask. Flask's request context, URL map and response
-        machinery were a fifth of the receiver's CPU per webhook (BENCHMARKS.md)."""
-        path = environ.get("PATH_INFO", "")
-        name = path[7:] if path.startswith("/hooks/") else ""
-        if environ.get("REQUEST_METHOD") != "POST" or not name or "/" in name:
-            return flask_app(environ, start_response)
-        # PEP 3333 gives the path as latin-1 text: the UTF-8 name, as Flask's routing decodes it
-        name = name.encode("latin-1", "replace").decode("utf-8", "replace")
-        req = None
-        try:
-            req = HookRequest(environ)
-            status, payload = receive(name, req)
-        except HTTPException as exc:   # a body over the limit, a broken request
-            status, payload = _error_body(exc.code or 400, exc.description or exc.name)
-        except Exception:   # a bug: said in the log, answered as Flask would (500)
-            if settings.testing:
-                raise
-            log.exception("webhook %s failed", name)
-            status, payload = _error_body(500, "internal error")
-        finally:
-            if req is not None:
-                req.close()
-        start_response(f"{status} {HTTP_STATUS_CODES.get(status, '')}",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
-        return [payload]
-
-    app.wsgi_app = hooks_first
+            return _error(503, "queue unavailable; retry later")
+        return jsonify(accepted=accepted, duplicates=duplicates)
 
     @app.get("/hooks/<name>")
     def echo(name: str):
@@ -128,8 +95,12 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
         return jsonify(redis="ok", durable=rt.backend.durable)
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
+    def http_error(exc: HTTPException):   # a body over the limit, a broken request, a wrong method
         return _error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(InternalServerError)
+    def internal_error(exc: InternalServerError):   # a bug: Flask has logged it; say no more here
+        return _error(500, "internal error")
 
     return app
 
@@ -148,10 +119,6 @@ def intake(rt: Runtime, events: list[Event]) -> tuple[int, int]:
 
 def _error(status: int, reason: str):
     return jsonify(error=_reason(reason)), status
-
-
-def _error_body(status: int, reason: str) -> tuple[int, bytes]:
-    return status, (json.dumps({"error": _reason(reason)}) + "\n").encode()
 
 
 def _reason(reason: str) -> str:

@@ -116,10 +116,7 @@ def on_embedded_failure(name: str, payload: dict[str, Any], exc: Exception) -> N
 # --- the RQ worker process -----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Start an RQ worker (non-forking, with the scheduler) on REDIS_URL."""
-    from rq.serializers import JSONSerializer
-
-    from queueing import lean_worker_class
-    from rqworker import CrashSafeWorker, LeanJob, run_supervised
+    from rqworker import run_worker
 
     configure_logging()
     settings = Settings.from_env()
@@ -131,24 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     rt = this.runtime()
     timers.ensure_schedules(rt)
     catching_up.ensure(rt)
-    # SimpleWorker runs jobs in this process: no fork per job, so clients and metadata caches
-    # live across jobs. A thread heartbeats the running job (rqworker.py): a worker killed mid-job
-    # leaves an entry that expires job_heartbeat_ttl seconds later, and the next maintenance pass
-    # of another worker (every maintenance_interval seconds) queues the job again.
-    worker_class = lean_worker_class(CrashSafeWorker)   # fewer of RQ's own writes per job (queueing.py)
-
-    def make_worker() -> CrashSafeWorker:
-        return worker_class([rt.backend.queue], connection=rt.store, serializer=JSONSerializer, job_class=LeanJob,
-                            maintenance_interval=settings.maintenance_interval,
-                            job_heartbeat_ttl=settings.job_heartbeat_ttl)
     burst = "--burst" in (argv or sys.argv[1:])
     if burst:
         rt.backend.fire_due_timers()
     else:
         timers.start_poll(rt)
-    # RQ's work loop quits when Redis fails outside its dequeue: start it again once Redis answers
-    return run_supervised(make_worker, rt.store.ping, burst=burst,
-                          logging_level=os.environ.get("CRMBRIDGE_LOG_LEVEL", "INFO").upper())
+    # RQ's SimpleWorker (no fork per job: clients and caches live across jobs) with a heartbeat for
+    # the running job and quick recovery of a dead worker's job (rqworker.py); RQ's work loop is
+    # started again whenever Redis failed it
+    return run_worker(rt.backend.queue, settings, burst=burst,
+                      logging_level=os.environ.get("CRMBRIDGE_LOG_LEVEL", "INFO").upper())
 
 
 if __name__ == "__main__":

@@ -344,6 +344,8 @@ def crm_env(config_dir: Path, amo: Fake, tg: Fake, redis_url: str = REDIS_URL) -
                # keep finished jobs' hashes for 5 minutes (production keeps none): their started/ended
                # stamps split the end-to-end time into queue wait and job
                CRMBRIDGE_RESULT_TTL="300")
+    if "CRMBRIDGE_INTAKE" in os.environ:   # `CRMBRIDGE_INTAKE=rq bench/run.py`: measure the public path
+        env["CRMBRIDGE_INTAKE"] = os.environ["CRMBRIDGE_INTAKE"]
     return env
 
 

@@ -5,8 +5,8 @@ as `python worker.py`. It mirrors worker.main() but lets the benchmark swap RQ's
 forking `Worker` (a fresh child per job) for the `SimpleWorker` crmbridge uses.
 
 `python bench/rq_worker.py noop` drains the queue "bench-noop" (jobs that do nothing) with a
-SimpleWorker: what RQ's own bookkeeping allows one process, whatever the job does; `noop-lean`
-does the same with the worker class worker.py runs (queueing.lean_worker_class).
+SimpleWorker: what RQ's own bookkeeping allows one process, whatever the job does; `noop-ours`
+does the same with the worker class worker.py runs (rqworker.CrashSafeWorker).
 """
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ def main(argv: list[str]) -> int:
 
     configure_logging()
     kind = argv[0] if argv else "simple"
-    if kind in ("noop", "noop-lean"):
+    if kind in ("noop", "noop-ours"):
         from redis import Redis
         from rq import Queue
 
-        from queueing import lean_worker_class
+        from rqworker import CrashSafeWorker
         store = Redis.from_url(os.environ["REDIS_URL"])
-        cls = lean_worker_class() if kind == "noop-lean" else SimpleWorker
+        cls = CrashSafeWorker if kind == "noop-ours" else SimpleWorker
         cls([Queue(NOOP_QUEUE, connection=store, serializer=JSONSerializer)], connection=store,
             serializer=JSONSerializer).work(burst=True, with_scheduler=False, logging_level="WARNING")
         return 0

@@ -256,7 +256,7 @@ def burst(procs: Procs, name: str, cmd: list[str], env: dict[str, str], tg: Fake
 
 def rq_floor(procs: Procs, env: dict[str, str], store, count: int, kind: str = "noop") -> dict[str, float]:
     """Jobs per second one worker process does when the job does nothing: RQ's own cost
-    (`noop`: RQ's SimpleWorker; `noop-lean`: the worker class worker.py runs)."""
+    (`noop`: RQ's SimpleWorker; `noop-ours`: the worker class worker.py runs)."""
     from rq import Queue
     from rq.serializers import JSONSerializer
     from rq_worker import NOOP_QUEUE
@@ -495,9 +495,9 @@ def table(r: dict[str, Any], scale: Scale) -> str:
         if r["workers"].get("noop"):
             rows.append(row("RQ SimpleWorker alone, jobs that do nothing: jobs/s (vs baseline worker)",
                             r["workers"]["noop"]["rate"], base_rate, "/s"))
-        if r["workers"].get("noop_lean"):
+        if r["workers"].get("noop_ours"):
             rows.append(row("worker.py's worker class alone, jobs that do nothing: jobs/s (vs baseline worker)",
-                            r["workers"]["noop_lean"]["rate"], base_rate, "/s"))
+                            r["workers"]["noop_ours"]["rate"], base_rate, "/s"))
     for key, label in (("sat", f"E2E closed loop, {CONCURRENCY} concurrent"),
                        ("below", "E2E paced below saturation"), ("light", "E2E paced 50 webhooks/s")):
         if key not in r:
@@ -723,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
                     tg.reset()
                 results["workers"]["noop"] = rq_floor(procs, env, store, 2000)
                 flush(store)
-                results["workers"]["noop_lean"] = rq_floor(procs, env, store, 2000, "noop-lean")
+                results["workers"]["noop_ours"] = rq_floor(procs, env, store, 2000, "noop-ours")
                 flush(store)
 
         crm_workers: list = []

@@ -3,7 +3,7 @@
 `python bench/timers.py FIRST COUNT` (crmbridge's environment: REDIS_URL, CRMBRIDGE_CONFIG…)
 schedules COUNT timers for leads FIRST, FIRST+1, … due 30 days from now, under a rule id no
 rule file has ("bench-filler"): they only sit there, as a busy account's reminders would.
-Each timer is a `rules.engine.PlannedTimer` turned into a dict by `worker.timer_as_dict`, with
+Each timer is a `rules.engine.PlannedTimer` turned into a dict by `pipeline.timers.as_dict`, with
 the event of a real amoCRM status webhook inside, exactly what the worker schedules.
 bench/run.py runs a few of these in parallel and then schedules the few timers that are due
 soon (for the real "Bench - timer" rule) itself, with `due_timers()` below.

@@ -308,9 +308,9 @@ def test_redis_dying_inside_the_intake_transaction_loses_nothing(tmp_path):
         config = quickstart_config(tmp_path / "config")
         deployment = Deployment(config, redis_server.url(0), PREFIX, QUEUE, vendors.env, maintenance_interval=2)
         with LiveApp(deployment.settings) as live:
-            # the intake is one Lua script (queueing.RQBackend.accept): Redis dies as it is sent
-            backend = live.runtime.backend
-            real_accept = backend._accept
+            # the intake is one Lua script (rqintake.FastIntake): Redis dies as it is sent
+            backend = live.runtime.backend.fast
+            real_accept = backend._script
             died = threading.Event()
 
             def accept_as_redis_dies(*args, **kwargs):
@@ -319,7 +319,7 @@ def test_redis_dying_inside_the_intake_transaction_loses_nothing(tmp_path):
                     redis_server.kill()
                 return real_accept(*args, **kwargs)
 
-            backend._accept = accept_as_redis_dies
+            backend._script = accept_as_redis_dies
             url = f"{live.url}/hooks/quickstart-amo?token={AMO_SECRET}"
             first = requests.post(url, data=amo_status_form(lead), headers={"Content-Type": FORM}, timeout=30)
             redis_server.start()
@@ -357,8 +357,8 @@ def test_a_failed_enqueue_does_not_hold_up_the_record(tmp_path):
         config = quickstart_config(tmp_path / "config")
         deployment = Deployment(config, redis_server.url(0), PREFIX, QUEUE, vendors.env, maintenance_interval=2)
         with LiveApp(deployment.settings) as live:
-            backend = live.runtime.backend   # the intake's one Lua script (seen mark, ticket, job)
-            real_accept = backend._accept
+            backend = live.runtime.backend.fast   # the intake's one Lua script (seen mark, ticket, job)
+            real_accept = backend._script
             blips = {"left": 1}
 
             def accept_with_one_blip(*args, **kwargs):
@@ -367,7 +367,7 @@ def test_a_failed_enqueue_does_not_hold_up_the_record(tmp_path):
                     raise RedisConnectionError("Connection reset by peer")
                 return real_accept(*args, **kwargs)
 
-            backend._accept = accept_with_one_blip
+            backend._script = accept_with_one_blip
             url = f"{live.url}/hooks/quickstart-amo?token={AMO_SECRET}"
             first = requests.post(url, data=amo_status_form(lead), headers={"Content-Type": FORM}, timeout=30)
             conn = redis_server_conn(redis_server)

@@ -1,6 +1,8 @@
-"""rqworker.py against RQ 2.12's own bookkeeping, in one process and without waiting: what a dead
+"""rqworker.py against RQ's own bookkeeping, in one process and without waiting: what a dead
 worker leaves in Redis (a StartedJobRegistry entry, an execution, a job in the intermediate list) is
-given back the way a live worker's maintenance pass gives it back."""
+given back the way a live worker's maintenance pass gives it back; what a timer poller that died or
+stalled between its claim and its enqueue leaves; and the RQ names rqworker.py relies on that RQ
+does not document (RQ_INTERNALS): a change in RQ fails here, not in production."""
 from __future__ import annotations
 
 import time
@@ -11,9 +13,9 @@ from rq.executions import Execution
 from rq.serializers import JSONSerializer
 
 from rqworker import (
+    RQ_INTERNALS,
     CrashSafeWorker,
     Heartbeat,
-    LeanJob,
     give_back_unregistered,
     recover_abandoned,
 )
@@ -125,6 +127,23 @@ def test_the_maintenance_lock_of_a_dead_worker_expires_in_seconds(store):
     assert 0 < store.ttl(queue.registry_cleaning_key) <= 20               # RQ's own: 899 s
 
 
+def test_the_maintenance_pass_never_leaves_an_abandoned_job_to_rqs_scheduler(store, monkeypatch):
+    """Our recovery puts an abandoned job at the front of its queue; RQ's StartedJobRegistry.cleanup
+    would retry it through the scheduler (5 s, and a dead worker's scheduler lock). The pass must
+    not run RQ's: an entry expiring between the two would take the slow road (seen in
+    test_crash_safety: one job left in the scheduled registry)."""
+    from rq.registry import StartedJobRegistry
+
+    def rqs_own(self, *args, **kwargs):
+        raise AssertionError("StartedJobRegistry.cleanup ran in our maintenance pass")
+    monkeypatch.setattr(StartedJobRegistry, "cleanup", rqs_own)
+    queue, job, execution = job_of_a_dead_worker(store)
+    store.zadd(queue.started_job_registry.key, {execution.composite_key: time.time() - 1})
+    worker = CrashSafeWorker([queue], connection=store, serializer=JSONSerializer, maintenance_interval=2)
+    worker.clean_registries()
+    assert queue.get_job_ids() == [job.id] and store.zcard(queue.scheduled_job_registry.key) == 0
+
+
 def test_execution_objects_match_rq(store):
     """The keys the heartbeat renews are RQ's own (a rename in RQ would silently stop renewing)."""
     queue, job, execution = job_of_a_dead_worker(store)
@@ -133,7 +152,7 @@ def test_execution_objects_match_rq(store):
     assert queue.started_job_registry.key == f"rq:wip:{QUEUE}"
 
 
-# --- the lean per-job path: RQ's writes, fewer round trips -------------------------------------
+# --- the worker's own path: RQ's bookkeeping, untouched ------------------------------------------
 
 SEEN_WHILE_RUNNING: list[dict] = []
 
@@ -143,9 +162,10 @@ def look_while_running(queue_name: str) -> int:
     from rq import get_current_job
     job = get_current_job()
     store = job.connection
+    entries = store.zrange(f"rq:wip:{queue_name}", 0, -1, withscores=True)
     SEEN_WHILE_RUNNING.append({
         "status": store.hget(job.key, "status"), "started_at": store.hget(job.key, "started_at"),
-        "registered": [e.decode() for e in store.zrange(f"rq:wip:{queue_name}", 0, -1)],
+        "registered": [e.decode() for e, _ in entries], "expires_in": [s - time.time() for _, s in entries],
         "intermediate": store.lrange(f"rq:queue:{queue_name}:intermediate", 0, -1),
         "ttl": store.ttl(job.key)})
     return 7
@@ -155,12 +175,10 @@ def fails() -> None:
     raise RuntimeError("the vendor said no")
 
 
-def run_one(store, func: str, *, lean: bool, result_ttl: int = 0, args=()):
-    class Worker(CrashSafeWorker):
-        lean_functions = frozenset({func}) if lean else frozenset()
+def run_one(store, func: str, worker_class=CrashSafeWorker, result_ttl: int = 0, args=()):
     queue = Queue(QUEUE, connection=store, serializer=JSONSerializer)
     job = queue.enqueue(func, *args, result_ttl=result_ttl, retry=Retry(max=2, interval=[5, 30]))
-    worker = Worker([queue], connection=store, serializer=JSONSerializer, job_class=LeanJob)
+    worker = worker_class([queue], connection=store, serializer=JSONSerializer)
     worker.work(burst=True)
     return queue, job, worker
 
@@ -178,22 +196,24 @@ def keys_left(store) -> set[str]:
 
 
 @pytest.mark.parametrize("result_ttl", [0, 300])
-def test_the_lean_path_leaves_redis_as_rq_does(store, result_ttl):
-    """A job run by the lean path (one transaction to start it, one to end it) leaves the keys
-    RQ's own path leaves, and RQ reads its outcome the same way."""
+def test_our_worker_leaves_redis_as_rqs_simple_worker_does(store, result_ttl):
+    """CrashSafeWorker changes only the started job's TTL and its heartbeat: a job it runs leaves
+    the keys RQ's SimpleWorker leaves, and RQ reads its outcome the same way."""
+    from rq import SimpleWorker
     SEEN_WHILE_RUNNING.clear()
-    _, rq_job, _ = run_one(store, f"{__name__}.look_while_running", lean=False, result_ttl=result_ttl, args=(QUEUE,))
+    func = f"{__name__}.look_while_running"
+    _, rq_job, _ = run_one(store, func, SimpleWorker, result_ttl=result_ttl, args=(QUEUE,))
     theirs = keys_left(store)
     rq_status = rq_job.get_status(refresh=True) if result_ttl else None
     store.flushdb()
-    queue, job, worker = run_one(store, f"{__name__}.look_while_running", lean=True, result_ttl=result_ttl,
-                                 args=(QUEUE,))
+    queue, job, worker = run_one(store, func, result_ttl=result_ttl, args=(QUEUE,))
     assert keys_left(store) == theirs
     rq_seen, ours_seen = SEEN_WHILE_RUNNING
     assert ours_seen["status"] == rq_seen["status"] == b"started"
     assert ours_seen["registered"] and ours_seen["registered"][0].startswith(job.id + ":")   # heartbeat-able
+    assert rq_seen["expires_in"][0] > 200 and 0 < ours_seen["expires_in"][0] <= worker.job_heartbeat_ttl
     assert ours_seen["intermediate"] == rq_seen["intermediate"] == []
-    assert ours_seen["ttl"] == rq_seen["ttl"] == -1                                      # persisted
+    assert ours_seen["ttl"] == rq_seen["ttl"]
     assert store.zcard(queue.started_job_registry.key) == 0
     assert store.hget(worker.key, "successful_job_count") == b"1"
     assert store.hget(worker.key, "current_job") is None
@@ -208,10 +228,85 @@ def test_the_lean_path_leaves_redis_as_rq_does(store, result_ttl):
         assert not store.exists(job.key)
 
 
-def test_a_lean_job_that_fails_takes_rqs_failure_path(store):
-    """Failure handling stays RQ's own: the retry is scheduled, the execution cleaned up."""
-    queue, job, _ = run_one(store, f"{__name__}.fails", lean=True)
+def test_a_job_that_fails_takes_rqs_failure_path(store):
+    """Failure handling is RQ's own: the retry is scheduled, the execution cleaned up."""
+    queue, job, _ = run_one(store, f"{__name__}.fails")
     assert job.get_status(refresh=True) == "scheduled"
     assert job.id in queue.scheduled_job_registry.get_job_ids()
     assert store.zcard(queue.started_job_registry.key) == 0
     assert int(store.hget(job.key, "retries_left")) == 1
+
+
+def test_the_rq_internals_we_use_are_there(store):
+    """What rqworker.py overrides or reads of RQ without RQ documenting it (RQ_INTERNALS): each
+    name exists, and the methods we override are still called with the arguments we take."""
+    import importlib
+    import inspect
+
+    from rq import SimpleWorker
+    from rq.utils import parse_composite_key
+    queue = Queue(QUEUE, connection=store)
+    worker = CrashSafeWorker([queue], connection=store)
+    instances = {"rq.SimpleWorker()": worker, "rq.intermediate_queue.IntermediateQueue()": queue.intermediate_queue}
+    for owner, names in RQ_INTERNALS.items():
+        if owner in instances:
+            target = instances[owner]
+        elif owner[owner.rfind(".") + 1].isupper():
+            module, _, cls = owner.rpartition(".")
+            target = getattr(importlib.import_module(module), cls)
+        else:
+            target = importlib.import_module(owner)
+        missing = [name for name in names if not hasattr(target, name)]
+        assert not missing, f"{owner} has no {missing}: RQ changed; see rqworker.py"
+
+    def params(method) -> list[str]:
+        return list(inspect.signature(method).parameters)
+    assert params(SimpleWorker.execute_job)[:3] == ["self", "job", "queue"]
+    assert params(SimpleWorker.prepare_execution) == ["self", "job"]
+    assert params(SimpleWorker.get_heartbeat_ttl)[:2] == ["self", "job"]
+    assert params(SimpleWorker.clean_registries) == ["self"]
+    assert isinstance(SimpleWorker.dequeue_timeout, property)
+    assert parse_composite_key("a-job:an-execution") == ("a-job", "an-execution")
+    # set by a warm shutdown, and by each maintenance pass
+    assert worker._shutdown_requested_date is None and worker.last_cleaned_at is None
+
+
+# --- the timer poll: claim, then enqueue through RQ ------------------------------------------------
+
+@pytest.fixture
+def backend(store):
+    from queueing import Keys, RQBackend
+    return RQBackend(store, Keys("crmrel:"), QUEUE)
+
+
+def a_due_timer(backend, at: float = 1_795_600_800.5) -> tuple[str, float]:
+    from datetime import UTC, datetime
+    timer_id = "timer:t1:quickstart-amo:lead:31926520"
+    backend.schedule({"timer_id": timer_id, "fire_at": datetime.fromtimestamp(at, UTC).isoformat(),
+                      "entity": {"type": "lead", "id": "31926520"}})
+    return timer_id, at
+
+
+def test_a_timer_claimed_by_a_poller_that_died_is_queued_once_its_claim_expires(store, backend):
+    timer_id, at = a_due_timer(backend)
+    assert backend._claim(timer_id, at)                     # ... and the poller dies here
+    assert backend.fire_due_timers(now=at + 1) == 0          # claimed: no other poller queues it
+    claim = backend.keys("timer-claim", timer_id)
+    assert 0 < store.ttl(claim) <= backend.FIRE_CLAIM_TTL
+    store.pexpire(claim, 1)
+    time.sleep(0.05)
+    assert backend.fire_due_timers(now=at + 1) == 1
+    [job] = backend.queue.jobs
+    assert (job.func_name, job.args) == ("worker.fire_timer", [{"timer_id": timer_id, "at": at}])
+    assert store.zcard(backend.keys("timers")) == 0                # off the schedule
+    assert not store.exists(claim)
+
+
+def test_a_poller_that_stalled_past_its_claim_queues_nothing(store, backend):
+    timer_id, at = a_due_timer(backend)
+    slow = backend._claim(timer_id, at)
+    store.delete(backend.keys("timer-claim", timer_id))     # its claim expired while it stalled
+    quick = backend._claim(timer_id, at)
+    assert quick and backend._enqueue_claimed(timer_id, at, quick)
+    assert not backend._enqueue_claimed(timer_id, at, slow)   # claim gone: nothing queued
+    assert backend.queue.count == 1 and store.zcard(backend.keys("timers")) == 0
