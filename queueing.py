@@ -259,7 +259,7 @@ return 0
     def call_at(self, when: datetime, func: str, arg: Any, key: str) -> None:
         """A periodic job of our own (catch-up) at `when`; one per key, however many workers ask."""
         self.queue.enqueue_at(when.astimezone(timezone.utc), func, arg, job_id=job_id_for("call", key),
-                              result_ttl=300, failure_ttl=7 * 24 * 3600)
+                              result_ttl=300, failure_ttl=7 * 24 * 3600, retry=Retry(max=3, interval=[10, 60, 300]))
 
     def defer_event(self, event: dict[str, Any], seconds: float) -> None:
         """Try an event again a little later (its record's earlier event is not done yet)."""

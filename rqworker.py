@@ -149,12 +149,25 @@ def clean_other_registries(queue: Queue) -> None:
 
 
 def run_worker(queue: Queue, settings: Any, *, burst: bool = False, logging_level: str = "INFO") -> int:
-    """worker.py's worker on `queue` (its Redis connection), run by run_supervised."""
+    """worker.py's worker on `queue`, on a connection pool of its own (worker_connection), run by
+    run_supervised."""
+    connection = worker_connection(queue.connection)
+    own = Queue(queue.name, connection=connection, serializer=JSONSerializer)
+
     def make_worker() -> CrashSafeWorker:
-        return CrashSafeWorker([queue], connection=queue.connection, serializer=JSONSerializer,
+        return CrashSafeWorker([own], connection=connection, serializer=JSONSerializer,
                                maintenance_interval=settings.maintenance_interval,
                                job_heartbeat_ttl=settings.job_heartbeat_ttl)
-    return run_supervised(make_worker, queue.connection.ping, burst=burst, logging_level=logging_level)
+    return run_supervised(make_worker, connection.ping, burst=burst, logging_level=logging_level)
+
+
+def worker_connection(connection: Redis) -> Redis:
+    """A pool of the worker's own with the same settings. RQ raises its connection pool's socket
+    timeout above its blocking dequeue (dequeue timeout + 10 s), which only connections made after
+    that take: on the runtime's pool, already used at start-up with its 5 s timeout, an idle
+    worker's dequeue timed out and its work loop quit every few seconds."""
+    pool = connection.connection_pool
+    return Redis(connection_pool=pool.__class__(connection_class=pool.connection_class, **pool.connection_kwargs))
 
 
 class Heartbeat:
@@ -314,7 +327,7 @@ def run_supervised(make_worker: Callable[[], CrashSafeWorker], ping: Callable[[]
     """Run RQ's work loop; when it quits on an error (Redis gone in the middle of a job, a Redis
     timeout), wait until Redis answers (backoff up to max_pause) and run a new worker. Stops on
     SIGINT/SIGTERM (RQ's warm shutdown), in burst mode, or after max_runs (tests)."""
-    runs, pause = 0, 1.0
+    runs = 0
     stop = threading.Event()
 
     def stop_between_runs(signum: int, frame: Any) -> None:
@@ -333,13 +346,21 @@ def run_supervised(make_worker: Callable[[], CrashSafeWorker], ping: Callable[[]
         signal.signal(signal.SIGTERM, stop_between_runs)
         signal.signal(signal.SIGINT, stop_between_runs)
         log.warning("worker %s quit its work loop; a new worker starts once Redis answers", worker.name)
-        while not stop.wait(pause):
-            try:
-                ping()
-                break
-            except RedisError as exc:
-                pause = min(pause * 2, max_pause)
-                log.warning("Redis still unavailable (%s); next try in %.0f s", exc, pause)
-        if stop.is_set():
+        if not wait_for_redis(ping, stop, max_pause=max_pause):
             return 0
-        pause = 1.0
+
+
+def wait_for_redis(ping: Callable[[], Any], stop: threading.Event | None = None, *, max_pause: float = 30.0) -> bool:
+    """Wait until Redis answers (backoff up to max_pause seconds); False if `stop` was set first.
+    A worker started while Redis is down waits here instead of exiting."""
+    stop = stop or threading.Event()
+    pause = 1.0
+    while True:
+        try:
+            ping()
+            return True
+        except RedisError as exc:
+            log.warning("Redis unavailable (%s); next try in %.0f s", exc, pause)
+        if stop.wait(pause):
+            return False
+        pause = min(pause * 2, max_pause)

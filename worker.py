@@ -116,7 +116,7 @@ def on_embedded_failure(name: str, payload: dict[str, Any], exc: Exception) -> N
 # --- the RQ worker process -----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Start an RQ worker (non-forking, with the scheduler) on REDIS_URL."""
-    from rqworker import run_worker
+    from rqworker import run_worker, wait_for_redis
 
     configure_logging()
     settings = Settings.from_env()
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import worker as this  # jobs name "worker.…": share that module's runtime, not __main__'s
     rt = this.runtime()
+    wait_for_redis(rt.store.ping)   # started before Redis (a reboot, a fail-over): wait, do not exit
     timers.ensure_schedules(rt)
     catching_up.ensure(rt)
     burst = "--burst" in (argv or sys.argv[1:])

@@ -44,7 +44,16 @@ def ensure(rt: Any) -> list[str]:
 
 
 def look(rt: Any, name: str) -> dict[str, int]:
-    """Ask the CRM what changed since the last look and queue each change as an event."""
+    """Ask the CRM what changed since the last look and queue each change as an event. The next
+    look is planned whatever happens to this one: a look that fails (a 429, a 5xx) is retried by
+    RQ with backoff, and the schedule never stops."""
+    try:
+        return _look(rt, name)
+    finally:
+        ensure(rt)
+
+
+def _look(rt: Any, name: str) -> dict[str, int]:
     client, now = rt.client(name), clock.now()
     mark = rt.keys("catch-up", name)
     since = (rt.store.get(mark) or b"").decode() or (now - timedelta(seconds=every(rt, name) or 600)).isoformat()
@@ -59,7 +68,6 @@ def look(rt: Any, name: str) -> dict[str, int]:
         else:
             seen += 1
     rt.store.set(mark, (now - timedelta(seconds=60)).isoformat())  # overlap a minute: clocks differ
-    ensure(rt)
     log.info("catch-up %s since %s: %d new, %d already seen", name, since, accepted, seen)
     return {"accepted": accepted, "seen": seen}
 

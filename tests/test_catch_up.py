@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 import worker
+from connectors.base import RetryableApiError
 from tests.b24_app import B24_CONNECTIONS, b24_app
 from tests.conftest import run_worker
 from tests.fakes_bitrix24 import FakeBitrix24
@@ -126,3 +127,20 @@ def test_a_move_caught_up_before_amocrms_delayed_webhook_acts_once(amo_catch_up,
     assert post_status(client, CHANGED_AT + 3600).json == {"accepted": 1, "duplicates": 0}
     run_worker(runtime)
     assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 2
+
+
+def test_a_failed_look_keeps_the_schedule_and_is_retried_with_backoff(b24_runtime, fake_b24):
+    """A look refused by the CRM (Bitrix24 answers 503 QUERY_LIMIT_EXCEEDED) fails its job, which
+    RQ tries again with backoff; the next look is planned all the same, so catch-up never stops."""
+    rt = b24_runtime
+    fake_b24.fail("crm.deal.list", 503, {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"},
+                  times=5)
+    with pytest.raises(RetryableApiError):
+        worker.catch_up("shop-b24")
+    registry = rt.backend.queue.scheduled_job_registry
+    [planned] = registry.get_job_ids()
+    assert rt.backend.queue.fetch_job(planned).func_name == "worker.catch_up"
+    catch_up.ensure(rt)
+    assert registry.get_job_ids() == [planned]                        # one per slot, as before
+    job = rt.backend.queue.fetch_job(planned)
+    assert job.retries_left == 3 and job.retry_intervals == [10, 60, 300]

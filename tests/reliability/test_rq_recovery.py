@@ -19,7 +19,7 @@ from rqworker import (
     give_back_unregistered,
     recover_abandoned,
 )
-from tests.reliability.harness import open_test_db
+from tests.reliability.harness import TEST_REDIS_URL, open_test_db
 
 QUEUE = "crmrel-rq"
 
@@ -114,6 +114,62 @@ def test_an_idle_worker_blocks_no_longer_than_its_maintenance_interval(store):
     queue = Queue(QUEUE, connection=store, serializer=JSONSerializer)
     worker = CrashSafeWorker([queue], connection=store, serializer=JSONSerializer, maintenance_interval=10)
     assert worker.dequeue_timeout == 10            # RQ: worker_ttl - 15 = 405 s
+
+
+def test_an_idle_worker_on_a_used_connection_never_times_out_its_dequeue():
+    """worker.py's runtime connection (5 s socket timeout) is used at start-up before the worker
+    is built: RQ's raised timeout reaches only new connections, so a 10 s blocking dequeue on it
+    timed out and the idle worker quit its loop every few seconds. worker_connection gives the
+    worker a pool of its own."""
+    from redis import Redis
+    from redis.exceptions import TimeoutError as RedisTimeout
+    from rqworker import worker_connection
+    used = Redis.from_url(TEST_REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    used.ping()                                                      # a connection made at 2 s
+    queue = Queue(QUEUE, connection=used, serializer=JSONSerializer)
+    stale = CrashSafeWorker([queue], connection=used, serializer=JSONSerializer, maintenance_interval=3)
+    with pytest.raises(RedisTimeout):                                # what worker.py did before
+        stale.dequeue_job_and_maintain_ttl(stale.dequeue_timeout, max_idle_time=4)
+    own = worker_connection(used)
+    worker = CrashSafeWorker([Queue(QUEUE, connection=own, serializer=JSONSerializer)], connection=own,
+                             serializer=JSONSerializer, maintenance_interval=3)
+    started = time.monotonic()
+    assert worker.dequeue_job_and_maintain_ttl(worker.dequeue_timeout, max_idle_time=4) is None
+    assert time.monotonic() - started >= 3.5
+    used.close()
+    own.close()
+
+
+def test_a_worker_started_while_redis_is_down_waits_for_it(tmp_path):
+    """worker.py started before Redis (a reboot, a fail-over) waits and then works, instead of
+    exiting on its first Redis call."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from redis import Redis
+    from tests.conftest import QUICKSTART, ROOT
+    from tests.reliability.harness import RedisServer
+    server = RedisServer(tmp_path / "redis", durable=False)
+    env = {**os.environ, "REDIS_URL": server.url(), "CRMBRIDGE_CONFIG": str(QUICKSTART),
+           "AMO_WEBHOOK_SECRET": "a", "TELEGRAM_WEBHOOK_SECRET": "b", "CRMBRIDGE_QUEUE": QUEUE}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        time.sleep(3.0)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]    # still there, waiting
+        server.start()
+        conn = Redis.from_url(server.url())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not conn.smembers("rq:workers"):
+            time.sleep(0.2)
+        assert conn.smembers("rq:workers"), "the worker never registered once Redis was up"
+        assert proc.poll() is None
+        conn.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        server.kill()
 
 
 def test_the_maintenance_lock_of_a_dead_worker_expires_in_seconds(store):
