@@ -280,6 +280,9 @@ def recover_abandoned(queue: Queue) -> list[str]:
                 queue.failed_job_registry.add(job, ttl=job.failure_ttl, exc_string=reason, pipeline=pipe)
                 Result.create_failure(job, job.failure_ttl, exc_string=reason, pipeline=pipe)
                 log.warning("job %s abandoned by its worker, no retries left: failed", job.id)
+            # a worker killed between registering the job and starting it left it in the intermediate
+            # list too: give_back_unregistered would queue it a second time, to run beside this copy
+            pipe.lrem(queue.intermediate_queue_key, 0, job.id)
             pipe.zrem(registry.key, entry)
             pipe.execute()
     return given_back

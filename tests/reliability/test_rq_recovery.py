@@ -77,6 +77,18 @@ def test_an_expired_entry_goes_back_to_the_front_of_the_queue_at_once(store):
     assert not store.exists(f"rq:execution:{execution.composite_key}")
 
 
+def test_a_job_killed_between_registering_and_starting_is_queued_once(store):
+    """Killed after RQ registered the job (StartedJobRegistry) and before it took it out of the
+    intermediate list: the recovery of the expired entry queues it again, and the intermediate
+    list must not give it back a second time (two copies would run side by side)."""
+    queue, job, execution = job_of_a_dead_worker(store)
+    store.rpush(queue.intermediate_queue_key, job.id)
+    store.zadd(queue.started_job_registry.key, {execution.composite_key: time.time() - 1})
+    assert recover_abandoned(queue) == [job.id]
+    assert store.lrange(queue.intermediate_queue_key, 0, -1) == []
+    assert give_back_unregistered(queue, grace=0) == [] and queue.get_job_ids() == [job.id]
+
+
 def test_a_job_abandoned_with_no_retries_left_fails(store):
     queue, job, execution = job_of_a_dead_worker(store, retries=1)
     job.retries_left = 0
