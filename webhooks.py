@@ -27,9 +27,16 @@ log = logging.getLogger("crmbridge.web")
 
 
 def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | None = None) -> Flask:
-    """Load and check the whole configuration, then build the app (ConfigErrors if invalid)."""
+    """Load and check the whole configuration, then build the app (ConfigErrors if invalid; under
+    gunicorn, the same list as gunicorn's "app failed to load", printed alone, no traceback)."""
     settings = settings or Settings.from_env(**(overrides or {}))
-    rt = worker.open_runtime(settings)
+    try:
+        rt = worker.open_runtime(settings)
+    except ConfigErrors as exc:
+        if "gunicorn.arbiter" in sys.modules:   # gunicorn prints an AppImportError's text and stops
+            from gunicorn.errors import AppImportError
+            raise AppImportError(str(exc)) from None
+        raise
     if not rt.backend.durable:  # the embedded default: this process is the worker too
         timers.ensure_schedules(rt)
     app = Flask(__name__)

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+from config.loader import ConfigErrors
 from config.settings import Settings
 from connectors.base import Event
 from pipeline import audit, clock, dead_letters, execute, links, observers, order, snapshot, stages, timers
@@ -125,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
               "in one process.", file=sys.stderr)
         return 2
     import worker as this  # jobs name "worker.…": share that module's runtime, not __main__'s
-    rt = this.runtime()
+    try:
+        rt = this.runtime()
+    except ConfigErrors as exc:   # the same list as cli.py validate and gunicorn print, no traceback
+        print(exc, file=sys.stderr)
+        return 1
     wait_for_redis(rt.store.ping)   # started before Redis (a reboot, a fail-over): wait, do not exit
     timers.ensure_schedules(rt)
     catching_up.ensure(rt)
