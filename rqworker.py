@@ -50,6 +50,7 @@ log = logging.getLogger("crmbridge.rqworker")
 
 JOB_HEARTBEAT_TTL = 15      # seconds a started job stays registered without a heartbeat
 CLEANING_LOCK_TTL = 20      # seconds the maintenance lock outlives a worker killed while holding it
+MAX_ABANDONED = 10          # times a job may lose its worker before it fails (a poison job)
 INTERMEDIATE_GRACE = 10     # seconds a dequeued job may stay unregistered before it is given back
 
 # What this module uses of RQ that RQ's documentation does not promise (module, class, or an
@@ -247,8 +248,9 @@ _BEATER = _Beater()
 
 
 def recover_abandoned(queue: Queue) -> list[str]:
-    """StartedJobRegistry.cleanup, except that a job with retries left goes back to the front of
-    its queue at once (RQ schedules it through its Retry interval). Returns the jobs given back."""
+    """StartedJobRegistry.cleanup, except that an abandoned job goes back to the front of its queue
+    at once, without using up one of its retries (RQ schedules it through its Retry interval and
+    counts the death as a failure). Returns the jobs given back."""
     registry = queue.started_job_registry
     expired = queue.connection.zrangebyscore(registry.key, 0, current_timestamp())
     given_back = []
@@ -266,20 +268,25 @@ def recover_abandoned(queue: Queue) -> list[str]:
             pipe.zrem(job.execution_registry.key, execution_id)
             pipe.delete(Execution(execution_id, job_id, queue.connection).key)
             pipe.execute()
-        report_abandoned(job, queue.connection)
+        abandoned = int(job.meta.get("abandoned", 0)) + 1
+        if abandoned > MAX_ABANDONED:   # it fails for good: its failure callback says so, as RQ's cleanup does
+            job.retries_left = 0
+            report_abandoned(job, queue.connection)
         with queue.connection.pipeline() as pipe:
-            if job.retries_left and job.retries_left > 0:
-                job.retries_left -= 1
+            # a worker's death is not the job's failure: it does not use up the job's retries (RQ's
+            # cleanup takes one), up to MAX_ABANDONED times (a job that kills every worker it runs on)
+            if abandoned <= MAX_ABANDONED:
+                job.meta["abandoned"] = abandoned
+                job.save_meta()
                 queue.enqueue_job(job, pipeline=pipe, at_front=True)
                 given_back.append(job.id)
-                log.warning("job %s abandoned by its worker: queued again (%s retries left)", job.id,
-                            job.retries_left)
+                log.warning("job %s abandoned by its worker (%d time(s)): queued again", job.id, abandoned)
             else:
                 reason = f"Moved to FailedJobRegistry, due to AbandonedJobError, at {now()}"
                 job.set_status(JobStatus.FAILED, pipeline=pipe)
                 queue.failed_job_registry.add(job, ttl=job.failure_ttl, exc_string=reason, pipeline=pipe)
                 Result.create_failure(job, job.failure_ttl, exc_string=reason, pipeline=pipe)
-                log.warning("job %s abandoned by its worker, no retries left: failed", job.id)
+                log.warning("job %s abandoned by its worker %d times: failed", job.id, abandoned - 1)
             # a worker killed between registering the job and starting it left it in the intermediate
             # list too: give_back_unregistered would queue it a second time, to run beside this copy
             pipe.lrem(queue.intermediate_queue_key, 0, job.id)

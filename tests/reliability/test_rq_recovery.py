@@ -71,7 +71,8 @@ def test_an_expired_entry_goes_back_to_the_front_of_the_queue_at_once(store):
     assert queue.get_job_ids() == [job.id, other.id]      # front, not through the scheduler
     assert store.zcard(queue.started_job_registry.key) == 0
     job.refresh()
-    assert job.retries_left == 2 and job.get_status() == "queued"
+    assert job.retries_left == 3 and job.get_status() == "queued"   # a worker's death uses up no retry
+    assert job.meta["abandoned"] == 1
     # the dead execution is forgotten, so RQ's cleanup after the re-run does not trip on it
     assert [e.id for e in job.get_executions()] == []
     assert not store.exists(f"rq:execution:{execution.composite_key}")
@@ -89,10 +90,13 @@ def test_a_job_killed_between_registering_and_starting_is_queued_once(store):
     assert give_back_unregistered(queue, grace=0) == [] and queue.get_job_ids() == [job.id]
 
 
-def test_a_job_abandoned_with_no_retries_left_fails(store):
+def test_a_job_abandoned_again_and_again_fails(store):
+    """A job whose worker dies every time (it kills it: out of memory, say) fails after
+    MAX_ABANDONED deaths instead of going round for ever."""
+    from rqworker import MAX_ABANDONED
     queue, job, execution = job_of_a_dead_worker(store, retries=1)
-    job.retries_left = 0
-    job.save()
+    job.meta["abandoned"] = MAX_ABANDONED
+    job.save_meta()
     store.zadd(queue.started_job_registry.key, {execution.composite_key: time.time() - 1})
     assert recover_abandoned(queue) == []
     assert job.get_status(refresh=True) == "failed"
