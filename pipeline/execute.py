@@ -111,6 +111,8 @@ def execute(rt: Any, event: Event, action: PlannedAction) -> bool:
         client = rt.client(action.connection)
         args = {k: Entity(v["type"], str(v["id"])) if k == "entity" else v for k, v in action.args.items()}
         undo = bool(args.pop("undo", False))  # move_to_stage undoing a refused move (stages.remember_undo)
+        # a message the rule would rather send twice than not at all (`on_uncertain: resend`)
+        resend = args.pop("on_uncertain", None) == "resend"
         method = callable_for(rt, client, action)
     except BaseException:
         if claimed:   # claimed in the same round trip as the done check, for nothing: give it back
@@ -120,12 +122,12 @@ def execute(rt: Any, event: Event, action: PlannedAction) -> bool:
         args = with_retries(rt, lambda: fetch_files(rt, args))  # files carried from another connection
         claimed = rt.store.set(attempted_key, json.dumps(mark), nx=True, ex=rt.settings.done_ttl)
     if not claimed:
-        found = earlier_attempt(rt, event, action, client, args, attempted_key)
+        found = earlier_attempt(rt, event, action, client, args, attempted_key, resend)
         if found is not None:   # the vendor has what the earlier try made: record it, send nothing
             record_done(rt, done_key, attempted_key, found)
             return True
         rt.store.set(attempted_key, json.dumps(mark), ex=rt.settings.done_ttl)
-    result = call_once(rt, event, action, client, args, attempted_key, mark, lambda: method(**args))
+    result = call_once(rt, event, action, client, args, attempted_key, mark, lambda: method(**args), resend)
     record_done(rt, done_key, attempted_key, result)
     # a move left out (only_forward) comes back as {"moved": False}; others return True, a status or None
     if undo and not (isinstance(result, dict) and result.get("moved") is False):
@@ -148,7 +150,7 @@ def callable_for(rt: Any, client: Any, action: PlannedAction) -> Callable[..., A
 
 
 def earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: Any, args: dict[str, Any],
-                    attempted_key: str) -> Any:
+                    attempted_key: str, resend: bool = False) -> Any:
     """An attempted mark was there before (a worker died or lost Redis mid-step). A create the
     vendor lets us read back is looked for: found, its id is returned (the step is done); not
     found, the step goes on (nothing was made). Else check_earlier_attempt decides."""
@@ -170,7 +172,7 @@ def earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: Any, a
                 audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
                       reason="attempted before; the vendor does not have it")
                 return None
-    check_earlier_attempt(rt, event, action, client, attempted_key, before)
+    check_earlier_attempt(rt, event, action, client, attempted_key, before, resend)
     return None
 
 
@@ -199,7 +201,7 @@ def settle(rt: Any, client: Any, action: PlannedAction, args: dict[str, Any], si
 
 
 def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: Any, attempted_key: str,
-                          before: dict[str, Any]) -> None:
+                          before: dict[str, Any], resend: bool = False) -> None:
     """An attempted mark was there before: go on only if the earlier try sent nothing or the step
     is repeatable; else raise StepMaybeDone (the step is parked for a person)."""
     # a step of several calls may have used other connections, which do not report their sends
@@ -209,6 +211,9 @@ def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: 
         # the worker that tried died before any request of this step left it: nothing was sent
         audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
               reason="attempted before, but no request had left")
+    elif resend:
+        audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
+              reason="attempted before and never recorded done; on_uncertain: resend")
     elif not repeatable(action):
         audit(rt, event, "action.uncertain", rule=action.rule, action=action.describe(),
               reason="attempted before and never recorded done", advice=MAYBE_DONE)
@@ -219,7 +224,7 @@ def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: 
 
 
 def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, args: dict[str, Any], attempted_key: str,
-              mark: dict[str, Any], call: Callable[[], Any]) -> Any:
+              mark: dict[str, Any], call: Callable[[], Any], resend: bool = False) -> Any:
     """Call the vendor with retries; the attempted mark is dropped when nothing was done, kept
     when something may have been. A create that got no clear answer (UncertainApiError) is read
     back when the vendor allows it: found, done; not found, sent again (RESEND_ROUNDS in all)."""
@@ -230,7 +235,7 @@ def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, args: d
     try:
         for round_ in range(1, RESEND_ROUNDS + 1):
             try:
-                return with_retries(rt, call, repeat_uncertain=repeatable(action))
+                return with_retries(rt, call, repeat_uncertain=repeatable(action) or resend)
             except UncertainApiError as exc:
                 if repeatable(action) or not can_read_back(client, action, args):
                     raise
@@ -248,7 +253,7 @@ def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, args: d
                 audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(), error=str(exc),
                       reason="no clear answer; the vendor does not have it")
     except UncertainApiError as exc:
-        if not repeatable(action):   # the mark stays: a replay must be a decision, not an accident
+        if not (repeatable(action) or resend):   # the mark stays: a replay must be a decision, not an accident
             audit(rt, event, "action.uncertain", rule=action.rule, action=action.describe(), error=str(exc),
                   advice=MAYBE_DONE)
             raise StepMaybeDone(f"{exc}; {MAYBE_DONE}") from None

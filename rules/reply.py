@@ -16,7 +16,7 @@
 `conversation` defaults to the event's own conversation (a `message.received` from the inbox),
 and then the channel the client wrote through is answered without looking it up.
 """
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 NAME = "reply"
 SHORTHAND = "text"
@@ -28,6 +28,8 @@ class Options(Schema):
     conversation = fields.Raw(load_default=None, metadata={"expected": "a conversation id or a template"})
     files = fields.List(fields.Dict(), load_default=None,
                         metadata={"expected": "a list of files, e.g. [{type: image, url: https://…}]"})
+    on_uncertain = fields.String(load_default="park", validate=validate.OneOf(("park", "resend")),
+                                 metadata={"expected": "park (a person decides) or resend"})
 
 
 def plan(ctx, options: dict) -> list:
@@ -41,4 +43,6 @@ def plan(ctx, options: dict) -> list:
     route = (ctx.event.data.get("reply") or {}) if own and conversation == ctx.event.entity.id else {}
     if route.get("source"):  # the channel the client wrote through: no lookup needed
         args["source"] = route["source"]
+    if options["on_uncertain"] == "resend":   # as send_message's: parked for a person by default
+        args["on_uncertain"] = "resend"
     return [ctx.step("reply", options["connection"], **args)]

@@ -272,3 +272,27 @@ def test_a_create_without_any_answer_is_looked_for_on_the_next_try_not_now(runti
     assert len(fake_amo.tasks) == 1 and len(fake_amo.received("POST", "/api/v4/tasks", failed=True)) == 1
     assert not runtime.store.exists(runtime.keys("attempted", action.key))
     assert {"action.unsettled", "action.reconciled"} <= set(audit_whats(runtime))
+
+
+def test_a_message_with_on_uncertain_resend_is_sent_again_not_parked(runtime, fake_tg):
+    """`on_uncertain: resend` (send_message, reply): the rule would rather send a second copy than
+    none; the step is tried again instead of parked, and the audit says why."""
+    fake_tg.fail("sendMessage", 500, TG_500)                                 # not applied: resend is right
+    action = step("send_message", "quickstart-bot", chat="42", text="Hello", on_uncertain="resend")
+    assert execute.run_plan(runtime, EVENT, Plan(actions=[action]))["done"] == 1
+    assert len(fake_tg.received("POST", r".*/sendMessage")) == 1
+    assert not runtime.store.hexists(runtime.keys("dead"), action.key)
+    # a mark left "sent" by a dead worker: repeated, not parked
+    again = PlannedAction(rule="Test rule", rule_id="test", step=1, connection="quickstart-bot", method="send_message",
+                          args={"chat": "42", "text": "Again", "on_uncertain": "resend"}, key=f"{EVENT.id}|test|again")
+    runtime.store.set(runtime.keys("attempted", again.key), json.dumps({"at": "2026-11-24T10:00:00+00:00", "phase": "sent"}))
+    assert execute.execute(runtime, EVENT, again) is True
+    assert "on_uncertain: resend" in json.dumps([json.loads(e[b"entry"]) for _, e in runtime.store.xrange(runtime.keys("audit"))])
+
+
+def test_on_uncertain_is_planned_only_when_it_says_resend():
+    from rules import send_message
+    from marshmallow import ValidationError
+    assert send_message.Options().load({"connection": "bot", "chat": "1", "text": "x"})["on_uncertain"] == "park"
+    with pytest.raises(ValidationError):
+        send_message.Options().load({"connection": "bot", "chat": "1", "text": "x", "on_uncertain": "twice"})
