@@ -168,7 +168,9 @@ def worker_connection(connection: Redis) -> Redis:
     that take: on the runtime's pool, already used at start-up with its 5 s timeout, an idle
     worker's dequeue timed out and its work loop quit every few seconds."""
     pool = connection.connection_pool
-    return Redis(connection_pool=pool.__class__(connection_class=pool.connection_class, **pool.connection_kwargs))
+    # (the pool's own objects, such as redis-py's maintenance-notifications handler, are not shared)
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if not k.endswith("_pool_handler")}
+    return Redis(connection_pool=pool.__class__(connection_class=pool.connection_class, **kwargs))
 
 
 class Heartbeat:

@@ -132,26 +132,25 @@ def test_an_idle_worker_blocks_no_longer_than_its_maintenance_interval(store):
     assert worker.dequeue_timeout == 10            # RQ: worker_ttl - 15 = 405 s
 
 
-def test_an_idle_worker_on_a_used_connection_never_times_out_its_dequeue():
+@pytest.mark.timeout(30)
+def test_an_idle_worker_on_a_used_connection_never_times_out_its_dequeue(store):
     """worker.py's runtime connection (5 s socket timeout) is used at start-up before the worker
-    is built: RQ's raised timeout reaches only new connections, so a 10 s blocking dequeue on it
-    timed out and the idle worker quit its loop every few seconds. worker_connection gives the
-    worker a pool of its own."""
+    is built: RQ raises its pool's socket timeout above the blocking dequeue, but only for new
+    connections, so a dequeue on the runtime's pool timed out and the idle worker quit its loop
+    every few seconds. worker_connection gives the worker a pool of its own."""
     from redis import Redis
-    from redis.exceptions import TimeoutError as RedisTimeout
     from rqworker import worker_connection
     used = Redis.from_url(TEST_REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    used.ping()                                                      # a connection made at 2 s
-    queue = Queue(QUEUE, connection=used, serializer=JSONSerializer)
-    stale = CrashSafeWorker([queue], connection=used, serializer=JSONSerializer, maintenance_interval=3)
-    with pytest.raises(RedisTimeout):                                # what worker.py did before
-        stale.dequeue_job_and_maintain_ttl(stale.dequeue_timeout, max_idle_time=4)
+    used.ping()
     own = worker_connection(used)
+    assert own.connection_pool is not used.connection_pool
+    for key in ("host", "port", "db", "socket_timeout", "socket_connect_timeout"):
+        assert own.connection_pool.connection_kwargs.get(key) == used.connection_pool.connection_kwargs.get(key)
     worker = CrashSafeWorker([Queue(QUEUE, connection=own, serializer=JSONSerializer)], connection=own,
                              serializer=JSONSerializer, maintenance_interval=3)
     started = time.monotonic()
-    assert worker.dequeue_job_and_maintain_ttl(worker.dequeue_timeout, max_idle_time=4) is None
-    assert time.monotonic() - started >= 3.5
+    assert worker.dequeue_job_and_maintain_ttl(worker.dequeue_timeout, max_idle_time=4) is None   # no error
+    assert 3.5 <= time.monotonic() - started < 20
     used.close()
     own.close()
 
