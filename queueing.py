@@ -106,24 +106,19 @@ return seq
             event["seq"] = int(raw) if raw else None
         return event["seq"]
 
-    def is_turn(self, event: dict[str, Any], also: dict[str, bytes | None] | None = None) -> bool:
-        """Is every earlier event of the record done? `also`: more keys the caller will read
-        next, fetched in the same round trip on the first look (their values filled in); on a
-        later look (a deferred event, a second poll) they are not read and `also` is emptied,
-        so the caller reads them itself."""
+    def is_turn(self, event: dict[str, Any], also: list[str] = ()) -> tuple[bool, list[bytes | None] | None]:
+        """Is every earlier event of the record done? With the values of the keys `also` names,
+        read in the same round trip on the event's first look (its ticket is read then); None on a
+        later look (a deferred event, a second poll), when the caller reads them itself."""
         done_key = self._key("order-done", event)
+        values = None
         if "seq" in event:
             seq = event["seq"]
             done = self.store.get(done_key) if seq else None
-            if also:
-                also.clear()
         else:  # the first look: ticket and counter (and the caller's keys) in one round trip
-            extra = list(also or ())
-            raw, done, *values = self.store.mget(self.keys("ticket", event["id"]), done_key, *extra)
-            if also is not None:
-                also.update(zip(extra, values))
+            raw, done, *values = self.store.mget(self.keys("ticket", event["id"]), done_key, *also)
             seq = event["seq"] = int(raw) if raw else None
-        return not seq or int(done or 0) >= seq - 1
+        return not seq or int(done or 0) >= seq - 1, values
 
     def done(self, event: dict[str, Any], pipe=None) -> Callable[[], Any] | None:
         """Raise the record's done counter to this event's number. With `pipe` (not a

@@ -33,15 +33,12 @@ def audit(rt: Any, event: Event, what: str, **details: Any) -> None:
              "entity": str(event.entity), "what": what, **details}
     text = json.dumps(entry, ensure_ascii=False, default=str)
     log.info("%s", text)
-    row = history.decision_row(event, what, details, at) if _kept(rt) else None
+    if _kept(rt):
+        _history(rt, [], [history.decision_row(event, what, details, at)])
     if getattr(_batch, "entries", None) is not None:
         _batch.entries.append((rt, text))
-        if row:
-            _batch.decisions.append(row)
         return
     rt.store.xadd(rt.keys("audit"), {"entry": text}, maxlen=rt.settings.audit_max, approximate=True)
-    if row:
-        rt.history.write([], [row])
 
 
 def received(rt: Any, event: Event, view: dict[str, Any] | None, derived: bool = False) -> None:

@@ -155,23 +155,22 @@ def earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: Any, a
     vendor lets us read back is looked for: found, its id is returned (the step is done); not
     found, the step goes on (nothing was made). Else check_earlier_attempt decides."""
     before = json.loads(rt.store.get(attempted_key) or "{}")
-    if before.get("phase") != "calling" and before.get("at"):
+    if before.get("phase") != "calling" and before.get("at") and can_read_back(client, action, args):
         age = (clock.now() - datetime.fromisoformat(before["at"])).total_seconds()
-        if can_read_back(client, action, args) and age < settle_after(client):
+        if age < settle_after(client):
             raise SettleLater(f"{action.describe()}: sent {age:.0f} s ago and not answered; looked for later")
         try:
             found = read_back(rt, client, action, args, before["at"])
         except PermanentApiError:   # cannot be read back here (a Planfix contact's tasks): a person decides
-            found = None
+            pass
         else:
             if found is not None:
                 audit(rt, event, "action.reconciled", rule=action.rule, action=action.describe(), found=found,
                       reason="attempted before; the vendor has it")
-                return found
-            if can_read_back(client, action, args):
+            else:
                 audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
                       reason="attempted before; the vendor does not have it")
-                return None
+            return found
     check_earlier_attempt(rt, event, action, client, attempted_key, before, resend)
     return None
 
@@ -182,10 +181,8 @@ def can_read_back(client: Any, action: PlannedAction, args: dict[str, Any]) -> b
 
 
 def read_back(rt: Any, client: Any, action: PlannedAction, args: dict[str, Any], since: str) -> Any:
-    """What a create made, read back from the vendor (its id), or None; None too when the method
-    or the client cannot be read back."""
-    if not can_read_back(client, action, args):
-        return None
+    """What a create made, read back from the vendor (its id), or None (for a step whose
+    can_read_back holds)."""
     verb = READ_BACK[action.method]
     return with_retries(rt, lambda: getattr(client, verb)(args["entity"], str(args["text"]), since))
 

@@ -30,33 +30,32 @@ class Turn:
 
 
 def take_turn(rt: Any, payload: dict[str, Any]) -> Turn:
-    """Wait (briefly) for the record's earlier events; defer this one if they are not done."""
+    """Wait (briefly) for the record's earlier events; defer this one if they are not done. The
+    record's stage marks come with the turn's check when the first look finds it the turn (one
+    round trip less); read on a later look, an earlier event may have written them since."""
     keys = stages.mark_keys(rt, payload)
-    values = dict.fromkeys(keys)   # read with the turn's first check: one round trip less
-    ready = wait_for_turn(rt, payload, values)
-    # (emptied unless read on the look that found it the turn: an earlier event may have written them)
-    return Turn(ready, stages.Marks(values[keys[0]], values[keys[1]]) if ready and keys and values else None)
-
-
-def wait_for_turn(rt: Any, payload: dict[str, Any], also: dict[str, bytes | None] | None = None) -> bool:
-    """True once the record's earlier events are done; else defer this one and return False.
-    `also`: keys to read with the first look (Order.is_turn)."""
     deadline = time.monotonic() + ORDER_POLL
-    while not rt.backend.order.is_turn(payload, also):
-        if also:   # read before the earlier event (which may write them) was done: read again later
-            also.clear()
+    ready, values = rt.backend.order.is_turn(payload, keys)
+    while not ready:
         if time.monotonic() >= deadline:
-            first = payload.setdefault("waiting_since", time.time())
-            waited = time.time() - first
-            if waited > rt.settings.order_gap_timeout:  # an earlier event is missing or stuck: go on
-                audit(rt, Event.from_dict(payload), "order.gap_skipped", seq=payload.get("seq"),
-                      waited=round(waited, 1), reason="an earlier event of this record was not done in time")
-                return True
-            payload["defers"] = payload.get("defers", 0) + 1
-            rt.backend.defer_event(payload, min(DEFER_MAX, float(payload["defers"])))
-            return False
+            return Turn(go_on_without(rt, payload))
         time.sleep(0.02)
-    return True
+        ready, values = rt.backend.order.is_turn(payload)
+    return Turn(True, stages.Marks(*values) if keys and values is not None else None)
+
+
+def go_on_without(rt: Any, payload: dict[str, Any]) -> bool:
+    """The record's earlier event is not done: True if it has been missing too long (go on, and
+    say so), else defer this event (queued again a little later) and False."""
+    first = payload.setdefault("waiting_since", time.time())
+    waited = time.time() - first
+    if waited > rt.settings.order_gap_timeout:  # an earlier event is missing or stuck: go on
+        audit(rt, Event.from_dict(payload), "order.gap_skipped", seq=payload.get("seq"),
+              waited=round(waited, 1), reason="an earlier event of this record was not done in time")
+        return True
+    payload["defers"] = payload.get("defers", 0) + 1
+    rt.backend.defer_event(payload, min(DEFER_MAX, float(payload["defers"])))
+    return False
 
 
 def done(rt: Any, payload: dict[str, Any]) -> None:

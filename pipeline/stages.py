@@ -38,11 +38,8 @@ def already_handled(rt: Any, event: Event, view: dict[str, Any], ahead: Marks | 
     """A stage change's two marks, read in one round trip (or `ahead`, read with the turn's
     check): crmbridge's own undo (the change is marked `data.undo` for the rules, once), and the
     stage last seen (True: this move was already handled under another event id)."""
-    if ahead is None:
-        undo_mark, seen = rt.store.mget(*keys(rt, event.connection, str(event.entity)))
-    else:
-        undo_mark, seen = ahead.undo, ahead.seen
-    undo_key = keys(rt, event.connection, str(event.entity))[0]
+    undo_key, seen_key = keys(rt, event.connection, str(event.entity))
+    undo_mark, seen = rt.store.mget(undo_key, seen_key) if ahead is None else (ahead.undo, ahead.seen)
     if was_undo(undo_mark, view):
         rt.store.delete(undo_key)
         event.data["undo"] = True

@@ -10,10 +10,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from connectors import amocrm, bitrix24, planfix
+from connectors import amocrm, planfix
 from connectors.base import Connection, Entity, PermanentApiError, RetryableApiError, UncertainApiError
 from tests.conftest import PAYLOADS
-from tests.fakes_bitrix24 import FakeBitrix24
 from tests.fakes_planfix import FakePlanfix
 
 DUE = "2026-11-25T10:00:00+00:00"
@@ -68,17 +67,8 @@ def test_amocrm_read_back_errors_raise_as_usual(amo, fake_amo):
 
 # --- Bitrix24: tasks.task.list (UF_CRM_TASK, TITLE, >=CREATED_DATE); crm.timeline.comment.list ---------
 
-@pytest.fixture
-def b24(redis_db):
-    fake = FakeBitrix24().start()
-    fake.add("deal", {"ID": "410", "TITLE": "Deal", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "ASSIGNED_BY_ID": "1"})
-    conn = Connection(name="b24", type="bitrix24", base_url=fake.base_url, credentials={"webhook": fake.code})
-    yield bitrix24.Client(conn, store=redis_db, key_prefix="crmbridge-test:"), fake
-    fake.stop()
-
-
-def test_bitrix24_find_task_settles_a_create_applied_then_answered_500(b24):
-    client, fake = b24
+def test_bitrix24_find_task_settles_a_create_applied_then_answered_500(b24_with_a_deal):
+    client, fake = b24_with_a_deal
     deal, since = Entity("deal", "410"), time.time()
     fake.add_task(title="Call back", ufCrmTask=["D_410"], createdDate="2020-01-01T10:00:00+00:00")  # an old one
     assert client.find_task(deal, "Call back", since) is None
@@ -94,8 +84,8 @@ def test_bitrix24_find_task_settles_a_create_applied_then_answered_500(b24):
     assert call.body["filter"]["UF_CRM_TASK"] == "D_410" and ">=CREATED_DATE" in call.body["filter"]
 
 
-def test_bitrix24_find_note_reads_the_timeline_newest_first(b24):
-    client, fake = b24
+def test_bitrix24_find_note_reads_the_timeline_newest_first(b24_with_a_deal):
+    client, fake = b24_with_a_deal
     deal, since = Entity("deal", "410"), time.time()
     for i in range(60):    # more than a page (50) of other comments first
         client.add_note(deal, f"Other {i}")

@@ -14,7 +14,6 @@ from connectors import amocrm, bitrix24, planfix, telegram
 from connectors.base import Connection, Entity, Event, RetryableApiError, UncertainApiError
 from rules.engine import Plan, PlannedAction
 from tests.conftest import PAYLOADS, TG_TOKEN
-from tests.fakes_bitrix24 import FakeBitrix24
 from tests.fakes_planfix import FakePlanfix
 
 LEAD = Entity("lead", "31926520")
@@ -97,20 +96,11 @@ def test_telegram_an_edit_or_an_answer_answered_500_is_retryable(bot, fake_tg):
 
 # --- Bitrix24 --------------------------------------------------------------------------------------
 
-@pytest.fixture
-def b24(redis_db):
-    fake = FakeBitrix24().start()
-    fake.add("deal", {"ID": "410", "TITLE": "Deal", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "ASSIGNED_BY_ID": "1"})
-    conn = Connection(name="b24", type="bitrix24", base_url=fake.base_url, credentials={"webhook": fake.code})
-    yield bitrix24.Client(conn, store=redis_db, key_prefix="crmbridge-test:"), fake
-    fake.stop()
-
-
 B24_500 = {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}
 
 
-def test_bitrix24_an_add_answered_500_after_it_was_done_is_uncertain(b24):
-    client, fake = b24
+def test_bitrix24_an_add_answered_500_after_it_was_done_is_uncertain(b24_with_a_deal):
+    client, fake = b24_with_a_deal
     fake.fail(r"/tasks\.task\.add(\.json)?$", 500, B24_500, applied=True)
     exc = raised(lambda: client.create_task(Entity("deal", "410"), "Call back", DUE))
     assert isinstance(exc, UncertainApiError)
@@ -120,8 +110,8 @@ def test_bitrix24_an_add_answered_500_after_it_was_done_is_uncertain(b24):
     assert len(fake.comments) == 1
 
 
-def test_bitrix24_limits_refuse_and_updates_and_reads_retry(b24):
-    client, fake = b24
+def test_bitrix24_limits_refuse_and_updates_and_reads_retry(b24_with_a_deal):
+    client, fake = b24_with_a_deal
     fake.fail(r"/tasks\.task\.add(\.json)?$", 503, {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"})
     exc = raised(lambda: client.create_task(Entity("deal", "410"), "Call back", DUE))
     assert not isinstance(exc, UncertainApiError) and exc.retry_after == 1.0 and fake.tasks == {}

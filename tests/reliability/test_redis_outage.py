@@ -348,7 +348,7 @@ def test_redis_dying_inside_the_intake_transaction_loses_nothing(tmp_path):
 def test_a_failed_enqueue_does_not_hold_up_the_record(tmp_path):
     """One connection reset on the intake's script: 503, and nothing of it is left (no mark, no
     ticket taken), so the retry is ticket 1 and is handled at once, not after the 15 minutes a
-    missing earlier ticket would make it wait (pipeline.order.wait_for_turn, settings.order_gap_timeout)."""
+    missing earlier ticket would make it wait (pipeline.order.take_turn, settings.order_gap_timeout)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
     lead = 7_800_002
     started = time.monotonic()
