@@ -39,7 +39,8 @@ log = logging.getLogger("crmbridge.worker")
 # contact created a moment ago (amoCRM's `query` is a full-text index), so a create that may have been
 # done is left to a person, as other creates are.
 REPEATABLE_METHODS = frozenset({"move_to_stage", "move_forward", "set_fields", "edit_buttons", "edit_text",
-                                "answer_button", "set_responsible", "delete_entity"})
+                                "answer_button", "set_responsible", "delete_entity",
+                                "record"})   # record: keyed by the step, stored once whatever runs it
 MAYBE_DONE = "may have been sent: check the vendor, then replay it only if it was not done"
 # creates the vendor lets us read back (the method → the client verb that finds what it made): one
 # that got no clear answer is looked for, then recorded done or sent once more, never parked blindly

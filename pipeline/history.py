@@ -2,12 +2,17 @@
 Redis, queryable by record and by connection and time (cli.py timeline / explain / replay-event).
 
 PostgreSQL when DATABASE_URL is set, else SQLite (a file: CRMBRIDGE_HISTORY_PATH, default
-`crmbridge-history.sqlite3` beside the configuration directory). Two tables:
+`crmbridge-history.sqlite3` beside the configuration directory). Three tables:
 
     crmbridge_events     one row per planned event: connection, kind, record, and its body (the
                          event as parsed, and the record as the rules saw it; secrets removed)
     crmbridge_decisions  one row per decision: rule matched / skipped (and why), action done /
                          failed, timer set / cancelled / fired / skipped, and the rest of the audit
+    crmbridge_facts      the `record` action's facts (pipeline/steps/record.py; reports/), kept
+                         until removed by hand: retention does not touch them
+
+The schema is Alembic's (migrations/; pipeline/migrate.py brings a database to the newest
+revision when the store opens it).
 
 A job's rows are handed over when the job ends (pipeline/audit.batch) to a writer thread of the
 worker process, which writes what jobs left meanwhile in one transaction: one round trip to
@@ -34,9 +39,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pipeline import migrate
+
 log = logging.getLogger("crmbridge.history")
 
-SCHEMA_VERSION = 1
 BODY_MAX = 64 * 1024     # characters of an event's body kept; a larger one keeps its data, not its raw
 PAUSE = 30.0             # seconds writes pause after the database failed
 PRUNE_EVERY = 3600       # seconds between two retention passes (one worker of all does it)
@@ -48,32 +54,11 @@ SECRET_KEY = re.compile(r"token|secret|passw|signature|api_?key|authori[sz]ation
 SECRET_WORDS = ("token", "secret", "passw", "signature", "apikey", "api_key", "authoriz", "authoris", "cookie",
                 "credential")   # SECRET_KEY's words: a plain search of a whole body is 20× faster than the regex
 
-_TABLES = """
-CREATE TABLE IF NOT EXISTS crmbridge_events (
-    event_id   TEXT PRIMARY KEY,
-    at         {ts} NOT NULL,
-    connection TEXT NOT NULL,
-    kind       TEXT NOT NULL,
-    record     TEXT NOT NULL,
-    body       {json} NOT NULL
-);
-CREATE INDEX IF NOT EXISTS crmbridge_events_record ON crmbridge_events (record, at);
-CREATE INDEX IF NOT EXISTS crmbridge_events_connection ON crmbridge_events (connection, at);
-CREATE TABLE IF NOT EXISTS crmbridge_decisions (
-    id         {serial} PRIMARY KEY,
-    at         {ts} NOT NULL,
-    event_id   TEXT NOT NULL,
-    connection TEXT NOT NULL,
-    record     TEXT NOT NULL,
-    what       TEXT NOT NULL,
-    rule       TEXT,
-    detail     {json} NOT NULL
-);
-CREATE INDEX IF NOT EXISTS crmbridge_decisions_record ON crmbridge_decisions (record, at);
-CREATE INDEX IF NOT EXISTS crmbridge_decisions_at ON crmbridge_decisions (at);
-"""
 EVENT_COLUMNS = "event_id, at, connection, kind, record, body"
 DECISION_COLUMNS = "at, event_id, connection, record, what, rule, detail"
+FACT_COLUMNS = "fact_id, at, day, zone, metric, value, dimensions, event_id, connection, record, rule"
+AGGREGATES = {"sum": "sum(value)", "count": "count(*)", "avg": "avg(value)", "min": "min(value)", "max": "max(value)"}
+PERIODS = {"day": "day", "month": "substr(day, 1, 7)"}   # time dimensions every fact has (its local date)
 
 
 @dataclass(frozen=True)
@@ -127,6 +112,16 @@ def event_row(event: Any, view: dict[str, Any] | None, at: datetime, derived: bo
         body = {**body, "event": {**body["event"], "raw": f"({len(text)} characters: too large to keep)"}}
         text = json.dumps(body, ensure_ascii=False, default=str)
     return (event.id, at, event.connection, event.kind, record_of(event), text)
+
+
+def fact_row(key: str, event_id: str, connection: str, record: str, rule: str, at: datetime, zone: str,
+             metric: str, value: float, dimensions: dict[str, str]) -> tuple:
+    """A fact of the `record` action: `key` the recording step's (event id | rule | action index),
+    `at` its moment, dated in the calendar's `zone`."""
+    from zoneinfo import ZoneInfo
+    day = at.astimezone(ZoneInfo(zone)).date().isoformat()
+    return (key, at, day, zone, metric, float(value), json.dumps(dimensions, ensure_ascii=False, sort_keys=True),
+            event_id, connection, record, rule)
 
 
 def decision_row(event: Any, what: str, details: dict[str, Any], at: datetime) -> tuple:
@@ -305,6 +300,41 @@ class History:
         thread.start()
         return thread
 
+    # --- facts (the `record` action; reports/) ---------------------------------------------------
+
+    def add_fact(self, row: tuple) -> bool:
+        """Store one fact (fact_row's tuple) unless its key is stored already: True when stored now,
+        False when it was there (a repeated event, a re-run job). A database that fails raises
+        (the step is retried: a fact is never dropped); its connection is opened again next time."""
+        values = (row[0], self.ts(row[1]), *row[2:])
+        sql = (f"INSERT INTO crmbridge_facts ({FACT_COLUMNS}) VALUES ({', '.join(['?'] * len(values))}) "
+               "ON CONFLICT (fact_id) DO NOTHING")
+        with self._lock:
+            try:
+                return self._query_count(self._open(), sql, values) == 1
+            except Exception:
+                self._reset()
+                raise
+
+    def fact_totals(self, metric: str, aggregate: str, by: list[str], first: str, last: str) -> list[tuple]:
+        """A metric's facts from day `first` to day `last` (YYYY-MM-DD, both included, in each fact's
+        calendar zone), aggregated (AGGREGATES) per group of `by`: a period (PERIODS) or a dimension
+        (a fact without it is in the group ""). Rows (*group, value), in group order."""
+        keys, params = [], []
+        for name in by:
+            if name in PERIODS:
+                keys.append(PERIODS[name])
+            else:
+                keys.append(self.dimension_sql)
+                params.append(self.dimension_param(name))
+        positions = ", ".join(str(i + 1) for i in range(len(keys)))
+        sql = (f"SELECT {', '.join([*keys, AGGREGATES[aggregate]])} FROM crmbridge_facts "
+               "WHERE metric = ? AND day >= ? AND day <= ?"
+               + (f" GROUP BY {positions} ORDER BY {positions}" if keys else ""))
+        rows = self.query(sql, (*params, metric, first, last))
+        return [(*("" if v is None else str(v) for v in row[:-1]), row[-1]) for row in rows
+                if keys or row[-1] is not None]
+
     def stats(self) -> dict[str, int]:
         """Rows kept, and bytes on disk where the database says (PostgreSQL: tables and indexes)."""
         events = self.query("SELECT count(*) FROM crmbridge_events")[0][0]
@@ -320,6 +350,11 @@ class SQLiteHistory(History):
     """A file beside the configuration (WAL, synchronous=NORMAL: a power cut may lose the last
     transactions, never corrupt the file); several processes may write it."""
     name = "sqlite"
+    dimension_sql = "json_extract(dimensions, ?)"
+
+    @staticmethod
+    def dimension_param(name: str) -> str:
+        return '$."' + name.replace('"', '') + '"'
 
     def __init__(self, path: Path, retention: int) -> None:
         super().__init__(retention)
@@ -330,8 +365,7 @@ class SQLiteHistory(History):
         conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_TABLES.format(ts="TEXT", json="TEXT", serial="INTEGER"))
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        migrate.ensure(conn, f"sqlite:///{self.path}")
         return conn
 
     def _write(self, conn: sqlite3.Connection, events: list[tuple], decisions: list[tuple]) -> None:
@@ -374,6 +408,11 @@ class PostgresHistory(History):
     """PostgreSQL at DATABASE_URL (psycopg 3): timestamptz and jsonb columns, so that an operator
     may also ask it directly (`detail->>'reason'`)."""
     name = "postgresql"
+    dimension_sql = "dimensions ->> ?"
+
+    @staticmethod
+    def dimension_param(name: str) -> str:
+        return name
 
     def __init__(self, url: str, retention: int) -> None:
         super().__init__(retention)
@@ -383,11 +422,11 @@ class PostgresHistory(History):
         import psycopg
         conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3,
                                options="-c synchronous_commit=off -c statement_timeout=5000")
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(16016)")   # two workers starting together
-            for statement in _TABLES.format(ts="timestamptz", json="jsonb", serial="bigserial").split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        try:
+            migrate.ensure(conn, migrate.sqlalchemy_url(self.url))   # two workers starting together: one migrates
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _write(self, conn: Any, events: list[tuple], decisions: list[tuple]) -> None:
@@ -431,6 +470,15 @@ def open_history(settings: Any) -> History | None:
     """The store the settings name (nothing is opened yet), or None when CRMBRIDGE_HISTORY=off."""
     if not settings.history:
         return None
+    if settings.database_url:
+        return PostgresHistory(settings.database_url, settings.history_retention)
+    return SQLiteHistory(settings.history_file, settings.history_retention)
+
+
+def open_facts(settings: Any) -> History:
+    """The store of the `record` action's facts: the decision history's database, whether or not the
+    history itself is kept (CRMBRIDGE_HISTORY=off leaves the facts on). An object of its own (its own
+    connection and lock), so a fact is never queued behind the history's writer thread."""
     if settings.database_url:
         return PostgresHistory(settings.database_url, settings.history_retention)
     return SQLiteHistory(settings.history_file, settings.history_retention)
