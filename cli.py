@@ -487,5 +487,28 @@ def telegram_set_webhook(settings: Settings, connection: str, public_base_url: s
                f"{', '.join(ALLOWED_UPDATES)})")
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--from", "first", default=None, help="first day, YYYY-MM-DD (default: the first of --to's month)")
+@click.option("--to", "last", default=None, help="last day, YYYY-MM-DD, included (default: today)")
+@click.option("--by", default=None, help="dimensions, comma-separated (default: the report's; '' for one total)")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
+@click.pass_obj
+def report(settings: Settings, name: str, first: str | None, last: str | None, by: str | None, fmt: str) -> None:
+    """Print a report of reports.yaml as GET /reports/NAME answers it (docs/reports.md)."""
+    import reports
+    from pipeline.steps.record import store
+    _, ruleset = _load(settings)   # reports.yaml is checked with the rules
+    known = reports.load(settings.config_dir, ruleset.rules)
+    if name not in known:
+        raise click.UsageError(f"no report {name!r}; reports: {', '.join(sorted(known)) or 'none (reports.yaml)'}")
+    try:
+        _, text = reports.answer(store(settings), known, ruleset.rules, name,
+                                 {"from": first, "to": last, "by": by, "format": fmt}, datetime.now(timezone.utc).date())
+    except reports.BadRequest as exc:
+        raise click.UsageError(str(exc))
+    click.echo(text, nl=False)
+
+
 if __name__ == "__main__":
     cli()

@@ -22,6 +22,7 @@ from pipeline.history import open_history
 from pipeline.steps import STEPS
 from queueing import InProcessBackend, Keys, RQBackend
 from ratelimit import Limit, RateLimiter, limiter_for  # noqa: F401 - Limit, RateLimiter: tests reach them here
+import reports
 from rules import MODULES, find_or_create, send_email
 from rules._verb_support import unsupported_options, unsupported_verbs
 from rules.engine import RuleSet
@@ -56,6 +57,7 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
         errors.extend(find_or_create.unsupported(ruleset.rules, connections, CONNECTORS))
         errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS, STEPS))
         errors.extend(send_email.load_templates(ruleset.rules, base))
+        errors.extend(reports.check(base, ruleset.rules))   # reports.yaml against the metrics recorded
     except ConfigErrors as exc:
         errors.extend(exc.errors)
     if errors:

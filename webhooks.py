@@ -22,6 +22,7 @@ from connectors import CONNECTORS
 from connectors.base import Event, RawWebhook, UnsupportedMediaType, WebhookError
 from runtime import Runtime, configure_logging
 from pipeline import timers
+from reports import web as reports_web
 
 log = logging.getLogger("crmbridge.web")
 
@@ -44,6 +45,7 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
     # is seen as such (Werkzeug raises 413 past MAX_CONTENT_LENGTH) instead of being cut at the limit
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes + 1, TESTING=settings.testing)
     app.extensions["crmbridge"] = rt
+    app.register_blueprint(reports_web.blueprint)   # GET /reports/<name>
 
     limit = settings.max_body_bytes
 
