@@ -66,11 +66,12 @@ def _dimension_names(value) -> None:
 
 
 class Options(Schema):
-    metric = fields.String(required=True, validate=validate.Regexp(METRIC, error="expected a plain name (letters, digits, _ . -)"),
-                           metadata={"expected": "a metric name"})
+    metric = fields.String(required=True, validate=validate.Regexp(METRIC),
+                           metadata={"expected": "a plain metric name (letters, digits, _ . -)"})
     value = fields.Raw(load_default=1, validate=_numeric, metadata={"expected": "a number"})
     dimensions = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), load_default=dict,
-                             validate=_dimension_names, metadata={"expected": "a mapping of dimension: text"})
+                             validate=_dimension_names, metadata={"expected": "a mapping of dimension names (letters, digits and _; "
+                                                             "not day or month) to texts"})
     at = fields.Raw(load_default=None, metadata={"expected": "a date or date and time"})
 
 
