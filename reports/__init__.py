@@ -130,7 +130,7 @@ def load(config_dir: Path, rules: list) -> dict[str, Report]:
                     f"{', '.join(sorted(dims))}" + _hint(str(dim), sorted(dims)))
                 bad = True
         plan = None
-        if spec.get("plan") is not None:
+        if spec.get("plan") is not None and not bad:   # its dimensions are checked against a valid `by`
             plan, bad = _plan(spec, where, names, by, metrics, known, shown_known, err, bad)
         if not bad:
             reports[str(name)] = Report(str(name), tuple(names), aggregate, tuple(str(b) for b in by),
