@@ -138,6 +138,8 @@ def decision_row(event: Any, what: str, details: dict[str, Any], at: datetime) -
 class History:
     """A database of decisions; opened at its first use, safe to share between a process's threads."""
 
+    durable = False   # True for the facts store: a commit is on disk before a step is recorded done
+
     def __init__(self, retention: int) -> None:
         self.retention = retention
         self._lock = threading.Lock()
@@ -364,7 +366,7 @@ class SQLiteHistory(History):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
         migrate.ensure(conn, f"sqlite:///{self.path}")
         return conn
 
@@ -421,7 +423,7 @@ class PostgresHistory(History):
     def _connect(self) -> Any:
         import psycopg
         conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3,
-                               options="-c synchronous_commit=off -c statement_timeout=5000")
+                               options=f"-c synchronous_commit={'on' if self.durable else 'off'} -c statement_timeout=5000")
         try:
             migrate.ensure(conn, migrate.sqlalchemy_url(self.url))   # two workers starting together: one migrates
         except BaseException:
@@ -478,7 +480,10 @@ def open_history(settings: Any) -> History | None:
 def open_facts(settings: Any) -> History:
     """The store of the `record` action's facts: the decision history's database, whether or not the
     history itself is kept (CRMBRIDGE_HISTORY=off leaves the facts on). An object of its own (its own
-    connection and lock), so a fact is never queued behind the history's writer thread."""
-    if settings.database_url:
-        return PostgresHistory(settings.database_url, settings.history_retention)
-    return SQLiteHistory(settings.history_file, settings.history_retention)
+    connection and lock), so a fact is never queued behind the history's writer thread; its commits
+    are durable (PostgreSQL synchronous_commit on, SQLite synchronous FULL): the step is recorded
+    done after the fact is on disk, so a database crash cannot take back a fact the job counted."""
+    store: History = (PostgresHistory(settings.database_url, settings.history_retention) if settings.database_url
+                      else SQLiteHistory(settings.history_file, settings.history_retention))
+    store.durable = True
+    return store

@@ -109,6 +109,17 @@ def test_a_fact_is_recorded_once_and_reported_as_json_and_csv(live_server, runti
     run_worker(runtime)
     assert len(facts(settings)) == 3   # recorded once: the store's key is the step's
 
+    # a worker killed after the insert and before the step was recorded done: its attempted mark
+    # is there, its done mark is not; the step is repeated (it is keyed), never parked
+    revenue_key = next(fid for m, *_, fid in facts(settings) if m == "revenue")
+    for key in [*redis_db.scan_iter("crmbridge-test:done:*"), *redis_db.scan_iter("crmbridge-test:seen:*")]:
+        redis_db.delete(key)
+    redis_db.set(runtime.keys("attempted", revenue_key), json.dumps({"at": NOW.isoformat(), "pid": 1, "phase": "sent"}))
+    assert post(live_server) == {"accepted": 1, "duplicates": 0}
+    run_worker(runtime)
+    assert len(facts(settings)) == 3 and redis_db.exists(runtime.keys("done", revenue_key))
+    assert not redis_db.hlen(runtime.keys("dead"))
+
     resp = ask(live_server, "revenue_by_manager", **WIDE)
     assert resp.status_code == 200 and resp.headers["Content-Type"] == "application/json; charset=utf-8"
     body = resp.json()
