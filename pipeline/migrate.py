@@ -9,6 +9,10 @@ database made before migrations existed (the tables of revision 0001, no version
 over as it is: revision 0001 creates only what is missing (`IF NOT EXISTS`), so its tables and rows
 stay, and a half-made one is completed. Alembic's public API only: `command.upgrade` with a Config
 built here.
+
+A schema change is a new file in migrations/versions (`revision = "0003"`, `down_revision = "0002"`,
+plain SQL through `op.execute`, for both dialects: `op.get_bind().dialect.name`), and HEAD here
+set to it (tests/test_migrations.py fails until it is).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""GET /reports/<name>?from=&to=&by=&format=csv|json: a report (reports/__init__) for a BI tool.
+"""GET /reports/<name>?from=&to=&by=&format=csv|json: a report (reports/__init__) for a BI tool;
+GET /reports: the reports there are.
 
 Off (404) unless CRMBRIDGE_REPORTS_TOKEN is set; then the token is asked for as
 `Authorization: Bearer <token>` or `?token=<token>` (for tools that cannot send headers), compared
@@ -27,9 +28,8 @@ def _token(given: str, wanted: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), wanted.encode("utf-8"))
 
 
-@blueprint.get("/reports/<name>")
-def report(name: str):
-    rt = current_app.extensions["crmbridge"]
+def _refused(rt):
+    """The answer when the request may not see reports (None when it may)."""
     wanted = rt.settings.environ.get(TOKEN) or ""
     if not wanted:
         return _error(404, "reports are off (CRMBRIDGE_REPORTS_TOKEN is not set)")
@@ -38,6 +38,27 @@ def report(name: str):
     if not given or not _token(given, wanted):
         return _error(401, "a valid token is needed (Authorization: Bearer, or ?token=)",
                       **{"WWW-Authenticate": 'Bearer realm="crmbridge reports"'})
+    return None
+
+
+@blueprint.get("/reports")
+def listing():
+    """The reports reports.yaml names: {"reports": [{name, title, metrics, aggregate, by, plan}]}."""
+    rt = current_app.extensions["crmbridge"]
+    refused = _refused(rt)
+    if refused:
+        return refused
+    known = reports.load(rt.settings.config_dir, rt.ruleset.rules)
+    return jsonify(reports=[{"name": r.name, "title": r.title, "metrics": list(r.metrics), "aggregate": r.aggregate,
+                             "by": list(r.by), "plan": r.plan.metric if r.plan else None} for r in known.values()])
+
+
+@blueprint.get("/reports/<name>")
+def report(name: str):
+    rt = current_app.extensions["crmbridge"]
+    refused = _refused(rt)
+    if refused:
+        return refused
     known = reports.load(rt.settings.config_dir, rt.ruleset.rules)   # checked at start-up: loads cleanly
     if name not in known:
         return _error(404, f"unknown report {name!r}; reports: {', '.join(sorted(known)) or 'none'}")

@@ -154,6 +154,10 @@ def test_the_token_and_bad_requests(live_server, settings):
     assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"].startswith("Bearer")
     assert requests.get(f"{live_server}/reports/inquiries", params={"token": TOKEN}, timeout=5).status_code == 200
     assert ask(live_server, "nope").status_code == 404
+    listed = requests.get(f"{live_server}/reports", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).json()
+    assert [(r["name"], r["plan"]) for r in listed["reports"]] == [("revenue_by_manager", "revenue_plan"),
+                                                                   ("inquiries", None)]
+    assert requests.get(f"{live_server}/reports", timeout=5).status_code == 401
     bad = ask(live_server, "inquiries", by="manger")
     assert bad.status_code == 400 and bad.json()["error"].startswith("by: unknown dimension 'manger'; expected some of day, month")
     assert ask(live_server, "revenue_by_manager", by="source").json()["error"] == \
