@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from config.loader import ConfigError, ConfigErrors, line_of, load_yaml
+from pipeline import history
 
-AGGREGATES = ("sum", "count", "avg", "min", "max")
-PERIODS = ("day", "month")
+AGGREGATES = tuple(history.AGGREGATES)   # sum, count, avg, min, max
+PERIODS = tuple(history.PERIODS)         # day, month: every fact's own dates
 FORMATS = ("json", "csv")
 FILE = "reports.yaml"
 

@@ -169,3 +169,8 @@ def test_a_plan_group_without_facts_shows_nothing_done_yet(tmp_path, history_set
     assert columns == ["manager", "revenue", "plan", "percent"]
     assert rows == [{"manager": "Іван", "revenue": 0, "plan": 500, "percent": 0.0},
                     {"manager": "Олена", "revenue": 1000, "plan": 2000, "percent": 50.0}]
+
+
+def test_the_names_record_keeps_for_dates_are_the_reports_periods():
+    from rules.record import RESERVED
+    assert RESERVED == reports.PERIODS
