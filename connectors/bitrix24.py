@@ -67,6 +67,10 @@ REFUSAL_CODES = {"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT", "OVERLOAD_LIMIT
 BINDING_METHODS = {"crm.deal.contact.add", "crm.lead.contact.add", "crm.contact.company.add"}
 PERMANENT_CODES = {"PORTAL_DELETED"}
 READ_BACK_SLACK = 60  # seconds find_task/find_note look before `since`: our clock and the portal's may differ
+# crm.activity TYPE_ID and DIRECTION (crm/timeline/activities/crm-activity-fields.md, crm.enum.activitytype,
+# crm.enum.activitydirection)
+ACTIVITY_TYPES = {"1": "meeting", "2": "call", "3": "task", "4": "email", "5": "action", "6": "custom"}
+ACTIVITY_DIRECTIONS = {"1": "incoming", "2": "outgoing"}
 BATCH_MAX = 50  # "The number of requests in a batch is limited to 50" (settings/how-to-call-rest-api/batch.md)
 
 
@@ -154,10 +158,14 @@ class Client(BaseClient):
     """Actions on one Bitrix24 portal through its inbound webhook; each method is one to three calls."""
 
     rate_per_second = 2  # the leaky bucket drains 2 requests/s on non-Enterprise plans (limits.md)
+    # …and refuses calls past a counter of 50 (limits.md): at most 50 calls in any 25 s keeps the
+    # counter at or below 50 whatever the spacing (ratelimit.Limit), less the limiter's margin
+    burst = 50
     capabilities = frozenset({
         "get_entity", "name_refs", "changed_since", "list_tasks", "set_fields", "move_to_stage",
         "create_task", "add_note", "notify", "set_responsible", "delete_entity", "search_contacts",
         "add_contact", "link_contact", "read_stage", "find_stage", "stage_order", "find_task", "find_note",
+        "overdue_tasks", "deals_without_task", "open_deals", "add_deal",
     })
     timeout = 30.0  # a REST request may run up to 60 s (limits.md); most answer in a second or two
     docs_url = "https://apidocs.bitrix24.com/"
@@ -304,6 +312,8 @@ class Client(BaseClient):
 
     def get_entity(self, entity: Entity) -> dict[str, Any] | None:
         """The record's state in the common shape; None in record-only mode or for a missing task."""
+        if entity.type == "activity":
+            return self.get_activity(entity)
         if entity.type == "task":
             body = self.call("tasks.task.get", {"taskId": _id(entity), "select": TASK_SELECT})
             task = (body or {}).get("result")  # [] when the task is gone or hidden (tasks-task-get.md)
@@ -647,6 +657,85 @@ class Client(BaseClient):
             raise
         return None if body is None else "deleted"
 
+    # --- digests (D7), routing (D8), activities: pipeline/steps/send_digest.py, attach_to_deal.py --
+    # crm/deals/crm-deal-list.md, crm/leads/crm-lead-list.md (filter, select, order, start: 50 a
+    # page, "next"), tasks/tasks-task-list.md (filter REAL_STATUS, <DEADLINE; answer result.tasks
+    # with camelCase keys), crm/timeline/activities/crm-activity-get.md, crm/deals/crm-deal-add.md.
+
+    def overdue_tasks(self, before: str) -> list[dict[str, Any]]:
+        """Open tasks whose DEADLINE is before `before`, oldest first, every page:
+        tasks.task.list {"filter": {"<DEADLINE": before, "!REAL_STATUS": 5}, "order": {"DEADLINE": "asc"}}.
+        Each as amoCRM's: {"id", "text", "due", "responsible": {"id", "name"}, "parent": the first
+        deal/lead binding}."""
+        limit = _moment(before)
+        rows = self.list_all("tasks.task.list", {
+            "filter": {"<DEADLINE": limit.isoformat(timespec="seconds"), "!REAL_STATUS": int(TASK_DONE)},
+            "select": TASK_SELECT, "order": {"DEADLINE": "asc", "ID": "asc"}}, key="tasks") or []
+        names, found = self.users(), []
+        for task in rows:
+            if not task.get("deadline") or _moment(task["deadline"]) >= limit or str(task.get("status")) == TASK_DONE:
+                continue   # the portal filtered already; checked again on the values it gave
+            who = str(task.get("responsibleId") or "")
+            found.append({"id": str(task["id"]), "text": task.get("title") or "", "due": task["deadline"],
+                          "responsible": {"id": who, "name": names.get(who)},
+                          "parent": _parent_binding(task.get("ufCrmTask"))})
+        return found
+
+    def deals_without_task(self) -> list[dict[str, Any]]:
+        """Open deals (CLOSED "N") and leads in progress (STATUS_SEMANTIC_ID "P") bound to no open
+        task (UF_CRM_TASK of every task not completed), every page of each list, by id."""
+        tasks = self.list_all("tasks.task.list", {"filter": {"!REAL_STATUS": int(TASK_DONE)},
+                                                  "select": ["ID", "UF_CRM_TASK"], "order": {"ID": "asc"}},
+                              key="tasks") or []
+        busy = {binding for task in tasks for binding in task.get("ufCrmTask") or []}
+        names, found = self.users(), []
+        for etype, flt in (("deal", {"CLOSED": "N"}), ("lead", {"STATUS_SEMANTIC_ID": "P"})):
+            rows = self.list_all(f"crm.{etype}.list", {"filter": flt, "order": {"ID": "ASC"},
+                                                       "select": ["ID", "TITLE", "ASSIGNED_BY_ID", "DATE_MODIFY"]})
+            for rec in rows or []:
+                if f"{TASK_BINDING[etype]}_{rec['ID']}" in busy:
+                    continue
+                who = str(rec.get("ASSIGNED_BY_ID") or "")
+                found.append({"type": etype, "id": str(rec["ID"]), "name": rec.get("TITLE"),
+                              "responsible": {"id": who, "name": names.get(who)},
+                              "modified": rec.get("DATE_MODIFY")})
+        return found
+
+    def open_deals(self, contact_id: str) -> list[dict[str, Any]]:
+        """The contact's open deals (crm.deal.list {"filter": {"CONTACT_ID", "CLOSED": "N"}}), every
+        page, each {"id", "name", "modified": DATE_MODIFY}."""
+        rows = self.list_all("crm.deal.list", {
+            "filter": {"CONTACT_ID": _id(Entity("contact", str(contact_id))), "CLOSED": "N"},
+            "order": {"DATE_MODIFY": "DESC", "ID": "DESC"}, "select": ["ID", "TITLE", "DATE_MODIFY"]})
+        return [{"id": str(r["ID"]), "name": r.get("TITLE"), "modified": r.get("DATE_MODIFY")} for r in rows or []]
+
+    def add_deal(self, title: str, contact_id: str) -> int | None:
+        """crm.deal.add {"fields": {"TITLE", "CONTACT_IDS": [id]}}: a deal in the default funnel's
+        first stage, linked to the contact."""
+        body = self.call("crm.deal.add", {"fields": {
+            "TITLE": title, "CONTACT_IDS": [_id(Entity("contact", str(contact_id)))]}})
+        return None if body is None else int(body["result"])
+
+    def get_activity(self, entity: Entity) -> dict[str, Any] | None:
+        """crm.activity.get {"id"} (ONCRMACTIVITYADD carries the id only) in the common shape:
+        {"id", "name": SUBJECT, "owner": {"type", "id"} (the deal, lead, contact it belongs to),
+        "kind": meeting/call/task/email/… (TYPE_ID), "direction": incoming/outgoing (DIRECTION),
+        "completed", "responsible", "fields": {}}."""
+        body = self.call("crm.activity.get", {"id": _id(entity)})
+        if body is None:
+            return None
+        rec = body.get("result") or {}
+        owner = {v: k for k, v in OWNER_TYPE.items()}.get(int(rec.get("OWNER_TYPE_ID") or 0))
+        snap: dict[str, Any] = {
+            "id": str(rec.get("ID") or entity.id), "name": rec.get("SUBJECT"),
+            "kind": ACTIVITY_TYPES.get(str(rec.get("TYPE_ID")), str(rec.get("TYPE_ID"))),
+            "direction": ACTIVITY_DIRECTIONS.get(str(rec.get("DIRECTION")), ""),
+            "completed": rec.get("COMPLETED") == "Y", "fields": {}, "tags": [], "contacts": []}
+        if owner and rec.get("OWNER_ID"):
+            snap["owner"] = {"type": owner, "id": str(rec["OWNER_ID"])}
+        _ref(snap, "responsible", rec.get("RESPONSIBLE_ID"))
+        return self.name_refs(snap, "activity")
+
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -657,6 +746,16 @@ def _body(resp) -> dict[str, Any]:
     except ValueError:
         body = None
     return body if isinstance(body, dict) else {"error": "", "error_description": resp.text[:300]}
+
+
+def _parent_binding(bindings: Any) -> dict[str, str] | None:
+    """A task's first deal, lead, contact or company binding ("D_410") as {"type", "id"}."""
+    kinds = {prefix: etype for etype, prefix in TASK_BINDING.items()}
+    for binding in bindings or []:
+        prefix, _, rid = str(binding).partition("_")
+        if prefix in kinds and rid.isdigit():
+            return {"type": kinds[prefix], "id": rid}
+    return None
 
 
 def _crm(entity_type: str) -> str:
