@@ -57,6 +57,9 @@ OWNER_TYPE = {"lead": 1, "deal": 2, "contact": 3, "company": 4}
 # UF_CRM_TASK binding prefixes (api-reference/tasks/fields.md)
 TASK_BINDING = {"lead": "L", "deal": "D", "contact": "C", "company": "CO"}
 TASK_SELECT = ["ID", "TITLE", "STATUS", "RESPONSIBLE_ID", "DEADLINE", "UF_CRM_TASK"]
+# tasks/fields.md STATUS, as the task card names them (a rule may write either: `stage: "Завершена"` or "5")
+TASK_STATUSES = {"1": "Новая", "2": "Ждёт выполнения", "3": "Выполняется", "4": "Ждёт контроля", "5": "Завершена",
+                 "6": "Отложена", "7": "Отклонена"}
 TASK_DONE = "5"  # tasks.task.list REAL_STATUS: 2 waiting, 3 in progress, 4 awaiting control, 5 completed, 6 deferred
 # 503 QUERY_LIMIT_EXCEEDED, 429 OPERATION_TIME_LIMIT, 503 OVERLOAD_LIMIT (limits.md); 500 PORTAL_DELETED
 # is final (_includes/system-errors.md). Some clients see QUERY_LIMIT_EXCEEDED with HTTP 200.
@@ -350,6 +353,8 @@ class Client(BaseClient):
                                 "bindings": list(task.get("ufCrmTask") or []), "fields": {}, "tags": [],
                                 "contacts": []}
         _ref(snap, "responsible", task.get("responsibleId"))
+        if status:   # the status as a stage, so ONTASKUPDATE derives stage.changed (the task's own "funnel")
+            snap["stage"] = {"id": status, "name": TASK_STATUSES.get(status, status)}
         return self.name_refs(snap, "task")
 
     def get_company(self, company: Entity | str | int) -> dict[str, Any] | None:
@@ -384,7 +389,16 @@ class Client(BaseClient):
     def find_note(self, entity: Entity, text: str, since: float | str) -> int | None:
         """The id of the entity's timeline comment whose text is `text`, made at or after `since`, or
         None: crm.timeline.comment.list filters by ENTITY_ID and ENTITY_TYPE only (its doc), so the
-        pages are read newest first (order ID desc) until they reach comments older than `since`."""
+        pages are read newest first (order ID desc) until they reach comments older than `since`. A
+        task's comments: task.commentitem.getlist {"TASKID", "ORDER": {"ID": "desc"}} (every comment, one
+        answer; task-comment-item-get-list.md), POST_MESSAGE and POST_DATE compared the same way."""
+        if entity.type == "task":
+            start = _moment(since) - timedelta(seconds=READ_BACK_SLACK)
+            body = self.call("task.commentitem.getlist", {"TASKID": _id(entity), "ORDER": {"ID": "desc"}})
+            rows = (body or {}).get("result") or []
+            found = [r for r in rows if isinstance(r, dict) and r.get("POST_MESSAGE") == text
+                     and _moment(r.get("POST_DATE") or 0) >= start]
+            return int(found[0]["ID"]) if found else None
         _owner_type(entity.type)
         start = _moment(since) - timedelta(seconds=READ_BACK_SLACK)
         offset = 0
@@ -535,7 +549,11 @@ class Client(BaseClient):
         return None if body is None else bool(body.get("result"))
 
     def set_fields(self, entity: Entity, fields: dict[str, Any]) -> bool | None:
-        """Write fields by code (UF_CRM_…, TITLE) or by the label the portal shows."""
+        """Write fields by code (UF_CRM_…, TITLE) or by the label the portal shows; a task's by code
+        (TITLE, DEADLINE, UF_AUTO_…) through tasks.task.update {"taskId", "fields"} (tasks-task-update.md)."""
+        if entity.type == "task":
+            body = self.call("tasks.task.update", {"taskId": _id(entity), "fields": dict(fields)})
+            return None if body is None else bool(body.get("result"))
         return self.update(entity, fields)
 
     def update_contact(self, contact: Entity | str | int, fields: dict[str, Any]) -> bool | None:
@@ -624,7 +642,12 @@ class Client(BaseClient):
         return int(found.group(1)) if found else None
 
     def add_note(self, entity: Entity, text: str) -> int | None:
-        """A comment in the entity's timeline (crm.timeline.comment.add)."""
+        """A comment in the entity's timeline (crm.timeline.comment.add); on a task, a task comment:
+        task.commentitem.add {"TASKID", "FIELDS": {"POST_MESSAGE"}} → its id (tasks/comment-item/
+        task-comment-item-add.md)."""
+        if entity.type == "task":
+            body = self.call("task.commentitem.add", {"TASKID": _id(entity), "FIELDS": {"POST_MESSAGE": text}})
+            return None if body is None else int(body["result"])
         _owner_type(entity.type)
         body = self.call("crm.timeline.comment.add", {"fields": {
             "ENTITY_ID": _id(entity), "ENTITY_TYPE": entity.type, "COMMENT": text}})

@@ -113,6 +113,7 @@ class FakeBitrix24(FakeServer):
         self.activities: list[dict[str, Any]] = []
         self.comments: list[dict[str, Any]] = []
         self.notifications: list[dict[str, Any]] = []
+        self.task_comments: list[dict[str, Any]] = []
         self.users = [{"ID": "1", "ACTIVE": True, "NAME": "Ольга", "LAST_NAME": "Коваленко"},
                       {"ID": "7", "ACTIVE": True, "NAME": "Иван", "LAST_NAME": "Петренко"}]
         self.categories = [category(0, "Общая"), category(3, "Реализация")]
@@ -123,6 +124,7 @@ class FakeBitrix24(FakeServer):
         self.methods.update(self._delete_methods())
         self.methods.update(self._deal_contact_items_methods())
         self.methods.update(self._digest_routing_methods())
+        self.methods.update(self._task_write_methods())
         pattern = rf"/rest/{re.escape(user_id)}/{re.escape(code)}/([\w.]+?)(?:\.json)?"
         self.route("POST", pattern, self._serve)
         self.route("GET", pattern, self._serve)
@@ -356,6 +358,40 @@ class FakeBitrix24(FakeServer):
             if str(activity.get("ID")) == rid:
                 return activity
         raise BitrixError(400, "", "Not found")
+
+    # --- a task's fields and comments: tasks.task.update (tasks-task-update.md), task.commentitem.add /
+    # getlist (tasks/comment-item/task-comment-item-add.md, task-comment-item-get-list.md) -------------
+
+    def _task_write_methods(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        return {"tasks.task.update": self._task_update, "task.commentitem.add": self._task_comment_add,
+                "task.commentitem.getlist": self._task_comment_list}
+
+    def _task_of(self, task_id: Any) -> dict[str, Any]:
+        task = self.tasks.get(int(task_id or 0)) if str(task_id or "").isdigit() else None
+        if task is None:   # the answer for a task that is not there or not visible (wording not documented)
+            raise BitrixError(400, "ERROR_CORE", "Task not found or not accessible")
+        return task
+
+    def _task_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        task = self._task_of(params.get("taskId"))
+        for key, value in (params.get("fields") or {}).items():
+            task[TASK_KEYS.get(key, key)] = value   # UF_ fields kept under their codes
+        return {"task": task}
+
+    def _task_comment_add(self, params: dict[str, Any]) -> int:
+        self._task_of(params.get("TASKID"))
+        text = (params.get("FIELDS") or {}).get("POST_MESSAGE")
+        if not text:
+            raise BitrixError(400, "ERROR_CORE", "Comment text is empty")   # wording not documented
+        comment = {"ID": str(next(self.ids)), "TASK_ID": str(params["TASKID"]), "POST_MESSAGE": text,
+                   "POST_DATE": _now_iso(), "AUTHOR_ID": self.user_id}
+        self.task_comments.append(comment)
+        return int(comment["ID"])
+
+    def _task_comment_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        self._task_of(params.get("TASKID"))
+        rows = [c for c in self.task_comments if c["TASK_ID"] == str(params["TASKID"])]
+        return sorted(rows, key=lambda c: int(c["ID"]), reverse=True)
 
     # --- tasks -----------------------------------------------------------------------------------
 
