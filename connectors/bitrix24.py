@@ -694,13 +694,12 @@ class Client(BaseClient):
         rows = self.list_all("tasks.task.list", {
             "filter": {"<DEADLINE": limit.isoformat(timespec="seconds"), "!REAL_STATUS": int(TASK_DONE)},
             "select": TASK_SELECT, "order": {"DEADLINE": "asc", "ID": "asc"}}, key="tasks") or []
-        names, found = self.users(), []
+        found = []
         for task in rows:
             if not task.get("deadline") or _moment(task["deadline"]) >= limit or str(task.get("status")) == TASK_DONE:
                 continue   # the portal filtered already; checked again on the values it gave
-            who = str(task.get("responsibleId") or "")
             found.append({"id": str(task["id"]), "text": task.get("title") or "", "due": task["deadline"],
-                          "responsible": {"id": who, "name": names.get(who)},
+                          "responsible": self.person(task.get("responsibleId")),
                           "parent": _parent_binding(task.get("ufCrmTask"))})
         return found
 
@@ -711,18 +710,25 @@ class Client(BaseClient):
                                                   "select": ["ID", "UF_CRM_TASK"], "order": {"ID": "asc"}},
                               key="tasks") or []
         busy = {binding for task in tasks for binding in task.get("ufCrmTask") or []}
-        names, found = self.users(), []
+        found = []
         for etype, flt in (("deal", {"CLOSED": "N"}), ("lead", {"STATUS_SEMANTIC_ID": "P"})):
             rows = self.list_all(f"crm.{etype}.list", {"filter": flt, "order": {"ID": "ASC"},
                                                        "select": ["ID", "TITLE", "ASSIGNED_BY_ID", "DATE_MODIFY"]})
             for rec in rows or []:
                 if f"{TASK_BINDING[etype]}_{rec['ID']}" in busy:
                     continue
-                who = str(rec.get("ASSIGNED_BY_ID") or "")
                 found.append({"type": etype, "id": str(rec["ID"]), "name": rec.get("TITLE"),
-                              "responsible": {"id": who, "name": names.get(who)},
+                              "responsible": self.person(rec.get("ASSIGNED_BY_ID")),
                               "modified": rec.get("DATE_MODIFY")})
         return found
+
+    def person(self, user_id: Any) -> dict[str, Any]:
+        """{"id", "name", "active"} of a user: user.get lists dismissed users too, with ACTIVE false
+        (dev.1c-bitrix.ru/rest_help/users/user_get.php), and a digest cannot notify them."""
+        who = str(user_id or "")
+        active = self.cached("users-active", lambda: {str(u["ID"]): bool(u.get("ACTIVE"))
+                                                      for u in self.list_all("user.get", {}) or []})
+        return {"id": who, "name": self.users().get(who), "active": active.get(who, False)}
 
     def open_deals(self, contact_id: str) -> list[dict[str, Any]]:
         """The contact's open deals (crm.deal.list {"filter": {"CONTACT_ID", "CLOSED": "N"}}), every

@@ -19,7 +19,7 @@ Sources (`query`): `overdue_tasks` (open tasks past their deadline: amoCRM, Bitr
 `deals_without_task` (open deals and leads with no open task: amoCRM, Bitrix24). A source the
 CRM cannot give, or a destination whose connection cannot deliver it, is refused at start-up with
 the rule's file:line (`unsupported`). A person with no channel (no entry in `chats:`/`emails:`,
-or a CRM user the portal no longer lists) gets nothing: their whole list goes into the head's
+or a CRM user the CRM names as no longer active) gets nothing: their whole list goes into the head's
 summary, marked. Nobody with anything: nothing is sent. Each message is sent once, even when
 the step is retried after a failure half-way.
 """

@@ -28,7 +28,7 @@ class Person:
     name: str
     tasks: list[dict[str, Any]] = field(default_factory=list)
     deals: list[dict[str, Any]] = field(default_factory=list)
-    known: bool = True   # the CRM still lists the user (a name was found)
+    known: bool = True   # the CRM names the user and does not say they left
 
     @property
     def count(self) -> int:
@@ -43,7 +43,8 @@ def group(tasks: list[dict[str, Any]], deals: list[dict[str, Any]]) -> list[Pers
             who = item.get("responsible") or {}
             uid = str(who["id"]) if who.get("id") not in (None, "", "None", "0") else None
             name = who.get("name") or (f"user {uid}" if uid else "без ответственного")
-            person = people.setdefault(name, Person(uid, name, known=bool(who.get("name"))))
+            # a user the CRM does not name, or names as no longer active (dismissed), cannot be told
+            person = people.setdefault(name, Person(uid, name, known=bool(who.get("name")) and who.get("active", True)))
             getattr(person, bucket).append(item)
     return sorted(people.values(), key=lambda p: (-p.count, p.name))
 

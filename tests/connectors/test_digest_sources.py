@@ -58,7 +58,7 @@ def _task(task_id: int, status: tuple[int, str], end: dict | None, user: str = "
 
 def test_planfix_overdue_tasks_reads_every_page_and_skips_closed_and_future_ones(fake_planfix: FakePlanfix, redis_db):
     in_work, done = (2, "В роботі"), (3, "Завершена")
-    for n in range(230):
+    for n in range(520):
         fake_planfix.add("task", _task(1000 + n, in_work, {"date": "20-12-2026", "time": "18:00",
                                                           "datetime": "2026-12-20T16:00Z"}))
     fake_planfix.add("task", _task(1003, in_work, {"date": "02-12-2026", "time": "12:00", "datetime": "2026-12-02T10:00Z"}))
@@ -74,4 +74,4 @@ def test_planfix_overdue_tasks_reads_every_page_and_skips_closed_and_future_ones
         ("1003", "2026-12-02T10:00:00+00:00", "Олена Коваленко", {"type": "project", "id": "31"}),
         ("1150", "2026-12-05T00:00:00+02:00", "Иван Петренко", {"type": "project", "id": "31"})]
     bodies = [c.body for c in fake_planfix.received("POST", "/rest/task/list")]
-    assert [(b["offset"], b["pageSize"]) for b in bodies] == [(0, 100), (100, 100), (200, 100)]
+    assert [(b["offset"], b["pageSize"]) for b in bodies] == [(n, 100) for n in range(0, 600, 100)]

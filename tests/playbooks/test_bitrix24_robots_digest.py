@@ -1,6 +1,6 @@
 """Playbook D7 on Bitrix24 end to end: every working morning each manager gets their overdue tasks
 and open deals/leads without an open task as a Bitrix24 notification (im.notify.system.add), the
-head a summary; a manager the portal no longer lists (no notification channel) has their list in
+head a summary; a dismissed manager (ACTIVE false: no notification channel) has their list in
 the head's summary. The portal holds 520 open deals and as many tasks: every list is read across
 its pages (50 a page, `start`/`next`). A Telegram variant: a manager with no chat.
 
@@ -18,14 +18,15 @@ from tests.playbooks.bitrix24_robots import (  # noqa: F401 - fixtures
     ANNA, HEAD, IVAN, at, calls, config_dir, env, msk, portal, tick,
 )
 
-DISMISSED = "12"        # a manager who left: user.get no longer lists them
+DISMISSED = "12"        # a manager who left: user.get lists them with ACTIVE false
 FIRST, MANY = 1000, 520
 
 
 def busy_portal(portal) -> None:
     """520 open deals (half Ivan's, half Anna's), each with an open task but three; two leads;
-    overdue tasks of Ivan (2), Anna (1) and a dismissed manager (1); tasks that are not overdue
+    Пётр Сидоренко has left (ACTIVE false); overdue tasks of Ivan (2), Anna (1) and a dismissed manager (1); tasks that are not overdue
     or are done; closed deals without a task (not listed)."""
+    portal.users.append({"ID": DISMISSED, "ACTIVE": False, "NAME": "Пётр", "LAST_NAME": "Сидоренко"})
     for n in range(MANY):
         deal_id = FIRST + n
         owner = IVAN if n % 2 == 0 else ANNA
@@ -86,8 +87,8 @@ def test_d7_each_manager_is_notified_and_the_head_gets_the_summary_across_every_
         assert head["MESSAGE"] == (
             "Контроль на 2026-12-07\nИтого: просроченных задач 4, без открытой задачи 4\n"
             "Иван Петренко: просрочено 2, без задачи 2\nАнна Сидорова: просрочено 1, без задачи 2\n"
-            f"user {DISMISSED}: просрочено 1, без задачи 0\n\n"
-            f"user {DISMISSED} — нет канала для уведомления:\n{DISMISSED_LINES}")
+            "Пётр Сидоренко: просрочено 1, без задачи 0\n\n"
+            f"Пётр Сидоренко — нет канала для уведомления:\n{DISMISSED_LINES}")
         # every page of the deals (50 a page: 520 open deals → 11 calls, start 0…500) and of the tasks
         deal_pages = [c["start"] for c in calls(portal, "crm.deal.list")]
         assert deal_pages == list(range(0, MANY, 50))
@@ -141,7 +142,7 @@ def test_d7_by_telegram_a_manager_with_no_chat_goes_to_the_heads_summary(config_
         chat, text = sent[1]
         assert chat == "7000" and len(sent) == 2
         assert "\n\nАнна Сидорова — нет канала для уведомления:\n" + ANNA_TEXT.split("\n", 2)[2] in text
-        assert f"user {DISMISSED} — нет канала для уведомления:\n{DISMISSED_LINES}" in text
+        assert f"Пётр Сидоренко — нет канала для уведомления:\n{DISMISSED_LINES}" in text
         assert calls(portal, "im.notify.system.add") == []
     finally:
         rt.backend.close()
