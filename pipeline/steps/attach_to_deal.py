@@ -5,13 +5,15 @@ open_deals(contact) → [{"id", "modified"}] per contact, add_note(record, text)
 `none_open: new_deal`, add_deal(title, contact). Each vendor call that changes something runs
 through `StepContext.once`, and so does the choice of deal: a retried step resumes where it
 stopped and attaches to the deal it chose first, even if another deal became more recent since.
+A note whose answer was a 5xx is looked for (the client's find_note) before it is sent once more;
+with no answer at all it is left uncertain, and the executor parks the step for a person.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
 
-from connectors.base import Entity, PermanentApiError, contact_matches
+from connectors.base import Entity, PermanentApiError, UncertainApiError, contact_matches
 from pipeline.steps.base import StepContext, require
 
 METHOD = "attach_to_deal"
@@ -56,20 +58,33 @@ def run(ctx: StepContext, text: str, none_open: str = "contact_note", deal_title
     chosen = ctx.once("choice", choose)
     if chosen is not None:
         deal = Entity(str(chosen.get("type") or "deal"), str(chosen["id"]))
-        note = ctx.once("note", lambda: client.add_note(deal, text))
+        note = ctx.once("note", lambda: _note(client, deal, text))
         return {"attached": str(deal), "note": note, "contact": contacts[0]}
     if none_open == "new_deal":
         if not client.can("add_deal"):
             raise PermanentApiError(f"connection {ctx.connection!r} cannot add a deal (none_open: new_deal)")
         made = ctx.once("deal", lambda: client.add_deal(deal_title or "Новое обращение", contacts[0]))
         deal = Entity("deal", str(made))
-        note = ctx.once("note", lambda: client.add_note(deal, text))
+        note = ctx.once("note", lambda: _note(client, deal, text))
         return {"attached": str(deal), "note": note, "contact": contacts[0], "created": True}
     if none_open == "contact_note":
         person = Entity("contact", contacts[0])
-        note = ctx.once("note", lambda: client.add_note(person, text))
+        note = ctx.once("note", lambda: _note(client, person, text))
         return {"attached": str(person), "note": note, "contact": contacts[0], "no_open_deal": True}
     return {"attached": None, "reason": "the contact has no open deal", "contact": contacts[0]}
+
+
+def _note(client: Any, record: Entity, text: str) -> Any:
+    """add_note, settled like the executor settles a create: a 5xx answer (the vendor finished, the
+    note may be there) is read back; found → its id, not there → sent once more."""
+    since = datetime.now(timezone.utc).isoformat()
+    try:
+        return client.add_note(record, text)
+    except UncertainApiError as exc:
+        if exc.status is None or not client.can("find_note"):
+            raise   # no answer: the request may still be running; a person decides
+        found = client.find_note(record, text, since)
+        return found if found is not None else client.add_note(record, text)
 
 
 def _age(contact: dict[str, Any]) -> tuple[Any, ...]:

@@ -112,3 +112,25 @@ def test_d8_an_unknown_sender_is_left_alone(client, runtime, portal, at):
 def test_d8_most_recently_active_is_the_latest_modification_then_the_highest_id(deals, chosen):
     found = latest_open_deal(deals)
     assert (found or {}).get("id") == chosen
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["done-then-500", "refused-with-500"])
+def test_d8_a_note_answered_with_a_500_is_looked_for_before_it_is_sent_again(client, runtime, portal, at, applied):
+    from tests.fakes_bitrix24 import BitrixError
+    at(msk(2026, 12, 7, 12))
+    contact(portal, 84, "Мария Ковальчук", telegram=SENDER)
+    deal(portal, 450, "Свадьба", "Встреча", contact=84)
+    original, tries = portal.methods["crm.timeline.comment.add"], []
+
+    def flaky(params):
+        tries.append(params)
+        if len(tries) == 1:
+            if applied:
+                original(params)
+            raise BitrixError(500, "INTERNAL_SERVER_ERROR", "Internal server error")
+        return original(params)
+    portal.methods["crm.timeline.comment.add"] = flaky
+    message(client, runtime)
+    assert [(c["ENTITY_TYPE"], c["ENTITY_ID"], c["COMMENT"]) for c in portal.comments] == [("deal", 450, NOTE)]
+    assert len(tries) == (1 if applied else 2)
+    assert len(calls(portal, "crm.timeline.comment.list")) == 1     # looked for once
