@@ -61,8 +61,9 @@ def lines(person: Person, tz: Any) -> list[str]:
         out.append(f"• {task.get('text') or '—'} — до {due}{_where(task.get('parent'))}")
     if person.deals:
         out.append(f"Без открытой задачи: {len(person.deals)}")
-        out += [f"• {KIND_NAMES.get(d.get('type'), d.get('type'))} «{d.get('name') or '—'}» [{d.get('type')} {d.get('id')}]"
-                for d in person.deals]
+        for d in person.deals:
+            kind = d.get("type")
+            out.append(f"• {KIND_NAMES.get(kind, kind)} «{d.get('name') or '—'}» [{kind} {d.get('id')}]")
     return out
 
 

@@ -24,8 +24,8 @@ FIRST, MANY = 1000, 520
 
 def busy_portal(portal) -> None:
     """520 open deals (half Ivan's, half Anna's), each with an open task but three; two leads;
-    Пётр Сидоренко has left (ACTIVE false); overdue tasks of Ivan (2), Anna (1) and a dismissed manager (1); tasks that are not overdue
-    or are done; closed deals without a task (not listed)."""
+    Пётр Сидоренко has left (ACTIVE false); overdue tasks of Ivan (2), Anna (1) and Пётр (1); tasks
+    that are not overdue or are done; closed deals without a task (not listed)."""
     portal.users.append({"ID": DISMISSED, "ACTIVE": False, "NAME": "Пётр", "LAST_NAME": "Сидоренко"})
     for n in range(MANY):
         deal_id = FIRST + n
