@@ -23,7 +23,7 @@ from pipeline.steps import STEPS
 from queueing import InProcessBackend, Keys, RQBackend
 from ratelimit import Limit, RateLimiter, limiter_for  # noqa: F401 - Limit, RateLimiter: tests reach them here
 import reports
-from rules import MODULES, find_or_create, send_email
+from rules import MODULES, find_or_create, send_digest, send_email
 from rules._verb_support import unsupported_options, unsupported_verbs
 from rules.engine import RuleSet
 from rules.files import load_rules
@@ -56,6 +56,7 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
         errors.extend(unsupported_options(ruleset.rules, connections, CONNECTORS, STEPS))
         errors.extend(find_or_create.unsupported(ruleset.rules, connections, CONNECTORS))
         errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS, STEPS))
+        errors.extend(send_digest.unsupported(ruleset.rules, connections, CONNECTORS))
         errors.extend(send_email.load_templates(ruleset.rules, base))
         errors.extend(reports.check(base, ruleset.rules))   # reports.yaml against the metrics recorded
     except ConfigErrors as exc:

@@ -423,6 +423,20 @@ class CrmClient(Protocol):
         """Open tasks whose deadline is before `before` (ISO 8601), with their responsible."""
         ...
 
+    def deals_without_task(self) -> list[dict[str, Any]]:
+        """Open deals (and leads) that have no open task, with their responsible (digests, D7):
+        [{"type", "id", "name", "responsible": {"id", "name"}, "modified"}]."""
+        ...
+
+    def open_deals(self, contact_id: str) -> list[dict[str, Any]]:
+        """The contact's open deals, [{"id", "name", "modified"}] (`modified`: ISO 8601), for routing
+        a message to the most recently active one (pipeline/steps/attach_to_deal.py, D8)."""
+        ...
+
+    def add_deal(self, title: str, contact_id: str) -> Any:
+        """A new deal in the first stage, linked to the contact; its id."""
+        ...
+
     # writing records
     def set_fields(self, entity: Entity, fields: dict[str, Any]) -> Any:
         """Write fields by the name the CRM shows (or by id/code)."""

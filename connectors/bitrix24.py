@@ -57,6 +57,9 @@ OWNER_TYPE = {"lead": 1, "deal": 2, "contact": 3, "company": 4}
 # UF_CRM_TASK binding prefixes (api-reference/tasks/fields.md)
 TASK_BINDING = {"lead": "L", "deal": "D", "contact": "C", "company": "CO"}
 TASK_SELECT = ["ID", "TITLE", "STATUS", "RESPONSIBLE_ID", "DEADLINE", "UF_CRM_TASK"]
+# tasks/fields.md STATUS, as the task card names them (a rule may write either: `stage: "Завершена"` or "5")
+TASK_STATUSES = {"1": "Новая", "2": "Ждёт выполнения", "3": "Выполняется", "4": "Ждёт контроля", "5": "Завершена",
+                 "6": "Отложена", "7": "Отклонена"}
 TASK_DONE = "5"  # tasks.task.list REAL_STATUS: 2 waiting, 3 in progress, 4 awaiting control, 5 completed, 6 deferred
 # 503 QUERY_LIMIT_EXCEEDED, 429 OPERATION_TIME_LIMIT, 503 OVERLOAD_LIMIT (limits.md); 500 PORTAL_DELETED
 # is final (_includes/system-errors.md). Some clients see QUERY_LIMIT_EXCEEDED with HTTP 200.
@@ -67,6 +70,10 @@ REFUSAL_CODES = {"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT", "OVERLOAD_LIMIT
 BINDING_METHODS = {"crm.deal.contact.add", "crm.lead.contact.add", "crm.contact.company.add"}
 PERMANENT_CODES = {"PORTAL_DELETED"}
 READ_BACK_SLACK = 60  # seconds find_task/find_note look before `since`: our clock and the portal's may differ
+# crm.activity TYPE_ID and DIRECTION (crm/timeline/activities/crm-activity-fields.md, crm.enum.activitytype,
+# crm.enum.activitydirection)
+ACTIVITY_TYPES = {"1": "meeting", "2": "call", "3": "task", "4": "email", "5": "action", "6": "custom"}
+ACTIVITY_DIRECTIONS = {"1": "incoming", "2": "outgoing"}
 BATCH_MAX = 50  # "The number of requests in a batch is limited to 50" (settings/how-to-call-rest-api/batch.md)
 
 
@@ -154,10 +161,14 @@ class Client(BaseClient):
     """Actions on one Bitrix24 portal through its inbound webhook; each method is one to three calls."""
 
     rate_per_second = 2  # the leaky bucket drains 2 requests/s on non-Enterprise plans (limits.md)
+    # …and refuses calls past a counter of 50 (limits.md): at most 50 calls in any 25 s keeps the
+    # counter at or below 50 whatever the spacing (ratelimit.Limit), less the limiter's margin
+    burst = 50
     capabilities = frozenset({
         "get_entity", "name_refs", "changed_since", "list_tasks", "set_fields", "move_to_stage",
         "create_task", "add_note", "notify", "set_responsible", "delete_entity", "search_contacts",
         "add_contact", "link_contact", "read_stage", "find_stage", "stage_order", "find_task", "find_note",
+        "overdue_tasks", "deals_without_task", "open_deals", "add_deal",
     })
     timeout = 30.0  # a REST request may run up to 60 s (limits.md); most answer in a second or two
     docs_url = "https://apidocs.bitrix24.com/"
@@ -304,6 +315,8 @@ class Client(BaseClient):
 
     def get_entity(self, entity: Entity) -> dict[str, Any] | None:
         """The record's state in the common shape; None in record-only mode or for a missing task."""
+        if entity.type == "activity":
+            return self.get_activity(entity)
         if entity.type == "task":
             body = self.call("tasks.task.get", {"taskId": _id(entity), "select": TASK_SELECT})
             task = (body or {}).get("result")  # [] when the task is gone or hidden (tasks-task-get.md)
@@ -340,6 +353,8 @@ class Client(BaseClient):
                                 "bindings": list(task.get("ufCrmTask") or []), "fields": {}, "tags": [],
                                 "contacts": []}
         _ref(snap, "responsible", task.get("responsibleId"))
+        if status:   # the status as a stage, so ONTASKUPDATE derives stage.changed (the task's own "funnel")
+            snap["stage"] = {"id": status, "name": TASK_STATUSES.get(status, status)}
         return self.name_refs(snap, "task")
 
     def get_company(self, company: Entity | str | int) -> dict[str, Any] | None:
@@ -374,7 +389,16 @@ class Client(BaseClient):
     def find_note(self, entity: Entity, text: str, since: float | str) -> int | None:
         """The id of the entity's timeline comment whose text is `text`, made at or after `since`, or
         None: crm.timeline.comment.list filters by ENTITY_ID and ENTITY_TYPE only (its doc), so the
-        pages are read newest first (order ID desc) until they reach comments older than `since`."""
+        pages are read newest first (order ID desc) until they reach comments older than `since`. A
+        task's comments: task.commentitem.getlist {"TASKID", "ORDER": {"ID": "desc"}} (every comment, one
+        answer; task-comment-item-get-list.md), POST_MESSAGE and POST_DATE compared the same way."""
+        if entity.type == "task":
+            start = _moment(since) - timedelta(seconds=READ_BACK_SLACK)
+            body = self.call("task.commentitem.getlist", {"TASKID": _id(entity), "ORDER": {"ID": "desc"}})
+            rows = (body or {}).get("result") or []
+            found = [r for r in rows if isinstance(r, dict) and r.get("POST_MESSAGE") == text
+                     and _moment(r.get("POST_DATE") or 0) >= start]
+            return int(found[0]["ID"]) if found else None
         _owner_type(entity.type)
         start = _moment(since) - timedelta(seconds=READ_BACK_SLACK)
         offset = 0
@@ -525,7 +549,11 @@ class Client(BaseClient):
         return None if body is None else bool(body.get("result"))
 
     def set_fields(self, entity: Entity, fields: dict[str, Any]) -> bool | None:
-        """Write fields by code (UF_CRM_…, TITLE) or by the label the portal shows."""
+        """Write fields by code (UF_CRM_…, TITLE) or by the label the portal shows; a task's by code
+        (TITLE, DEADLINE, UF_AUTO_…) through tasks.task.update {"taskId", "fields"} (tasks-task-update.md)."""
+        if entity.type == "task":
+            body = self.call("tasks.task.update", {"taskId": _id(entity), "fields": dict(fields)})
+            return None if body is None else bool(body.get("result"))
         return self.update(entity, fields)
 
     def update_contact(self, contact: Entity | str | int, fields: dict[str, Any]) -> bool | None:
@@ -614,7 +642,12 @@ class Client(BaseClient):
         return int(found.group(1)) if found else None
 
     def add_note(self, entity: Entity, text: str) -> int | None:
-        """A comment in the entity's timeline (crm.timeline.comment.add)."""
+        """A comment in the entity's timeline (crm.timeline.comment.add); on a task, a task comment:
+        task.commentitem.add {"TASKID", "FIELDS": {"POST_MESSAGE"}} → its id (tasks/comment-item/
+        task-comment-item-add.md)."""
+        if entity.type == "task":
+            body = self.call("task.commentitem.add", {"TASKID": _id(entity), "FIELDS": {"POST_MESSAGE": text}})
+            return None if body is None else int(body["result"])
         _owner_type(entity.type)
         body = self.call("crm.timeline.comment.add", {"fields": {
             "ENTITY_ID": _id(entity), "ENTITY_TYPE": entity.type, "COMMENT": text}})
@@ -647,6 +680,91 @@ class Client(BaseClient):
             raise
         return None if body is None else "deleted"
 
+    # --- digests (D7), routing (D8), activities: pipeline/steps/send_digest.py, attach_to_deal.py --
+    # crm/deals/crm-deal-list.md, crm/leads/crm-lead-list.md (filter, select, order, start: 50 a
+    # page, "next"), tasks/tasks-task-list.md (filter REAL_STATUS, <DEADLINE; answer result.tasks
+    # with camelCase keys), crm/timeline/activities/crm-activity-get.md, crm/deals/crm-deal-add.md.
+
+    def overdue_tasks(self, before: str) -> list[dict[str, Any]]:
+        """Open tasks whose DEADLINE is before `before`, oldest first, every page:
+        tasks.task.list {"filter": {"<DEADLINE": before, "!REAL_STATUS": 5}, "order": {"DEADLINE": "asc"}}.
+        Each as amoCRM's: {"id", "text", "due", "responsible": {"id", "name"}, "parent": the first
+        deal/lead binding}."""
+        limit = _moment(before)
+        rows = self.list_all("tasks.task.list", {
+            "filter": {"<DEADLINE": limit.isoformat(timespec="seconds"), "!REAL_STATUS": int(TASK_DONE)},
+            "select": TASK_SELECT, "order": {"DEADLINE": "asc", "ID": "asc"}}, key="tasks") or []
+        found = []
+        for task in rows:
+            if not task.get("deadline") or _moment(task["deadline"]) >= limit or str(task.get("status")) == TASK_DONE:
+                continue   # the portal filtered already; checked again on the values it gave
+            found.append({"id": str(task["id"]), "text": task.get("title") or "", "due": task["deadline"],
+                          "responsible": self.person(task.get("responsibleId")),
+                          "parent": _parent_binding(task.get("ufCrmTask"))})
+        return found
+
+    def deals_without_task(self) -> list[dict[str, Any]]:
+        """Open deals (CLOSED "N") and leads in progress (STATUS_SEMANTIC_ID "P") bound to no open
+        task (UF_CRM_TASK of every task not completed), every page of each list, by id."""
+        tasks = self.list_all("tasks.task.list", {"filter": {"!REAL_STATUS": int(TASK_DONE)},
+                                                  "select": ["ID", "UF_CRM_TASK"], "order": {"ID": "asc"}},
+                              key="tasks") or []
+        busy = {binding for task in tasks for binding in task.get("ufCrmTask") or []}
+        found = []
+        for etype, flt in (("deal", {"CLOSED": "N"}), ("lead", {"STATUS_SEMANTIC_ID": "P"})):
+            rows = self.list_all(f"crm.{etype}.list", {"filter": flt, "order": {"ID": "ASC"},
+                                                       "select": ["ID", "TITLE", "ASSIGNED_BY_ID", "DATE_MODIFY"]})
+            for rec in rows or []:
+                if f"{TASK_BINDING[etype]}_{rec['ID']}" in busy:
+                    continue
+                found.append({"type": etype, "id": str(rec["ID"]), "name": rec.get("TITLE"),
+                              "responsible": self.person(rec.get("ASSIGNED_BY_ID")),
+                              "modified": rec.get("DATE_MODIFY")})
+        return found
+
+    def person(self, user_id: Any) -> dict[str, Any]:
+        """{"id", "name", "active"} of a user: user.get lists dismissed users too, with ACTIVE false
+        (dev.1c-bitrix.ru/rest_help/users/user_get.php), and a digest cannot notify them."""
+        who = str(user_id or "")
+        active = self.cached("users-active", lambda: {str(u["ID"]): bool(u.get("ACTIVE"))
+                                                      for u in self.list_all("user.get", {}) or []})
+        return {"id": who, "name": self.users().get(who), "active": active.get(who, False)}
+
+    def open_deals(self, contact_id: str) -> list[dict[str, Any]]:
+        """The contact's open deals (crm.deal.list {"filter": {"CONTACT_ID", "CLOSED": "N"}}), every
+        page, each {"id", "name", "modified": DATE_MODIFY}."""
+        rows = self.list_all("crm.deal.list", {
+            "filter": {"CONTACT_ID": _id(Entity("contact", str(contact_id))), "CLOSED": "N"},
+            "order": {"DATE_MODIFY": "DESC", "ID": "DESC"}, "select": ["ID", "TITLE", "DATE_MODIFY"]})
+        return [{"id": str(r["ID"]), "name": r.get("TITLE"), "modified": r.get("DATE_MODIFY")} for r in rows or []]
+
+    def add_deal(self, title: str, contact_id: str) -> int | None:
+        """crm.deal.add {"fields": {"TITLE", "CONTACT_IDS": [id]}}: a deal in the default funnel's
+        first stage, linked to the contact."""
+        body = self.call("crm.deal.add", {"fields": {
+            "TITLE": title, "CONTACT_IDS": [_id(Entity("contact", str(contact_id)))]}})
+        return None if body is None else int(body["result"])
+
+    def get_activity(self, entity: Entity) -> dict[str, Any] | None:
+        """crm.activity.get {"id"} (ONCRMACTIVITYADD carries the id only) in the common shape:
+        {"id", "name": SUBJECT, "owner": {"type", "id"} (the deal, lead, contact it belongs to),
+        "kind": meeting/call/task/email/… (TYPE_ID), "direction": incoming/outgoing (DIRECTION),
+        "completed", "responsible", "fields": {}}."""
+        body = self.call("crm.activity.get", {"id": _id(entity)})
+        if body is None:
+            return None
+        rec = body.get("result") or {}
+        owner = {v: k for k, v in OWNER_TYPE.items()}.get(int(rec.get("OWNER_TYPE_ID") or 0))
+        snap: dict[str, Any] = {
+            "id": str(rec.get("ID") or entity.id), "name": rec.get("SUBJECT"),
+            "kind": ACTIVITY_TYPES.get(str(rec.get("TYPE_ID")), str(rec.get("TYPE_ID"))),
+            "direction": ACTIVITY_DIRECTIONS.get(str(rec.get("DIRECTION")), ""),
+            "completed": rec.get("COMPLETED") == "Y", "fields": {}, "tags": [], "contacts": []}
+        if owner and rec.get("OWNER_ID"):
+            snap["owner"] = {"type": owner, "id": str(rec["OWNER_ID"])}
+        _ref(snap, "responsible", rec.get("RESPONSIBLE_ID"))
+        return self.name_refs(snap, "activity")
+
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -657,6 +775,16 @@ def _body(resp) -> dict[str, Any]:
     except ValueError:
         body = None
     return body if isinstance(body, dict) else {"error": "", "error_description": resp.text[:300]}
+
+
+def _parent_binding(bindings: Any) -> dict[str, str] | None:
+    """A task's first deal, lead, contact or company binding ("D_410") as {"type", "id"}."""
+    kinds = {prefix: etype for etype, prefix in TASK_BINDING.items()}
+    for binding in bindings or []:
+        prefix, _, rid = str(binding).partition("_")
+        if prefix in kinds and rid.isdigit():
+            return {"type": kinds[prefix], "id": rid}
+    return None
 
 
 def _crm(entity_type: str) -> str:

@@ -269,6 +269,10 @@ def _when(value: Any, connection: Connection) -> str:
 FAILED = {"fail", "failure", "error"}
 WRITTEN_TTL = 30 * 24 * 3600  # how long the bridge remembers the comments it wrote (echo suppression)
 DAILY_LIMIT = 22  # "daily request limit exhausted" (REST API error codes; API-REFERENCE §3.1)
+# final statuses of Planfix's default task process (ru, uk): overdue_tasks skips tasks in them
+CLOSED_STATUSES = ("Завершенная", "Завершена", "Выполненная", "Виконана", "Отмененная", "Скасована",
+                   "Отклоненная", "Відхилена")
+MAX_LIST_PAGES = 200   # 20,000 tasks: a guard against a server that always answers a full page
 FIELDS = {"task": "id,name,description,status,processId,assigner,assignees,parent,template,project,"
                   "counterparty,endDateTime",
           "contact": "id,name,midname,lastname,email,phones,telegram,position,isCompany,description"}
@@ -290,7 +294,7 @@ class Client(BaseClient):
     capabilities = frozenset({
         "get_entity", "changed_since", "set_fields", "move_to_stage", "create_task", "add_note",
         "add_chat_comment", "download", "set_responsible", "delete_entity", "search_contacts", "add_contact",
-        "link_contact", "read_task", "project_tasks", "set_status", "find_task", "find_note",
+        "link_contact", "read_task", "project_tasks", "set_status", "find_task", "find_note", "overdue_tasks",
     })
 
     def auth_headers(self) -> dict[str, str]:
@@ -748,6 +752,36 @@ class Client(BaseClient):
                 break
         return tasks
 
+    def overdue_tasks(self, before: str) -> list[dict[str, Any]]:
+        """Tasks whose endDateTime is before `before` and whose status is not a closed one, oldest
+        first: every page of POST /task/list {"offset", "pageSize": 100} ("list methods return at
+        most 100 items", REST_API_Введение.md). Closed statuses are named by the connection's
+        `options.closed_statuses` (default CLOSED_STATUSES: Planfix's own final statuses, in Russian
+        and Ukrainian), compared without regard to case. A deadline without a time is overdue once
+        its day is over (in the account's zone). Planfix has no deals: `deals_without_task` is not
+        offered (start-up refuses a digest asking it)."""
+        limit = datetime.fromisoformat(before)
+        zone = account_zone(self.connection)
+        closed = {str(n).casefold() for n in (self.connection.options or {}).get("closed_statuses") or CLOSED_STATUSES}
+        found: list[dict[str, Any]] = []
+        for page in range(MAX_LIST_PAGES):
+            resp = self.request("POST", "/task/list", json_body={
+                "offset": page * 100, "pageSize": 100,
+                "fields": "id,name,status,processId,assignees,endDateTime,project"})
+            items = [t for t in _json_body(resp).get("tasks") or [] if isinstance(t, dict)]
+            for task in items:
+                snap = self.normalize_task(task)
+                due = _deadline(task.get("endDateTime") or {}, zone)
+                if due is None or due >= limit or str((snap.get("stage") or {}).get("name") or "").casefold() in closed:
+                    continue
+                project = snap.get("project")
+                found.append({"id": snap["id"], "text": snap.get("name") or "", "due": due.isoformat(),
+                              "responsible": snap.get("responsible") or {"id": None, "name": None},
+                              "parent": {"type": "project", "id": project["id"]} if project else None})
+            if len(items) < 100:
+                break
+        return sorted(found, key=lambda t: t["due"])
+
     def set_status(self, entity: Entity, status: Any, pipeline: Any = None, due: str | None = None,
                    responsible: Any = None) -> str | None:
         """POST /task/{id} {"status", "endDateTime"?, "assignees"?}: a status by name in the process
@@ -827,6 +861,19 @@ def _modified(task: dict[str, Any]) -> str:
     state = json.dumps([task.get("status"), task.get("assignees"), task.get("customFieldData")], sort_keys=True,
                        default=str)
     return f"{when or '-'}|{hashlib.sha1(state.encode()).hexdigest()[:8]}"
+
+
+def _deadline(point: dict[str, Any], zone: ZoneInfo) -> datetime | None:
+    """A task's endDateTime TimePoint as the moment it is past: its datetime, or the end of its day."""
+    if not isinstance(point, dict):
+        return None
+    if point.get("time") and point.get("datetime"):
+        moment = datetime.fromisoformat(str(point["datetime"]).replace("Z", "+00:00"))
+        return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+    day = _iso_timepoint(point)
+    if not day or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        return None
+    return datetime.fromisoformat(day).replace(tzinfo=zone) + timedelta(days=1)
 
 
 def _person(p: dict[str, Any]) -> dict[str, Any]:

@@ -21,4 +21,4 @@
 """
 
 # the record kinds a CRM keeps (read fresh, snapshotted, stage-tracked)
-CRM_ENTITIES = frozenset({"lead", "deal", "contact", "company", "task", "customer"})
+CRM_ENTITIES = frozenset({"lead", "deal", "contact", "company", "task", "customer", "activity"})

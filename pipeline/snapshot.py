@@ -185,7 +185,7 @@ def derive(event: Event, previous: dict[str, Any] | None, current: dict[str, Any
     CRM gets `field.changed` with `changed: {field: {"from", "to"}}`, since update webhooks do
     not say which fields changed.
     """
-    if previous is None or event.kind != "entity.updated":
+    if previous is None or event.kind not in ("entity.updated", "task.updated"):   # Bitrix24's ONTASKUPDATE too
         return []
     derived = []
     if event.data.get("needs_snapshot_diff"):

@@ -113,6 +113,7 @@ class FakeBitrix24(FakeServer):
         self.activities: list[dict[str, Any]] = []
         self.comments: list[dict[str, Any]] = []
         self.notifications: list[dict[str, Any]] = []
+        self.task_comments: list[dict[str, Any]] = []
         self.users = [{"ID": "1", "ACTIVE": True, "NAME": "Ольга", "LAST_NAME": "Коваленко"},
                       {"ID": "7", "ACTIVE": True, "NAME": "Иван", "LAST_NAME": "Петренко"}]
         self.categories = [category(0, "Общая"), category(3, "Реализация")]
@@ -122,6 +123,8 @@ class FakeBitrix24(FakeServer):
         self.methods.update(self._contact_match_methods())
         self.methods.update(self._delete_methods())
         self.methods.update(self._deal_contact_items_methods())
+        self.methods.update(self._digest_routing_methods())
+        self.methods.update(self._task_write_methods())
         pattern = rf"/rest/{re.escape(user_id)}/{re.escape(code)}/([\w.]+?)(?:\.json)?"
         self.route("POST", pattern, self._serve)
         self.route("GET", pattern, self._serve)
@@ -320,6 +323,75 @@ class FakeBitrix24(FakeServer):
         record = self._record(entity_type, params)
         del self.records[entity_type][int(record["ID"])]
         return True
+
+    # --- digests and routing (D7, D8): crm.deal.list by contact, crm.deal.add, crm.activity.get --------
+
+    def _digest_routing_methods(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        return {"crm.deal.list": self._deal_list, "crm.deal.add": self._deal_add,
+                "crm.activity.get": self._activity_get}
+
+    def _deal_list(self, params: dict[str, Any]) -> Page:
+        """crm.deal.list; a CONTACT_ID filter matches the deal's CONTACT_ID and every contact linked
+        with crm.deal.contact.add (CONTACT_IDS)."""
+        flt = dict(params.get("filter") or {})
+        contact = flt.pop("CONTACT_ID", None)
+        rows = list(self.records["deal"].values())
+        if contact is not None:
+            rows = [r for r in rows if str(contact) in {str(r.get("CONTACT_ID")), *map(str, r.get("CONTACT_IDS") or [])}]
+        return self._list(rows, {**params, "filter": flt})
+
+    def _deal_add(self, params: dict[str, Any]) -> int:
+        """crm.deal.add {"fields"}: the new deal in the default funnel's first stage (crm-deal-add.md)."""
+        fields = params.get("fields") or {}
+        rid = next(self.ids)
+        contacts = [int(c) for c in _listed(fields.get("CONTACT_IDS"))]
+        self.add("deal", {"STAGE_ID": "NEW", "CATEGORY_ID": "0", "CLOSED": "N", "ASSIGNED_BY_ID": self.user_id,
+                          **{k: v for k, v in fields.items() if k in self.fields["deal"]}, "ID": str(rid),
+                          "CONTACT_ID": str(contacts[0]) if contacts else None, "CONTACT_IDS": contacts,
+                          "DATE_MODIFY": _now_iso()})
+        return rid
+
+    def _activity_get(self, params: dict[str, Any]) -> dict[str, Any]:
+        """crm.activity.get {"id"}: one of `self.activities` (IDs as strings); a missing one 400 "Not found"."""
+        rid = str(params.get("id") or params.get("ID") or "")
+        for activity in self.activities:
+            if str(activity.get("ID")) == rid:
+                return activity
+        raise BitrixError(400, "", "Not found")
+
+    # --- a task's fields and comments: tasks.task.update (tasks-task-update.md), task.commentitem.add /
+    # getlist (tasks/comment-item/task-comment-item-add.md, task-comment-item-get-list.md) -------------
+
+    def _task_write_methods(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        return {"tasks.task.update": self._task_update, "task.commentitem.add": self._task_comment_add,
+                "task.commentitem.getlist": self._task_comment_list}
+
+    def _task_of(self, task_id: Any) -> dict[str, Any]:
+        task = self.tasks.get(int(task_id or 0)) if str(task_id or "").isdigit() else None
+        if task is None:   # the answer for a task that is not there or not visible (wording not documented)
+            raise BitrixError(400, "ERROR_CORE", "Task not found or not accessible")
+        return task
+
+    def _task_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        task = self._task_of(params.get("taskId"))
+        for key, value in (params.get("fields") or {}).items():
+            task[TASK_KEYS.get(key, key)] = value   # UF_ fields kept under their codes
+        return {"task": task}
+
+    def _task_comment_add(self, params: dict[str, Any]) -> int:
+        self._task_of(params.get("TASKID"))
+        text = (params.get("FIELDS") or {}).get("POST_MESSAGE")
+        if not text:
+            raise BitrixError(400, "ERROR_CORE", "Comment text is empty")   # wording not documented
+        comment = {"ID": str(next(self.ids)), "TASK_ID": str(params["TASKID"]), "POST_MESSAGE": text,
+                   "POST_DATE": _now_iso(), "AUTHOR_ID": self.user_id}
+        self.task_comments.append(comment)
+        return int(comment["ID"])
+
+    def _task_comment_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        self._task_of(params.get("TASKID"))
+        rows = [c for c in self.task_comments if c["TASK_ID"] == str(params["TASKID"])]
+        return sorted(rows, key=lambda c: int(c["ID"]), reverse=True)
 
     # --- tasks -----------------------------------------------------------------------------------
 

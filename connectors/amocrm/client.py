@@ -45,6 +45,7 @@ class Client(TokenAuth, BaseClient):
         "complete_tasks_matching", "change_tags", "get_raw", "create_copy", "link_copy", "search_contacts",
         "add_contact", "find_task", "find_note",
         "link_contact", "find_catalog_elements", "read_stage", "find_stage", "stage_order",
+        "deals_without_task",
     })
     docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
 
@@ -285,6 +286,22 @@ class Client(TokenAuth, BaseClient):
             item = normalize_task(task)
             item["responsible"]["name"] = names.get(item["responsible"]["id"])
             found.append(item)
+        return found
+
+    def deals_without_task(self) -> list[dict[str, Any]]:
+        """Open deals (status neither 142 won nor 143 lost, leads-api: "142 – успешно реализовано,
+        143 – закрыто и не реализовано") bound to no open task: every page (250 a page, `page`)
+        of GET /api/v4/leads and of GET /api/v4/tasks?filter[is_completed]=0&filter[entity_type]=leads."""
+        busy = {str(t.get("entity_id")) for t in self.pages("/api/v4/tasks", "tasks", {
+            "filter[is_completed]": 0, "filter[entity_type]": "leads", "order[id]": "asc"})}
+        names, found = self.users(), []
+        for lead in self.pages("/api/v4/leads", "leads", {"order[id]": "asc"}):
+            if lead.get("status_id") in (142, 143) or str(lead["id"]) in busy:
+                continue
+            who = str(lead.get("responsible_user_id") or "")
+            found.append({"type": "lead", "id": str(lead["id"]), "name": lead.get("name"),
+                          "responsible": {"id": who, "name": names.get(who)},
+                          "modified": utc_iso(lead["updated_at"]) if lead.get("updated_at") else None})
         return found
 
     def get_task(self, task_id: str | int) -> dict[str, Any] | None:

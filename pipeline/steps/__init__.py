@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.steps import (
+    attach_to_deal,
     call_back,
     copy_entity,
     find_or_create,
@@ -29,6 +30,7 @@ __all__ = ["STEPS", "StepContext", "require"]
 
 # action method → its step (each module's METHOD; tests/test_steps.py checks they agree)
 STEPS: dict[str, Any] = {
+    "attach_to_deal": attach_to_deal,
     "call_back": call_back,
     "copy_entity": copy_entity,
     "find_or_create": find_or_create,

@@ -1,0 +1,93 @@
+"""attach_to_deal (D8): the text as a note on the contact's most recently active open deal.
+
+Built on the CRM client's single calls: search_contacts(by, value, field) → the contacts,
+open_deals(contact) → [{"id", "modified"}] per contact, add_note(record, text); with
+`none_open: new_deal`, add_deal(title, contact). Each vendor call that changes something runs
+through `StepContext.once`, and so does the choice of deal: a retried step resumes where it
+stopped and attaches to the deal it chose first, even if another deal became more recent since.
+A note whose answer was a 5xx is looked for (the client's find_note) before it is sent once more;
+with no answer at all it is left uncertain, and the executor parks the step for a person.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from connectors.base import Entity, PermanentApiError, UncertainApiError, contact_matches
+from pipeline.steps.base import StepContext, require
+
+METHOD = "attach_to_deal"
+REQUIRES = frozenset({"search_contacts", "open_deals", "add_note"})
+ONE_CLIENT = True
+OLDEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def recency(deal: dict[str, Any]) -> tuple[datetime, int]:
+    """The sort key of "most recently active": the modification time (none: the oldest), then the id."""
+    try:
+        moment = datetime.fromisoformat(str(deal.get("modified"))) if deal.get("modified") else OLDEST
+    except ValueError:
+        moment = OLDEST
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    ident = str(deal.get("id"))
+    return moment, int(ident) if ident.isdigit() else 0
+
+
+def latest_open_deal(deals: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The most recently active of `deals`: latest `modified`, ties broken by the highest id."""
+    return max(deals, key=recency, default=None)
+
+
+def run(ctx: StepContext, text: str, none_open: str = "contact_note", deal_title: str | None = None,
+        by: str | None = None, value: str | None = None, field: str | None = None,
+        contact: str | None = None, entity: Entity | None = None) -> dict[str, Any]:
+    require(ctx, METHOD, REQUIRES)
+    client = ctx.client
+    if contact:
+        contacts = [str(contact)]
+    else:
+        found = [c for c in client.search_contacts(by, value, field) or [] if contact_matches(by, value, c, field)]
+        contacts = [str(c["id"]) for c in sorted(found, key=_age)]
+    if not contacts:
+        return {"attached": None, "reason": f"no contact matches {by} {value!r}"}
+
+    def choose() -> dict[str, Any] | None:
+        deals = {str(d["id"]): d for cid in contacts for d in client.open_deals(cid) or []}
+        return latest_open_deal(list(deals.values()))
+
+    chosen = ctx.once("choice", choose)
+    if chosen is not None:
+        deal = Entity(str(chosen.get("type") or "deal"), str(chosen["id"]))
+        note = ctx.once("note", lambda: _note(client, deal, text))
+        return {"attached": str(deal), "note": note, "contact": contacts[0]}
+    if none_open == "new_deal":
+        if not client.can("add_deal"):
+            raise PermanentApiError(f"connection {ctx.connection!r} cannot add a deal (none_open: new_deal)")
+        made = ctx.once("deal", lambda: client.add_deal(deal_title or "Новое обращение", contacts[0]))
+        deal = Entity("deal", str(made))
+        note = ctx.once("note", lambda: _note(client, deal, text))
+        return {"attached": str(deal), "note": note, "contact": contacts[0], "created": True}
+    if none_open == "contact_note":
+        person = Entity("contact", contacts[0])
+        note = ctx.once("note", lambda: _note(client, person, text))
+        return {"attached": str(person), "note": note, "contact": contacts[0], "no_open_deal": True}
+    return {"attached": None, "reason": "the contact has no open deal", "contact": contacts[0]}
+
+
+def _note(client: Any, record: Entity, text: str) -> Any:
+    """add_note, settled like the executor settles a create: a 5xx answer (the vendor finished, the
+    note may be there) is read back; found → its id, not there → sent once more."""
+    since = datetime.now(timezone.utc).isoformat()
+    try:
+        return client.add_note(record, text)
+    except UncertainApiError as exc:
+        if exc.status is None or not client.can("find_note"):
+            raise   # no answer: the request may still be running; a person decides
+        found = client.find_note(record, text, since)
+        return found if found is not None else client.add_note(record, text)
+
+
+def _age(contact: dict[str, Any]) -> tuple[Any, ...]:
+    """Oldest first: by creation time when the vendor gives one, then by id."""
+    created, ident = contact.get("created"), str(contact.get("id"))
+    return (created is None, float(created or 0), int(ident) if ident.isdigit() else 0, ident)
