@@ -487,5 +487,25 @@ def telegram_set_webhook(settings: Settings, connection: str, public_base_url: s
                f"{', '.join(ALLOWED_UPDATES)})")
 
 
+@cli.command()
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_obj
+def simulate(settings: Settings, scenario: Path) -> None:
+    """Run a scenario (webhooks and clock steps) against the rules with fake vendors and a virtual
+    clock; print what would happen and when. Exit 1 if an `expect:` fails (docs/simulate.md)."""
+    from simulate import ScenarioError
+    from simulate import simulate as run_scenario
+    try:
+        outcome = run_scenario(scenario, settings, click.echo)
+    except ConfigErrors as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    except ScenarioError as exc:
+        click.echo(f"scenario error: {exc}", err=True)
+        sys.exit(2)
+    if outcome.failures:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     cli()
