@@ -160,13 +160,13 @@ class Simulation:
             self.say(f"matched  {rule!r}", 2)
         elif what in ("action.done", "action.skipped"):
             if what == "action.skipped" or not self.wrote:
-                self.say(f"{'skipped' if what == 'action.skipped' else 'done'} {entry.get('action')}"
+                self.say(f"{'skipped' if what == 'action.skipped' else 'done'} {_short(entry.get('action'), 120, quote=False)}"
                          f"{' → ' + _short(entry.get('result')) if 'result' in entry else ''}"
                          f"{': ' + entry['reason'] if entry.get('reason') else ''}", 2)
             self.wrote = False
         elif what in ("action.failed", "rule.error"):
             self.wrote = False
-            self.say(f"{what} {rule!r}: {entry.get('action', '')} {entry.get('error')}".replace("  ", " "), 2)
+            self.say(f"{what} {rule!r}: {_short(entry.get('action', ''), 120, quote=False)} {entry.get('error')}".replace("  ", " "), 2)
         else:
             details = {k: v for k, v in entry.items() if k not in ("at", "event", "kind", "entity", "what")}
             self.say(f"{what} {_short(details)}", 2)
@@ -346,9 +346,9 @@ class _AuditHandler(logging.Handler):
             self.sink(entry)
 
 
-def _short(value: Any, limit: int = 160) -> str:
+def _short(value: Any, limit: int = 160, quote: bool = True) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    text = repr(text) if isinstance(value, str) else text
+    text = repr(text) if isinstance(value, str) and quote else text
     text = text.replace("\\n", " ")
     return text if len(text) <= limit else text[:limit - 1] + "…"
 

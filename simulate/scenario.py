@@ -68,9 +68,20 @@ def load(path: Path) -> Scenario:
     steps = doc.get("steps") or []
     if not isinstance(steps, list) or not steps:
         raise ScenarioError(f"{path}: steps: expected a list of webhook/advance/at/set steps, found {steps!r}")
+    crm = {}
+    for name, spec in (doc.get("crm") or {}).items():
+        spec = dict(spec or {})
+        if spec.get("include"):   # a CRM account shared by several scenarios (its pipelines, users, records)
+            included = path.parent / str(spec.pop("include"))
+            try:
+                shared = plain(yaml.safe_load(included.read_text(encoding="utf-8"))) or {}
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                raise ScenarioError(f"{path}: crm → {name} → include: cannot read {included}: {exc}") from None
+            spec = {**shared, **spec, "records": {**(shared.get("records") or {}), **(spec.get("records") or {})}}
+        crm[str(name)] = spec
     scenario = Scenario(path, str(doc.get("description") or ""), str(doc["start"]), doc.get("timezone"),
                         doc.get("calendar"), {str(k): str(v) for k, v in (doc.get("env") or {}).items()},
-                        doc.get("crm") or {}, steps, doc.get("expect") or [])
+                        crm, steps, doc.get("expect") or [])
     if scenario.timezone:
         try:
             ZoneInfo(scenario.timezone)
