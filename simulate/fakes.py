@@ -476,7 +476,7 @@ def _ref(value: Any) -> dict[str, Any]:
 
 
 def matches(pattern: str, text: str) -> bool:
-    """`containing` in an expectation: a plain substring, or a glob when it has * or ?."""
-    if any(c in pattern for c in "*?"):
+    """A text or rule name in an expectation: a plain substring, or a glob when it has `*`."""
+    if "*" in pattern:
         return fnmatch.fnmatchcase(text, pattern)
     return pattern in text
