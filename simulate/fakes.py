@@ -144,8 +144,7 @@ class World:
         if event.kind == "entity.deleted":
             crm.records.pop(str(event.entity), None)
             return
-        record = crm.records.setdefault(str(event.entity), {"type": event.entity.type, "id": event.entity.id,
-                                                               "created_at": self.now().isoformat()})
+        record = crm._record(event.entity)
         data = event.data or {}
         for key in ("name", "contact", "project", "parent"):
             if data.get(key) not in (None, "", {}):

@@ -119,6 +119,7 @@ class Simulation:
             if is_crm_client(client):
                 self.world.crms[name] = client
         self.lines: list[str] = []
+        self.job_failures: list[str] = []
         self.timer_rules: dict[str, str] = {}
         self.timer_log: list[dict[str, Any]] = []
         self.wrote = False
@@ -210,7 +211,7 @@ class Simulation:
             for t in pending:
                 self.out(f"    {self.when(datetime.fromisoformat(t['fire_at']))}  {t['rule']!r} "
                          f"({t['entity']['type']}:{t['entity']['id']})")
-        failures = check(self.scenario, self.world.calls, self.timer_log, self.zone)
+        failures = self.job_failures + check(self.scenario, self.world.calls, self.timer_log, self.zone)
         for failure in failures:
             self.out(f"FAILED {failure}")
         if self.scenario.expect and not failures:
@@ -285,6 +286,8 @@ class Simulation:
                 worker.handle_event(payload)
             except Exception as exc:   # the worker would retry, then dead-letter it: show it
                 self.say(f"job failed: {type(exc).__name__}: {exc}", 1)
+                self.job_failures.append(f"{self.when()}: event {payload.get('kind')} {payload.get('entity')}: "
+                                         f"job failed: {type(exc).__name__}: {exc}")
 
     def advance_to(self, target: datetime) -> None:
         """Move the clock to `target`, firing every timer due on the way at its own time."""
@@ -303,6 +306,7 @@ class Simulation:
             except Exception as exc:
                 self.backend.timers.remove(timer["timer_id"])
                 self.say(f"job failed: {type(exc).__name__}: {exc}", 1)
+                self.job_failures.append(f"{self.when()}: timer {timer['rule']!r}: job failed: {type(exc).__name__}: {exc}")
             self.drain()
         self.now = max(self.now, target)
 
