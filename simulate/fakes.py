@@ -231,6 +231,18 @@ class FakeClient:
     def can(self, verb: str) -> bool:
         return verb in self.capabilities
 
+    def __getattr__(self, name: str) -> Any:
+        """A verb the real client has and this fake does not know yet (a connector's new verb):
+        recorded as asked, answering None (a read finds nothing); any other name is an error."""
+        if name.startswith("_") or name not in self.__dict__.get("capabilities", ()):
+            raise AttributeError(name)
+
+        def verb(*args: Any, **kwargs: Any) -> Any:
+            self.world.record(self.connection.name, name, {**{f"arg{n}": str(a) for n, a in enumerate(args)},
+                                                           **kwargs}, None)
+            return None
+        return verb
+
     # --- reading --------------------------------------------------------------------------------
 
     def get_entity(self, entity: Entity) -> dict[str, Any] | None:

@@ -132,6 +132,8 @@ class Simulation:
 
     def say(self, text: str, depth: int = 1) -> None:
         line = f"{self.when()}  {'  ' * depth}{text}"
+        if self.lines and self.lines[-1] == line and text.startswith("matched "):
+            return   # a repeating timer's rule is audited once for its firing and once for its next one
         self.lines.append(line)
         self.out(line)
 
@@ -173,7 +175,10 @@ class Simulation:
             self.say(f"{what} {_short(details)}", 2)
 
     def _on_received(self, event: Event, view: Any, derived: bool) -> None:
-        self.say(f"event {event.kind} {event.entity}{' (derived from the snapshot)' if derived else ''}", 1)
+        how = ""
+        if derived:
+            how = " (first seen: entering its stage)" if (event.data or {}).get("first_seen") else " (derived from the snapshot)"
+        self.say(f"event {event.kind} {event.entity}{how}", 1)
 
     def _on_planned(self, event: Event, plan: Any) -> None:
         for skip in plan.skipped:

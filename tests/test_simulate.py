@@ -29,6 +29,8 @@ def test_every_example_with_timed_rules_ships_scenarios():
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
 def test_shipped_scenario_holds(scenario: Path):
+    if not (scenario.parent.parent / "connections.yaml").exists():
+        pytest.skip(f"{scenario.parent.parent.name}: its scenarios are shipped ahead of the example itself")
     result = run(scenario.parent.parent, scenario)
     assert result.exit_code == 0, result.output
     assert "ok: " in result.output and "expectations held" in result.output, result.output
@@ -80,3 +82,27 @@ def test_a_scenario_mistake_is_reported_with_its_step(tmp_path: Path):
     result = CliRunner().invoke(__import__("cli").cli, ["--config", str(example), "simulate", str(path)])
     assert result.exit_code == 2
     assert f"{path}: steps[1]: advance:" in result.output and "'2 workign days'" in result.output
+
+
+def timed_rules(example: Path) -> set[str]:
+    """The example's rules that wait: after/before/at/every, or a schedule (digests)."""
+    from config.settings import Settings
+    from runtime import load_configuration
+    from simulate.scenario import stand_in_environment
+    env, _ = stand_in_environment(example, {}, {})
+    _, ruleset = load_configuration(Settings(config_dir=example, environ=env))
+    return {r.name for r in ruleset.rules if r.delay is not None or r.trigger.schedule}
+
+
+@pytest.mark.parametrize("example", sorted({p.parent.parent for p in SCENARIOS}), ids=lambda p: p.name)
+def test_every_timed_rule_of_an_example_is_tried_by_its_scenarios(example: Path):
+    """One scenario per timed behaviour: each rule that waits sets its timer in some scenario."""
+    if not (example / "connections.yaml").exists():
+        pytest.skip(f"{example.name}: its scenarios are shipped ahead of the example itself")
+    from config.settings import Settings
+    from simulate.runner import simulate
+    tried: set[str] = set()
+    for scenario in sorted((example / "scenarios").glob("*.yaml")):
+        outcome = simulate(scenario, Settings(config_dir=example, environ={}), out=lambda line: None)
+        tried |= {t["rule"] for t in outcome.timers if t["what"] in ("set", "fired")}
+    assert timed_rules(example) - tried == set()
