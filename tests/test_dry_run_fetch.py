@@ -116,3 +116,19 @@ def test_record_file_takes_the_place_of_the_read(config, portal, tmp_path, monke
     out = dry_run(config, portal, "--record", str(saved))
     assert "matched  'documents stage → task'" in out and "«Сохранённая сделка»" in out
     assert portal.calls == []
+
+
+def test_fetch_compares_with_the_kept_snapshot_and_writes_nothing_to_redis(config, portal, redis_db, monkeypatch):
+    """With REDIS_URL the record's kept snapshot is read (GET only): the deal was seen before in the
+    same stage, so no stage change is derived, only the field it changed."""
+    from tests.conftest import TEST_REDIS_URL
+    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    key = "crmbridge:snapshot:shop-b24:deal:410"
+    redis_db.set(key, json.dumps({"type": "deal", "id": "410", "stage": {"id": "PREPARATION"},
+                                  "responsible": {"id": "1"}, "fields": {"Комментарий клиента": "было"}}, ensure_ascii=False))
+    before = {k: redis_db.dump(k) for k in redis_db.keys("*")}
+    out = dry_run(config, portal, "--fetch")
+    assert "event stage.changed" not in out and "matched" not in out
+    assert "event field.changed deal:410 (derived from the record: fields Комментарий клиента)" in out
+    assert {k: redis_db.dump(k) for k in redis_db.keys("*")} == before
+    assert writes(portal) == []
