@@ -199,7 +199,11 @@ class Simulation:
             for n, step in enumerate(self.scenario.steps):
                 where = self.scenario.where("steps", n)
                 if "webhook" in step:
-                    self.advance_to(self.now)
+                    target = moment(str(step["at"]), self.zone, where) if "at" in step else self.now
+                    if target < self.now:
+                        raise ScenarioError(f"{where}: at: {self.when(target)} is before the simulated now "
+                                            f"({self.when()}); time only goes forward")
+                    self.advance_to(target)
                     self.webhook(step, where)
                 elif "advance" in step:
                     self.advance_to(parse_duration(str(step["advance"])).apply(self.now, self.calendar))

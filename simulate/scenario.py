@@ -90,6 +90,8 @@ def load(path: Path) -> Scenario:
                                 f"found {scenario.timezone!r}") from None
     for n, step in enumerate(steps):
         kinds = [k for k in STEP_KINDS if isinstance(step, dict) and k in step]
+        if kinds == ["webhook", "at"]:   # a webhook with its time: the clock goes there first
+            kinds = ["webhook"]
         if len(kinds) != 1:
             raise ScenarioError(f"{scenario.where('steps', n)}: expected one of {', '.join(STEP_KINDS)}, found {step!r}")
         if kinds[0] == "advance":

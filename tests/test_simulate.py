@@ -106,3 +106,12 @@ def test_every_timed_rule_of_an_example_is_tried_by_its_scenarios(example: Path)
         outcome = simulate(scenario, Settings(config_dir=example, environ={}), out=lambda line: None)
         tried |= {t["rule"] for t in outcome.timers if t["what"] in ("set", "fired")}
     assert timed_rules(example) - tried == set()
+
+
+def test_time_only_goes_forward(tmp_path: Path):
+    example = ROOT / "config" / "examples" / "smm-agency"
+    path = tmp_path / "back.yaml"
+    path.write_text("start: 2026-11-24 11:00\nsteps:\n  - advance: 2h\n  - at: 2026-11-24 12:00\n", encoding="utf-8")
+    result = CliRunner().invoke(__import__("cli").cli, ["--config", str(example), "simulate", str(path)])
+    assert result.exit_code == 2
+    assert "steps[2]: at: 2026-11-24 12:00 Tue is before the simulated now (2026-11-24 13:00 Tue)" in result.output
