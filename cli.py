@@ -62,16 +62,25 @@ def validate(settings: Settings) -> None:
 @click.argument("body", type=click.File("rb"))
 @click.option("--content-type", default=None, help="default: what the connection's vendor sends")
 @click.option("--now", default=None, help="the moment to plan for (ISO 8601); default: now")
+@click.option("--fetch", is_flag=True, help="read the record (and the tasks, files, contacts the rules need) "
+              "from the CRM, read-only, and plan as the worker would")
+@click.option("--record", "record_file", type=click.File("rb"), default=None,
+              help="a saved record (JSON, as the CRM's client returns it) instead of reading it")
 @click.pass_obj
-def dry_run(settings: Settings, connection: str, body, content_type: str | None, now: str | None) -> None:
+def dry_run(settings: Settings, connection: str, body, content_type: str | None, now: str | None,
+            fetch: bool, record_file) -> None:
     """Show what a webhook body would do: rules matched or not (and why), actions, timers.
 
-    Nothing outside is called and nothing is queued: the entity is what the webhook says.
+    Nothing is queued and nothing is written. Without --fetch or --record the entity is what the
+    webhook says (a Bitrix24 webhook says only the id); with them, the record is read (or loaded)
+    and the changes the worker derives from it are planned too.
     """
     connections, ruleset = _load(settings)
     conn = connections.connections.get(connection)
     if conn is None:
         raise click.UsageError(f"no connection {connection!r}; known: {', '.join(connections.connections)}")
+    if fetch and record_file is not None:
+        raise click.UsageError("give --fetch or --record, not both")
     connector = CONNECTORS[conn.type]
     raw = RawWebhook(headers={}, content_type=content_type or connector.CONTENT_TYPES[0], body=body.read())
     try:
@@ -80,10 +89,82 @@ def dry_run(settings: Settings, connection: str, body, content_type: str | None,
         click.echo(f"the body is not a webhook of type {conn.type!r}: {exc}", err=True)
         sys.exit(1)
     moment = datetime.fromisoformat(now) if now else datetime.now(timezone.utc)
+    saved = None
+    if record_file is not None:
+        try:
+            saved = json.loads(record_file.read().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise click.BadParameter(f"expected a JSON object (a record), found: {exc}", param_hint="--record")
+        if not isinstance(saved, dict):
+            raise click.BadParameter(f"expected a JSON object (a record), found {type(saved).__name__}",
+                                     param_hint="--record")
+    rt = _read_only_runtime(settings, connections, ruleset) if fetch else None
     for event in events:
-        entity = {**event.data, "type": event.entity.type, "id": event.entity.id}
         click.echo(f"event {event.kind} {event.entity} (id {event.id})")
-        click.echo(print_plan(plan(event, entity, ruleset, moment, MODULES)))
+        if not fetch and saved is None:
+            entity = {**event.data, "type": event.entity.type, "id": event.entity.id}
+            click.echo(print_plan(plan(event, entity, ruleset, moment, MODULES)))
+            continue
+        for change, view in _changes(settings, rt, event, saved, ruleset):
+            if change is not event:
+                click.echo(f"event {change.kind} {change.entity} (derived from the record: {_derived_why(change)})")
+            click.echo(print_plan(plan(change, view, ruleset, moment, MODULES)))
+
+
+def _read_only_runtime(settings: Settings, connections, ruleset):
+    """A runtime whose clients are the real connections' clients, able only to read (their
+    metadata cached in a store of this process, never in the deployment's Redis)."""
+    import fakeredis
+
+    from queueing import Keys
+    from runtime import Runtime
+    from simulate.readonly import ReadOnly
+    rt = Runtime(settings, connections, ruleset, fakeredis.FakeRedis(), Keys(settings.redis_prefix), backend=None)
+    for name, conn in connections.connections.items():
+        rt.clients[name] = ReadOnly(CONNECTORS[conn.type].Client(conn, store=rt.store, key_prefix=settings.redis_prefix))
+    return rt
+
+
+def _changes(settings: Settings, rt, event, saved: dict | None, ruleset):
+    """The event and the changes the worker would derive, each with the record as its rules see it
+    (pipeline/snapshot.py's take, without keeping anything)."""
+    from pipeline import snapshot
+    from rules.engine import data_needs
+    if saved is not None:
+        entity = {**event.data, **saved, "type": event.entity.type, "id": event.entity.id}
+    else:
+        entity = snapshot.read(rt, event)
+    previous = _kept_snapshot(settings, event)
+    derived = snapshot.derive(event, previous, entity)
+    if rt is not None:
+        entity = snapshot.enrich(rt, event, entity, data_needs(ruleset.rules, {event.kind, *(d.kind for d in derived)}))
+    yield event, {**entity, **{k: v for k, v in event.data.items() if k == "changed"}}
+    for d in derived:
+        yield d, {**entity, **{k: v for k, v in d.data.items() if k.startswith("previous_") or k == "changed"}}
+
+
+def _kept_snapshot(settings: Settings, event) -> dict | None:
+    """The record's last snapshot in the deployment's Redis (read only), or None: none kept (or no
+    REDIS_URL), so the record is first seen (docs/rules.md, "First-seen records")."""
+    if not settings.redis_url:
+        return None
+    from redis import Redis
+    from redis.exceptions import RedisError
+    try:
+        kept = Redis.from_url(settings.redis_url, socket_timeout=5).get(
+            f"{settings.redis_prefix}snapshot:{event.connection}:{event.entity}")
+    except RedisError as exc:
+        click.echo(f"(the record's snapshot could not be read from Redis: {exc}; planned as first seen)", err=True)
+        return None
+    return json.loads(kept) if kept else None
+
+
+def _derived_why(change) -> str:
+    if change.data.get("first_seen"):
+        return "first seen, entering its stage"
+    if change.kind == "field.changed":
+        return "fields " + ", ".join(change.data.get("changed") or {})
+    return f"{change.kind.split('.')[0]} changed"
 
 
 def print_plan(result) -> str:
@@ -508,6 +589,26 @@ def report(settings: Settings, name: str, first: str | None, last: str | None, b
     except reports.BadRequest as exc:
         raise click.UsageError(str(exc))
     click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_obj
+def simulate(settings: Settings, scenario: Path) -> None:
+    """Run a scenario (webhooks and clock steps) against the rules with fake vendors and a virtual
+    clock; print what would happen and when. Exit 1 if an `expect:` fails (docs/simulate.md)."""
+    from simulate import ScenarioError
+    from simulate import simulate as run_scenario
+    try:
+        outcome = run_scenario(scenario, settings, click.echo)
+    except ConfigErrors as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    except ScenarioError as exc:
+        click.echo(f"scenario error: {exc}", err=True)
+        sys.exit(2)
+    if outcome.failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

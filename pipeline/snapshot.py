@@ -184,9 +184,20 @@ def derive(event: Event, previous: dict[str, Any] | None, current: dict[str, Any
     Vendors that send only an id (Bitrix24) get stage and responsible changes this way; every
     CRM gets `field.changed` with `changed: {field: {"from", "to"}}`, since update webhooks do
     not say which fields changed.
+
+    First seen (no snapshot yet): an update is the record entering the stage it is in, a
+    `stage.changed` with no previous stage (`data.first_seen`); a record created in a stage is its
+    own `entity.created` event (docs/rules.md, "First-seen records").
     """
-    if previous is None or event.kind not in ("entity.updated", "task.updated"):   # Bitrix24's ONTASKUPDATE too
+    if event.kind not in ("entity.updated", "task.updated"):   # Bitrix24's ONTASKUPDATE too
         return []
+    if previous is None:
+        stage = current.get("stage") if isinstance(current.get("stage"), dict) else {}
+        where = stage.get("id") or stage.get("name")
+        if not where:
+            return []
+        data = {**event.data, "stage": current["stage"], "previous_stage": None, "first_seen": True}
+        return [_derived(event, "stage.changed", f"stage:first-seen>{where}", data)]
     derived = []
     if event.data.get("needs_snapshot_diff"):
         for key, kind in (("stage", "stage.changed"), ("responsible", "responsible.changed")):
