@@ -22,6 +22,7 @@ from connectors import CONNECTORS
 from connectors.base import Event, RawWebhook, UnsupportedMediaType, WebhookError
 from runtime import Runtime, configure_logging
 from pipeline import timers
+from console import register_console
 
 log = logging.getLogger("crmbridge.web")
 
@@ -109,6 +110,7 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
     def internal_error(exc: InternalServerError):   # a bug: Flask has logged it; say no more here
         return _error(500, "internal error")
 
+    register_console(app, rt)   # /console, only when CRMBRIDGE_CONSOLE_TOKEN is set (docs/console.md)
     return app
 
 
