@@ -93,17 +93,19 @@ def last_event(history: Any, connection: str) -> dict[str, Any] | None:
     return {"event_id": rows[0][0], "at": history.dt(rows[0][1]), "kind": rows[0][2], "record": rows[0][3]} if rows else None
 
 
-def last_error(history: Any, connection: str) -> dict[str, Any] | None:
-    """The connection's newest failure: a failed or uncertain action, a rule error, a failed read."""
-    rows = history.query(f"SELECT at, event_id, record, what, rule, detail FROM crmbridge_decisions "
-                         f"WHERE connection = ? AND what IN ({', '.join('?' * len(FAILED))}) "
-                         "ORDER BY at DESC LIMIT 1", (connection, *FAILED))
-    if not rows:
-        return None
-    at, event_id, record, what, rule, detail = rows[0]
-    detail = history.js(detail)
-    return {"at": history.dt(at), "event_id": event_id, "record": record, "what": what, "rule": rule,
-            "error": detail.get("error") or detail.get("reason") or ""}
+def last_error(history: Any, connection: str, looked: int = 500) -> dict[str, Any] | None:
+    """The connection's newest failure among the latest `looked` failures of all: an action on it
+    that failed or is uncertain (whichever connection's event led to it), or a rule error or failed
+    read of one of its events."""
+    rows = history.query(f"SELECT at, event_id, record, what, rule, detail, connection FROM crmbridge_decisions "
+                         f"WHERE what IN ({', '.join('?' * len(FAILED))}) ORDER BY at DESC LIMIT {int(looked)}", FAILED)
+    for at, event_id, record, what, rule, detail, source in rows:
+        detail = history.js(detail)
+        action = str(detail.get("action") or "")
+        if action.startswith(f"{connection}.") if action else source == connection:
+            return {"at": history.dt(at), "event_id": event_id, "record": record, "what": what, "rule": rule,
+                    "error": detail.get("error") or detail.get("reason") or ""}
+    return None
 
 
 def records_with_id(history: Any, bare_id: str) -> list[str]:
