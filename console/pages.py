@@ -4,6 +4,7 @@ actions are the operator's functions the CLI uses (pipeline/dead_letters.py, pip
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -12,7 +13,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 
 import cli
 from connectors.base import Event
-from console import queries
+import console.queries as queries
 from pipeline import dead_letters, operate
 from pipeline.history import record_of, redact
 from ratelimit import configured
@@ -25,6 +26,15 @@ WHERE = "console"   # how the audit names an action taken here
 def add_pages(bp: Blueprint, rt: Any, scrub: tuple[str, ...]) -> None:
     """The console's views on the blueprint (rt: the app's runtime)."""
     rules = {r.name: r for r in rt.ruleset.rules}
+    config_dirs = {f"{rt.settings.config_dir}{os.sep}", f"{rt.settings.config_dir.resolve()}{os.sep}"}
+
+    @bp.app_template_filter("short")
+    def short(text: Any) -> str:
+        """Rule files named from the configuration directory (rules/x.yaml:3), as an integrator knows them."""
+        text = str(text)
+        for base in config_dirs:
+            text = text.replace(base, "")
+        return text
 
     def history():
         if rt.history is None:
