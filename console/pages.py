@@ -184,16 +184,14 @@ def add_pages(bp: Blueprint, rt: Any, scrub: tuple[str, ...]) -> None:
 
     @bp.get("/connections")
     def connections():
-        rows = []
+        rows, letters = [], list(dead_letters.entries(rt).values())
         for name, conn in sorted(rt.connections.connections.items()):
             rows.append({"name": name, "type": conn.type, "record_only": conn.record_only,
                          "calendar": conn.calendar, "limit": _limit_text(rt, name),
                          "catch_up": _catch_up(rt, name),
                          "last_event": queries.last_event(rt.history, name) if rt.history else None,
                          "last_error": queries.last_error(rt.history, name) if rt.history else None,
-                         "dead": sum(1 for v in dead_letters.entries(rt).values()
-                                     if (v.get("payload") or {}).get("connection") == name
-                                     or ((v.get("payload") or {}).get("event") or {}).get("connection") == name)})
+                         "dead": sum(1 for v in letters if _letter_connection(v, rt.connections.connections) == name)})
         return render_template("console/connections.html", rows=rows, history_on=rt.history is not None)
 
     @bp.get("/rules")
@@ -216,6 +214,15 @@ def _record_of_payload(payload: Any) -> str | None:
         return record_of(Event.from_dict(payload["event"] if "event" in payload else payload))
     except Exception:   # an old or partial payload: shown without its record
         return None
+
+
+def _letter_connection(letter: dict[str, Any], names: Any) -> str | None:
+    """The connection a dead letter is about: the one its failed step acts on (its error starts
+    with the step, `quickstart-bot.send_message(...)`), else its event's."""
+    error = letter.get("error") or ""
+    acted_on = next((n for n in names if error.startswith(f"{n}.")), None)
+    payload = letter.get("payload") or {}
+    return acted_on or payload.get("connection") or (payload.get("event") or {}).get("connection")
 
 
 def _limit_text(rt: Any, name: str) -> str:

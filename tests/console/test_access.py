@@ -224,3 +224,34 @@ def test_a_secret_inside_an_error_text_is_blanked(client, runtime, seeded):
                              key="telegram-step")
     text = client.get("/console/dead-letters/telegram-step", headers=bearer()).get_data(as_text=True)
     assert TG_TOKEN not in text and "url: /bot(secret)/sendMessage" in text
+
+
+def test_connections_count_a_dead_letter_for_the_connection_its_step_acts_on(client, runtime, seeded):
+    from pipeline import dead_letters
+    letter = dead_letters.get(runtime, seeded["dead"])   # quickstart-amo's add_note, on a quickstart-amo event
+    dead_letters.dead_letter(runtime, "worker.handle_event", letter["payload"],
+                             "quickstart-bot.send_message(chat='team', text='Бриф'): HTTP 403: bot was kicked",
+                             key="bot-step")
+    text = client.get("/console/connections", headers=bearer()).get_data(as_text=True)
+    amo, bot = text.split('id="conn-quickstart-bot"')
+    assert "<dt>Dead letters</dt><dd>1</dd>" in amo and "<dt>Dead letters</dt><dd>1</dd>" in bot
+
+
+def test_connections_show_the_catch_up_and_a_record_only_connection(settings, fake_amo, fake_tg, config_dir):
+    from webhooks import create_app
+    path = config_dir / "connections.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        "    calendar: office\n", "    calendar: office\n    options: {catch_up: {every: 10 minutes}}\n", 1), encoding="utf-8")
+    environ = {k: v for k, v in settings.environ.items() if k != "TELEGRAM_BOT_TOKEN"}
+    app = create_app(settings=replace(settings, environ=environ))
+    rt = app.extensions["crmbridge"]
+    try:
+        client = app.test_client()
+        before = client.get("/console/connections", headers=bearer()).get_data(as_text=True)
+        assert "every 10 min; no look yet" in before
+        rt.store.set(rt.keys("catch-up", "quickstart-amo"), "2026-11-27T14:59:00+00:00")
+        amo, bot = client.get("/console/connections", headers=bearer()).get_data(as_text=True).split('id="conn-quickstart-bot"')
+        assert "every 10 min; next look asks for changes since 2026-11-27T14:59:00+00:00" in amo
+        assert "record-only" in bot and "record-only" not in amo and "<dt>Catch-up</dt><dd>off</dd>" in bot
+    finally:
+        rt.backend.close()

@@ -25,7 +25,7 @@ DESKTOP = (1280, 900)
 
 @pytest.fixture
 def browser() -> Iterator["WebDriver"]:
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     for path in (CHROMIUM, CHROMEDRIVER):
         if not Path(path).exists():   # .ci/run installs them; a bare machine needs apt-get install chromium chromium-driver
