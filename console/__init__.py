@@ -19,6 +19,8 @@ from flask import Blueprint, Flask, abort, redirect, render_template, request, s
 from werkzeug.exceptions import HTTPException
 
 SESSION_KEY = "crmbridge_console"
+LOGIN_TRIES = 10          # wrong tokens an address may try …
+LOGIN_PAUSE = 15 * 60     # … in this many seconds, then it waits (shared by every web process through Redis)
 READS = ("GET", "HEAD")
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
                                       "form-action 'self'; base-uri 'none'",
@@ -40,7 +42,7 @@ def register_console(app: Flask, rt: Any) -> None:
                       SESSION_COOKIE_SECURE=rt.settings.environ.get("CRMBRIDGE_CONSOLE_COOKIE_SECURE", "") in ("1", "true", "yes"))
     bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                    static_folder="static", static_url_path="/static")
-    gate = Gate(token)
+    gate = Gate(token, rt)
     bp.before_request(gate.check)
     bp.after_request(gate.harden)
     bp.add_url_rule("/login", "login", gate.login, methods=["GET", "POST"])
@@ -54,8 +56,9 @@ def register_console(app: Flask, rt: Any) -> None:
 class Gate:
     """The token check in front of every console page, and the login that opens a session."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, rt: Any) -> None:
         self.token = token.encode()
+        self.rt = rt
         # what a session holds once logged in: a digest of the token, so a new token ends old sessions
         self.mark = hashlib.sha256(b"crmbridge console login:" + self.token).hexdigest()
 
@@ -85,11 +88,19 @@ class Gate:
     def login(self):
         error = None
         if request.method == "POST":
+            tries = self.rt.keys("console-login-failed", request.remote_addr or "unknown")
+            if int(self.rt.store.get(tries) or 0) >= LOGIN_TRIES:
+                abort(429, f"{LOGIN_TRIES} wrong tokens from this address: try again in {LOGIN_PAUSE // 60} minutes")
             if self.matches(request.form.get("token", "")):
+                self.rt.store.delete(tries)
                 session.clear()                      # a fresh session (and CSRF token) after login
                 session["auth"] = self.mark
                 session["csrf"] = secrets.token_urlsafe(32)
                 return redirect(_safe_next(request.args.get("next")))
+            with self.rt.store.pipeline() as pipe:
+                pipe.incr(tries)
+                pipe.expire(tries, LOGIN_PAUSE, nx=True)
+                pipe.execute()
             error = "That token is not the console's token."
         return render_template("console/login.html", error=error), (401 if error else 200)
 

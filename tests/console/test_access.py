@@ -255,3 +255,15 @@ def test_connections_show_the_catch_up_and_a_record_only_connection(settings, fa
         assert "record-only" in bot and "record-only" not in amo and "<dt>Catch-up</dt><dd>off</dd>" in bot
     finally:
         rt.backend.close()
+
+
+def test_an_address_that_keeps_guessing_waits(client, runtime):
+    from console import LOGIN_PAUSE, LOGIN_TRIES
+    for _ in range(LOGIN_TRIES):
+        assert log_in(client, "guess").status_code == 401
+    resp = log_in(client, TOKEN)   # even the right token, until the pause is over
+    assert resp.status_code == 429 and "10 wrong tokens from this address" in resp.get_data(as_text=True)
+    key = runtime.keys("console-login-failed", "127.0.0.1")
+    assert 0 < runtime.store.ttl(key) <= LOGIN_PAUSE
+    runtime.store.delete(key)      # the pause over
+    assert log_in(client, TOKEN).status_code == 302
