@@ -267,3 +267,23 @@ def test_an_address_that_keeps_guessing_waits(client, runtime):
     assert 0 < runtime.store.ttl(key) <= LOGIN_PAUSE
     runtime.store.delete(key)      # the pause over
     assert log_in(client, TOKEN).status_code == 302
+
+
+def test_with_the_history_off_the_pages_say_so(settings, fake_amo, fake_tg):
+    from webhooks import create_app
+    app = create_app(settings=replace(settings, history=False))
+    try:
+        client = app.test_client()
+        assert "The decision history is off" in client.get("/console/", headers=bearer()).get_data(as_text=True)
+        resp = client.get(f"/console/records/{RECORD}", headers=bearer())
+        assert resp.status_code == 404 and "the decision history is off (CRMBRIDGE_HISTORY=off)" in resp.get_data(as_text=True)
+        assert client.get("/console/connections", headers=bearer()).status_code == 200
+        assert client.get("/console/timers", headers=bearer()).status_code == 200
+    finally:
+        app.extensions["crmbridge"].backend.close()
+
+
+def test_a_wrong_since_is_a_400_that_says_what_is_expected(client):
+    resp = client.get(f"/console/records/{RECORD}?since=yesterday", headers=bearer())
+    assert resp.status_code == 400
+    assert "expected 2d, 36h, 90m, 1w or an ISO date, found &#39;yesterday&#39;" in resp.get_data(as_text=True)
