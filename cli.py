@@ -220,22 +220,17 @@ def timers_cancel(settings: Settings, timer_id: str) -> None:
 
 
 def _operate_timer(settings: Settings, timer_id: str, what: str) -> None:
-    from connectors.base import Event
-    from pipeline import clock
-    from pipeline.audit import audit
+    from pipeline.operate import cancel_timer, fire_timer_now
     rt = _runtime(settings)
-    timer = rt.backend.timers.get(timer_id)
+    if what == "fire":
+        timer = fire_timer_now(rt, timer_id, "cli.py timers fire")
+    else:
+        timer = cancel_timer(rt, timer_id, "cli.py timers cancel")
     if timer is None:
         raise click.ClickException(f"no pending timer {timer_id!r} (see `cli.py timers`)")
-    event = Event.from_dict(timer["event"])
     if what == "fire":
-        rt.backend.schedule({**timer, "fire_at": clock.now().isoformat()})
-        audit(rt, event, "timer.moved", timer=timer_id, fire_at=clock.now().isoformat(),
-              reason="fired now by an operator (cli.py timers fire)")
         click.echo(f"timer {timer_id} fires now (was {timer['fire_at']}); a worker runs it")
     else:
-        rt.backend.cancel(timer_id)
-        audit(rt, event, "timer.cancelled", timer=timer_id, reason="cancelled by an operator (cli.py timers cancel)")
         click.echo(f"timer {timer_id} cancelled (was due {timer['fire_at']})")
 
 

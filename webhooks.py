@@ -23,6 +23,7 @@ from connectors.base import Event, RawWebhook, UnsupportedMediaType, WebhookErro
 from runtime import Runtime, configure_logging
 from pipeline import timers
 from reports import web as reports_web
+from console import register_console
 
 log = logging.getLogger("crmbridge.web")
 
@@ -111,6 +112,7 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
     def internal_error(exc: InternalServerError):   # a bug: Flask has logged it; say no more here
         return _error(500, "internal error")
 
+    register_console(app, rt)   # /console, only when CRMBRIDGE_CONSOLE_TOKEN is set (docs/console.md)
     return app
 
 
