@@ -1,5 +1,5 @@
 """The console's pages. Reads come from the decision history (pipeline/history.py) and Redis (dead
-letters, timers, catch-up marks); the explanations are cli.py's own (timeline, explain, replay);
+letters, timers, catch-up marks); the explanations are those cli.py prints (explaining.py: timeline, explain, replay);
 actions are the operator's functions the CLI uses (pipeline/dead_letters.py, pipeline/operate.py)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import click
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
-import cli
+import explaining
 from connectors.base import Event
 import console.queries as queries
 from pipeline import dead_letters, operate
@@ -44,7 +44,7 @@ def add_pages(bp: Blueprint, rt: Any, scrub: tuple[str, ...]) -> None:
     def since_arg(default: str = "14d") -> tuple[str, datetime]:
         text = request.args.get("since") or default
         try:
-            return text, cli._since(text)
+            return text, explaining._since(text)
         except click.BadParameter as exc:
             abort(400, exc.format_message())
 
@@ -60,7 +60,7 @@ def add_pages(bp: Blueprint, rt: Any, scrub: tuple[str, ...]) -> None:
         moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
         return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
-    bp.add_app_template_filter(cli.condition_text, "condition")
+    bp.add_app_template_filter(explaining.condition_text, "condition")
 
     @bp.app_template_filter("pretty")
     def pretty(value: Any) -> str:
@@ -102,7 +102,7 @@ def add_pages(bp: Blueprint, rt: Any, scrub: tuple[str, ...]) -> None:
         since_text, since = since_arg()
         entries = history().timeline(record, connection, since)
         names = [n for n in dict.fromkeys(e.rule for e in entries if e.what != "event" and e.rule)]
-        explained = [(name, rules.get(name), cli.explain_rule(entries, name, rules.get(name), record, since))
+        explained = [(name, rules.get(name), explaining.explain_rule(entries, name, rules.get(name), record, since))
                      for name in names]
         letters = {k: v for k, v in dead_letters.entries(rt).items() if _record_of_payload(v.get("payload")) == record}
         return render_template("console/record.html", record=record, connection=connection, since=since_text,
@@ -132,7 +132,7 @@ def add_pages(bp: Blueprint, rt: Any, scrub: tuple[str, ...]) -> None:
         if request.args.get("replan"):
             ev = Event.from_dict(kept["event"])
             entity = kept.get("record") or {**ev.data, "type": ev.entity.type, "id": ev.entity.id}
-            replanned = cli.print_plan(plan(ev, entity, rt.ruleset, datetime.now(timezone.utc), MODULES))
+            replanned = explaining.print_plan(plan(ev, entity, rt.ruleset, datetime.now(timezone.utc), MODULES))
         return render_template("console/event.html", event_id=event_id, kept=kept, decisions=decisions,
                                why_not=lambda e: _why_not(e, rules), replanned=replanned)
 
@@ -203,7 +203,7 @@ def _why_not(entry: Any, rules: dict[str, Any]) -> str | None:
     """Beside a skipped rule: what would make it act (cli.py explain's words)."""
     if entry.what not in ("rule.skipped", "timer.skipped") or not isinstance(entry.detail, dict):
         return None
-    return cli.what_would_act(rules.get(entry.rule), entry.detail)
+    return explaining.what_would_act(rules.get(entry.rule), entry.detail)
 
 
 def _record_of_payload(payload: Any) -> str | None:
