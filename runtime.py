@@ -51,7 +51,7 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
         # connections.yaml's own errors come first; its calendars are unknown then, and rules
         # naming them are not reported again for that
         ruleset = load_rules(base / "rules", MODULES, calendars=connections.calendars if loaded else None,
-                             connections=connections.connections or None, base=None)
+                             connections=connections.connections or None, base=None, calendars_file=str(path))
         errors.extend(unsupported_options(ruleset.rules, connections, CONNECTORS, STEPS))
         errors.extend(find_or_create.unsupported(ruleset.rules, connections, CONNECTORS))
         errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS, STEPS))

@@ -102,6 +102,7 @@ class RuleSet:
     calendars: dict[str, WorkingCalendar] = field(default_factory=dict)
     connection_calendars: dict[str, str] = field(default_factory=dict)
     calendars_known: bool = True     # False while connections.yaml could not be read: no cross-check
+    broken_calendars: set[str] = field(default_factory=set)   # defined wrongly: reported once, where they are
 
     def calendar_for(self, rule: Rule, connection: str) -> WorkingCalendar:
         name = rule.calendar or self.connection_calendars.get(connection)
