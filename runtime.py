@@ -23,6 +23,7 @@ from pipeline.steps import STEPS
 from queueing import InProcessBackend, Keys, RQBackend
 from ratelimit import Limit, RateLimiter, limiter_for  # noqa: F401 - Limit, RateLimiter: tests reach them here
 from rules import MODULES, find_or_create, send_email
+from rules._offline import check as offline_checks
 from rules._verb_support import unsupported_options, unsupported_verbs
 from rules.engine import RuleSet
 from rules.files import load_rules
@@ -56,8 +57,11 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
         errors.extend(find_or_create.unsupported(ruleset.rules, connections, CONNECTORS))
         errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS, STEPS))
         errors.extend(send_email.load_templates(ruleset.rules, base))
+        errors.extend(offline_checks(ruleset.rules, connections, CONNECTORS, STEPS))
     except ConfigErrors as exc:
         errors.extend(exc.errors)
+        if getattr(exc, "ruleset", None) is not None:   # the rules that loaded: their options too
+            errors.extend(offline_checks(exc.ruleset.rules, connections, CONNECTORS, STEPS))
     if errors:
         raise ConfigErrors(errors)
     return connections, ruleset

@@ -96,7 +96,9 @@ def load_rules(rules_dir: Path, modules: Mapping[str, Any], *, calendars: Mappin
             ruleset.rules.append(rule)
         errors.extend(col.errors)
     if errors:
-        raise ConfigErrors(errors)
+        failed = ConfigErrors(errors)
+        failed.ruleset = ruleset   # the rules that did load, for the checks that come after (runtime)
+        raise failed
     return ruleset
 
 
