@@ -783,10 +783,12 @@ class Client(BaseClient):
 
     def metadata(self) -> dict[str, Any]:
         """What rules may name, read fresh and read only: task processes (GET /process/task) and each
-        one's statuses (GET /process/task/{id}/statuses), the custom fields of tasks and contacts with
-        their type ids (GET /customfield/task, /customfield/contact; REST_API_Типы_пользовательских_полей),
-        users (POST /user/list, a list call that reads). API-REFERENCE.md §3.1. Enum values of list
-        fields are not read (their shape is not in the sources). Shape as amoCRM's metadata()."""
+        one's statuses (GET /process/task/{id}/statuses) — saranchyev/planfix-rest-api-generated
+        docs/Api/ProcessApi.md —, the custom fields of tasks and contacts with their type ids
+        (GET /customfield/task, /customfield/contact: docs/Api/CustomFieldsApi.md; type ids in
+        REST_API_Типы_пользовательских_полей), users (POST /user/list, a list call that reads).
+        API-REFERENCE.md §3.1. The list fields' `enumValues` are not read: the spec names the key
+        but not its shape. Shape as amoCRM's metadata()."""
         paths = ["process/task", "customfield/task", "customfield/contact", "user/list"]
         for path in paths:
             self.forget(path)
