@@ -96,6 +96,9 @@ class _Rule:
                 for item in _listed(value):
                     self.ref("pipeline" if key == "pipeline" else "stage", item, rule.line, f"on → {key}",
                              self._targets(None), exact=False)
+            elif key == "field":
+                for item in _listed(value):
+                    self.field_name(item, rule.line, "on → field", self._targets(None))
         for key, conditions in (("if", rule.conditions), ("while", rule.guard),
                                 ("every → until", rule.delay.until if rule.delay else ())):
             for i, condition in enumerate(conditions):

@@ -654,7 +654,7 @@ class Client(BaseClient):
         (crm.category.list {entityTypeId: 2} and crm.status.list {filter: {ENTITY_ID: DEAL_STAGE |
         DEAL_STAGE_<id>}}, crm/universal/category/crm-category-list.md, crm/status/crm-status-list.md),
         lead statuses (ENTITY_ID STATUS) as the pipeline "lead", the fields of deals, leads, contacts
-        and companies by their labels with type and list values (crm.<type>.fields: formLabel/listLabel,
+        and companies (user fields by their labels, standard ones by their codes) with type and list values (crm.<type>.fields: formLabel/listLabel,
         type, items[].VALUE, crm/deals/crm-deal-fields.md), users (user.get, user/user-get.md).
         Shape as amoCRM's metadata()."""
         self.forget("stages")
@@ -665,7 +665,8 @@ class Client(BaseClient):
         fields: dict[str, dict[str, Any]] = {}
         for etype in ("deal", "lead", "contact", "company"):
             described = (self.call(f"{_crm(etype)}.fields") or {}).get("result") or {}
-            fields[etype] = {(d.get("formLabel") or d.get("listLabel") or d.get("title") or code):
+            # a user field by its label, as normalize() puts it in entity.fields; a standard one by its code
+            fields[etype] = {((d.get("formLabel") or d.get("listLabel") or code) if code.startswith("UF_") else code):
                              {"id": code, "type": d.get("type"),
                               "enums": [str(i.get("VALUE")) for i in d.get("items") or []]}
                              for code, d in described.items() if isinstance(d, dict)}

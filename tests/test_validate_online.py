@@ -96,6 +96,12 @@ MISTAKES = {
     do: [{add_note: x}]""",
         'rule "b24 stage" → if[0] → stage: expected a stage name that Bitrix24 \'b24\' has, found \'Счет на предоплату\'; '
         'did you mean "Счёт на предоплату"?'),
+    "field typo in a trigger (Bitrix24)": (
+        """  - name: b24 trigger field
+    on: {event: field.changed, connection: b24, field: "Дата оплати"}
+    do: [{add_note: x}]""",
+        'rule "b24 trigger field" → on → field: expected a field that Bitrix24 \'b24\' (deal) has, found '
+        '\'Дата оплати\'; did you mean "Дата оплаты"?'),
     "pipeline typo (Bitrix24)": (
         """  - name: b24 pipeline
     on: {event: stage.changed, connection: b24, pipeline: "Реализацыя"}
