@@ -283,7 +283,9 @@ def _conditions(items: list, item: dict, key: str, col: _Collector, crumb: str) 
         if problem:
             col.add(items, i, crumb, f"{key}[{i}]: {problem}")
         else:
-            result.append(dict(cond))
+            kept = LineDict(cond)   # a copy that keeps its line, for the checks that come later (validate --online)
+            kept.line, kept.lines = line_of(items, i), dict(getattr(cond, "lines", None) or {})
+            result.append(kept)
     return result
 
 

@@ -185,8 +185,12 @@ def test_each_mistake_is_said_with_file_line_expected_found_and_did_you_mean(tmp
     errors = [line for line in result.output.splitlines() if line.startswith(str(config))]
     assert len(errors) == 1, result.output
     path, line, message = errors[0].split(":", 2)
-    assert path == str(config / "rules" / "r.yaml") and int(line) >= 2
+    assert path == str(config / "rules" / "r.yaml")
     assert message.strip().startswith(said), message
+    # the line is the one that says it: the value found stands there (a trigger's: the rule's line)
+    found = said.split("found '", 1)[1].split("'", 1)[0]
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    assert int(line) == 2 if " → on → " in said else found in lines[int(line) - 1], (line, lines)
 
 
 def test_a_correct_configuration_passes_and_says_what_it_read(tmp_path, fakes):
