@@ -117,6 +117,11 @@ def _rules_of(doc: Any, col: _Collector, modules, ruleset: RuleSet, connections)
         problem = _calendar_problem(defaults.get("calendar") if isinstance(defaults, dict) else None, ruleset)
         if problem:   # said once, where it is written, not once per rule
             col.add(defaults, "calendar", "", f"defaults → {problem}")
+        named = defaults.get("connection") if isinstance(defaults, dict) else None
+        for conn in (named if isinstance(named, list) else [named] if named else []):
+            if connections is not None and conn not in connections:
+                col.add(defaults, "connection", "", f"defaults → connection: no connection {conn!r} in "
+                                                    f"connections.yaml{did_you_mean(conn, connections)}")
         items = doc.get("rules")
         extra = sorted(set(doc) - {"defaults", "rules"})
         if extra:
@@ -220,10 +225,10 @@ def _trigger(on: Any, item: dict, defaults: Mapping[str, Any], col: _Collector, 
                     f"on: unknown event kind {kind!r}; expected one of: {', '.join(EVENT_KINDS)}")
     conns = spec.get("connection", defaults.get("connection"))
     conns = [] if conns is None else (conns if isinstance(conns, list) else [conns])
-    for conn in conns:
+    for conn in conns if "connection" in spec else ():   # `defaults:`'s own is said once, there
         if connections is not None and conn not in connections:
             col.add(spec if hasattr(spec, "lines") else item, "connection", crumb,
-                    f"on → connection: no connection {conn!r} in connections.yaml")
+                    f"on → connection: no connection {conn!r} in connections.yaml{did_you_mean(conn, connections)}")
     known = {"event", "connection", "entity", "schedule", *TRIGGER_FILTERS}
     for key in spec:
         if key not in known:

@@ -165,3 +165,14 @@ def test_the_shipped_examples_pass(tmp_path):
         env = {name: ("https://x.example" if "URL" in name else "v") for name in re.findall(r"\$\{([A-Z_0-9]+)\}", text)}
         result = CliRunner().invoke(cli.cli, ["--config", str(root / example), "validate"], env={**env, "REDIS_URL": ""})
         assert result.exit_code == 0, (example, result.output)
+
+
+def test_a_misspelled_connection_in_defaults_is_said_once_where_it_is_written(tmp_path):
+    rules = "defaults:\n  connection: amoo\nrules:\n" + "\n".join(f"""  - name: r{i}
+    on: stage.changed
+    do: [{{add_note: x}}]""" for i in range(5)) + "\n"
+    config = configure(tmp_path, rules)
+    code, output = validate(config)
+    assert code == 1
+    assert output == [f"{config}/rules/r.yaml:2: defaults → connection: no connection 'amoo' in connections.yaml; "
+                      "did you mean \"amo\"?", "1 error in 1 file; crmbridge did not start."]
