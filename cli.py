@@ -84,7 +84,7 @@ def _validate_online(settings: Settings, connections, ruleset) -> None:
         click.echo(f"online: {note}")
     errors = checks.check(ruleset.rules, connections, found)
     if errors:
-        click.echo(str(ConfigErrors(errors)), err=True)
+        click.echo(str(ConfigErrors(errors, "names the connections do not have (validate --online).")), err=True)
     if found.unread:
         click.echo(f"not checked online: {', '.join(found.unread)} could not be read (see above)", err=True)
     if errors or found.unread:

@@ -82,11 +82,11 @@ class ConfigError:
 class ConfigErrors(Exception):
     """The configuration is invalid; crmbridge does not start half-configured."""
 
-    def __init__(self, errors: list[ConfigError]):
+    def __init__(self, errors: list[ConfigError], ending: str = "crmbridge did not start."):
         self.errors = sorted(errors, key=lambda e: (e.path, e.line))
         files = len({e.path for e in self.errors})
         summary = (f"{len(self.errors)} error{'s' if len(self.errors) != 1 else ''} in {files} "
-                   f"file{'s' if files != 1 else ''}; crmbridge did not start.")
+                   f"file{'s' if files != 1 else ''}; {ending}")
         super().__init__("\n".join([*map(str, self.errors), summary]))
 
 

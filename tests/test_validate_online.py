@@ -212,6 +212,7 @@ def test_it_never_writes(tmp_path, fakes):
     config = configure(tmp_path, [MISTAKES[m][0] for m in sorted(MISTAKES)])
     result = validate(config, fakes, "--online")
     assert result.exit_code == 1 and len([l for l in result.output.splitlines() if l.startswith(str(config))]) == len(MISTAKES)
+    assert f"{len(MISTAKES)} errors in 1 file; names the connections do not have (validate --online)." in result.output
     amo, b24, pf, tg = fakes
     assert amo.calls and all(c.method == "GET" for c in amo.calls)
     reads = {"crm.category.list", "crm.status.list", "batch", "user.get", "crm.deal.fields", "crm.lead.fields",
