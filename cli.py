@@ -49,14 +49,48 @@ def _load(settings: Settings):
 
 
 @cli.command()
+@click.option("--online", is_flag=True, help="also read each connection's stages, fields, users and chats "
+              "(read only) and check every name the rules use against them")
 @click.pass_obj
-def validate(settings: Settings) -> None:
+def validate(settings: Settings, online: bool) -> None:
     """Check connections.yaml and every rule file; print all errors with file:line."""
     connections, ruleset = _load(settings)
     for warning in connections.warnings:
         click.echo(f"warning: {warning}")
+    if online:
+        _validate_online(settings, connections, ruleset)
     click.echo(f"ok: {len(connections.connections)} connection(s), {len(ruleset.rules)} rule(s) "
-               f"in {settings.config_dir}")
+               f"in {settings.config_dir}" + (" (checked online)" if online else ""))
+
+
+def _validate_online(settings: Settings, connections, ruleset) -> None:
+    """validate --online: config/online.py with clients that read only, within each vendor's limit
+    (shared with running workers when REDIS_URL is set)."""
+    from config import online as checks
+    from config.loader import ConfigErrors
+    from ratelimit import limiter_for
+    if settings.redis_url:
+        from redis import Redis
+        store = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    else:
+        import fakeredis
+        store = fakeredis.FakeRedis()
+
+    def client_for(name: str):
+        conn = connections.connections[name]
+        client = CONNECTORS[conn.type].Client(conn, store=None, key_prefix=settings.redis_prefix)
+        client.limiter = limiter_for(store, settings.redis_prefix, conn, client)
+        return client
+    found = checks.read(connections, client_for)
+    for note in found.notes:
+        click.echo(f"online: {note}")
+    errors = checks.check(ruleset.rules, connections, found)
+    if errors:
+        click.echo(str(ConfigErrors(errors, "names the connections do not have (validate --online).")), err=True)
+    if found.unread:
+        click.echo(f"not checked online: {', '.join(found.unread)} could not be read (see above)", err=True)
+    if errors or found.unread:
+        sys.exit(1)
 
 
 @cli.command("dry-run")

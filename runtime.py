@@ -24,6 +24,7 @@ from queueing import InProcessBackend, Keys, RQBackend
 from ratelimit import Limit, RateLimiter, limiter_for  # noqa: F401 - Limit, RateLimiter: tests reach them here
 import reports
 from rules import MODULES, find_or_create, send_digest, send_email
+from rules._offline import check as offline_checks
 from rules._verb_support import unsupported_options, unsupported_verbs
 from rules.engine import RuleSet
 from rules.files import load_rules
@@ -52,15 +53,18 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
         # connections.yaml's own errors come first; its calendars are unknown then, and rules
         # naming them are not reported again for that
         ruleset = load_rules(base / "rules", MODULES, calendars=connections.calendars if loaded else None,
-                             connections=connections.connections or None, base=None)
+                             connections=connections.connections or None, base=None, calendars_file=str(path))
         errors.extend(unsupported_options(ruleset.rules, connections, CONNECTORS, STEPS))
         errors.extend(find_or_create.unsupported(ruleset.rules, connections, CONNECTORS))
         errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS, STEPS))
         errors.extend(send_digest.unsupported(ruleset.rules, connections, CONNECTORS))
         errors.extend(send_email.load_templates(ruleset.rules, base))
         errors.extend(reports.check(base, ruleset.rules))   # reports.yaml against the metrics recorded
+        errors.extend(offline_checks(ruleset.rules, connections, CONNECTORS, STEPS))
     except ConfigErrors as exc:
         errors.extend(exc.errors)
+        if getattr(exc, "ruleset", None) is not None:   # the rules that loaded: their options too
+            errors.extend(offline_checks(exc.ruleset.rules, connections, CONNECTORS, STEPS))
     if errors:
         raise ConfigErrors(errors)
     return connections, ruleset

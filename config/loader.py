@@ -5,6 +5,7 @@ start with `path:line:` (the idea of Home Assistant's line-stamping SafeLineLoad
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -81,11 +82,11 @@ class ConfigError:
 class ConfigErrors(Exception):
     """The configuration is invalid; crmbridge does not start half-configured."""
 
-    def __init__(self, errors: list[ConfigError]):
+    def __init__(self, errors: list[ConfigError], ending: str = "crmbridge did not start."):
         self.errors = sorted(errors, key=lambda e: (e.path, e.line))
         files = len({e.path for e in self.errors})
         summary = (f"{len(self.errors)} error{'s' if len(self.errors) != 1 else ''} in {files} "
-                   f"file{'s' if files != 1 else ''}; crmbridge did not start.")
+                   f"file{'s' if files != 1 else ''}; {ending}")
         super().__init__("\n".join([*map(str, self.errors), summary]))
 
 
@@ -93,9 +94,10 @@ def load_yaml(path: Path, shown_as: str | None = None) -> Any:
     """Read a YAML file with line marks; a syntax error becomes a ConfigErrors."""
     shown = shown_as or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigErrors([ConfigError(shown, 1, f"the file is not UTF-8 (byte {exc.start})")])
+        raise ConfigErrors([not_utf8(shown, data, exc)]) from None
     except OSError as exc:
         raise ConfigErrors([ConfigError(shown, 0, f"cannot read the file: {exc.strerror}")])
     try:
@@ -106,6 +108,17 @@ def load_yaml(path: Path, shown_as: str | None = None) -> Any:
         raise ConfigErrors([ConfigError(shown, line, f"invalid YAML: {exc.problem or exc.context}")])
     except yaml.YAMLError as exc:
         raise ConfigErrors([ConfigError(shown, 1, f"invalid YAML: {exc}")])
+
+
+def not_utf8(shown: str, data: bytes, exc: UnicodeDecodeError) -> ConfigError:
+    """A file that is not UTF-8, reported at the line and column of its first bad byte, with what
+    stands there (an editor saving in Windows-1251 is the usual cause)."""
+    before = data[:exc.start]
+    line = before.count(b"\n") + 1
+    column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+    bad = data[exc.start:exc.end].hex(" ")
+    return ConfigError(shown, line, f"expected UTF-8 text, found byte(s) {bad} at column {column}; "
+                                    "save the file as UTF-8")
 
 
 def line_of(node: Any, key: Any = None, default: int = 0) -> int:
@@ -137,3 +150,17 @@ def expand_env(value: str, environ: dict[str, str] | None = None) -> tuple[str, 
             missing.append(name)
         return default or ""
     return ENV_REF.sub(sub, value), missing
+
+
+def fold(text: Any) -> str:
+    """A name as a vendor that ignores case and ё/е compares it (amoCRM, Bitrix24 and Planfix show
+    «Ещё» and «еще» as different names but people type either)."""
+    return str(text).strip().casefold().replace("ё", "е")
+
+
+def did_you_mean(found: Any, names: Any, cutoff: float = 0.6) -> str:
+    """'; did you mean "Brief received"?' with the nearest of `names` (difflib, compared folded),
+    or '' when none is near."""
+    real = {fold(n): str(n) for n in names}
+    close = difflib.get_close_matches(fold(found), list(real), n=1, cutoff=cutoff)
+    return f'; did you mean "{real[close[0]]}"?' if close else ""

@@ -765,6 +765,31 @@ class Client(BaseClient):
         _ref(snap, "responsible", rec.get("RESPONSIBLE_ID"))
         return self.name_refs(snap, "activity")
 
+    # --- validate --online: the portal's names, read only (config/online.py) -------------------
+
+    def metadata(self) -> dict[str, Any]:
+        """What rules may name, read fresh and read only: deal funnels and their stages
+        (crm.category.list {entityTypeId: 2} and crm.status.list {filter: {ENTITY_ID: DEAL_STAGE |
+        DEAL_STAGE_<id>}}, crm/universal/category/crm-category-list.md, crm/status/crm-status-list.md),
+        lead statuses (ENTITY_ID STATUS) as the pipeline "lead", the fields of deals, leads, contacts
+        and companies (user fields by their labels, standard ones by their codes) with type and list values (crm.<type>.fields: formLabel/listLabel,
+        type, items[].VALUE, crm/deals/crm-deal-fields.md), users (user.get, user/user-get.md).
+        Shape as amoCRM's metadata()."""
+        self.forget("stages")
+        self.forget("users")
+        stages = self.stages()
+        pipelines = {cid: {"name": c["name"], "stages": c["stages"]} for cid, c in stages["deal"].items()}
+        pipelines["lead"] = {"name": "lead", "stages": stages["lead"]}
+        fields: dict[str, dict[str, Any]] = {}
+        for etype in ("deal", "lead", "contact", "company"):
+            described = (self.call(f"{_crm(etype)}.fields") or {}).get("result") or {}
+            # a user field by its label, as normalize() puts it in entity.fields; a standard one by its code
+            fields[etype] = {((d.get("formLabel") or d.get("listLabel") or code) if code.startswith("UF_") else code):
+                             {"id": code, "type": d.get("type"),
+                              "enums": [str(i.get("VALUE")) for i in d.get("items") or []]}
+                             for code, d in described.items() if isinstance(d, dict)}
+        return {"pipelines": pipelines, "fields": fields, "users": self.users()}
+
 
 # --- helpers -------------------------------------------------------------------------------------
 

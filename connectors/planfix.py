@@ -813,6 +813,29 @@ class Client(BaseClient):
                 snap["fields"][ids[field]] = next(iter(_custom_values([item]).values()))
         return snap
 
+    # --- validate --online: the account's names, read only (config/online.py) ------------------
+
+    def metadata(self) -> dict[str, Any]:
+        """What rules may name, read fresh and read only: task processes (GET /process/task) and each
+        one's statuses (GET /process/task/{id}/statuses) — saranchyev/planfix-rest-api-generated
+        docs/Api/ProcessApi.md —, the custom fields of tasks and contacts with their type ids
+        (GET /customfield/task, /customfield/contact: docs/Api/CustomFieldsApi.md; type ids in
+        REST_API_Типы_пользовательских_полей), users (POST /user/list, a list call that reads).
+        API-REFERENCE.md §3.1. The list fields' `enumValues` are not read: the spec names the key
+        but not its shape. Shape as amoCRM's metadata()."""
+        paths = ["process/task", "customfield/task", "customfield/contact", "user/list"]
+        for path in paths:
+            self.forget(path)
+        pipelines = {}
+        for process in self.catalog("process/task", "processes"):
+            self.forget(f"process/task/{process['id']}/statuses")
+            statuses = self.catalog(f"process/task/{process['id']}/statuses", "statuses")
+            pipelines[process["id"]] = {"name": process["name"], "stages": {s["id"]: s["name"] for s in statuses}}
+        fields = {kind: {f["name"]: {"id": f["id"], "type": f.get("type"), "enums": []}
+                         for f in self.catalog(f"customfield/{kind}", "customfields")} for kind in ("task", "contact")}
+        users = {u["id"]: u["name"] for u in self.catalog("user/list", "users", paged=True)}
+        return {"pipelines": pipelines, "fields": fields, "users": users}
+
 
 def normalize_contact(c: dict[str, Any]) -> dict[str, Any]:
     """A REST contact in the common shape."""

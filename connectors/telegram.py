@@ -633,6 +633,22 @@ class Client(BaseClient):
         prefix = f"{self.bot.base_file_url}/"
         return file_path[len(prefix):] if file_path and file_path.startswith(prefix) else file_path
 
+    # --- validate --online: the chats the connection names, read only (config/online.py) -------
+
+    def metadata(self) -> dict[str, Any]:
+        """getChat for each chat the connection names (`options: {chats: {alias: id}}`): the bot can
+        reach it, or Telegram's reason why not ("Bad Request: chat not found"; core.telegram.org/bots/api#getchat).
+        Shape: {"chats": {alias: {"id", "type", "title"} or {"id", "error"}}}."""
+        found: dict[str, Any] = {}
+        for alias, chat in ((self.connection.options or {}).get("chats") or {}).items():
+            try:
+                info = self.call("get_chat", chat_id=str(chat))
+                found[str(alias)] = {"id": str(chat), "type": getattr(info, "type", None),
+                                     "title": getattr(info, "title", None) or getattr(info, "username", None)}
+            except PermanentApiError as exc:
+                found[str(alias)] = {"id": str(chat), "error": str(exc)}
+        return {"chats": found}
+
 
 def _no_local_path(photo: bytes | str) -> None:
     """PTB uploads any string that names a local file; a rule must not be able to send server files."""

@@ -29,6 +29,7 @@ Conventions:
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -77,7 +78,16 @@ def _check_zone(name: Any) -> None:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise CalendarError(f"timezone: expected an IANA name such as 'Europe/Kyiv', got {name!r}") from None
+        raise CalendarError(f"timezone: expected an IANA name such as 'Europe/Kyiv', got {name!r}"
+                            f"{_zone_hint(name)}") from None
+
+
+def _zone_hint(name: Any) -> str:
+    """'; did you mean "Europe/Kyiv"?' for a near miss of an IANA name (any case), else ''."""
+    from zoneinfo import available_timezones
+    zones = {z.casefold(): z for z in available_timezones()}
+    close = difflib.get_close_matches(str(name).casefold(), list(zones), n=1, cutoff=0.8)
+    return f'; did you mean "{zones[close[0]]}"?' if close else ""
 
 
 def _check_span(key: str, value: Any) -> None:
@@ -358,12 +368,26 @@ class Duration:
         return (dt.astimezone(UTC) + sign * timedelta(**{self.unit: value})).astimezone(tz)
 
 
+_DURATION_WORDS = ("working", *_UNIT_WORDS)
+
+
+def duration_hint(text: Any) -> str:
+    """'; did you mean "working"?' for the first word of a duration that is a near miss of one it
+    knows ("2 workign days"), else ''."""
+    for word in re.findall(r"[^\W\d_]+", str(text)):
+        if word.lower() in _DURATION_WORDS:
+            continue
+        close = difflib.get_close_matches(word.lower(), _DURATION_WORDS, n=1, cutoff=0.7)
+        return f'; did you mean "{close[0]}"?' if close else ""
+    return ""
+
+
 def parse_duration(text: str) -> Duration:
     """Parse '3 days', '2 working days', '1 hour', '30-60 minutes' (hyphen or en dash), '3 min'."""
     m = _DURATION.fullmatch(text) if isinstance(text, str) else None
     unit = _UNIT_WORDS.get(m[4].lower()) if m else None
     if m is None or unit is None:
-        raise CalendarError(f"{EXPECTED_DURATION}, found {text!r}")
+        raise CalendarError(f"{EXPECTED_DURATION}, found {text!r}{duration_hint(text)}")
     amount, upto, working = float(m[1]), (float(m[2]) if m[2] else None), bool(m[3])
     problem = _problem(amount, unit, working, upto)
     if problem:

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from marshmallow import ValidationError
 
 from connectors.base import Entity, Event
+from rules import _reasons as reasons
 from rules.calendar import Duration, WorkingCalendar, parse_duration
 from rules.conditions import (
     check_all,
@@ -102,6 +103,7 @@ class RuleSet:
     calendars: dict[str, WorkingCalendar] = field(default_factory=dict)
     connection_calendars: dict[str, str] = field(default_factory=dict)
     calendars_known: bool = True     # False while connections.yaml could not be read: no cross-check
+    broken_calendars: set[str] = field(default_factory=set)   # defined wrongly: reported once, where they are
 
     def calendar_for(self, rule: Rule, connection: str) -> WorkingCalendar:
         name = rule.calendar or self.connection_calendars.get(connection)
@@ -460,7 +462,8 @@ def plan(event: Event, entity: dict[str, Any], ruleset: RuleSet, now: datetime,
         if missed or first:
             _maybe_cancel(rule, ctx, result)
             if failed and rule.otherwise:
-                ctx.template["reason"] = failed
+                # why, in the rule's language and as data (missing fields), never the engine's English
+                ctx.template.update(reasons.for_templates(first[0], ctx.template, reasons.language(rule)))
                 _plan_actions(rule, ctx, modules, result, specs=rule.otherwise, tag="otherwise")
             continue
         if rule.delay is None:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from marshmallow import RAISE, Schema, ValidationError, fields
 
-from config.loader import ConfigError, ConfigErrors, line_of, load_yaml
+from config.loader import ConfigError, ConfigErrors, LineDict, did_you_mean, line_of, load_yaml
 from connectors.base import EVENT_KINDS
 from rules.calendar import CalendarError, WorkingCalendar, parse_duration
 from rules.conditions import validate as condition_problem
@@ -60,15 +60,21 @@ class _Collector:
 
 
 def load_rules(rules_dir: Path, modules: Mapping[str, Any], *, calendars: Mapping[str, Any] | None = None,
-               connections: Mapping[str, Any] | None = None, base: Path | None = None) -> RuleSet:
-    """Load every `*.yaml` in rules_dir (sorted by name); raise ConfigErrors listing all problems."""
+               connections: Mapping[str, Any] | None = None, base: Path | None = None,
+               calendars_file: str = "connections.yaml") -> RuleSet:
+    """Load every `*.yaml` in rules_dir (sorted by name); raise ConfigErrors listing all problems.
+    A calendar that is wrong is reported once, in `calendars_file` (the path as given); rules that
+    name it are not reported again."""
     errors: list[ConfigError] = []
     ruleset = RuleSet(calendars_known=calendars is not None)
+    broken: set[str] = set()
     for name, cfg in (calendars or {}).items():
         try:
             ruleset.calendars[name] = WorkingCalendar.from_config(cfg)
         except CalendarError as exc:
-            errors.append(ConfigError("connections.yaml", line_of(cfg, default=1), f"calendar {name!r}: {exc}"))
+            broken.add(name)
+            errors.append(ConfigError(calendars_file, line_of(cfg, default=1), f"calendar {name!r}: {exc}"))
+    ruleset.broken_calendars = broken
     for conn in (connections or {}).values():
         if getattr(conn, "calendar", None):
             ruleset.connection_calendars[conn.name] = conn.calendar
@@ -90,7 +96,9 @@ def load_rules(rules_dir: Path, modules: Mapping[str, Any], *, calendars: Mappin
             ruleset.rules.append(rule)
         errors.extend(col.errors)
     if errors:
-        raise ConfigErrors(errors)
+        failed = ConfigErrors(errors)
+        failed.ruleset = ruleset   # the rules that did load, for the checks that come after (runtime)
+        raise failed
     return ruleset
 
 
@@ -106,6 +114,14 @@ def _rules_of(doc: Any, col: _Collector, modules, ruleset: RuleSet, connections)
     items = doc
     if isinstance(doc, dict):
         defaults = doc.get("defaults") or {}
+        problem = _calendar_problem(defaults.get("calendar") if isinstance(defaults, dict) else None, ruleset)
+        if problem:   # said once, where it is written, not once per rule
+            col.add(defaults, "calendar", "", f"defaults → {problem}")
+        named = defaults.get("connection") if isinstance(defaults, dict) else None
+        for conn in (named if isinstance(named, list) else [named] if named else []):
+            if connections is not None and conn not in connections:
+                col.add(defaults, "connection", "", f"defaults → connection: no connection {conn!r} in "
+                                                    f"connections.yaml{did_you_mean(conn, connections)}")
         items = doc.get("rules")
         extra = sorted(set(doc) - {"defaults", "rules"})
         if extra:
@@ -140,8 +156,9 @@ def _rule(item: Any, index: int, parent: list, defaults: Mapping[str, Any], col:
     guard = _conditions(item.get("while") or [], item, "while", col, crumb)
     delay = _delay(item, col, crumb)
     calendar = data["calendar"] or defaults.get("calendar")
-    if calendar and ruleset.calendars_known and calendar not in ruleset.calendars:
-        col.add(item, "calendar", crumb, f"calendar: no calendar {calendar!r} in connections.yaml")
+    problem = _calendar_problem(data["calendar"], ruleset)
+    if problem:
+        col.add(item, "calendar", crumb, problem)
     # `do: []` with `otherwise:` is a gate: nothing to do when the conditions hold
     gate = item["do"] == [] and bool(item.get("otherwise"))
     actions = [] if gate else _actions(item["do"], col, crumb, modules)
@@ -164,6 +181,15 @@ def _rule(item: Any, index: int, parent: list, defaults: Mapping[str, Any], col:
                 delay=delay, guard=tuple(guard), actions=tuple(actions), calendar=calendar,
                 otherwise=tuple(otherwise), for_each=for_each, cancel_on=tuple(cancel_on),
                 keep_timer=data["keep_timer"])
+
+
+def _calendar_problem(calendar: Any, ruleset: RuleSet) -> str | None:
+    """A calendar a rule names that connections.yaml does not define (one it defines wrongly is
+    reported there, once)."""
+    known = set(ruleset.calendars) | ruleset.broken_calendars
+    if not calendar or not ruleset.calendars_known or calendar in known:
+        return None
+    return f"calendar: no calendar {calendar!r} in connections.yaml{did_you_mean(calendar, known)}"
 
 
 def _report(messages: Any, node: Any, schema: Schema, col: _Collector, crumb: str, prefix: str = "") -> None:
@@ -199,10 +225,10 @@ def _trigger(on: Any, item: dict, defaults: Mapping[str, Any], col: _Collector, 
                     f"on: unknown event kind {kind!r}; expected one of: {', '.join(EVENT_KINDS)}")
     conns = spec.get("connection", defaults.get("connection"))
     conns = [] if conns is None else (conns if isinstance(conns, list) else [conns])
-    for conn in conns:
+    for conn in conns if "connection" in spec else ():   # `defaults:`'s own is said once, there
         if connections is not None and conn not in connections:
             col.add(spec if hasattr(spec, "lines") else item, "connection", crumb,
-                    f"on → connection: no connection {conn!r} in connections.yaml")
+                    f"on → connection: no connection {conn!r} in connections.yaml{did_you_mean(conn, connections)}")
     known = {"event", "connection", "entity", "schedule", *TRIGGER_FILTERS}
     for key in spec:
         if key not in known:
@@ -262,7 +288,9 @@ def _conditions(items: list, item: dict, key: str, col: _Collector, crumb: str) 
         if problem:
             col.add(items, i, crumb, f"{key}[{i}]: {problem}")
         else:
-            result.append(dict(cond))
+            kept = LineDict(cond)   # a copy that keeps its line, for the checks that come later (validate --online)
+            kept.line, kept.lines = line_of(items, i), dict(getattr(cond, "lines", None) or {})
+            result.append(kept)
     return result
 
 
@@ -358,8 +386,9 @@ def _actions(items: list, col: _Collector, crumb: str, modules: Mapping[str, Any
                 continue
         if not _templates_compile(options, action[verb], items, i, col, f"{crumb}{where} → {verb}"):
             continue
-        result.append(ActionSpec(verb=verb, options={k: v for k, v in options.items()},
-                                 line=line_of(items, i)))
+        kept = LineDict(options)   # a copy that keeps each option's line, for the later checks
+        kept.line, kept.lines = line_of(items, i), dict(getattr(options, "lines", None) or {})
+        result.append(ActionSpec(verb=verb, options=kept, line=line_of(items, i)))
     return result
 
 

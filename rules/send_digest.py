@@ -28,6 +28,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from config.loader import ConfigError
+from connectors.base import is_crm_client
 from rules._verb_support import action_targets, each_action
 
 NAME = "send_digest"
@@ -120,6 +121,8 @@ def unsupported(rules: list, connections: Any, connectors: dict[str, Any]) -> li
             if found is None:
                 continue   # an unknown connection name is reported by the rule files' own checks
             kind, cls = found
+            if not is_crm_client(cls):
+                continue   # not a CRM at all: rules/_offline.py says so, once
             gives = [q for q, verb in QUERIES.items() if verb in cls.capabilities]
             for query in _queries(options.get("query")):
                 if query in QUERIES and QUERIES[query] not in cls.capabilities:

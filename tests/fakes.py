@@ -725,6 +725,8 @@ class FakeTelegram(FakeServer):
         # PTB percent-encodes the file URL's path, so the token's ":" arrives as %3A
         token = re.escape(self.token).replace(":", "(?::|%3A)")
         self.route("GET", rf"/file/bot{token}/(.+)", self._download)
+        self.chats: dict[str, dict[str, Any]] = {}   # getChat (validate --online): chats the bot is in
+        self.methods["getChat"] = self._get_chat
 
     def add_file(self, file_id: str, path: str, content: bytes, size: int | None = None) -> None:
         """A file getFile knows; `size` above 20 MB makes getFile refuse it as Telegram does."""
@@ -803,3 +805,22 @@ class FakeTelegram(FakeServer):
             if found["path"] == unquote(m.group(1)):
                 return 200, found["content"], {"Content-Type": "application/octet-stream"}
         return 404, {"ok": False, "error_code": 404, "description": "Not Found"}, {}
+
+    # --- getChat, for validate --online -----------------------------------------------------------
+
+    def add_chat(self, chat_id: int, title: str, kind: str = "supergroup") -> None:
+        """A chat the bot is a member of: getChat answers its ChatFullInfo."""
+        self.chats[str(chat_id)] = {"id": int(chat_id), "type": kind, "title": title}
+
+    def _get_chat(self, call: Call, params: dict[str, Any]):
+        """getChat {chat_id} → ChatFullInfo (core.telegram.org/bots/api#getchat; Bot API 7.3 made
+        accent_color_id and max_reaction_count, 9.0 accepted_gift_types — with gifts_from_channels since
+        9.3 —, always present); a chat the
+        bot is not in: 400 "Bad Request: chat not found" (API-REFERENCE.md §4 errors)."""
+        chat = self.chats.get(str(params.get("chat_id")))
+        if chat is None:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"}, {}
+        gifts = {"unlimited_gifts": False, "limited_gifts": False, "unique_gifts": False, "premium_subscription": False,
+                 "gifts_from_channels": False}
+        return 200, {"ok": True, "result": {**chat, "accent_color_id": 0, "max_reaction_count": 11,
+                                            "accepted_gift_types": gifts}}, {}

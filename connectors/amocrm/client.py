@@ -647,6 +647,22 @@ class Client(TokenAuth, BaseClient):
             values.append({"field_id": fid, "values": [{"value": v} for v in items]})
         return values
 
+    # --- validate --online: the account's names, read only (config/online.py) ------------------
+
+    def metadata(self) -> dict[str, Any]:
+        """What rules may name, read fresh and read only: pipelines and their stages
+        (GET /api/v4/leads/pipelines, leads-pipelines "Список воронок сделок"), the custom fields of
+        leads, contacts and companies with their types and enum values (GET /api/v4/{leads,contacts,
+        companies}/custom_fields, custom-fields "Список полей сущности"), users (GET /api/v4/users,
+        users-api). Shape: {"pipelines": {id: {"name", "stages": {id: name}}}, "fields": {type:
+        {name: {"id", "type", "enums": [value]}}}, "users": {id: name}}."""
+        for name in ("pipelines", "users", *(f"custom_fields:{t}" for t in ("lead", "contact", "company"))):
+            self.forget(name)
+        fields = {t: {name: {"id": str(f["id"]), "type": f.get("type"), "enums": list(f.get("enums") or {})}
+                      for name, f in self.custom_fields(t).items()} for t in ("lead", "contact", "company")}
+        pipelines = {pid: {"name": p["name"], "stages": p["statuses"]} for pid, p in self.pipelines().items()}
+        return {"pipelines": pipelines, "fields": fields, "users": self.users()}
+
 
 def _unix(moment: float | str) -> float:
     """Unix time from unix time or ISO 8601 (naive: UTC)."""

@@ -221,7 +221,7 @@ def test_c15_failed_needs_a_reason_and_gives_the_head_a_task(project, client, ru
     at(msk(2026, 11, 30, 14, 0))
     moved(client, runtime, amo, PROJECT, "Не реализовано")
     assert stage_moves(amo, PROJECT) == [{"status_id": stage(REALIZATION, "Тайминг")}]
-    assert tasks_made(amo)[-1]["text"] == "Этап «Не реализовано» не сохранён — not filled: Причина отказа"
+    assert tasks_made(amo)[-1]["text"] == "Этап «Не реализовано» не сохранён — не заполнено: Причина отказа"
     at(msk(2026, 11, 30, 14, 5))
     announced(client, runtime, amo, PROJECT, stage(REALIZATION, "Не реализовано"))
     updated(client, runtime, amo, PROJECT, {"Причина отказа": "Блогер отказался"})

@@ -89,9 +89,9 @@ def test_c4_a_move_without_the_required_field_is_undone_and_the_manager_told(cli
     moved(client, runtime, amo, DEAL, "Встреча назначена")
     assert stage_moves(amo, DEAL) == [{"status_id": stage(SALES, "Получение брифа")}]  # back where it came from
     [note] = [c.body[0] for c in amo.received("POST", "/api/v4/leads/notes")]
-    assert note["params"]["text"] == "Сделка возвращена на этап «Получение брифа»: not filled: Дата первой встречи"
+    assert note["params"]["text"] == "Сделка возвращена на этап «Получение брифа»: не заполнено: Дата первой встречи"
     [task] = tasks_made(amo)
-    assert task["text"] == "Этап «Встреча назначена» не сохранён — not filled: Дата первой встречи"
+    assert task["text"] == "Этап «Встреча назначена» не сохранён — не заполнено: Дата первой встречи"
     assert task["responsible_user_id"] == USERS["Ольга Смирнова"]
 
 
@@ -104,7 +104,7 @@ def test_c4_with_the_field_filled_the_move_stands(client, runtime, amo, at):
     updated(client, runtime, amo, DEAL, {"Реквизиты клиента": "ООО «Весна», ИНН 7701234567"})
     moved(client, runtime, amo, DEAL, "Утвержденный проект")
     assert stage_moves(amo, DEAL) == [{"status_id": stage(SALES, "Встреча назначена")}]
-    assert tasks_made(amo)[-1]["text"] == "Этап «Утвержденный проект» не сохранён — not filled: Реквизиты подрядчика"
+    assert tasks_made(amo)[-1]["text"] == "Этап «Утвержденный проект» не сохранён — не заполнено: Реквизиты подрядчика"
 
 
 def test_c5_the_deadline_gives_the_pr_manager_a_task_and_the_proposal_file_moves_the_deal(client, runtime, amo, at):
@@ -228,7 +228,7 @@ def test_c10_lost_needs_a_reason_then_goes_on_in_the_lost_pipeline_with_its_tag(
     lead(amo, DEAL, "Весна 2027", SALES, "Согласование КП")
     moved(client, runtime, amo, DEAL, "Закрыто и не реализовано")
     assert stage_moves(amo, DEAL) == [{"status_id": stage(SALES, "Согласование КП")}]
-    assert tasks_made(amo)[-1]["text"].startswith("Сделка не закрыта — not filled: Причина отказа")
+    assert tasks_made(amo)[-1]["text"].startswith("Сделка не закрыта — не заполнено: Причина отказа")
     assert amo.received("POST", "/api/v4/leads") == []
 
     updated(client, runtime, amo, DEAL, {"Причина отказа": "Дорого"})
@@ -275,7 +275,7 @@ def test_c4_a_deal_put_back_by_the_gate_is_not_greeted_again(client, runtime, am
     at(msk(2026, 11, 24, 12, 1))
     announced(client, runtime, amo, DEAL, stage(SALES, "Утвержденный проект"))
     assert [t["text"] for t in tasks_made(amo)] == [
-        "Согласовать КП", "Этап «Утвержденный проект» не сохранён — not filled: Реквизиты клиента, Реквизиты подрядчика"]
+        "Согласовать КП", "Этап «Утвержденный проект» не сохранён — не заполнено: Реквизиты клиента, Реквизиты подрядчика"]
     at(msk(2026, 11, 25, 12, 0))
     moved(client, runtime, amo, DEAL, "Бриф получен")
     moved(client, runtime, amo, DEAL, "Согласование КП")               # by a person: greeted again
