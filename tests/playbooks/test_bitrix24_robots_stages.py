@@ -88,13 +88,13 @@ def test_d5_paid_sets_one_task_bound_to_the_deal_its_contact_and_its_company(cli
     at(msk(2026, 12, 7, 11))
     contact(portal, 84, "Мария Ковальчук")
     contact(portal, 85, "Олег Ковальчук")
-    deal(portal, 414, "Свадьба Ковальчук", "КП отправлено", contact=84, company=9)
+    deal(portal, 414, "Свадьба Ковальчук", "Бриф получен", contact=84, company=9)   # a stage no rule acts on
     portal.records["deal"][414]["CONTACT_IDS"] = [84, 85]      # a second contact linked to the deal
     post(client, runtime, "ONCRMDEALUPDATE", 414)
     updated(client, runtime, portal, 414, STAGE_ID=STAGE["Оплачено"])
 
-    # the first webhook already set D1's task: the deal was first seen in "КП отправлено" (docs/rules.md, First-seen records)
-    [task] = [c for c in calls(portal, "tasks.task.add") if c["fields"]["TITLE"] == "Подготовить закрывающие документы"]
+    [task] = calls(portal, "tasks.task.add")
+    assert task["fields"]["TITLE"] == "Подготовить закрывающие документы"
     assert task["fields"]["UF_CRM_TASK"] == ["D_414", "C_84", "C_85", "CO_9"]
     assert task["fields"]["DEADLINE"] == "2026-12-09T11:00:00+03:00"     # 2 working days
     assert calls(portal, "crm.deal.contact.items.get") == [{"id": 414}]
