@@ -30,7 +30,7 @@ rules:
 def fake_b24():
     server = FakeBitrix24().start()
     server.add("deal", {"ID": "410", "TITLE": "Торт на весілля", "STAGE_ID": "PREPARATION", "CATEGORY_ID": "0",
-                        "ASSIGNED_BY_ID": "1", "DATE_MODIFY": "2026-11-24T10:00:00+03:00"})
+                        "ASSIGNED_BY_ID": "1", "DATE_MODIFY": "2026-11-24T10:02:00+03:00"})
     yield server
     server.stop()
 
