@@ -43,6 +43,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     applied: bool = False     # the call is done first, then this answer is given
     reset: bool = False       # the call is done, then the connection is closed without an answer
+    method: str | None = None   # only calls of this HTTP method (None: any)
 
 
 RESET = object()   # an answer's status that tells the handler to drop the connection unanswered
@@ -154,11 +155,11 @@ class FakeServer:
         self.routes.append((method, re.compile(pattern + "$"), handler))
 
     def fail(self, pattern: str, status: int, body: Any, times: int = 1, headers: dict | None = None, *,
-             applied: bool = False, reset: bool = False) -> None:
-        """The next `times` calls whose path matches `pattern` get this answer; with `applied` they
-        are done first (a vendor that made the task, then failed to answer); with `reset` they are
-        done and the connection is dropped instead of answered."""
-        self.faults.append(Fault(pattern, status, body, times, headers or {}, applied, reset))
+             applied: bool = False, reset: bool = False, method: str | None = None) -> None:
+        """The next `times` calls whose path matches `pattern` (and of `method`, if given) get this
+        answer; with `applied` they are done first (a vendor that made the task, then failed to
+        answer); with `reset` they are done and the connection is dropped instead of answered."""
+        self.faults.append(Fault(pattern, status, body, times, headers or {}, applied, reset, method))
 
     def limited(self, limits: list[VendorLimit]) -> "FakeServer":
         """Enforce these limits from now on: a request over one is answered as the vendor answers
@@ -194,7 +195,8 @@ class FakeServer:
 
     def _answer(self, call: Call) -> tuple[Any, Any, dict[str, str]]:
         with self.lock:
-            fault = next((f for f in self.faults if f.times > 0 and re.search(f.pattern, call.path)), None)
+            fault = next((f for f in self.faults if f.times > 0 and re.search(f.pattern, call.path)
+                          and f.method in (None, call.method)), None)
             if fault is not None:
                 fault.times -= 1
         if fault is not None and not (fault.applied or fault.reset):
