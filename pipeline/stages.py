@@ -43,6 +43,8 @@ def already_handled(rt: Any, event: Event, view: dict[str, Any], ahead: Marks | 
     if was_undo(undo_mark, view):
         rt.store.delete(undo_key)
         event.data["undo"] = True
+    if event.data.get("via") == "history":   # a row of the vendor's history is one move: the log says
+        return moved_already(rt, event)       # (the stage last seen cannot tell an earlier entry apart)
     return seen_already(event, seen) or moved_already(rt, event)
 
 

@@ -203,3 +203,26 @@ def test_bitrix24_stage_history_pages_and_chains_the_stages_left(b24_with_a_deal
     assert moves[5].at == datetime.fromtimestamp(int(start + 5), timezone.utc).isoformat()
     later = client.stage_history(datetime.fromtimestamp(start + 50, timezone.utc).isoformat())
     assert [m.ref for m in later] == [str(i) for i in range(51, 61)]
+
+
+# --- Planfix: find_contact through the contact list's value filter -------------------------------------
+
+def test_planfix_find_contact_settles_a_create_applied_then_answered_500(redis_db):
+    from connectors import planfix
+    from connectors.base import Connection
+    from tests.fakes_planfix import FakePlanfix
+    fake = FakePlanfix().start()
+    try:
+        client = planfix.Client(Connection(name="pf", type="planfix", base_url=f"{fake.url}/rest",
+                                           credentials={"token": "PF-TOKEN"}), store=redis_db, key_prefix="crmbridge-test:")
+        since = time.time()
+        assert client.find_contact("Олена", "email", "olena@example.com", since) is None
+        fake.fail(r"^/rest/contact/$", 500, {"result": "fail", "code": 0, "error": "Internal error"}, applied=True)
+        with pytest.raises(UncertainApiError):
+            client.add_contact("Олена", "email", "olena@example.com", {})
+        [made] = fake.contacts
+        assert client.find_contact("Олена", "email", "olena@example.com", since) == int(made)
+        assert client.find_contact("Ольга", "email", "olena@example.com", since) is None   # another name
+        assert client.find_contact("Олена", "email", "other@example.com", since) is None   # another value
+    finally:
+        fake.stop()
