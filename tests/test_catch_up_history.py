@@ -184,6 +184,10 @@ def test_every_stage_move_in_the_history_is_acted_on_once_in_order(world):
     # the stage a record left is the one before, as the history says (the first of a deal: unknown)
     assert all(m["left"] for m in moves if m["connection"] == "shop-amo")
     assert amo.violations == []
+    pages = amo.received("GET", "/api/v4/events")                         # 100 a page, the documented most
+    assert {c.query["limit"][0] for c in pages} == {"100"} and {c.query["page"][0] for c in pages} >= {"1", "2", "3"}
+    history_reads = b24.received(None, r".*/crm\.stagehistory\.list\.json", failed=True)
+    assert [c.status for c in history_reads] == [503, 503, 503, 200]   # a look that failed its 3 tries, then one page
     audit = [json.loads(e[b"entry"]) for _, e in rt.store.xrange(rt.keys("audit"))]
     skipped = [a for a in audit if a["what"] == "event.skipped"]
     assert len(skipped) == 11          # the ten webhook moves read again from the history, and the late webhook
