@@ -123,8 +123,10 @@ def moved_already(rt: Any, event: Event) -> bool:
     stage = (event.data.get("stage") or {}).get("id")
     if event.kind != "stage.changed" or stage is None or event.entity.type not in CRM_ENTITIES:
         return False
-    via = "history" if event.data.get("via") == "history" else (
-        "derived" if event.data.get("needs_snapshot_diff") else "webhook")
+    # a move seen in a fresh read, or reported with no change time of its own (amoCRM's compact
+    # status webhook: its time is when it arrived), is known as of now, not as of the move
+    untimed = event.data.get("needs_snapshot_diff") or event.dedupe_window is not None
+    via = "history" if event.data.get("via") == "history" else ("derived" if untimed else "webhook")
     at = _stamp(clock.now().isoformat() if via == "derived" else event.occurred_at)
     key = rt.keys("stage-moves", event.connection, str(event.entity))
     moves = [json.loads(raw) for raw in rt.store.lrange(key, 0, MOVES_KEPT - 1)]

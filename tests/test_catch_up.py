@@ -171,3 +171,25 @@ def test_history_moves_into_a_stage_entered_again_are_each_acted_on_once(amo_cat
     assert listed.query["filter[created_at][from]"] == [str(CHANGED_AT - 60 - 60)]
     audit = [json.loads(e[b"entry"]) for _, e in runtime.store.xrange(runtime.keys("audit"))]
     assert len([a for a in audit if a["what"] == "event.skipped"]) == 1
+
+
+def test_a_compact_status_webhook_after_the_history_move_is_skipped(amo_catch_up, client, runtime, fake_tg,
+                                                                    monkeypatch):
+    """amoCRM's compact status webhook carries no change time (its event's time is its arrival): a
+    move the catch-up already read from the history, announced so afterwards, is the same move."""
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT - 60))
+    worker.catch_up("quickstart-amo")
+    run_worker(runtime)
+    amo_catch_up.clock = lambda: CHANGED_AT + 10
+    amo_catch_up.move_lead(31926520, 10216994)
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT + 120))
+    worker.catch_up("quickstart-amo")
+    run_worker(runtime)
+    assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 1
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT + 130))
+    compact = {"leads[status][0][id]": 31926520, "leads[status][0][status_id]": 10216994,
+               "leads[status][0][pipeline_id]": 2116, "leads[status][0][old_status_id]": 10216995}
+    answer = client.post("/hooks/quickstart-amo?token=amo-secret", data=compact)
+    assert answer.json == {"accepted": 1, "duplicates": 0}
+    run_worker(runtime)
+    assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 1

@@ -35,7 +35,6 @@ class StepContext:
         self.rt.store.set(key, json.dumps(result, default=str), ex=self.rt.settings.done_ttl)
         return result
 
-
     # --- creates the vendor lets us read back: uncertain is settled by looking -------------------
 
     @contextmanager
