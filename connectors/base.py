@@ -384,6 +384,22 @@ class Changed:
     raw: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Moved:
+    """One stage move a CRM keeps in its change history (stage_history), the same for every CRM:
+    the record, the stage (and pipeline) it entered and the one it left (None: not in the row),
+    when (ISO 8601 UTC), and the vendor's own id of the history row (one move, one id)."""
+
+    type: str
+    id: str
+    stage: str
+    pipeline: str | None
+    previous_stage: str | None
+    previous_pipeline: str | None
+    at: str
+    ref: str
+
+
 class CrmClient(Protocol):
     """What a CRM's client is. Every verb a client really implements is named in its
     `capabilities` (tests/connectors/test_capabilities.py keeps the two equal); the pipeline asks
@@ -499,6 +515,21 @@ class CrmClient(Protocol):
 
     def find_note(self, entity: Entity, text: str, since: float | str) -> Any:
         """The id of the record's note (comment) with this text made at or after `since`, or None."""
+        ...
+
+    def find_lead(self, pipeline: str, stage: str, name: str | None, since: float | str) -> Any:
+        """The id of a lead/deal made at or after `since` in that pipeline and stage, with that
+        name (None: any), or None (reads back create_copy)."""
+        ...
+
+    def find_contact(self, name: str, by: str, value: str, since: float | str, field: str | None = None) -> Any:
+        """The id of a contact with that name carrying `value` (a phone, an e-mail, or the sender
+        kept in `field`) made at or after `since`, or None (reads back add_contact)."""
+        ...
+
+    # the catch-up: what the CRM's change history says
+    def stage_history(self, since: str) -> list[Moved] | None:
+        """Every stage move since `since` (ISO 8601), oldest first (None: record-only)."""
         ...
 
     def add_chat_comment(self, entity: Entity, text: str, uploads: list[dict[str, Any]] | None = None) -> Any:

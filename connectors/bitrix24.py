@@ -32,9 +32,9 @@ from typing import Any, Callable
 from urllib.parse import urlencode
 
 from connectors.base import (
-    ApiError, BadPayload, BaseClient, Changed, Connection, Entity, Event, PermanentApiError, RawWebhook,
-    RetryableApiError, Unauthorized, UncertainApiError, event_id, parse_nested_form, phone_digits, positive_id,
-    utc_iso,
+    ApiError, BadPayload, BaseClient, Changed, Connection, Entity, Event, Moved, PermanentApiError, RawWebhook,
+    RetryableApiError, Unauthorized, UncertainApiError, contact_matches, event_id, parse_nested_form, phone_digits,
+    positive_id, utc_iso,
 )
 
 SOURCE = "bitrix24"
@@ -169,6 +169,7 @@ class Client(BaseClient):
         "create_task", "add_note", "notify", "set_responsible", "delete_entity", "search_contacts",
         "add_contact", "link_contact", "read_stage", "find_stage", "stage_order", "find_task", "find_note",
         "overdue_tasks", "deals_without_task", "open_deals", "add_deal",
+        "stage_history", "find_contact",
     })
     timeout = 30.0  # a REST request may run up to 60 s (limits.md); most answer in a second or two
     docs_url = "https://apidocs.bitrix24.com/"
@@ -428,8 +429,10 @@ class Client(BaseClient):
              "responsible": {"id": str(a.get("RESPONSIBLE_ID"))}} for a in rows]
 
     def changed_since(self, since: str) -> list[Changed] | None:
-        """Deals modified after `since` (ISO 8601), oldest first, every page; `modified` is DATE_MODIFY."""
-        rows = self.list_all("crm.deal.list", {"filter": {">DATE_MODIFY": since}, "order": {"DATE_MODIFY": "ASC"},
+        """Deals modified after `since` (ISO 8601; sent in the portal's offset, portal_time), oldest
+        first, every page; `modified` is DATE_MODIFY."""
+        rows = self.list_all("crm.deal.list", {"filter": {">DATE_MODIFY": self.portal_time(since)},
+                                               "order": {"DATE_MODIFY": "ASC"},
                                                "select": ["ID", "DATE_MODIFY"]})
         return None if rows is None else [Changed("deal", str(d["ID"]), str(d.get("DATE_MODIFY") or ""), d)
                                           for d in rows]
@@ -789,6 +792,73 @@ class Client(BaseClient):
                               "enums": [str(i.get("VALUE")) for i in d.get("items") or []]}
                              for code, d in described.items() if isinstance(d, dict)}
         return {"pipelines": pipelines, "fields": fields, "users": self.users()}
+
+    # --- the catch-up's history, the portal's clock, reading back a contact ----------------------
+
+    def portal_time(self, moment: float | str) -> str:
+        """`moment` written as the portal writes times, with its own offset (server.time answers
+        "YYYY-MM-DDThh:mm:ss±hh:mm", rest_help/general/server_time.php; asked once per client).
+        A date filter is then right whether the portal reads the offset or takes the wall-clock
+        time in its own zone: a UTC value would be read hours off by a portal that does the latter."""
+        zone = getattr(self, "_portal_zone", None)
+        if zone is None:
+            body = self.call("server.time")
+            try:
+                zone = datetime.fromisoformat(str((body or {}).get("result"))).tzinfo or timezone.utc
+            except ValueError:
+                zone = timezone.utc
+            self._portal_zone = zone
+        return _moment(moment).astimezone(zone).isoformat(timespec="seconds")
+
+    def stage_history(self, since: float | str) -> list[Moved] | None:
+        """Every deal stage move at or after `since`, oldest first: crm.stagehistory.list
+        {"entityTypeId": 2, "filter": {">=CREATED_TIME": …}, "order": {"ID": "ASC"}, "start"} (50 a
+        page; rest_help/crm/stagehistory.php: rows ID, TYPE_ID 1 created / 2 moved to an
+        intermediate stage / 3 moved to a final one, OWNER_ID, CREATED_TIME, and for deals
+        CATEGORY_ID, STAGE_SEMANTIC_ID, STAGE_ID). A row says only the stage entered: the stage
+        left is the owner's row before it in the list (None for its first row here); a creation
+        row is no move, as a deal created is no stage change on the webhook path either."""
+        rows = self.list_all("crm.stagehistory.list", {
+            "entityTypeId": OWNER_TYPE["deal"], "filter": {">=CREATED_TIME": self.portal_time(since)},
+            "order": {"ID": "ASC"},
+            "select": ["ID", "TYPE_ID", "OWNER_ID", "CREATED_TIME", "CATEGORY_ID", "STAGE_ID"]}, key="items")
+        if rows is None:
+            return None
+        moves, before = [], {}
+        for row in sorted(rows, key=lambda r: int(r.get("ID") or 0)):
+            owner, stage = str(row.get("OWNER_ID") or ""), row.get("STAGE_ID")
+            if not owner.isdigit() or not stage:
+                continue
+            category = str(row.get("CATEGORY_ID") or "0")
+            left = before.get(owner, (None, None))
+            before[owner] = (str(stage), category)
+            if str(row.get("TYPE_ID")) == "1":
+                continue
+            at = _moment(row.get("CREATED_TIME") or 0).astimezone(timezone.utc).isoformat()
+            moves.append(Moved("deal", owner, str(stage), category, left[0], left[1], at, str(row["ID"])))
+        return moves
+
+    def find_contact(self, name: str, by: str, value: str, since: float | str, field: str | None = None) -> int | None:
+        """The id of the newest contact named `name` that carries `value` (phone, email, or the
+        sender in `field`) and was made at or after `since`, or None: crm.contact.list with filter
+        NAME and >=DATE_CREATE (in the portal's offset), newest first, PHONE/EMAIL selected
+        (crm-contact-list.md); the value is compared here. It reads back add_contact."""
+        code = None
+        if by == "inbox_sender" and field:
+            code = field if self.record_only else next(iter(self.resolve_fields("contact", {field: value})))
+        start = _moment(since) - timedelta(seconds=READ_BACK_SLACK)
+        body = self.call("crm.contact.list", {
+            "filter": {"NAME": name, ">=DATE_CREATE": self.portal_time(start.timestamp())},
+            "select": ["ID", "NAME", "DATE_CREATE", "PHONE", "EMAIL", *([code] if code else [])],
+            "order": {"ID": "DESC"}})
+        for row in (body or {}).get("result") or []:
+            card = {"phones": [p.get("VALUE") for p in row.get("PHONE") or [] if isinstance(p, dict)],
+                    "emails": [e.get("VALUE") for e in row.get("EMAIL") or [] if isinstance(e, dict)],
+                    "fields": {field: row.get(code)} if code else {}}
+            if row.get("NAME") == name and _moment(row.get("DATE_CREATE") or 0) >= start \
+                    and contact_matches(by, value, card, field):
+                return int(row["ID"])
+        return None
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import requests
 
 from connectors.base import (
     check_secret, BadPayload, BaseClient, Changed, Connection, Entity, Event, PermanentApiError, RawWebhook,
-    RetryableApiError, answered_error, retry_after_header, event_id, indexed, parse_json,
+    RetryableApiError, answered_error, contact_matches, retry_after_header, event_id, indexed, parse_json,
     parse_nested_form, phone_digits, positive_id, segment, unique_keys, utc_iso, written_key,
 )
 
@@ -295,6 +295,7 @@ class Client(BaseClient):
         "get_entity", "changed_since", "set_fields", "move_to_stage", "create_task", "add_note",
         "add_chat_comment", "download", "set_responsible", "delete_entity", "search_contacts", "add_contact",
         "link_contact", "read_task", "project_tasks", "set_status", "find_task", "find_note", "overdue_tasks",
+        "find_contact",
     })
 
     def auth_headers(self) -> dict[str, str]:
@@ -685,7 +686,7 @@ class Client(BaseClient):
             if by == "inbox_sender":   # by the field's id: a list may name its fields or not
                 card["fields"][field] = [d.get("value") for d in c.get("customFieldData") or []
                                          if str((d.get("field") or {}).get("id")) == str(flt["field"])]
-            found.append({"id": card["id"], "created": None, "phones": card["phones"],
+            found.append({"id": card["id"], "name": card["name"], "created": None, "phones": card["phones"],
                           "emails": [card["email"]] if card.get("email") else [], "fields": card["fields"]})
         return found
 
@@ -835,6 +836,18 @@ class Client(BaseClient):
                          for f in self.catalog(f"customfield/{kind}", "customfields")} for kind in ("task", "contact")}
         users = {u["id"]: u["name"] for u in self.catalog("user/list", "users", paged=True)}
         return {"pipelines": pipelines, "fields": fields, "users": users}
+
+    # --- reading back a contact (find_or_create's create) ----------------------------------------
+
+    def find_contact(self, name: str, by: str, value: str, since: float | str, field: str | None = None) -> int | None:
+        """The id of the newest contact named `name` that carries `value`, or None: the same POST
+        /contact/list filter search_contacts uses (a filter on the stored value, not a search index
+        that lags behind a create). Planfix lists no creation time with a contact (see above), so
+        `since` cannot narrow it: the step searched before it created and found none, so a contact
+        matching now was made since (the newest, the highest id)."""
+        found = [c for c in self.search_contacts(by, value, field) or []
+                 if contact_matches(by, value, c, field) and c.get("id")]
+        return max((int(c["id"]) for c in found if c.get("name") == name), default=None)
 
 
 def normalize_contact(c: dict[str, Any]) -> dict[str, Any]:

@@ -50,15 +50,33 @@ def take(rt: Any, event: Event, marks: stages.Marks | None) -> Record:
     # kept in the same round trip as the snapshot (before the actions: one may move the record on)
     seen_before = event.kind == "stage.changed" and stages.already_handled(rt, event, entity, marks)
     entering = None if seen_before or event.kind != "stage.changed" else stages.seen_entry(event, derived=False)
-    derived = derive(event, keep(rt, event, entity, entering), entity)
+    if past(event):   # a move from the history is of the past: the snapshot stays for the update to compare
+        derived = []
+        if entering is not None:
+            stages.remember(rt, event, derived=False)
+    else:
+        derived = derive(event, keep(rt, event, entity, entering), entity)
     entity = enrich(rt, event, entity, data_needs(rt.ruleset.rules, {event.kind, *(d.kind for d in derived)}))
-    own = Change(event, {**entity, **{k: v for k, v in event.data.items() if k == "changed"}}, seen_before=seen_before)
+    own = Change(event, {**entity, **{k: v for k, v in event.data.items() if k == "changed" or k in past(event)}},
+                 seen_before=seen_before)
     ahead = None if event.kind == "stage.changed" else marks
     # what a derived change knows of the past (previous stage, changed fields) joins the record
     return Record(event, entity, [own, *(Change(d, {**entity, **{k: v for k, v in d.data.items()
                                                                if k.startswith("previous_") or k == "changed"}},
                                                 derived=True, marks=ahead if d.kind == "stage.changed" else None)
                                          for d in derived)])
+
+
+HISTORY_REFS = ("stage", "pipeline", "previous_stage", "previous_pipeline")
+
+
+def past(event: Event) -> tuple[str, ...]:
+    """What a stage move read from the vendor's history (pipeline/catch_up.py) says of the past:
+    the stage the record entered then (and left), which the rules see instead of its stage now
+    (an intermediate stage is acted on as that stage). Nothing for any other event. Such a move
+    keeps no snapshot: the catch-up's update event of the record, queued after its moves,
+    compares the record with the snapshot before them (its field changes are derived there)."""
+    return HISTORY_REFS if event.data.get("via") == "history" else ()
 
 
 def read(rt: Any, event: Event) -> dict[str, Any]:

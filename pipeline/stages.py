@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from connectors.base import Entity, Event
@@ -43,7 +43,9 @@ def already_handled(rt: Any, event: Event, view: dict[str, Any], ahead: Marks | 
     if was_undo(undo_mark, view):
         rt.store.delete(undo_key)
         event.data["undo"] = True
-    return seen_already(event, seen)
+    if event.data.get("via") == "history":   # a row of the vendor's history is one move: the log says
+        return moved_already(rt, event)       # (the stage last seen cannot tell an earlier entry apart)
+    return seen_already(event, seen) or moved_already(rt, event)
 
 
 def remember(rt: Any, event: Event, derived: bool) -> None:
@@ -103,3 +105,63 @@ def was_undo(stage: bytes | None, view: dict[str, Any]) -> bool:
     """Is this stage change the one crmbridge's undo caused: the stage it moved the record to?"""
     now = view.get("stage") or {}
     return stage is not None and stage.decode() in (str(now.get("id")), str(now.get("name")))
+
+
+# --- the record's stage moves, as the vendor timed them (catch-up from the vendor's history) -------
+
+MOVES_KEPT = 100     # a record's last moves kept (a bound: the list is trimmed to this many)
+SAME_MOVE = 2.0      # seconds between a webhook's change time and the history's for one move
+
+
+def moved_already(rt: Any, event: Event) -> bool:
+    """Was this stage move handled already under the other path? A move read from the vendor's
+    change history (`data.via == "history"`, pipeline/catch_up.py) and the same move reported by
+    a webhook (or derived from an update webhook's snapshot) are one move: the second is skipped,
+    whichever comes first. Two history rows are never one move (the vendor numbers them), so
+    intermediate stages and a return to a stage are each handled. A move that is handled now is
+    logged here in the same call (a re-run of the same event finds its own entry and goes on)."""
+    stage = (event.data.get("stage") or {}).get("id")
+    if event.kind != "stage.changed" or stage is None or event.entity.type not in CRM_ENTITIES:
+        return False
+    # a move seen in a fresh read, or reported with no change time of its own (amoCRM's compact
+    # status webhook: its time is when it arrived), is known as of now, not as of the move
+    untimed = event.data.get("needs_snapshot_diff") or event.dedupe_window is not None
+    via = "history" if event.data.get("via") == "history" else ("derived" if untimed else "webhook")
+    at = _stamp(clock.now().isoformat() if via == "derived" else event.occurred_at)
+    key = rt.keys("stage-moves", event.connection, str(event.entity))
+    moves = [json.loads(raw) for raw in rt.store.lrange(key, 0, MOVES_KEPT - 1)]
+    if any(m.get("event") == event.id for m in moves):   # this very event, run again: its steps decide
+        return False
+    if at is not None and _same_move(moves, str(stage), at, via):
+        return True
+    with rt.store.pipeline(transaction=False) as pipe:
+        pipe.lpush(key, json.dumps({"stage": str(stage), "at": at, "via": via, "event": event.id}))
+        pipe.ltrim(key, 0, MOVES_KEPT - 1)
+        pipe.expire(key, STAGE_SEEN_TTL)
+        pipe.execute()
+    return False
+
+
+def _same_move(moves: list[dict[str, Any]], stage: str, at: float, via: str) -> bool:
+    """Is a move into `stage` at `at` (seen `via`) one of the logged moves, seen the other way?"""
+    for move in moves:
+        if move.get("stage") != stage or move.get("at") is None or (move.get("via") == "history") == (via == "history"):
+            continue
+        if move.get("via") == "derived" or via == "derived":
+            # a move seen in a fresh read is known as of when it was read: the history's move is
+            # that one if it came before, with no move into another stage logged in between
+            moved, seen = (at, move["at"]) if via == "history" else (move["at"], at)
+            if moved <= seen and not any(other.get("stage") != stage and other.get("at") is not None
+                                         and moved < other["at"] < seen for other in moves):
+                return True
+        elif abs(move["at"] - at) <= SAME_MOVE:
+            return True
+    return False
+
+
+def _stamp(moment: str | None) -> float | None:
+    try:
+        parsed = datetime.fromisoformat(str(moment))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()

@@ -43,6 +43,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     applied: bool = False     # the call is done first, then this answer is given
     reset: bool = False       # the call is done, then the connection is closed without an answer
+    method: str | None = None   # only calls of this HTTP method (None: any)
 
 
 RESET = object()   # an answer's status that tells the handler to drop the connection unanswered
@@ -154,11 +155,11 @@ class FakeServer:
         self.routes.append((method, re.compile(pattern + "$"), handler))
 
     def fail(self, pattern: str, status: int, body: Any, times: int = 1, headers: dict | None = None, *,
-             applied: bool = False, reset: bool = False) -> None:
-        """The next `times` calls whose path matches `pattern` get this answer; with `applied` they
-        are done first (a vendor that made the task, then failed to answer); with `reset` they are
-        done and the connection is dropped instead of answered."""
-        self.faults.append(Fault(pattern, status, body, times, headers or {}, applied, reset))
+             applied: bool = False, reset: bool = False, method: str | None = None) -> None:
+        """The next `times` calls whose path matches `pattern` (and of `method`, if given) get this
+        answer; with `applied` they are done first (a vendor that made the task, then failed to
+        answer); with `reset` they are done and the connection is dropped instead of answered."""
+        self.faults.append(Fault(pattern, status, body, times, headers or {}, applied, reset, method))
 
     def limited(self, limits: list[VendorLimit]) -> "FakeServer":
         """Enforce these limits from now on: a request over one is answered as the vendor answers
@@ -194,7 +195,8 @@ class FakeServer:
 
     def _answer(self, call: Call) -> tuple[Any, Any, dict[str, str]]:
         with self.lock:
-            fault = next((f for f in self.faults if f.times > 0 and re.search(f.pattern, call.path)), None)
+            fault = next((f for f in self.faults if f.times > 0 and re.search(f.pattern, call.path)
+                          and f.method in (None, call.method)), None)
             if fault is not None:
                 fault.times -= 1
         if fault is not None and not (fault.applied or fault.reset):
@@ -253,6 +255,11 @@ class FakeServer:
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
         return Handler
+
+
+def _neg(ident: str) -> str:
+    """A key that sorts zero-padded ids (the fake's event ids) newest first."""
+    return "".join(chr(0x10FFFF - ord(ch)) for ch in str(ident))
 
 
 def decode_body(raw: bytes, content_type: str) -> Any:
@@ -420,10 +427,17 @@ class FakeAmo(FakeServer):
         return 200, {"_page": page, "_links": links, "_embedded": {key: chunk}}, {"Content-Type": "application/hal+json"}
 
     def _list_leads(self, call: Call, m: re.Match):
-        since = int(call.query.get("filter[updated_at][from]", ["0"])[0])
-        found = sorted((lead for lead in self.leads.values() if lead.get("updated_at", 0) >= since),
-                       key=lambda lead: lead.get("updated_at", 0))
-        return self._page(call, "leads", found)
+        """filter[updated_at][from] (oldest first), or filter[created_at][from] with filter[pipeline_id]
+        and order[created_at]=desc (filters-api, leads-api: how find_lead reads back a copy)."""
+        q = call.query
+        since = int(q.get("filter[updated_at][from]", ["0"])[0])
+        made = int(q.get("filter[created_at][from]", ["0"])[0])
+        pipeline = (q.get("filter[pipeline_id]") or q.get("filter[pipeline_id][]") or [None])[0]
+        found = [lead for lead in self.leads.values() if lead.get("updated_at", 0) >= since
+                 and lead.get("created_at", 0) >= made and pipeline in (None, str(lead.get("pipeline_id")))]
+        if (q.get("order[created_at]") or [""])[0] == "desc":
+            return self._page(call, "leads", sorted(found, key=lambda lead: (-lead.get("created_at", 0), -lead["id"])))
+        return self._page(call, "leads", sorted(found, key=lambda lead: lead.get("updated_at", 0)))
 
     def _add_leads(self, call: Call, m: re.Match):
         made = []
@@ -593,10 +607,13 @@ class FakeAmo(FakeServer):
         return task
 
     def move_lead(self, lead_id: int, status_id: int, pipeline_id: int | None = None) -> None:
-        """A user drags the lead to another stage: the lead changes and a lead_status_changed event is kept."""
+        """A user drags the lead to another stage: the lead changes (updated_at too) and a
+        lead_status_changed event is kept, with value_before and value_after [{"lead_status":
+        {"id", "pipeline_id"}}] (events-and-notes, the event list's sample)."""
         lead = self.leads[int(lead_id)]
         before = {"lead_status": {"id": lead.get("status_id"), "pipeline_id": lead.get("pipeline_id")}}
         lead["status_id"], lead["pipeline_id"] = status_id, pipeline_id or lead.get("pipeline_id")
+        lead["updated_at"] = int(self.clock())
         self.add_event(lead_id, "lead_status_changed", lead_status={"id": status_id, "pipeline_id": lead["pipeline_id"]})
         self.events[-1]["value_before"] = [before]
 
@@ -630,6 +647,10 @@ class FakeAmo(FakeServer):
             texts = [str(contact.get("name") or "")] + [str(v.get("value")) for cf in contact.get("custom_fields_values") or []
                                                         for v in cf.get("values") or []]
             return any(query in t.casefold() or (len(digits) >= 5 and digits in re.sub(r"\D", "", t)) for t in texts)
+        made = int((call.query.get("filter[created_at][from]") or ["-1"])[0])
+        if made >= 0 and not query:   # filter[created_at][from], newest first: find_contact's read-back
+            found = [c for c in self.contacts.values() if c.get("created_at", 0) >= made]
+            return self._page(call, "contacts", sorted(found, key=lambda c: (-c.get("created_at", 0), -c["id"])))
         found = [c for c in sorted(self.contacts.values(), key=lambda c: c["id"]) if query and hit(c)]
         return self._page(call, "contacts", found)
 
@@ -647,15 +668,25 @@ class FakeAmo(FakeServer):
             made.append({"id": new_id, "request_id": str(i)})
         return 200, {"_embedded": {"contacts": made}}, {"Content-Type": "application/hal+json"}
 
+    EVENTS_LIMIT = 100   # events-and-notes, the event list: "limit … Максимум – 100"
+
     def _list_events(self, call: Call, m: re.Match):
-        """GET /api/v4/events: filter[entity], filter[entity_id][], filter[type][]; newest first."""
+        """GET /api/v4/events: filter[entity], filter[entity_id][], filter[type][], filter[created_at]
+        (a timestamp, or [from]/[to]); newest first, `limit` at most 100 (events-and-notes; the fake
+        refuses more with 400, amoCRM's answer to a bad parameter)."""
         q = call.query
+        if int((q.get("limit") or ["50"])[0]) > self.EVENTS_LIMIT:
+            return 400, {"title": "Bad Request", "status": 400, "detail": "limit is over 100"}, \
+                {"Content-Type": "application/problem+json"}
         ids = set(q.get("filter[entity_id][]", []) + q.get("filter[entity_id]", []))
         types = set(q.get("filter[type][]", []) + q.get("filter[type]", []))
         entity = (q.get("filter[entity]") or [None])[0]
+        lo = int((q.get("filter[created_at][from]") or q.get("filter[created_at]") or ["0"])[0])
+        hi = int((q.get("filter[created_at][to]") or q.get("filter[created_at]") or [str(2 ** 62)])[0])
         found = [e for e in self.events if (not ids or str(e["entity_id"]) in ids) and (not types or e["type"] in types)
-                 and entity in (None, e["entity_type"])]
-        return self._page(call, "events", sorted(found, key=lambda e: -e["created_at"]))
+                 and entity in (None, e["entity_type"]) and lo <= e["created_at"] <= hi]
+        # newest first; events of one second newest first too (a later event has a later id here)
+        return self._page(call, "events", sorted(found, key=lambda e: (-e["created_at"], _neg(e["id"]))))
 
 
 # --- Telegram Bot API ----------------------------------------------------------------------------

@@ -125,6 +125,7 @@ class FakeBitrix24(FakeServer):
         self.methods.update(self._deal_contact_items_methods())
         self.methods.update(self._digest_routing_methods())
         self.methods.update(self._task_write_methods())
+        self.methods.update(self._history_methods())
         pattern = rf"/rest/{re.escape(user_id)}/{re.escape(code)}/([\w.]+?)(?:\.json)?"
         self.route("POST", pattern, self._serve)
         self.route("GET", pattern, self._serve)
@@ -137,6 +138,39 @@ class FakeBitrix24(FakeServer):
     def add(self, entity_type: str, record: dict[str, Any]) -> dict[str, Any]:
         self.records[entity_type][int(record["ID"])] = record
         return record
+
+    # --- stage history (rest_help/crm/stagehistory.php) and the portal's clock (server.time) ---------
+
+    def _history_methods(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        self.zone = timezone.utc          # the portal's time zone: the offset it writes times with
+        self.history: dict[int, list[dict[str, Any]]] = {1: [], 2: [], 5: []}   # by entityTypeId
+        self.history_ids = itertools.count(1)
+        return {"crm.stagehistory.list": self._stage_history, "server.time": lambda p: self.now()}
+
+    def now(self, at: float | None = None) -> str:
+        """A moment as the portal writes it: ISO 8601 with its own offset (data-types.md, datetime)."""
+        return datetime.fromtimestamp(time.time() if at is None else at, self.zone).isoformat(timespec="seconds")
+
+    def move_deal(self, deal_id: int, stage: str, at: float | None = None) -> dict[str, Any]:
+        """A user moves the deal: STAGE_ID and DATE_MODIFY change, and a stage history row is kept
+        (TYPE_ID 2, or 3 for a final stage; CATEGORY_ID, STAGE_SEMANTIC_ID, STAGE_ID for deals)."""
+        deal = self.records["deal"][int(deal_id)]
+        deal.update(STAGE_ID=stage, DATE_MODIFY=self.now(at))
+        final = stage.split(":")[-1] in ("WON", "LOSE")
+        row = {"ID": str(next(self.history_ids)), "TYPE_ID": "3" if final else "2", "OWNER_ID": str(deal_id),
+               "CREATED_TIME": deal["DATE_MODIFY"], "CATEGORY_ID": str(deal.get("CATEGORY_ID") or "0"),
+               "STAGE_SEMANTIC_ID": ("S" if stage.endswith("WON") else "F") if final else "P", "STAGE_ID": stage}
+        self.history[2].append(row)
+        return row
+
+    def _stage_history(self, params: dict[str, Any]) -> Page:
+        """{"items": [...]} with total/next, 50 a page (`start`); filter with =, !=, <, >, <=, >=;
+        `order` by a field; entityTypeId 1 (lead), 2 (deal) or 5 (invoice), else an error."""
+        kind = int(params.get("entityTypeId") or 0)
+        if kind not in self.history:
+            raise BitrixError(400, "NOT_FOUND", "Smart process not found")
+        page = self._list(self.history[kind], params)
+        return Page({"items": page.items}, page.total, page.next)
 
     def add_task(self, **task: Any) -> dict[str, Any]:
         task = {"id": str(task.pop("id", next(self.ids))), "status": "2", "ufCrmTask": [], **task}
@@ -208,8 +242,11 @@ class FakeBitrix24(FakeServer):
         if not isinstance(fields, dict):
             raise BitrixError(400, "", "Parameter 'fields' must be array.")
         # "An incorrect field in `fields` will be ignored" (crm-deal-update.md)
+        stage = record.get("STAGE_ID")
         record.update({k: v for k, v in fields.items() if k in self.fields[entity_type]})
-        record["DATE_MODIFY"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record["DATE_MODIFY"] = self.now()
+        if entity_type == "deal" and record.get("STAGE_ID") != stage:
+            self.move_deal(int(record["ID"]), record["STAGE_ID"])
         return True
 
     def _item_update(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +257,9 @@ class FakeBitrix24(FakeServer):
         fields = params.get("fields") or {}
         if "categoryId" in fields:
             record["CATEGORY_ID"] = str(fields["categoryId"])
-        if "stageId" in fields:
+        if "stageId" in fields and fields["stageId"] != record.get("STAGE_ID"):
+            if etype == "deal":
+                self.move_deal(int(record["ID"]), fields["stageId"])
             record["STAGE_ID"] = fields["stageId"]
         return {"item": {"id": int(record["ID"]), "categoryId": int(record.get("CATEGORY_ID") or 0),
                          "stageId": record.get("STAGE_ID")}}
@@ -417,7 +456,7 @@ class FakeBitrix24(FakeServer):
     def _list(self, rows: list[dict[str, Any]], params: dict[str, Any], keys: dict[str, str] | None = None,
               select: bool = True) -> Page:
         flt = params.get("filter") or params.get("FILTER") or {}
-        rows = [r for r in rows if all(_match(r, k, v, keys or {}) for k, v in flt.items())]
+        rows = [r for r in rows if all(_match(r, k, v, keys or {}, getattr(self, "zone", None)) for k, v in flt.items())]
         for key, direction in reversed(list((params.get("order") or {}).items())):
             rows.sort(key=lambda r: _sort_key(r.get((keys or {}).get(key, key))),
                       reverse=str(direction).lower() == "desc")
@@ -459,7 +498,7 @@ def _listed(value: Any) -> list[Any]:
     return list(value or [])
 
 
-def _match(row: dict[str, Any], key: str, want: Any, keys: dict[str, str]) -> bool:
+def _match(row: dict[str, Any], key: str, want: Any, keys: dict[str, str], zone: Any = None) -> bool:
     """One filter condition: `KEY`, `=KEY`, `!KEY`, `>KEY`, `<=KEY`…; a list value means "any of"."""
     op = re.match(r"(>=|<=|!=|!|>|<|=)?", key).group(1) or ""
     name = key[len(op):]
@@ -469,8 +508,26 @@ def _match(row: dict[str, Any], key: str, want: Any, keys: dict[str, str]) -> bo
     if op in ("", "=", "!", "!="):
         hit = any(h in wants for h in haves)
         return hit if op in ("", "=") else not hit
-    a, b = _sort_key(have), _sort_key(want)
+    a, b = _when(have, zone), _when(want, zone, wall_clock=True)
+    if a is None or b is None:
+        a, b = _sort_key(have), _sort_key(want)
     return {">": a > b, "<": a < b, ">=": a >= b, "<=": a <= b}[op]
+
+
+def _when(value: Any, zone: Any, wall_clock: bool = False) -> datetime | None:
+    """A datetime value as the portal compares it (None: not one). Whether a portal honours the
+    offset of a date in a filter is not documented (data-types.md gives the format it writes);
+    this fake takes a filter value's wall-clock time in its own zone, the stricter reading, so a
+    client that writes the portal's own offset is right whichever reading a portal has."""
+    if zone is None or not isinstance(value, str) or not re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d", value):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if wall_clock or moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return moment
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:

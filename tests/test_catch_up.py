@@ -30,7 +30,7 @@ rules:
 def fake_b24():
     server = FakeBitrix24().start()
     server.add("deal", {"ID": "410", "TITLE": "Торт на весілля", "STAGE_ID": "PREPARATION", "CATEGORY_ID": "0",
-                        "ASSIGNED_BY_ID": "1", "DATE_MODIFY": "2026-11-24T10:00:00+03:00"})
+                        "ASSIGNED_BY_ID": "1", "DATE_MODIFY": "2026-11-24T10:02:00+03:00"})
     yield server
     server.stop()
 
@@ -144,3 +144,52 @@ def test_a_failed_look_keeps_the_schedule_and_is_retried_with_backoff(b24_runtim
     assert registry.get_job_ids() == [planned]                        # one per slot, as before
     job = rt.backend.queue.fetch_job(planned)
     assert job.retries_left == 3 and job.retry_intervals == [10, 60, 300]
+
+
+def test_history_moves_into_a_stage_entered_again_are_each_acted_on_once(amo_catch_up, client, runtime, fake_tg,
+                                                                         monkeypatch):
+    """amoCRM's history: the lead enters "Brief received" (no webhook), leaves it, and enters it
+    again (that webhook arrives and is handled). The catch-up then reads all three moves: the first
+    entry is a move of its own and is acted on, although the stage last seen is that stage; the
+    second entry is the webhook's move and is skipped. Two tasks, one per entry."""
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT - 60))
+    worker.catch_up("quickstart-amo")
+    run_worker(runtime)
+    for offset, stage in ((10, 10216994), (20, 10216996), (30, 10216994)):
+        amo_catch_up.clock = lambda offset=offset: CHANGED_AT + offset
+        amo_catch_up.move_lead(31926520, stage)
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT + 40))
+    assert post_status(client, CHANGED_AT + 30).json == {"accepted": 1, "duplicates": 0}
+    run_worker(runtime)
+    assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 1
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT + 120))
+    assert worker.catch_up("quickstart-amo")["accepted"] == 3 + 1     # three moves, one update
+    run_worker(runtime)
+    assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 2
+    [listed] = amo_catch_up.received("GET", "/api/v4/events")[-1:]
+    assert listed.query["filter[type][]"] == ["lead_status_changed"] and listed.query["limit"] == ["100"]
+    assert listed.query["filter[created_at][from]"] == [str(CHANGED_AT - 60 - 60)]
+    audit = [json.loads(e[b"entry"]) for _, e in runtime.store.xrange(runtime.keys("audit"))]
+    assert len([a for a in audit if a["what"] == "event.skipped"]) == 1
+
+
+def test_a_compact_status_webhook_after_the_history_move_is_skipped(amo_catch_up, client, runtime, fake_tg,
+                                                                    monkeypatch):
+    """amoCRM's compact status webhook carries no change time (its event's time is its arrival): a
+    move the catch-up already read from the history, announced so afterwards, is the same move."""
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT - 60))
+    worker.catch_up("quickstart-amo")
+    run_worker(runtime)
+    amo_catch_up.clock = lambda: CHANGED_AT + 10
+    amo_catch_up.move_lead(31926520, 10216994)
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT + 120))
+    worker.catch_up("quickstart-amo")
+    run_worker(runtime)
+    assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 1
+    monkeypatch.setattr(clock, "now", at(CHANGED_AT + 130))
+    compact = {"leads[status][0][id]": 31926520, "leads[status][0][status_id]": 10216994,
+               "leads[status][0][pipeline_id]": 2116, "leads[status][0][old_status_id]": 10216995}
+    answer = client.post("/hooks/quickstart-amo?token=amo-secret", data=compact)
+    assert answer.json == {"accepted": 1, "duplicates": 0}
+    run_worker(runtime)
+    assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 1

@@ -16,7 +16,7 @@ import requests
 
 from connectors.amocrm.auth import TokenAuth
 from connectors.base import (
-    BaseClient, Changed, Entity, PermanentApiError, contact_matches, phone_digits, segment, utc_iso,
+    BaseClient, Changed, Entity, Moved, PermanentApiError, contact_matches, phone_digits, segment, utc_iso,
 )
 
 log = logging.getLogger("crmbridge.connectors.amocrm")
@@ -46,6 +46,7 @@ class Client(TokenAuth, BaseClient):
         "add_contact", "find_task", "find_note",
         "link_contact", "find_catalog_elements", "read_stage", "find_stage", "stage_order",
         "deals_without_task",
+        "stage_history", "find_lead", "find_contact",
     })
     docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
 
@@ -662,6 +663,74 @@ class Client(TokenAuth, BaseClient):
                       for name, f in self.custom_fields(t).items()} for t in ("lead", "contact", "company")}
         pipelines = {pid: {"name": p["name"], "stages": p["statuses"]} for pid, p in self.pipelines().items()}
         return {"pipelines": pipelines, "fields": fields, "users": self.users()}
+
+    # --- the catch-up's history, and reading back the other creates ------------------------------
+
+    def stage_history(self, since: float | str) -> list[Moved]:
+        """Every lead stage move at or after `since`, oldest first: GET /api/v4/events with
+        filter[type][]=lead_status_changed and filter[created_at][from] (events-and-notes: the
+        event list, "Фильтрация"; limit at most 100, `page` while `_links.next`). Each event's
+        value_before / value_after is [{"lead_status": {"id", "pipeline_id"}}]. The list comes
+        newest first: moves of one second keep the vendor's order when turned round."""
+        params = {"filter[type][]": ["lead_status_changed"], "filter[created_at][from]": int(_unix(since))}
+        rows = list(self.pages("/api/v4/events", "events", params, limit=self.EVENTS_PAGE_LIMIT))
+        rows.reverse()
+        rows.sort(key=lambda e: int(e.get("created_at") or 0))
+        moves = []
+        for event in rows:
+            after, before = _lead_status(event.get("value_after")), _lead_status(event.get("value_before"))
+            if event.get("entity_type") != "lead" or after is None or not event.get("entity_id"):
+                continue
+            moves.append(Moved("lead", str(event["entity_id"]), str(after["id"]), _text(after.get("pipeline_id")),
+                               _text((before or {}).get("id")), _text((before or {}).get("pipeline_id")),
+                               utc_iso(event["created_at"]), str(event["id"])))
+        return moves
+
+    def find_lead(self, pipeline: str, stage: str, name: str | None, since: float | str) -> int | None:
+        """The id of the newest lead made at or after `since` in that pipeline (by name or id) with
+        that name (None: any), or None: GET /api/v4/leads with filter[pipeline_id] and
+        filter[created_at][from] (filters-api), newest first (order[created_at]=desc; leads-api).
+        It reads back create_copy; READ_BACK_SLACK early for the clocks."""
+        _, pipeline_id = self.resolve_stage(stage, pipeline)
+        start = int(_unix(since) - READ_BACK_SLACK)
+        params: dict[str, Any] = {"filter[created_at][from]": start, "order[created_at]": "desc"}
+        if pipeline_id:
+            params["filter[pipeline_id]"] = int(pipeline_id)
+        for lead in self.pages("/api/v4/leads", "leads", params):
+            if (name is None or lead.get("name") == name) and int(lead.get("created_at") or 0) >= start \
+                    and (not pipeline_id or str(lead.get("pipeline_id")) == str(pipeline_id)):
+                return lead["id"]
+        return None
+
+    def find_contact(self, name: str, by: str, value: str, since: float | str, field: str | None = None) -> int | None:
+        """The id of the newest contact named `name` that carries `value` (phone, email, or the sender in
+        `field`) and was
+        made at or after `since`, or None: GET /api/v4/contacts with filter[created_at][from],
+        newest first (contacts-api "Список контактов", filters-api); the value is compared here
+        (contact_matches), since `query` is a search index that may lag behind a create."""
+        start = int(_unix(since) - READ_BACK_SLACK)
+        params = {"filter[created_at][from]": start, "order[created_at]": "desc"}
+        for contact in self.pages("/api/v4/contacts", "contacts", params):
+            channels = contact_channels(contact.get("custom_fields_values"))
+            card = {"phones": [p["value"] for p in channels.get("phones", [])],
+                    "emails": [e["value"] for e in channels.get("emails", [])],
+                    "fields": api_fields(contact.get("custom_fields_values"))[0]}
+            if contact.get("name") == name and int(contact.get("created_at") or 0) >= start \
+                    and contact_matches(by, value, card, field):
+                return contact["id"]
+        return None
+
+
+def _lead_status(value: Any) -> dict[str, Any] | None:
+    """The {"id", "pipeline_id"} of an event's value_before/value_after ([{"lead_status": …}])."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, dict) and isinstance(item.get("lead_status"), dict) and item["lead_status"].get("id"):
+            return item["lead_status"]
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)
 
 
 def _unix(moment: float | str) -> float:

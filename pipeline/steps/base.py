@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from connectors.base import PermanentApiError
+from connectors.base import ApiError, PermanentApiError, RetryableApiError, UncertainApiError
+from pipeline import clock
+
+RESEND_ROUNDS = 3   # sends of a create that keeps getting no clear answer, each read back before the next
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,78 @@ class StepContext:
             return json.loads(raw)
         result = call()
         self.rt.store.set(key, json.dumps(result, default=str), ex=self.rt.settings.done_ttl)
+        return result
+
+    # --- creates the vendor lets us read back: uncertain is settled by looking -------------------
+
+    @contextmanager
+    def settling(self) -> Iterator[None]:
+        """Run the step's calls with its own marks: every call of such a step is a read, an
+        idempotent call (a link) or a create made through `created`, which marks what it sent
+        under its own key. The step's mark at the executor stays "calling" (the executor's
+        `sending` is taken off the client meanwhile), so a worker that dies mid-step leaves a
+        step that is run again, and its create is read back there instead of being parked."""
+        outer, self.client.sending = self.client.sending, None
+        try:
+            yield
+        finally:
+            self.client.sending = outer
+
+    def created(self, name: str, create: Callable[[], Any], find: Callable[[str], Any]) -> Any:
+        """One create of the step, recorded once like `once`, that is never repeated blindly: a 5xx
+        after it was sent (the vendor answered, so it has finished) is read back at once with
+        `find(since)` (its id, or None); a create that got no answer, or whose worker died, is
+        read back once the vendor cannot be making it any more (the client's timeout and 2 s).
+        Found: recorded done with that id; not found: sent again (RESEND_ROUNDS in all, then the
+        UncertainApiError goes to the executor, which parks the step)."""
+        done_key = self.rt.keys("done", f"{self.key}|{name}")
+        raw = self.rt.store.get(done_key)
+        if raw is not None:
+            return json.loads(raw)
+        mark = self.rt.keys("attempted", f"{self.key}|{name}")
+        before = json.loads(self.rt.store.get(mark) or "{}")
+        if before.get("phase") in ("sent", "answered"):
+            if before["phase"] == "sent":
+                age = (clock.now() - datetime.fromisoformat(before["at"])).total_seconds()
+                wait = float(getattr(self.client, "timeout", 10.0)) + 2.0 - age
+                if wait > 0:   # the vendor may still be making it: look when it cannot be any more
+                    raise RetryableApiError(f"{name}: sent {age:.0f} s ago with no answer; looked for then",
+                                            retry_after=wait)
+            found = find(before["at"])
+            if found is not None:
+                return self._record(done_key, mark, found)
+        outer = self.client.sending
+        for round_ in range(1, RESEND_ROUNDS + 1):
+            at = clock.now().isoformat()
+            ttl = self.rt.settings.done_ttl
+            self.rt.store.set(mark, json.dumps({"at": at, "phase": "calling"}), ex=ttl)
+            self.client.sending = lambda: self.rt.store.set(mark, json.dumps({"at": at, "phase": "sent"}), ex=ttl)
+            try:
+                result = create()
+            except UncertainApiError as exc:
+                if exc.status is None:   # no answer: the mark says "sent"; read back on a later try
+                    raise RetryableApiError(f"{exc}; looked for at the vendor before it is sent again",
+                                            retry_after=float(getattr(self.client, "timeout", 10.0)) + 2.0) from None
+                self.rt.store.set(mark, json.dumps({"at": at, "phase": "answered"}), ex=ttl)
+                found = find(at)
+                if found is not None:
+                    return self._record(done_key, mark, found)
+                if round_ == RESEND_ROUNDS:
+                    raise
+                continue
+            except ApiError:   # refused (a 429, a 4xx, a connection never made): nothing was made
+                self.rt.store.delete(mark)
+                raise
+            finally:
+                self.client.sending = outer
+            return self._record(done_key, mark, result)
+        raise AssertionError("unreachable")
+
+    def _record(self, done_key: str, mark: str, result: Any) -> Any:
+        with self.rt.store.pipeline() as pipe:
+            pipe.set(done_key, json.dumps(result, default=str), ex=self.rt.settings.done_ttl)
+            pipe.delete(mark)
+            pipe.execute()
         return result
 
 

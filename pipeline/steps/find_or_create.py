@@ -29,8 +29,10 @@ def run(ctx: StepContext, by: str, value: str, name: str | None = None, fields: 
     """The contact `value` names: {contact, created, by, value, linked | not_linked, several_matched}.
 
     It always searches before creating (a contact made by an earlier run is found when the vendor's
-    search already shows it), but the executor does not repeat it blindly after a crash or a timeout
-    in the middle of it (a search may lag behind a create). Several matches: the oldest is taken
+    search already shows it). A search may lag behind a create, so the create itself is never
+    repeated blindly: where the client can read a contact back (find_contact), a create that got a
+    5xx or no answer, or whose worker died, is looked for (StepContext.created) and made again
+    only if it is not there; elsewhere the executor parks it. Several matches: the oldest is taken
     and the result says `several_matched`. `entity` (a deal, lead or task): the contact is linked to it."""
     client = ctx.client
     if by not in client.FIND_BY:
@@ -53,7 +55,10 @@ def run(ctx: StepContext, by: str, value: str, name: str | None = None, fields: 
         if not lock.acquire():
             raise RetryableApiError(f"find_or_create: another worker is matching {value!r} ({by})")
     try:
-        return _find_or_create(ctx, by, value, name, values, field, entity)
+        if not client.can("find_contact"):   # an uncertain create is parked by the executor
+            return _find_or_create(ctx, by, value, name, values, field, entity)
+        with ctx.settling():   # the search, the create (read back when uncertain) and the link
+            return _find_or_create(ctx, by, value, name, values, field, entity)
     finally:
         if lock is not None:
             try:
@@ -75,7 +80,7 @@ def _find_or_create(ctx: StepContext, by: str, value: str, name: str | None, val
             log.warning("%s: %d contacts match %s %r: %s; took the oldest", ctx.connection, len(found), by, value,
                         ", ".join(result["several_matched"]))
     else:
-        made = client.add_contact(name or value, by, value, values)
+        made = _create(ctx, name or value, by, value, values, field)
         result.update(contact=None if made is None else str(made), created=True)
     if entity is not None and result["contact"] is not None:
         why_not = client.link_contact(entity, result["contact"])
@@ -83,6 +88,16 @@ def _find_or_create(ctx: StepContext, by: str, value: str, name: str | None, val
         if why_not:
             result["not_linked"] = why_not
     return result
+
+
+def _create(ctx: StepContext, name: str, by: str, value: str, values: dict[str, Any], field: str | None) -> Any:
+    """add_contact, never repeated blindly where the client can read a contact back (find_contact:
+    one with that name and value made since the first try): StepContext.created."""
+    client = ctx.client
+    if not client.can("find_contact"):
+        return client.add_contact(name, by, value, values)
+    return ctx.created("create", lambda: client.add_contact(name, by, value, values),
+                       lambda since: client.find_contact(name, by, value, since, field))
 
 
 def _age(contact: dict[str, Any]) -> tuple[Any, ...]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
 import pytest
@@ -342,6 +342,7 @@ def test_list_activities(b24, fake_b24):
 
 
 def test_changed_since_reads_every_page(b24, fake_b24):
+    fake_b24.zone = timezone(timedelta(hours=3))   # the portal's own offset, as its DATE_MODIFY shows
     for n in range(60):
         fake_b24.add("deal", {"ID": str(1000 + n), "TITLE": f"Сделка {n}",
                               "DATE_MODIFY": f"2026-01-{1 + n % 28:02d}T10:00:00+03:00"})
