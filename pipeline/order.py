@@ -5,7 +5,11 @@ is done. An event that is not yet its turn is deferred: queued again a little la
 poll of a quarter second, the time a predecessor being handled right now usually takes), so the
 worker goes on with other records' events and only this record waits. An event whose
 predecessor is missing or stuck goes on after `settings.order_gap_timeout` seconds (60 by
-default), and the audit says so (`order.gap_skipped`).
+default), and the audit says so (`order.gap_skipped`), unless that predecessor is deferred on a
+rate limit (pipeline/resume.py holds its turn): then the record's later events wait for it.
+
+A copy of an event that a deferral superseded (see queueing.RQBackend.defer_event) is never its
+turn: it does nothing (`Turn.superseded`), the deferred copy handles the event.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ class Turn:
     if they were read with the turn's check and are still current (None: read them when needed)."""
     ready: bool
     marks: stages.Marks | None = None
+    superseded: bool = False
 
 
 def take_turn(rt: Any, payload: dict[str, Any]) -> Turn:
@@ -37,10 +42,13 @@ def take_turn(rt: Any, payload: dict[str, Any]) -> Turn:
     deadline = time.monotonic() + ORDER_POLL
     ready, values = rt.backend.order.is_turn(payload, keys)
     while not ready:
+        if payload.pop("superseded", False):   # a later copy of this event was queued: it does the work
+            return Turn(False, superseded=True)
         if time.monotonic() >= deadline:
             return Turn(go_on_without(rt, payload))
         time.sleep(0.02)
         ready, values = rt.backend.order.is_turn(payload)
+    payload.pop("superseded", None)
     return Turn(True, stages.Marks(*values) if keys and values is not None else None)
 
 
@@ -49,7 +57,7 @@ def go_on_without(rt: Any, payload: dict[str, Any]) -> bool:
     say so), else defer this event (queued again a little later) and False."""
     first = payload.setdefault("waiting_since", time.time())
     waited = time.time() - first
-    if waited > rt.settings.order_gap_timeout:  # an earlier event is missing or stuck: go on
+    if waited > rt.settings.order_gap_timeout and not rt.backend.order.held(payload):  # missing or stuck: go on
         audit(rt, Event.from_dict(payload), "order.gap_skipped", seq=payload.get("seq"),
               waited=round(waited, 1), reason="an earlier event of this record was not done in time")
         return True
