@@ -29,7 +29,8 @@ from pipeline.snapshot import Change
 from ratelimit import SlotLater, deferring
 from rules.engine import Plan, PlannedAction
 
-DEFER_AFTER = 1.0          # seconds a step may wait for a rate-limit slot before its event is deferred
+DEFER_AFTER = 1.5          # seconds a step may wait for a slot before its event is deferred: more than
+                           # one window of a per-second limit (1.1 s with the margin), less than any other
 UNSURE_DELAY = 1.0         # a wait on calls still in flight ends with their answers: look again this soon
 MAX_DELAY = 120.0          # a deferral is never longer (a slot further away is looked for again then)
 DEFERRED_FOR_AT_MOST = 15 * 60   # seconds of deferrals, then the event waits in the worker (and may fail)
