@@ -183,8 +183,11 @@ class RateLimiter:
             wait, certain = self._look(buckets, hold, member)
             if wait <= 0:
                 return self._releaser(buckets, member) if hold > 0 else None
-            if patience is not None and (certain and wait > patience
-                                         or time.monotonic() + min(wait, self.poll) > start + patience):
+            now = time.monotonic()
+            # the slot comes after the patience: certainly (defer now), or perhaps (a call in flight may
+            # be answered sooner: defer once the patience has been spent looking)
+            if patience is not None and now + wait > start + patience and (
+                    certain or now + self.poll > start + patience):
                 names = ", ".join(name for name, _ in buckets)
                 raise SlotLater(f"rate limit {names}: no slot for {wait:.1f} s; the job goes on later",
                                 retry_after=wait, certain=certain)
