@@ -162,3 +162,37 @@ def test_the_gap_timeout_is_a_setting():
     from config.settings import Settings
     assert Settings.from_env({}).order_gap_timeout == 60
     assert Settings.from_env({"CRMBRIDGE_ORDER_GAP_TIMEOUT": "15"}).order_gap_timeout == 15
+
+
+def test_a_deferring_job_given_back_after_its_worker_died_does_not_run_beside_its_copy(client, runtime, fake_amo,
+                                                                                         fake_tg, monkeypatch):
+    """A job that deferred its event (not its turn yet) and whose worker was killed before RQ recorded
+    it finished is given back by the maintenance: it must not run the event beside the deferred copy.
+    Both copies run at the same moment (two threads meeting before the steps): one task, one message."""
+    import threading
+    from pipeline import links
+    monkeypatch.setattr(order, "ORDER_POLL", 0.05)
+    for stage, stamp in (("10216995", "1"), ("10216994", "2")):
+        client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("21", stage, stamp), content_type=FORM)
+    first, second = queued_payloads(runtime)
+    assert worker.handle_event(dict(second)) == {"deferred": True}   # the job defers; then its worker dies
+    worker.handle_event(first)
+    copies = [dict(second), deferred_copy(runtime)]                  # the job given back, and its deferred copy
+    gate, real_claim = threading.Barrier(2, timeout=3), links.claim
+
+    def claim_together(rt, event, result):
+        try:
+            gate.wait()
+        except threading.BrokenBarrierError:   # the other copy never got this far
+            pass
+        return real_claim(rt, event, result)
+    monkeypatch.setattr(links, "claim", claim_together)
+    outcomes = []
+    threads = [threading.Thread(target=lambda p=p: outcomes.append(worker.handle_event(p))) for p in copies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert {"superseded": True} in outcomes
+    assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1
+    assert len([c for c in fake_tg.received("POST", r".*/sendMessage")]) == 1
