@@ -214,8 +214,9 @@ class RQBackend:
     # seconds a poller's claim on a due timer lives: a poller that dies between claim and enqueue
     # delays that timer by at most this much (the next poll after it claims it again)
     FIRE_CLAIM_TTL = 10
-    # seconds a rate-limit hold on a record outlives its event's deferral (the time to run it then)
-    HOLD_SLACK = 60
+    # seconds a rate-limit hold on a record outlives its event's deferral: the time to run it then,
+    # and RQ's scheduler lock (interval + 60 s) that a worker killed while holding it keeps
+    HOLD_SLACK = 120
 
     def __init__(self, store: Redis, keys: Keys, queue_name: str, *, job_retries: int = 3):
         self.store, self.keys = store, keys
