@@ -54,7 +54,7 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
         turn = order.take_turn(rt, payload)
         if not turn.ready:
             return {"superseded": True} if turn.superseded else {"deferred": True}
-        progress = resume.saved(payload)
+        progress = resume.saved(payload, turn.kept)
         try:
             if progress is None:
                 event, answered = links.bind(rt, Event.from_dict(payload))  # chats and buttons bound to records
@@ -65,6 +65,7 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
                 if found := observers.observe(rt, event):
                     audit.audit(rt, event, "connector.observed", **found)
                 progress = resume.Progress(record.changes)
+                resume.keep(rt, payload["id"], progress)
             for change in progress.pending():
                 if progress.plan is None:
                     decided = decide(rt, change)
@@ -76,6 +77,7 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
         except SlotLater as exc:   # nothing was sent for the step that got no slot: go on later
             return resume.defer(rt, payload, progress, exc)
         order.done(rt, payload)
+        resume.forget(rt, payload["id"], progress)
         return progress.answered
 
 

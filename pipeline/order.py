@@ -32,6 +32,7 @@ class Turn:
     ready: bool
     marks: stages.Marks | None = None
     superseded: bool = False
+    kept: bytes | None = None    # the progress an earlier run of this event kept (pipeline/resume.py)
 
 
 def take_turn(rt: Any, payload: dict[str, Any]) -> Turn:
@@ -39,8 +40,10 @@ def take_turn(rt: Any, payload: dict[str, Any]) -> Turn:
     record's stage marks come with the turn's check when the first look finds it the turn (one
     round trip less); read on a later look, an earlier event may have written them since."""
     keys = stages.mark_keys(rt, payload)
+    # the progress an earlier run kept (a worker killed mid-event), read in the same round trip
+    progress = None if "resume" in payload else rt.keys("progress", payload["id"])
     deadline = time.monotonic() + ORDER_POLL
-    ready, values = rt.backend.order.is_turn(payload, keys)
+    ready, values = rt.backend.order.is_turn(payload, [*keys, *([progress] if progress else [])])
     while not ready:
         if payload.pop("superseded", False):   # a later copy of this event was queued: it does the work
             return Turn(False, superseded=True)
@@ -49,7 +52,9 @@ def take_turn(rt: Any, payload: dict[str, Any]) -> Turn:
         time.sleep(0.02)
         ready, values = rt.backend.order.is_turn(payload)
     payload.pop("superseded", None)
-    return Turn(True, stages.Marks(*values) if keys and values is not None else None)
+    if values is None:   # a later look: the progress is read now (the marks when needed)
+        return Turn(True, kept=rt.store.get(progress) if progress else None)
+    return Turn(True, stages.Marks(*values[:2]) if keys else None, kept=values[-1] if progress else None)
 
 
 def go_on_without(rt: Any, payload: dict[str, Any]) -> bool:

@@ -11,6 +11,9 @@ and the derived ones, with the record as the rules saw it), the outcome of those
 plan of the change it stopped in. Its steps already done are skipped by their done marks
 (pipeline/execute.py); the step that got no slot dropped its attempted mark (nothing was sent).
 
+An event with changes derived from the snapshot also keeps them in Redis (`progress:<event id>`,
+PROGRESS_TTL) before its first step, for a re-run after its worker was killed.
+
 While deferred, the event holds its record's turn (queueing.Order.held): the record's later
 events wait for it, and are not let go after the order gap timeout as if it were missing.
 """
@@ -34,6 +37,7 @@ DEFER_AFTER = 1.5          # seconds a step may wait for a slot before its event
 UNSURE_DELAY = 1.0         # a wait on calls still in flight ends with their answers: look again this soon
 MAX_DELAY = 120.0          # a deferral is never longer (a slot further away is looked for again then)
 DEFERRED_FOR_AT_MOST = 15 * 60   # seconds of deferrals, then the event waits in the worker (and may fail)
+PROGRESS_TTL = 3600        # seconds an event's kept changes wait for a re-run (a dead worker's job: ~25 s; RQ's retries: minutes)
 
 
 @contextmanager
@@ -81,10 +85,26 @@ class Progress:
         return cls(changes, [tuple(f) for f in state.get("finished", [])], plan)
 
 
-def saved(payload: dict[str, Any]) -> Progress | None:
-    """The progress a deferred event carries (None: the event starts from the beginning)."""
-    state = payload.get("resume")
+def saved(payload: dict[str, Any], kept: bytes | None = None) -> Progress | None:
+    """The progress a deferred event carries, or the one an earlier run kept (`kept`, read with
+    the turn's check); None: the event starts from the beginning."""
+    state = payload.get("resume") or (json.loads(kept) if kept else None)
     return Progress.from_dict(state) if state else None
+
+
+def keep(rt: Any, event_id: str, progress: Progress) -> None:
+    """Before the first step, keep an event's changes when some were derived from the record's
+    snapshot: a worker killed mid-event leaves its re-run those changes, which a fresh read
+    could no longer see (the snapshot was kept). Only then: one round trip, for those events."""
+    if len(progress.changes) > 1:
+        rt.store.set(rt.keys("progress", event_id), json.dumps(progress.to_dict(), ensure_ascii=False),
+                     ex=PROGRESS_TTL)
+
+
+def forget(rt: Any, event_id: str, progress: Progress) -> None:
+    """The event is done: drop the changes `keep` kept (else they expire after PROGRESS_TTL)."""
+    if len(progress.changes) > 1:
+        rt.store.delete(rt.keys("progress", event_id))
 
 
 def defer(rt: Any, payload: dict[str, Any], progress: Progress | None, exc: SlotLater) -> dict[str, Any]:

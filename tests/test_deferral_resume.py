@@ -134,3 +134,31 @@ def test_only_a_durable_queue_defers(runtime, monkeypatch):
         assert _PATIENCE.get() is None
     with resume.patience(runtime, {"deferred_since": time.time() - resume.DEFERRED_FOR_AT_MOST - 1}):
         assert _PATIENCE.get() is None     # deferred long enough: it waits (and fails, retried by RQ)
+
+
+class Killed(BaseException):
+    """The worker dies here (what SIGKILL does to a job, as far as Redis can tell)."""
+
+
+def test_a_worker_killed_mid_event_leaves_the_re_run_its_derived_change(client, runtime, fake_amo, fake_tg, monkeypatch):
+    """The snapshot is kept before the steps: a re-run that read the record again would see no
+    difference. The event's changes are kept first, and the re-run acts on the derived one."""
+    from pipeline import execute
+    runtime.store.set(runtime.keys("snapshot", "quickstart-amo", f"lead:{LEAD}"),
+                      json.dumps({"type": "lead", "id": LEAD, "name": "Test", "fields": {"Поле1": "1"}}))
+    first = updated(client, runtime, fake_amo, "2")
+    real_run_plan = execute.run_plan
+
+    def die_at_the_derived_change(rt, event, result):
+        if event.kind == "field.changed":
+            raise Killed()
+        return real_run_plan(rt, event, result)
+    monkeypatch.setattr(execute, "run_plan", die_at_the_derived_change)
+    with pytest.raises(Killed):
+        worker.handle_event(dict(first))
+    assert runtime.store.ttl(runtime.keys("progress", first["id"])) > 0
+    monkeypatch.setattr(execute, "run_plan", real_run_plan)
+    worker.handle_event(dict(first))                      # the job given back after the worker died
+    assert messages(fake_tg) == ["Поле1 змінено: Test (1 → 2)"]
+    assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1
+    assert not runtime.store.exists(runtime.keys("progress", first["id"]))   # done: dropped
