@@ -10,6 +10,7 @@ import hashlib
 import heapq
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -63,6 +64,9 @@ class Order:
     """
 
     TTL = 30 * 24 * 3600
+    # seconds an event's generation is kept: far longer than a dead worker's job takes to come back
+    # (heartbeat TTL + maintenance interval) or RQ's retries of it (5, 30, 120 s)
+    GEN_TTL = 24 * 3600
     # KEYS[1] done counter, KEYS[2] the event's ticket; ARGV[1] ticket, ARGV[2] ttl: raise the
     # counter, never lower it, and drop the ticket (only needed until the event is handled)
     DONE = """
@@ -109,16 +113,32 @@ return seq
     def is_turn(self, event: dict[str, Any], also: list[str] = ()) -> tuple[bool, list[bytes | None] | None]:
         """Is every earlier event of the record done? With the values of the keys `also` names,
         read in the same round trip on the event's first look (its ticket is read then); None on a
-        later look (a deferred event, a second poll), when the caller reads them itself."""
-        done_key = self._key("order-done", event)
+        later look (a deferred event, a second poll), when the caller reads them itself. A copy
+        of the event that a deferral superseded (`superseded`) is never its turn."""
+        done_key, gen_key = self._key("order-done", event), self.generation_key(event)
         values = None
         if "seq" in event:
             seq = event["seq"]
-            done = self.store.get(done_key) if seq else None
-        else:  # the first look: ticket and counter (and the caller's keys) in one round trip
-            raw, done, *values = self.store.mget(self.keys("ticket", event["id"]), done_key, *also)
+            done, gen = self.store.mget(done_key, gen_key) if seq else (None, self.store.get(gen_key))
+        else:  # the first look: ticket, counter, generation (and the caller's keys) in one round trip
+            raw, done, gen, *values = self.store.mget(self.keys("ticket", event["id"]), done_key, gen_key, *also)
             seq = event["seq"] = int(raw) if raw else None
-        return not seq or int(done or 0) >= seq - 1, values
+        event["superseded"] = int(gen or 0) > int(event.get("gen", 0))
+        return not event["superseded"] and (not seq or int(done or 0) >= seq - 1), values
+
+    def generation_key(self, event: dict[str, Any]) -> str:
+        """The number of the event's latest deferred copy (BackendRQ.defer_event)."""
+        return self.keys("event-gen", event["id"])
+
+    def hold_key(self, event: dict[str, Any]) -> str:
+        """Set while one of the record's events is deferred on a rate limit (its number): the
+        record's later events wait for it however long, instead of skipping it as missing."""
+        return self._key("order-hold", event)
+
+    def held(self, event: dict[str, Any]) -> bool:
+        """Is an earlier event of the record, not done yet, deferred on a rate limit?"""
+        hold, done = self.store.mget(self.hold_key(event), self._key("order-done", event))
+        return hold is not None and int(hold) > int(done or 0) and int(hold) < int(event.get("seq") or 0)
 
     def done(self, event: dict[str, Any], pipe=None) -> Callable[[], Any] | None:
         """Raise the record's done counter to this event's number. With `pipe` (not a
@@ -194,6 +214,9 @@ class RQBackend:
     # seconds a poller's claim on a due timer lives: a poller that dies between claim and enqueue
     # delays that timer by at most this much (the next poll after it claims it again)
     FIRE_CLAIM_TTL = 10
+    # seconds a rate-limit hold on a record outlives its event's deferral: the time to run it then,
+    # and RQ's scheduler lock (interval + 60 s) that a worker killed while holding it keeps
+    HOLD_SLACK = 120
 
     def __init__(self, store: Redis, keys: Keys, queue_name: str, *, job_retries: int = 3):
         self.store, self.keys = store, keys
@@ -256,11 +279,24 @@ return 0
         self.queue.enqueue_at(when.astimezone(timezone.utc), func, arg, job_id=job_id_for("call", key),
                               result_ttl=300, failure_ttl=7 * 24 * 3600, retry=Retry(max=3, interval=[10, 60, 300]))
 
-    def defer_event(self, event: dict[str, Any], seconds: float) -> None:
-        """Try an event again a little later (its record's earlier event is not done yet)."""
+    def defer_event(self, event: dict[str, Any], seconds: float, *, hold: bool = False) -> None:
+        """Try an event again `seconds` later (its record's earlier event is not done yet; or, with
+        `hold`, a rate limit has no slot for it now: its record's later events keep waiting for it).
+
+        The deferred copy is the event's next generation: its number is written in the same
+        MULTI/EXEC as the job (RQ's `enqueue_in`, `pipeline=`), so a copy of an earlier generation
+        (the job that deferred, given back by the maintenance after its worker died before RQ
+        recorded it finished) finds itself superseded (Order.is_turn) and does nothing."""
+        event["gen"] = int(event.get("gen", 0)) + 1
         options = self._event_options(event)
-        options["job_id"] = job_id_for("event", f"{event['id']}#wait{event.get('defers', 0)}")
-        self.queue.enqueue_in(timedelta(seconds=seconds), HANDLE_EVENT, event, **options)
+        options["job_id"] = job_id_for("event", f"{event['id']}#gen{event['gen']}")
+        with self.store.pipeline() as pipe:
+            pipe.multi()   # first: RQ puts a pipeline it is given in MULTI, which must precede any command
+            pipe.set(self.order.generation_key(event), event["gen"], ex=Order.GEN_TTL)
+            if hold and event.get("seq"):
+                pipe.set(self.order.hold_key(event), event["seq"], ex=math.ceil(seconds) + self.HOLD_SLACK)
+            self.queue.enqueue_in(timedelta(seconds=seconds), HANDLE_EVENT, event, pipeline=pipe, **options)
+            pipe.execute()
 
     def _event_options(self, event: dict[str, Any]) -> dict[str, Any]:
         return self._job_options(job_id_for("event", event["id"]),
@@ -393,7 +429,7 @@ class InProcessBackend:
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self._queue.put(("event", event))
 
-    def defer_event(self, event: dict[str, Any], seconds: float) -> None:
+    def defer_event(self, event: dict[str, Any], seconds: float, *, hold: bool = False) -> None:
         self._queue.put(("event", event))  # one thread handles events in order: never needed
 
     def call_at(self, when: datetime, func: str, arg: Any, key: str) -> None:

@@ -20,14 +20,23 @@ grant plus `hold`, the client's timeouts) until its answer comes, and then at th
 at its grant holds fewer than `burst` such upper bounds, so no window at the vendor can hold more,
 however long the transit was. `Limit.margin` lengthens the window on top (default 10 % in
 connections.yaml): for the vendor's own rounding and clock, and for calls that do not hold.
+
+A worker does not sleep on one chat's, group's or account's limit while other work is ready: inside
+a job run under `deferring(patience)` (worker.handle_event), a call whose slot is further away than
+`patience` seconds raises SlotLater (nothing was sent) and the job goes back to the queue with that
+delay (pipeline/resume.py), resuming where it left off. A wait caused by calls still in flight (held
+slots, whose real end is their answer) is polled for up to `patience` first; a wait caused by calls
+already answered is certain, and deferred at once.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,12 +53,14 @@ DEFAULT_MARGIN = 0.10
 # the milliseconds the call holds its slot (it is logged that far ahead of now until released), then
 # for each key the calls allowed and the window (ms). All or none: the call is logged in every window
 # only if each has room; else nothing is logged and the reply is the milliseconds until the fullest
-# has room (0 = go). Redis's clock, so that workers on machines whose clocks differ share one timeline.
+# has room (0 = go), and 1 if that wait is certain (the call blocking it was answered: it is logged
+# in the past) or 0 if it may end early (a held call still in flight, logged ahead of now). Redis's
+# clock, so that workers on machines whose clocks differ share one timeline.
 SLIDING_WINDOW = """
 local member, hold = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local wait = 0
+local wait, certain = 0, 1
 for i, key in ipairs(KEYS) do
   local allowed, window = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
@@ -57,17 +68,21 @@ for i, key in ipairs(KEYS) do
   if count >= allowed then
     -- room comes when all but allowed - 1 of the logged calls have left the window
     local blocking = redis.call('ZRANGE', key, count - allowed, count - allowed, 'WITHSCORES')
-    wait = math.max(wait, 1, tonumber(blocking[2]) + window - now + 1)
+    local room = math.max(1, tonumber(blocking[2]) + window - now + 1)
+    if room > wait then
+      wait = room
+      if tonumber(blocking[2]) > now then certain = 0 else certain = 1 end
+    end
   end
 end
 if wait > 0 then
-  return wait
+  return {wait, certain}
 end
 for i, key in ipairs(KEYS) do
   redis.call('ZADD', key, now + hold, member)
   redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 2]) + hold + 1000)
 end
-return 0
+return {0, 1}
 """
 
 # KEYS: the windows a held call was logged in; ARGV: its member, then each window (ms). The call is
@@ -84,6 +99,31 @@ for i, key in ipairs(KEYS) do
 end
 return 0
 """
+
+
+# seconds a job may wait for a slot before it is deferred instead (None: outside such a job, wait)
+_PATIENCE: contextvars.ContextVar[float | None] = contextvars.ContextVar("crmbridge_rate_patience", default=None)
+
+
+class SlotLater(RetryableApiError):
+    """No slot within the job's patience: nothing was sent. `retry_after`: seconds until there is
+    room (an upper bound when `certain` is False). Not retried inside the job (pipeline/retry.py):
+    the job is deferred (pipeline/resume.py)."""
+
+    def __init__(self, message: str, *, retry_after: float, certain: bool):
+        super().__init__(message, retry_after=retry_after)
+        self.certain = certain
+
+
+@contextmanager
+def deferring(patience: float | None) -> Iterator[None]:
+    """Inside this block a call that cannot get its slot within `patience` seconds raises
+    SlotLater instead of waiting (None: wait, up to the limiter's max_wait)."""
+    token = _PATIENCE.set(patience)
+    try:
+        yield
+    finally:
+        _PATIENCE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -119,12 +159,15 @@ class RateLimiter:
         """Take a slot in every bucket named (0.0: the call is counted in each), or in none and say
         how long until all have room. One script call, however many buckets. `hold`: the call is
         logged `hold` seconds ahead until `release`d (see the module's docstring)."""
-        buckets = ((bucket, limit), *more)
-        args: list[object] = [member or uuid.uuid4().hex, max(0, math.ceil(1000 * hold))]
+        return self._look(((bucket, limit), *more), hold, member or uuid.uuid4().hex)[0]
+
+    def _look(self, buckets: tuple[tuple[str, Limit], ...], hold: float, member: str) -> tuple[float, bool]:
+        """(seconds until every bucket has room, whether that wait is certain); (0.0, True): taken."""
+        args: list[object] = [member, max(0, math.ceil(1000 * hold))]
         for _, each in buckets:
             args += (each.allowed, each.window_ms)
-        waited_ms = self._script(keys=self._keys(buckets), args=args)
-        return int(waited_ms) / 1000.0
+        waited_ms, certain = self._script(keys=self._keys(buckets), args=args)
+        return int(waited_ms) / 1000.0, bool(int(certain))
 
     def acquire(self, bucket: str, limit: Limit, *more: tuple[str, Limit],
                 hold: float = 0.0) -> Callable[[], None] | None:
@@ -133,11 +176,21 @@ class RateLimiter:
         call has been answered (or has failed), which logs it at that moment."""
         buckets = ((bucket, limit), *more)
         member = uuid.uuid4().hex
-        deadline = time.monotonic() + self.max_wait
+        start = time.monotonic()
+        deadline = start + self.max_wait
+        patience = _PATIENCE.get()
         while True:
-            wait = self.wait_time(bucket, limit, *more, hold=hold, member=member)
+            wait, certain = self._look(buckets, hold, member)
             if wait <= 0:
                 return self._releaser(buckets, member) if hold > 0 else None
+            now = time.monotonic()
+            # the slot comes after the patience: certainly (defer now), or perhaps (a call in flight may
+            # be answered sooner: defer once the patience has been spent looking)
+            if patience is not None and now + wait > start + patience and (
+                    certain or now + self.poll > start + patience):
+                names = ", ".join(name for name, _ in buckets)
+                raise SlotLater(f"rate limit {names}: no slot for {wait:.1f} s; the job goes on later",
+                                retry_after=wait, certain=certain)
             # a held slot is counted as arriving late until its answer comes, so the wait may end
             # early: look again every `poll` seconds, and give up only when the time is out
             if wait > self.max_wait or time.monotonic() + min(wait, self.poll) > deadline:

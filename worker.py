@@ -13,11 +13,12 @@ from typing import Any
 from config.loader import ConfigErrors
 from config.settings import Settings
 from connectors.base import Event
-from pipeline import audit, clock, dead_letters, execute, links, observers, order, snapshot, stages, timers
+from pipeline import audit, clock, dead_letters, execute, links, observers, order, resume, retry, snapshot, stages, timers
 from pipeline import catch_up as catching_up
 from pipeline.snapshot import Change
 from rules import MODULES
-from rules.engine import data_needs, plan, plan_fired
+from ratelimit import SlotLater
+from rules.engine import Plan, data_needs, plan, plan_fired
 from runtime import Runtime, configure_logging
 
 _runtime: Runtime | None = None
@@ -45,24 +46,50 @@ def runtime() -> Runtime:
 # --- jobs (RQ calls them by these names) ----------------------------------------------------------
 
 def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
-    """One event: wait for its turn, bind it, read its record, then plan and act on each change."""
+    """One event: wait for its turn, bind it, read its record, then plan and act on each change.
+    A step that gets no rate-limit slot soon defers the event, which goes on later where it left
+    off (pipeline/resume.py)."""
     rt = runtime()
-    with audit.batch():
+    with audit.batch(), retry.budget(rt), resume.patience(rt, payload):
         turn = order.take_turn(rt, payload)
         if not turn.ready:
-            return {"deferred": True}
-        event, answered = links.bind(rt, Event.from_dict(payload))  # chats and buttons bound to records
-        if answered is None:
-            record = snapshot.take(rt, event, turn.marks)
-            if found := observers.observe(rt, event):
-                audit.audit(rt, event, "connector.observed", **found)
-            answered = {change.event.kind: act(rt, change) for change in record.changes}
+            return {"superseded": True} if turn.superseded else {"deferred": True}
+        progress = resume.saved(payload, turn.kept)
+        try:
+            if progress is None:
+                event, answered = links.bind(rt, Event.from_dict(payload))  # chats and buttons bound to records
+                if answered is not None:
+                    order.done(rt, payload)
+                    return answered
+                record = snapshot.take(rt, event, turn.marks)
+                if found := observers.observe(rt, event):
+                    audit.audit(rt, event, "connector.observed", **found)
+                progress = resume.Progress(record.changes)
+                resume.keep(rt, payload["id"], progress)
+            for change in progress.pending():
+                if progress.plan is None:
+                    decided = decide(rt, change)
+                    if isinstance(decided, dict):   # nothing to do for this change
+                        progress.finish(change, decided)
+                        continue
+                    progress.plan = decided
+                progress.finish(change, execute.run_plan(rt, change.event, progress.plan))
+        except SlotLater as exc:   # nothing was sent for the step that got no slot: go on later
+            return resume.defer(rt, payload, progress, exc)
         order.done(rt, payload)
-        return answered
+        resume.forget(rt, payload["id"], progress)
+        return progress.answered
 
 
 def act(rt: Runtime, change: Change) -> dict[str, Any]:
     """One change of a record: plan the rules, claim an approval, set timers, run the steps."""
+    decided = decide(rt, change)
+    return decided if isinstance(decided, dict) else execute.run_plan(rt, change.event, decided)
+
+
+def decide(rt: Runtime, change: Change) -> Plan | dict[str, Any]:
+    """Plan the rules for one change of a record, claim an approval, set timers: the plan whose
+    steps to run, or the outcome if there is nothing to run (already handled or chosen)."""
     event = change.event
     audit.received(rt, event, change.view, change.derived)   # the decision history keeps it
     if event.kind == "stage.changed" and (change.seen_before if not change.derived
@@ -76,13 +103,13 @@ def act(rt: Runtime, change: Change) -> dict[str, Any]:
     timers.apply(rt, event, decisions)
     if event.kind == "stage.changed" and change.derived:  # before the steps: one may move the record on
         stages.remember(rt, event, derived=True)
-    return execute.run_plan(rt, event, decisions)
+    return decisions
 
 
 def fire_timer(job: dict[str, Any]) -> dict[str, Any]:
     """A timer is due: if it is still the current one, check its guard on fresh data and act."""
     rt = runtime()
-    with audit.batch():
+    with audit.batch(), retry.budget(rt):
         timer = timers.current(rt, job)
         if timer is None:
             return {"stale": True}

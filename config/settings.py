@@ -21,7 +21,8 @@ class Settings:
     dedupe_ttl: int = 7 * 24 * 3600
     done_ttl: int = 14 * 24 * 3600
     audit_max: int = 100_000
-    action_attempts: int = 4              # tenacity tries per action inside one job
+    action_attempts: int | None = None    # at most this many tries per call inside one job (None: the budget decides)
+    retry_budget: float = 60.0            # seconds one run of a job may spend retrying its calls (CRMBRIDGE_RETRY_BUDGET)
     job_retries: int = 3                  # RQ re-runs of a whole job after that
     maintenance_interval: int = 10        # RQ's default is 600 s: abandoned jobs are found sooner
     job_heartbeat_ttl: int = 15           # a dead worker's job is abandoned this long after its last heartbeat
@@ -56,7 +57,8 @@ class Settings:
                                 ("CRMBRIDGE_JOB_HEARTBEAT_TTL", "job_heartbeat_ttl", int),
                                 ("CRMBRIDGE_ORDER_GAP_TIMEOUT", "order_gap_timeout", int),
                                 ("CRMBRIDGE_DEAD_LETTER_TTL", "dead_letter_ttl", int),
-                                ("CRMBRIDGE_HISTORY_RETENTION", "history_retention", int)):
+                                ("CRMBRIDGE_HISTORY_RETENTION", "history_retention", int),
+                                ("CRMBRIDGE_RETRY_BUDGET", "retry_budget", float)):
             if env.get(name):
                 values[key] = cast(env[name])
         return replace(cls(**values), **overrides)

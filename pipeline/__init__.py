@@ -12,6 +12,8 @@
         timers.apply  ─ timers cancelled / set
         execute       ─ each step once: idempotency key, attempted/sent marks, retries,
                         steps (pipeline/steps) for behaviours of several calls
+      resume          ─ a step with no rate-limit slot soon: the event re-queued with its
+                        changes and plan, resumed where it stopped (retry.budget: time per run)
       order.done      ─ written with the job's audit entries (audit.batch); then the job's
                         decisions (every rule, why not, actions, timers) to history.py, outside Redis
 

@@ -26,6 +26,7 @@ from pipeline.audit import audit
 from pipeline.dead_letters import dead_letter
 from pipeline.retry import with_retries
 from pipeline.steps import STEPS, StepContext
+from ratelimit import SlotLater
 from rules.engine import Plan, PlannedAction
 
 log = logging.getLogger("crmbridge.worker")
@@ -194,6 +195,8 @@ def settle(rt: Any, client: Any, action: PlannedAction, args: dict[str, Any], si
     leaves it uncertain (`uncertain` is raised: the step is parked, never sent again blindly)."""
     try:
         return read_back(rt, client, action, args, since)
+    except SlotLater:   # no slot to look now: the mark stays "sent", the job's next try looks
+        raise SettleLater(f"{uncertain}; looked for at the vendor on the job's next try") from None
     except (RetryableApiError, PermanentApiError):
         raise uncertain from None
 

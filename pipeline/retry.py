@@ -1,30 +1,61 @@
 """Retries inside a job: what may pass (429, 5xx, timeouts) is tried again with backoff and
-jitter, never sooner than the vendor's Retry-After; RQ retries the job after that."""
+jitter, never sooner than the vendor's Retry-After, for as long as the job's retry budget lasts
+(`settings.retry_budget` seconds per run of a job, CRMBRIDGE_RETRY_BUDGET); RQ retries the job
+after that. The budget is per run: a worker killed mid-job leaves the re-run a whole budget,
+while RQ's own retries count the job's failures."""
 from __future__ import annotations
 
+import contextvars
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from connectors.base import RetryableApiError, UncertainApiError
+from ratelimit import SlotLater
 
-MAX_INLINE_WAIT = 60.0  # a vendor asking for a longer pause (Planfix's daily quota) fails the job instead
+# the monotonic time the running job's retries must end by (None: outside a job, each call has a budget)
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("crmbridge_retry_deadline", default=None)
+
+
+@contextmanager
+def budget(rt: Any) -> Iterator[None]:
+    """One run of a job: every with_retries inside shares `settings.retry_budget` seconds of waiting
+    and trying (a nested run keeps the outer one's)."""
+    if _DEADLINE.get() is not None:
+        yield
+        return
+    token = _DEADLINE.set(time.monotonic() + float(rt.settings.retry_budget))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
 
 
 def with_retries(rt: Any, call: Callable[[], Any], *, repeat_uncertain: bool = True) -> Any:
-    """Call, retrying what may pass, up to `settings.action_attempts` tries.
+    """Call, retrying what may pass while the retry budget lasts (and, if `settings.action_attempts`
+    is set, up to that many tries). The first try is always made; a retry whose wait (backoff, or
+    the vendor's Retry-After) would end past the budget is not: the error is raised, and RQ tries
+    the job again later.
 
     A call that may have been done (UncertainApiError: no answer after it was sent) is tried
-    again only when `repeat_uncertain` (the call is idempotent)."""
+    again only when `repeat_uncertain` (the call is idempotent). A rate-limit slot too far away
+    (ratelimit.SlotLater) is never waited for here: the job is deferred (pipeline/resume.py)."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        deadline = time.monotonic() + float(rt.settings.retry_budget)
+    attempts = rt.settings.action_attempts
+
     def worth_trying(exc: BaseException) -> bool:
-        return isinstance(exc, RetryableApiError) and (repeat_uncertain or not isinstance(exc, UncertainApiError))
+        return (isinstance(exc, RetryableApiError) and not isinstance(exc, SlotLater)
+                and (repeat_uncertain or not isinstance(exc, UncertainApiError)))
 
     def give_up(state: RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
-        too_long = (getattr(exc, "retry_after", None) or 0) > MAX_INLINE_WAIT
-        return too_long or state.attempt_number >= rt.settings.action_attempts
+        out_of_time = time.monotonic() + state.upcoming_sleep > deadline
+        return out_of_time or (attempts is not None and state.attempt_number >= attempts)
 
     return Retrying(retry=retry_if_exception(worth_trying), wait=backoff, reraise=True, stop=give_up)(call)
 

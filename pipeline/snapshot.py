@@ -16,6 +16,7 @@ from connectors.base import Entity, Event, PermanentApiError
 from pipeline import CRM_ENTITIES, stages
 from pipeline.audit import audit
 from pipeline.retry import with_retries
+from ratelimit import deferring
 from rules import MODULES
 from rules.engine import data_needs
 
@@ -56,7 +57,10 @@ def take(rt: Any, event: Event, marks: stages.Marks | None) -> Record:
             stages.remember(rt, event, derived=False)
     else:
         derived = derive(event, keep(rt, event, entity, entering), entity)
-    entity = enrich(rt, event, entity, data_needs(rt.ruleset.rules, {event.kind, *(d.kind for d in derived)}))
+    # the snapshot is kept: from here the event is not deferred on a rate limit (a re-run would
+    # find no difference and lose the derived changes), it waits for its slots (pipeline/resume.py)
+    with deferring(None):
+        entity = enrich(rt, event, entity, data_needs(rt.ruleset.rules, {event.kind, *(d.kind for d in derived)}))
     own = Change(event, {**entity, **{k: v for k, v in event.data.items() if k == "changed" or k in past(event)}},
                  seen_before=seen_before)
     ahead = None if event.kind == "stage.changed" else marks

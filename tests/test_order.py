@@ -20,6 +20,14 @@ def queued_payloads(runtime) -> list[dict]:
     return [job.args[0] for job in runtime.backend.queue.jobs]
 
 
+def deferred_copy(runtime) -> dict:
+    """The payload of the (only) deferred copy of an event, as RQ's scheduler will queue it."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+    [job_id] = runtime.backend.queue.scheduled_job_registry.get_job_ids()
+    return Job.fetch(job_id, connection=runtime.store, serializer=JSONSerializer).args[0]
+
+
 def test_intake_numbers_events_per_record(client, runtime):
     for lead, stage, stamp in (("1", "10216994", "1"), ("1", "10216996", "2"), ("2", "10216994", "3")):
         client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body(lead, stage, stamp), content_type=FORM)
@@ -38,8 +46,9 @@ def test_a_later_event_waits_for_the_earlier_one(client, runtime, fake_amo, monk
     assert deferred.startswith("crmbridge-event-")
     worker.handle_event(first)                                       # "Brief received": the rule acts
     assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1
-    outcome = worker.handle_event(dict(second))                      # now it is its turn
-    assert "deferred" not in outcome
+    assert worker.handle_event(dict(second)) == {"superseded": True}  # the original job again: its copy does it
+    outcome = worker.handle_event(deferred_copy(runtime))            # now it is its turn
+    assert "deferred" not in outcome and "superseded" not in outcome
     moves = [json.loads(e[b"entry"]) for _, e in runtime.store.xrange(runtime.keys("audit"))]
     assert [m["what"] for m in moves].count("rule.matched") == 1
 
@@ -139,9 +148,10 @@ def test_a_missing_earlier_event_is_skipped_after_the_gap_timeout_and_audited(cl
         client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("12", "10216994", stamp), content_type=FORM)
     _, second = queued_payloads(runtime)
     second = dict(second, waiting_since=time.time() - runtime.settings.order_gap_timeout + 30)
-    assert worker.handle_event(dict(second)) == {"deferred": True}      # 30 s left: still waiting
+    assert worker.handle_event(second) == {"deferred": True}      # 30 s left: still waiting
+    second = deferred_copy(runtime)                               # the copy it queued runs later
     second["waiting_since"] = time.time() - runtime.settings.order_gap_timeout - 1
-    assert "deferred" not in worker.handle_event(dict(second))
+    assert "deferred" not in worker.handle_event(second)
     entries = [json.loads(e[b"entry"]) for _, e in runtime.store.xrange(runtime.keys("audit"))]
     [gap] = [e for e in entries if e["what"] == "order.gap_skipped"]
     assert gap["entity"] == "lead:12" and gap["seq"] == 2 and gap["waited"] > runtime.settings.order_gap_timeout
@@ -152,3 +162,37 @@ def test_the_gap_timeout_is_a_setting():
     from config.settings import Settings
     assert Settings.from_env({}).order_gap_timeout == 60
     assert Settings.from_env({"CRMBRIDGE_ORDER_GAP_TIMEOUT": "15"}).order_gap_timeout == 15
+
+
+def test_a_deferring_job_given_back_after_its_worker_died_does_not_run_beside_its_copy(client, runtime, fake_amo,
+                                                                                         fake_tg, monkeypatch):
+    """A job that deferred its event (not its turn yet) and whose worker was killed before RQ recorded
+    it finished is given back by the maintenance: it must not run the event beside the deferred copy.
+    Both copies run at the same moment (two threads meeting before the steps): one task, one message."""
+    import threading
+    from pipeline import links
+    monkeypatch.setattr(order, "ORDER_POLL", 0.05)
+    for stage, stamp in (("10216995", "1"), ("10216994", "2")):
+        client.post("/hooks/quickstart-amo?token=amo-secret", data=status_body("21", stage, stamp), content_type=FORM)
+    first, second = queued_payloads(runtime)
+    assert worker.handle_event(dict(second)) == {"deferred": True}   # the job defers; then its worker dies
+    worker.handle_event(first)
+    copies = [dict(second), deferred_copy(runtime)]                  # the job given back, and its deferred copy
+    gate, real_claim = threading.Barrier(2, timeout=3), links.claim
+
+    def claim_together(rt, event, result):
+        try:
+            gate.wait()
+        except threading.BrokenBarrierError:   # the other copy never got this far
+            pass
+        return real_claim(rt, event, result)
+    monkeypatch.setattr(links, "claim", claim_together)
+    outcomes = []
+    threads = [threading.Thread(target=lambda p=p: outcomes.append(worker.handle_event(p))) for p in copies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert {"superseded": True} in outcomes
+    assert len(fake_amo.received("POST", "/api/v4/tasks")) == 1
+    assert len([c for c in fake_tg.received("POST", r".*/sendMessage")]) == 1

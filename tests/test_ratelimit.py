@@ -137,3 +137,38 @@ def test_a_call_under_several_limits_takes_a_slot_in_all_or_in_none(redis_db):
     assert (bot_log, group_log) == (1, 1)                   # the refused call took no slot anywhere
     assert limiter.wait_time("bot", bot, ("chat:-2", chat)) == 0.0   # another chat goes at once
     assert redis_db.zcard("crmbridge-test:rate:bot") == 2
+
+
+def test_inside_a_deferring_job_a_far_slot_is_not_waited_for(redis_db):
+    """A slot a minute away (a group's window full of answered calls) is certain: SlotLater at once,
+    with the wait, and nothing logged; outside such a job the caller waits as before."""
+    import pytest
+    from ratelimit import SlotLater, deferring
+    limiter = RateLimiter(redis_db, "crmbridge-test:", max_wait=0.3)
+    limit = Limit(rate=20 / 60, burst=20)
+    assert [limiter.wait_time("group:-100", limit) for _ in range(20)] == [0.0] * 20
+    started = time.monotonic()
+    with deferring(1.5), pytest.raises(SlotLater) as exc:
+        limiter.acquire("group:-100", limit)
+    assert time.monotonic() - started < 0.2 and exc.value.certain and 59.0 < exc.value.retry_after <= 60.001
+    assert redis_db.zcard("crmbridge-test:rate:group:-100") == 20
+    with pytest.raises(Exception) as waited:   # no patience: the limiter's own max_wait, then a retryable error
+        limiter.acquire("group:-100", limit)
+    assert not isinstance(waited.value, SlotLater)
+
+
+def test_a_wait_on_calls_in_flight_is_polled_for_the_patience_then_deferred(redis_db):
+    """Held slots (calls not answered yet) are logged ahead, so the wait they report is an upper
+    bound: the caller polls for its patience (an answer may free a slot), then defers, uncertain."""
+    import pytest
+    from ratelimit import SlotLater, deferring
+    limiter = RateLimiter(redis_db, "crmbridge-test:")
+    limit = Limit(rate=2, burst=2)
+    releases = [limiter.acquire("acct", limit, hold=21.0) for _ in range(2)]
+    started = time.monotonic()
+    with deferring(0.3), pytest.raises(SlotLater) as exc:
+        limiter.acquire("acct", limit, hold=21.0)
+    assert 0.15 <= time.monotonic() - started < 1.0 and not exc.value.certain   # polled, then gave up
+    releases[0]()   # one call answered: its slot is logged at its answer, and the window has room soon
+    with deferring(1.5):
+        assert limiter.acquire("acct", limit, hold=21.0) is not None
