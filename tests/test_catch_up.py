@@ -2,6 +2,8 @@
 webhook's stage move is still seen, and a change already handled does nothing twice."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from datetime import datetime, timezone
 
@@ -129,12 +131,13 @@ def test_a_move_caught_up_before_amocrms_delayed_webhook_acts_once(amo_catch_up,
     assert len(amo_catch_up.received("POST", "/api/v4/tasks")) == 2
 
 
-def test_a_failed_look_keeps_the_schedule_and_is_retried_with_backoff(b24_runtime, fake_b24):
+def test_a_failed_look_keeps_the_schedule_and_is_retried_with_backoff(b24_runtime, fake_b24, monkeypatch):
     """A look refused by the CRM (Bitrix24 answers 503 QUERY_LIMIT_EXCEEDED) fails its job, which
     RQ tries again with backoff; the next look is planned all the same, so catch-up never stops."""
     rt = b24_runtime
+    monkeypatch.setattr(rt, "settings", dataclasses.replace(rt.settings, retry_budget=1.0))   # a look that gives up soon
     fake_b24.fail("crm.deal.list", 503, {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"},
-                  times=5)
+                  times=50)
     with pytest.raises(RetryableApiError):
         worker.catch_up("shop-b24")
     registry = rt.backend.queue.scheduled_job_registry
