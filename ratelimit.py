@@ -34,6 +34,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
+import metrics
 from connectors.base import RetryableApiError
 
 log = logging.getLogger("crmbridge.ratelimit")
@@ -137,6 +138,7 @@ class RateLimiter:
         while True:
             wait = self.wait_time(bucket, limit, *more, hold=hold, member=member)
             if wait <= 0:
+                metrics.rate_limit_waited(bucket, time.monotonic() + self.max_wait - deadline)
                 return self._releaser(buckets, member) if hold > 0 else None
             # a held slot is counted as arriving late until its answer comes, so the wait may end
             # early: look again every `poll` seconds, and give up only when the time is out

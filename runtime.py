@@ -6,7 +6,6 @@ whole configuration, so a broken rule file stops the service before it takes any
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,5 +111,6 @@ class Runtime:
 
 
 def configure_logging() -> None:
-    level = os.environ.get("CRMBRIDGE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Text lines, or JSON objects with CRMBRIDGE_LOG_FORMAT=json (logging_setup.py)."""
+    import logging_setup
+    logging_setup.configure()

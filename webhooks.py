@@ -15,6 +15,7 @@ from flask import Flask, jsonify, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
+import metrics
 import worker
 from config.loader import ConfigErrors
 from config.settings import Settings
@@ -44,6 +45,7 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
     # is seen as such (Werkzeug raises 413 past MAX_CONTENT_LENGTH) instead of being cut at the limit
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes + 1, TESTING=settings.testing)
     app.extensions["crmbridge"] = rt
+    metrics.install(app, rt)   # GET /metrics, and every webhook's answer counted (docs/operations.md)
 
     limit = settings.max_body_bytes
 

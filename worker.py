@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+import logging_setup as logs
 from config.loader import ConfigErrors
 from config.settings import Settings
 from connectors.base import Event
@@ -47,7 +48,7 @@ def runtime() -> Runtime:
 def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
     """One event: wait for its turn, bind it, read its record, then plan and act on each change."""
     rt = runtime()
-    with audit.batch():
+    with audit.batch(), logs.event_context(payload):   # every line of the job names its event
         turn = order.take_turn(rt, payload)
         if not turn.ready:
             return {"deferred": True}
@@ -82,10 +83,11 @@ def act(rt: Runtime, change: Change) -> dict[str, Any]:
 def fire_timer(job: dict[str, Any]) -> dict[str, Any]:
     """A timer is due: if it is still the current one, check its guard on fresh data and act."""
     rt = runtime()
-    with audit.batch():
+    with audit.batch(), logs.event_context(job):
         timer = timers.current(rt, job)
         if timer is None:
             return {"stale": True}
+        logs.bind_event(timer)
         event = Event.from_dict(timer["event"])
         rule = rt.ruleset.by_id(timer["rule_id"])
         entity = snapshot.enrich(rt, event, snapshot.read(rt, event), data_needs([rule]) if rule else set())

@@ -8,6 +8,7 @@ from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
+import metrics
 from connectors.base import RetryableApiError, UncertainApiError
 
 MAX_INLINE_WAIT = 60.0  # a vendor asking for a longer pause (Planfix's daily quota) fails the job instead
@@ -26,7 +27,8 @@ def with_retries(rt: Any, call: Callable[[], Any], *, repeat_uncertain: bool = T
         too_long = (getattr(exc, "retry_after", None) or 0) > MAX_INLINE_WAIT
         return too_long or state.attempt_number >= rt.settings.action_attempts
 
-    return Retrying(retry=retry_if_exception(worth_trying), wait=backoff, reraise=True, stop=give_up)(call)
+    return Retrying(retry=retry_if_exception(worth_trying), wait=backoff, reraise=True, stop=give_up,
+                    before_sleep=metrics.retried)(call)
 
 
 def backoff(state: RetryCallState) -> float:
