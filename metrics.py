@@ -34,7 +34,6 @@ log = logging.getLogger("crmbridge.metrics")
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"))
 LATENCY = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-WAITS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0, 60.0, 120.0)
 LATENESS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0)
 ANSWER_CHARS = 300        # characters of a vendor's answer kept with a call in the decision history
 CALLS_PER_ACTION = 20     # calls kept per action (a long paging read keeps its last ones)
@@ -55,8 +54,8 @@ RETRIES = Counter("crmbridge_retries_total", "Vendor calls tried again inside a 
 UNCERTAIN = Counter("crmbridge_uncertain_steps_total", "Steps that may have been done and were parked "
                     "for a person (action.uncertain)", ["verb"])
 DEAD_LETTERS = Counter("crmbridge_dead_letters_total", "Dead letters written, by job", ["job"])
-RATE_WAIT = Histogram("crmbridge_rate_limit_wait_seconds", "Time a call waited for a rate-limit slot, "
-                      "by connection (only calls that waited)", ["connection"], buckets=WAITS)
+RATE_WAIT = Counter("crmbridge_rate_limit_wait_seconds", "Seconds calls slept waiting for a rate-limit slot, "
+                    "by connection", ["connection"])
 TIMER_LATENESS = Histogram("crmbridge_timer_lateness_seconds", "How late a timer fired after its due time",
                            buckets=LATENESS)
 
@@ -132,9 +131,9 @@ def dead_lettered(job: str) -> None:
 
 
 def rate_limit_waited(bucket: str, seconds: float) -> None:
-    """A call got its rate-limit slot after `seconds` (ratelimit.py); counted only when it waited."""
-    if seconds >= 0.001:
-        RATE_WAIT.labels(bucket.split(":", 1)[0]).observe(seconds)
+    """A call sleeps `seconds` for a rate-limit slot (ratelimit.py): a connection's bucket, or one of
+    its scopes ("<connection>:chat:…"), counted under the connection."""
+    RATE_WAIT.labels(bucket.split(":", 1)[0]).inc(seconds)
 
 
 def timer_fired(fire_at: str) -> None:

@@ -138,7 +138,6 @@ class RateLimiter:
         while True:
             wait = self.wait_time(bucket, limit, *more, hold=hold, member=member)
             if wait <= 0:
-                metrics.rate_limit_waited(bucket, time.monotonic() + self.max_wait - deadline)
                 return self._releaser(buckets, member) if hold > 0 else None
             # a held slot is counted as arriving late until its answer comes, so the wait may end
             # early: look again every `poll` seconds, and give up only when the time is out
@@ -146,6 +145,7 @@ class RateLimiter:
                 names = ", ".join(name for name, _ in buckets)
                 raise RetryableApiError(f"rate limit {names}: no slot within {self.max_wait:.0f} s",
                                         retry_after=wait)
+            metrics.rate_limit_waited(bucket, min(wait, self.poll))
             time.sleep(min(wait, self.poll))
 
     def _keys(self, buckets: tuple[tuple[str, Limit], ...]) -> list[str]:
