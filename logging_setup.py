@@ -23,7 +23,7 @@ from structlog.contextvars import bind_contextvars, bound_contextvars, clear_con
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORMATS = ("text", "json")
 SECRET_KEY = re.compile(r"token|secret|passw|signature|api_?key|authori[sz]ation|cookie|credential", re.I)
-BOT_TOKEN = re.compile(r"bot\d+:[A-Za-z0-9_-]{20,}")
+BOT_TOKEN = re.compile(r"bot\d+:[A-Za-z0-9_-]{6,}")
 SECRET_VALUE = re.compile(r"(?i)((?:access_?token|refresh_?token|token|secret|password|api_?key)"
                           r"[\"']?\s*[:=]\s*[\"']?)[^\"'&,\s}]+")
 
@@ -35,12 +35,41 @@ def configure(fmt: str | None = None, level: str | None = None, stream: TextIO |
         raise SystemExit(f"CRMBRIDGE_LOG_FORMAT: expected one of {', '.join(FORMATS)}, found {fmt!r}")
     level = (level or os.environ.get("CRMBRIDGE_LOG_LEVEL") or "INFO").upper()
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(Hiding(json_formatter()) if fmt == "json" else Hiding(logging.Formatter(TEXT_FORMAT), text=True))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+_hidden: set[str] = set()   # the configured connections' secret values (hide_secrets)
+
+
+def hide_secrets(connections: Any) -> None:
+    """Never write these connections' credentials and webhook secrets, whatever line they reach (a
+    library's debug line with a URL, an error echoing a request): called when the runtime loads them."""
+    for conn in connections:
+        for value in [*(conn.credentials or {}).values(), conn.webhook_secret]:
+            if isinstance(value, str) and len(value) >= 4:
+                _hidden.add(value)
+
+
+class Hiding(logging.Formatter):
+    """Another formatter's line, with every hidden value and bot token taken out, and in a text line
+    `token=…`-like values too (a JSON line's values were cleaned field by field: _without_secrets)."""
+
+    def __init__(self, inner: logging.Formatter, *, text: bool = False):
+        super().__init__()
+        self.inner, self.text = inner, text
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.inner.format(record)
+        for value in _hidden:
+            if value in line:
+                line = line.replace(value, "(secret)")
+        line = BOT_TOKEN.sub("bot(token)", line)
+        return SECRET_VALUE.sub(r"\1(secret)", line) if self.text else line
 
 
 def json_formatter() -> logging.Formatter:

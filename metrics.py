@@ -182,10 +182,15 @@ def vendor_hook(connection: Any):
             VENDOR_SECONDS.labels(name).observe(seconds)
             if getattr(_calls, "buffer", None) is not None:
                 _keep(connection, resp.request.method, resp.request.url, resp.status_code, seconds,
-                      lambda: resp.text)
+                      lambda: _excerpt(resp))
         except Exception:
             log.debug("vendor call not counted", exc_info=True)
     return answered
+
+
+def _excerpt(resp: Any) -> str:
+    """The answer's first characters, decoded without requests' charset guessing over the whole body."""
+    return resp.content[:ANSWER_CHARS * 4].decode(resp.encoding or "utf-8", errors="replace")
 
 
 def vendor_failed(connection: Any, method: str, url: str, exc: BaseException) -> None:
@@ -202,7 +207,7 @@ def _keep(connection: Any, method: str, url: str, status: int | None, seconds: f
     buffer = _calls.buffer
     path = safe_path(connection, url)
     tries = sum(1 for c in buffer if c["method"] == method and c["path"] == path)
-    text = answer() if status is None or status >= 400 or len(buffer) < CALLS_PER_ACTION else ""
+    text = answer()
     call = {"method": method, "path": path, "status": status,
             "ms": round(seconds * 1000, 1) if seconds is not None else None,
             "retry": tries, "answer": scrub(connection, str(text or "")[:ANSWER_CHARS * 2])[:ANSWER_CHARS]}

@@ -12,6 +12,7 @@ from typing import Any
 
 from redis import Redis
 
+import logging_setup
 from config.connections import Connections, load_connections
 from config.loader import ConfigError, ConfigErrors
 from config.settings import Settings
@@ -77,6 +78,7 @@ class Runtime:
     @classmethod
     def create(cls, settings: Settings, *, handle_event=None, fire_timer=None, on_failure=None) -> Runtime:
         connections, ruleset = load_configuration(settings)
+        logging_setup.hide_secrets(connections.connections.values())   # never in a log line
         for warning in connections.warnings:
             log.warning(warning)
         keys = Keys(settings.redis_prefix)
@@ -112,5 +114,4 @@ class Runtime:
 
 def configure_logging() -> None:
     """Text lines, or JSON objects with CRMBRIDGE_LOG_FORMAT=json (logging_setup.py)."""
-    import logging_setup
     logging_setup.configure()
