@@ -72,6 +72,12 @@ class Hiding(logging.Formatter):
         return SECRET_VALUE.sub(r"\1(secret)", line) if self.text else line
 
 
+def configure_once() -> None:
+    """Set up logging unless this process already did (gunicorn loads the app without main())."""
+    if not logging.getLogger().handlers:
+        configure()
+
+
 def json_formatter() -> logging.Formatter:
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
