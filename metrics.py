@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+from flask import Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
@@ -62,14 +63,22 @@ TIMER_LATENESS = Histogram("crmbridge_timer_lateness_seconds", "How late a timer
 
 # --- one call per place where something happens --------------------------------------------------------
 
+_webhook_counts: dict[tuple[str, int], Any] = {}   # (connection, status) → its counter: labels() once
+
+
 def webhook_answered(response: Any) -> Any:
     """Flask `after_request` of the webhook door: count the answer by connection and status."""
     try:
-        from flask import current_app, request
-        if request.path.startswith("/hooks/"):
-            name = (request.view_args or {}).get("name") or request.path[7:].split("/", 1)[0]
-            known = current_app.extensions["crmbridge"].connections.connections
-            WEBHOOKS.labels(name if name in known else "(unknown)", str(response.status_code)).inc()
+        path = request.path
+        if path.startswith("/hooks/"):
+            name = (request.view_args or {}).get("name") or path[7:].split("/", 1)[0]
+            if name not in current_app.extensions["crmbridge"].connections.connections:
+                name = "(unknown)"   # any text can follow /hooks/: one label for every unknown name
+            key = (name, response.status_code)
+            counter = _webhook_counts.get(key)
+            if counter is None:
+                counter = _webhook_counts[key] = WEBHOOKS.labels(name, str(response.status_code))
+            counter.inc()
     except Exception:   # a metric never fails a webhook
         log.debug("webhook not counted", exc_info=True)
     return response
@@ -180,9 +189,9 @@ def vendor_hook(connection: Any):
             seconds = resp.elapsed.total_seconds()
             VENDOR_CALLS.labels(name, str(resp.status_code)).inc()
             VENDOR_SECONDS.labels(name).observe(seconds)
-            if getattr(_calls, "buffer", None) is not None:
+            if getattr(_calls, "buffer", None) is not None:   # (a streamed answer is left unread)
                 _keep(connection, resp.request.method, resp.request.url, resp.status_code, seconds,
-                      lambda: _excerpt(resp))
+                      (lambda: "") if kwargs.get("stream") else (lambda: _excerpt(resp)))
         except Exception:
             log.debug("vendor call not counted", exc_info=True)
     return answered
@@ -341,8 +350,6 @@ class _Default(Collector):
 def install(app: Any, rt: Any) -> None:
     """`GET /metrics` on the web app, and the webhooks' counter. With CRMBRIDGE_METRICS_TOKEN set,
     /metrics asks for `Authorization: Bearer <token>` (compared in constant time)."""
-    from flask import Response, request
-
     app.after_request(webhook_answered)
     token = os.environ.get("CRMBRIDGE_METRICS_TOKEN") or ""
     registry = registry_for(rt)
