@@ -281,3 +281,27 @@ def test_gunicorn_workers_and_a_worker_process_add_up(settings, config_dir, env,
     finally:
         os.killpg(proc.pid, signal.SIGTERM)   # gunicorn's own session, started above
         proc.wait(timeout=15)
+
+
+def test_the_embedded_default_serves_its_one_process(tmp_path):
+    """`python webhooks.py` without REDIS_URL: web and worker in one process, its queue in memory."""
+    from config.settings import Settings
+    from tests.conftest import QUICKSTART
+    from webhooks import create_app
+    app = create_app(settings=Settings(config_dir=QUICKSTART, redis_url=None, testing=True,
+                                       history_path=tmp_path / "history.sqlite3",
+                                       environ={"AMO_WEBHOOK_SECRET": "amo-s", "TELEGRAM_WEBHOOK_SECRET": "tg-s"}))
+    rt = app.extensions["crmbridge"]
+    try:
+        client = app.test_client()
+        planned = value("crmbridge_events_total", kind="stage.changed")
+        sample = (QUICKSTART / "sample-webhook.form").read_bytes()
+        assert client.post("/hooks/quickstart-amo?token=amo-s", data=sample,
+                           content_type="application/x-www-form-urlencoded").status_code == 200
+        rt.backend.join(timeout=10)
+        seen = scraped(client.get("/metrics").get_data(as_text=True))
+        assert seen[("crmbridge_queue_depth", ())] == 0 and seen[("crmbridge_redis_up", ())] == 1
+        assert seen[("crmbridge_events_total", (("kind", "stage.changed"),))] == planned + 1
+        assert seen[("crmbridge_webhooks_total", (("connection", "quickstart-amo"), ("status", "200")))] >= 1
+    finally:
+        rt.backend.close()
