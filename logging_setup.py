@@ -24,6 +24,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORMATS = ("text", "json")
 SECRET_KEY = re.compile(r"token|secret|passw|signature|api_?key|authori[sz]ation|cookie|credential", re.I)
 BOT_TOKEN = re.compile(r"bot\d+:[A-Za-z0-9_-]{6,}")
+SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey")   # SECRET_VALUE's, for a quick look first
 SECRET_VALUE = re.compile(r"(?i)((?:access_?token|refresh_?token|token|secret|password|api_?key)"
                           r"[\"']?\s*[:=]\s*[\"']?)[^\"'&,\s}]+")
 
@@ -68,8 +69,11 @@ class Hiding(logging.Formatter):
         for value in _hidden:
             if value in line:
                 line = line.replace(value, "(secret)")
-        line = BOT_TOKEN.sub("bot(token)", line)
-        return SECRET_VALUE.sub(r"\1(secret)", line) if self.text else line
+        if "bot" in line:
+            line = BOT_TOKEN.sub("bot(token)", line)
+        if self.text and any(word in line.lower() for word in SECRET_WORDS):
+            line = SECRET_VALUE.sub(r"\1(secret)", line)
+        return line
 
 
 def configure_once() -> None:

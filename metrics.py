@@ -15,6 +15,7 @@ Each vendor call is also kept, with its answer's first characters, for the actio
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -182,7 +183,7 @@ def vendor_hook(connection: Any):
     """A requests `response` hook for a client's session: every answer of that connection counted,
     timed (requests' `elapsed`: the request sent to the answer's headers read) and kept for the
     decision history."""
-    name = connection.name
+    name, secrets = connection.name, _secrets(connection)
 
     def answered(resp: Any, *args: Any, **kwargs: Any) -> None:
         try:
@@ -191,7 +192,7 @@ def vendor_hook(connection: Any):
             VENDOR_SECONDS.labels(name).observe(seconds)
             if getattr(_calls, "buffer", None) is not None:   # (a streamed answer is left unread)
                 _keep(connection, resp.request.method, resp.request.url, resp.status_code, seconds,
-                      (lambda: "") if kwargs.get("stream") else (lambda: _excerpt(resp)))
+                      (lambda: "") if kwargs.get("stream") else (lambda: _excerpt(resp)), secrets)
         except Exception:
             log.debug("vendor call not counted", exc_info=True)
     return answered
@@ -212,14 +213,16 @@ def vendor_failed(connection: Any, method: str, url: str, exc: BaseException) ->
         log.debug("vendor call not counted", exc_info=True)
 
 
-def _keep(connection: Any, method: str, url: str, status: int | None, seconds: float | None, answer) -> None:
+def _keep(connection: Any, method: str, url: str, status: int | None, seconds: float | None, answer,
+          secrets: tuple[str, ...] | None = None) -> None:
     buffer = _calls.buffer
-    path = safe_path(connection, url)
+    secrets = _secrets(connection) if secrets is None else secrets
+    path = safe_path(connection, url, secrets)
     tries = sum(1 for c in buffer if c["method"] == method and c["path"] == path)
     text = answer()
     call = {"method": method, "path": path, "status": status,
             "ms": round(seconds * 1000, 1) if seconds is not None else None,
-            "retry": tries, "answer": scrub(connection, str(text or "")[:ANSWER_CHARS * 2])[:ANSWER_CHARS]}
+            "retry": tries, "answer": scrub(connection, str(text or "")[:ANSWER_CHARS * 2], secrets)[:ANSWER_CHARS]}
     buffer.append(call)
     if len(buffer) > CALLS_PER_ACTION:
         del buffer[0]
@@ -230,34 +233,44 @@ LONG_SECRET = re.compile(r"(?i)((?:access_?token|refresh_?token|token|secret|pas
                          r"[\"']?\s*[:=]\s*[\"']?)[^\"'&,\s}]+")
 
 
-def safe_path(connection: Any, url: str) -> str:
+SECRET_WORDS = ("token", "secret", "passw", "api_key", "apikey", "auth")   # LONG_SECRET's, for a quick look first
+
+
+def safe_path(connection: Any, url: str, secrets: tuple[str, ...] | None = None) -> str:
     """The call's path without its host, query and secrets: the connection's base path (Bitrix24's
     webhook code may be in base_url) and every credential are left out, a bot token shown as <token>."""
-    parts = urlsplit(url)
-    path = parts.path
-    base = urlsplit(connection.base_url or "").path.rstrip("/")
+    path = urlsplit(url).path
+    base = _base_path(connection.base_url)
     if base and path.startswith(base + "/"):
         path = path[len(base):]
-    return scrub(connection, path)
+    return scrub(connection, path, secrets)
 
 
-def scrub(connection: Any, text: str) -> str:
-    """Text without the connection's secrets (credential values, its webhook secret), bot tokens and
-    `token=…`-like values."""
-    for value in _secrets(connection):
+@functools.lru_cache(maxsize=256)
+def _base_path(base_url: str | None) -> str:
+    return urlsplit(base_url or "").path.rstrip("/")
+
+
+def scrub(connection: Any, text: str, secrets: tuple[str, ...] | None = None) -> str:
+    """Text without the connection's secrets (credential values, its webhook secret; `secrets` when
+    the caller has them already), bot tokens and `token=…`-like values."""
+    for value in _secrets(connection) if secrets is None else secrets:
         if value in text:
             text = text.replace(value, "<secret>")
-    text = BOT_TOKEN.sub("bot<token>", text)
-    return LONG_SECRET.sub(r"\1<secret>", text)
+    if "bot" in text:
+        text = BOT_TOKEN.sub("bot<token>", text)
+    low = text.lower()
+    return LONG_SECRET.sub(r"\1<secret>", text) if any(word in low for word in SECRET_WORDS) else text
 
 
-def _secrets(connection: Any) -> Iterator[str]:
-    values = [*(connection.credentials or {}).values(), getattr(connection, "webhook_secret", None)]
-    for value in values:
+def _secrets(connection: Any) -> tuple[str, ...]:
+    found = []
+    for value in [*(connection.credentials or {}).values(), getattr(connection, "webhook_secret", None)]:
         if isinstance(value, str) and len(value) >= 4:
-            yield value
+            found.append(value)
             if "/" in value.strip("/"):   # a Bitrix24 webhook "1/abc…": its code alone too
-                yield value.strip("/").rsplit("/", 1)[-1]
+                found.append(value.strip("/").rsplit("/", 1)[-1])
+    return tuple(found)
 
 
 # --- read at scrape time from Redis ----------------------------------------------------------------
