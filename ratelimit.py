@@ -43,6 +43,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
+import metrics
 from connectors.base import RetryableApiError
 
 log = logging.getLogger("crmbridge.ratelimit")
@@ -197,6 +198,7 @@ class RateLimiter:
                 names = ", ".join(name for name, _ in buckets)
                 raise RetryableApiError(f"rate limit {names}: no slot within {self.max_wait:.0f} s",
                                         retry_after=wait)
+            metrics.rate_limit_waited(bucket, min(wait, self.poll))
             time.sleep(min(wait, self.poll))
 
     def _keys(self, buckets: tuple[tuple[str, Limit], ...]) -> list[str]:

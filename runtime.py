@@ -6,13 +6,13 @@ whole configuration, so a broken rule file stops the service before it takes any
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
 
+import logging_setup
 from config.connections import Connections, load_connections
 from config.loader import ConfigError, ConfigErrors
 from config.settings import Settings
@@ -85,6 +85,7 @@ class Runtime:
     @classmethod
     def create(cls, settings: Settings, *, handle_event=None, fire_timer=None, on_failure=None) -> Runtime:
         connections, ruleset = load_configuration(settings)
+        logging_setup.hide_secrets(connections.connections.values())   # never in a log line
         for warning in connections.warnings:
             log.warning(warning)
         keys = Keys(settings.redis_prefix)
@@ -119,5 +120,5 @@ class Runtime:
 
 
 def configure_logging() -> None:
-    level = os.environ.get("CRMBRIDGE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Text lines, or JSON objects with CRMBRIDGE_LOG_FORMAT=json (logging_setup.py)."""
+    logging_setup.configure()

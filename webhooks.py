@@ -15,6 +15,8 @@ from flask import Flask, jsonify, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
+import logging_setup
+import metrics
 import worker
 from config.loader import ConfigErrors
 from config.settings import Settings
@@ -32,6 +34,7 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
     """Load and check the whole configuration, then build the app (ConfigErrors if invalid; under
     gunicorn, the same list as gunicorn's "app failed to load", printed alone, no traceback)."""
     settings = settings or Settings.from_env(**(overrides or {}))
+    logging_setup.configure_once()   # under gunicorn: CRMBRIDGE_LOG_FORMAT and _LEVEL for the app's lines
     try:
         rt = worker.open_runtime(settings)
     except ConfigErrors as exc:
@@ -47,6 +50,7 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes + 1, TESTING=settings.testing)
     app.extensions["crmbridge"] = rt
     app.register_blueprint(reports_web.blueprint)   # GET /reports/<name>
+    metrics.install(app, rt)   # GET /metrics, and every webhook's answer counted (docs/operations.md)
 
     limit = settings.max_body_bytes
 

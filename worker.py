@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+import logging_setup as logs
 from config.loader import ConfigErrors
 from config.settings import Settings
 from connectors.base import Event
@@ -50,7 +51,8 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
     A step that gets no rate-limit slot soon defers the event, which goes on later where it left
     off (pipeline/resume.py)."""
     rt = runtime()
-    with audit.batch(), retry.budget(rt), resume.patience(rt, payload):
+    # every line of the job names its event
+    with audit.batch(), logs.event_context(payload), retry.budget(rt), resume.patience(rt, payload):
         turn = order.take_turn(rt, payload)
         if not turn.ready:
             return {"superseded": True} if turn.superseded else {"deferred": True}
@@ -109,10 +111,11 @@ def decide(rt: Runtime, change: Change) -> Plan | dict[str, Any]:
 def fire_timer(job: dict[str, Any]) -> dict[str, Any]:
     """A timer is due: if it is still the current one, check its guard on fresh data and act."""
     rt = runtime()
-    with audit.batch(), retry.budget(rt):
+    with audit.batch(), logs.event_context(job), retry.budget(rt):
         timer = timers.current(rt, job)
         if timer is None:
             return {"stale": True}
+        logs.bind_event(timer)
         event = Event.from_dict(timer["event"])
         rule = rt.ruleset.by_id(timer["rule_id"])
         entity = snapshot.enrich(rt, event, snapshot.read(rt, event), data_needs([rule]) if rule else set())

@@ -123,7 +123,10 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
         credentials[str(key)] = _secret(value, f"credentials → {key}", environ, err, required=False) or ""
     base_url = entry.get("base_url")
     if isinstance(base_url, str):
-        base_url = expand_env(base_url, dict(environ))[0] or None
+        base_url, unset = expand_env(base_url, dict(environ))
+        base_url = base_url or None
+        if unset and ctype == "webhook":   # its only address: the deployment's, never left out
+            err("base_url", f"base_url: environment variable {unset[0]} is not set")
     if base_url is not None and not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
         err("base_url", f"base_url: expected an http(s) URL, found {base_url!r}")
     calendar = entry.get("calendar")
@@ -134,6 +137,7 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
         err("options", f"options: expected a mapping, found {options!r}")
         options = {}
     raw_options = options
+    _unset_in_options(options, environ, err)
     options = _expand_options(options, environ)
     _check_rate(name, ctype, options, err, result)
     _check_rate_limit(name, ctype, options, raw_options, err, result)
@@ -302,3 +306,21 @@ def _expand_options(value: Any, environ: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [_expand_options(v, environ) for v in value]
     return value
+
+
+def _unset_in_options(node: Any, environ: Mapping[str, str], err, path: tuple[str, ...] = ("options",)) -> None:
+    """An option naming an environment variable without a default (`${STAFF_CHAT_ID}`: a chat id, an
+    extension, an address only the deployment knows) needs it set: reported at start-up with its line,
+    never run with an empty value. `${NAME:-}` says "may be empty"."""
+    for key, value in (node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()):
+        where = (*path, str(key))
+        if isinstance(value, str):
+            missing = expand_env(value, dict(environ))[1]
+            if missing:
+                message = f"{' → '.join(where)}: environment variable {missing[0]} is not set"
+                if isinstance(node, dict):
+                    err(key, message, node)   # the line of the option itself
+                else:
+                    err("options", message)
+        else:
+            _unset_in_options(value, environ, err, where)

@@ -22,6 +22,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
+import metrics
+
 log = logging.getLogger("crmbridge.connectors")
 
 
@@ -681,6 +683,7 @@ class BaseClient:
         self.key_prefix = key_prefix
         self.recorder = recorder
         self.session = requests.Session()
+        self.session.hooks["response"].append(metrics.vendor_hook(connection))   # counted, timed, kept
         read_environment_once(self.session)
         self.limiter: Callable[..., Any] | None = None   # set by the runtime: the connection's shared limits
         self.sending: Callable[[], None] | None = None    # set by the worker: a request is about to leave
@@ -720,6 +723,7 @@ class BaseClient:
                                             headers={**self.auth_headers(), **(headers or {})},
                                             timeout=self.timeout)
             except (requests.Timeout, requests.ConnectionError) as exc:
+                metrics.vendor_failed(self.connection, method, target, exc)
                 raise transport_error(f"{method} {path}", exc) from None
         finally:
             if release:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import metrics
 from connectors.base import Event
 from pipeline import clock, history
 from queueing import finish_pipeline
@@ -32,9 +33,12 @@ def audit(rt: Any, event: Event, what: str, **details: Any) -> None:
     entry = {"at": at.isoformat(), "event": event.id, "kind": event.kind,
              "entity": str(event.entity), "what": what, **details}
     text = json.dumps(entry, ensure_ascii=False, default=str)
-    log.info("%s", text)
+    log.info("%s", text, extra={"audit": entry})   # CRMBRIDGE_LOG_FORMAT=json: its fields (logging_setup.py)
+    metrics.decision(what, details)
+    calls = metrics.take_calls()   # the vendor calls made since the last decision: an action's own
     if _kept(rt):
-        _history(rt, [], [history.decision_row(event, what, details, at)])
+        kept = {**details, "calls": calls} if calls and what.startswith("action.") else details
+        _history(rt, [], [history.decision_row(event, what, kept, at)])
     if getattr(_batch, "entries", None) is not None:
         _batch.entries.append((rt, text))
         return
@@ -44,6 +48,7 @@ def audit(rt: Any, event: Event, what: str, **details: Any) -> None:
 def received(rt: Any, event: Event, view: dict[str, Any] | None, derived: bool = False) -> None:
     """The event a job plans, with the record as the rules see it (history only: its body is kept
     for the history's retention, to explain and re-plan it later)."""
+    metrics.event_planned(event.kind)
     if _kept(rt):
         _history(rt, [history.event_row(event, view, clock.now(), derived)], [])
 
@@ -51,6 +56,8 @@ def received(rt: Any, event: Event, view: dict[str, Any] | None, derived: bool =
 def planned(rt: Any, event: Event, plan: Any) -> None:
     """Every rule the plan skipped and why (history only; rule.matched and the rest are audited
     where they happen). Rules listening to other event kinds make one row together."""
+    metrics.rules_skipped(plan.skipped)
+    metrics.take_calls()   # the record's reads: not an action's
     if not _kept(rt) or not plan.skipped:
         return
     at, rows, other = clock.now(), [], []
@@ -90,6 +97,7 @@ def batch() -> Iterator[None]:
         yield
         return
     _batch.entries, _batch.handled, _batch.events, _batch.decisions, _batch.rt = [], [], [], [], None
+    metrics.calls_begin()   # the job's vendor calls, kept for the actions that make them
     failed = True
     try:
         yield
@@ -99,6 +107,7 @@ def batch() -> Iterator[None]:
         handled, _batch.handled = _batch.handled if not failed else [], None
         events, decisions, rt = _batch.events, _batch.decisions, _batch.rt or (entries[0][0] if entries else None)
         _batch.events = _batch.decisions = _batch.rt = None
+        metrics.calls_end()
         try:
             if entries or handled:
                 try:

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+import metrics
 from pipeline import clock
 
 log = logging.getLogger("crmbridge.worker")
@@ -25,6 +26,7 @@ def dead_letter(rt: Any, job_name: str, payload: dict[str, Any], error: str, key
         pipe.hset(rt.keys("dead"), key, json.dumps(entry, ensure_ascii=False, default=str))
         pipe.zadd(rt.keys("dead-index"), {key: time.time()})
         pipe.execute()
+    metrics.dead_lettered(job_name)
     log.error("dead letter %s (%s): %s", key, job_name, error.splitlines()[-1] if error else "")
     expire(rt)
     return key

@@ -20,6 +20,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+import logging_setup as logs
 from connectors.base import Entity, Event, PermanentApiError, RetryableApiError, UncertainApiError
 from pipeline import clock, stages
 from pipeline.audit import audit
@@ -83,7 +84,8 @@ def run_plan(rt: Any, event: Event, result: Plan) -> dict[str, Any]:
     done = failed = 0
     for action in result.actions:
         try:
-            done += execute(rt, event, action)
+            with logs.rule_context(action.rule):   # CRMBRIDGE_LOG_FORMAT=json: the step's lines name its rule
+                done += execute(rt, event, action)
         except PermanentApiError as exc:
             # retrying will not help: keep the step for a replay once the cause is fixed
             failed += 1

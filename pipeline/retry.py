@@ -14,6 +14,7 @@ from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
+import metrics
 from connectors.base import RetryableApiError, UncertainApiError
 from ratelimit import SlotLater
 
@@ -57,7 +58,8 @@ def with_retries(rt: Any, call: Callable[[], Any], *, repeat_uncertain: bool = T
         out_of_time = time.monotonic() + state.upcoming_sleep > deadline
         return out_of_time or (attempts is not None and state.attempt_number >= attempts)
 
-    return Retrying(retry=retry_if_exception(worth_trying), wait=backoff, reraise=True, stop=give_up)(call)
+    return Retrying(retry=retry_if_exception(worth_trying), wait=backoff, reraise=True, stop=give_up,
+                    before_sleep=metrics.retried)(call)
 
 
 def backoff(state: RetryCallState) -> float:

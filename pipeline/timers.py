@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+import metrics
 from connectors.base import Event
 from pipeline import clock
 from pipeline.audit import audit
@@ -46,6 +47,7 @@ def current(rt: Any, job: dict[str, Any]) -> dict[str, Any] | None:
         # replaced, moved or cancelled since this job was scheduled (or fired twice by two schedulers)
         audit(rt, Event.from_dict(timer["event"]), "timer.stale", timer=timer["timer_id"])
         return None
+    metrics.timer_fired(timer["fire_at"])
     return timer
 
 

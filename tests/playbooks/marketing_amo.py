@@ -64,7 +64,10 @@ def env(fake_amo, fake_tg) -> dict[str, str]:
             "TELEGRAM_API_URL": fake_tg.url, "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret",
             "SMTP_HOST": "127.0.0.1", "SMTP_PORT": "9", "SMTP_SECURITY": "none", "SMTP_USER": "u", "SMTP_PASSWORD": "p",
             "ZADARMA_API_URL": "http://127.0.0.1:9", "ZADARMA_KEY": "k", "ZADARMA_SECRET": "s",
-            "ADS_HOOK_URL": "http://127.0.0.1:9/audiences", "ADS_HOOK_SECRET": "h"}
+            "ADS_HOOK_URL": "http://127.0.0.1:9/audiences", "ADS_HOOK_SECRET": "h",
+            # the chats, extensions and sender have no default (tests/test_guides.py)
+            "HEAD_CHAT_ID": "-1001000000002", "STAFF_CHAT_ID": "-1001000000001", "OLGA_EXTENSION": "100",
+            "IVAN_EXTENSION": "101", "MAIL_FROM": "Агентство <hello@agency.example>"}
 
 
 @pytest.fixture

@@ -67,7 +67,8 @@ def env(fake_amo, fake_tg, smtp, fake_zd, hook) -> dict[str, str]:
     once, so AMO_RATE_PER_SECOND lifts amoCRM's 7 requests/second, which would only slow the tests."""
     return {"AMO_RATE_PER_SECOND": "1000", "AMO_BASE_URL": fake_amo.url, "AMO_TOKEN": "amo-token", "AMO_WEBHOOK_SECRET": "amo-secret",
             "TELEGRAM_API_URL": fake_tg.url, "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret",
-            "HEAD_CHAT_ID": "-1001000000002",
+            "HEAD_CHAT_ID": "-1001000000002", "STAFF_CHAT_ID": "-1001000000001", "OLGA_EXTENSION": "100",
+            "IVAN_EXTENSION": "101",   # the chats and extensions have no default (tests/test_guides.py)
             "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port), "SMTP_SECURITY": "none",
             "SMTP_USER": smtp.user, "SMTP_PASSWORD": smtp.password, "MAIL_FROM": "Агентство <hello@agency.example>",
             "ZADARMA_API_URL": fake_zd.url, "ZADARMA_KEY": ZD_KEY, "ZADARMA_SECRET": ZD_SECRET,

@@ -32,7 +32,8 @@ FRIDAY_5PM_KYIV = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
 def test_the_whole_example_folder_loads():
     """`python cli.py validate` on config/examples/smm-agency, every rule file included."""
     environ = {**os.environ, "CRMBRIDGE_CONFIG": str(EXAMPLE), "REDIS_URL": "", "PLANFIX_WEBHOOK_SECRET": "a",
-               "TELEGRAM_WEBHOOK_SECRET": "b", "FORMS_WEBHOOK_SECRET": "c"}
+               "TELEGRAM_WEBHOOK_SECRET": "b", "FORMS_WEBHOOK_SECRET": "c",
+               "STAFF_CHAT_ID": "-1001000000001"}   # no default: tests/test_guides.py
     for name in ("PLANFIX_TOKEN", "TELEGRAM_BOT_TOKEN", "PLANFIX_BASE_URL"):
         environ.pop(name, None)
     done = subprocess.run([sys.executable, "cli.py", "validate"], cwd=ROOT, env=environ, timeout=60,
