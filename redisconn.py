@@ -14,6 +14,8 @@ port are not used when Sentinels are named); REDIS_SENTINEL_PASSWORD, the Sentin
 
 `replicated` is intake's optional wait for replicas (CRMBRIDGE_INTAKE_WAIT_REPLICAS): Redis's
 WAIT on the connection that wrote, so that a webhook is acknowledged only once a replica has it.
+WAIT counts "the write commands sent in the context of the current connection" and does not block
+inside MULTI or a script (redis.io/commands/wait): so it follows the write in a plain pipeline.
 """
 from __future__ import annotations
 
