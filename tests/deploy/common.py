@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import requests
@@ -12,7 +13,7 @@ import requests
 from tests.reliability.harness import ROOT, wait_until
 
 DEPLOY = ROOT / "deploy"
-VENV_BIN = Path(os.environ.get("VIRTUAL_ENV") or ROOT / ".venv") / "bin"
+VENV_BIN = Path(sys.executable).parent   # the virtual environment running the tests (supervisord, gunicorn)
 
 
 def write_env_file(path: Path, values: dict[str, str]) -> Path:
