@@ -227,3 +227,14 @@ def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path):
     worker = (DEPLOY / "systemd" / "crmbridge-worker@.service").read_text()
     assert "ExecStart=/opt/crmbridge/.venv/bin/python worker.py" in worker
     assert "KillSignal=SIGTERM" in worker and "Restart=always" in worker
+
+
+def test_supervise_refuses_to_start_without_its_environment(tmp_path):
+    """deploy/supervise says what is missing and exits 2, before supervisord starts anything."""
+    missing = subprocess.run([str(DEPLOY / "supervise")], env={**base_env(), "CRMBRIDGE_ENV_FILE": str(tmp_path / "none.env")},
+                             capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2 and "no environment file" in missing.stderr and "crmbridge.env.example" in missing.stderr
+    no_redis = write_env_file(tmp_path / "crmbridge.env", {"CRMBRIDGE_CONFIG": str(tmp_path)})
+    refused = subprocess.run([str(DEPLOY / "supervise")], env={**base_env(), "CRMBRIDGE_ENV_FILE": str(no_redis)},
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "REDIS_URL is not set" in refused.stderr
