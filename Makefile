@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup
+.PHONY: run test setup deploy-run
 
 $(STAMP): requirements.txt
 	$(PY) -m venv $(VENV)
@@ -20,3 +20,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# Production on one machine: gunicorn and the workers under supervisord (deploy/, docs/deploy.md);
+# the environment from deploy/crmbridge.env (start from deploy/crmbridge.env.example).
+deploy-run: $(STAMP)
+	deploy/supervise

@@ -70,8 +70,8 @@ def _validate_online(settings: Settings, connections, ruleset) -> None:
     from config.loader import ConfigErrors
     from ratelimit import limiter_for
     if settings.redis_url:
-        from redis import Redis
-        store = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        import redisconn   # REDIS_URL, or the primary the Sentinels name
+        store = redisconn.connect(settings)
     else:
         import fakeredis
         store = fakeredis.FakeRedis()
@@ -184,10 +184,10 @@ def _kept_snapshot(settings: Settings, event) -> dict | None:
     REDIS_URL), so the record is first seen (docs/rules.md, "First-seen records")."""
     if not settings.redis_url:
         return None
-    from redis import Redis
     from redis.exceptions import RedisError
+    import redisconn
     try:
-        kept = Redis.from_url(settings.redis_url, socket_timeout=5).get(
+        kept = redisconn.connect(settings).get(
             f"{settings.redis_prefix}snapshot:{event.connection}:{event.entity}")
     except RedisError as exc:
         click.echo(f"(the record's snapshot could not be read from Redis: {exc}; planned as first seen)", err=True)

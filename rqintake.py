@@ -30,8 +30,11 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from redis.exceptions import NoScriptError
 from rq import Queue
 from rq.utils import now, utcformat
+
+from redisconn import check_replicas, replicated
 
 VARYING = ("data", "description", "created_at", "enqueued_at")
 
@@ -62,12 +65,44 @@ return seq
         # the recorded commands, flattened, and where each thing that differs per job goes in them:
         # one attribute, set once, so that a thread never sees one without the other
         self._recording: tuple[list[Any], list[tuple[int, str]]] | None = None
+        # (replicas, ms): answer only once that many replicas have the write (CRMBRIDGE_INTAKE_WAIT_REPLICAS)
+        self.wait: tuple[int, int] | None = None
 
     def accept(self, arg: Any, options: dict[str, Any], *, seen: str, ttl: int,
                order_key: str, ticket_key: str, order_ttl: int) -> bool:
         """Mark `seen`, take the ticket and queue func(arg) with RQ's `options`; False if seen before."""
         commands = self.commands(arg, options)
-        return bool(self._script(keys=[seen, order_key, ticket_key], args=[ttl, order_ttl, *commands]))
+        keys, args = [seen, order_key, ticket_key], [ttl, order_ttl, *commands]
+        if self.wait is None:
+            return bool(self._script(keys=keys, args=args))
+        return self._accept_replicated(keys, args, *self.wait)
+
+    def _accept_replicated(self, keys: list[str], args: list[Any], replicas: int, timeout_ms: int) -> bool:
+        """The script, then WAIT, in one round trip on one connection (WAIT counts the replicas that
+        have this connection's writes). NotReplicated (a RedisError: 503) if too few have it.
+
+        A duplicate wrote nothing here, and its seen-mark may be another request's write that no
+        replica has yet (the vendor's retry of a webhook answered 503): a small write of our own,
+        then WAIT, covers it too, as replication is one ordered stream."""
+        conn = self.queue.connection
+        for _ in range(2):
+            with conn.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                replicated(pipe, replicas, timeout_ms)
+                result, acknowledged = pipe.execute(raise_on_error=False)
+            if not isinstance(result, NoScriptError):
+                break
+            self._script.sha = conn.script_load(self.ACCEPT)   # a restarted or promoted Redis
+        for answer in (result, acknowledged):
+            if isinstance(answer, Exception):
+                raise answer
+        if not result:
+            with conn.pipeline(transaction=False) as pipe:
+                pipe.set(f"{keys[0]}:replicated", 1, px=2000)
+                replicated(pipe, replicas, timeout_ms)
+                acknowledged = pipe.execute()[1]
+        check_replicas(acknowledged, replicas, timeout_ms)
+        return bool(result)
 
     def commands(self, arg: Any, options: dict[str, Any]) -> list[Any]:
         """The commands `queue.enqueue_call(func, args=(arg,), **options)` sends, flattened for the

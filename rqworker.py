@@ -46,6 +46,8 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp, now, parse_composite_key
 
+import redisconn
+
 log = logging.getLogger("crmbridge.rqworker")
 
 JOB_HEARTBEAT_TTL = 15      # seconds a started job stays registered without a heartbeat
@@ -167,10 +169,9 @@ def worker_connection(connection: Redis) -> Redis:
     timeout above its blocking dequeue (dequeue timeout + 10 s), which only connections made after
     that take: on the runtime's pool, already used at start-up with its 5 s timeout, an idle
     worker's dequeue timed out and its work loop quit every few seconds."""
-    pool = connection.connection_pool
-    # (the pool's own objects, such as redis-py's maintenance-notifications handler, are not shared)
-    kwargs = {k: v for k, v in pool.connection_kwargs.items() if not k.endswith("_pool_handler")}
-    return Redis(connection_pool=pool.__class__(connection_class=pool.connection_class, **kwargs))
+    # (the pool's own objects, such as redis-py's maintenance-notifications handler, are not shared;
+    # a Sentinel client gets a Sentinel client: redisconn.fresh)
+    return redisconn.fresh(connection)
 
 
 class Heartbeat:

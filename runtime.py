@@ -21,6 +21,7 @@ from connectors.base import BaseClient
 from pipeline.history import open_history
 from pipeline.steps import STEPS
 from queueing import InProcessBackend, Keys, RQBackend
+import redisconn
 from ratelimit import Limit, RateLimiter, limiter_for  # noqa: F401 - Limit, RateLimiter: tests reach them here
 import reports
 from rules import MODULES, find_or_create, send_digest, send_email
@@ -90,9 +91,14 @@ class Runtime:
             log.warning(warning)
         keys = Keys(settings.redis_prefix)
         if settings.redis_url:
-            store = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
-                                   health_check_interval=30)
+            # REDIS_URL's server, or the primary the Sentinels name, followed across fail-overs
+            store = redisconn.connect(settings, health_check_interval=30)
             backend: Any = RQBackend(store, keys, settings.queue_name, job_retries=settings.job_retries)
+            if settings.intake_wait_replicas:   # WAIT after intake's write (redisconn.replicated)
+                if backend.fast is None:
+                    raise ConfigErrors([ConfigError("CRMBRIDGE_INTAKE_WAIT_REPLICAS", 0, "the replica wait "
+                                                    "needs the default intake; unset CRMBRIDGE_INTAKE=rq")])
+                backend.fast.wait = (settings.intake_wait_replicas, settings.intake_wait_ms)
         else:
             import fakeredis  # the embedded store: Redis semantics, in this process only
             log.warning(NOT_DURABLE)

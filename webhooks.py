@@ -24,6 +24,7 @@ from connectors import CONNECTORS
 from connectors.base import Event, RawWebhook, UnsupportedMediaType, WebhookError
 from runtime import Runtime, configure_logging
 from pipeline import timers
+from redisconn import NotReplicated
 from reports import web as reports_web
 from console import register_console
 
@@ -83,6 +84,9 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
             return _error(exc.status, str(exc))
         try:
             accepted, duplicates = intake(rt, events)
+        except NotReplicated as exc:   # queued on the primary alone (CRMBRIDGE_INTAKE_WAIT_REPLICAS): the retry is a duplicate
+            log.warning("webhook %s queued, not yet on a replica: %s", name, exc)
+            return _error(503, "not yet replicated; retry later")
         except RedisError as exc:
             log.error("webhook %s not stored: %s", name, exc)
             return _error(503, "queue unavailable; retry later")

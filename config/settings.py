@@ -32,6 +32,11 @@ class Settings:
     history: bool = True                  # CRMBRIDGE_HISTORY=off: no decision history (the audit stream stays)
     history_path: Path | None = None      # the SQLite file; None: crmbridge-history.sqlite3 beside config_dir
     history_retention: int = 14 * 24 * 3600  # seconds events (with their bodies) and decisions are kept
+    redis_sentinels: tuple[tuple[str, int], ...] = ()  # REDIS_SENTINELS: find the primary through these (redisconn.py)
+    redis_sentinel_service: str = "crmbridge"  # the primary's name in the Sentinels' configuration
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    intake_wait_replicas: int = 0         # >0: a webhook is answered 200 only once this many replicas have it
+    intake_wait_ms: int = 100             # …waiting at most this long (WAIT's timeout), else 503
     testing: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
 
@@ -58,9 +63,17 @@ class Settings:
                                 ("CRMBRIDGE_ORDER_GAP_TIMEOUT", "order_gap_timeout", int),
                                 ("CRMBRIDGE_DEAD_LETTER_TTL", "dead_letter_ttl", int),
                                 ("CRMBRIDGE_HISTORY_RETENTION", "history_retention", int),
-                                ("CRMBRIDGE_RETRY_BUDGET", "retry_budget", float)):
+                                ("CRMBRIDGE_RETRY_BUDGET", "retry_budget", float),
+                                ("REDIS_SENTINEL_SERVICE", "redis_sentinel_service", str),
+                                ("REDIS_SENTINEL_PASSWORD", "redis_sentinel_password", str),
+                                ("CRMBRIDGE_INTAKE_WAIT_REPLICAS", "intake_wait_replicas", int),
+                                ("CRMBRIDGE_INTAKE_WAIT_MS", "intake_wait_ms", int)):
             if env.get(name):
                 values[key] = cast(env[name])
+        if env.get("REDIS_SENTINELS"):   # redisconn.py; REDIS_URL still gives the database and password
+            from redisconn import parse_sentinels
+            values["redis_sentinels"] = parse_sentinels(env["REDIS_SENTINELS"])
+            values.setdefault("redis_url", "redis://localhost/0")
         return replace(cls(**values), **overrides)
 
     @property

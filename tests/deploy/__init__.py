@@ -1,0 +1,1 @@
+"""The shipped deployment (deploy/): supervisord, systemd units, Redis Sentinel."""
