@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+from docx.opc.exceptions import PackageNotFoundError
 from docxtpl import DocxTemplate
 from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
@@ -140,6 +141,8 @@ def render_docx(template: Path, values: dict[str, Any]) -> bytes:
         doc.render(values, environment(values.get("language", "uk"), values.get("currency", "UAH")), autoescape=True)
     except TemplateError as exc:
         raise DocumentError(f"{template.name}: {exc}") from None
+    except (zipfile.BadZipFile, KeyError, PackageNotFoundError) as exc:
+        raise DocumentError(f"{template.name}: not a DOCX file ({exc})") from None
     out = io.BytesIO()
     doc.save(out)
     return out.getvalue()
@@ -156,7 +159,7 @@ def check_template(path: Path) -> list[tuple[int, str]]:
     try:
         doc = DocxTemplate(str(path))
         used = doc.get_undeclared_template_variables(environment())
-    except (zipfile.BadZipFile, KeyError) as exc:
+    except (zipfile.BadZipFile, KeyError, PackageNotFoundError) as exc:
         return [(1, f"not a DOCX file ({exc})")]
     except TemplateError as exc:
         where = getattr(exc, "message", None) or str(exc)
