@@ -8,7 +8,6 @@ import stat
 import threading
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from docx import Document
