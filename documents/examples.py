@@ -16,9 +16,9 @@ from docx import Document
 from docx.enum.text import WD_ALIGN_PARAGRAPH
 from docx.shared import Cm, Pt
 
-HEAD = ("№", "Найменування", "Од.", "Кількість", "Ціна", "Сума")
-HEAD_RU = ("№", "Наименование", "Ед.", "Количество", "Цена", "Сумма")
-WIDTHS = (Cm(1.0), Cm(7.5), Cm(1.8), Cm(2.0), Cm(2.6), Cm(2.8))   # the name column the widest
+HEAD = ("№", "Найменування", "Од.", "К-сть", "Ціна", "Сума")
+HEAD_RU = ("№", "Наименование", "Ед.", "Кол-во", "Цена", "Сумма")
+WIDTHS = (Cm(0.9), Cm(7.0), Cm(2.1), Cm(1.6), Cm(2.6), Cm(2.8))   # 17 cm: A4 less 2 cm margins
 ROW = ("{{ it.n }}", "{{ it.name }}", "{{ it.unit }}", "{{ it.quantity }}", "{{ it.price }}", "{{ it.sum }}")
 
 
@@ -27,6 +27,10 @@ def _document() -> Document:
     style = doc.styles["Normal"]
     style.font.name = "DejaVu Sans"   # Cyrillic in every LibreOffice (fonts-dejavu-core) and Word
     style.font.size = Pt(10)
+    section = doc.sections[0]
+    section.page_width, section.page_height = Cm(21.0), Cm(29.7)   # A4, not python-docx's US Letter
+    section.left_margin = section.right_margin = Cm(2.0)
+    section.top_margin = section.bottom_margin = Cm(2.0)
     return doc
 
 
@@ -40,9 +44,13 @@ def _rows(doc: Document, head: tuple[str, ...]) -> None:
         cell.text = text
     table.rows[3].cells[0].text = "{%tr endfor %}"
     table.autofit = False
-    for row in table.rows:
-        for cell, width in zip(row.cells, WIDTHS):
+    for column, width in zip(table.columns, WIDTHS):   # the grid LibreOffice reads…
+        column.width = width
+    for row in table.rows:                              # …and each cell's, which Word reads
+        for i, (cell, width) in enumerate(zip(row.cells, WIDTHS)):
             cell.width = width
+            if i >= 3:   # quantity, price, sum: figures to the right
+                cell.paragraphs[0].alignment = WD_ALIGN_PARAGRAPH.RIGHT
 
 
 def invoice_uk() -> Document:
@@ -55,7 +63,8 @@ def invoice_uk() -> Document:
     doc.add_paragraph("Покупець: {{ client.name }}, код ЄДРПОУ {{ client.code }}, {{ client.address }}")
     doc.add_paragraph("Підстава: {{ values.basis }}")
     _rows(doc, HEAD)
-    doc.add_paragraph("{% if vat_rate %}Разом без ПДВ: {{ subtotal }} {{ currency_short }}{% endif %}")
+    subtotal = doc.add_paragraph("{% if vat_rate %}Разом без ПДВ: {{ subtotal }} {{ currency_short }}{% endif %}")
+    subtotal.paragraph_format.space_before = Pt(8)
     doc.add_paragraph("{{ vat_line }}")
     doc.add_paragraph("Всього до сплати: {{ total }} {{ currency_short }}").runs[0].bold = True
     doc.add_paragraph("Всього найменувань {{ count }}, на суму {{ total }} {{ currency_short }}.")
@@ -77,7 +86,8 @@ def act_ru() -> Document:
     doc.add_paragraph("Исполнитель выполнил, а Заказчик принял следующие работы (услуги) по сделке "
                       "«{{ entity.name }}»:")
     _rows(doc, HEAD_RU)
-    doc.add_paragraph("Итого: {{ total }} {{ currency_short }}. {{ vat_line }}.")
+    doc.add_paragraph("Итого: {{ total }} {{ currency_short }}").paragraph_format.space_before = Pt(8)
+    doc.add_paragraph("{{ vat_line }}")
     doc.add_paragraph("Всего оказано услуг на сумму: {{ total_words }}{% if vat_rate %}, в том числе НДС: "
                       "{{ vat_words }}{% endif %}.")
     doc.add_paragraph("Вышеперечисленные работы (услуги) выполнены полностью и в срок. Заказчик претензий по "
