@@ -2,8 +2,9 @@
 
     python -m documents.examples config/examples/marketing-agency/templates/documents
 
-writes invoice-uk.docx (рахунок на оплату, Ukrainian) and act-ru.docx (акт выполненных работ,
-Russian). The .docx files are committed next to the example configuration; run this again after
+writes invoice-uk.docx (рахунок на оплату, Ukrainian), act-ru.docx (акт выполненных работ),
+invoice-ru.docx (счёт на оплату) and contract-ru.docx (договор на оказание услуг), Russian: the
+last two are playbook C's (config/examples/marketing-agency/rules/documents.yaml). The .docx files are committed next to the example configuration; run this again after
 changing it. A template is any DOCX with docxtpl tags: `{{ name }}` in text, `{%tr for … %}`
 in a table row of its own for the rows (docs/documents.md).
 """
@@ -18,7 +19,7 @@ from docx.shared import Cm, Pt
 
 HEAD = ("№", "Найменування", "Од.", "К-сть", "Ціна", "Сума")
 HEAD_RU = ("№", "Наименование", "Ед.", "Кол-во", "Цена", "Сумма")
-WIDTHS = (Cm(0.9), Cm(7.0), Cm(2.1), Cm(1.6), Cm(2.6), Cm(2.8))   # 17 cm: A4 less 2 cm margins
+WIDTHS = (Cm(0.9), Cm(6.7), Cm(2.1), Cm(1.9), Cm(2.6), Cm(2.8))   # 17 cm: A4 less 2 cm margins
 ROW = ("{{ it.n }}", "{{ it.name }}", "{{ it.unit }}", "{{ it.quantity }}", "{{ it.price }}", "{{ it.sum }}")
 
 
@@ -96,7 +97,56 @@ def act_ru() -> Document:
     return doc
 
 
-TEMPLATES = {"invoice-uk.docx": invoice_uk, "act-ru.docx": act_ru}
+def invoice_ru() -> Document:
+    doc = _document()
+    title = doc.add_paragraph("Счёт на оплату № {{ number }} от {{ date_words }}")
+    title.alignment = WD_ALIGN_PARAGRAPH.CENTER
+    title.runs[0].bold = True
+    doc.add_paragraph("Поставщик: {{ company.name }}\n{{ company.requisites }}")
+    doc.add_paragraph("Покупатель: {{ client.name }}\n{{ client.requisites }}")
+    doc.add_paragraph("Основание: {{ values.basis }}")
+    _rows(doc, HEAD_RU)
+    total = doc.add_paragraph("Итого: {{ total }} {{ currency_short }}")
+    total.paragraph_format.space_before = Pt(8)
+    doc.add_paragraph("{{ vat_line }}")
+    doc.add_paragraph("Всего к оплате: {{ total }} {{ currency_short }}").runs[0].bold = True
+    doc.add_paragraph("Всего наименований {{ count }}, на сумму {{ total }} {{ currency_short }}")
+    doc.add_paragraph("Сумма прописью: {{ total_words }}{% if vat_rate %}, в том числе НДС: {{ vat_words }}{% endif %}.")
+    doc.add_paragraph("Руководитель ____________ {{ company.signer }}")
+    return doc
+
+
+def contract_ru() -> Document:
+    doc = _document()
+    title = doc.add_paragraph("Договор № {{ number }} на оказание услуг")
+    title.alignment = WD_ALIGN_PARAGRAPH.CENTER
+    title.runs[0].bold = True
+    doc.add_paragraph("г. {{ company.city }}\t\t\t\t\t\t\t{{ date_words }}")
+    doc.add_paragraph("{{ company.name }}, в лице {{ company.signer_title }} {{ company.signer }}, действующего на "
+                      "основании {{ company.authority }}, именуемое в дальнейшем «Исполнитель», с одной стороны, и "
+                      "{{ client.name }}, именуемое в дальнейшем «Заказчик», с другой стороны, заключили настоящий "
+                      "договор о нижеследующем.")
+    doc.add_paragraph("1. Предмет договора").runs[0].bold = True
+    doc.add_paragraph("1.1. Исполнитель обязуется оказать Заказчику услуги по проекту «{{ entity.name }}», а Заказчик "
+                      "обязуется принять и оплатить их:")
+    _rows(doc, HEAD_RU)
+    heading = doc.add_paragraph("2. Стоимость и порядок оплаты")
+    heading.runs[0].bold = True
+    heading.paragraph_format.space_before = Pt(8)
+    doc.add_paragraph("2.1. Стоимость услуг составляет {{ total }} {{ currency_short }} ({{ total | in_words | lower }}). "
+                      "{{ vat_line }}.")
+    doc.add_paragraph("2.2. Порядок оплаты: {{ values.payment }}.")
+    doc.add_paragraph("2.3. Оплата производится по счёту Исполнителя на его расчётный счёт.")
+    doc.add_paragraph("3. Сдача и приёмка услуг").runs[0].bold = True
+    doc.add_paragraph("3.1. Оказание услуг подтверждается актом сдачи-приёмки, подписанным сторонами.")
+    doc.add_paragraph("4. Реквизиты и подписи сторон").runs[0].bold = True
+    doc.add_paragraph("Исполнитель: {{ company.name }}\n{{ company.requisites }}\n\n____________ {{ company.signer }}")
+    doc.add_paragraph("Заказчик: {{ client.name }}\n{{ client.requisites }}\n\n____________")
+    return doc
+
+
+TEMPLATES = {"invoice-uk.docx": invoice_uk, "act-ru.docx": act_ru, "invoice-ru.docx": invoice_ru,
+             "contract-ru.docx": contract_ru}
 
 
 def build(directory: Path) -> list[Path]:

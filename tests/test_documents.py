@@ -111,7 +111,8 @@ def invoice_values(**over):
 
 
 def test_the_shipped_templates_use_only_known_values():
-    assert sorted(p.name for p in TEMPLATES.glob("*.docx")) == ["act-ru.docx", "invoice-uk.docx"]
+    assert sorted(p.name for p in TEMPLATES.glob("*.docx")) == ["act-ru.docx", "contract-ru.docx", "invoice-ru.docx",
+                                                                "invoice-uk.docx"]
     for path in TEMPLATES.glob("*.docx"):
         assert render.check_template(path) == [], path
 
