@@ -59,7 +59,7 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
         errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS, STEPS))
         errors.extend(send_digest.unsupported(ruleset.rules, connections, CONNECTORS))
         errors.extend(send_email.load_templates(ruleset.rules, base))
-        found, warnings = make_document.load_templates(ruleset.rules, base)   # documents' DOCX templates
+        found, warnings = make_document.load_templates(ruleset.rules, base, connections, CONNECTORS)   # DOCX templates
         errors.extend(found)
         for warning in warnings:
             log.warning(warning)

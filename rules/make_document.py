@@ -33,14 +33,16 @@ import json
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from config.loader import ConfigError, did_you_mean
+from config.loader import ConfigError, did_you_mean, line_of
 
 NAME = "make_document"
 SHORTHAND = "template"
+CLIENT_METHOD = "make_document"   # a pipeline step: refused at start-up where the client lacks a verb it REQUIRES
 TEMPLATE_NAME = re.compile(r"^[\w][\w.-]*$")
 RECORD_KEYS = ("id", "type", "name", "price", "fields", "stage", "pipeline", "responsible", "contacts",
                "companies", "company", "first_name", "last_name", "phones", "emails")
@@ -113,9 +115,11 @@ def plan(ctx, options: dict) -> list:
                      comment=options["comment"], send=send)]
 
 
-def load_templates(rules: list, config_dir: Path) -> tuple[list[ConfigError], list[str]]:
+def load_templates(rules: list, config_dir: Path, connections: Any = None,
+                   connectors: dict[str, Any] | None = None) -> tuple[list[ConfigError], list[str]]:
     """At start-up: each make_document's template is there and uses only values documents make
-    (problems at the template's paragraph, or at the rule's line); warnings besides (no PDF here)."""
+    (problems at the template's paragraph, or at the rule's line), and its `send:` names a
+    connection that can send a document; warnings besides (no PDF here)."""
     specs = [(rule, spec) for rule in rules for spec in (*rule.actions, *rule.otherwise) if spec.verb == NAME]
     if not specs:
         return [], []
@@ -124,8 +128,16 @@ def load_templates(rules: list, config_dir: Path) -> tuple[list[ConfigError], li
     checked: dict[Path, list[tuple[int, str]]] = {}
     wants_pdf = False
     folder = config_dir / render.TEMPLATE_DIR
+    known = getattr(connections, "connections", None) or {}
     for rule, spec in specs:
         opts = spec.options if isinstance(spec.options, dict) else {}
+        send = opts.get("send") if isinstance(opts.get("send"), dict) else {}
+        conn = known.get(send.get("connection")) if isinstance(send.get("connection"), str) else None
+        client = getattr((connectors or {}).get(getattr(conn, "type", None)), "Client", None)
+        if conn is not None and client is not None and "send_document" not in client.capabilities:
+            errors.append(ConfigError(rule.file, line_of(send, "connection", spec.line),
+                                      f'rule "{rule.name}": make_document → send → connection: expected a '
+                                      f"connection that sends documents (telegram), found {conn.name!r} ({conn.type})"))
         name = opts.get("template")
         if not isinstance(name, str) or not TEMPLATE_NAME.match(name):
             continue   # the options' own check reports it

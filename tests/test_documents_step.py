@@ -294,3 +294,15 @@ def test_render_document_previews_without_a_crm(config_dir, tmp_path, monkeypatc
     assert WORDS in render.docx_text(out.read_bytes())
     missing = CliRunner().invoke(cli, ["--config", str(config_dir), "render-document", "act-uk", "--record", str(record)])
     assert missing.exit_code != 0 and "no template templates/documents/act-uk.docx" in missing.output
+
+
+def test_start_up_refuses_sending_through_a_connection_that_cannot(config_dir):
+    rules = config_dir / "rules" / "documents.yaml"
+    rules.write_text(RULE.replace("pdf: false", "pdf: false\n          send: {connection: agency-amo, chat: '1'}"),
+                     encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_configuration(Settings(config_dir=config_dir, environ=ENV))
+    [error] = caught.value.errors
+    assert error.line == 17 and error.message.endswith(
+        "make_document → send → connection: expected a connection that sends documents (telegram), "
+        "found 'agency-amo' (amocrm)")
