@@ -481,5 +481,69 @@ def simulate(settings: Settings, scenario: Path) -> None:
         sys.exit(1)
 
 
+@cli.command("render-document")
+@click.argument("template")
+@click.option("--record", "record_file", type=click.File("rb"), required=True,
+              help="the record as rules see it (JSON: name, price, fields…), e.g. saved by dry-run --fetch")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the document here: .docx, or .pdf (LibreOffice converts it)")
+@click.option("--rule", "rule_name", default=None, help="the rule whose make_document options to use "
+              "(default: the first rule making this template; none: the options' defaults)")
+@click.option("--number", default=None, help="the number to print (default: the series' format with 0)")
+@click.pass_obj
+def render_document(settings: Settings, template: str, record_file, out: Path | None, rule_name: str | None,
+                    number: str | None) -> None:
+    """Preview a document template with a saved record, as make_document would fill it; no CRM is
+    called and no number is taken. Prints the document's text; --out writes the file."""
+    from documents import numbering, render
+    from documents.words import as_date
+    from rules import make_document
+    from rules.templates import TemplateProblem, render_value
+    _, ruleset = _load(settings)
+    try:
+        entity = json.loads(record_file.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise click.BadParameter(f"expected a JSON object (a record), found: {exc}", param_hint="--record")
+    if not isinstance(entity, dict):
+        raise click.BadParameter(f"expected a JSON object (a record), found {type(entity).__name__}", param_hint="--record")
+    stem = template.removesuffix(".docx")
+    specs = [(rule, spec) for rule in ruleset.rules for spec in (*rule.actions, *rule.otherwise)
+             if spec.verb == make_document.NAME and str(spec.options.get("template", "")).removesuffix(".docx") == stem
+             and rule_name in (None, rule.name)]
+    if rule_name and not specs:
+        raise click.UsageError(f"no rule {rule_name!r} makes the template {stem!r}")
+    now = datetime.now(timezone.utc)
+    raw = dict(specs[0][1].options) if specs else {"template": stem}
+    try:
+        rendered = render_value(raw, {"entity": entity, "now": now, "data": {}, "event": {}, "actor": None})
+        rendered.pop("entity", None)
+        options = make_document.Options().load(rendered)
+    except (TemplateProblem, ValueError) as exc:
+        raise click.UsageError(f"the options of {specs[0][0].name if specs else 'make_document'!r}: {exc}")
+    path = settings.config_dir / render.TEMPLATE_DIR / f"{stem}.docx"
+    if not path.is_file():
+        raise click.UsageError(f"no template {render.TEMPLATE_DIR / path.name} in {str(settings.config_dir)!r}")
+    for _, problem in render.check_template(path):
+        click.echo(f"{path}: {problem}", err=True)
+    items = options["items"] or [{"name": entity.get("name") or "", "quantity": 1, "unit": "", "price": entity.get("price")}]
+    day = now.date()
+    try:
+        values = render.context(number=number or numbering.formatted(0, day.year, options["number_format"]),
+                                date=as_date(day), language=options["language"], currency=options["currency"],
+                                items=[dict(i) for i in items], vat_rate=options["vat"],
+                                vat_included=options["vat_included"], entity=entity, client=options["client"],
+                                company=options["company"], values=options["values"])
+        content = render.render_docx(path, values)
+        if out is not None and out.suffix.lower() == ".pdf":
+            out.write_bytes(render.to_pdf(content, out.name))
+        elif out is not None:
+            out.write_bytes(content)
+    except (render.DocumentError, render.ConversionFailed) as exc:
+        click.echo(f"render-document: {exc}", err=True)
+        sys.exit(1)
+    click.echo(render.docx_text(content))
+    if out is not None:
+        click.echo(f"written to {out}", err=True)
+
 if __name__ == "__main__":
     cli()

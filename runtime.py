@@ -24,7 +24,7 @@ from queueing import InProcessBackend, Keys, RQBackend
 import redisconn
 from ratelimit import Limit, RateLimiter, limiter_for  # noqa: F401 - Limit, RateLimiter: tests reach them here
 import reports
-from rules import MODULES, find_or_create, send_digest, send_email
+from rules import MODULES, find_or_create, make_document, send_digest, send_email
 from rules._offline import check as offline_checks
 from rules._verb_support import unsupported_options, unsupported_verbs
 from rules.engine import RuleSet
@@ -60,6 +60,10 @@ def load_configuration(settings: Settings) -> tuple[Connections, RuleSet]:
         errors.extend(unsupported_verbs(ruleset.rules, connections, MODULES, CONNECTORS, STEPS))
         errors.extend(send_digest.unsupported(ruleset.rules, connections, CONNECTORS))
         errors.extend(send_email.load_templates(ruleset.rules, base))
+        found, warnings = make_document.load_templates(ruleset.rules, base, connections, CONNECTORS)   # DOCX templates
+        errors.extend(found)
+        for warning in warnings:
+            log.warning(warning)
         errors.extend(reports.check(base, ruleset.rules))   # reports.yaml against the metrics recorded
         errors.extend(offline_checks(ruleset.rules, connections, CONNECTORS, STEPS))
     except ConfigErrors as exc:

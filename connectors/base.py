@@ -542,6 +542,16 @@ class CrmClient(Protocol):
         """(content, name) of a file the CRM keeps (None: record-only)."""
         ...
 
+    # files made by crmbridge (make_document, pipeline/steps/make_document.py)
+    def upload_file(self, content: bytes, name: str, mime_type: str | None = None) -> Any:
+        """Store a file where the CRM keeps files apart from records; what attach_file needs to name it."""
+        ...
+
+    def attach_file(self, entity: Entity, name: str, text: str, file: Any = None, content: bytes | None = None) -> Any:
+        """Show a file on the record as its users see files (a note or comment carrying it): `file`
+        as upload_file returned it, or the `content` itself where one call carries it; its id."""
+        ...
+
     # single calls the pipeline's steps (pipeline/steps/) are built on
     def search_contacts(self, by: str, value: str, field: str | None = None) -> list[dict[str, Any]] | None:
         """Contacts the vendor's search finds for a phone, email or sender: candidates to be checked,

@@ -25,6 +25,7 @@ in tests/payloads/bitrix24/ has digits only. Anything else is refused with 400.
 """
 from __future__ import annotations
 
+import base64
 import hmac
 import re
 from datetime import datetime, timedelta, timezone
@@ -170,6 +171,7 @@ class Client(BaseClient):
         "add_contact", "link_contact", "read_stage", "find_stage", "stage_order", "find_task", "find_note",
         "overdue_tasks", "deals_without_task", "open_deals", "add_deal",
         "stage_history", "find_contact",
+        "attach_file",
     })
     timeout = 30.0  # a REST request may run up to 60 s (limits.md); most answer in a second or two
     docs_url = "https://apidocs.bitrix24.com/"
@@ -860,6 +862,25 @@ class Client(BaseClient):
                 return int(row["ID"])
         return None
 
+
+    # --- files made by crmbridge (make_document) ---------------------------------------------
+
+    def attach_file(self, entity: Entity, name: str, text: str, file: Any = None,
+                    content: bytes | None = None) -> int | None:
+        """A timeline comment carrying the file: crm.timeline.comment.add {"fields": {ENTITY_ID,
+        ENTITY_TYPE, COMMENT, FILES: [[name, base64 content]]}} (crm/timeline/comments/
+        crm-timeline-comment-add.md; files/how-to-upload-files.md) → the comment's id. The file
+        shows in the comment and in the record's files; no disk upload is needed first."""
+        if entity.type == "task":
+            raise PermanentApiError("Bitrix24: make_document attaches files to CRM records (deal, lead, contact, "
+                                    "company), not to tasks")
+        if content is None:
+            raise PermanentApiError("Bitrix24: attach_file needs the file's content (the comment carries it)")
+        _owner_type(entity.type)
+        body = self.call("crm.timeline.comment.add", {"fields": {
+            "ENTITY_ID": _id(entity), "ENTITY_TYPE": entity.type, "COMMENT": text or name,
+            "FILES": [[name, base64.b64encode(content).decode("ascii")]]}})
+        return None if body is None else int(body["result"])
 
 # --- helpers -------------------------------------------------------------------------------------
 

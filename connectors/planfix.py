@@ -296,6 +296,7 @@ class Client(BaseClient):
         "add_chat_comment", "download", "set_responsible", "delete_entity", "search_contacts", "add_contact",
         "link_contact", "read_task", "project_tasks", "set_status", "find_task", "find_note", "overdue_tasks",
         "find_contact",
+        "upload_file", "attach_file",
     })
 
     def auth_headers(self) -> dict[str, str]:
@@ -515,7 +516,7 @@ class Client(BaseClient):
             self.store.set(written_key(self.key_prefix, self.connection.name, "comment", comment), 1, ex=WRITTEN_TTL)
         return comment
 
-    def upload_file(self, content: bytes, name: str) -> int | None:
+    def upload_file(self, content: bytes, name: str, mime_type: str | None = None) -> int | None:
         """POST /file/ (multipart, field "file") → the new file's id (FileApi postFileUpload)."""
         if self.record_only:
             self.request("POST", "/file/", json_body={"file": f"<{len(content)} bytes: {name}>"})
@@ -523,7 +524,8 @@ class Client(BaseClient):
         release = self.limiter(hold=self.hold_seconds) if self.limiter else None
         target = f"{(self.connection.base_url or '').rstrip('/')}/file/"
         try:
-            resp = self.session.post(target, files={"file": (name, content)}, headers=self.auth_headers(),
+            part = (name, content, mime_type) if mime_type else (name, content)
+            resp = self.session.post(target, files={"file": part}, headers=self.auth_headers(),
                                      timeout=self.timeout)
         except (requests.Timeout, requests.ConnectionError) as exc:
             # an upload done twice leaves an extra file that nothing names: safe to try again
@@ -849,6 +851,17 @@ class Client(BaseClient):
                  if contact_matches(by, value, c, field) and c.get("id")]
         return max((int(c["id"]) for c in found if c.get("name") == name), default=None)
 
+
+    # --- files made by crmbridge (make_document) ---------------------------------------------
+
+    def attach_file(self, entity: Entity, name: str, text: str, file: Any = None,
+                    content: bytes | None = None) -> int | None:
+        """A comment naming a file uploaded before (upload_file's id): POST /{task|contact}/{id}/comments/
+        {"description", "files": [{"id"}]} (CommentCreateRequest) → the comment's id. `content`
+        without `file` is uploaded first."""
+        if file is None and content is not None:
+            file = self.upload_file(content, name)
+        return self.add_note(entity, text or name, files=[file] if file is not None else None)
 
 def normalize_contact(c: dict[str, Any]) -> dict[str, Any]:
     """A REST contact in the common shape."""

@@ -15,6 +15,7 @@ import re
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import default as email_policy
@@ -396,6 +397,54 @@ class FakeAmo(FakeServer):
         self.route("PATCH", r"/api/v4/contacts/(\d+)", self._patch_contact)
         self.route("GET", r"/api/v4/(contacts|companies)/custom_fields", self._other_fields)
         self.route("POST", r"/oauth2/access_token", self._token)
+        self._drive_upload_routes()
+
+    # --- the drive's upload sessions and file links (make_document) ----------------------------
+
+    def _drive_upload_routes(self, part_size: int = 4096) -> None:
+        """POST {drive}/v1.0/sessions {file_name, file_size, content_type} → {upload_url,
+        max_part_size}; each part POSTed raw to upload_url answers {next_url} until the file is
+        whole, then the file (amocrm-api-php Files::uploadOne, FileModel). PUT
+        /api/v4/<entity>/{id}/files [{file_uuid}] links a drive file (EntityFiles::add)."""
+        self.part_size = part_size
+        self.upload_sessions: dict[str, dict[str, Any]] = {}
+        self.drive_contents: dict[str, bytes] = {}   # uuid → the bytes uploaded
+        self.route("POST", r"/drive/v1.0/sessions", self._open_session)
+        self.route("POST", r"/drive/upload/([0-9a-f]+)/(\d+)", self._upload_part)
+        self.route("PUT", r"/api/v4/(leads|contacts|companies)/(\d+)/files", self._link_files)
+
+    def _open_session(self, call: Call, m: re.Match):
+        body = call.body or {}
+        if not body.get("file_name") or not isinstance(body.get("file_size"), int):
+            return 400, {"title": "Bad Request", "status": 400, "detail": "file_name and file_size are required"}, {}
+        sid = uuid.uuid4().hex
+        self.upload_sessions[sid] = {**body, "parts": []}
+        return 200, {"session_id": sid, "upload_url": f"{self.url}/drive/upload/{sid}/0",
+                     "max_part_size": self.part_size, "max_file_size": 314572800}, {}
+
+    def _upload_part(self, call: Call, m: re.Match):
+        session = self.upload_sessions.get(m.group(1))
+        raw = getattr(call, "raw", b"")
+        if session is None or int(m.group(2)) != len(session["parts"]) or len(raw) > self.part_size:
+            return 400, {"title": "Bad Request", "status": 400, "detail": "unexpected part"}, {}
+        session["parts"].append(raw)
+        if sum(map(len, session["parts"])) < session["file_size"]:
+            return 200, {"next_url": f"{self.url}/drive/upload/{m.group(1)}/{len(session['parts'])}"}, {}
+        file_uuid, version = str(uuid.uuid4()), str(uuid.uuid4())
+        name, _, extension = session["file_name"].rpartition(".")
+        self.drive_files[file_uuid] = {
+            "uuid": file_uuid, "version_uuid": version, "name": name, "size": session["file_size"],
+            "metadata": {"extension": extension, "mime_type": session.get("content_type")},
+            "_links": {"download": {"href": f"{self.url}/drive/download/{file_uuid}"}}}
+        self.drive_contents[file_uuid] = b"".join(session["parts"])
+        return 200, self.drive_files[file_uuid], {}
+
+    def _link_files(self, call: Call, m: re.Match):
+        links = self.file_links.setdefault((m.group(1), int(m.group(2))), [])
+        for item in call.body or []:
+            if all(link["file_uuid"] != item["file_uuid"] for link in links):
+                links.append({"id": next(self.ids), "file_uuid": item["file_uuid"]})
+        return 200, {"_embedded": {"files": [{"file_uuid": i["file_uuid"]} for i in call.body or []]}}, {}
 
     def issue_tokens(self) -> tuple[str, str]:
         """A new access/refresh pair; the previous refresh token stops working (it rotates)."""

@@ -8,6 +8,8 @@ tests/payloads/bitrix24/api_*.json). Metadata and people are Cyrillic, as on a r
 """
 from __future__ import annotations
 
+import base64
+
 import itertools
 import re
 import time
@@ -282,6 +284,9 @@ class FakeBitrix24(FakeServer):
         if not fields.get("COMMENT"):
             raise BitrixError(400, "", "Required fields are missing: COMMENT")  # wording not documented
         comment = {"ID": next(self.ids), **fields, "CREATED": _now_iso(), "AUTHOR_ID": self.user_id, "FILES": {}}
+        for name, encoded in fields.get("FILES") or []:   # [[name, base64]] (crm-timeline-comment-add.md)
+            file_id = next(self.ids)   # kept by id on the portal's disk, as the comment's files list them
+            comment["FILES"][str(file_id)] = {"id": file_id, "name": name, "content": base64.b64decode(encoded)}
         self.comments.append(comment)
         return comment["ID"]
 

@@ -11,12 +11,14 @@ import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 from connectors.amocrm.auth import TokenAuth
 from connectors.base import (
-    BaseClient, Changed, Entity, Moved, PermanentApiError, contact_matches, phone_digits, segment, utc_iso,
+    BaseClient, Changed, Entity, Moved, PermanentApiError, RetryableApiError, contact_matches, phone_digits, segment,
+    utc_iso,
 )
 
 log = logging.getLogger("crmbridge.connectors.amocrm")
@@ -47,6 +49,7 @@ class Client(TokenAuth, BaseClient):
         "link_contact", "find_catalog_elements", "read_stage", "find_stage", "stage_order",
         "deals_without_task",
         "stage_history", "find_lead", "find_contact",
+        "upload_file", "attach_file",
     })
     docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
 
@@ -732,6 +735,78 @@ def _lead_status(value: Any) -> dict[str, Any] | None:
 def _text(value: Any) -> str | None:
     return None if value in (None, "") else str(value)
 
+
+    # --- files made by crmbridge (make_document): drive upload, link, attachment note ---------
+
+    def upload_file(self, content: bytes, name: str, mime_type: str | None = None) -> dict[str, Any] | None:
+        """The file on the account's drive: POST {drive_url}/v1.0/sessions {file_name, file_size,
+        content_type} → {upload_url, max_part_size}; then each part of at most max_part_size bytes
+        POSTed raw to upload_url, each answer naming the next part's `next_url` until the last
+        answers with the file ({uuid, version_uuid, …}) (amocrm-api-php Files::uploadOne). An upload
+        done twice leaves a drive file nothing names: retried like a read. → {uuid, version_uuid, name}."""
+        mime = mime_type or "application/octet-stream"
+        if self.record_only:
+            self.request("POST", "/v1.0/sessions", json_body={"file_name": name, "file_size": len(content),
+                                                              "content_type": mime})
+            return None
+        drive = self.drive_url()
+        session = self.request("POST", "/v1.0/sessions", url=f"{drive}/v1.0/sessions", idempotent=True,
+                               json_body={"file_name": name, "file_size": len(content), "content_type": mime}).json()
+        url, size = session.get("upload_url"), int(session.get("max_part_size") or 0)
+        if not url or size <= 0:
+            raise PermanentApiError(f"amoCRM drive: the upload session names no upload_url or max_part_size: {session}")
+        answer: dict[str, Any] = {}
+        for start in range(0, max(len(content), 1), size):
+            answer = self._upload_part(drive, url, content[start:start + size], mime)
+            url = answer.get("next_url")
+            if not url:
+                break
+        if not answer.get("uuid"):
+            raise PermanentApiError(f"amoCRM drive: the upload of {name!r} ended without a file: {answer}")
+        return {"uuid": answer["uuid"], "version_uuid": answer.get("version_uuid"), "name": answer.get("name") or name}
+
+    def _upload_part(self, drive: str, url: str, part: bytes, mime: str) -> dict[str, Any]:
+        """One part, raw bytes, to a URL the drive gave: only on the drive's own host (the token goes with it)."""
+        if urlsplit(url).netloc != urlsplit(drive).netloc or urlsplit(url).scheme != urlsplit(drive).scheme:
+            raise PermanentApiError(f"amoCRM drive: refused to send a part to {urlsplit(url).netloc!r}, "
+                                    f"not the drive's host {urlsplit(drive).netloc!r}")
+        release = self.limiter(hold=self.hold_seconds) if self.limiter else None
+        try:
+            if self.sending:
+                self.sending()
+            try:
+                resp = self.session.post(url, data=part, timeout=self.timeout,
+                                         headers={**self.auth_headers(), "Content-Type": mime})
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                # a part sent twice is a part of a file nothing names yet: the step may try again
+                raise RetryableApiError(f"POST drive upload part: {type(exc).__name__}") from None
+        finally:
+            if release:
+                release()
+        self.check(resp, "POST drive upload part", idempotent=True)
+        return resp.json()
+
+    def attach_file(self, entity: Entity, name: str, text: str, file: Any = None,
+                    content: bytes | None = None) -> int | None:
+        """A drive file on the record as its users see it: linked to the record's Files (PUT
+        /api/v4/<entity>/{id}/files [{file_uuid}], EntityFiles::add; linking twice leaves one link)
+        and shown in its feed as an `attachment` note {file_uuid, version_uuid, file_name} (notes
+        types). That note carries no text: `text` is left out. `content` without `file` is uploaded
+        first. → the note's id."""
+        if file is None and content is not None:
+            file = self.upload_file(content, name)
+        if file is None:   # record-only: nothing was uploaded
+            self.request("POST", f"/api/v4/{API_ENTITY[entity.type]}/notes",
+                         json_body=[{"entity_id": entity.id, "note_type": "attachment", "params": {"file_name": name}}])
+            return None
+        path = f"/api/v4/{API_ENTITY[entity.type]}/{segment(entity.id)}"
+        self.request("PUT", f"{path}/files", json_body=[{"file_uuid": file["uuid"]}])
+        params = {"file_uuid": file["uuid"], "file_name": name}
+        if file.get("version_uuid"):
+            params["version_uuid"] = file["version_uuid"]
+        resp = self.request("POST", f"/api/v4/{API_ENTITY[entity.type]}/notes",
+                            json_body=[{"entity_id": int(entity.id), "note_type": "attachment", "params": params}])
+        return None if resp is None else resp.json()["_embedded"]["notes"][0]["id"]
 
 def _unix(moment: float | str) -> float:
     """Unix time from unix time or ISO 8601 (naive: UTC)."""

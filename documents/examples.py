@@ -1,0 +1,163 @@
+"""The shipped example templates, built with python-docx: this file is their source.
+
+    python -m documents.examples config/examples/marketing-agency/templates/documents
+
+writes invoice-uk.docx (рахунок на оплату, Ukrainian), act-ru.docx (акт выполненных работ),
+invoice-ru.docx (счёт на оплату) and contract-ru.docx (договор на оказание услуг), Russian: the
+last two are playbook C's (config/examples/marketing-agency/rules/documents.yaml). The .docx files are committed next to the example configuration; run this again after
+changing it. A template is any DOCX with docxtpl tags: `{{ name }}` in text, `{%tr for … %}`
+in a table row of its own for the rows (docs/documents.md).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from docx import Document
+from docx.enum.text import WD_ALIGN_PARAGRAPH
+from docx.shared import Cm, Pt
+
+HEAD = ("№", "Найменування", "Од.", "К-сть", "Ціна", "Сума")
+HEAD_RU = ("№", "Наименование", "Ед.", "Кол-во", "Цена", "Сумма")
+WIDTHS = (Cm(0.9), Cm(6.7), Cm(2.1), Cm(1.9), Cm(2.6), Cm(2.8))   # 17 cm: A4 less 2 cm margins
+ROW = ("{{ it.n }}", "{{ it.name }}", "{{ it.unit }}", "{{ it.quantity }}", "{{ it.price }}", "{{ it.sum }}")
+
+
+def _document() -> Document:
+    doc = Document()
+    style = doc.styles["Normal"]
+    style.font.name = "DejaVu Sans"   # Cyrillic in every LibreOffice (fonts-dejavu-core) and Word
+    style.font.size = Pt(10)
+    section = doc.sections[0]
+    section.page_width, section.page_height = Cm(21.0), Cm(29.7)   # A4, not python-docx's US Letter
+    section.left_margin = section.right_margin = Cm(2.0)
+    section.top_margin = section.bottom_margin = Cm(2.0)
+    return doc
+
+
+def _rows(doc: Document, head: tuple[str, ...]) -> None:
+    table = doc.add_table(rows=4, cols=len(head))
+    table.style = "Table Grid"
+    for cell, text in zip(table.rows[0].cells, head):
+        cell.text = text
+    table.rows[1].cells[0].text = "{%tr for it in items %}"
+    for cell, text in zip(table.rows[2].cells, ROW):
+        cell.text = text
+    table.rows[3].cells[0].text = "{%tr endfor %}"
+    table.autofit = False
+    for column, width in zip(table.columns, WIDTHS):   # the grid LibreOffice reads…
+        column.width = width
+    for row in table.rows:                              # …and each cell's, which Word reads
+        for i, (cell, width) in enumerate(zip(row.cells, WIDTHS)):
+            cell.width = width
+            if i >= 3:   # quantity, price, sum: figures to the right
+                cell.paragraphs[0].alignment = WD_ALIGN_PARAGRAPH.RIGHT
+
+
+def invoice_uk() -> Document:
+    doc = _document()
+    title = doc.add_paragraph("Рахунок на оплату № {{ number }} від {{ date_words }}")
+    title.alignment = WD_ALIGN_PARAGRAPH.CENTER
+    title.runs[0].bold = True
+    doc.add_paragraph("Постачальник: {{ company.name }}, код ЄДРПОУ {{ company.code }}, "
+                      "IBAN {{ company.iban }} в {{ company.bank }}, {{ company.address }}. {{ company.tax_status }}")
+    doc.add_paragraph("Покупець: {{ client.name }}, код ЄДРПОУ {{ client.code }}, {{ client.address }}")
+    doc.add_paragraph("Підстава: {{ values.basis }}")
+    _rows(doc, HEAD)
+    subtotal = doc.add_paragraph("{% if vat_rate %}Разом без ПДВ: {{ subtotal }} {{ currency_short }}{% endif %}")
+    subtotal.paragraph_format.space_before = Pt(8)
+    doc.add_paragraph("{{ vat_line }}")
+    doc.add_paragraph("Всього до сплати: {{ total }} {{ currency_short }}").runs[0].bold = True
+    doc.add_paragraph("Всього найменувань {{ count }}, на суму {{ total }} {{ currency_short }}.")
+    doc.add_paragraph("Сума прописом: {{ total_words }}{% if vat_rate %}, у тому числі ПДВ: {{ vat_words }}"
+                      "{% endif %}.")
+    doc.add_paragraph("Рахунок дійсний до сплати протягом 5 банківських днів.")
+    doc.add_paragraph("Виписав(ла): ____________ {{ company.signer }}")
+    return doc
+
+
+def act_ru() -> Document:
+    doc = _document()
+    title = doc.add_paragraph("Акт № {{ number }} сдачи-приёмки выполненных работ (оказанных услуг)")
+    title.alignment = WD_ALIGN_PARAGRAPH.CENTER
+    title.runs[0].bold = True
+    doc.add_paragraph("г. {{ company.city }}, {{ date_words }}")
+    doc.add_paragraph("Исполнитель: {{ company.name }}, код {{ company.code }}, {{ company.address }}.")
+    doc.add_paragraph("Заказчик: {{ client.name }}, код {{ client.code }}, {{ client.address }}.")
+    doc.add_paragraph("Исполнитель выполнил, а Заказчик принял следующие работы (услуги) по сделке "
+                      "«{{ entity.name }}»:")
+    _rows(doc, HEAD_RU)
+    doc.add_paragraph("Итого: {{ total }} {{ currency_short }}").paragraph_format.space_before = Pt(8)
+    doc.add_paragraph("{{ vat_line }}")
+    doc.add_paragraph("Всего оказано услуг на сумму: {{ total_words }}{% if vat_rate %}, в том числе НДС: "
+                      "{{ vat_words }}{% endif %}.")
+    doc.add_paragraph("Вышеперечисленные работы (услуги) выполнены полностью и в срок. Заказчик претензий по "
+                      "объёму, качеству и срокам оказания услуг не имеет.")
+    doc.add_paragraph("Исполнитель: ____________ {{ company.signer }}        Заказчик: ____________ {{ client.signer }}")
+    return doc
+
+
+def invoice_ru() -> Document:
+    doc = _document()
+    title = doc.add_paragraph("Счёт на оплату № {{ number }} от {{ date_words }}")
+    title.alignment = WD_ALIGN_PARAGRAPH.CENTER
+    title.runs[0].bold = True
+    doc.add_paragraph("Поставщик: {{ company.name }}\n{{ company.requisites }}")
+    doc.add_paragraph("Покупатель: {{ client.name }}\n{{ client.requisites }}")
+    doc.add_paragraph("Основание: {{ values.basis }}")
+    _rows(doc, HEAD_RU)
+    total = doc.add_paragraph("Итого: {{ total }} {{ currency_short }}")
+    total.paragraph_format.space_before = Pt(8)
+    doc.add_paragraph("{{ vat_line }}")
+    doc.add_paragraph("Всего к оплате: {{ total }} {{ currency_short }}").runs[0].bold = True
+    doc.add_paragraph("Всего наименований {{ count }}, на сумму {{ total }} {{ currency_short }}")
+    doc.add_paragraph("Сумма прописью: {{ total_words }}{% if vat_rate %}, в том числе НДС: {{ vat_words }}{% endif %}.")
+    doc.add_paragraph("Руководитель ____________ {{ company.signer }}")
+    return doc
+
+
+def contract_ru() -> Document:
+    doc = _document()
+    title = doc.add_paragraph("Договор № {{ number }} на оказание услуг")
+    title.alignment = WD_ALIGN_PARAGRAPH.CENTER
+    title.runs[0].bold = True
+    doc.add_paragraph("г. {{ company.city }}\t\t\t\t\t\t\t{{ date_words }}")
+    doc.add_paragraph("{{ company.name }}, в лице {{ company.signer_title }} {{ company.signer }}, действующего на "
+                      "основании {{ company.authority }}, именуемое в дальнейшем «Исполнитель», с одной стороны, и "
+                      "{{ client.name }}, именуемое в дальнейшем «Заказчик», с другой стороны, заключили настоящий "
+                      "договор о нижеследующем.")
+    doc.add_paragraph("1. Предмет договора").runs[0].bold = True
+    doc.add_paragraph("1.1. Исполнитель обязуется оказать Заказчику услуги по проекту «{{ entity.name }}», а Заказчик "
+                      "обязуется принять и оплатить их:")
+    _rows(doc, HEAD_RU)
+    heading = doc.add_paragraph("2. Стоимость и порядок оплаты")
+    heading.runs[0].bold = True
+    heading.paragraph_format.space_before = Pt(8)
+    doc.add_paragraph("2.1. Стоимость услуг составляет {{ total }} {{ currency_short }} ({{ total | in_words | lower }}). "
+                      "{{ vat_line }}.")
+    doc.add_paragraph("2.2. Порядок оплаты: {{ values.payment }}.")
+    doc.add_paragraph("2.3. Оплата производится по счёту Исполнителя на его расчётный счёт.")
+    doc.add_paragraph("3. Сдача и приёмка услуг").runs[0].bold = True
+    doc.add_paragraph("3.1. Оказание услуг подтверждается актом сдачи-приёмки, подписанным сторонами.")
+    doc.add_paragraph("4. Реквизиты и подписи сторон").runs[0].bold = True
+    doc.add_paragraph("Исполнитель: {{ company.name }}\n{{ company.requisites }}\n\n____________ {{ company.signer }}")
+    doc.add_paragraph("Заказчик: {{ client.name }}\n{{ client.requisites }}\n\n____________")
+    return doc
+
+
+TEMPLATES = {"invoice-uk.docx": invoice_uk, "act-ru.docx": act_ru, "invoice-ru.docx": invoice_ru,
+             "contract-ru.docx": contract_ru}
+
+
+def build(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    made = []
+    for name, make in TEMPLATES.items():
+        make().save(str(directory / name))
+        made.append(directory / name)
+    return made
+
+
+if __name__ == "__main__":
+    for path in build(Path(sys.argv[1] if len(sys.argv) > 1 else ".")):
+        print(path)
