@@ -1,0 +1,169 @@
+"""The common lead shape every intake door gives, and the readers they share.
+
+Phones are normalised to E.164 with `phonenumbers` (Google's libphonenumber): the number as typed is
+parsed in the connection's region (`options.region`, default UA), then in UA and RU; the forms
+people type in this market are read too: `+380 67 123-45-67`, `067 123 45 67`, `380671234567`,
+`8 067 123 45 67` (the old Ukrainian long-distance 8), `8 (916) 123-45-67` and `+7 916…` (Russia).
+A number that is not valid in any of them keeps `phone: null` and its text in `phone_raw`, so a
+rule can still show it. E-mails are stripped and case-folded (`Anna@Example.COM` = `anna@example.com`).
+"""
+from __future__ import annotations
+
+import re
+from email.utils import parseaddr
+from typing import Any
+from urllib.parse import parse_qsl
+
+import phonenumbers
+
+from connectors.base import MAX_FORM_KEYS, BadPayload, parse_json
+
+UTM_KEYS = ("source", "medium", "campaign", "content", "term")
+FALLBACK_REGIONS = ("UA", "RU")
+MAX_VALUE = 10_000             # characters of one field: a form field, not a file
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+
+def normalise_phone(text: Any, region: str = "UA") -> str | None:
+    """The number in E.164 (`+380671234567`), or None when it is not a valid number."""
+    if not isinstance(text, str) or not text.strip() or len(text) > 64:
+        return None
+    typed = text.strip()
+    digits = re.sub(r"\D", "", typed)
+    candidates = [typed]
+    if not typed.startswith("+"):
+        if len(digits) == 12 and digits.startswith("380") or len(digits) == 11 and digits.startswith("7"):
+            candidates.append("+" + digits)                 # the country code without its plus
+        if len(digits) == 11 and digits.startswith("80"):
+            candidates.append(digits[1:])                   # 8 0XX…: the old Ukrainian trunk prefix
+    for candidate in candidates:
+        for where in dict.fromkeys((region.upper(), *FALLBACK_REGIONS)):
+            try:
+                number = phonenumbers.parse(candidate, where)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_valid_number(number):
+                return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return None
+
+
+def normalise_email(text: Any) -> str | None:
+    """`addr@domain` stripped and case-folded, or None when it is no address."""
+    if not isinstance(text, str) or len(text) > 320:
+        return None
+    _, addr = parseaddr(text.strip())
+    addr = addr.strip().casefold()
+    local, at, domain = addr.rpartition("@")
+    if not at or not local or "." not in domain or " " in addr:
+        return None
+    return addr
+
+
+def utm(values: dict[str, Any]) -> dict[str, str]:
+    """utm_source… (any case) → {source, medium, …}, only those given."""
+    found = {}
+    lowered = {str(k).lower(): v for k, v in values.items()}
+    for key in UTM_KEYS:
+        value = lowered.get(f"utm_{key}")
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, str) and value.strip():
+            found[key] = value.strip()
+    return found
+
+
+def lead(*, door: str, connection: str, name: Any = None, phone: Any = None, email: Any = None,
+         text: Any = None, form: Any = None, page: Any = None, utm_tags: dict[str, str] | None = None,
+         region: str = "UA", **more: Any) -> dict[str, Any]:
+    """The event `data` every door gives (the keys rules read, whatever the door)."""
+    phone_raw = _text(phone)
+    return {"name": _text(name), "phone": normalise_phone(phone_raw, region), "phone_raw": phone_raw,
+            "email": normalise_email(email), "text": _text(text),
+            "source": {"door": door, "connection": connection, "form": _text(form), "page": _text(page)},
+            "utm": utm_tags or {}, **more}
+
+
+def region_of(options: Any) -> str:
+    region = str((options or {}).get("region") or "UA").upper()
+    return region if region in phonenumbers.SUPPORTED_REGIONS else "UA"
+
+
+def read_fields(body: bytes, content_type: str) -> dict[str, str | list[str]]:
+    """A form's fields, form-encoded or JSON, as text (a repeated or `x[]` field: a list of text).
+
+    JSON: an object whose values are text, numbers, booleans, null or lists of those; a nested
+    object's keys are joined with dots (`data.Name`). Anything else is refused."""
+    if content_type == JSON:
+        body_json = parse_json(body)
+        if not isinstance(body_json, dict):
+            raise BadPayload(f"expected a JSON object, found {type(body_json).__name__}")
+        return _flatten(body_json, "")
+    try:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_KEYS, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise BadPayload(f"body is not UTF-8 (byte {exc.start})") from None
+    except ValueError:
+        raise BadPayload(f"more than {MAX_FORM_KEYS} form fields") from None
+    fields: dict[str, str | list[str]] = {}
+    for key, value in pairs:
+        if _bad_text(key) or _bad_text(value):
+            raise BadPayload(f"form field {key[:40]!r} is not text a form sends")
+        listed = key.endswith("[]")
+        key = key[:-2] if listed else key
+        if key in fields or listed:
+            before = fields.get(key, [])
+            fields[key] = [*(before if isinstance(before, list) else [before]), value]
+        else:
+            fields[key] = value
+    return fields
+
+
+def _flatten(node: dict[str, Any], prefix: str) -> dict[str, str | list[str]]:
+    fields: dict[str, str | list[str]] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            fields.update(_flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            if not all(v is None or isinstance(v, (str, int, float, bool)) for v in value):
+                raise BadPayload(f"field {name[:40]!r} is a list of something other than text")
+            fields[name] = [_scalar(v) for v in value if v is not None]
+        elif value is not None:
+            fields[name] = _scalar(value)
+        if isinstance(fields.get(name), str) and _bad_text(fields[name]):
+            raise BadPayload(f"field {name[:40]!r} is over {MAX_VALUE} characters")
+    return fields
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _bad_text(value: str) -> bool:
+    return len(value) > MAX_VALUE or "\x00" in value
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, list):
+        value = ", ".join(v for v in value if isinstance(v, str) and v.strip())
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return str(value).strip() or None
+
+
+def first(fields: dict[str, Any], names: Any) -> Any:
+    """The value of the first of `names` present (exactly, then in any case)."""
+    if isinstance(names, str):
+        names = [names]
+    lowered = {str(k).casefold(): k for k in fields}
+    for name in names or []:
+        if name in fields:
+            return fields[name]
+        key = lowered.get(str(name).casefold())
+        if key is not None:
+            return fields[key]
+    return None
