@@ -76,12 +76,13 @@ def utm(values: dict[str, Any]) -> dict[str, str]:
 def lead(*, door: str, connection: str, name: Any = None, phone: Any = None, email: Any = None,
          text: Any = None, form: Any = None, page: Any = None, utm_tags: dict[str, str] | None = None,
          region: str = "UA", **more: Any) -> dict[str, Any]:
-    """The event `data` every door gives (the keys rules read, whatever the door)."""
+    """The event `data` every door gives (the keys rules read, whatever the door; `subject` and
+    `attachments` are a letter's, empty elsewhere, so one template serves every door)."""
     phone_raw = _text(phone)
     return {"name": _text(name), "phone": normalise_phone(phone_raw, region), "phone_raw": phone_raw,
             "email": normalise_email(email), "text": _text(text),
             "source": {"door": door, "connection": connection, "form": _text(form), "page": _text(page)},
-            "utm": utm_tags or {}, **more}
+            "utm": utm_tags or {}, "subject": None, "attachments": [], **more}
 
 
 def region_of(options: Any) -> str:
