@@ -147,3 +147,16 @@ def test_a_contact_form_and_a_chat_without_contacts(door, portal):
     assert made["fields"]["PHONE"] == [{"VALUE": "+380505551234", "VALUE_TYPE": "WORK"}]
     [deal] = calls(portal, "crm.deal.add")       # the chat left no contacts: no deal for it
     assert deal["fields"]["TITLE"] == "Заявка з сайту: Марія"
+
+
+def test_the_shipped_example_validates_offline():
+    import re
+
+    from click.testing import CliRunner
+
+    import cli
+    text = (EXAMPLE / "connections.yaml").read_text(encoding="utf-8")
+    env = {name: ("https://x.example" if "URL" in name else "v") for name in re.findall(r"\$\{([A-Z_0-9]+)\}", text)}
+    result = CliRunner().invoke(cli.cli, ["--config", str(EXAMPLE), "validate"], env={**env, "REDIS_URL": ""})
+    assert result.exit_code == 0, result.output
+    assert "5 connection(s), 2 rule(s)" in result.output
