@@ -50,6 +50,7 @@ CONTENT_TYPES: tuple[str, ...] = ()
 OUTBOUND_ONLY = True          # no webhook calls in, so no webhook secret (the worker reads the mailbox)
 RECORD_ONLY_WITHOUT_CREDENTIALS = False
 SECURITY = ("ssl", "starttls", "none")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 PHONE_IN_TEXT = re.compile(r"(?<![\w+])(\+?\d[\d\s()\-]{8,18}\d)(?!\w)")
 
 
@@ -141,6 +142,9 @@ class Client(BaseClient):
         host = str(options.get("host") or "")
         port = int(options.get("port") or (993 if security == "ssl" else 143))
         user, password = self.connection.credentials.get("user"), self.connection.credentials.get("password")
+        if security == "none" and host not in LOOPBACK:
+            raise PermanentApiError(f"options.security: none sends the password in clear text; only for a server "
+                                    f"on this machine ({', '.join(LOOPBACK)}), found {host!r}: use ssl or starttls")
         if not host or not user or not password:
             raise PermanentApiError(f"connection {self.connection.name!r}: IMAP needs options.host and "
                                     "credentials user and password")

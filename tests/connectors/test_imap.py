@@ -118,6 +118,10 @@ def test_a_wrong_password_is_permanent_and_a_server_down_is_retried(dovecot):
         imap.Client(down).read_new(None, 0)
     with pytest.raises(PermanentApiError, match="options.host"):
         imap.Client(Connection(name="m", type="imap")).read_new(None, 0)
+    remote = Connection(name="m", type="imap", credentials={"user": USER, "password": PASSWORD},
+                        options={"host": "imap.example.com", "security": "none"})
+    with pytest.raises(PermanentApiError, match="clear text"):      # refused before any connection
+        imap.Client(remote).read_new(None, 0)
 
 
 def test_a_mailbox_takes_no_webhooks():
