@@ -9,20 +9,26 @@ rule can still show it. E-mails are stripped and case-folded (`Anna@Example.COM`
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+from email import policy
+from email.parser import BytesParser
 from email.utils import parseaddr
 from typing import Any
 from urllib.parse import parse_qsl
 
 import phonenumbers
 
-from connectors.base import MAX_FORM_KEYS, BadPayload, parse_json
+from connectors.base import MAX_FORM_KEYS, BadPayload, RawWebhook, parse_json
 
 UTM_KEYS = ("source", "medium", "campaign", "content", "term")
 FALLBACK_REGIONS = ("UA", "RU")
 MAX_VALUE = 10_000             # characters of one field: a form field, not a file
 FORM = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data"
 JSON = "application/json"
+ATTACHMENT_MAX_BYTES = 262144     # a file up to this travels in the event (base64); bigger: described
 
 
 def normalise_phone(text: Any, region: str = "UA") -> str | None:
@@ -119,6 +125,49 @@ def read_fields(body: bytes, content_type: str) -> dict[str, str | list[str]]:
         else:
             fields[key] = value
     return fields
+
+
+def read_multipart(raw: RawWebhook) -> tuple[dict[str, str | list[str]], list[dict[str, Any]]]:
+    """A `multipart/form-data` body (RFC 7578): text parts as fields, file parts as attachments
+    [{field, name, content_type, size, sha256, content_base64 (up to ATTACHMENT_MAX_BYTES), too_large}]."""
+    head = str(raw.headers.get("Content-Type", raw.content_type)).replace("\r", " ").replace("\n", " ")
+    message = BytesParser(policy=policy.default).parsebytes(f"Content-Type: {head}\r\n\r\n".encode() + raw.body)
+    if not message.is_multipart():
+        raise BadPayload("multipart body without parts (or without its boundary)")
+    fields: dict[str, str | list[str]] = {}
+    files: list[dict[str, Any]] = []
+    try:
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if not isinstance(name, str) or not name:
+                raise BadPayload("a multipart part without its field name")
+            if part.get_filename() is not None:
+                content = part.get_payload(decode=True) or b""
+                found = {"field": name, "name": part.get_filename(), "content_type": part.get_content_type(),
+                         "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
+                         "too_large": len(content) > ATTACHMENT_MAX_BYTES}
+                if not found["too_large"]:
+                    found["content_base64"] = base64.b64encode(content).decode("ascii")
+                files.append(found)
+                continue
+            # a browser sends text parts in the page's charset without saying so (HTML's
+            # "multipart/form-data encoding algorithm"): UTF-8 unless the part names another
+            raw_value = part.get_payload(decode=True) or b""
+            try:
+                value = raw_value.decode(part.get_content_charset() or "utf-8")
+            except UnicodeDecodeError:
+                raise BadPayload(f"form field {name[:40]!r} is not UTF-8") from None
+            if _bad_text(value) or _bad_text(name):
+                raise BadPayload(f"form field {name[:40]!r} is not text a form sends")
+            key = name[:-2] if name.endswith("[]") else name
+            if key in fields or name.endswith("[]"):
+                before = fields.get(key, [])
+                fields[key] = [*(before if isinstance(before, list) else [before]), value]
+            else:
+                fields[key] = value
+    except (LookupError, ValueError, TypeError, AttributeError, AssertionError) as exc:
+        raise BadPayload(f"unreadable multipart part: {type(exc).__name__}") from None
+    return fields, files
 
 
 def _flatten(node: dict[str, Any], prefix: str) -> dict[str, str | list[str]]:

@@ -13,8 +13,9 @@
           text: message
         submission_id: _wpcf7_submission_id   # the builder's own id of a submission (dedupe key)
 
-The body is form-encoded (`application/x-www-form-urlencoded`; `multipart/form-data` is not read)
-or a JSON object. The caller proves itself with the connection's secret in the URL (`token`) or in
+The body is form-encoded (`application/x-www-form-urlencoded`), `multipart/form-data` (text parts
+as fields, file parts as `attachments` like a letter's: up to 256 KiB carried as base64, bigger ones
+described) or a JSON object. The caller proves itself with the connection's secret in the URL (`token`) or in
 an `X-Crmbridge-Token` header, compared in constant time; a secret field in the body is never kept.
 A submission is one event per builder id (`submission_id`'s field); a builder that sends none is
 keyed by the body's content, so the same POST delivered twice is one event, and a second person's
@@ -30,7 +31,7 @@ from connectors.intake import leads
 
 SOURCE = "webform"
 INBOUND_ONLY = True
-CONTENT_TYPES = (leads.FORM, leads.JSON)
+CONTENT_TYPES = (leads.FORM, leads.MULTIPART, leads.JSON)
 TOKEN_HEADER = "X-Crmbridge-Token"
 # the names builders and hand-written forms commonly give (en, uk, ru); options.fields overrides
 DEFAULT_FIELDS = {
@@ -50,8 +51,12 @@ def verify(raw: RawWebhook, connection: Connection) -> None:
 
 def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
     options = connection.options or {}
-    fields = {k: v for k, v in leads.read_fields(raw.body, raw.content_type).items() if k not in SECRET_KEYS}
-    if not fields:
+    if raw.content_type == leads.MULTIPART:
+        fields, files = leads.read_multipart(raw)
+    else:
+        fields, files = leads.read_fields(raw.body, raw.content_type), []
+    fields = {k: v for k, v in fields.items() if k not in SECRET_KEYS}
+    if not fields and not files:
         raise BadPayload("no form fields in the body")
     mapping = {**DEFAULT_FIELDS, **{k: v for k, v in (options.get("fields") or {}).items()}}
     form_id = str(options.get("form_id") or connection.name)
@@ -65,9 +70,9 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
                       email=leads.first(fields, mapping["email"]), text=leads.first(fields, mapping["text"]),
                       page=leads.first(fields, mapping.get("page") or ["page", "page_url", "referer"]),
                       utm_tags=leads.utm(fields), region=leads.region_of(options),
-                      submission_id=submission, fields=fields)
+                      submission_id=submission, fields=fields, attachments=files)
     key = (f"{connection.name}:submission:{submission}" if submission
-           else event_id(connection.name, form_id, fields))
+           else event_id(connection.name, form_id, fields, [f["sha256"] for f in files]))
     return [Event(id=key, connection=connection.name, source=SOURCE, kind="form.submitted",
                   entity=Entity("form", form_id), data=data, raw=fields, occurred_at=utc_iso())]
 

@@ -201,3 +201,18 @@ def test_a_secret_in_the_body_is_never_kept_and_repeated_fields_are_lists():
 def test_form_bodies_that_are_no_form_are_refused(body, ctype, reason):
     with pytest.raises(BadPayload, match=reason):
         webform.parse(RawWebhook({}, ctype, body), CF7)
+
+
+MULTIPART = "multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW"
+
+
+def test_a_multipart_form_with_a_file():
+    body = payload("webform/multipart_with_file.multipart")
+    [event] = webform.parse(RawWebhook({"Content-Type": MULTIPART}, "multipart/form-data", body), CF7)
+    assert (event.data["name"], event.data["phone"]) == ("Олена Коваль", "+380671234567")
+    [att] = event.data["attachments"]
+    assert (att["field"], att["name"], att["content_type"], att["size"], att["too_large"]) == (
+        "your-file", "brief.pdf", "application/pdf", 15, False)
+    assert event.id == webform.parse(RawWebhook({"Content-Type": MULTIPART}, "multipart/form-data", body), CF7)[0].id
+    with pytest.raises(BadPayload, match="multipart"):       # the boundary missing from the header
+        webform.parse(RawWebhook({"Content-Type": "multipart/form-data"}, "multipart/form-data", body), CF7)
