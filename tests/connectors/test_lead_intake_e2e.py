@@ -37,17 +37,29 @@ def dovecot():
     remove(server)
 
 
-@pytest.fixture
-def door(tmp_path, portal, dovecot, redis_db):
+def open_door(tmp_path, portal, imap_port: int):
     from webhooks import create_app
     config = tmp_path / "config"
     shutil.copytree(EXAMPLE, config)
     env = {"B24_BASE_URL": portal.base_url, "B24_WEBHOOK_CODE": portal.code, "B24_APPLICATION_TOKEN": "app-token",
            "B24_RATE_PER_SECOND": "1000", "TILDA_WEBHOOK_SECRET": "tilda-secret", "SITE_FORM_SECRET": "form-secret",
            "JIVO_WEBHOOK_SECRET": "jivo-secret", "IMAP_USER": USER, "IMAP_PASSWORD": PASSWORD,
-           "IMAP_HOST": "127.0.0.1", "IMAP_PORT": str(dovecot.port), "IMAP_SECURITY": "none"}
-    app = create_app(settings=Settings(config_dir=config, redis_url=TEST_REDIS_URL, redis_prefix="crmbridge-test:",
-                                       queue_name="crmbridge-test", environ=env, testing=True))
+           "IMAP_HOST": "127.0.0.1", "IMAP_PORT": str(imap_port), "IMAP_SECURITY": "none"}
+    return create_app(settings=Settings(config_dir=config, redis_url=TEST_REDIS_URL, redis_prefix="crmbridge-test:",
+                                        queue_name="crmbridge-test", environ=env, testing=True))
+
+
+@pytest.fixture
+def door(tmp_path, portal, dovecot, redis_db):
+    app = open_door(tmp_path, portal, dovecot.port)
+    yield app.test_client(), app.extensions["crmbridge"]
+    app.extensions["crmbridge"].backend.close()
+
+
+@pytest.fixture
+def web_door(tmp_path, portal, redis_db):
+    """The webhooks only (the mailbox is not read in these tests)."""
+    app = open_door(tmp_path, portal, 1)
     yield app.test_client(), app.extensions["crmbridge"]
     app.extensions["crmbridge"].backend.close()
 
@@ -133,8 +145,8 @@ def test_an_email_with_only_an_attachment_from_someone_new(door, portal, dovecot
     assert mailbox.poll(rt, "sales-mail")["accepted"] == 0       # read once
 
 
-def test_a_contact_form_and_a_chat_without_contacts(door, portal):
-    client, rt = door
+def test_a_contact_form_and_a_chat_without_contacts(web_door, portal):
+    client, rt = web_door
     body = urlencode([("your-name", "Марія"), ("your-email", "Maria@Example.UA"), ("tel-412", "(050) 555-12-34"),
                       ("your-message", "Передзвоніть")]).encode()
     assert post(client, "/hooks/site-form?token=form-secret", body, FORM)["accepted"] == 1
@@ -160,3 +172,45 @@ def test_the_shipped_example_validates_offline():
     result = CliRunner().invoke(cli.cli, ["--config", str(EXAMPLE), "validate"], env={**env, "REDIS_URL": ""})
     assert result.exit_code == 0, result.output
     assert "5 connection(s), 2 rule(s)" in result.output
+
+
+JIVO_OK = payload("jivo/offline_message_uk.json")
+TILDA_OK = payload("tilda/submission_uk.form")
+
+
+@pytest.mark.parametrize("path, body, ctype, status, says", [
+    ("/hooks/site-tilda", TILDA_OK, FORM, 401, "secret"),
+    ("/hooks/site-tilda?token=tilda-secre", TILDA_OK, FORM, 401, "secret"),
+    ("/hooks/site-tilda?token=tilda-secret", TILDA_OK, "text/plain", 415, "content type"),
+    ("/hooks/site-tilda?token=tilda-secret", b"Name=x&tranid=1%3A2&formid=..%2Fx", FORM, 400, "formid"),
+    ("/hooks/site-tilda?token=tilda-secret", b"Name=%ff&tranid=1%3A2&formid=f1", FORM, 400, "UTF-8"),
+    ("/hooks/site-chat?token=jivo-secret", JIVO_OK, FORM, 415, "content type"),
+    ("/hooks/site-chat?token=jivo-secret", JIVO_OK.replace(b'"chat_id": 4410', b'"chat_id": "1/../../x"'),
+     "application/json", 400, "chat_id"),
+    ("/hooks/site-chat?token=jivo-secret", b'{"event_name": "offline_message", "event_name": "chat_finished"}',
+     "application/json", 400, "twice"),
+    ("/hooks/site-chat?token=jivo-secret", b"[" * 40 + b"]" * 40, "application/json", 400, "nested deeper"),
+    ("/hooks/site-form?token=form-secret", b"", FORM, 400, "no form fields"),
+    ("/hooks/site-form?token=form-secret", b'{"a": {"b": [{"c": 1}]}}', "application/json", 400, "list of"),
+    ("/hooks/sales-mail", b"{}", "application/json", 401, "IMAP"),
+])
+def test_what_a_door_never_gets_from_its_vendor_is_refused_and_leaves_nothing(web_door, path, body, ctype, status,
+                                                                              says):
+    client, rt = web_door
+    resp = client.post(path, data=body, content_type=ctype)
+    assert resp.status_code == status and says in resp.get_json()["error"], resp.get_data(as_text=True)
+    assert rt.backend.queue.count == 0
+
+
+def test_a_burst_of_submissions_each_lands_once_nothing_lost(web_door, portal):
+    """Thirty people fill the form within a second, and Tilda repeats a third of them: thirty
+    contacts, thirty deals, each made once."""
+    client, rt = web_door
+    bodies = [urlencode([("Name", f"Клієнт {n}"), ("Phone", f"+38067{n:07d}"), ("tranid", f"7000:{n}"),
+                         ("formid", "form1")]).encode() for n in range(30)]
+    answers = [post(client, "/hooks/site-tilda?token=tilda-secret", body, FORM) for body in bodies + bodies[:10]]
+    assert sum(a["accepted"] for a in answers) == 30 and sum(a["duplicates"] for a in answers) == 10
+    run_worker(rt)
+    phones = sorted(c["fields"]["PHONE"][0]["VALUE"] for c in calls(portal, "crm.contact.add"))
+    assert phones == sorted(f"+38067{n:07d}" for n in range(30))
+    assert len(calls(portal, "crm.deal.add")) == 30 and len(comments(portal)) == 30
