@@ -29,10 +29,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import imaplib
+import logging
 import re
 import socket
 import ssl
-from datetime import datetime
+from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
@@ -44,6 +45,8 @@ from connectors.base import (
     event_id, utc_iso,
 )
 from connectors.intake import leads
+
+log = logging.getLogger("crmbridge.connectors.imap")
 
 SOURCE = "imap"
 CONTENT_TYPES: tuple[str, ...] = ()
@@ -92,7 +95,9 @@ class Client(BaseClient):
                 return validity, max(self._search(imap, "ALL"), default=0), []
             rebuilt = uidvalidity is not None and uidvalidity != validity
             if rebuilt:
-                uids = self._search(imap, f"SINCE {since.strftime('%d-%b-%Y')}" if since else "ALL")
+                # SINCE compares the server's own date of arrival: a day earlier covers its time zone
+                day = (since - timedelta(days=1)).strftime("%d-%b-%Y") if since else None
+                uids = self._search(imap, f"SINCE {day}" if day else "ALL")
             else:
                 uids = [u for u in self._search(imap, f"UID {last_uid + 1}:*") if u > last_uid]
             out = []
@@ -110,7 +115,22 @@ class Client(BaseClient):
                 pass
 
     def event(self, raw: bytes, validity: int, uid: int) -> Event:
-        """One message as an event (the lead shape plus the letter's own fields)."""
+        """One message as an event (the lead shape plus the letter's own fields). A letter the
+        e-mail parser cannot read (anyone can send anything to a sales address) is still one
+        event, with its size and `unreadable` saying why: one broken letter never stops the mailbox."""
+        try:
+            return self._event(raw, validity, uid)
+        except Exception as exc:  # noqa: BLE001 - untrusted mail: whatever the parser raises
+            log.warning("mailbox %s: UID %s unreadable: %s", self.connection.name, uid, type(exc).__name__)
+            name = self.connection.name
+            data = leads.lead(door=SOURCE, connection=name, form=str((self.connection.options or {}).get("folder")
+                                                                        or "INBOX"),
+                              uid=uid, uidvalidity=validity, unreadable=f"{type(exc).__name__}: {str(exc)[:200]}")
+            return Event(id=f"{name}:uid:{validity}:{uid}", connection=name, source=SOURCE, kind="message.received",
+                         entity=Entity("email", f"{validity}.{uid}"), data=data,
+                         raw={"uid": uid, "uidvalidity": validity, "size": len(raw)}, occurred_at=utc_iso())
+
+    def _event(self, raw: bytes, validity: int, uid: int) -> Event:
         msg = message_from_bytes(raw, policy=policy.default)
         name = self.connection.name
         options = self.connection.options or {}

@@ -214,3 +214,20 @@ def test_polls_are_planned_once_per_slot(tmp_path, dovecot, redis_db, monkeypatc
     assert mailbox.poll_job("sales-mail") == {"accepted": 1, "seen": 0, "last_uid": 1}
     assert len(rt.backend.queue.scheduled_job_registry.get_job_ids()) == 1
     rt.backend.close()
+
+
+def test_a_letter_the_parser_cannot_read_is_still_one_event_and_the_mailbox_goes_on(dovecot, monkeypatch):
+    dovecot.deliver(letter("Зламаний", "текст"))
+    dovecot.deliver(letter("Нормальний", "текст"))
+    real = imap._text_of
+
+    def breaks_on_the_first(msg):
+        if "Зламаний" in str(msg["Subject"]):
+            raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
+        return real(msg)
+    monkeypatch.setattr(imap, "_text_of", breaks_on_the_first)
+    client = imap.Client(conn(dovecot, start="all"))
+    validity, upto, [(_, broken), (_, fine)] = client.read_new(None, 0)
+    assert broken.id == f"sales-mail:uid:{validity}:1" and broken.data["unreadable"].startswith("UnicodeEncodeError")
+    assert (broken.data["email"], broken.data["text"]) == (None, None)
+    assert fine.data["subject"] == "Нормальний" and upto == 2
