@@ -15,17 +15,21 @@ import pytest
 
 from config.settings import Settings
 from pipeline import mailbox
-from tests.conftest import ROOT, TEST_REDIS_URL, payload, run_worker
+from tests.conftest import ROOT, TEST_REDIS_URL, TG_TOKEN, payload, run_worker
 from tests.dovecot_server import PASSWORD, USER, remove, start_dovecot
-from tests.fakes_bitrix24 import FakeBitrix24
+from tests.fakes_bitrix24 import FakeBitrix24, field
 
 EXAMPLE = ROOT / "config" / "examples" / "lead-intake"
 FORM = "application/x-www-form-urlencoded"
 
 
+TG_ID = "UF_CRM_1733000000010"     # the contact field "Telegram ID" the set-up adds
+
+
 @pytest.fixture
 def portal():
     fake = FakeBitrix24().start()
+    fake.fields["contact"][TG_ID] = field("string", TG_ID, "Telegram ID")
     yield fake
     fake.stop()
 
@@ -37,14 +41,15 @@ def dovecot():
     remove(server)
 
 
-def open_door(tmp_path, portal, imap_port: int):
+def open_door(tmp_path, portal, imap_port: int, telegram_url: str = "http://127.0.0.1:1"):
     from webhooks import create_app
     config = tmp_path / "config"
     shutil.copytree(EXAMPLE, config)
     env = {"B24_BASE_URL": portal.base_url, "B24_WEBHOOK_CODE": portal.code, "B24_APPLICATION_TOKEN": "app-token",
            "B24_RATE_PER_SECOND": "1000", "TILDA_WEBHOOK_SECRET": "tilda-secret", "SITE_FORM_SECRET": "form-secret",
            "JIVO_WEBHOOK_SECRET": "jivo-secret", "IMAP_USER": USER, "IMAP_PASSWORD": PASSWORD,
-           "IMAP_HOST": "127.0.0.1", "IMAP_PORT": str(imap_port), "IMAP_SECURITY": "none"}
+           "IMAP_HOST": "127.0.0.1", "IMAP_PORT": str(imap_port), "IMAP_SECURITY": "none",
+           "TELEGRAM_API_URL": telegram_url, "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret"}
     return create_app(settings=Settings(config_dir=config, redis_url=TEST_REDIS_URL, redis_prefix="crmbridge-test:",
                                         queue_name="crmbridge-test", environ=env, testing=True))
 
@@ -57,9 +62,9 @@ def door(tmp_path, portal, dovecot, redis_db):
 
 
 @pytest.fixture
-def web_door(tmp_path, portal, redis_db):
+def web_door(tmp_path, portal, fake_tg, redis_db):
     """The webhooks only (the mailbox is not read in these tests)."""
-    app = open_door(tmp_path, portal, 1)
+    app = open_door(tmp_path, portal, 1, fake_tg.url)
     yield app.test_client(), app.extensions["crmbridge"]
     app.extensions["crmbridge"].backend.close()
 
@@ -171,7 +176,7 @@ def test_the_shipped_example_validates_offline():
     env = {name: ("https://x.example" if "URL" in name else "v") for name in re.findall(r"\$\{([A-Z_0-9]+)\}", text)}
     result = CliRunner().invoke(cli.cli, ["--config", str(EXAMPLE), "validate"], env={**env, "REDIS_URL": ""})
     assert result.exit_code == 0, result.output
-    assert "5 connection(s), 2 rule(s)" in result.output
+    assert "6 connection(s), 3 rule(s)" in result.output
 
 
 JIVO_OK = payload("jivo/offline_message_uk.json")
@@ -214,3 +219,28 @@ def test_a_burst_of_submissions_each_lands_once_nothing_lost(web_door, portal):
     phones = sorted(c["fields"]["PHONE"][0]["VALUE"] for c in calls(portal, "crm.contact.add"))
     assert phones == sorted(f"+38067{n:07d}" for n in range(30))
     assert len(calls(portal, "crm.deal.add")) == 30 and len(comments(portal)) == 30
+
+
+def test_a_private_message_to_the_bot_makes_the_contact_and_deal_then_joins_it(web_door, portal):
+    client, rt = web_door
+    update = json.loads(payload("telegram/message_private_text.json"))   # from Test Firstname Test Lastname
+
+    def message(update_id: int, text: str) -> None:
+        update["update_id"], update["message"]["text"] = update_id, text
+        resp = client.post("/hooks/site-bot", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret"})
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        run_worker(rt)
+
+    sender = str(update["message"]["from"]["id"])
+    message(20001, "Скільки коштує торт на 3 кг?")
+    [made] = calls(portal, "crm.contact.add")
+    assert made["fields"][TG_ID] == sender and made["fields"]["NAME"] == "Test Firstname Test Lastname"
+    [deal] = calls(portal, "crm.deal.add")
+    assert deal["fields"]["TITLE"] == "Telegram: Test Firstname Test Lastname"
+    message(20002, "І ще: чи є доставка?")
+    assert len(calls(portal, "crm.contact.add")) == 1 and len(calls(portal, "crm.deal.add")) == 1
+    deal_id = max(portal.records["deal"])
+    assert [(k, d) for k, d, _ in comments(portal)] == [("deal", deal_id), ("deal", deal_id)]
+    assert comments(portal)[1][2].endswith(": І ще: чи є доставка?")
+    message(20002, "І ще: чи є доставка?")      # Telegram delivers the update again: nothing twice
+    assert len(comments(portal)) == 2
