@@ -54,7 +54,33 @@ OUTBOUND_ONLY = True          # no webhook calls in, so no webhook secret (the w
 RECORD_ONLY_WITHOUT_CREDENTIALS = False
 SECURITY = ("ssl", "starttls", "none")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# how often to poll: whole minutes, hours or days (what rules/calendar.py's parse_duration reads of them)
+EVERY = re.compile(r"\s*[1-9]\d{0,3}\s*(min|mins|minute|minutes|h|hr|hrs|hour|hours|day|days)\s*", re.IGNORECASE)
 PHONE_IN_TEXT = re.compile(r"(?<![\w+])(\+?\d[\d\s()\-]{8,18}\d)(?!\w)")
+
+
+def option_problems(options: dict[str, Any]) -> list[tuple[str, str]]:
+    """What is wrong with a connection's options, as (key, problem): checked at start-up
+    (config/connections.py reports each with its file:line), so a poll never finds out first."""
+    found = []
+    if not str(options.get("host") or "").strip():
+        found.append(("host", "expected the IMAP server's host name (imap.example.com), found nothing"))
+    security = str(options.get("security") or "ssl")
+    if security not in SECURITY:
+        found.append(("security", f"expected one of {', '.join(SECURITY)}, found {security!r}"))
+    elif security == "none" and str(options.get("host") or "") not in LOOPBACK:
+        found.append(("security", "none sends the password in clear text: only for a server on this machine "
+                                  f"({', '.join(LOOPBACK)}); use ssl or starttls"))
+    for key, low, high in (("port", 1, 65535), ("batch", 1, 1000), ("attachment_max_bytes", 0, 10 * 2 ** 20)):
+        value = options.get(key)
+        if value is not None and not (str(value).isdigit() and low <= int(value) <= high):
+            found.append((key, f"expected a whole number from {low} to {high}, found {value!r}"))
+    if str(options.get("start") or "new") not in ("new", "all"):
+        found.append(("start", f"expected new or all, found {options.get('start')!r}"))
+    every = options.get("every")
+    if every is not None and not EVERY.fullmatch(str(every)):
+        found.append(("every", f"expected a duration such as 1 minute, 15 minutes or 1 hour, found {every!r}"))
+    return found
 
 
 def verify(raw: RawWebhook, connection: Connection) -> None:

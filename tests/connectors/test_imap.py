@@ -231,3 +231,33 @@ def test_a_letter_the_parser_cannot_read_is_still_one_event_and_the_mailbox_goes
     assert broken.id == f"sales-mail:uid:{validity}:1" and broken.data["unreadable"].startswith("UnicodeEncodeError")
     assert (broken.data["email"], broken.data["text"]) == (None, None)
     assert fine.data["subject"] == "Нормальний" and upto == 2
+
+
+def test_wrong_options_are_reported_at_start_up_with_their_line(tmp_path):
+    from config.connections import load_connections
+    from config.loader import ConfigErrors
+    path = tmp_path / "connections.yaml"
+    path.write_text("""connections:
+  sales-mail:
+    type: imap
+    credentials: {user: "${IMAP_USER}", password: "${IMAP_PASSWORD}"}
+    options:
+      host: imap.example.com
+      security: none
+      port: 99999
+      every: 2 working hours
+      start: everything
+""", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_connections(path, {"IMAP_USER": "u", "IMAP_PASSWORD": "p"}, shown_as="connections.yaml")
+    said = [str(e) for e in caught.value.errors]
+    assert said == [
+        'connections.yaml:7: connection "sales-mail" → options → security: none sends the password in clear text: '
+        "only for a server on this machine (127.0.0.1, ::1, localhost); use ssl or starttls",
+        'connections.yaml:8: connection "sales-mail" → options → port: expected a whole number from 1 to 65535, '
+        "found 99999",
+        'connections.yaml:9: connection "sales-mail" → options → every: expected a duration such as 1 minute, '
+        "15 minutes or 1 hour, found '2 working hours'",
+        'connections.yaml:10: connection "sales-mail" → options → start: expected new or all, found \'everything\'']
+    assert imap.option_problems({"host": "imap.example.com", "every": "15 minutes", "port": "993"}) == []
+    assert imap.option_problems({})[0][0] == "host"
