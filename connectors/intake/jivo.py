@@ -120,5 +120,10 @@ def _messages(items: Any) -> list[dict[str, Any]]:
     return found
 
 
+def option_problems(options: dict[str, Any]) -> list[tuple[str, str]]:
+    """Checked at start-up (config/connections.py, with file:line)."""
+    return [(k, m) for k, m in leads.form_option_problems(options) if k == "region"]
+
+
 class Client(BaseClient):
     """Jivo's webhooks are inbound only."""

@@ -217,3 +217,26 @@ def first(fields: dict[str, Any], names: Any) -> Any:
         if key is not None:
             return fields[key]
     return None
+
+
+LEAD_KEYS = ("name", "phone", "email", "text", "page")
+
+
+def form_option_problems(options: dict[str, Any]) -> list[tuple[str, str]]:
+    """A form door's options, checked at start-up: `fields` maps lead keys to the form's field
+    names (a name or a list of names), `region` is a country code phonenumbers knows."""
+    found = []
+    fields = options.get("fields")
+    if fields is not None:
+        if not isinstance(fields, dict):
+            found.append(("fields", f"expected a mapping such as {{name: your-name, phone: tel}}, found {fields!r}"))
+        else:
+            for key, names in fields.items():
+                if key not in LEAD_KEYS:
+                    found.append(("fields", f"unknown key {key!r}; expected one of: {', '.join(LEAD_KEYS)}"))
+                elif not (isinstance(names, str) or isinstance(names, list) and all(isinstance(n, str) for n in names)):
+                    found.append(("fields", f"{key}: expected a field name or a list of them, found {names!r}"))
+    region = options.get("region")
+    if region is not None and str(region).upper() not in phonenumbers.SUPPORTED_REGIONS:
+        found.append(("region", f"expected a country code such as UA or RU, found {region!r}"))
+    return found

@@ -58,5 +58,10 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
                   raw={k: v for k, v in fields.items() if k != "token"}, occurred_at=utc_iso())]
 
 
+def option_problems(options: dict) -> list[tuple[str, str]]:
+    """Checked at start-up (config/connections.py, with file:line)."""
+    return leads.form_option_problems(options)
+
+
 class Client(BaseClient):
     """Tilda's webhook is inbound only."""

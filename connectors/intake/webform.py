@@ -77,5 +77,15 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
                   entity=Entity("form", form_id), data=data, raw=fields, occurred_at=utc_iso())]
 
 
+def option_problems(options: dict[str, Any]) -> list[tuple[str, str]]:
+    """Checked at start-up (config/connections.py, with file:line)."""
+    found = leads.form_option_problems(options)
+    for key in ("form_id", "submission_id"):
+        value = options.get(key)
+        if value is not None and not (isinstance(value, str) and ID.fullmatch(value)):
+            found.append((key, f"expected 1-128 of A-Z a-z 0-9 _ . : @ -, found {value!r}"))
+    return found
+
+
 class Client(BaseClient):
     """A website form is inbound only: rules act through the CRM's connection."""

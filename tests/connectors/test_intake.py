@@ -216,3 +216,35 @@ def test_a_multipart_form_with_a_file():
     assert event.id == webform.parse(RawWebhook({"Content-Type": MULTIPART}, "multipart/form-data", body), CF7)[0].id
     with pytest.raises(BadPayload, match="multipart"):       # the boundary missing from the header
         webform.parse(RawWebhook({"Content-Type": "multipart/form-data"}, "multipart/form-data", body), CF7)
+
+
+def test_form_options_are_checked_at_start_up_with_their_line(tmp_path):
+    from config.connections import load_connections
+    from config.loader import ConfigErrors
+    path = tmp_path / "connections.yaml"
+    path.write_text("""connections:
+  site-form:
+    type: webform
+    webhook_secret: ${S}
+    options:
+      fields: [your-name]
+      submission_id: "a b"
+  site-tilda:
+    type: tilda
+    webhook_secret: ${S}
+    options:
+      fields: {name: Name, telephone: Phone}
+      region: Ukraine
+""", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_connections(path, {"S": "s"}, shown_as="connections.yaml")
+    assert [str(e) for e in caught.value.errors] == [
+        'connections.yaml:6: connection "site-form" → options → fields: expected a mapping such as '
+        "{name: your-name, phone: tel}, found ['your-name']",
+        'connections.yaml:7: connection "site-form" → options → submission_id: expected 1-128 of A-Z a-z 0-9 _ . : @ -, '
+        "found 'a b'",
+        'connections.yaml:12: connection "site-tilda" → options → fields: unknown key \'telephone\'; expected one of: '
+        "name, phone, email, text, page",
+        'connections.yaml:13: connection "site-tilda" → options → region: expected a country code such as UA or RU, '
+        "found 'Ukraine'"]
+    assert webform.option_problems(CF7.options) == [] and jivo.option_problems({"region": "RU"}) == []
