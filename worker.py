@@ -15,7 +15,7 @@ from config.loader import ConfigErrors
 from config.settings import Settings
 from connectors.base import Event
 from pipeline import audit, clock, dead_letters, execute, links, observers, order, resume, retry, snapshot, stages, timers
-from pipeline import catch_up as catching_up
+from pipeline import catch_up as catching_up, mailbox
 from pipeline.snapshot import Change
 from rules import MODULES
 from ratelimit import SlotLater
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     wait_for_redis(rt.store.ping)   # started before Redis (a reboot, a fail-over): wait, do not exit
     timers.ensure_schedules(rt)
     catching_up.ensure(rt)
+    mailbox.ensure(rt)   # the imap connections' polls (pipeline/mailbox.py)
     burst = "--burst" in (argv or sys.argv[1:])
     if burst:
         rt.backend.fire_due_timers()

@@ -142,6 +142,8 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
     _check_rate(name, ctype, options, err, result)
     _check_rate_limit(name, ctype, options, raw_options, err, result)
     _check_zone(name, ctype, options, err, result)
+    for key, problem in getattr(CONNECTORS.get(ctype), "option_problems", lambda _: [])(options):
+        err(key, f"options → {key}: {problem}", raw_options)   # a connector's own options (connectors/intake/)
     conn = Connection(name=name, type=str(ctype), base_url=base_url, credentials=credentials,
                       webhook_secret=secret, calendar=calendar, options=options)
     if ctype in CONNECTORS and not conn.record_only and base_url is None and getattr(

@@ -4,6 +4,7 @@ from connectors import bitrix24
 from connectors import forms, planfix
 from connectors import inbox
 from connectors import email, webhook, zadarma
+from connectors.intake import imap, jivo, tilda, webform
 
 CONNECTORS = {
     "amocrm": amocrm,
@@ -15,4 +16,5 @@ CONNECTORS = {
     "email": email,
     "webhook": webhook,
     "zadarma": zadarma,
+    "webform": webform, "tilda": tilda, "jivo": jivo, "imap": imap,   # lead intake (connectors/intake/)
 }

@@ -1,0 +1,246 @@
+"""E1 end to end: the shipped config/examples/lead-intake/ in the real app and a real RQ worker on
+real Redis, against the fake Bitrix24 portal (tests/fakes_bitrix24.py) and a real IMAP server
+(dovecot, tests/dovecot_server.py). The same person from the Tilda form and then from the Jivo chat
+(the phone typed otherwise) is one contact with one deal in the first stage, both requests in its
+timeline; a webhook delivered again does nothing twice; an e-mail from someone else with only an
+attachment makes that person's contact and deal."""
+from __future__ import annotations
+
+import json
+import shutil
+from email.message import EmailMessage
+from urllib.parse import urlencode
+
+import pytest
+
+from config.settings import Settings
+from pipeline import mailbox
+from tests.conftest import ROOT, TEST_REDIS_URL, TG_TOKEN, payload, run_worker
+from tests.dovecot_server import PASSWORD, USER, remove, start_dovecot
+from tests.fakes_bitrix24 import FakeBitrix24, field
+
+EXAMPLE = ROOT / "config" / "examples" / "lead-intake"
+FORM = "application/x-www-form-urlencoded"
+
+
+TG_ID = "UF_CRM_1733000000010"     # the contact field "Telegram ID" the set-up adds
+
+
+@pytest.fixture
+def portal():
+    fake = FakeBitrix24().start()
+    fake.fields["contact"][TG_ID] = field("string", TG_ID, "Telegram ID")
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def dovecot():
+    server = start_dovecot()
+    yield server
+    remove(server)
+
+
+def open_door(tmp_path, portal, imap_port: int, telegram_url: str = "http://127.0.0.1:1"):
+    from webhooks import create_app
+    config = tmp_path / "config"
+    shutil.copytree(EXAMPLE, config)
+    env = {"B24_BASE_URL": portal.base_url, "B24_WEBHOOK_CODE": portal.code, "B24_APPLICATION_TOKEN": "app-token",
+           "B24_RATE_PER_SECOND": "1000", "TILDA_WEBHOOK_SECRET": "tilda-secret", "SITE_FORM_SECRET": "form-secret",
+           "JIVO_WEBHOOK_SECRET": "jivo-secret", "IMAP_USER": USER, "IMAP_PASSWORD": PASSWORD,
+           "IMAP_HOST": "127.0.0.1", "IMAP_PORT": str(imap_port), "IMAP_SECURITY": "none",
+           "TELEGRAM_API_URL": telegram_url, "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret"}
+    return create_app(settings=Settings(config_dir=config, redis_url=TEST_REDIS_URL, redis_prefix="crmbridge-test:",
+                                        queue_name="crmbridge-test", environ=env, testing=True))
+
+
+@pytest.fixture
+def door(tmp_path, portal, dovecot, redis_db):
+    app = open_door(tmp_path, portal, dovecot.port)
+    yield app.test_client(), app.extensions["crmbridge"]
+    app.extensions["crmbridge"].backend.close()
+
+
+@pytest.fixture
+def web_door(tmp_path, portal, fake_tg, redis_db):
+    """The webhooks only (the mailbox is not read in these tests)."""
+    app = open_door(tmp_path, portal, 1, fake_tg.url)
+    yield app.test_client(), app.extensions["crmbridge"]
+    app.extensions["crmbridge"].backend.close()
+
+
+def calls(portal, method: str) -> list[dict]:
+    return [c.body for c in portal.method_calls(method)]
+
+
+def comments(portal) -> list[tuple[str, int, str]]:
+    return [(c["fields"]["ENTITY_TYPE"], int(c["fields"]["ENTITY_ID"]), c["fields"]["COMMENT"])
+            for c in calls(portal, "crm.timeline.comment.add")]
+
+
+def post(client, path: str, body: bytes, ctype: str) -> dict:
+    resp = client.post(path, data=body, content_type=ctype)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return resp.get_json()
+
+
+def test_one_person_from_the_form_then_the_chat_is_one_contact_one_deal(door, portal):
+    client, rt = door
+    # Tilda checks the URL first: answered, nothing made
+    assert post(client, "/hooks/site-tilda?token=tilda-secret", payload("tilda/test_request.form"), FORM) == {
+        "accepted": 0, "duplicates": 0}
+    tilda = payload("tilda/submission_uk.form")          # Олена, +380 (67) 123-45-67
+    assert post(client, "/hooks/site-tilda?token=tilda-secret", tilda, FORM) == {"accepted": 1, "duplicates": 0}
+    run_worker(rt)
+    [made] = calls(portal, "crm.contact.add")
+    assert made["fields"]["NAME"] == "Олена Коваль"
+    assert made["fields"]["PHONE"] == [{"VALUE": "+380671234567", "VALUE_TYPE": "WORK"}]
+    [deal] = calls(portal, "crm.deal.add")
+    contact_id = max(portal.records["contact"])
+    assert deal == {"fields": {"TITLE": "Заявка з сайту (Tilda): Олена Коваль", "CONTACT_IDS": [contact_id]}}
+    deal_id = max(portal.records["deal"])
+    assert "STAGE_ID" not in deal["fields"]      # Bitrix24 puts it in the default funnel's first stage
+    [(kind, where, note)] = comments(portal)
+    assert (kind, where) == ("deal", deal_id)
+    assert note.splitlines() == [
+        "Форма на сайті (Tilda), form123456789", "Олена Коваль, +380671234567, olena.koval@example.com",
+        "Цікавить весільний торт на 40 гостей", "UTM: source=instagram, medium=cpc, campaign=wedding_2026"]
+
+    # Tilda did not get its answer in 5 seconds and sends the same submission again: nothing twice
+    assert post(client, "/hooks/site-tilda?token=tilda-secret", tilda, FORM) == {"accepted": 0, "duplicates": 1}
+    run_worker(rt)
+    assert len(calls(portal, "crm.contact.add")) == 1 and len(comments(portal)) == 1
+
+    # the same person writes in the chat the next day, the phone typed nationally: 067 123 45 67
+    jivo = payload("jivo/offline_message_uk.json")
+    assert post(client, "/hooks/site-chat?token=jivo-secret", jivo, "application/json")["accepted"] == 1
+    run_worker(rt)
+    assert len(calls(portal, "crm.contact.add")) == 1 and len(calls(portal, "crm.deal.add")) == 1
+    [_, (kind, where, note)] = comments(portal)
+    assert (kind, where) == ("deal", deal_id)    # her open deal, not a new one
+    assert note.startswith("Онлайн-чат Jivo, 3948, https://cake.example.ua/wedding\n")
+    assert "Потрібен торт на весілля" in note and "UTM: source=google, medium=cpc" in note
+    assert post(client, "/hooks/site-chat?token=jivo-secret", jivo, "application/json") == {
+        "accepted": 0, "duplicates": 1}
+
+    # a wrong secret is refused before anything is read
+    resp = client.post("/hooks/site-chat?token=nope", data=jivo, content_type="application/json")
+    assert resp.status_code == 401
+
+
+def test_an_email_with_only_an_attachment_from_someone_new(door, portal, dovecot):
+    client, rt = door
+    assert mailbox.poll(rt, "sales-mail")["accepted"] == 0        # start: new — the mark is set
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "Ivan Petrov <Ivan@Example.RU>", "sales@cake.example.ua", "Кошторис"
+    msg["Message-ID"] = "<scan-1@example.ru>"
+    msg.add_attachment(b"%PDF-1.4\n%%EOF\n", maintype="application", subtype="pdf", filename="smeta.pdf")
+    dovecot.deliver(bytes(msg))
+    assert mailbox.poll(rt, "sales-mail") == {"accepted": 1, "seen": 0, "last_uid": 1}
+    run_worker(rt)
+    [found] = calls(portal, "crm.duplicate.findbycomm")[:1]
+    assert found == {"entity_type": "CONTACT", "type": "EMAIL", "values": ["ivan@example.ru"]}
+    [made] = calls(portal, "crm.contact.add")
+    assert made["fields"]["EMAIL"] == [{"VALUE": "ivan@example.ru", "VALUE_TYPE": "WORK"}]
+    [deal] = calls(portal, "crm.deal.add")
+    assert deal["fields"]["TITLE"] == "Лист на пошту: Ivan Petrov"
+    [(_, _, note)] = comments(portal)
+    assert note.splitlines() == ["Лист на пошту, INBOX", "Ivan Petrov, ivan@example.ru", "Тема: Кошторис",
+                                 "Вкладення: smeta.pdf"]
+    assert mailbox.poll(rt, "sales-mail")["accepted"] == 0       # read once
+
+
+def test_a_contact_form_and_a_chat_without_contacts(web_door, portal):
+    client, rt = web_door
+    body = urlencode([("your-name", "Марія"), ("your-email", "Maria@Example.UA"), ("tel-412", "(050) 555-12-34"),
+                      ("your-message", "Передзвоніть")]).encode()
+    assert post(client, "/hooks/site-form?token=form-secret", body, FORM)["accepted"] == 1
+    chat = json.loads(payload("jivo/chat_finished.json"))
+    chat["visitor"] = {"name": "Гість", "description": "", "number": "1", "chats_count": 1}
+    assert post(client, "/hooks/site-chat?token=jivo-secret", json.dumps(chat).encode(), "application/json")[
+        "accepted"] == 1
+    run_worker(rt)
+    [made] = calls(portal, "crm.contact.add")
+    assert made["fields"]["PHONE"] == [{"VALUE": "+380505551234", "VALUE_TYPE": "WORK"}]
+    [deal] = calls(portal, "crm.deal.add")       # the chat left no contacts: no deal for it
+    assert deal["fields"]["TITLE"] == "Заявка з сайту: Марія"
+
+
+def test_the_shipped_example_validates_offline():
+    import re
+
+    from click.testing import CliRunner
+
+    import cli
+    text = (EXAMPLE / "connections.yaml").read_text(encoding="utf-8")
+    env = {name: ("https://x.example" if "URL" in name else "v") for name in re.findall(r"\$\{([A-Z_0-9]+)\}", text)}
+    result = CliRunner().invoke(cli.cli, ["--config", str(EXAMPLE), "validate"], env={**env, "REDIS_URL": ""})
+    assert result.exit_code == 0, result.output
+    assert "6 connection(s), 3 rule(s)" in result.output
+
+
+JIVO_OK = payload("jivo/offline_message_uk.json")
+TILDA_OK = payload("tilda/submission_uk.form")
+
+
+@pytest.mark.parametrize("path, body, ctype, status, says", [
+    ("/hooks/site-tilda", TILDA_OK, FORM, 401, "secret"),
+    ("/hooks/site-tilda?token=tilda-secre", TILDA_OK, FORM, 401, "secret"),
+    ("/hooks/site-tilda?token=tilda-secret", TILDA_OK, "text/plain", 415, "content type"),
+    ("/hooks/site-tilda?token=tilda-secret", b"Name=x&tranid=1%3A2&formid=..%2Fx", FORM, 400, "formid"),
+    ("/hooks/site-tilda?token=tilda-secret", b"Name=%ff&tranid=1%3A2&formid=f1", FORM, 400, "UTF-8"),
+    ("/hooks/site-chat?token=jivo-secret", JIVO_OK, FORM, 415, "content type"),
+    ("/hooks/site-chat?token=jivo-secret", JIVO_OK.replace(b'"chat_id": 4410', b'"chat_id": "1/../../x"'),
+     "application/json", 400, "chat_id"),
+    ("/hooks/site-chat?token=jivo-secret", b'{"event_name": "offline_message", "event_name": "chat_finished"}',
+     "application/json", 400, "twice"),
+    ("/hooks/site-chat?token=jivo-secret", b"[" * 40 + b"]" * 40, "application/json", 400, "nested deeper"),
+    ("/hooks/site-form?token=form-secret", b"", FORM, 400, "no form fields"),
+    ("/hooks/site-form?token=form-secret", b'{"a": {"b": [{"c": 1}]}}', "application/json", 400, "list of"),
+    ("/hooks/sales-mail", b"{}", "application/json", 401, "IMAP"),
+])
+def test_what_a_door_never_gets_from_its_vendor_is_refused_and_leaves_nothing(web_door, path, body, ctype, status,
+                                                                              says):
+    client, rt = web_door
+    resp = client.post(path, data=body, content_type=ctype)
+    assert resp.status_code == status and says in resp.get_json()["error"], resp.get_data(as_text=True)
+    assert rt.backend.queue.count == 0
+
+
+def test_a_burst_of_submissions_each_lands_once_nothing_lost(web_door, portal):
+    """Thirty people fill the form within a second, and Tilda repeats a third of them: thirty
+    contacts, thirty deals, each made once."""
+    client, rt = web_door
+    bodies = [urlencode([("Name", f"Клієнт {n}"), ("Phone", f"+38067{n:07d}"), ("tranid", f"7000:{n}"),
+                         ("formid", "form1")]).encode() for n in range(30)]
+    answers = [post(client, "/hooks/site-tilda?token=tilda-secret", body, FORM) for body in bodies + bodies[:10]]
+    assert sum(a["accepted"] for a in answers) == 30 and sum(a["duplicates"] for a in answers) == 10
+    run_worker(rt)
+    phones = sorted(c["fields"]["PHONE"][0]["VALUE"] for c in calls(portal, "crm.contact.add"))
+    assert phones == sorted(f"+38067{n:07d}" for n in range(30))
+    assert len(calls(portal, "crm.deal.add")) == 30 and len(comments(portal)) == 30
+
+
+def test_a_private_message_to_the_bot_makes_the_contact_and_deal_then_joins_it(web_door, portal):
+    client, rt = web_door
+    update = json.loads(payload("telegram/message_private_text.json"))   # from Test Firstname Test Lastname
+
+    def message(update_id: int, text: str) -> None:
+        update["update_id"], update["message"]["text"] = update_id, text
+        resp = client.post("/hooks/site-bot", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret"})
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        run_worker(rt)
+
+    sender = str(update["message"]["from"]["id"])
+    message(20001, "Скільки коштує торт на 3 кг?")
+    [made] = calls(portal, "crm.contact.add")
+    assert made["fields"][TG_ID] == sender and made["fields"]["NAME"] == "Test Firstname Test Lastname"
+    [deal] = calls(portal, "crm.deal.add")
+    assert deal["fields"]["TITLE"] == "Telegram: Test Firstname Test Lastname"
+    message(20002, "І ще: чи є доставка?")
+    assert len(calls(portal, "crm.contact.add")) == 1 and len(calls(portal, "crm.deal.add")) == 1
+    deal_id = max(portal.records["deal"])
+    assert [(k, d) for k, d, _ in comments(portal)] == [("deal", deal_id), ("deal", deal_id)]
+    assert comments(portal)[1][2].endswith(": І ще: чи є доставка?")
+    message(20002, "І ще: чи є доставка?")      # Telegram delivers the update again: nothing twice
+    assert len(comments(portal)) == 2
