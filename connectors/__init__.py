@@ -4,6 +4,8 @@ from connectors import bitrix24
 from connectors import forms, planfix
 from connectors import inbox
 from connectors import email, webhook, zadarma
+from connectors import viber
+from connectors.sms import smsc, turbosms
 
 CONNECTORS = {
     "amocrm": amocrm,
@@ -15,4 +17,7 @@ CONNECTORS = {
     "email": email,
     "webhook": webhook,
     "zadarma": zadarma,
+    "viber": viber,
+    "turbosms": turbosms,
+    "smsc": smsc,
 }

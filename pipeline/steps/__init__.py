@@ -21,6 +21,7 @@ from pipeline.steps import (
     move_forward,
     record,
     send_digest,
+    send_sms,
     start_next_task,
     track_time,
 )
@@ -38,6 +39,7 @@ STEPS: dict[str, Any] = {
     "move_forward": move_forward,
     "record": record,
     "send_digest": send_digest,
+    "send_sms": send_sms,
     "start_next_task": start_next_task,
     "track_time": track_time,
 }
