@@ -334,9 +334,12 @@ class Client(BaseClient):
             raise PermanentApiError(f"{receiver[:40]!r} is not a Viber user id")
         return receiver
 
-    def send_message(self, chat: str, text: str, buttons: list | None = None,
+    def send_message(self, chat: str, text: str, buttons: list | None = None, parse_mode: str | None = None,
                      tracking_data: str | None = None) -> str | None:
-        """send_message of type text (up to 7000 characters), with a keyboard if given; the message_token."""
+        """send_message of type text (up to 7000 characters), with a keyboard if given; the message_token.
+        Viber has no parse modes (its text is plain, with its own *bold* _italic_ marks)."""
+        if parse_mode:
+            raise PermanentApiError(f"Viber has no parse_mode ({parse_mode!r}): send plain text")
         if not text or len(text) > MAX_TEXT:
             raise PermanentApiError(f"a Viber text message is 1-{MAX_TEXT} characters, this one {len(text or '')}")
         body: dict[str, Any] = {"receiver": self._receiver(chat), "sender": self._sender(), "type": "text",
@@ -383,7 +386,7 @@ class Client(BaseClient):
                       "labels": {c["choice"]: c["text"] for c in choices}}
             self.store.set(approval_key(self.key_prefix, self.connection.name, record, nonce),
                            json.dumps(policy, ensure_ascii=False), ex=APPROVAL_TTL)
-        return self.send_message(receiver, text, buttons=rows)
+        return self.send_message(receiver, text, buttons=rows, parse_mode=parse_mode)
 
     def set_webhook(self, url: str, event_types: list[str] | None = None) -> dict[str, Any] | None:
         """set_webhook: Viber checks the URL with a `webhook` callback, then posts the events named."""
