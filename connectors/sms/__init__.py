@@ -6,7 +6,7 @@ encoding and parts (sms_text.segments), and the webhook, which neither provider'
 
 Neither provider's delivery reports are read from a webhook: SMSC's are looked up (`sms_status`);
 TurboSMS's status lookup takes its own message ids only, which the bridge keeps in the step's result.
-A webhook to an SMS connection is therefore refused (400), after its URL token is checked.
+The connections are outbound only: a webhook to one is refused (401 without a secret, else 400).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from connectors.base import BadPayload, Connection, Event, PermanentApiError, Ra
 from sms_text import BadNumber, e164, segments
 
 CONTENT_TYPES = ("application/x-www-form-urlencoded", "application/json")
+OUTBOUND_ONLY = True   # no webhook is read (config/connections.py then needs no webhook_secret)
 
 
 def verify(raw: RawWebhook, connection: Connection) -> None:

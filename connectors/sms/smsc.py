@@ -33,9 +33,9 @@ from connectors.base import (
     UncertainApiError,
     transport_error,
 )
-from connectors.sms import CONTENT_TYPES, check_text, number, parse, verify
+from connectors.sms import CONTENT_TYPES, OUTBOUND_ONLY, check_text, number, parse, verify
 
-__all__ = ["CONTENT_TYPES", "SOURCE", "Client", "parse", "verify"]
+__all__ = ["CONTENT_TYPES", "OUTBOUND_ONLY", "SOURCE", "Client", "parse", "verify"]
 
 log = logging.getLogger("crmbridge.connectors")
 SOURCE = "smsc"

@@ -26,9 +26,9 @@ from connectors.base import (
     RetryableApiError,
     UncertainApiError,
 )
-from connectors.sms import CONTENT_TYPES, check_text, number, parse, verify
+from connectors.sms import CONTENT_TYPES, OUTBOUND_ONLY, check_text, number, parse, verify
 
-__all__ = ["CONTENT_TYPES", "SOURCE", "Client", "parse", "verify"]
+__all__ = ["CONTENT_TYPES", "OUTBOUND_ONLY", "SOURCE", "Client", "parse", "verify"]
 
 SOURCE = "turbosms"
 API_URL = "https://api.turbosms.ua"
