@@ -481,5 +481,75 @@ def simulate(settings: Settings, scenario: Path) -> None:
         sys.exit(1)
 
 
+# --- bulk sends (pipeline/steps/send_to_list.py, pipeline/campaigns.py) -----------------------------------
+
+@cli.group()
+def campaign() -> None:
+    """Bulk sends: start one from a CSV list, see its progress, keep an opt-out."""
+
+
+@campaign.command("start")
+@click.argument("connection")
+@click.argument("campaign_id")
+@click.option("--file", "file", required=True, help="a CSV (UTF-8, header row) under the configuration directory")
+@click.option("--text", required=True, help="the message; {column} is the recipient's value of that column")
+@click.option("--opt-out-column", default=None, help="a column whose yes/так/да/1 opts the row out")
+@click.option("--region", default="UA", show_default=True, help="SMS: country of numbers written without +")
+@click.pass_obj
+def campaign_start(settings: Settings, connection: str, campaign_id: str, file: str, text: str,
+                   opt_out_column: str | None, region: str) -> None:
+    """Queue one job per recipient (a running worker sends them); starting it again sends nobody twice."""
+    from connectors.base import PermanentApiError
+    from pipeline.steps import send_to_list
+    try:
+        found = send_to_list.start(_runtime(settings), connection, campaign_id, text, file=file, region=region,
+                                   opt_out_column=opt_out_column)
+    except PermanentApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"campaign {campaign_id}: {found['total']} recipient(s), {found['queued']} queued now, "
+               f"{found['invalid']} invalid address(es) left out")
+
+
+@campaign.command("status")
+@click.argument("campaign_id")
+@click.pass_obj
+def campaign_status(settings: Settings, campaign_id: str) -> None:
+    """Progress: sent, opted out, failed (and why), uncertain (may have been sent: never resent), pending."""
+    from pipeline.steps import send_to_list
+    found = send_to_list.status(_runtime(settings), campaign_id)
+    if found is None:
+        raise click.ClickException(f"no campaign {campaign_id!r}")
+    total, pending = found["total"], found["pending"]
+    width, done = 30, total - pending
+    bar = "#" * (width * done // total if total else width)
+    click.echo(f"campaign {campaign_id} via {found['connection']}, started {found['started_at']}")
+    click.echo(f"[{bar:<{width}}] {done}/{total}")
+    click.echo(f"sent {found['sent']}, opted out {found['opted_out']}, failed {found['failed']}, "
+               f"uncertain {found['uncertain']}, pending {pending}, invalid addresses {len(found['invalid'])}")
+    for reason, count in sorted(found["reasons"].items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {count} × {reason}")
+
+
+@campaign.command("opt-out")
+@click.argument("connection")
+@click.argument("address")
+@click.option("--region", default="UA", show_default=True, help="SMS: country of a number written without +")
+@click.pass_obj
+def campaign_opt_out(settings: Settings, connection: str, address: str, region: str) -> None:
+    """Keep ADDRESS (a phone number or a Viber id) out of every bulk send of CONNECTION from now on."""
+    from pipeline.steps import send_to_list
+    from sms_text import BadNumber
+    rt = _runtime(settings)
+    conn = rt.connections.connections.get(connection)
+    if conn is None:
+        raise click.ClickException(f"unknown connection {connection!r}")
+    try:
+        kept = send_to_list.address_of(conn.type, address, region)
+    except BadNumber as exc:
+        raise click.ClickException(str(exc)) from None
+    added = send_to_list.opt_out(rt, connection, kept)
+    click.echo(f"{kept}: {'opted out' if added else 'was already opted out'} of {connection}'s bulk sends")
+
+
 if __name__ == "__main__":
     cli()

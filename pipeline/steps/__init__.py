@@ -22,6 +22,7 @@ from pipeline.steps import (
     record,
     send_digest,
     send_sms,
+    send_to_list,
     start_next_task,
     track_time,
 )
@@ -40,6 +41,7 @@ STEPS: dict[str, Any] = {
     "record": record,
     "send_digest": send_digest,
     "send_sms": send_sms,
+    "send_to_list": send_to_list,
     "start_next_task": start_next_task,
     "track_time": track_time,
 }
