@@ -22,6 +22,7 @@ from marshmallow import Schema, fields, validate
 from sms_text import BadNumber, e164, segments
 
 NAME = "send_sms"
+CLIENT_METHOD = "send_sms"   # a pipeline step: refused at start-up for a connection whose client cannot send an SMS
 
 
 class Options(Schema):
