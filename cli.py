@@ -512,11 +512,13 @@ def campaign_start(settings: Settings, connection: str, campaign_id: str, file: 
 
 @campaign.command("status")
 @click.argument("campaign_id")
+@click.option("--delivery", is_flag=True, help="also read the SMS delivery reports from the provider (SMSC)")
 @click.pass_obj
-def campaign_status(settings: Settings, campaign_id: str) -> None:
+def campaign_status(settings: Settings, campaign_id: str, delivery: bool) -> None:
     """Progress: sent, opted out, failed (and why), uncertain (may have been sent: never resent), pending."""
     from pipeline.steps import send_to_list
-    found = send_to_list.status(_runtime(settings), campaign_id)
+    rt = _runtime(settings)
+    found = send_to_list.status(rt, campaign_id)
     if found is None:
         raise click.ClickException(f"no campaign {campaign_id!r}")
     total, pending = found["total"], found["pending"]
@@ -528,6 +530,13 @@ def campaign_status(settings: Settings, campaign_id: str) -> None:
                f"uncertain {found['uncertain']}, pending {pending}, invalid addresses {len(found['invalid'])}")
     for reason, count in sorted(found["reasons"].items(), key=lambda kv: -kv[1]):
         click.echo(f"  {count} × {reason}")
+    if delivery:
+        from pipeline import campaigns
+        reports = campaigns.delivery(rt, campaign_id)
+        if reports is None:
+            click.echo("delivery: this provider's reports cannot be read by our ids")
+        else:
+            click.echo("delivery: " + (", ".join(f"{k} {v}" for k, v in sorted(reports.items())) or "nothing sent yet"))
 
 
 @campaign.command("opt-out")

@@ -9,6 +9,8 @@ from typing import Any
 from connectors.base import Entity, Event, PermanentApiError, RecipientUnreachable, RetryableApiError, utc_iso
 from pipeline.audit import audit
 from pipeline.execute import StepMaybeDone, execute
+from pipeline.retry import with_retries
+from pipeline.steps.send_sms import sms_ident
 from pipeline.steps.send_to_list import CAMPAIGN_TTL, PLACEHOLDER, YES, campaign_key, opt_out, optout_key
 from rules.engine import PlannedAction
 
@@ -58,3 +60,29 @@ def _final(rt: Any, event: Event, state_key: str, address: str, state: str, **de
         pipe.execute()
     audit(rt, event, "campaign.recipient", address=address, state=state, **details)
     return state
+
+
+def delivery(rt: Any, campaign: str) -> dict[str, int] | None:
+    """The delivery reports of a campaign's sent SMS, read from the provider by our ids (SMSC's
+    status.php; one call per recipient, under the connection's limit): {status: count}. None when the
+    campaign is unknown or its provider cannot be asked (TurboSMS, a messenger)."""
+    raw = rt.store.get(campaign_key(rt, campaign))
+    if raw is None:
+        return None
+    kept = json.loads(raw)
+    client = rt.client(kept["connection"])
+    if kept["method"] != "send_sms" or not client.can("sms_status"):
+        return None
+    counts: dict[str, int] = {}
+    for address, state in rt.store.hgetall(campaign_key(rt, campaign, "state")).items():
+        if state != b"sent":
+            continue
+        phone = address.decode()
+        ident = sms_ident(f"campaign:{campaign}|{phone}")
+        try:
+            found = with_retries(rt, lambda: client.sms_status(phone, ident))
+        except PermanentApiError as exc:
+            found = {"status": f"unreadable: {str(exc)[:80]}"}
+        status = (found or {}).get("status") or "not_found"
+        counts[status] = counts.get(status, 0) + 1
+    return counts

@@ -14,7 +14,7 @@ import cli
 from pipeline import campaigns
 from pipeline.steps import send_to_list
 from tests.conftest import payload, run_worker
-from tests.fakes_sms import FakeTurboSMS
+from tests.fakes_sms import FakeSMSC, FakeTurboSMS
 from tests.fakes_viber import TOKEN, FakeViber, callback
 
 PER_SECOND = 20
@@ -36,12 +36,20 @@ def fake_turbo():
 
 
 @pytest.fixture
-def env(env):
-    return {**env, "VIBER_TOKEN": TOKEN, "VIBER_SECRET": "viber-secret", "TURBOSMS_TOKEN": "turbo-token"}
+def fake_smsc():
+    server = FakeSMSC().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-def config_dir(config_dir, fake_viber, fake_turbo):
+def env(env):
+    return {**env, "VIBER_TOKEN": TOKEN, "VIBER_SECRET": "viber-secret", "TURBOSMS_TOKEN": "turbo-token",
+            "SMSC_LOGIN": "agency", "SMSC_PASSWORD": "smsc-pass"}
+
+
+@pytest.fixture
+def config_dir(config_dir, fake_viber, fake_turbo, fake_smsc):
     (config_dir / "connections.yaml").write_text(textwrap.dedent(f"""
         connections:
           quickstart-amo:
@@ -64,6 +72,13 @@ def config_dir(config_dir, fake_viber, fake_turbo):
             credentials:
               token: ${{TURBOSMS_TOKEN}}
             options: {{sender: Romashka}}
+          sms-ru:
+            type: smsc
+            base_url: {fake_smsc.url}
+            credentials:
+              login: ${{SMSC_LOGIN}}
+              password: ${{SMSC_PASSWORD}}
+            options: {{region: RU}}
         """), encoding="utf-8")
     (config_dir / "rules" / "quickstart.yaml").write_text(textwrap.dedent("""
         defaults:
@@ -187,3 +202,17 @@ def test_a_rule_starts_an_sms_campaign_from_a_csv_with_its_opt_out_column(client
                     ("380671234567", "Олена, з 31.12 по 2.01 ми не працюємо. Гарних свят!")]
     status = send_to_list.status(runtime, "holidays-2026")
     assert (status["total"], status["sent"], status["opted_out"], len(status["invalid"])) == (3, 2, 1, 1)
+
+
+def test_an_smsc_campaign_s_delivery_reports_are_read_by_our_ids(runtime, fake_smsc):
+    send_to_list.start(runtime, "sms-ru", "ru-1", "Заказ готов", rows=["8 912 345-67-89", "+7 912 345 67 90"],
+                       region="RU")
+    run_worker(runtime)
+    assert sorted(phone for _, phone in fake_smsc.messages) == ["79123456789", "79123456790"]
+    assert campaigns.delivery(runtime, "ru-1") == {"delivered": 2}
+    assert campaigns.delivery(runtime, "no-such") is None
+    out = CliRunner().invoke(cli.cli, ["--config", str(runtime.settings.config_dir), "campaign", "status", "ru-1",
+                                       "--delivery"], env={**runtime.settings.environ,
+                                                           "REDIS_URL": runtime.settings.redis_url,
+                                                           "CRMBRIDGE_REDIS_PREFIX": runtime.settings.redis_prefix})
+    assert "delivery: delivered 2" in out.output, out.output
