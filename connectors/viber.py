@@ -261,7 +261,9 @@ def approval_key(prefix: str, connection: str, record: dict[str, str], nonce: st
 
 def keyboard(buttons: list[list[dict[str, str]]] | None) -> dict[str, Any] | None:
     """Rows of {"text", "data"} (a reply button) or {"text", "url"} (open-url) → a Viber keyboard.
-    A row's buttons share its 6 columns (Columns 1-6; the last one takes what is left)."""
+    A row's buttons share its 6 columns (Columns 1-6; the last one takes what is left). A reply
+    button is `Silent` (developers.viber.com/docs/tools/keyboards: the press is not shown in the
+    chat as the user's message, so the signed token stays out of sight; no minimum API version)."""
     if not buttons:
         return None
     out = []

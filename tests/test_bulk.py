@@ -216,3 +216,17 @@ def test_an_smsc_campaign_s_delivery_reports_are_read_by_our_ids(runtime, fake_s
                                                            "REDIS_URL": runtime.settings.redis_url,
                                                            "CRMBRIDGE_REDIS_PREFIX": runtime.settings.redis_prefix})
     assert "delivery: delivered 2" in out.output, out.output
+
+
+def test_a_one_column_list_is_read_and_a_file_outside_the_configuration_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from connectors.base import PermanentApiError
+    rt = SimpleNamespace(settings=SimpleNamespace(config_dir=tmp_path / "config"))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "one.csv").write_text("Phone\n067 123 45 67\n", encoding="utf-8")
+    (tmp_path / "secret.csv").write_text("phone\n1\n", encoding="utf-8")
+    assert send_to_list.read_rows(rt, "one.csv", None) == [{"phone": "067 123 45 67"}]
+    for outside in ("../secret.csv", str(tmp_path / "secret.csv"), "missing.csv"):
+        with pytest.raises(PermanentApiError, match="not a file under the configuration directory"):
+            send_to_list.read_rows(rt, outside, None)

@@ -82,7 +82,10 @@ def read_rows(rt: Any, file: str | None, rows: list | None) -> list[dict[str, st
     if base not in path.parents or not path.is_file():
         raise PermanentApiError(f"recipients file {file!r}: not a file under the configuration directory {base}")
     text = path.read_text(encoding="utf-8-sig")
-    dialect = csv.Sniffer().sniff(text.splitlines()[0] if text else ",", delimiters=",;\t")
+    try:
+        dialect: Any = csv.Sniffer().sniff(text.splitlines()[0] if text else ",", delimiters=",;\t")
+    except csv.Error:   # one column: nothing to tell the delimiter by
+        dialect = csv.excel
     return [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
             for row in csv.DictReader(io.StringIO(text), dialect=dialect)]
 
