@@ -58,6 +58,12 @@ def config_dir(config_dir, fake_viber, fake_turbo, fake_smsc):
             webhook_secret: ${{AMO_WEBHOOK_SECRET}}
             credentials:
               token: ${{AMO_TOKEN}}
+          quickstart-bot:
+            type: telegram
+            base_url: ${{TELEGRAM_API_URL}}
+            webhook_secret: ${{TELEGRAM_WEBHOOK_SECRET}}
+            credentials:
+              token: ${{TELEGRAM_BOT_TOKEN}}
           shop-viber:
             type: viber
             base_url: {fake_viber.base_url}
@@ -230,3 +236,13 @@ def test_a_one_column_list_is_read_and_a_file_outside_the_configuration_refused(
     for outside in ("../secret.csv", str(tmp_path / "secret.csv"), "missing.csv"):
         with pytest.raises(PermanentApiError, match="not a file under the configuration directory"):
             send_to_list.read_rows(rt, outside, None)
+
+
+def test_a_telegram_list_keeps_the_bot_s_30_a_second(runtime, fake_tg):
+    fake_tg.enforce_limits()                     # 30 a second per bot, 1 a second per chat (Bot FAQ)
+    chats = [str(100000 + i) for i in range(90)]
+    send_to_list.start(runtime, "quickstart-bot", "tg-1", "Новий прайс: {chat}", rows=[{"chat": c} for c in chats])
+    run_worker(runtime)
+    sent = [(str(c.body["chat_id"]), c.body["text"]) for c in fake_tg.method_calls("sendMessage")]
+    assert sorted(sent) == sorted((c, f"Новий прайс: {c}") for c in chats)
+    assert fake_tg.violations == [] and fake_tg.keeper.peak("bot") <= 30
