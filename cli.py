@@ -560,5 +560,34 @@ def campaign_opt_out(settings: Settings, connection: str, address: str, region: 
     click.echo(f"{kept}: {'opted out' if added else 'was already opted out'} of {connection}'s bulk sends")
 
 
+@cli.command("viber-set-webhook")
+@click.argument("connection")
+@click.argument("public_base_url")
+@click.pass_obj
+def viber_set_webhook(settings: Settings, connection: str, public_base_url: str) -> None:
+    """Point a Viber bot at <PUBLIC_BASE_URL>/hooks/<CONNECTION> (Viber's set_webhook; it checks the URL first)."""
+    from urllib.parse import quote
+
+    from connectors.base import ApiError
+    connections, _ = _load(settings)
+    conn = connections.connections.get(connection)
+    if conn is None or conn.type != "viber":
+        found = [name for name, c in connections.connections.items() if c.type == "viber"]
+        raise click.UsageError(f"no viber connection {connection!r}; viber connections: {', '.join(found) or 'none'}")
+    if not public_base_url.startswith("https://"):
+        raise click.UsageError(f"PUBLIC_BASE_URL must be an https:// address Viber can reach, got {public_base_url!r}")
+    client = CONNECTORS[conn.type].Client(conn)
+    if client.record_only:
+        raise click.UsageError(f"connection {connection!r} has no auth token (credentials → token)")
+    url = f"{public_base_url.rstrip('/')}/hooks/{quote(connection, safe='')}"
+    events = ["delivered", "seen", "failed", "subscribed", "unsubscribed", "conversation_started"]
+    try:
+        client.set_webhook(url, events)
+    except ApiError as exc:
+        click.echo(f"Viber refused the webhook: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"webhook set: {url} (events: message, {', '.join(events)})")
+
+
 if __name__ == "__main__":
     cli()

@@ -198,3 +198,22 @@ def test_buttons_are_bound_only_to_records_of_the_linked_crm(bot):
     with pytest.raises(PermanentApiError, match="options.link.crm"):
         bot.send_approval(USER, "?", [{"choice": "ok", "text": "OK"}], {"connection": "other", "type": "lead",
                                                                        "id": "1"}, "abcdef")
+
+
+def test_cli_sets_the_webhook_with_the_events_it_reads(fake, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "none.yaml").write_text("rules: []\n", encoding="utf-8")
+    (tmp_path / "connections.yaml").write_text(
+        f"connections:\n  vb:\n    type: viber\n    base_url: {fake.base_url}\n    webhook_secret: ${{VB_SECRET}}\n"
+        "    credentials:\n      token: ${VB_TOKEN}\n", encoding="utf-8")
+    env = {"VB_SECRET": "s", "VB_TOKEN": TOKEN, "REDIS_URL": ""}
+    done = CliRunner().invoke(cli.cli, ["--config", str(tmp_path), "viber-set-webhook", "vb", "https://bridge.example.com"],
+                              env=env)
+    assert done.exit_code == 0, done.output
+    [call] = fake.received("POST", "/pa/set_webhook")
+    assert call.body["url"] == "https://bridge.example.com/hooks/vb" and "unsubscribed" in call.body["event_types"]
+    refused = CliRunner().invoke(cli.cli, ["--config", str(tmp_path), "viber-set-webhook", "vb", "http://x"], env=env)
+    assert refused.exit_code != 0 and "https://" in refused.output
