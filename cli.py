@@ -25,8 +25,7 @@ from connectors.base import RawWebhook, WebhookError
 from rules import MODULES
 from rules.engine import plan
 from runtime import load_configuration
-from explaining import (_derived_why, _since, _when, condition_text, explain_rule, print_plan, timeline_line,  # noqa: F401 - the console and tests reach them here
-                        what_would_act)
+from explaining import _derived_why, _since, _when, explain_rule, print_plan, timeline_line
 
 
 
@@ -544,6 +543,115 @@ def render_document(settings: Settings, template: str, record_file, out: Path | 
     click.echo(render.docx_text(content))
     if out is not None:
         click.echo(f"written to {out}", err=True)
+
+
+# --- bulk sends (pipeline/steps/send_to_list.py, pipeline/campaigns.py) -----------------------------------
+
+@cli.group()
+def campaign() -> None:
+    """Bulk sends: start one from a CSV list, see its progress, keep an opt-out."""
+
+
+@campaign.command("start")
+@click.argument("connection")
+@click.argument("campaign_id")
+@click.option("--file", "file", required=True, help="a CSV (UTF-8, header row) under the configuration directory")
+@click.option("--text", required=True, help="the message; {column} is the recipient's value of that column")
+@click.option("--opt-out-column", default=None, help="a column whose yes/так/да/1 opts the row out")
+@click.option("--region", default="UA", show_default=True, help="SMS: country of numbers written without +")
+@click.pass_obj
+def campaign_start(settings: Settings, connection: str, campaign_id: str, file: str, text: str,
+                   opt_out_column: str | None, region: str) -> None:
+    """Queue one job per recipient (a running worker sends them); starting it again sends nobody twice."""
+    from connectors.base import PermanentApiError
+    from pipeline.steps import send_to_list
+    try:
+        found = send_to_list.start(_runtime(settings), connection, campaign_id, text, file=file, region=region,
+                                   opt_out_column=opt_out_column)
+    except PermanentApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"campaign {campaign_id}: {found['total']} recipient(s), {found['queued']} queued now, "
+               f"{found['invalid']} invalid address(es) left out")
+
+
+@campaign.command("status")
+@click.argument("campaign_id")
+@click.option("--delivery", is_flag=True, help="also read the SMS delivery reports from the provider (SMSC)")
+@click.pass_obj
+def campaign_status(settings: Settings, campaign_id: str, delivery: bool) -> None:
+    """Progress: sent, opted out, failed (and why), uncertain (may have been sent: never resent), pending."""
+    from pipeline.steps import send_to_list
+    rt = _runtime(settings)
+    found = send_to_list.status(rt, campaign_id)
+    if found is None:
+        raise click.ClickException(f"no campaign {campaign_id!r}")
+    total, pending = found["total"], found["pending"]
+    width, done = 30, total - pending
+    bar = "#" * (width * done // total if total else width)
+    click.echo(f"campaign {campaign_id} via {found['connection']}, started {found['started_at']}")
+    click.echo(f"[{bar:<{width}}] {done}/{total}")
+    click.echo(f"sent {found['sent']}, opted out {found['opted_out']}, failed {found['failed']}, "
+               f"uncertain {found['uncertain']}, pending {pending}, invalid addresses {len(found['invalid'])}")
+    for reason, count in sorted(found["reasons"].items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {count} × {reason}")
+    if delivery:
+        from pipeline import campaigns
+        reports = campaigns.delivery(rt, campaign_id)
+        if reports is None:
+            click.echo("delivery: this provider's reports cannot be read by our ids")
+        else:
+            click.echo("delivery: " + (", ".join(f"{k} {v}" for k, v in sorted(reports.items())) or "nothing sent yet"))
+
+
+@campaign.command("opt-out")
+@click.argument("connection")
+@click.argument("address")
+@click.option("--region", default="UA", show_default=True, help="SMS: country of a number written without +")
+@click.pass_obj
+def campaign_opt_out(settings: Settings, connection: str, address: str, region: str) -> None:
+    """Keep ADDRESS (a phone number or a Viber id) out of every bulk send of CONNECTION from now on."""
+    from pipeline.steps import send_to_list
+    from sms_text import BadNumber
+    rt = _runtime(settings)
+    conn = rt.connections.connections.get(connection)
+    if conn is None:
+        raise click.ClickException(f"unknown connection {connection!r}")
+    try:
+        kept = send_to_list.address_of(conn.type, address, region)
+    except BadNumber as exc:
+        raise click.ClickException(str(exc)) from None
+    added = send_to_list.opt_out(rt, connection, kept)
+    click.echo(f"{kept}: {'opted out' if added else 'was already opted out'} of {connection}'s bulk sends")
+
+
+@cli.command("viber-set-webhook")
+@click.argument("connection")
+@click.argument("public_base_url")
+@click.pass_obj
+def viber_set_webhook(settings: Settings, connection: str, public_base_url: str) -> None:
+    """Point a Viber bot at <PUBLIC_BASE_URL>/hooks/<CONNECTION> (Viber's set_webhook; it checks the URL first)."""
+    from urllib.parse import quote
+
+    from connectors.base import ApiError
+    connections, _ = _load(settings)
+    conn = connections.connections.get(connection)
+    if conn is None or conn.type != "viber":
+        found = [name for name, c in connections.connections.items() if c.type == "viber"]
+        raise click.UsageError(f"no viber connection {connection!r}; viber connections: {', '.join(found) or 'none'}")
+    if not public_base_url.startswith("https://"):
+        raise click.UsageError(f"PUBLIC_BASE_URL must be an https:// address Viber can reach, got {public_base_url!r}")
+    client = CONNECTORS[conn.type].Client(conn)
+    if client.record_only:
+        raise click.UsageError(f"connection {connection!r} has no auth token (credentials → token)")
+    url = f"{public_base_url.rstrip('/')}/hooks/{quote(connection, safe='')}"
+    events = ["delivered", "seen", "failed", "subscribed", "unsubscribed", "conversation_started"]
+    try:
+        client.set_webhook(url, events)
+    except ApiError as exc:
+        click.echo(f"Viber refused the webhook: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"webhook set: {url} (events: message, {', '.join(events)})")
+
 
 if __name__ == "__main__":
     cli()

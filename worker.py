@@ -132,6 +132,14 @@ def catch_up(name: str) -> dict[str, int]:
     return catching_up.look(runtime(), name)
 
 
+def send_campaign_message(payload: dict[str, Any]) -> str:
+    """One recipient of a bulk send: opt-outs checked, the message sent once (pipeline/campaigns.py)."""
+    from pipeline import campaigns
+    rt = runtime()
+    with audit.batch():
+        return campaigns.deliver(rt, payload)
+
+
 def on_job_failed(job, connection, exc_type, exc_value, tb) -> None:
     """RQ failure callback: dead-letter the job once it has no retries left."""
     if job.retries_left:

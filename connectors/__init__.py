@@ -5,6 +5,8 @@ from connectors import forms, planfix
 from connectors import inbox
 from connectors import email, webhook, zadarma
 from connectors.intake import imap, jivo, tilda, webform
+from connectors import viber
+from connectors.sms import smsc, turbosms
 
 CONNECTORS = {
     "amocrm": amocrm,
@@ -17,4 +19,7 @@ CONNECTORS = {
     "webhook": webhook,
     "zadarma": zadarma,
     "webform": webform, "tilda": tilda, "jivo": jivo, "imap": imap,   # lead intake (connectors/intake/)
+    "viber": viber,
+    "turbosms": turbosms,
+    "smsc": smsc,
 }

@@ -72,6 +72,8 @@ EVENT_KINDS = (
     "responsible.changed", "file.added", "note.added", "task.created", "task.updated",
     "task.completed", "message.received", "message.edited", "button.pressed",
     "form.submitted", "timer.fired", "schedule.tick", "call.ended",
+    # messengers' and SMS providers' own: a person (un)subscribed, opened a chat, a sent message's receipt
+    "subscription.changed", "conversation.started", "message.status",
 )
 
 
@@ -161,6 +163,12 @@ class RetryableApiError(ApiError):
 
 class PermanentApiError(ApiError):
     """The request itself is wrong (4xx other than 429). Retrying will not help."""
+
+
+class RecipientUnreachable(PermanentApiError):
+    """The vendor refuses to deliver to this person: unsubscribed from the bot (Viber 6), not on
+    the messenger (Viber 5), on the provider's stop list (TurboSMS 404). Not retried; a bulk send
+    counts the person as opted out."""
 
 
 class UncertainApiError(RetryableApiError):
@@ -633,6 +641,14 @@ class ChannelClient(Protocol):
 
     def send_email(self, to: Any, subject: str, text: str, html: str | None = None) -> Any:
         """An e-mail."""
+        ...
+
+    def send_sms(self, phone: str, text: str, ident: str | None = None) -> Any:
+        """One SMS to one phone number (E.164), under our own id where the provider keeps one."""
+        ...
+
+    def sms_status(self, phone: str, ident: str) -> Any:
+        """The delivery status of an SMS sent under our own id (None: the provider does not have it)."""
         ...
 
     def post_webhook(self, body: Any, path: str | None = None) -> Any:

@@ -55,6 +55,8 @@ def bind(rt: Any, event: Event) -> tuple[Event, dict[str, Any] | None]:
     if event.kind == "note.added" and conn.type != "telegram":
         return _mark_echo(rt, event), None
     link = link_options(conn)
+    if conn.type == "viber" and event.kind == "button.pressed" and link.get("crm"):
+        return _press(rt, conn, link, event)   # a Viber keyboard button signed for a record (connectors/viber.py)
     if conn.type != "telegram" or not link.get("crm"):
         return event, None
     if event.kind == "button.pressed":
@@ -93,12 +95,14 @@ def claim(rt: Any, event: Event, result: Plan) -> bool:
             return False
     policy = _policy(rt, conn, data) or {}
     label = (policy.get("labels") or {}).get(data["button"], data["button"])
+    audit(rt, event, "approval.chosen", choice=data["button"], by=who)
+    if not rt.client(event.connection).can("edit_buttons"):   # Viber cannot change a sent keyboard
+        return True
     result.actions.append(PlannedAction(
         rule="ask_approval", rule_id="ask_approval", step=0, connection=event.connection,
         method="edit_buttons", key=f"{event.id}|ask_approval|keyboard",
         args={"chat": data["chat"]["id"], "message_id": data["message_id"],
               "buttons": [[{"text": f"{label} · {who}"[:64], "data": data["callback_data"]}]]}))
-    audit(rt, event, "approval.chosen", choice=data["button"], by=who)
     return True
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connectors.base import Event
-from pipeline.steps import call_back
+from pipeline.steps import call_back, send_to_list
 
 
 def observe(rt: Any, event: Event) -> dict[str, Any] | None:
@@ -41,7 +41,20 @@ def talk_pauses_callbacks(rt: Any, event: Event) -> dict[str, Any] | None:
     return {"paused_until": until, "entity": pending.get("entity")}
 
 
+def opt_outs(rt: Any, event: Event) -> dict[str, Any] | None:
+    """A Viber user unsubscribed, or wrote STOP/«стоп»: they get no bulk message again
+    (the connection's opt-out set, pipeline/steps/send_to_list.py)."""
+    unsubscribed = event.kind == "subscription.changed" and event.data.get("subscribed") is False
+    stop = event.kind == "message.received" and event.data.get("stop") is True
+    chat = str((event.data.get("chat") or {}).get("id") or "")
+    if not (unsubscribed or stop) or not chat:
+        return None
+    send_to_list.opt_out(rt, event.connection, chat)
+    return {"opted_out": chat, "why": "unsubscribed" if unsubscribed else "stop"}
+
+
 # connection type → what is learned from its events (connectors.CONNECTORS names the types)
 OBSERVERS: dict[str, Callable[[Any, Event], dict[str, Any] | None]] = {
     "zadarma": talk_pauses_callbacks,
+    "viber": opt_outs,
 }

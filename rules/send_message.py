@@ -1,4 +1,4 @@
-"""Send a Telegram message, with inline buttons if given. The text is a Jinja2 template.
+"""Send a Telegram (or Viber) message, with buttons if given. The text is a Jinja2 template.
 
     do:
       - send_message:
@@ -23,7 +23,7 @@ NAME = "send_message"
 
 
 class Options(Schema):
-    connection = fields.String(required=True, metadata={"expected": "a telegram connection name"})
+    connection = fields.String(required=True, metadata={"expected": "a telegram or viber connection name"})
     chat = fields.Raw(required=True, metadata={"expected": "a chat id or a template"})
     text = fields.String(required=True, metadata={"expected": "the message text (a template)"})
     buttons = fields.List(fields.List(fields.Dict()), load_default=None,

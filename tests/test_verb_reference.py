@@ -36,7 +36,7 @@ def test_support_follows_the_clients_capabilities():
     assert (table["notify"]["amoCRM"], table["notify"]["Bitrix24"], table["notify"]["Planfix"]) == ("—", "✅", "—")
     assert table["create_task"]["Planfix"] == "✅ (not `bind`)" and table["create_task"]["Bitrix24"] == "✅"
     assert table["move_to_stage"]["Planfix"] == "✅ (not `only_forward`)"
-    assert table["send_message"]["other connections"] == "telegram" and table["send_message"]["amoCRM"] == "—"
+    assert table["send_message"]["other connections"] == "telegram, viber" and table["send_message"]["amoCRM"] == "—"
     assert table["record"]["other connections"] == "any"   # no vendor call: any connection's events
     assert verb_reference.methods(MODULES["move_to_stage"]) == ["move_forward", "move_to_stage"]
 

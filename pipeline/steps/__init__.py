@@ -22,6 +22,8 @@ from pipeline.steps import (
     move_forward,
     record,
     send_digest,
+    send_sms,
+    send_to_list,
     start_next_task,
     track_time,
 )
@@ -40,6 +42,8 @@ STEPS: dict[str, Any] = {
     "move_forward": move_forward,
     "record": record,
     "send_digest": send_digest,
+    "send_sms": send_sms,
+    "send_to_list": send_to_list,
     "start_next_task": start_next_task,
     "track_time": track_time,
 }
