@@ -599,8 +599,9 @@ class CrmClient(Protocol):
         ...
 
     def set_status(self, entity: Entity, status: Any, pipeline: Any = None, due: str | None = None,
-                   responsible: Any = None) -> Any:
-        """A task's status (in its process `pipeline`), and its deadline and executor, in one write."""
+                   responsible: Any = None, fields: dict[str, Any] | None = None) -> Any:
+        """A task's status (in its process `pipeline`), and its deadline, executor and custom
+        fields, in one write."""
         ...
 
 

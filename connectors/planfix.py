@@ -786,9 +786,11 @@ class Client(BaseClient):
         return sorted(found, key=lambda t: t["due"])
 
     def set_status(self, entity: Entity, status: Any, pipeline: Any = None, due: str | None = None,
-                   responsible: Any = None) -> str | None:
-        """POST /task/{id} {"status", "endDateTime"?, "assignees"?}: a status by name in the process
-        `pipeline` (or by id), a deadline and an executor in one write; "queued" when Planfix answers 202."""
+                   responsible: Any = None, fields: dict[str, Any] | None = None) -> str | None:
+        """POST /task/{id} {"status", "endDateTime"?, "assignees"?, "customFieldData"?}: a status by
+        name in the process `pipeline` (or by id), a deadline, an executor and custom fields in one
+        write (the status change's own webhook then reads the fields filled); "queued" when Planfix
+        answers 202."""
         if entity.type != "task":
             raise PermanentApiError(f"Planfix statuses belong to tasks, not to a {entity.type}")
         body: dict[str, Any] = {"status": {"id": status if self.record_only else
@@ -798,6 +800,7 @@ class Client(BaseClient):
         user = (responsible if self.record_only else self.resolve_user(responsible)) if responsible else None
         if user:
             body["assignees"] = {"users": [{"id": user}]}
+        body.update(self.custom_data("task", fields))
         return _outcome(self.request("POST", f"/task/{entity.id}", json_body=body))
 
     def _field_ids(self, names: list[str] | tuple[str, ...]) -> dict[str, str]:

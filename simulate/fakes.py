@@ -361,12 +361,14 @@ class FakeClient:
                                              **({"pipeline": pipeline} if pipeline else {})})
 
     def set_status(self, entity: Entity, status: Any, pipeline: Any = None, due: str | None = None,
-                   responsible: Any = None) -> Any:
+                   responsible: Any = None, fields: dict[str, Any] | None = None) -> Any:
         record = self._record(entity)
         record["stage"] = self.meta.stage_ref(status, pipeline)
         record["stage_since"] = self.world.now().isoformat()
+        if fields:
+            record.setdefault("fields", {}).update(fields)
         return self._write("set_status", {"entity": str(entity), "status": status, "due": due,
-                                          "responsible": responsible})
+                                          "responsible": responsible, **({"fields": fields} if fields else {})})
 
     def create_task(self, entity: Entity, text: str, due: Any = None, responsible: Any = None, **more: Any) -> Any:
         task = self._task({"text": text, "due": due, "responsible": responsible, **more}, str(entity))

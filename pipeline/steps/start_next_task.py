@@ -11,7 +11,8 @@ while its status is one of `waiting`, so a repeated completion starts nothing tw
 project has no task after this one, `create` (the service's ordered list: {name, responsible,
 due, fields}) gives the one after this task's name: it is created in the project, in `status`,
 with `copy_fields` copied from this task and the order field one above this task's — unless a
-task of that name is already in the project.
+task of that name is already in the project. A task that is started gets the `copy_fields` it
+lacks (a project template's tasks have no client chat yet) in the same write as its status.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def run(ctx: StepContext, entity: Entity, status: str, order_field: str | None =
     project = (current.get("project") or {}).get("id")
     if not project:
         return {"next": None, "reason": f"task {entity.id} is not in a project"}
-    tasks = client.project_tasks(project, order)
+    tasks = client.project_tasks(project, [*order, *[n for n in copy_fields or [] if n not in order]])
     place = _place(current, order_field)
     following = sorted((t for t in tasks if str(t.get("id")) != str(entity.id) and _place(t, order_field) > place),
                        key=lambda t: _place(t, order_field))
@@ -50,8 +51,11 @@ def run(ctx: StepContext, entity: Entity, status: str, order_field: str | None =
     nxt = following[0]
     if not _status_in(nxt.get("stage"), waiting or ["Нова"]):
         return {"next": nxt["id"], "reason": f"already {(nxt.get('stage') or {}).get('name') or 'started'}"}
+    lacking = {name: value for name in copy_fields or []
+               if (value := (current.get("fields") or {}).get(name)) not in (None, "")
+               and (nxt.get("fields") or {}).get(name) in (None, "")}
     outcome = client.set_status(Entity("task", nxt["id"]), status, (nxt.get("pipeline") or {}).get("id"),
-                                due=due, responsible=responsible)
+                                due=due, responsible=responsible, fields=lacking or None)
     return {"next": nxt["id"], "name": nxt.get("name"), "outcome": outcome}
 
 

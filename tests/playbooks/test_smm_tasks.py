@@ -76,6 +76,29 @@ def test_a1_completing_a_task_starts_the_next_one_by_order(live_server, runtime,
     assert fake_planfix.received("POST", r"/rest/task/(1043|2001)") == []
 
 
+def test_a1_a_template_task_gets_the_clients_chat_with_its_status(live_server, runtime, fake_planfix, fake_tg, at):
+    """A project template makes its tasks without the client's chat (only the task the group was
+    /linked to has it): the task started gets the chat in the same write as its status, so the
+    start notice that its status change sends (A2) reaches the client."""
+    at(FRIDAY_5PM_KYIV)
+    fake_planfix.add("task", task(1041, "Комунікація", "Завершена", "Комунікація", order=1))
+    fake_planfix.add("task", task(1042, "Рубрикатор", "Завершена", "Рубрикатор", order=2))
+    fake_planfix.add("task", task(1044, "Контент-план", "Нова", "Контент-план", order=3, chat=None))
+    post_planfix(live_server, planfix_body("smm_task_status_changed.json"))
+    run_worker(runtime)
+    [started] = fake_planfix.received("POST", "/rest/task/1044")
+    assert started.body["status"] == {"id": 2}
+    [chat] = [f for f in started.body["customFieldData"] if f["value"] == str(CLIENT_CHAT)]
+    assert fake_planfix.tasks[1044]["status"]["id"] == 2
+    # a task that has its chat already is not written again
+    fake_planfix.add("task", task(1045, "Оформлення акаунту", "Нова", "Оформлення акаунту", order=4))
+    fake_planfix.tasks[1044]["status"] = {"id": smm.SMM_STATUSES["Завершена"], "name": "Завершена"}
+    post_planfix(live_server, planfix_body("smm_task_status_changed.json", task_id=1044, status="Завершена"))
+    run_worker(runtime)
+    [next_one] = fake_planfix.received("POST", "/rest/task/1045")
+    assert "customFieldData" not in next_one.body
+
+
 def test_a1_the_last_task_of_a_project_starts_nothing(live_server, runtime, fake_planfix, at):
     """A task that is not in the service's create: list (an extra task added by the PM)."""
     at(FRIDAY_5PM_KYIV)
