@@ -228,7 +228,7 @@ def test_a_missing_deployment_value_stops_the_start_with_file_and_line(example):
     text = path.read_text(encoding="utf-8")
     environ = {name: "x" for name, _ in ENV_REF.findall(text)}
     environ.update({n: "https://example.invalid" for n in environ if n.endswith("_URL")})
-    environ.update({n: "7" for n in environ if "RATE" in n})
+    environ.update({n: "7" for n in environ if re.search("RATE|BURST", n)})   # numbers where numbers go
     load_connections(path, environ)   # all set: it loads
     chats = [name for name, default in ENV_REF.findall(text) if re.search("CHAT|EXTENSION", name) and not default]
     if not chats:
