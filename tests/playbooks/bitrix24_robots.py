@@ -34,6 +34,7 @@ MEMBER = "a223c6b3710f85df22e9377d6c4f7553"
 STAGES = [("NEW", "Новая", 10, None), ("UC_CONTACT", "Контакт установлен", 20, None),
           ("UC_BRIEF", "Бриф получен", 30, None), ("UC_MEETING", "Встреча", 40, None),
           ("UC_PROPOSAL", "КП отправлено", 50, None), ("UC_PAID", "Оплачено", 60, None),
+          ("UC_HELD", "Мероприятие проведено", 65, None),
           ("WON", "Сделка успешна", 70, "S"), ("LOSE", "Сделка провалена", 80, "F")]
 STAGE = {name: sid for sid, name, _, _ in STAGES}
 HEAD, IVAN, ANNA = "1", "7", "9"   # Ольга Коваленко (the head; the inbound webhook's user), managers
