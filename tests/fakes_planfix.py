@@ -163,7 +163,7 @@ class FakePlanfix(FakeServer):
 
     def _list_tasks(self, call: Call, m: re.Match):
         """POST /task/list with complex filters (REST_API__Сложные_фильтры_задач.md in planfix-docs):
-        5 (project) and 73 (parent task) with "equal"; 38 (date of last change) and 79 (… or comment)
+        5 (project) and 73 (parent task) with "equal"; 101 (a line custom field, `field` its id) equal; 38 (date of last change) and 79 (… or comment)
         with gt / lt / gtAndEqual / ltAndEqual and {"dateType": "otherDate_withTime", "dateFrom":
         "dd-mm-yyyy hh:mm"}, read in `self.zone` (the token user's zone) and compared to the minute."""
         body = call.body or {}
@@ -175,6 +175,11 @@ class FakePlanfix(FakeServer):
                 if moment is None or flt.get("operator") not in DATE_OPERATORS:
                     return 400, {"result": "fail", "code": 41, "error": "Invalid parameter value"}, {}
                 found = [t for t in found if DATE_OPERATORS[flt["operator"]](self._changed_minute(t), moment)]
+                continue
+            if kind == 101:   # a line custom field (`field`: its id) equal to the value (find_tasks)
+                found = [t for t in found if any(str(d["field"]["id"]) == str(flt.get("field"))
+                                                 and str(d.get("value")) == str(flt.get("value"))
+                                                 for d in t.get("customFieldData") or [])]
                 continue
             key = {5: "project", 73: "parent"}.get(kind)
             if key is None or flt.get("operator") != "equal":
