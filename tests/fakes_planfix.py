@@ -106,7 +106,10 @@ class FakePlanfix(FakeServer):
         """A new task or contact; a task keeps its creation time as TaskResponse.dateTime (a TimePoint)."""
         number = next(self.ids)
         made = {"dateTime": _now_point()} if m.group(1) == "task" else {}
-        self.add(m.group(1), {**(call.body or {}), "id": number, **made})
+        body = dict(call.body or {})
+        if body.get("customFieldData"):   # as a later GET shows them: each field with its name and type
+            body["customFieldData"] = [self.named(m.group(1), d) for d in body["customFieldData"]]
+        self.add(m.group(1), {**body, "id": number, **made})
         return 200, {**OK, "id": number}, {}
 
     def _add_comment(self, call: Call, m: re.Match):
