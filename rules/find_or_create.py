@@ -95,6 +95,7 @@ class Options(Schema):
     message_id = f.String(load_default=None, metadata={"expected": "the message id (default: data.message_id)"})
     at = f.String(load_default=None, metadata={"expected": "the message's time (default: the event's)"})
     text = f.String(load_default=None, metadata={"expected": "the message text (default: data.text)"})
+    response = f.Dict(load_default=None, metadata={"expected": "{metric, dimensions}: a manager's answer time as a fact"})
 
 
 def sender_field(options: dict[str, Any]) -> str | None:
@@ -153,6 +154,8 @@ def plan_order(ctx, options: dict) -> list:
         "at": options["at"] or event.occurred_at, "text": text,
         "order": {k: v for k, v in options["order"].items() if v not in (None, "", [], {})},
         "card": dict(options["card"]), "writers": dict(options["writers"])}
+    if options["response"]:
+        args["response"] = response_fact(ctx, options["response"])
     value = " ".join(str(options["value"] or "").split())
     if direction == "incoming":
         if not value:
@@ -165,6 +168,29 @@ def plan_order(ctx, options: dict) -> list:
                            "name": " ".join(str(options["name"] or "").split()) or None,
                            "fields": {k: v for k, v in options["fields"].items() if v not in (None, "")}}
     return [ctx.step(ORDER_STEP, options["connection"], **args)]
+
+
+def response_fact(ctx, spec: dict) -> dict:
+    """`response: {metric, dimensions}`: the fact a manager's answer records (the seconds since the
+    first client message it answers), checked as `record`'s metric and dimensions are."""
+    from rules import record
+    loaded = record.Options().load({"metric": spec.get("metric"), "dimensions": spec.get("dimensions") or {}})
+    dims = {k: "" if v is None else str(v) for k, v in loaded["dimensions"].items()}
+    if "reply" in dims:
+        raise ValueError("response: the dimension `reply` is the step's own (first or next)")
+    return {"metric": loaded["metric"], "dimensions": dims, "zone": ctx.calendar.timezone, "rule": ctx.rule.name,
+            "event_id": ctx.event.id}
+
+
+def recorded_metrics(rules: list) -> dict[str, set[str]]:
+    """The metrics find_or_create kind: order records (`response:`) → their dimensions, for reports."""
+    found: dict[str, set[str]] = {}
+    for rule, spec, options in each_action(rules):
+        response = options.get("response") if spec.verb == NAME else None
+        if isinstance(response, dict) and response.get("metric"):
+            dims = response.get("dimensions")
+            found.setdefault(str(response["metric"]), {"reply"}).update(dims if isinstance(dims, dict) else ())
+    return found
 
 
 def unsupported(rules: list, connections: Any, connectors: dict[str, Any]) -> list[ConfigError]:

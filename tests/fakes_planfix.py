@@ -81,6 +81,10 @@ class FakePlanfix(FakeServer):
         if item is None:  # error codes 1000 / 2000: the task / contact does not exist
             return 400, {"result": "fail", "code": 1000 if kind == "task" else 2000,
                          "error": f"{kind} {m.group(2)} not found"}, {}
+        if kind == "task" and (item.get("assignees") or {}).get("users"):   # people come with their names
+            names = {f"user:{u['id']}": " ".join(p for p in (u.get("name"), u.get("lastname")) if p) for u in self.users}
+            item = {**item, "assignees": {**item["assignees"], "users": [
+                {**u, "name": u.get("name") or names.get(str(u.get("id")))} for u in item["assignees"]["users"]]}}
         return 200, {**OK, kind: item}, {}
 
     def _update(self, call: Call, m: re.Match):

@@ -26,7 +26,9 @@ from typing import Any
 from redis.exceptions import LockError
 
 from connectors.base import Entity, PermanentApiError, RetryableApiError
+from pipeline import history
 from pipeline.steps import find_or_create as contacts
+from pipeline.steps import record as record_step
 from pipeline.steps.base import StepContext, require
 
 METHOD = "find_or_create_order"
@@ -43,7 +45,7 @@ log = logging.getLogger("crmbridge.steps")
 
 def run(ctx: StepContext, conversation: str, direction: str, message_id: str, at: str, text: str,
         order: dict[str, Any], card: dict[str, str], contact: dict[str, Any] | None = None,
-        writers: dict[str, str] | None = None) -> dict[str, Any]:
+        writers: dict[str, str] | None = None, response: dict[str, Any] | None = None) -> dict[str, Any]:
     """{order, created, contact?, unanswered, last_writer} or {order: None, skipped} for a manager's
     message in a conversation without an open order."""
     require(ctx, METHOD, REQUIRES)
@@ -60,7 +62,7 @@ def run(ctx: StepContext, conversation: str, direction: str, message_id: str, at
             raise RetryableApiError(f"find_or_create order: another worker holds conversation {conversation}")
     try:
         return _run(ctx, conversation, direction, str(message_id or at), _moment(at), text or "", order, card,
-                    contact or {}, {**WRITERS, **(writers or {})})
+                    contact or {}, {**WRITERS, **(writers or {})}, response)
     finally:
         if lock is not None:
             try:
@@ -70,7 +72,8 @@ def run(ctx: StepContext, conversation: str, direction: str, message_id: str, at
 
 
 def _run(ctx: StepContext, conversation: str, direction: str, message_id: str, at: datetime, text: str,
-         order: dict[str, Any], card: dict[str, str], contact: dict[str, Any], writers: dict[str, str]) -> dict[str, Any]:
+         order: dict[str, Any], card: dict[str, str], contact: dict[str, Any], writers: dict[str, str],
+         response: dict[str, Any] | None = None) -> dict[str, Any]:
     client = ctx.client
     closed = {str(s).casefold() for s in order.get("closed") or ()}
     current = _current_order(ctx, conversation, order["field"], closed)
@@ -97,6 +100,10 @@ def _run(ctx: StepContext, conversation: str, direction: str, message_id: str, a
     else:
         created = False
     ctx.rt.store.set(_order_key(ctx, conversation), current, ex=STATE_TTL)
+    if response and not created and direction == "outgoing":   # before the answered messages are let go
+        answered = _record_response(ctx, current, at, response)
+        if answered is not None:
+            result["response_seconds"] = answered
     state = _state(ctx, current) if created else _note(ctx, current, direction, message_id, at, text)
     if not created:
         client.set_fields(Entity("task", current), _card(card, writers, state))
@@ -187,6 +194,29 @@ def _note(ctx: StepContext, order: str, direction: str, message_id: str, at: dat
     store.expire(keys("order-card", ctx.connection, order), STATE_TTL)
     store.expire(pending, STATE_TTL)
     return state
+
+
+def _record_response(ctx: StepContext, order: str, at: datetime, response: dict[str, Any]) -> float | None:
+    """A manager's answer to waiting client messages: the seconds since the first of them, a fact
+    (metric `response.metric`, its dimensions and `reply`: first, the order's first answer, or next)
+    stored under this step's key, so a run again records it once (pipeline/steps/record.py)."""
+    store, keys = ctx.rt.store, ctx.rt.keys
+    waiting = store.zrangebyscore(keys("order-unanswered", ctx.connection, order), "-inf", at.timestamp(),
+                                  start=0, num=1, withscores=True)
+    if not waiting:
+        return None
+    seconds = round(at.timestamp() - float(waiting[0][1]), 1)
+    first = json.loads(store.hget(keys("order-card", ctx.connection, order), "replied_at") or "null") is None
+    dimensions = {**response.get("dimensions", {}), "reply": "first" if first else "next"}
+    facts = record_step.store(ctx.rt.settings)
+    row = history.fact_row(f"{ctx.key}|response", response["event_id"], ctx.connection, f"task:{order}",
+                           response["rule"], at, response["zone"], response["metric"], seconds, dimensions)
+    try:
+        facts.add_fact(row)
+    except Exception as exc:   # sqlite3.Error, psycopg.Error: the database, not the fact
+        raise RetryableApiError(f"fact {response['metric']!r} not recorded: the {facts.name} store failed: "
+                                f"{exc}") from None
+    return seconds
 
 
 def _card(card: dict[str, str], writers: dict[str, str], state: dict[str, Any]) -> dict[str, Any]:
