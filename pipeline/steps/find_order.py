@@ -27,8 +27,8 @@ from redis.exceptions import LockError
 
 from connectors.base import Entity, PermanentApiError, RetryableApiError
 from pipeline import history
-from pipeline.steps import find_or_create as contacts
-from pipeline.steps import record as record_step
+from pipeline.steps.find_or_create import run as find_contact
+from pipeline.steps.record import store as facts_store
 from pipeline.steps.base import StepContext, require
 
 METHOD = "find_or_create_order"
@@ -82,9 +82,9 @@ def _run(ctx: StepContext, conversation: str, direction: str, message_id: str, a
         result.update(order=None, skipped="a manager's message in a conversation with no open order")
         return result
     if current is None:
-        found = contacts._find_or_create(ctx, contact["by"], contact["value"], contact.get("name"),
-                                         {**(contact.get("fields") or {}), contact["field"]: contact["value"]},
-                                         contact["field"], None)
+        # the contact step itself, with its lock per client (two accounts' conversations of one client)
+        found = find_contact(ctx, contact["by"], contact["value"], contact.get("name"),
+                             dict(contact.get("fields") or {}), contact["field"], None)
         result["contact"] = found["contact"]
         values = _card(card, writers, _fresh_state(direction, message_id, at, text))
         made = client.create_task(
@@ -208,7 +208,7 @@ def _record_response(ctx: StepContext, order: str, at: datetime, response: dict[
     seconds = round(at.timestamp() - float(waiting[0][1]), 1)
     first = json.loads(store.hget(keys("order-card", ctx.connection, order), "replied_at") or "null") is None
     dimensions = {**response.get("dimensions", {}), "reply": "first" if first else "next"}
-    facts = record_step.store(ctx.rt.settings)
+    facts = facts_store(ctx.rt.settings)
     row = history.fact_row(f"{ctx.key}|response", response["event_id"], ctx.connection, f"task:{order}",
                            response["rule"], at, response["zone"], response["metric"], seconds, dimensions)
     try:
