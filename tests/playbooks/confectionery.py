@@ -44,7 +44,7 @@ TASK_FIELDS = [
     {"id": 305, "name": "Дата останнього повідомлення", "type": 5}, {"id": 306, "name": "Хто писав останній", "type": 0},
     {"id": 307, "name": "Без відповіді", "type": 1}, {"id": 308, "name": "Причина", "type": 0},
     {"id": 309, "name": "Кондитер", "type": 0}, {"id": 310, "name": "Опис виробу", "type": 2},
-    {"id": 311, "name": "Дата видачі", "type": 3}]
+    {"id": 311, "name": "Дата видачі", "type": 3}, {"id": 312, "name": "Попередній статус", "type": 0}]
 CONTACT_FIELDS = [
     {"id": 401, "name": "Instagram", "type": 0}, {"id": 402, "name": "Аватар", "type": 0},
     {"id": 403, "name": "Акаунт", "type": 0}, {"id": 404, "name": "Дата звернення", "type": 3}]
@@ -158,6 +158,13 @@ def post_planfix(client, runtime, body: dict[str, Any]) -> None:
     resp = client.post("/hooks/shop-planfix", json={"secret": PF_SECRET, **body})
     assert resp.status_code == 200, resp.get_data(as_text=True)
     run_worker(runtime)
+
+
+def status(client, runtime, fake_planfix, task: int, name: str, previous: str) -> None:
+    """A manager changes the order's status in Planfix; the "status changed" scenario posts it."""
+    fake_planfix.tasks[task]["status"] = {"id": SALES_STATUSES[name]}
+    post_planfix(client, runtime, {"event": "task.status_changed",
+                                   "task": {"id": str(task), "status": name, "previous_status": previous}})
 
 
 def tick(runtime, at, moment: datetime) -> None:

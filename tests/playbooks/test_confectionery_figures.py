@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from tests.playbooks.confectionery import (  # noqa: F401 - fixtures
-    SALES_STATUSES, at, config_dir, fake_inbox, fake_planfix, kyiv, post_inbox, post_planfix, umnico_incoming,
+    at, config_dir, fake_inbox, fake_planfix, kyiv, post_inbox, post_planfix, status, umnico_incoming,
     umnico_outgoing,
 )
 from tests.playbooks.confectionery import env as playbook_env
@@ -37,13 +37,6 @@ def report(client, name: str, **params: str) -> list[dict]:
 def created(client, runtime, task: int) -> None:
     """Planfix's "task created" scenario (docs/playbooks/confectionery.md §4)."""
     post_planfix(client, runtime, {"event": "task.created", "task": {"id": str(task)}})
-
-
-def status(client, runtime, fake_planfix, task: int, name: str, previous: str) -> None:
-    """A manager changes the order's status; the "status changed" scenario posts it."""
-    fake_planfix.tasks[task]["status"] = {"id": SALES_STATUSES[name]}
-    post_planfix(client, runtime, {"event": "task.status_changed",
-                                   "task": {"id": str(task), "status": name, "previous_status": previous}})
 
 
 def test_b6_funnel_per_account_and_manager_and_answer_times(client, runtime, fake_planfix, at):
