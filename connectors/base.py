@@ -547,6 +547,15 @@ class CrmClient(Protocol):
         """Every task of a project, as read_task gives one."""
         ...
 
+    def find_tasks(self, field: str, value: str) -> list[dict[str, Any]] | None:
+        """Every task whose line custom field `field` equals `value` (an order by its conversation),
+        in the common shape with its status, lowest id first."""
+        ...
+
+    def process_id(self, process: Any) -> Any:
+        """A task process by name or id → its id."""
+        ...
+
     def set_status(self, entity: Entity, status: Any, pipeline: Any = None, due: str | None = None,
                    responsible: Any = None) -> Any:
         """A task's status (in its process `pipeline`), and its deadline and executor, in one write."""

@@ -38,6 +38,7 @@ class FakePlanfix(FakeServer):
         self.comments: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.locked: set[int] = set()  # tasks being changed elsewhere: updates answer 202
         self.zone = "UTC"  # the token user's time zone: date filters are read in it
+        self.name_created_fields = False  # True: a created record's fields come back with their names (as a GET does)
         self.custom_fields = {
             "task": [{"id": 101, "name": "Бюджет", "type": 1}, {"id": 102, "name": "Дата оплаты", "type": 3},
                      {"id": 103, "name": "Результат", "type": 2}, {"id": 104, "name": "Реклама запущена", "type": 7}],
@@ -111,7 +112,7 @@ class FakePlanfix(FakeServer):
         number = next(self.ids)
         made = {"dateTime": _now_point()} if m.group(1) == "task" else {}
         body = dict(call.body or {})
-        if body.get("customFieldData"):   # as a later GET shows them: each field with its name and type
+        if self.name_created_fields and body.get("customFieldData"):   # as a later GET shows them: named
             body["customFieldData"] = [self.named(m.group(1), d) for d in body["customFieldData"]]
         self.add(m.group(1), {**body, "id": number, **made})
         return 200, {**OK, "id": number}, {}

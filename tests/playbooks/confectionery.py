@@ -70,6 +70,7 @@ def fake_planfix() -> Iterator[FakePlanfix]:
     server.statuses = {SALES: [{"id": i, "name": n} for n, i in SALES_STATUSES.items()],
                        CONFECTIONERS: [{"id": i, "name": n} for n, i in CONFECTIONER_STATUSES.items()]}
     server.users = copy.deepcopy(USERS)
+    server.name_created_fields = True   # a GET names every field, as Planfix's does
     server.start()
     yield server
     server.stop()
