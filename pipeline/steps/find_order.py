@@ -86,6 +86,9 @@ def _run(ctx: StepContext, conversation: str, direction: str, message_id: str, a
         found = find_contact(ctx, contact["by"], contact["value"], contact.get("name"),
                              dict(contact.get("fields") or {}), contact["field"], None)
         result["contact"] = found["contact"]
+        if found["contact"] is None:   # record-only: no contact was made, so no order either
+            result.update(order=None, created=True)
+            return result
         values = _card(card, writers, _fresh_state(direction, message_id, at, text))
         made = client.create_task(
             Entity("contact", str(found["contact"])), order.get("name") or f"{contact.get('name') or contact['value']}",
