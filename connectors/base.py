@@ -597,6 +597,11 @@ class ChannelClient(Protocol):
         """A reply in an inbox conversation."""
         ...
 
+    def download_file(self, url: str) -> tuple[bytes, str]:
+        """(content, name) of a file a message named by its URL (an inbox attachment), from the hosts
+        the connection allows, without the connection's credentials."""
+        ...
+
     def send_email(self, to: Any, subject: str, text: str, html: str | None = None) -> Any:
         """An e-mail."""
         ...

@@ -154,6 +154,10 @@ def plan_order(ctx, options: dict) -> list:
         "at": options["at"] or event.occurred_at, "text": text,
         "order": {k: v for k, v in options["order"].items() if v not in (None, "", [], {})},
         "card": dict(options["card"]), "writers": dict(options["writers"])}
+    photos = [{"url": f["url"], "name": f.get("name")} for f in files
+              if isinstance(f, dict) and f.get("type") == "image" and f.get("url")]
+    if photos and direction == "incoming":   # the client's last photo, for «Фото замовлення» (save_order_photo)
+        args["photo"] = {**photos[-1], "connection": event.connection}
     if options["response"]:
         args["response"] = response_fact(ctx, options["response"])
     value = " ".join(str(options["value"] or "").split())

@@ -45,7 +45,8 @@ log = logging.getLogger("crmbridge.steps")
 
 def run(ctx: StepContext, conversation: str, direction: str, message_id: str, at: str, text: str,
         order: dict[str, Any], card: dict[str, str], contact: dict[str, Any] | None = None,
-        writers: dict[str, str] | None = None, response: dict[str, Any] | None = None) -> dict[str, Any]:
+        writers: dict[str, str] | None = None, response: dict[str, Any] | None = None,
+        photo: dict[str, Any] | None = None) -> dict[str, Any]:
     """{order, created, contact?, unanswered, last_writer} or {order: None, skipped} for a manager's
     message in a conversation without an open order."""
     require(ctx, METHOD, REQUIRES)
@@ -62,7 +63,7 @@ def run(ctx: StepContext, conversation: str, direction: str, message_id: str, at
             raise RetryableApiError(f"find_or_create order: another worker holds conversation {conversation}")
     try:
         return _run(ctx, conversation, direction, str(message_id or at), _moment(at), text or "", order, card,
-                    contact or {}, {**WRITERS, **(writers or {})}, response)
+                    contact or {}, {**WRITERS, **(writers or {})}, response, photo)
     finally:
         if lock is not None:
             try:
@@ -73,7 +74,7 @@ def run(ctx: StepContext, conversation: str, direction: str, message_id: str, at
 
 def _run(ctx: StepContext, conversation: str, direction: str, message_id: str, at: datetime, text: str,
          order: dict[str, Any], card: dict[str, str], contact: dict[str, Any], writers: dict[str, str],
-         response: dict[str, Any] | None = None) -> dict[str, Any]:
+         response: dict[str, Any] | None = None, photo: dict[str, Any] | None = None) -> dict[str, Any]:
     client = ctx.client
     closed = {str(s).casefold() for s in order.get("closed") or ()}
     current = _current_order(ctx, conversation, order["field"], closed)
@@ -108,6 +109,8 @@ def _run(ctx: StepContext, conversation: str, direction: str, message_id: str, a
         if answered is not None:
             result["response_seconds"] = answered
     state = _state(ctx, current) if created else _note(ctx, current, direction, message_id, at, text)
+    if photo:   # the client's latest photo in this order (pipeline/steps/save_order_photo.py reads it)
+        _keep_photo(ctx, current, at, photo)
     if not created:
         client.set_fields(Entity("task", current), _card(card, writers, state))
     result.update(order=current, created=created, unanswered=state["unanswered"], last_writer=state["writer"])
@@ -197,6 +200,18 @@ def _note(ctx: StepContext, order: str, direction: str, message_id: str, at: dat
     store.expire(keys("order-card", ctx.connection, order), STATE_TTL)
     store.expire(pending, STATE_TTL)
     return state
+
+
+def _keep_photo(ctx: StepContext, order: str, at: datetime, photo: dict[str, Any]) -> None:
+    key = ctx.rt.keys("order-card", ctx.connection, order)
+    kept = json.loads(ctx.rt.store.hget(key, "photo") or "null")
+    if kept is None or at.isoformat() >= str(kept.get("at") or ""):
+        ctx.rt.store.hset(key, "photo", json.dumps({**photo, "at": at.isoformat()}, ensure_ascii=False))
+
+
+def order_photo(rt: Any, connection: str, order: str) -> dict[str, Any] | None:
+    """The last photo the client sent in this order: {url, name, connection (the inbox), at}, or None."""
+    return json.loads(rt.store.hget(rt.keys("order-card", connection, order), "photo") or "null")
 
 
 def _record_response(ctx: StepContext, order: str, at: datetime, response: dict[str, Any]) -> float | None:

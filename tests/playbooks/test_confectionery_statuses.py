@@ -13,9 +13,10 @@ import pytest
 
 from tests.conftest import PAYLOADS
 from tests.playbooks.confectionery import (  # noqa: F401 - fixtures
-    SALES_STATUSES, at, bodies, config_dir, custom, env, fake_inbox, fake_planfix, kyiv, post_inbox, post_planfix,
+    SALES_STATUSES, at, bodies, custom, env, fake_inbox, fake_planfix, kyiv, post_inbox, post_planfix,
     status, umnico_incoming,
 )
+from tests.playbooks.confectionery import config_dir as example_config_dir  # noqa: F401 - a fixture
 
 LEAD = 64950001
 
@@ -86,3 +87,46 @@ def test_b3_draft_puts_back_the_status_before_the_wrong_one(client, runtime, fak
     assert comments(fake_planfix, order)[-1] == "Статус повернуто: «Привітання» (помилковий — «Оплачено»)."
     status(client, runtime, fake_planfix, order, "Привітання", "Чернетка")           # Planfix reports it
     assert len(fake_inbox.sent(LEAD)) == 1                                           # no second greeting
+
+
+PHOTO = b"\xff\xd8\xff\xe0JFIF napoleon cake photo"
+
+
+@pytest.fixture
+def config_dir(example_config_dir, fake_inbox):   # noqa: F811
+    """The example, with the fake umnico's origin as a file host (a CDN stands there in production)."""
+    path = example_config_dir / "connections.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("file_hosts: [cdninstagram.com, fbcdn.net, umnico.com]",
+                                 f'file_hosts: [cdninstagram.com, "{fake_inbox.url}"]'), encoding="utf-8")
+    return example_config_dir
+
+
+def test_b3_order_photo_saves_the_clients_last_photo_into_the_order(client, runtime, fake_planfix, fake_inbox, order, at):
+    from tests.fakes import multipart_parts
+    fake_inbox.media["napoleon.jpg"] = PHOTO
+    at(kyiv(2026, 12, 8, 11, 5))
+    post_inbox(client, runtime, umnico_incoming(LEAD, "", kyiv(2026, 12, 8, 11, 5), attachments=[
+        {"type": "photo", "url": f"{fake_inbox.url}/media/napoleon.jpg"}]))
+    status(client, runtime, fake_planfix, order, "Фото замовлення", "Нове звернення")
+    [download] = fake_inbox.received("GET", r"/media/napoleon\.jpg")
+    assert "Authorization" not in download.headers                      # the umnico token stays home
+    [upload] = fake_planfix.received("POST", r"/rest/file/")
+    assert multipart_parts(upload)["file"] == {"filename": "napoleon.jpg", "content": PHOTO}
+    [note] = bodies(fake_planfix, "POST", rf"/rest/task/{order}/comments/")
+    assert note["description"] == "📷 Фото замовлення від клієнта"
+    assert note["files"] == [{"id": max(fake_planfix.files)}]
+
+
+def test_b3_order_photo_without_a_photo_or_from_another_host_saves_nothing(client, runtime, fake_planfix, fake_inbox,
+                                                                           order, at):
+    status(client, runtime, fake_planfix, order, "Фото замовлення", "Нове звернення")   # no photo sent yet
+    at(kyiv(2026, 12, 8, 11, 5))
+    post_inbox(client, runtime, umnico_incoming(LEAD, "ось фото", kyiv(2026, 12, 8, 11, 5), attachments=[
+        {"type": "photo", "url": "https://evil.example/napoleon.jpg"}]))
+    status(client, runtime, fake_planfix, order, "Привітання", "Фото замовлення")
+    status(client, runtime, fake_planfix, order, "Фото замовлення", "Привітання")
+    assert fake_planfix.received("POST", r"/rest/file/") == []
+    assert bodies(fake_planfix, "POST", rf"/rest/task/{order}/comments/") == []
+    [dead] = [json.loads(v) for v in runtime.store.hvals(runtime.keys("dead"))]
+    assert "attachment URL host 'evil.example' is not one of the allowed file hosts" in json.dumps(dead, ensure_ascii=False)
