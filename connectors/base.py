@@ -598,6 +598,15 @@ class CrmClient(Protocol):
         """Every task of a project, as read_task gives one."""
         ...
 
+    def find_tasks(self, field: str, value: str) -> list[dict[str, Any]] | None:
+        """Every task whose line custom field `field` equals `value` (an order by its conversation),
+        in the common shape with its status, lowest id first."""
+        ...
+
+    def process_id(self, process: Any) -> Any:
+        """A task process by name or id → its id."""
+        ...
+
     def set_status(self, entity: Entity, status: Any, pipeline: Any = None, due: str | None = None,
                    responsible: Any = None, fields: dict[str, Any] | None = None) -> Any:
         """A task's status (in its process `pipeline`), and its deadline, executor and custom
@@ -638,6 +647,11 @@ class ChannelClient(Protocol):
 
     def reply(self, conversation: Any, text: str, attachments: list[dict[str, Any]] | None = None) -> Any:
         """A reply in an inbox conversation."""
+        ...
+
+    def download_file(self, url: str) -> tuple[bytes, str]:
+        """(content, name) of a file a message named by its URL (an inbox attachment), from the hosts
+        the connection allows, without the connection's credentials."""
         ...
 
     def send_email(self, to: Any, subject: str, text: str, html: str | None = None) -> Any:

@@ -23,14 +23,19 @@ letter or digit (enough for Instagram mids such as "aWdfZAG9tZA1" and "conv-7781
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from datetime import datetime, timezone
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import requests
 
 from connectors.base import (
-    BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook, check_secret,
-    event_id, parse_json, positive_id, segment, utc_iso,
+    BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook, RetryableApiError,
+    check_secret, event_id, parse_json, positive_id, segment, utc_iso,
 )
 
 SOURCE = "inbox"
@@ -47,6 +52,12 @@ NETWORKS = {"instagramV3": "instagram", "instagram": "instagram", "fb_messenger"
 FILE_TYPES = {"photo": "image", "image": "image", "doc": "file", "file": "file"}
 OUR_CUSTOM_ID = "crmbridge:"  # prefix of the customId we send; umnico echoes it in message.outgoing
 GENERIC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@=+-]{0,127}")   # see "Id grammar" above
+# Where a client's photo may be downloaded from (download_file): Instagram's CDNs and umnico's own
+# hosts, by domain suffix. NOT confirmed from umnico's documentation (its attachment URLs were not
+# seen live): `options: {file_hosts: [...]}` replaces the list; an entry "http://host:port" allows
+# that one origin over plain HTTP (a service on the same network).
+FILE_HOSTS = ("cdninstagram.com", "fbcdn.net", "umnico.com")
+MAX_FILE_BYTES = 20 * 1024 * 1024   # Planfix takes larger, but a client's photo is far smaller
 
 
 def verify(raw: RawWebhook, connection: Connection) -> None:
@@ -208,7 +219,7 @@ class Client(BaseClient):
     # umnico documents no request limit (the integrators' notes in aliyaredpilled/chatwoot
     # UMNICO-INTEGRATION-BRIEF.md say so too), so a conservative 5 per second
     rate_per_second = 5.0
-    capabilities = frozenset({"reply"})
+    capabilities = frozenset({"reply", "download_file"})
     default_base_url = "https://api.umnico.com"
     docs_url = "https://api.umnico.com/docs/ru/"
 
@@ -303,11 +314,68 @@ class Client(BaseClient):
             "raw": lead,
         }
 
+    def download_file(self, url: str) -> tuple[bytes, str]:
+        """(content, name) of an attachment's URL (a client's photo), GET without our credentials
+        (the umnico token never leaves for another host), from the allowed hosts only (FILE_HOSTS or
+        `options.file_hosts`: https, a host that is one of them or under one; IP literals only when
+        listed exactly), at most MAX_FILE_BYTES, no redirects followed."""
+        target = _allowed_file_url(url, self.connection.options.get("file_hosts") or FILE_HOSTS)
+        if self.record_only:
+            raise PermanentApiError(f"record-only: {target} not downloaded")
+        try:
+            resp = self.session.get(target, timeout=self.timeout, stream=True, allow_redirects=False)
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise RetryableApiError(f"GET {target}: {type(exc).__name__}") from None
+        with resp:
+            if resp.status_code == 429 or resp.status_code >= 500:
+                raise RetryableApiError(f"GET {target}: HTTP {resp.status_code}", status=resp.status_code)
+            if resp.status_code != 200:
+                raise PermanentApiError(f"GET {target}: HTTP {resp.status_code}", status=resp.status_code)
+            if int(resp.headers.get("Content-Length") or 0) > MAX_FILE_BYTES:
+                raise PermanentApiError(f"GET {target}: larger than {MAX_FILE_BYTES} bytes")
+            content = bytearray()
+            for chunk in resp.iter_content(64 * 1024):
+                content += chunk
+                if len(content) > MAX_FILE_BYTES:
+                    raise PermanentApiError(f"GET {target}: larger than {MAX_FILE_BYTES} bytes")
+        name = unquote(PurePosixPath(urlsplit(target).path).name) or "photo.jpg"
+        return bytes(content), name[:200]
+
     def list_managers(self) -> list[dict[str, Any]]:
         """GET /v1.3/managers (managers.html): [{id, name, email, role: owner|manager}]."""
         managers = self.call("GET", "/v1.3/managers")
         return [{"id": _str(m.get("id")), "name": _str(m.get("name")), "email": _str(m.get("login")),
                  "role": m.get("role")} for m in (managers or []) if isinstance(m, dict)]
+
+
+def _allowed_file_url(url: Any, hosts: Any) -> str:
+    """The URL, if it may be fetched: https to an allowed host (see FILE_HOSTS), or http to an
+    origin listed as "http://host[:port]"; else PermanentApiError saying why."""
+    text = str(url or "").strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise PermanentApiError(f"attachment URL {text[:80]!r} is not a URL") from None
+    host = (parts.hostname or "").lower().rstrip(".")
+    allowed = [str(h).strip().lower().rstrip("/.") for h in (hosts if isinstance(hosts, (list, tuple)) else [hosts])]
+    origin = f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+    if parts.username or parts.password or not host:
+        raise PermanentApiError(f"attachment URL {text[:80]!r}: no host, or credentials in it")
+    if parts.scheme == "http" and origin in allowed:
+        return text
+    if parts.scheme != "https":
+        raise PermanentApiError(f"attachment URL {text[:80]!r}: only https is fetched")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        literal = True
+    except ValueError:
+        literal = False
+    named = [h.removeprefix("https://") for h in allowed if "://" not in h or h.startswith("https://")]
+    if (literal and host not in named) or not any(host == h or host.endswith("." + h) for h in named):
+        raise PermanentApiError(f"attachment URL host {host!r} is not one of the allowed file hosts "
+                                f"({', '.join(named)}; options.file_hosts)")
+    return text
 
 
 def _lead_id(conversation: Any) -> str:

@@ -297,6 +297,7 @@ class Client(BaseClient):
         "link_contact", "read_task", "project_tasks", "set_status", "find_task", "find_note", "overdue_tasks",
         "find_contact",
         "upload_file", "attach_file",
+        "find_tasks", "process_id",
     })
 
     def auth_headers(self) -> dict[str, str]:
@@ -701,6 +702,40 @@ class Client(BaseClient):
             return f"Planfix: a contact is the client (counterparty) of a task, not of a {entity.type}"
         self.request("POST", f"/task/{segment(entity.id)}", json_body={"counterparty": {"id": f"contact:{contact_id}"}})
         return None
+
+    # find_or_create kind: order (pipeline/steps/find_order.py): the tasks whose line (Строка) custom
+    # field holds a value, POST /task/list with the complex task filter 101 "custom field of type
+    # line", `field` = the field's id, operator equal (the task codes beside the contact ones, 4101:
+    # popstas/planfix-mcp-server src/lib/extendFiltersWithCustomFields.ts typeCodeMap, task string 101).
+    def find_tasks(self, field: str, value: str) -> list[dict[str, Any]] | None:
+        """Every task whose custom field `field` (a line field, by name or id) equals `value`, in the
+        common shape (status with its name, counterparty, dateTime as `created`), lowest id first."""
+        meta = self.resolve_field("task", field) if not self.record_only else {"id": field, "type": 0}
+        if meta.get("type") not in (None, 0):
+            raise PermanentApiError(f"Planfix task field {field!r} is not a line (Строка) field: "
+                                    "an order is found by the conversation kept in one")
+        found: list[dict[str, Any]] = []
+        for page in range(MAX_PAGES):
+            resp = self.request("POST", "/task/list", json_body={
+                "offset": page * 100, "pageSize": 100,
+                "filters": [{"type": 101, "field": meta["id"], "operator": "equal", "value": value}],
+                "fields": "id,name,status,processId,assignees,counterparty,dateTime"})
+            if resp is None:
+                return None
+            items = [t for t in _json_body(resp).get("tasks") or [] if isinstance(t, dict) and t.get("id") is not None]
+            for task in items:
+                snap = self.normalize_task(task)
+                snap["created"] = (task.get("dateTime") or {}).get("datetime")
+                found.append(snap)
+            if len(items) < 100:
+                break
+        return sorted(found, key=lambda t: int(t["id"]) if str(t["id"]).isdigit() else 0)
+
+    def process_id(self, process: Any) -> Any:
+        """A task process by name (GET /process/task, cached) or id → its id, as POST /task/ takes it."""
+        if process in (None, "") or str(process).isdigit() or self.record_only:
+            return process
+        return int(self.lookup("process/task", "processes", process, f"Planfix has no task process {process!r}")["id"])
 
     def delete_entity(self, entity: Entity) -> str | None:
         """Mark a task or contact deleted: the REST API has no DELETE method (TaskApi, ContactApi in

@@ -42,7 +42,10 @@ log = logging.getLogger("crmbridge.worker")
 # done is left to a person, as other creates are.
 REPEATABLE_METHODS = frozenset({"move_to_stage", "move_forward", "set_fields", "edit_buttons", "edit_text",
                                 "answer_button", "set_responsible", "delete_entity",
-                                "record"})   # record: keyed by the step, stored once whatever runs it
+                                "record",    # record: keyed by the step, stored once whatever runs it
+                                # an order: looked for by its conversation field before it is made
+                                # (pipeline/steps/find_order.py), the card a state
+                                "find_or_create_order"})
 MAYBE_DONE = "may have been sent: check the vendor, then replay it only if it was not done"
 # creates the vendor lets us read back (the method → the client verb that finds what it made): one
 # that got no clear answer is looked for, then recorded done or sent once more, never parked blindly

@@ -24,11 +24,20 @@ def as_dict(timer: Any) -> dict[str, Any]:
 
 
 def apply(rt: Any, event: Event, result: Plan) -> None:
-    """Cancel and set the timers a plan asks for."""
+    """Cancel and set the timers a plan asks for. A rule with `restart: false` sets its timer only
+    when none of that id is pending: a later event (the client's second message) leaves the first
+    one's timer where it is, so the delay counts from the first (playbook B4). Per-record order
+    (pipeline/order.py) makes the look and the set one step for the record."""
     for timer_id, reason in result.cancels:
         if rt.backend.cancel(timer_id):
             audit(rt, event, "timer.cancelled", timer=timer_id, reason=reason)
     for timer in result.timers:
+        if not timer.restart:
+            pending = rt.backend.timers.get(timer.timer_id)
+            if pending is not None:
+                audit(rt, event, "timer.kept", timer=timer.timer_id, rule=timer.rule, fire_at=pending["fire_at"],
+                      reason="restart: false; a timer of this rule and record is pending")
+                continue
         rt.backend.schedule(as_dict(timer))
         audit(rt, event, "timer.set", timer=timer.timer_id, rule=timer.rule, fire_at=timer.fire_at)
 

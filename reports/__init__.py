@@ -28,6 +28,7 @@ from typing import Any
 
 from config.loader import ConfigError, ConfigErrors, line_of, load_yaml
 from pipeline import history
+from rules import find_or_create
 
 AGGREGATES = tuple(history.AGGREGATES)   # sum, count, avg, min, max
 PERIODS = tuple(history.PERIODS)         # day, month: every fact's own dates
@@ -64,6 +65,8 @@ def recorded(rules: list) -> dict[str, set[str]]:
             if spec.verb == "record" and isinstance(spec.options, dict) and spec.options.get("metric"):
                 dims = spec.options.get("dimensions")
                 found.setdefault(str(spec.options["metric"]), set()).update(dims if isinstance(dims, dict) else ())
+    for metric, dims in find_or_create.recorded_metrics(rules).items():   # an order's answer times
+        found.setdefault(metric, set()).update(dims)
     return found
 
 

@@ -91,6 +91,7 @@ class Rule:
     for_each: str | None = None                 # a template giving a list: actions run per item
     cancel_on: tuple[CancelOn, ...] = ()
     keep_timer: bool = False                    # the guard is checked only when the timer fires
+    restart: bool = True                        # False: a later matching event leaves a pending timer where it is
 
     @property
     def where(self) -> str:
@@ -139,6 +140,7 @@ class PlannedTimer:
     entity: dict[str, str]
     event: dict[str, Any]
     occurrence: int = 0
+    restart: bool = True             # False: set only when no timer of this id is pending (timers.apply)
 
 
 class Skip(tuple):
@@ -567,7 +569,8 @@ def _plan_timer(rule: Rule, ctx: RuleContext, result: Plan, occurrence: int = 0)
     result.matched.append((rule.name, f"waits until {fire_at.isoformat()} ({describe_delay(rule.delay)})"))
     result.timers.append(PlannedTimer(rule=rule.name, rule_id=rule.id, timer_id=tid,
                                       fire_at=fire_at.isoformat(), entity=entity,
-                                      event=ctx.event.to_dict(), occurrence=occurrence))
+                                      event=ctx.event.to_dict(), occurrence=occurrence,
+                                      restart=rule.restart or occurrence > 0))
 
 
 def _cancel_on(rule: Rule, ctx: RuleContext, result: Plan) -> None:

@@ -45,6 +45,7 @@ class RuleSchema(Schema):
     cancel_on = fields.Raw(metadata={"expected": "{event: <kind>, entity: 'type:id'}"})
     for_each = fields.String(metadata={"expected": "an expression giving a list, e.g. entity.fields['Bloggers']"})
     keep_timer = fields.Boolean(load_default=False, metadata={"expected": "true or false"})
+    restart = fields.Boolean(load_default=True, metadata={"expected": "true or false"})
 
 
 class _Collector:
@@ -174,13 +175,16 @@ def _rule(item: Any, index: int, parent: list, defaults: Mapping[str, Any], col:
             check_expression(for_each)
         except TemplateProblem as exc:
             col.add(item, "for_each", crumb, f"for_each: {exc}")
+    if not data["restart"] and (delay is None or delay.kind == "every"):
+        col.add(item, "restart", crumb, "restart: false keeps a pending timer where it is: only a rule with "
+                "after/at/before has one (found " + ("no delay" if delay is None else "every") + ")")
     if len(col.errors) > before or not data["enabled"]:
         return None
     return Rule(id=rule_id(col.shown, data["name"]), name=data["name"], file=col.shown,
                 line=line_of(parent, index), trigger=trigger, conditions=tuple(conditions),
                 delay=delay, guard=tuple(guard), actions=tuple(actions), calendar=calendar,
                 otherwise=tuple(otherwise), for_each=for_each, cancel_on=tuple(cancel_on),
-                keep_timer=data["keep_timer"])
+                keep_timer=data["keep_timer"], restart=data["restart"])
 
 
 def _calendar_problem(calendar: Any, ruleset: RuleSet) -> str | None:

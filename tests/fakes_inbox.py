@@ -36,6 +36,8 @@ class FakeInbox(FakeServer):
         self.route("GET", r"/v1\.3/messaging/(\d+)/sources", self._sources)
         self.route("GET", r"/v1\.3/leads/(\d+)", self._lead)
         self.route("GET", r"/v1\.3/managers", lambda c, m: (200, self.managers, {}))
+        self.media: dict[str, bytes] = {}   # attachments as a CDN serves them: GET /media/<name>, no token
+        self.route("GET", r"/media/(.+)", self._media)
 
     def add_lead(self, lead: dict[str, Any], sources: list[dict[str, Any]]) -> None:
         self.leads[str(lead["id"])] = copy.deepcopy(lead)
@@ -45,9 +47,17 @@ class FakeInbox(FakeServer):
         return self.received("POST", rf"/v1\.3/messaging/{lead}/send")
 
     def _answer(self, call: Call):
+        if call.path.startswith("/media/"):   # a file host, not the API: it asks for no token
+            return super()._answer(call)
         if call.headers.get("Authorization") != f"Bearer {self.token}":
             return 401, {"message": "Unauthorized"}, {}
         return super()._answer(call)
+
+    def _media(self, call: Call, m: re.Match):
+        found = self.media.get(m.group(1))
+        if found is None:
+            return 404, {"message": "Not found"}, {}
+        return 200, found, {"Content-Type": "image/jpeg"}
 
     def _send(self, call: Call, m: re.Match):
         body = call.body or {}

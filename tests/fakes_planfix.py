@@ -38,6 +38,7 @@ class FakePlanfix(FakeServer):
         self.comments: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.locked: set[int] = set()  # tasks being changed elsewhere: updates answer 202
         self.zone = "UTC"  # the token user's time zone: date filters are read in it
+        self.name_created_fields = False  # True: a created record's fields come back with their names (as a GET does)
         self.custom_fields = {
             "task": [{"id": 101, "name": "Бюджет", "type": 1}, {"id": 102, "name": "Дата оплаты", "type": 3},
                      {"id": 103, "name": "Результат", "type": 2}, {"id": 104, "name": "Реклама запущена", "type": 7}],
@@ -81,6 +82,10 @@ class FakePlanfix(FakeServer):
         if item is None:  # error codes 1000 / 2000: the task / contact does not exist
             return 400, {"result": "fail", "code": 1000 if kind == "task" else 2000,
                          "error": f"{kind} {m.group(2)} not found"}, {}
+        if kind == "task" and (item.get("assignees") or {}).get("users"):   # people come with their names
+            names = {f"user:{u['id']}": " ".join(p for p in (u.get("name"), u.get("lastname")) if p) for u in self.users}
+            item = {**item, "assignees": {**item["assignees"], "users": [
+                {**u, "name": u.get("name") or names.get(str(u.get("id")))} for u in item["assignees"]["users"]]}}
         return 200, {**OK, kind: item}, {}
 
     def _update(self, call: Call, m: re.Match):
@@ -106,7 +111,10 @@ class FakePlanfix(FakeServer):
         """A new task or contact; a task keeps its creation time as TaskResponse.dateTime (a TimePoint)."""
         number = next(self.ids)
         made = {"dateTime": _now_point()} if m.group(1) == "task" else {}
-        self.add(m.group(1), {**(call.body or {}), "id": number, **made})
+        body = dict(call.body or {})
+        if self.name_created_fields and body.get("customFieldData"):   # as a later GET shows them: named
+            body["customFieldData"] = [self.named(m.group(1), d) for d in body["customFieldData"]]
+        self.add(m.group(1), {**body, "id": number, **made})
         return 200, {**OK, "id": number}, {}
 
     def _add_comment(self, call: Call, m: re.Match):
@@ -163,7 +171,7 @@ class FakePlanfix(FakeServer):
 
     def _list_tasks(self, call: Call, m: re.Match):
         """POST /task/list with complex filters (REST_API__Сложные_фильтры_задач.md in planfix-docs):
-        5 (project) and 73 (parent task) with "equal"; 38 (date of last change) and 79 (… or comment)
+        5 (project) and 73 (parent task) with "equal"; 101 (a line custom field, `field` its id) equal; 38 (date of last change) and 79 (… or comment)
         with gt / lt / gtAndEqual / ltAndEqual and {"dateType": "otherDate_withTime", "dateFrom":
         "dd-mm-yyyy hh:mm"}, read in `self.zone` (the token user's zone) and compared to the minute."""
         body = call.body or {}
@@ -175,6 +183,11 @@ class FakePlanfix(FakeServer):
                 if moment is None or flt.get("operator") not in DATE_OPERATORS:
                     return 400, {"result": "fail", "code": 41, "error": "Invalid parameter value"}, {}
                 found = [t for t in found if DATE_OPERATORS[flt["operator"]](self._changed_minute(t), moment)]
+                continue
+            if kind == 101:   # a line custom field (`field`: its id) equal to the value (find_tasks)
+                found = [t for t in found if any(str(d["field"]["id"]) == str(flt.get("field"))
+                                                 and str(d.get("value")) == str(flt.get("value"))
+                                                 for d in t.get("customFieldData") or [])]
                 continue
             key = {5: "project", 73: "parent"}.get(kind)
             if key is None or flt.get("operator") != "equal":

@@ -82,7 +82,7 @@ CASES = [
                  ["rules.yaml:3: rule \"x\" → on → connection: no connection 'nope' in connections.yaml"], id="unknown-connection"),
     pytest.param("rules:\n  - name: x\n    on: stage.changed\n    wat: 1\n    do: [{add_note: a}]\n",
                  ["rules.yaml:4: rule \"x\" → unknown key 'wat'; expected one of: after, at, before, calendar, "
-                  "cancel_on, description, do, enabled, every, for_each, if, keep_timer, name, on, otherwise, while"],
+                  "cancel_on, description, do, enabled, every, for_each, if, keep_timer, name, on, otherwise, restart, while"],
                  id="unknown-key"),
     pytest.param("rules:\n  - name: x\n    do: [{add_note: a}]\n",
                  ["rules.yaml:2: rule \"x\" → on: required; expected an event kind or a mapping with 'event:'"], id="missing-on"),
