@@ -35,10 +35,11 @@ EVENTS_PER_DAY = 1_000_000
 RECORDS = 100_000          # "records reused": the records a deployment's events are about
 DAY = 24 * 3600
 # key kinds kept one per CRM record (not one per event)
-PER_RECORD = {"snapshot", "stage-seen", "order", "order-done"}
+PER_RECORD = {"snapshot", "stage-seen", "stage-moves", "order", "order-done"}
 LABELS = {"seen": "dedupe (seen marks)", "done": "done marks (steps)", "snapshot": "snapshot (per record)",
           "stage-seen": "stage marks (per record)", "order": "order counter (per record)",
-          "order-done": "order done (per record)", "audit": "audit stream (capped)", "rq:job": "job hashes"}
+          "order-done": "order done (per record)",
+          "stage-moves": "stage moves (per record, last 100)", "audit": "audit stream (capped)", "rq:job": "job hashes"}
 
 
 def log(message: str) -> None:
@@ -98,27 +99,67 @@ def drive(count: int) -> dict:
     for kind, keys in kinds(store, rt.keys.prefix).items():
         total, ttl = measure(store, keys)
         left[kind] = {"keys": len(keys), "bytes": total / count, "ttl": ttl}
+    moves = [k for k in store.scan_iter(match=rt.keys("stage-moves", "*"), count=5000)][:20]
+    move_entry = statistics.mean(len(store.lindex(k, 0) or b"") + 12 for k in moves) if moves else 0
     audit = rt.keys("audit")
     entries = store.xlen(audit)
     audit_entry = (store.memory_usage(audit, samples=0) or 0) / max(1, entries)
     return {"events": count, "kinds": left, "queued_job": queued_job, "queued_job_ttl": queued_job_ttl,
             "audit_entry": audit_entry, "audit_per_event": entries / count, "audit_max": rt.settings.audit_max,
+            "move_entry": move_entry,
             "snapshot_full": snapshot_full(rt, count)}
 
 
 def snapshot_full(rt, count: int) -> float:
     """Bytes a snapshot took when the whole record was kept (before the cut): the record as the
-    worker reads it (the fake amoCRM's lead), written to scratch keys, measured, deleted."""
-    from connectors.base import Entity
-    client = rt.client("quickstart-amo")
+    worker reads it (pipeline/snapshot.read: the webhook's data over the fake amoCRM's lead),
+    kept as before (the whole of it, JSON with spaces) in scratch keys, measured, deleted."""
+    import timers as bench_timers
+
+    from connectors.base import Event
+    from pipeline import snapshot
     sizes = []
     for n in range(min(50, count)):
-        entity = {**client.get_entity(Entity("lead", str(40_000_000 + n))), "type": "lead", "id": str(40_000_000 + n)}
+        event = Event.from_dict(bench_timers.sample_event(rt, 40_000_000 + n))
+        entity = snapshot.read(rt, event)
         key = rt.keys("bench-scratch", str(n))
         rt.store.set(key, json.dumps(entity, ensure_ascii=False, default=str), ex=60)
         sizes.append(rt.store.memory_usage(key, samples=0) or 0)
         rt.store.delete(key)
     return statistics.mean(sizes) if sizes else 0.0
+
+
+def legacy_timers(rt, event: dict, count: int) -> float:
+    """Bytes a pending timer took as kept before the cut (the whole timer with the vendor's raw
+    payload, JSON with spaces, no per-record set): `count` of them under a scratch prefix, used_memory
+    delta, then deleted."""
+    import timers as bench_timers
+    store = rt.store
+    zkey, hkey = "bench-legacy:timers", "bench-legacy:timer-data"
+    mem0 = store.info("memory")["used_memory"]
+    base = datetime.now(UTC) + timedelta(days=30)
+    for first in range(0, count, 1000):
+        with store.pipeline(transaction=False) as pipe:
+            for n in range(first, min(count, first + 1000)):
+                timer = bench_timers.planned("bench filler", bench_timers.FILLER_RULE_ID, 80_000_000 + n,
+                                             base + timedelta(seconds=n % DAY), event)
+                pipe.zadd(zkey, {timer["timer_id"]: base.timestamp() + n % DAY})
+                pipe.hset(hkey, timer["timer_id"], json.dumps(timer, ensure_ascii=False))
+            pipe.execute()
+    per_timer = (store.info("memory")["used_memory"] - mem0) / count
+    store.delete(zkey, hkey)
+    return per_timer
+
+
+def legacy_listing(rt, entity: str) -> float:
+    """Seconds `timers --entity` took before the per-record sets: every pending timer read, filtered."""
+    t0 = time.perf_counter()
+    ids = rt.store.zrange(rt.keys("timers"), 0, -1)
+    timers = [rt.backend.timers.unpack(i.decode(), t) for i, t in zip(ids, rt.store.hmget(rt.keys("timer-data"), ids))
+              if t]   # (read and decoded as they are kept now)
+    found = [t for t in timers if f"{t['entity']['type']}:{t['entity']['id']}" == entity]
+    assert len(found) == 1
+    return time.perf_counter() - t0
 
 
 def timers(count: int) -> dict:
@@ -131,6 +172,8 @@ def timers(count: int) -> dict:
     rt = worker.runtime()
     store = rt.store
     event = bench_timers.sample_event(rt, 70_000_000)
+    before = legacy_timers(rt, event, min(count, 20_000))
+    rt.backend.timers.pending("lead:1")   # the per-record sets' one-time entry of older timers: none here
     full = json.dumps(bench_timers.planned("bench filler", bench_timers.FILLER_RULE_ID, 70_000_000,
                                            datetime.now(UTC), event), ensure_ascii=False)
     mem0 = store.info("memory")["used_memory"]
@@ -154,6 +197,7 @@ def timers(count: int) -> dict:
         listings.append(time.perf_counter() - t0)
         assert len(found) == 1 and found[0]["entity"]["id"] == str(lead), found
     return {"count": count, "bytes": per_timer, "create_s": created, "list_ms": 1000 * max(listings),
+            "before_bytes": before, "before_list_ms": 1000 * legacy_listing(rt, "lead:70000000"),
             "stored_chars": len(stored or b""), "full_chars": len(full.encode())}
 
 
@@ -173,11 +217,14 @@ def projection(r: dict) -> tuple[list[tuple], float, float]:
         every = k["bytes"] * EVENTS_PER_DAY * days / 1e9 if k["ttl"] > 0 else float("inf")
         if kind in PER_RECORD:
             per_key = k["bytes"] * r["events"] / k["keys"]
+            if kind == "stage-moves":   # a list: one entry per move, trimmed to MOVES_KEPT (30 moves per record)
+                from pipeline.stages import MOVES_KEPT
+                per_key += r["move_entry"] * (min(MOVES_KEPT, EVENTS_PER_DAY * days / RECORDS) - 1)
             mine = (per_key * RECORDS / 1e9, every)
         else:
             mine = (every, every)
-        rows.append((LABELS.get(kind, kind), k["keys"] / r["events"], k["bytes"],
-                     f"{days:.0f} d" if k["ttl"] > 0 else "none", *mine))
+        ttl = "none" if k["ttl"] <= 0 else f"{days:.0f} d" if days >= 1 else f"{k['ttl']} s"
+        rows.append((LABELS.get(kind, kind), k["keys"] / r["events"], k["bytes"], ttl, *mine))
         reused, fresh = reused + mine[0], fresh + mine[1]
     return rows, reused, fresh
 
@@ -203,8 +250,11 @@ def table(r: dict, t: dict | None) -> str:
     if t:
         out += ["", f"pending timers: {t['count']:,} → {t['bytes']:,.0f} B each (used_memory delta), "
                     f"{t['bytes'] * 1e6 / 1e9:.2f} GB per million; stored timer {t['stored_chars']:,} B "
-                    f"of JSON (the whole timer with its event: {t['full_chars']:,} B); created in "
-                    f"{t['create_s']:.1f} s; one record's timers listed in {t['list_ms']:.1f} ms (worst of 3)"]
+                    f"packed (the whole timer as JSON with its event: {t['full_chars']:,} B); created in "
+                    f"{t['create_s']:.1f} s; one record's timers listed in {t['list_ms']:.1f} ms (worst of 3)",
+                f"  as kept before (whole event with its raw payload, no per-record set), same run: "
+                f"{t['before_bytes']:,.0f} B each ({t['before_bytes'] * 1e6 / 1e9:.2f} GB per million); one "
+                f"record's timers listed by reading every timer: {t['before_list_ms']:,.0f} ms"]
     return "\n".join(out)
 
 
