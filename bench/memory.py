@@ -167,7 +167,6 @@ def timers(count: int) -> dict:
     and the time to list one record's timers among them."""
     import timers as bench_timers
     import worker
-    from pipeline.timers import as_dict  # noqa: F401  (bench_timers.planned uses it)
 
     rt = worker.runtime()
     store = rt.store

@@ -134,3 +134,15 @@ def test_snapshot_keeps_what_derive_compares(runtime):
     assert [(d.kind, d.data.get("previous_stage"), d.data.get("changed")) for d in derived] == [
         ("stage.changed", {"id": "1", "name": "New"}, None),
         ("field.changed", None, {"Budget": {"from": "10", "to": "20"}})]
+
+
+def test_snapshot_retention_from_the_environment(runtime, monkeypatch):
+    from config.settings import Settings
+    from connectors.base import Entity, Event
+    assert Settings.from_env({}).snapshot_ttl == 90 * 24 * 3600
+    assert Settings.from_env({"CRMBRIDGE_SNAPSHOT_TTL": "604800"}).snapshot_ttl == 604800
+    monkeypatch.setattr(runtime, "settings", Settings.from_env({"CRMBRIDGE_SNAPSHOT_TTL": "604800"}))
+    event = Event(id="e2", connection="quickstart-amo", source="amocrm", kind="entity.updated",
+                  entity=Entity("lead", "6"), data={}, raw=None, occurred_at="2026-12-01T10:00:00+00:00")
+    snapshot.keep(runtime, event, {"type": "lead", "id": "6", "stage": {"id": "1"}})
+    assert 604000 < runtime.store.ttl(runtime.keys("snapshot", "quickstart-amo", "lead:6")) <= 604800
