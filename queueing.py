@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 import uuid
+import zlib
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -166,34 +167,121 @@ def finish_pipeline(results: list[Any], redo: list[Callable[[], Any]]) -> None:
             raise result
 
 class TimerIndex:
-    """Pending timers by fire time (sorted set) and their contents (hash)."""
+    """Pending timers by fire time (sorted set `timers`), their contents (hash `timer-data`), and
+    each record's timer ids (a small set per record, `timers-of:<type>:<id>`, kept in step with
+    the hash: `cli.py timers --entity` reads one record's timers, not every pending one).
+
+    A timer is kept with what firing reads (pipeline/timers.py, worker.fire_timer: the rule, its
+    time, the record, the event's kind, connection, data and time, which the rules' templates and
+    guards read), compressed (`pack`). Not kept: the vendor's raw payload (nothing reads it when a
+    timer fires: the record is read fresh), and what the key or the timer itself says already
+    (its id is the hash's field; its event's record is the timer's record)."""
+
+    # set once every timer kept before the per-record sets existed has been entered in them
+    INDEXED = "timers-of-indexed"
+    # a kept timer: this byte, then its JSON deflated with ZDICT (strings timers repeat; a kept
+    # timer is a few hundred bytes, too short for deflate alone to find much). Changing ZDICT needs
+    # a new version byte: timers kept with this one are read with it. JSON ("{…"): kept before.
+    PACKED = b"\x01"
+    ZDICT = (b'"occurred_at":"20","fire_at":"20","data":{"name":"","price":"","stage":{"id":""},'
+             b'"previous_stage":{"id":""},"pipeline":{"id":""},"responsible":{"id":""},"fields":{"}},'
+             b'"event":{"id":"","connection":"","source":"amocrm","kind":"stage.changed",'
+             b'"entity":{"type":"lead","id":""},"rule":"","rule_id":"","timer_id":"timer:')
 
     def __init__(self, store: Redis, keys: Keys):
         self.store, self.keys = store, keys
+
+    def _of(self, entity: dict[str, Any] | str) -> str:
+        ref = entity if isinstance(entity, str) else f"{entity['type']}:{entity['id']}"
+        return self.keys("timers-of", ref)
+
+    @classmethod
+    def pack(cls, timer: dict[str, Any]) -> bytes:
+        """The timer as it is kept (see the class): compact JSON, deflated with ZDICT."""
+        kept = {k: v for k, v in timer.items() if k != "timer_id"}
+        event = kept.get("event")
+        if isinstance(event, dict):
+            kept["event"] = {k: v for k, v in event.items()
+                             if k != "raw" and not (k == "entity" and v == timer.get("entity"))}
+        text = json.dumps(kept, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+        squeeze = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, cls.ZDICT)
+        return cls.PACKED + squeeze.compress(text) + squeeze.flush()
+
+    @classmethod
+    def unpack(cls, timer_id: str, raw: bytes) -> dict[str, Any]:
+        """A kept timer as it was set (its event's raw payload: None)."""
+        if raw[:1] != cls.PACKED:
+            return json.loads(raw)   # kept before timers were packed
+        unsqueeze = zlib.decompressobj(-15, zdict=cls.ZDICT)
+        timer = json.loads(unsqueeze.decompress(raw[1:]) + unsqueeze.flush())
+        timer["timer_id"] = timer_id
+        if isinstance(timer.get("event"), dict):
+            timer["event"].setdefault("entity", timer.get("entity"))
+            timer["event"].setdefault("raw", None)
+        return timer
 
     def add(self, timer: dict[str, Any], pipe=None) -> None:
         target = pipe if pipe is not None else self.store
         when = datetime.fromisoformat(timer["fire_at"]).timestamp()
         target.zadd(self.keys("timers"), {timer["timer_id"]: when})
-        target.hset(self.keys("timer-data"), timer["timer_id"], json.dumps(timer, ensure_ascii=False))
+        target.hset(self.keys("timer-data"), timer["timer_id"], self.pack(timer))
+        target.sadd(self._of(timer["entity"]), timer["timer_id"])
 
     def remove(self, timer_id: str, pipe=None) -> None:
-        target = pipe if pipe is not None else self.store
+        timer = self.get(timer_id)   # its record's set (a timer id never changes records)
+        target = pipe if pipe is not None else self.store.pipeline(transaction=False)
         target.zrem(self.keys("timers"), timer_id)
         target.hdel(self.keys("timer-data"), timer_id)
+        if timer is not None:
+            target.srem(self._of(timer["entity"]), timer_id)
+        if pipe is None:
+            target.execute()
 
     def get(self, timer_id: str) -> dict[str, Any] | None:
         raw = self.store.hget(self.keys("timer-data"), timer_id)
-        return json.loads(raw) if raw else None
+        return self.unpack(timer_id, raw) if raw else None
 
     def pending(self, entity: str | None = None) -> list[dict[str, Any]]:
+        """Timers waiting to fire, earliest first; with `entity` ("lead:123"), that record's only,
+        read from its set (milliseconds at any number of pending timers)."""
+        if entity:
+            return self._pending_of(entity)
         ids = self.store.zrange(self.keys("timers"), 0, -1)
         if not ids:
             return []
-        timers = [json.loads(t) for t in self.store.hmget(self.keys("timer-data"), ids) if t]
-        if entity:
-            timers = [t for t in timers if f"{t['entity']['type']}:{t['entity']['id']}" == entity]
-        return timers
+        return [self.unpack(i.decode(), t) for i, t in zip(ids, self.store.hmget(self.keys("timer-data"), ids)) if t]
+
+    def _pending_of(self, entity: str) -> list[dict[str, Any]]:
+        if not self.store.exists(self.keys(self.INDEXED)):
+            self.index_all()
+        key = self._of(entity)
+        ids = sorted(self.store.smembers(key))
+        if not ids:
+            return []
+        with self.store.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys("timer-data"), ids)
+            pipe.zmscore(self.keys("timers"), ids)
+            data, scores = pipe.execute()
+        gone = [i for i, raw in zip(ids, data) if raw is None]
+        if gone:   # removed by a process that kept no per-record sets (an older release)
+            self.store.srem(key, *gone)
+        # fired (off the schedule, its job queued or running) or gone: not pending
+        found = [(score, self.unpack(i.decode(), raw)) for i, raw, score in zip(ids, data, scores)
+                 if raw is not None and score is not None]
+        return [timer for _, timer in sorted(found, key=lambda pair: pair[0])]
+
+    def index_all(self, batch: int = 1000) -> int:
+        """Enter every kept timer in its record's set (timers kept before the sets existed); once."""
+        count = 0
+        with self.store.pipeline(transaction=False) as pipe:
+            for timer_id, raw in self.store.hscan_iter(self.keys("timer-data"), count=batch):
+                pipe.sadd(self._of(self.unpack(timer_id.decode(), raw)["entity"]), timer_id)
+                count += 1
+                if count % batch == 0:
+                    pipe.execute()
+            pipe.set(self.keys(self.INDEXED), 1)
+            pipe.execute()
+        return count
 
 
 class RQBackend:

@@ -21,6 +21,7 @@ class Settings:
     dedupe_ttl: int = 7 * 24 * 3600
     done_ttl: int = 14 * 24 * 3600
     audit_max: int = 100_000
+    snapshot_ttl: int = 90 * 24 * 3600    # seconds a record's snapshot (what derive() compares) is kept
     action_attempts: int | None = None    # at most this many tries per call inside one job (None: the budget decides)
     retry_budget: float = 60.0            # seconds one run of a job may spend retrying its calls (CRMBRIDGE_RETRY_BUDGET)
     job_retries: int = 3                  # RQ re-runs of a whole job after that
@@ -63,6 +64,7 @@ class Settings:
                                 ("CRMBRIDGE_ORDER_GAP_TIMEOUT", "order_gap_timeout", int),
                                 ("CRMBRIDGE_DEAD_LETTER_TTL", "dead_letter_ttl", int),
                                 ("CRMBRIDGE_HISTORY_RETENTION", "history_retention", int),
+                                ("CRMBRIDGE_SNAPSHOT_TTL", "snapshot_ttl", int),
                                 ("CRMBRIDGE_RETRY_BUDGET", "retry_budget", float),
                                 ("REDIS_SENTINEL_SERVICE", "redis_sentinel_service", str),
                                 ("REDIS_SENTINEL_PASSWORD", "redis_sentinel_password", str),

@@ -183,18 +183,26 @@ def enrich(rt: Any, event: Event, entity: dict[str, Any], needs: set[str]) -> di
         return entity
 
 
+# what `derive` compares (and `previous_stage`/`previous_responsible` hand on): the snapshot keeps
+# only these of the record, not the whole of it
+KEPT = ("stage", "responsible", "fields", "modified")
+
+
 def keep(rt: Any, event: Event, entity: dict[str, Any], entering: str | None = None) -> dict[str, Any] | None:
-    """Keep the entity's state; return the state kept before (None the first time). `entering`:
-    the stage-seen entry of the event's own stage change, written in the same round trip."""
+    """Keep the entity's state (the parts `derive` compares, KEPT, for CRMBRIDGE_SNAPSHOT_TTL
+    seconds); return the state kept before (None the first time). `entering`: the stage-seen
+    entry of the event's own stage change, written in the same round trip."""
     if event.entity.type not in CRM_ENTITIES or event.kind == "entity.deleted":
         return None
     key = rt.keys("snapshot", event.connection, str(event.entity))
-    state = json.dumps(entity, ensure_ascii=False, default=str)
+    state = json.dumps({k: entity[k] for k in KEPT if entity.get(k) is not None},
+                       ensure_ascii=False, separators=(",", ":"), default=str)
+    ttl = getattr(rt.settings, "snapshot_ttl", SNAPSHOT_TTL)
     if entering is None:
-        previous = rt.store.set(key, state, ex=SNAPSHOT_TTL, get=True)
+        previous = rt.store.set(key, state, ex=ttl, get=True)
     else:
         with rt.store.pipeline(transaction=False) as pipe:
-            pipe.set(key, state, ex=SNAPSHOT_TTL, get=True)
+            pipe.set(key, state, ex=ttl, get=True)
             pipe.set(rt.keys("stage-seen", event.connection, str(event.entity)), entering, ex=stages.STAGE_SEEN_TTL)
             previous, _ = pipe.execute()
     return json.loads(previous) if previous else None
