@@ -723,19 +723,6 @@ class Client(TokenAuth, BaseClient):
                 return contact["id"]
         return None
 
-
-def _lead_status(value: Any) -> dict[str, Any] | None:
-    """The {"id", "pipeline_id"} of an event's value_before/value_after ([{"lead_status": …}])."""
-    for item in value if isinstance(value, list) else [value]:
-        if isinstance(item, dict) and isinstance(item.get("lead_status"), dict) and item["lead_status"].get("id"):
-            return item["lead_status"]
-    return None
-
-
-def _text(value: Any) -> str | None:
-    return None if value in (None, "") else str(value)
-
-
     # --- files made by crmbridge (make_document): drive upload, link, attachment note ---------
 
     def upload_file(self, content: bytes, name: str, mime_type: str | None = None) -> dict[str, Any] | None:
@@ -807,6 +794,7 @@ def _text(value: Any) -> str | None:
         resp = self.request("POST", f"/api/v4/{API_ENTITY[entity.type]}/notes",
                             json_body=[{"entity_id": int(entity.id), "note_type": "attachment", "params": params}])
         return None if resp is None else resp.json()["_embedded"]["notes"][0]["id"]
+
 
 def _unix(moment: float | str) -> float:
     """Unix time from unix time or ISO 8601 (naive: UTC)."""
@@ -923,3 +911,15 @@ def _stage_name(pipelines: dict[str, Any], stage_id: str, pipeline_id: str | Non
         if stage_id in p["statuses"]:
             return p["statuses"][stage_id]
     return None
+
+
+def _lead_status(value: Any) -> dict[str, Any] | None:
+    """The {"id", "pipeline_id"} of an event's value_before/value_after ([{"lead_status": …}])."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, dict) and isinstance(item.get("lead_status"), dict) and item["lead_status"].get("id"):
+            return item["lead_status"]
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)

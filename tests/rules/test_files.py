@@ -60,7 +60,8 @@ CASES = [
                  ["rules.yaml:3: rule \"x\" → on: unknown event kind 'stage.change'; expected one of: entity.created, "
                   "entity.updated, entity.deleted, stage.changed, field.changed, responsible.changed, file.added, "
                   "note.added, task.created, task.updated, task.completed, message.received, message.edited, "
-                  "button.pressed, form.submitted, timer.fired, schedule.tick, call.ended"], id="unknown-event"),
+                  "button.pressed, form.submitted, timer.fired, schedule.tick, call.ended, subscription.changed, "
+                  "conversation.started, message.status"], id="unknown-event"),
     pytest.param("rules:\n  - name: x\n    on: stage.changed\n    do:\n      - move_to_stage: [Brief, Done]\n",
                  ["rules.yaml:5: rule \"x\" → do[0] → move_to_stage → stage: expected a stage name or id, "
                   "found ['Brief', 'Done']"], id="wrong-type"),
