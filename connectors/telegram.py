@@ -9,9 +9,6 @@ Samples: tests/payloads/telegram/.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import re
 import warnings
@@ -35,6 +32,7 @@ from telegram import (
 from telegram import error as tg_error
 from telegram.request import HTTPXRequest
 
+from connectors.buttons import Signer, approval_key, link_options  # pipeline/links.py reads the last two here
 from connectors.base import (
     BadPayload,
     BaseClient,
@@ -289,63 +287,21 @@ def _button_event(update: Update, connection: Connection, payload: dict[str, Any
 
 
 # --- buttons bound to a CRM record ------------------------------------------------------------
-# callback_data is 1-64 bytes (Bot API InlineKeyboardButton; PTB MAX_CALLBACK_DATA) and a user
-# can send any data for any message of the bot (a modified client), so a button that acts on a
-# record carries the record and a MAC over it, the chat it was sent to and a per-message nonce:
-#   a1.<choice>.<t><task number>.<nonce>.<mac>     e.g. a1.approve.t1042.Xk3_q9.Qm9vYmFyYmF6cQ
-TOKEN = re.compile(r"a1\.([a-z0-9_]{1,16})\.([a-z])([0-9]{1,12})\.([A-Za-z0-9_-]{6})\.([A-Za-z0-9_-]{12})")
-RECORD_LETTERS = {"task": "t", "contact": "c", "lead": "l", "deal": "d", "company": "o", "project": "p"}
+# callback_data is 1-64 bytes (Bot API InlineKeyboardButton; PTB MAX_CALLBACK_DATA), signed as
+# connectors/buttons.py says:  a1.<choice>.<t><task number>.<nonce>.<mac>  (a 72-bit MAC)
+BUTTONS = Signer("a1", mac_chars=12, words="callback data", max_bytes=64)
+TOKEN = BUTTONS.pattern
 APPROVAL_TTL = 180 * 24 * 3600  # a client may answer an approval request months later
-
-
-def link_options(connection: Connection) -> dict[str, Any]:
-    """`options.link`: the CRM connection whose records this bot's groups and buttons are bound to."""
-    link = (connection.options or {}).get("link")
-    return dict(link) if isinstance(link, dict) else {}
-
-
-def _mac(connection: Connection, choice: str, letter: str, ident: str, nonce: str, chat: str) -> str:
-    link = link_options(connection)
-    secret = str(link.get("secret") or connection.webhook_secret or "")
-    if not secret:
-        raise PermanentApiError(f"connection {connection.name!r} has no secret to sign buttons with")
-    message = "|".join(("a1", choice, letter, ident, nonce, str(chat), str(link.get("crm") or "")))
-    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode()[:12]  # 72 bits
 
 
 def sign_choice(connection: Connection, choice: str, record: dict[str, str], nonce: str, chat: str) -> str:
     """The callback data of one choice of a message bound to `record`, sent to `chat`."""
-    letter = RECORD_LETTERS.get(record.get("type", ""))
-    ident = str(record.get("id", ""))
-    if letter is None or not ident.isdigit():
-        raise PermanentApiError(f"buttons can be bound to a numbered {', '.join(RECORD_LETTERS)}, "
-                                f"not to {record.get('type')}:{ident}")
-    data = f"a1.{choice}.{letter}{ident}.{nonce}.{_mac(connection, choice, letter, ident, nonce, chat)}"
-    if not TOKEN.fullmatch(data) or len(data.encode()) > 64:
-        raise PermanentApiError(f"callback data {data!r} is not a valid ≤64-byte token (choice: a-z, 0-9, _; "
-                                "at most 16 characters)")
-    return data
+    return BUTTONS.sign(connection, choice, record, nonce, chat)
 
 
 def read_choice(data: str, connection: Connection, chat: str) -> dict[str, Any] | None:
     """None for a plain button; {"error"} for a forged, damaged or foreign token; else the binding."""
-    if not data.startswith("a1."):
-        return None
-    found = TOKEN.fullmatch(data)
-    crm = link_options(connection).get("crm")
-    if found is None or not crm:
-        return {"error": "damaged callback data" if crm else "this bot binds no buttons (no options.link.crm)"}
-    choice, letter, ident, nonce, mac = found.groups()
-    kind = next((k for k, v in RECORD_LETTERS.items() if v == letter), None)
-    if kind is None or not hmac.compare_digest(mac, _mac(connection, choice, letter, ident, nonce, chat)):
-        return {"error": "callback data signature does not match (forged, or pressed in another chat)"}
-    return {"choice": choice, "nonce": nonce, "record": {"connection": str(crm), "type": kind, "id": ident}}
-
-
-def approval_key(prefix: str, connection: str, record: dict[str, str], nonce: str) -> str:
-    """Where an approval message's policy (approvers, labels) and later its choice are kept."""
-    return f"{prefix}approval:{connection}:{record['type']}:{record['id']}:{nonce}"
+    return BUTTONS.read(data, connection, chat) if data.startswith("a1.") else None
 
 
 def link_key(prefix: str, connection: str, chat: str) -> str:

@@ -25,13 +25,13 @@ another record or person. Such a message is a `button.pressed` about the record.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
 import re
 from typing import Any
 
+from connectors.buttons import Signer, approval_key, link_options
 from connectors.base import (
     BadPayload,
     BaseClient,
@@ -202,61 +202,20 @@ def _message(payload: dict[str, Any], connection: Connection, at: str) -> Event:
 
 # --- buttons bound to a CRM record ------------------------------------------------------------------
 #   v1.<choice>.<letter><record id>.<nonce>.<mac>    e.g. v1.approve.t1042.Xk3_q9.Qm9vYmFyYmF6cQ12
-TOKEN = re.compile(r"v1\.([a-z0-9_]{1,16})\.([a-z])([0-9]{1,12})\.([A-Za-z0-9_-]{6})\.([A-Za-z0-9_-]{16})")
-RECORD_LETTERS = {"task": "t", "contact": "c", "lead": "l", "deal": "d", "company": "o", "project": "p"}
+# signed as connectors/buttons.py says, with a 96-bit MAC; the bot's token signs when no secret is set
+BUTTONS = Signer("v1", mac_chars=16, token_secret=True)
+TOKEN = BUTTONS.pattern
 APPROVAL_TTL = 180 * 24 * 3600
-
-
-def link_options(connection: Connection) -> dict[str, Any]:
-    """`options.link`: the CRM connection whose records this bot's buttons are bound to (as Telegram's)."""
-    link = (connection.options or {}).get("link")
-    return dict(link) if isinstance(link, dict) else {}
-
-
-def _mac(connection: Connection, choice: str, letter: str, ident: str, nonce: str, receiver: str) -> str:
-    link = link_options(connection)
-    secret = str(link.get("secret") or connection.webhook_secret or (connection.credentials or {}).get("token") or "")
-    if not secret:
-        raise PermanentApiError(f"connection {connection.name!r} has no secret to sign buttons with")
-    message = "|".join(("v1", choice, letter, ident, nonce, receiver, str(link.get("crm") or "")))
-    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode()[:16]   # 96 bits
 
 
 def sign_choice(connection: Connection, choice: str, record: dict[str, str], nonce: str, receiver: str) -> str:
     """The ActionBody of one choice of a message bound to `record`, sent to `receiver`."""
-    letter = RECORD_LETTERS.get(record.get("type", ""))
-    ident = str(record.get("id", ""))
-    if letter is None or not ident.isdigit():
-        raise PermanentApiError(f"buttons can be bound to a numbered {', '.join(RECORD_LETTERS)}, "
-                                f"not to {record.get('type')}:{ident}")
-    data = f"v1.{choice}.{letter}{ident}.{nonce}.{_mac(connection, choice, letter, ident, nonce, receiver)}"
-    if not TOKEN.fullmatch(data):
-        raise PermanentApiError(f"button token {data!r} is not valid (choice: 1-16 of a-z, 0-9, _)")
-    return data
+    return BUTTONS.sign(connection, choice, record, nonce, receiver)
 
 
 def read_choice(data: str, connection: Connection, receiver: str) -> dict[str, Any]:
     """{"error"} for a forged, damaged or foreign token; else the binding {"choice", "nonce", "record"}."""
-    found = TOKEN.fullmatch(data)
-    crm = link_options(connection).get("crm")
-    if found is None or not crm:
-        return {"error": "damaged button token" if crm else "this bot binds no buttons (no options.link.crm)"}
-    choice, letter, ident, nonce, mac = found.groups()
-    kind = next((k for k, v in RECORD_LETTERS.items() if v == letter), None)
-    try:
-        expected = _mac(connection, choice, letter, ident, nonce, receiver)
-    except PermanentApiError:
-        return {"error": "this bot has no secret to check button tokens with"}
-    if kind is None or not hmac.compare_digest(mac, expected):
-        return {"error": "button token signature does not match (forged, or pressed by someone else)"}
-    return {"choice": choice, "nonce": nonce, "record": {"connection": str(crm), "type": kind, "id": ident}}
-
-
-def approval_key(prefix: str, connection: str, record: dict[str, str], nonce: str) -> str:
-    """Where an approval's policy and later its choice are kept: the same key pipeline/links.py reads
-    for Telegram's approvals (connectors.telegram.approval_key), so one claim logic serves both."""
-    return f"{prefix}approval:{connection}:{record['type']}:{record['id']}:{nonce}"
+    return BUTTONS.read(data, connection, receiver)
 
 
 def keyboard(buttons: list[list[dict[str, str]]] | None) -> dict[str, Any] | None:

@@ -98,8 +98,8 @@ def test_the_cycle_finder_sees_a_cycle_through_packages_and_local_imports():
     assert cycles(graph) == [["pipeline.execute", "pipeline.links", "worker"]]
 
 
-VENDOR_CONNECTORS = {name for name in project_modules()
-                     if name.startswith("connectors.") and not name.startswith("connectors.base")}
+SHARED = {"connectors.base", "connectors.buttons"}   # what every connector may use: the interface, signed buttons
+VENDOR_CONNECTORS = {name for name in project_modules() if name.startswith("connectors.") and name not in SHARED}
 
 
 @pytest.mark.parametrize("name", sorted(n for n in project_modules() if n.startswith(("rules", "pipeline"))))
@@ -117,13 +117,14 @@ def test_rules_and_the_pipeline_reach_vendors_only_through_clients(name):
 
 
 @pytest.mark.parametrize("name", sorted(n for n in project_modules() if n.startswith("connectors.")
-                                         and n != "connectors.base"))
+                                         and n not in SHARED))
 def test_connectors_do_not_import_each_other(name):
     """A vendor's connector (a module, or a package such as connectors/amocrm/) imports only
-    connectors.base and its own package's modules; never the rules, the pipeline or the door."""
+    connectors.base, connectors.buttons and its own package's modules; never the rules, the
+    pipeline or the door."""
     own = name.split(".")[1]
     found = import_graph()[name]
-    others = {i for i in found if i.startswith("connectors.") and i != "connectors.base"
+    others = {i for i in found if i.startswith("connectors.") and i not in SHARED
               and i.split(".")[1] != own}
     assert not others, f"{name} imports {sorted(others)}"
     assert not {i for i in found if i.split(".")[0] in ("rules", "webhooks", "worker", "pipeline", "runtime")}
