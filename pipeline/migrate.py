@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,10 @@ HEAD = "0002"   # the newest revision in migrations/versions (tests/test_migrati
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 VERSION_TABLE = "crmbridge_schema_version"
 LOCK = 16016    # PostgreSQL advisory lock of the store's schema changes
+# Alembic's `context` is one per process (a module-level proxy set up and torn down around each
+# run): two threads migrating at once (a worker's history writer and a job's fact store, both
+# opening a new database at start) would tear it down under each other. One at a time here.
+_IN_PROCESS = threading.Lock()
 
 
 def version(conn: Any) -> str | None:
@@ -48,7 +53,8 @@ def ensure(conn: Any, url: str) -> bool:
     the same database for SQLAlchemy. True when migrations ran."""
     if version(conn) == HEAD:
         return False
-    upgrade(url)
+    with _IN_PROCESS:
+        upgrade(url)   # upgrades nothing when another thread just did
     return True
 
 

@@ -138,3 +138,31 @@ def test_openers_racing_each_other_migrate_once(history_settings):
     assert stores[0].query(f"SELECT version_num FROM {migrate.VERSION_TABLE}") == [(migrate.HEAD,)]
     for s in stores:
         s.close()
+
+
+def test_two_databases_migrated_at_once_in_one_process(tmp_path):
+    """A worker opens its history and its fact store at start, in two threads: on new databases both
+    migrate at the same moment, and Alembic's context is one per process (it failed with 'config')."""
+    import sqlite3
+    files = [tmp_path / f"db{i}.sqlite3" for i in range(6)]
+    failures: list[BaseException] = []
+    start = threading.Barrier(len(files))
+
+    def migrate_one(path) -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            start.wait(10)
+            migrate.ensure(conn, f"sqlite:///{path}")
+        except BaseException as exc:   # noqa: BLE001 - reported below
+            failures.append(exc)
+        finally:
+            conn.close()
+    threads = [threading.Thread(target=migrate_one, args=(p,)) for p in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == []
+    for path in files:
+        with sqlite3.connect(path) as conn:
+            assert migrate.version(conn) == migrate.HEAD
