@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,28 @@ class Signer:
         if kind is None or not hmac.compare_digest(mac, expected):
             return {"error": f"{self.words} signature does not match (forged, or pressed by someone else)"}
         return {"choice": choice, "nonce": nonce, "record": {"connection": str(crm), "type": kind, "id": ident}}
+
+
+def bind(signer: Signer, connection: Connection, store: Any, key_prefix: str, choices: list[dict[str, str]],
+         record: dict[str, str], nonce: str, receiver: str, approvers: Any) -> list[list[dict[str, str]]]:
+    """The keyboard rows of an approval message bound to `record` (one signed button per choice),
+    its policy (approvers, labels) kept under the approval's key first, so that a press coming right
+    after the message always finds it."""
+    crm = link_options(connection).get("crm")
+    if record.get("connection") != crm:
+        raise PermanentApiError(f"bot {connection.name!r} binds buttons to records of "
+                                f"options.link.crm ({crm!r}), not of {record.get('connection')!r}")
+    rows = [[{"text": c["text"], "data": signer.sign(connection, c["choice"], record, nonce, receiver)}]
+            for c in choices]
+    if store is not None:
+        policy = {"record": record, "chat": receiver, "approvers": approvers,
+                  "labels": {c["choice"]: c["text"] for c in choices}}
+        store.set(approval_key(key_prefix, connection.name, record, nonce), json.dumps(policy, ensure_ascii=False),
+                  ex=APPROVAL_TTL)
+    return rows
+
+
+APPROVAL_TTL = 180 * 24 * 3600  # a client may answer an approval request months later
 
 
 def approval_key(prefix: str, connection: str, record: dict[str, str], nonce: str) -> str:

@@ -32,7 +32,7 @@ from telegram import (
 from telegram import error as tg_error
 from telegram.request import HTTPXRequest
 
-from connectors.buttons import Signer, approval_key, link_options  # pipeline/links.py reads the last two here
+from connectors.buttons import APPROVAL_TTL, Signer, approval_key, bind, link_options  # noqa: F401 - pipeline/links.py reads them here
 from connectors.base import (
     BadPayload,
     BaseClient,
@@ -291,7 +291,6 @@ def _button_event(update: Update, connection: Connection, payload: dict[str, Any
 # connectors/buttons.py says:  a1.<choice>.<t><task number>.<nonce>.<mac>  (a 72-bit MAC)
 BUTTONS = Signer("a1", mac_chars=12, words="callback data", max_bytes=64)
 TOKEN = BUTTONS.pattern
-APPROVAL_TTL = 180 * 24 * 3600  # a client may answer an approval request months later
 
 
 def sign_choice(connection: Connection, choice: str, record: dict[str, str], nonce: str, chat: str) -> str:
@@ -500,18 +499,8 @@ class Client(BaseClient):
         The approvers and button labels are kept in Redis under the message's nonce first, so
         that a press arriving right after the message always finds them.
         """
-        crm = link_options(self.connection).get("crm")
-        if record.get("connection") != crm:
-            raise PermanentApiError(f"bot {self.connection.name!r} binds buttons to records of "
-                                    f"options.link.crm ({crm!r}), not of {record.get('connection')!r}")
         chat_id = self.chat_id(chat)
-        rows = [[{"text": c["text"], "data": sign_choice(self.connection, c["choice"], record, nonce, chat_id)}]
-                for c in choices]
-        if self.store is not None:
-            policy = {"record": record, "chat": chat_id, "approvers": approvers,
-                      "labels": {c["choice"]: c["text"] for c in choices}}
-            self.store.set(approval_key(self.key_prefix, self.connection.name, record, nonce),
-                           json.dumps(policy, ensure_ascii=False), ex=APPROVAL_TTL)
+        rows = bind(BUTTONS, self.connection, self.store, self.key_prefix, choices, record, nonce, chat_id, approvers)
         return self.send_message(chat_id, text, buttons=rows, parse_mode=parse_mode)
 
     def answer_button(self, callback_id: str, text: str | None = None) -> None:

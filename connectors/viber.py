@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from typing import Any
 
-from connectors.buttons import Signer, approval_key, link_options
+from connectors.buttons import Signer, bind
 from connectors.base import (
     BadPayload,
     BaseClient,
@@ -205,7 +204,6 @@ def _message(payload: dict[str, Any], connection: Connection, at: str) -> Event:
 # signed as connectors/buttons.py says, with a 96-bit MAC; the bot's token signs when no secret is set
 BUTTONS = Signer("v1", mac_chars=16, token_secret=True)
 TOKEN = BUTTONS.pattern
-APPROVAL_TTL = 180 * 24 * 3600
 
 
 def sign_choice(connection: Connection, choice: str, record: dict[str, str], nonce: str, receiver: str) -> str:
@@ -335,18 +333,9 @@ class Client(BaseClient):
         coming right after it finds them; the first press a rule acts on is the choice
         (pipeline/links.py claim), later ones are refused. Viber shows the keyboard to the receiver
         alone, so the receiver is the approver (the token is bound to them)."""
-        crm = link_options(self.connection).get("crm")
-        if record.get("connection") != crm:
-            raise PermanentApiError(f"bot {self.connection.name!r} binds buttons to records of "
-                                    f"options.link.crm ({crm!r}), not of {record.get('connection')!r}")
         receiver = self._receiver(chat)
-        rows = [[{"text": c["text"], "data": sign_choice(self.connection, c["choice"], record, nonce, receiver)}]
-                for c in choices]
-        if self.store is not None:
-            policy = {"record": record, "chat": receiver, "approvers": "chat_members",
-                      "labels": {c["choice"]: c["text"] for c in choices}}
-            self.store.set(approval_key(self.key_prefix, self.connection.name, record, nonce),
-                           json.dumps(policy, ensure_ascii=False), ex=APPROVAL_TTL)
+        rows = bind(BUTTONS, self.connection, self.store, self.key_prefix, choices, record, nonce, receiver,
+                    "chat_members")
         return self.send_message(receiver, text, buttons=rows, parse_mode=parse_mode)
 
     def set_webhook(self, url: str, event_types: list[str] | None = None) -> dict[str, Any] | None:
