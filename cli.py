@@ -285,19 +285,26 @@ def _chosen_keys(rt, key: str | None, every: bool, match: str | None, verb: str)
 @click.argument("key", required=False)
 @click.option("--all", "replay_all", is_flag=True, help="replay every dead letter (or those matching)")
 @click.option("--match", default=None, help="only dead letters whose key or error contains this text")
+@click.option("--force", is_flag=True, help="also those older than the done marks (CRMBRIDGE_DONE_TTL), once checked")
 @click.pass_obj
-def dead_replay(settings: Settings, key: str | None, replay_all: bool, match: str | None) -> None:
+def dead_replay(settings: Settings, key: str | None, replay_all: bool, match: str | None, force: bool) -> None:
     """Queue dead letters again; steps that completed before are skipped."""
     from pipeline import dead_letters as kept
     rt = _runtime(settings)
     keys = _chosen_keys(rt, key, replay_all, match, "replay")
+    if not force:   # older than the done marks: a replay could repeat what the event did
+        found = {k: kept.get(rt, k) for k in keys}
+        old = {k: reason for k, entry in found.items() if entry and (reason := kept.outlived(rt, entry))}
+        keys = [k for k in keys if k not in old]
+        for k, reason in old.items():
+            click.echo(f"left {k}: {reason} (--force)")
     if replay_all and match is None:
         # a step that "may have been sent" is replayed by its key (or --match) once checked, never in bulk
         unsure = [k for k in keys if "may have been sent" in ((kept.get(rt, k) or {}).get("error") or "")]
         keys = [k for k in keys if k not in unsure]
         if unsure:
             click.echo(f"left {len(unsure)} that may have been sent: check the vendor, then replay each by its key")
-    replayed = sum(1 for k in keys if kept.replay(rt, k))
+    replayed = sum(1 for k in keys if kept.replay(rt, k, force=True))
     click.echo(f"replayed {replayed} of {len(keys)}")
 
 

@@ -64,7 +64,9 @@ class Order:
     out of order by two workers, while different records run in parallel.
     """
 
-    TTL = 30 * 24 * 3600
+    # seconds a record's counters live after its last event: longer than any event waits in a
+    # backlog; a record quiet for longer starts again from 0, which is as good as where it stopped
+    TTL = 3 * 24 * 3600
     # seconds an event's generation is kept: far longer than a dead worker's job takes to come back
     # (heartbeat TTL + maintenance interval) or RQ's retries of it (5, 30, 120 s)
     GEN_TTL = 24 * 3600

@@ -39,7 +39,7 @@ PER_RECORD = {"snapshot", "stage-seen", "stage-moves", "order", "order-done"}
 LABELS = {"seen": "dedupe (seen marks)", "done": "done marks (steps)", "snapshot": "snapshot (per record)",
           "stage-seen": "stage marks (per record)", "order": "order counter (per record)",
           "order-done": "order done (per record)",
-          "stage-moves": "stage moves (per record, last 100)", "audit": "audit stream (capped)", "rq:job": "job hashes"}
+          "stage-moves": "stage moves (per record, last 20)", "audit": "audit stream (capped)", "rq:job": "job hashes"}
 
 
 def log(message: str) -> None:
@@ -216,7 +216,7 @@ def projection(r: dict) -> tuple[list[tuple], float, float]:
         every = k["bytes"] * EVENTS_PER_DAY * days / 1e9 if k["ttl"] > 0 else float("inf")
         if kind in PER_RECORD:
             per_key = k["bytes"] * r["events"] / k["keys"]
-            if kind == "stage-moves":   # a list: one entry per move, trimmed to MOVES_KEPT (30 moves per record)
+            if kind == "stage-moves":   # a list: one entry per move, trimmed to MOVES_KEPT 
                 from pipeline.stages import MOVES_KEPT
                 per_key += r["move_entry"] * (min(MOVES_KEPT, EVENTS_PER_DAY * days / RECORDS) - 1)
             mine = (per_key * RECORDS / 1e9, every)

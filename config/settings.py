@@ -18,8 +18,11 @@ class Settings:
     redis_prefix: str = "crmbridge:"
     queue_name: str = "crmbridge"
     max_body_bytes: int = MIB
-    dedupe_ttl: int = 7 * 24 * 3600
-    done_ttl: int = 14 * 24 * 3600
+    # two days: longer than any vendor redelivers a webhook (Telegram keeps an update 24 hours)
+    dedupe_ttl: int = 2 * 24 * 3600
+    # seconds a done step (and a record's stage-move log) is remembered: an event re-run within it
+    # (a retry, a deferral, a replay) skips what it did; a replay of an older dead letter asks first
+    done_ttl: int = 2 * 24 * 3600
     audit_max: int = 100_000
     snapshot_ttl: int = 90 * 24 * 3600    # seconds a record's snapshot (what derive() compares) is kept
     action_attempts: int | None = None    # at most this many tries per call inside one job (None: the budget decides)
@@ -59,6 +62,7 @@ class Settings:
                                 ("CRMBRIDGE_QUEUE", "queue_name", str),
                                 ("CRMBRIDGE_MAX_BODY_BYTES", "max_body_bytes", int),
                                 ("CRMBRIDGE_DEDUPE_TTL", "dedupe_ttl", int),
+                                ("CRMBRIDGE_DONE_TTL", "done_ttl", int),
                                 ("CRMBRIDGE_MAINTENANCE_INTERVAL", "maintenance_interval", int),
                                 ("CRMBRIDGE_JOB_HEARTBEAT_TTL", "job_heartbeat_ttl", int),
                                 ("CRMBRIDGE_ORDER_GAP_TIMEOUT", "order_gap_timeout", int),

@@ -149,11 +149,17 @@ def add_pages(bp: Blueprint, rt: Any, scrub: tuple[str, ...]) -> None:
             abort(404, f"no dead letter {key!r}: replayed, discarded or expired")
         return render_template("console/dead_letter.html", key=key, entry=entry,
                                record=_record_of_payload(entry.get("payload")),
-                               unsure="may have been sent" in (entry.get("error") or ""))
+                               unsure="may have been sent" in (entry.get("error") or ""),
+                               outlived=dead_letters.outlived(rt, entry))
 
     @bp.post("/dead-letters/<path:key>/replay")
     def dead_replay(key: str):
-        if not dead_letters.replay(rt, key):
+        try:
+            replayed = dead_letters.replay(rt, key, force=request.form.get("force") == "1")
+        except dead_letters.MarksGone as exc:
+            flash(f"Not replayed: {exc}.")
+            return redirect(url_for("console.dead_show", key=key))
+        if not replayed:
             abort(404, f"no dead letter {key!r}: replayed, discarded or expired")
         flash(f"Dead letter {key} queued again; steps that completed before are skipped.")
         return redirect(url_for("console.dead_list"))

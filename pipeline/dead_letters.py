@@ -1,6 +1,10 @@
 """Steps and jobs that gave up, kept with their event and error until a person replays or
 discards them, or until `settings.dead_letter_ttl` (30 days) has passed.
 
+A replay runs the event again and skips the steps it did before by their done marks, which are
+kept `settings.done_ttl` (2 days). A dead letter older than that has outlived them: replaying it
+could do again what its event did, so `replay` refuses it unless told to go on (`force`).
+
 Entries live in one hash (`dead`, by key) with their times in a sorted set (`dead-index`): a
 hash field cannot expire by itself, so entries older than the TTL are dropped whenever a dead
 letter is written or listed. A failed timer's data goes with it: it leaves the timer index.
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 import metrics
@@ -55,11 +60,30 @@ def get(rt: Any, key: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def replay(rt: Any, key: str) -> bool:
-    """Put a dead letter back on the queue (completed steps are still skipped)."""
+class MarksGone(Exception):
+    """The dead letter is older than its event's done marks: a replay could repeat done steps."""
+
+
+def outlived(rt: Any, entry: dict[str, Any]) -> str | None:
+    """Why replaying this entry could repeat steps its event did (it is older than the done
+    marks), or None."""
+    age = (clock.now() - datetime.fromisoformat(entry["at"])).total_seconds()
+    if age <= rt.settings.done_ttl:
+        return None
+    return (f"it is {age / 86400:.1f} days old and the steps its event did are remembered "
+            f"{rt.settings.done_ttl / 86400:g} days (CRMBRIDGE_DONE_TTL): a replay could do them again; "
+            "check the vendor, then replay it anyway")
+
+
+def replay(rt: Any, key: str, force: bool = False) -> bool:
+    """Put a dead letter back on the queue (completed steps are still skipped); MarksGone if it
+    has outlived its event's done marks and `force` is not given."""
     entry = get(rt, key)
     if entry is None:
         return False
+    reason = None if force else outlived(rt, entry)
+    if reason:
+        raise MarksGone(f"dead letter {key}: {reason}")
     if entry["job"].endswith("fire_timer"):
         rt.backend.schedule({**entry["payload"], "fire_at": clock.now().isoformat()})
     else:

@@ -203,7 +203,7 @@ def keep(rt: Any, event: Event, entity: dict[str, Any], entering: str | None = N
     else:
         with rt.store.pipeline(transaction=False) as pipe:
             pipe.set(key, state, ex=ttl, get=True)
-            pipe.set(rt.keys("stage-seen", event.connection, str(event.entity)), entering, ex=stages.STAGE_SEEN_TTL)
+            pipe.set(rt.keys("stage-seen", event.connection, str(event.entity)), entering, ex=stages.seen_ttl(rt))
             previous, _ = pipe.execute()
     return json.loads(previous) if previous else None
 

@@ -11,7 +11,6 @@ from typing import Any
 from connectors.base import Entity, Event
 from pipeline import CRM_ENTITIES, clock
 
-STAGE_SEEN_TTL = 30 * 24 * 3600
 UNDO_TTL = 3600  # how long a move crmbridge undid waits for the CRM to announce it
 
 
@@ -52,7 +51,13 @@ def remember(rt: Any, event: Event, derived: bool) -> None:
     """Keep the stage a record was last seen entering, and as of when (seen_entry)."""
     entry = seen_entry(event, derived)
     if entry is not None:
-        rt.store.set(rt.keys("stage-seen", event.connection, str(event.entity)), entry, ex=STAGE_SEEN_TTL)
+        rt.store.set(rt.keys("stage-seen", event.connection, str(event.entity)), entry, ex=seen_ttl(rt))
+
+
+def seen_ttl(rt: Any) -> int:
+    """How long the stage last seen is kept: as long as a late webhook or a catch-up can report the
+    same move again, which the done marks' retention (settings.done_ttl) already covers."""
+    return rt.settings.done_ttl
 
 
 def forget(rt: Any, connection: str, entity: Entity) -> None:
@@ -109,7 +114,10 @@ def was_undo(stage: bytes | None, view: dict[str, Any]) -> bool:
 
 # --- the record's stage moves, as the vendor timed them (catch-up from the vendor's history) -------
 
-MOVES_KEPT = 100     # a record's last moves kept (a bound: the list is trimmed to this many)
+# A record's last moves kept (the list is trimmed to this many), for as long as done steps are
+# remembered (settings.done_ttl): the log only has to match a move seen both ways between two
+# catch-up looks (minutes apart), and to let a re-run of the same event find its own entry.
+MOVES_KEPT = 20
 SAME_MOVE = 2.0      # seconds between a webhook's change time and the history's for one move
 
 
@@ -137,7 +145,7 @@ def moved_already(rt: Any, event: Event) -> bool:
     with rt.store.pipeline(transaction=False) as pipe:
         pipe.lpush(key, json.dumps({"stage": str(stage), "at": at, "via": via, "event": event.id}))
         pipe.ltrim(key, 0, MOVES_KEPT - 1)
-        pipe.expire(key, STAGE_SEEN_TTL)
+        pipe.expire(key, rt.settings.done_ttl)
         pipe.execute()
     return False
 

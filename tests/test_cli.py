@@ -1,6 +1,10 @@
 """The operator commands: validate, dry-run, timers, dead letters."""
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+
+import pytest
 from click.testing import CliRunner
 
 import cli
@@ -153,6 +157,29 @@ def test_dead_letters_are_shown_whole_discarded_and_expire(runtime, settings):
     runtime.store.zadd(runtime.keys("dead-index"), {"step-1": 1.0})
     assert run(settings, "dead-letters", "list").output.splitlines()[-1] == "0 dead letters"
     assert runtime.store.hlen(runtime.keys("dead")) == 0 and runtime.store.zcard(runtime.keys("dead-index")) == 0
+
+
+def test_a_dead_letter_older_than_the_done_marks_is_replayed_only_when_forced(runtime, settings):
+    """Its event's done marks are gone: a replay could repeat what the event did, so it waits for
+    a person who checked the vendor (`--force`); a younger one is replayed as before."""
+    from pipeline import clock, dead_letters
+    from connectors.base import Entity, Event
+    payload = Event(id="ev-old", connection="quickstart-amo", source="amocrm", kind="stage.changed",
+                    entity=Entity("lead", "1"), data={}, raw=None, occurred_at=clock.now().isoformat()).to_dict()
+    dead_letters.dead_letter(runtime, "worker.handle_event", payload, "PermanentApiError: 400 bad", key="old")
+    dead_letters.dead_letter(runtime, "worker.handle_event", {**payload, "id": "ev-new"}, "PermanentApiError", key="new")
+    old = dead_letters.get(runtime, "old")
+    old["at"] = (clock.now() - timedelta(seconds=runtime.settings.done_ttl + 3600)).isoformat()
+    runtime.store.hset(runtime.keys("dead"), "old", json.dumps(old))
+    with pytest.raises(dead_letters.MarksGone, match="2 days"):
+        dead_letters.replay(runtime, "old")
+    result = run(settings, "dead-letters", "replay", "--all")
+    assert result.exception is None, result.output
+    assert "left old: it is 2.0 days old" in result.output and "--force" in result.output
+    assert result.output.splitlines()[-1] == "replayed 1 of 1"
+    assert dead_letters.get(runtime, "old") is not None and dead_letters.get(runtime, "new") is None
+    assert run(settings, "dead-letters", "replay", "old", "--force").output.splitlines()[-1] == "replayed 1 of 1"
+    assert dead_letters.get(runtime, "old") is None
 
 
 def test_a_timer_that_fails_for_good_leaves_the_index_with_its_data_in_the_dead_letter(runtime):

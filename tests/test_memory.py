@@ -146,3 +146,26 @@ def test_snapshot_retention_from_the_environment(runtime, monkeypatch):
                   entity=Entity("lead", "6"), data={}, raw=None, occurred_at="2026-12-01T10:00:00+00:00")
     snapshot.keep(runtime, event, {"type": "lead", "id": "6", "stage": {"id": "1"}})
     assert 604000 < runtime.store.ttl(runtime.keys("snapshot", "quickstart-amo", "lead:6")) <= 604800
+
+
+def test_a_records_move_log_keeps_its_last_20_moves_as_long_as_done_marks(runtime, monkeypatch):
+    from config.settings import Settings
+    from connectors.base import Entity, Event
+    from pipeline import stages
+    monkeypatch.setattr(runtime, "settings", Settings.from_env({"CRMBRIDGE_DONE_TTL": "3600"}))
+    for n in range(25):
+        event = Event(id=f"move-{n}", connection="quickstart-amo", source="amocrm", kind="stage.changed",
+                      entity=Entity("lead", "7"), data={"stage": {"id": str(100 + n)}}, raw=None,
+                      occurred_at=f"2026-12-01T10:{n:02d}:00+00:00")
+        assert stages.moved_already(runtime, event) is False
+    key = runtime.keys("stage-moves", "quickstart-amo", "lead:7")
+    kept = [json.loads(raw)["event"] for raw in runtime.store.lrange(key, 0, -1)]
+    assert kept == [f"move-{n}" for n in range(24, 4, -1)]
+    assert 3500 < runtime.store.ttl(key) <= 3600
+
+
+def test_the_default_retentions_are_two_days():
+    from config.settings import Settings
+    settings = Settings.from_env({})
+    assert (settings.dedupe_ttl, settings.done_ttl) == (2 * 86400, 2 * 86400)
+    assert Settings.from_env({"CRMBRIDGE_DONE_TTL": "86400"}).done_ttl == 86400
