@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import queue
+import random
 import threading
 import time
 import uuid
@@ -222,10 +223,33 @@ class TimerIndex:
             timer["event"].setdefault("raw", None)
         return timer
 
+    SPREAD = 0.001   # seconds: a timer's offset on the schedule is less than this (`score`)
+
+    @classmethod
+    def score(cls, timer_id: str, fire_at: str) -> float:
+        """A timer's place on the schedule: its fire time and a sub-millisecond offset of its own
+        (from its id), never before its time. Timers due at the same instant (every event outside
+        working hours lands on the first second of the next working day) are thus taken in an
+        order mixed across connections and rules, not by their ids, which name the connection:
+        one client's thousands of timers do not all go to the queue before another's first. A
+        timer whose time has come is on the schedule before `due_by(now)`."""
+        return datetime.fromisoformat(fire_at).timestamp() + (zlib.crc32(timer_id.encode()) % 999 + 1) / 1e6
+
+    @classmethod
+    def due_by(cls, now: float) -> float:
+        """The schedule's bound for the timers whose time is `now` or before."""
+        return now + cls.SPREAD
+
+    @classmethod
+    def is_time_of(cls, timer: dict[str, Any], at: float) -> bool:
+        """Was `at` (a score read from the schedule) this timer's time? Timers kept before scores
+        had their offset are on the schedule at their plain fire time."""
+        return at in (cls.score(timer["timer_id"], timer["fire_at"]),
+                      datetime.fromisoformat(timer["fire_at"]).timestamp())
+
     def add(self, timer: dict[str, Any], pipe=None) -> None:
         target = pipe if pipe is not None else self.store
-        when = datetime.fromisoformat(timer["fire_at"]).timestamp()
-        target.zadd(self.keys("timers"), {timer["timer_id"]: when})
+        target.zadd(self.keys("timers"), {timer["timer_id"]: self.score(timer["timer_id"], timer["fire_at"])})
         target.hset(self.keys("timer-data"), timer["timer_id"], self.pack(timer))
         target.sadd(self._of(timer["entity"]), timer["timer_id"])
 
@@ -428,8 +452,14 @@ return 1
         within that interval of its exact time, never before it, and does not wait behind a
         backlog of webhooks. The job carries only the timer's id and time: `fire_timer` reads
         the timer from the index and does nothing if it was moved or cancelled meanwhile."""
-        now = time.time() if now is None else now
-        due = self.store.zrangebyscore(self.keys("timers"), "-inf", now, start=0, num=limit, withscores=True)
+        until = TimerIndex.due_by(time.time() if now is None else now)
+        due = self.store.zrangebyscore(self.keys("timers"), "-inf", until, start=0, num=limit, withscores=True)
+        if len(due) == limit:   # a herd: pollers of several workers each take a part of it at random
+            waiting = self.store.zcount(self.keys("timers"), "-inf", until)
+            start = random.randrange(0, max(1, waiting - limit + 1))
+            if start:
+                due = self.store.zrangebyscore(self.keys("timers"), "-inf", until, start=start, num=limit,
+                                               withscores=True)
         fired = 0
         for raw_id, at in reversed(due):  # each goes to the front: the earliest due ends up first
             timer_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id

@@ -12,6 +12,7 @@ import metrics
 from connectors.base import Event
 from pipeline import clock
 from pipeline.audit import audit
+from queueing import TimerIndex
 from rules.engine import Plan, schedule_timer
 
 log = logging.getLogger("crmbridge.worker")
@@ -48,7 +49,7 @@ def current(rt: Any, job: dict[str, Any]) -> dict[str, Any] | None:
     now = rt.backend.timers.get(job["timer_id"])
     timer = job
     if "event" not in job:  # an RQ job carries only the timer's id and time: the index has the rest
-        if now is None or datetime.fromisoformat(now["fire_at"]).timestamp() != job["at"]:
+        if now is None or not TimerIndex.is_time_of(now, job["at"]):
             log.info("timer %s: stale (moved or cancelled since it was queued)", job["timer_id"])
             return None
         timer = now

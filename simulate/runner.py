@@ -75,7 +75,8 @@ class SimBackend:
 
     def due(self, until: datetime) -> dict[str, Any] | None:
         """The earliest pending timer due at or before `until`."""
-        found = self.store.zrangebyscore(self.keys("timers"), "-inf", until.timestamp(), start=0, num=1)
+        found = self.store.zrangebyscore(self.keys("timers"), "-inf", TimerIndex.due_by(until.timestamp()),
+                                         start=0, num=1)
         return self.timers.get(found[0].decode()) if found else None
 
     def close(self) -> None:

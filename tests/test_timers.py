@@ -11,6 +11,7 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 import worker
+from queueing import TimerIndex
 from tests.conftest import payload, run_worker
 from pipeline import clock, timers
 
@@ -143,8 +144,10 @@ def test_meeting_reminder_moves_with_the_meeting(live_server, runtime, fake_amo,
     assert moved["timer_id"] == meeting["timer_id"]
     # the timer was moved, not added: the schedule holds the brief and the meeting reminders once
     assert sorted(scheduled(runtime)) == sorted(t["timer_id"] for t in pending(runtime)) and len(scheduled(runtime)) == 2
-    assert runtime.store.zscore(runtime.keys("timers"), moved["timer_id"]) == datetime(
-        2026, 12, 2, 14, tzinfo=UTC).timestamp()
+    # on the schedule at its time and an offset of its own under a millisecond (TimerIndex.score)
+    score = runtime.store.zscore(runtime.keys("timers"), moved["timer_id"])
+    assert score == TimerIndex.score(moved["timer_id"], moved["fire_at"])
+    assert 0 <= score - datetime(2026, 12, 2, 14, tzinfo=UTC).timestamp() < 0.001
 
 
 def test_a_stale_timer_job_does_nothing(runtime, fake_amo, at, live_server):
@@ -237,7 +240,9 @@ def test_a_timer_is_queued_at_its_exact_time_never_before(runtime):
     assert runtime.backend.queue.count == 0
     assert runtime.backend.fire_due_timers(now=when.timestamp()) == 1
     [job] = runtime.backend.queue.jobs
-    assert job.args == [{"timer_id": "timer:t1:quickstart-amo:lead:31926520", "at": when.timestamp()}]
+    timer_id = "timer:t1:quickstart-amo:lead:31926520"
+    assert job.args == [{"timer_id": timer_id, "at": TimerIndex.score(timer_id, when.isoformat())}]
+    assert when.timestamp() <= job.args[0]["at"] < when.timestamp() + 0.001
 
 
 def test_each_timer_is_stored_once_until_it_is_due(runtime):
@@ -285,3 +290,34 @@ def test_timers_due_together_run_in_the_order_of_their_times(runtime):
     assert [j.args[0].get("timer_id") if j.func_name == "worker.fire_timer" else j.func_name
             for j in runtime.backend.queue.jobs] == [
         "timer:t0:quickstart-amo:lead:1", "timer:t3:quickstart-amo:lead:1", "timer:t5:quickstart-amo:lead:1", "math.floor"]
+
+
+def test_timers_due_at_one_instant_are_queued_mixed_across_connections(runtime):
+    """An opening-time herd: 4 connections' 300 timers each, all due at 10:00:00. The first poll's
+    200 jobs are not one connection's (timer ids name the connection, and ties on the schedule
+    would be taken in id order): each connection has a fair share of them."""
+    when = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+    connections = ("agency-amo", "clinic-amo", "shop-bitrix", "studio-planfix")
+    with runtime.store.pipeline() as pipe:
+        for connection in connections:
+            for n in range(300):
+                entity = {"type": "lead", "id": str(n)}
+                runtime.backend.timers.add({"timer_id": f"timer:herd:{connection}:lead:{n}", "rule": "Herd",
+                                            "rule_id": "herd", "fire_at": when.isoformat(), "entity": entity,
+                                            "event": {"id": f"{connection}:{n}", "connection": connection}}, pipe)
+        pipe.execute()
+    assert runtime.backend.fire_due_timers(now=when.timestamp() + 1, limit=200) == 200
+    firsts = [job.args[0]["timer_id"].split(":")[2] for job in runtime.backend.queue.jobs]
+    share = {c: firsts.count(c) for c in connections}
+    assert len(firsts) == 200 and all(25 <= n <= 75 for n in share.values()), share
+
+
+def test_a_timer_kept_at_its_plain_time_before_the_offsets_still_fires(runtime):
+    """Timers on the schedule from before scores had an offset are still their own time."""
+    when = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    a_timer(runtime, when)
+    timer_id = "timer:t1:quickstart-amo:lead:31926520"
+    runtime.store.zadd(runtime.keys("timers"), {timer_id: when.timestamp()})   # as kept before
+    assert runtime.backend.fire_due_timers(now=when.timestamp()) == 1
+    [job] = runtime.backend.queue.jobs
+    assert timers.current(runtime, job.args[0]) is not None
