@@ -4,7 +4,7 @@
       revenue_by_manager:
         title: "Виручка по менеджерах"        # optional, shown in JSON
         metric: revenue                       # a metric some rule records (a list: one column each)
-        aggregate: sum                        # sum (default) | count | avg | min | max
+        aggregate: sum                        # sum (default) | count | avg | min | max | p50, p90, pNN
         by: [month, manager]                  # default grouping: day, month, or recorded dimensions
         plan: {metric: revenue_plan, aggregate: max}   # optional: plan vs fact
 
@@ -13,7 +13,8 @@ start-up against the rules: a metric no `record` action records, a dimension no 
 of that metric gives, or a plan metric without the report's dimensions is an error with file:line
 and "did you mean". `GET /reports/<name>` (reports/web.py) and `cli.py report NAME` answer the same
 text (`answer`). Days are each fact's date in its rule calendar's zone; `from` and `to` are both
-included.
+included. `pNN` is the NN-th percentile of the group's values (p50 the median, p90: nine in ten
+are at most this), interpolated as PostgreSQL's percentile_cont, on SQLite too.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from config.loader import ConfigError, ConfigErrors, line_of, load_yaml
 from pipeline import history
 from rules import find_or_create
 
-AGGREGATES = tuple(history.AGGREGATES)   # sum, count, avg, min, max
+AGGREGATES = tuple(history.AGGREGATES)   # sum, count, avg, min, max; and percentiles, pNN
+SHOWN_AGGREGATES = ", ".join(AGGREGATES) + " or a percentile such as p50, p90"
 PERIODS = tuple(history.PERIODS)         # day, month: every fact's own dates
 FORMATS = ("json", "csv")
 FILE = "reports.yaml"
@@ -68,6 +70,11 @@ def recorded(rules: list) -> dict[str, set[str]]:
     for metric, dims in find_or_create.recorded_metrics(rules).items():   # an order's answer times
         found.setdefault(metric, set()).update(dims)
     return found
+
+
+def known_aggregate(name: Any) -> bool:
+    """sum, count, avg, min, max, or a percentile p1 … p99 (p99.9: decimals allowed)."""
+    return name in AGGREGATES or history.percentile(str(name)) is not None
 
 
 def _hint(found: str, known: list[str]) -> str:
@@ -121,9 +128,10 @@ def load(config_dir: Path, rules: list) -> dict[str, Report]:
                     + _hint(metric, known))
                 bad = True
         aggregate = spec.get("aggregate", "sum")
-        if aggregate not in AGGREGATES:
-            err(spec, "aggregate", f"{where} → aggregate: expected one of {', '.join(AGGREGATES)}, found {aggregate!r}"
-                + _hint(str(aggregate), list(AGGREGATES)))
+        if not known_aggregate(aggregate):
+            err(spec, "aggregate", f"{where} → aggregate: expected one of {SHOWN_AGGREGATES}, found {aggregate!r}"
+                + ("; did you mean 'p50'?" if str(aggregate).lower() == "median"
+                   else _hint(str(aggregate), [*AGGREGATES, "p50", "p90"])))
             bad = True
         by = spec.get("by", [])
         by = by if isinstance(by, list) else [by]
@@ -159,8 +167,8 @@ def _plan(spec: dict, where: str, names: list[str], by: list, metrics: dict[str,
         err(spec, "plan", f"{where} → plan → metric: no rule records {metric!r}; recorded: {shown_known}"
             + _hint(metric, known))
         return None, True
-    if aggregate not in AGGREGATES:
-        err(spec, "plan", f"{where} → plan → aggregate: expected one of {', '.join(AGGREGATES)}, found {aggregate!r}")
+    if not known_aggregate(aggregate):
+        err(spec, "plan", f"{where} → plan → aggregate: expected one of {SHOWN_AGGREGATES}, found {aggregate!r}")
         return None, True
     lacking = [d for d in by if d not in PERIODS and d not in metrics[metric]]
     if lacking:

@@ -141,7 +141,17 @@ reports:
      "reports.yaml:4: report \"sales\" → by: unknown dimension 'manger'; revenue can be grouped by day, manager, month, "
      "pipeline; did you mean 'manager'?"),
     ("reports:\n  sales:\n    metric: revenue\n    aggregate: total\n",
-     "reports.yaml:4: report \"sales\" → aggregate: expected one of sum, count, avg, min, max, found 'total'"),
+     "reports.yaml:4: report \"sales\" → aggregate: expected one of sum, count, avg, min, max or a percentile such "
+     "as p50, p90, found 'total'"),
+    ("reports:\n  sales:\n    metric: revenue\n    aggregate: median\n",
+     "reports.yaml:4: report \"sales\" → aggregate: expected one of sum, count, avg, min, max or a percentile such "
+     "as p50, p90, found 'median'; did you mean 'p50'?"),
+    ("reports:\n  sales:\n    metric: revenue\n    aggregate: p100\n",
+     "reports.yaml:4: report \"sales\" → aggregate: expected one of sum, count, avg, min, max or a percentile such "
+     "as p50, p90, found 'p100'"),
+    ("reports:\n  sales:\n    metric: revenue\n    plan: {metric: inquiries, aggregate: p0}\n",
+     "reports.yaml:4: report \"sales\" → plan → aggregate: expected one of sum, count, avg, min, max or a "
+     "percentile such as p50, p90, found 'p0'"),
     ("reports:\n  sales:\n    metric: revenue\n    by: manager\n    plan: inquiries\n",
      "reports.yaml:5: report \"sales\" → plan: the plan 'inquiries' is not recorded by 'manager', which the report "
      "groups by: record it with those dimensions or group by fewer"),
@@ -169,6 +179,52 @@ def test_a_plan_group_without_facts_shows_nothing_done_yet(tmp_path, history_set
     assert columns == ["manager", "revenue", "plan", "percent"]
     assert rows == [{"manager": "Іван", "revenue": 0, "plan": 500, "percent": 0.0},
                     {"manager": "Олена", "revenue": 1000, "plan": 2000, "percent": 50.0}]
+
+
+def test_percentiles_are_postgresqls_percentile_cont_on_both_backends(tmp_path, history_settings):
+    """p50/p90 per group: on PostgreSQL its own percentile_cont, on SQLite the same interpolation in
+    Python; the same numbers on both (the fixture runs this once per backend)."""
+    rules = ruleset(tmp_path).rules
+    (tmp_path / "reports.yaml").write_text("reports:\n  p90:\n    metric: revenue\n    aggregate: p90\n"
+                                           "    by: manager\n", encoding="utf-8")
+    assert reports.check(tmp_path, rules) == []
+    settings = Settings(history_retention=3600, **history_settings)
+    facts = record_step.store(settings)
+    from pipeline import history
+    at = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+    values = {"Олена": [40, 10, 30, 20], "Іван": [7], "": [100, 200]}   # "": facts without the dimension
+    for manager, numbers in values.items():
+        for i, value in enumerate(numbers):
+            dims = {"manager": manager} if manager else {}
+            facts.add_fact(history.fact_row(f"{manager}{i}|r|0", "e", "amo", "lead:1", "r", at, "Europe/Kyiv",
+                                            "revenue", value, dims))
+    first, last = datetime(2026, 12, 1).date(), datetime(2026, 12, 31).date()
+
+    def rows(aggregate: str, by: tuple[str, ...] = ("manager",)) -> list[dict]:
+        report = reports.Report("r", ("revenue",), aggregate, by, "r", None, 1)
+        return reports.compute(facts, report, first, last, by)[1]
+
+    # Олена 10 20 30 40: p50 at 1.5 → 25; p90 at 2.7 → 30 + 0.7 × 10 = 37
+    assert rows("p50") == [{"manager": "", "revenue": 150}, {"manager": "Іван", "revenue": 7},
+                           {"manager": "Олена", "revenue": 25}]
+    assert rows("p90") == [{"manager": "", "revenue": 190}, {"manager": "Іван", "revenue": 7},
+                           {"manager": "Олена", "revenue": 37}]
+    # all seven, ungrouped: 7 10 20 30 40 100 200 → p90 at 5.4 → 100 + 0.4 × 100 = 140; p99.5 → 197
+    assert rows("p90", ()) == [{"revenue": 140}]
+    assert rows("p99.5", ()) == [{"revenue": 197}]
+    assert rows("p50", ("month",)) == [{"month": "2026-12", "revenue": 30}]
+    none = reports.Report("r", ("revenue",), "p50", ("manager",), "r", None, 1)
+    assert reports.compute(facts, none, first, first, ("manager",))[1] == []   # no facts those days
+    assert facts.fact_totals("revenue", "p50", [], "2026-11-01", "2026-11-02") == []
+
+
+def test_percentile_cont_interpolates_between_the_nearest_values():
+    from pipeline.history import percentile, percentile_cont
+    assert percentile_cont([1.0], 0.9) == 1.0
+    assert percentile_cont([10.0, 20.0, 30.0, 40.0], 0.5) == 25.0
+    assert percentile_cont([3.0, 1.0, 2.0], 0.0001) == pytest.approx(1.0002)
+    assert [percentile(a) for a in ("p50", "p90", "p99.9", "p0", "p100", "sum", "p")] == [
+        0.5, 0.9, pytest.approx(0.999), None, None, None, None]
 
 
 def test_the_names_record_keeps_for_dates_are_the_reports_periods():
