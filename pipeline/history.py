@@ -320,20 +320,22 @@ class History:
                 self._reset()
                 raise
 
-    def fact_totals(self, metric: str, aggregate: str, by: list[str], first: str, last: str) -> list[tuple]:
+    def fact_totals(self, metric: str, aggregate: str, by: list[str], first: str, last: str,
+                    where: dict[str, str] | None = None) -> list[tuple]:
         """A metric's facts from day `first` to day `last` (YYYY-MM-DD, both included, in each fact's
-        calendar zone), aggregated (AGGREGATES, or a percentile `pNN`) per group of `by`: a period
-        (PERIODS) or a dimension (a fact without it is in the group ""). Rows (*group, value), in
-        group order."""
+        calendar zone), only those whose dimensions have the values `where` names, aggregated
+        (AGGREGATES, or a percentile `pNN`) per group of `by`: a period (PERIODS) or a dimension (a
+        fact without it is in the group ""). Rows (*group, value), in group order."""
         keys, params = self._group_keys(by)
+        filters, filtered = self._filters(where or {})
         share = percentile(aggregate)
         if share is not None:
-            return self._percentiles(keys, params, share, metric, first, last)
+            return self._percentiles(keys, params, share, metric, first, last, filters, filtered)
         positions = ", ".join(str(i + 1) for i in range(len(keys)))
         sql = (f"SELECT {', '.join([*keys, AGGREGATES[aggregate]])} FROM crmbridge_facts "
-               "WHERE metric = ? AND day >= ? AND day <= ?"
+               f"WHERE metric = ? AND day >= ? AND day <= ?{filters}"
                + (f" GROUP BY {positions} ORDER BY {positions}" if keys else ""))
-        rows = self.query(sql, (*params, metric, first, last))
+        rows = self.query(sql, (*params, metric, first, last, *filtered))
         return [(*("" if v is None else str(v) for v in row[:-1]), row[-1]) for row in rows
                 if keys or row[-1] is not None]
 
@@ -347,13 +349,21 @@ class History:
                 params.append(self.dimension_param(name))
         return keys, params
 
+    def _filters(self, where: dict[str, str]) -> tuple[str, list[str]]:
+        """` AND <dimension> = ?` per `where` entry, and its parameters (name, then value)."""
+        sql, params = "", []
+        for name, value in sorted(where.items()):
+            sql += f" AND {self.dimension_sql} = ?"
+            params += [self.dimension_param(name), str(value)]
+        return sql, params
+
     def _percentiles(self, keys: list[str], params: list[str], share: float, metric: str, first: str,
-                     last: str) -> list[tuple]:
+                     last: str, filters: str = "", filtered: tuple | list = ()) -> list[tuple]:
         """The percentile per group over the group's own values (the base: SQLite has no
         percentile_cont, so the values are read in order and interpolated as PostgreSQL does)."""
         rows = self.query(f"SELECT {', '.join([*keys, 'value'])} FROM crmbridge_facts "
-                          "WHERE metric = ? AND day >= ? AND day <= ? AND value IS NOT NULL",
-                          (*params, metric, first, last))
+                          f"WHERE metric = ? AND day >= ? AND day <= ? AND value IS NOT NULL{filters}",
+                          (*params, metric, first, last, *filtered))
         groups: dict[tuple, list[float]] = {}
         for *group, value in rows:
             groups.setdefault(tuple("" if v is None else str(v) for v in group), []).append(float(value))
@@ -456,13 +466,13 @@ class PostgresHistory(History):
         return name
 
     def _percentiles(self, keys: list[str], params: list[str], share: float, metric: str, first: str,
-                     last: str) -> list[tuple]:
+                     last: str, filters: str = "", filtered: tuple | list = ()) -> list[tuple]:
         """PostgreSQL's own percentile_cont per group."""
         positions = ", ".join(str(i + 1) for i in range(len(keys)))
         sql = (f"SELECT {', '.join([*keys, f'percentile_cont({share!r}) WITHIN GROUP (ORDER BY value)'])} "
-               "FROM crmbridge_facts WHERE metric = ? AND day >= ? AND day <= ? AND value IS NOT NULL"
+               f"FROM crmbridge_facts WHERE metric = ? AND day >= ? AND day <= ? AND value IS NOT NULL{filters}"
                + (f" GROUP BY {positions} ORDER BY {positions}" if keys else ""))
-        rows = self.query(sql, (*params, metric, first, last))
+        rows = self.query(sql, (*params, metric, first, last, *filtered))
         return [(*("" if v is None else str(v) for v in row[:-1]), row[-1]) for row in rows
                 if row[-1] is not None]
 

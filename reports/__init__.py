@@ -6,6 +6,7 @@
         metric: revenue                       # a metric some rule records (a list: one column each)
         aggregate: sum                        # sum (default) | count | avg | min | max | p50, p90, pNN
         by: [month, manager]                  # default grouping: day, month, or recorded dimensions
+        where: {source: "Інстаграм"}          # optional: only the facts with these dimension values
         plan: {metric: revenue_plan, aggregate: max}   # optional: plan vs fact
 
 The file is `reports.yaml` in the configuration directory (none: no reports). It is checked at
@@ -35,6 +36,7 @@ AGGREGATES = tuple(history.AGGREGATES)   # sum, count, avg, min, max; and percen
 SHOWN_AGGREGATES = ", ".join(AGGREGATES) + " or a percentile such as p50, p90"
 PERIODS = tuple(history.PERIODS)         # day, month: every fact's own dates
 FORMATS = ("json", "csv")
+KEYS = ("title", "metric", "aggregate", "by", "where", "plan")
 FILE = "reports.yaml"
 
 
@@ -57,6 +59,7 @@ class Report:
     title: str
     plan: Plan | None
     line: int
+    where: tuple[tuple[str, str], ...] = ()   # (dimension, value): only the facts that have it
 
 
 def recorded(rules: list) -> dict[str, set[str]]:
@@ -111,10 +114,9 @@ def load(config_dir: Path, rules: list) -> dict[str, Report]:
         if not isinstance(spec, dict):
             err(items, name, f"{where}: expected a mapping with metric:, found {spec!r}")
             continue
-        unknown = sorted(set(spec) - {"title", "metric", "aggregate", "by", "plan"})
+        unknown = sorted(set(spec) - set(KEYS))
         for key in unknown:
-            err(spec, key, f"{where}: unknown key {key!r}; expected title, metric, aggregate, by, plan"
-                + _hint(str(key), ["title", "metric", "aggregate", "by", "plan"]))
+            err(spec, key, f"{where}: unknown key {key!r}; expected {', '.join(KEYS)}" + _hint(str(key), list(KEYS)))
         names = spec.get("metric")
         names = names if isinstance(names, list) else [names] if names else []
         if not names or not all(isinstance(n, str) for n in names):
@@ -141,15 +143,38 @@ def load(config_dir: Path, rules: list) -> dict[str, Report]:
                 err(spec, "by", f"{where} → by: unknown dimension {dim!r}; {', '.join(names)} can be grouped by "
                     f"{', '.join(sorted(dims))}" + _hint(str(dim), sorted(dims)))
                 bad = True
+        only, bad = _where(spec, where, names, dims, err, bad)
         plan = None
         if spec.get("plan") is not None and not bad:   # its dimensions are checked against a valid `by`
-            plan, bad = _plan(spec, where, names, by, metrics, known, shown_known, err, bad)
+            plan, bad = _plan(spec, where, names, [*by, *(k for k, _ in only)], metrics, known, shown_known, err, bad)
         if not bad:
             reports[str(name)] = Report(str(name), tuple(names), aggregate, tuple(str(b) for b in by),
-                                        str(spec.get("title") or name), plan, line_of(items, name))
+                                        str(spec.get("title") or name), plan, line_of(items, name), only)
     if errors:
         raise ConfigErrors(errors)
     return reports
+
+
+def _where(spec: dict, where: str, names: list[str], dims: set[str], err: Any,
+           bad: bool) -> tuple[tuple[tuple[str, str], ...], bool]:
+    """`where: {dimension: value}`: recorded dimensions (not day or month) and text values."""
+    raw = spec.get("where")
+    if raw is None or bad:
+        return (), bad
+    if not isinstance(raw, dict) or not raw:
+        err(spec, "where", f"{where} → where: expected a mapping of dimension to value such as {{reply: first}}, "
+            f"found {raw!r}")
+        return (), True
+    for dim, value in raw.items():
+        if dim in PERIODS or dim not in dims:
+            err(raw, dim, f"{where} → where: unknown dimension {dim!r}; {', '.join(names)} can be filtered by "
+                f"{', '.join(sorted(dims - set(PERIODS))) or 'nothing (no dimensions recorded)'}"
+                + ("; use from/to for days" if dim in PERIODS else _hint(str(dim), sorted(dims - set(PERIODS)))))
+            bad = True
+        elif not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            err(raw, dim, f"{where} → where → {dim}: expected a text value, found {value!r}")
+            bad = True
+    return tuple(sorted((str(k), str(v)) for k, v in raw.items())), bad
 
 
 def _plan(spec: dict, where: str, names: list[str], by: list, metrics: dict[str, set[str]], known: list[str],
@@ -235,12 +260,13 @@ def compute(store: Any, report: Report, first: date, last: date, by: tuple[str, 
     `plan` and `percent` = fact / plan × 100, one decimal, empty when there is no plan)."""
     groups: dict[tuple, dict[str, Any]] = {}
     for metric in report.metrics:
-        for *keys, value in store.fact_totals(metric, report.aggregate, list(by), first.isoformat(), last.isoformat()):
+        for *keys, value in store.fact_totals(metric, report.aggregate, list(by), first.isoformat(), last.isoformat(),
+                                              dict(report.where)):
             groups.setdefault(tuple(keys), {})[metric] = _number(value)
     columns = [*by, *report.metrics]
     if report.plan:
         for *keys, value in store.fact_totals(report.plan.metric, report.plan.aggregate, list(by),
-                                              first.isoformat(), last.isoformat()):
+                                              first.isoformat(), last.isoformat(), dict(report.where)):
             groups.setdefault(tuple(keys), {})["plan"] = _number(value)
         columns += ["plan", "percent"]
     rows = []
@@ -273,6 +299,7 @@ def answer(store: Any, reports: dict[str, Report], rules: list, name: str, args:
         return "text/csv; charset=utf-8", out.getvalue()
     body = {"report": report.name, "title": report.title, "metrics": list(report.metrics),
             "aggregate": report.aggregate, "from": first.isoformat(), "to": last.isoformat(), "by": list(by),
+            "where": dict(report.where),
             "plan": {"metric": report.plan.metric, "aggregate": report.plan.aggregate} if report.plan else None,
             "columns": columns, "rows": rows}
     return "application/json; charset=utf-8", json.dumps(body, ensure_ascii=False, indent=1) + "\n"

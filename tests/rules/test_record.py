@@ -156,7 +156,18 @@ reports:
      "reports.yaml:5: report \"sales\" → plan: the plan 'inquiries' is not recorded by 'manager', which the report "
      "groups by: record it with those dimensions or group by fewer"),
     ("reports:\n  sales:\n    metric: revenue\n    group: manager\n",
-     "reports.yaml:4: report \"sales\": unknown key 'group'; expected title, metric, aggregate, by, plan"),
+     "reports.yaml:4: report \"sales\": unknown key 'group'; expected title, metric, aggregate, by, where, plan"),
+    ("reports:\n  sales:\n    metric: revenue\n    where: {manger: Олена}\n",
+     "reports.yaml:4: report \"sales\" → where: unknown dimension 'manger'; revenue can be filtered by manager, "
+     "pipeline; did you mean 'manager'?"),
+    ("reports:\n  sales:\n    metric: revenue\n    where:\n      month: 2026-12\n",
+     "reports.yaml:5: report \"sales\" → where: unknown dimension 'month'; revenue can be filtered by manager, "
+     "pipeline; use from/to for days"),
+    ("reports:\n  sales:\n    metric: revenue\n    where: {manager: [Олена, Іван]}\n",
+     "reports.yaml:4: report \"sales\" → where → manager: expected a text value, found ['Олена', 'Іван']"),
+    ("reports:\n  sales:\n    metric: revenue\n    where: manager\n",
+     "reports.yaml:4: report \"sales\" → where: expected a mapping of dimension to value such as {reply: first}, "
+     "found 'manager'"),
 ])
 def test_reports_are_checked_against_what_the_rules_record(tmp_path, text, message):
     rules = ruleset(tmp_path).rules
@@ -213,6 +224,12 @@ def test_percentiles_are_postgresqls_percentile_cont_on_both_backends(tmp_path, 
     assert rows("p90", ()) == [{"revenue": 140}]
     assert rows("p99.5", ()) == [{"revenue": 197}]
     assert rows("p50", ("month",)) == [{"month": "2026-12", "revenue": 30}]
+    only = reports.Report("r", ("revenue",), "p90", ("month",), "r", None, 1, (("manager", "Олена"),))
+    assert reports.compute(facts, only, first, last, ("month",))[1] == [{"month": "2026-12", "revenue": 37}]
+    counted = reports.Report("r", ("revenue",), "count", (), "r", None, 1, (("manager", "Олена"),))
+    assert reports.compute(facts, counted, first, last, ())[1] == [{"revenue": 4}]
+    assert facts.fact_totals("revenue", "sum", ["manager"], "2026-12-01", "2026-12-31", {"manager": "Іван"}) == [
+        ("Іван", 7.0)]
     none = reports.Report("r", ("revenue",), "p50", ("manager",), "r", None, 1)
     assert reports.compute(facts, none, first, first, ("manager",))[1] == []   # no facts those days
     assert facts.fact_totals("revenue", "p50", [], "2026-11-01", "2026-11-02") == []
