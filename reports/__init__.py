@@ -129,6 +129,7 @@ def load(config_dir: Path, rules: list) -> dict[str, Report]:
                 err(spec, "metric", f"{where} → metric: no rule records {metric!r}; recorded: {shown_known}"
                     + _hint(metric, known))
                 bad = True
+        named = not bad   # the metrics are known: their dimensions can be checked, whatever else is wrong
         aggregate = spec.get("aggregate", "sum")
         if not known_aggregate(aggregate):
             err(spec, "aggregate", f"{where} → aggregate: expected one of {SHOWN_AGGREGATES}, found {aggregate!r}"
@@ -137,13 +138,14 @@ def load(config_dir: Path, rules: list) -> dict[str, Report]:
             bad = True
         by = spec.get("by", [])
         by = by if isinstance(by, list) else [by]
-        dims = set(PERIODS).union(*(metrics.get(m, set()) for m in names)) if not bad else set()
-        for dim in by if not bad else []:
+        dims = set(PERIODS).union(*(metrics.get(m, set()) for m in names)) if named else set()
+        for dim in by if named else []:
             if dim not in dims:
                 err(spec, "by", f"{where} → by: unknown dimension {dim!r}; {', '.join(names)} can be grouped by "
                     f"{', '.join(sorted(dims))}" + _hint(str(dim), sorted(dims)))
                 bad = True
-        only, bad = _where(spec, where, names, dims, err, bad)
+        only, wrong = _where(spec, where, names, dims, err, not named)
+        bad = bad or wrong
         plan = None
         if spec.get("plan") is not None and not bad:   # its dimensions are checked against a valid `by`
             plan, bad = _plan(spec, where, names, [*by, *(k for k, _ in only)], metrics, known, shown_known, err, bad)

@@ -247,3 +247,13 @@ def test_percentile_cont_interpolates_between_the_nearest_values():
 def test_the_names_record_keeps_for_dates_are_the_reports_periods():
     from rules.record import RESERVED
     assert RESERVED == reports.PERIODS
+
+
+def test_every_mistake_of_a_report_is_told_at_once(tmp_path):
+    rules = ruleset(tmp_path).rules
+    (tmp_path / "reports.yaml").write_text("reports:\n  sales:\n    metric: revenue\n    aggregate: median\n"
+                                           "    by: [month, manger]\n    where: {pipelin: Продажі}\n", encoding="utf-8")
+    errors = [str(e).split("reports.yaml:", 1)[1] for e in reports.check(tmp_path, rules)]
+    assert [e.split(":", 1)[0] for e in errors] == ["4", "5", "6"]
+    assert "did you mean 'p50'?" in errors[0] and "did you mean 'manager'?" in errors[1]
+    assert "did you mean 'pipeline'?" in errors[2]
