@@ -12,6 +12,8 @@ reactions and posts each one to one webhook. Two JSON bodies are read (docs/conn
   sent_at}. Defined by crmbridge, not by any vendor.
 Whether umnico signs webhooks is unknown; its webhook registration takes only {url, name}, so the
 secret rides in the URL (`?token=`) or, for services that can send one, an X-Crmbridge-Token header.
+A service that can sign sends `X-Crmbridge-Signature: sha256=<hex HMAC-SHA256 of the raw body under
+the secret>` instead (the secret never travels; a changed body fails).
 The client speaks umnico's API v1.3. Samples: tests/payloads/inbox/.
 
 Id grammar: umnico's `leadId` (the conversation, which goes into /v1.3/messaging/<lead>/… and
@@ -23,6 +25,8 @@ letter or digit (enough for Instagram mids such as "aWdfZAG9tZA1" and "conv-7781
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import re
 import uuid
@@ -34,13 +38,14 @@ from urllib.parse import unquote, urlsplit
 import requests
 
 from connectors.base import (
-    BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook, RetryableApiError,
+    BadPayload, BaseClient, Connection, Entity, Event, PermanentApiError, RawWebhook, RetryableApiError, Unauthorized,
     check_secret, event_id, parse_json, positive_id, segment, utc_iso,
 )
 
 SOURCE = "inbox"
 CONTENT_TYPES = ("application/json",)
 TOKEN_HEADER = "X-Crmbridge-Token"
+SIGNATURE_HEADER = "X-Crmbridge-Signature"   # sha256=<hex HMAC-SHA256(webhook_secret, raw body)>
 CHANNELS = ("message", "comment", "story_reaction")
 UMNICO_MESSAGE_TYPES = {"message.incoming": "incoming", "message.outgoing": "outgoing"}
 # umnico integration types (sa.type) → network; the list is the one public Umnico integrations
@@ -61,9 +66,24 @@ MAX_FILE_BYTES = 20 * 1024 * 1024   # Planfix takes larger, but a client's photo
 
 
 def verify(raw: RawWebhook, connection: Connection) -> None:
-    """Compare the URL's `token` (or the X-Crmbridge-Token header) with the connection's secret."""
+    """A signed body (X-Crmbridge-Signature) is checked by its signature alone; else the URL's
+    `token` (or the X-Crmbridge-Token header) is compared with the connection's secret."""
+    signed = raw.headers.get(SIGNATURE_HEADER)
+    if signed is not None:
+        scheme, _, given = signed.strip().partition("=")
+        wanted = sign(raw.body, connection.webhook_secret) if connection.webhook_secret else ""
+        if scheme.strip().lower() != "sha256" or not wanted or not hmac.compare_digest(
+                given.strip().lower().encode(), wanted.encode()):
+            raise Unauthorized(f"wrong signature ({SIGNATURE_HEADER}: expected sha256=<hex HMAC-SHA256 of the body "
+                               "under the connection's webhook_secret>)")
+        return
     given = raw.headers.get(TOKEN_HEADER) or raw.query.get("token") or ""
     check_secret(given, connection, f"missing or wrong token (URL 'token' or {TOKEN_HEADER} header)")
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The hex HMAC-SHA256 of a body under the webhook secret (what X-Crmbridge-Signature carries after sha256=)."""
+    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
 def parse(raw: RawWebhook, connection: Connection) -> list[Event]:

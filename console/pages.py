@@ -12,9 +12,12 @@ import click
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
 import explaining
+import reports
 from connectors.base import Event
 import console.queries as queries
+import console.charts as charts
 from pipeline import dead_letters, operate
+from pipeline.steps.record import store as facts_store
 from pipeline.history import record_of, redact
 from ratelimit import configured
 from rules import MODULES
@@ -203,6 +206,43 @@ def add_pages(bp: Blueprint, rt: Any, scrub: tuple[str, ...]) -> None:
     @bp.get("/rules")
     def rule_list():
         return render_template("console/rules.html", rules=rt.ruleset.rules, config_dir=str(rt.settings.config_dir))
+
+    def known_reports() -> dict[str, Any]:
+        return reports.load(rt.settings.config_dir, rt.ruleset.rules)   # checked at start-up: loads cleanly
+
+    def drawn(name: str) -> dict[str, Any]:
+        """A report's rows for the page's parameters (reports/__init__: the same as GET /reports/<name>),
+        and its chart."""
+        known = known_reports()
+        if name not in known:
+            abort(404, f"unknown report {name!r}; reports: {', '.join(sorted(known)) or 'none (no reports.yaml)'}")
+        report = known[name]
+        args = {k: request.args.get(k) for k in ("from", "to", "by")}
+        try:
+            first, last, by, _ = reports.parameters(report, rt.ruleset.rules, args, datetime.now(timezone.utc).date())
+        except reports.BadRequest as exc:
+            abort(400, str(exc))
+        try:
+            columns, rows = reports.compute(facts_store(rt.settings), report, first, last, by)
+        except Exception as exc:   # sqlite3.Error, psycopg.Error: the database, not the request
+            abort(503, f"the facts store did not answer: {type(exc).__name__}: {exc}")
+        series = [*report.metrics, *(["plan"] if report.plan else [])]
+        return {"report": report, "first": first, "last": last, "by": by, "columns": columns, "rows": rows,
+                "chart": charts.chart(by, series, rows, f"{report.title}, {first} – {last}")}
+
+    @bp.get("/reports")
+    def report_list():
+        return render_template("console/reports.html", reports=list(known_reports().values()))
+
+    @bp.get("/reports/<name>")
+    def report_chart(name: str):
+        asked = {k: request.args[k] for k in ("from", "to", "by") if k in request.args}
+        return render_template("console/report.html", **drawn(name), args=asked)
+
+    @bp.get("/reports/<name>/chart.svg")
+    def report_svg(name: str):
+        """The chart alone, for a wiki page or a mail (the console's token: Authorization: Bearer)."""
+        return str(drawn(name)["chart"]), 200, {"Content-Type": "image/svg+xml; charset=utf-8"}
 
 
 def _why_not(entry: Any, rules: dict[str, Any]) -> str | None:

@@ -30,6 +30,7 @@ import atexit
 import collections
 import json
 import logging
+import math
 import re
 import sqlite3
 import threading
@@ -58,6 +59,7 @@ EVENT_COLUMNS = "event_id, at, connection, kind, record, body"
 DECISION_COLUMNS = "at, event_id, connection, record, what, rule, detail"
 FACT_COLUMNS = "fact_id, at, day, zone, metric, value, dimensions, event_id, connection, record, rule"
 AGGREGATES = {"sum": "sum(value)", "count": "count(*)", "avg": "avg(value)", "min": "min(value)", "max": "max(value)"}
+PERCENTILE = re.compile(r"p(\d{1,2}(?:\.\d+)?)")   # p50, p90, p99.9: a percentile aggregate, 0 < N < 100
 PERIODS = {"day": "day", "month": "substr(day, 1, 7)"}   # time dimensions every fact has (its local date)
 
 
@@ -318,10 +320,26 @@ class History:
                 self._reset()
                 raise
 
-    def fact_totals(self, metric: str, aggregate: str, by: list[str], first: str, last: str) -> list[tuple]:
+    def fact_totals(self, metric: str, aggregate: str, by: list[str], first: str, last: str,
+                    where: dict[str, str] | None = None) -> list[tuple]:
         """A metric's facts from day `first` to day `last` (YYYY-MM-DD, both included, in each fact's
-        calendar zone), aggregated (AGGREGATES) per group of `by`: a period (PERIODS) or a dimension
-        (a fact without it is in the group ""). Rows (*group, value), in group order."""
+        calendar zone), only those whose dimensions have the values `where` names, aggregated
+        (AGGREGATES, or a percentile `pNN`) per group of `by`: a period (PERIODS) or a dimension (a
+        fact without it is in the group ""). Rows (*group, value), in group order."""
+        keys, params = self._group_keys(by)
+        filters, filtered = self._filters(where or {})
+        share = percentile(aggregate)
+        if share is not None:
+            return self._percentiles(keys, params, share, metric, first, last, filters, filtered)
+        positions = ", ".join(str(i + 1) for i in range(len(keys)))
+        sql = (f"SELECT {', '.join([*keys, AGGREGATES[aggregate]])} FROM crmbridge_facts "
+               f"WHERE metric = ? AND day >= ? AND day <= ?{filters}"
+               + (f" GROUP BY {positions} ORDER BY {positions}" if keys else ""))
+        rows = self.query(sql, (*params, metric, first, last, *filtered))
+        return [(*("" if v is None else str(v) for v in row[:-1]), row[-1]) for row in rows
+                if keys or row[-1] is not None]
+
+    def _group_keys(self, by: list[str]) -> tuple[list[str], list[str]]:
         keys, params = [], []
         for name in by:
             if name in PERIODS:
@@ -329,13 +347,27 @@ class History:
             else:
                 keys.append(self.dimension_sql)
                 params.append(self.dimension_param(name))
-        positions = ", ".join(str(i + 1) for i in range(len(keys)))
-        sql = (f"SELECT {', '.join([*keys, AGGREGATES[aggregate]])} FROM crmbridge_facts "
-               "WHERE metric = ? AND day >= ? AND day <= ?"
-               + (f" GROUP BY {positions} ORDER BY {positions}" if keys else ""))
-        rows = self.query(sql, (*params, metric, first, last))
-        return [(*("" if v is None else str(v) for v in row[:-1]), row[-1]) for row in rows
-                if keys or row[-1] is not None]
+        return keys, params
+
+    def _filters(self, where: dict[str, str]) -> tuple[str, list[str]]:
+        """` AND <dimension> = ?` per `where` entry, and its parameters (name, then value)."""
+        sql, params = "", []
+        for name, value in sorted(where.items()):
+            sql += f" AND {self.dimension_sql} = ?"
+            params += [self.dimension_param(name), str(value)]
+        return sql, params
+
+    def _percentiles(self, keys: list[str], params: list[str], share: float, metric: str, first: str,
+                     last: str, filters: str = "", filtered: tuple | list = ()) -> list[tuple]:
+        """The percentile per group over the group's own values (the base: SQLite has no
+        percentile_cont, so the values are read in order and interpolated as PostgreSQL does)."""
+        rows = self.query(f"SELECT {', '.join([*keys, 'value'])} FROM crmbridge_facts "
+                          f"WHERE metric = ? AND day >= ? AND day <= ? AND value IS NOT NULL{filters}",
+                          (*params, metric, first, last, *filtered))
+        groups: dict[tuple, list[float]] = {}
+        for *group, value in rows:
+            groups.setdefault(tuple("" if v is None else str(v) for v in group), []).append(float(value))
+        return [(*group, percentile_cont(values, share)) for group, values in sorted(groups.items())]
 
     def stats(self) -> dict[str, int]:
         """Rows kept, and bytes on disk where the database says (PostgreSQL: tables and indexes)."""
@@ -346,6 +378,23 @@ class History:
     @staticmethod
     def js(value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
+
+
+def percentile(aggregate: str) -> float | None:
+    """`p90` → 0.9 (a percentile aggregate); None for any other aggregate name."""
+    m = PERCENTILE.fullmatch(str(aggregate))
+    share = float(m[1]) / 100 if m else None
+    return share if share is not None and 0 < share < 1 else None
+
+
+def percentile_cont(values: list[float], share: float) -> float:
+    """PostgreSQL's percentile_cont: the value at `share` of the sorted values, interpolated
+    linearly between the two nearest (p50 of 10, 20, 30, 40 is 25)."""
+    ordered = sorted(values)
+    position = share * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 class SQLiteHistory(History):
@@ -415,6 +464,17 @@ class PostgresHistory(History):
     @staticmethod
     def dimension_param(name: str) -> str:
         return name
+
+    def _percentiles(self, keys: list[str], params: list[str], share: float, metric: str, first: str,
+                     last: str, filters: str = "", filtered: tuple | list = ()) -> list[tuple]:
+        """PostgreSQL's own percentile_cont per group."""
+        positions = ", ".join(str(i + 1) for i in range(len(keys)))
+        sql = (f"SELECT {', '.join([*keys, f'percentile_cont({share!r}) WITHIN GROUP (ORDER BY value)'])} "
+               f"FROM crmbridge_facts WHERE metric = ? AND day >= ? AND day <= ? AND value IS NOT NULL{filters}"
+               + (f" GROUP BY {positions} ORDER BY {positions}" if keys else ""))
+        rows = self.query(sql, (*params, metric, first, last, *filtered))
+        return [(*("" if v is None else str(v) for v in row[:-1]), row[-1]) for row in rows
+                if row[-1] is not None]
 
     def __init__(self, url: str, retention: int) -> None:
         super().__init__(retention)

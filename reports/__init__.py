@@ -4,8 +4,9 @@
       revenue_by_manager:
         title: "Виручка по менеджерах"        # optional, shown in JSON
         metric: revenue                       # a metric some rule records (a list: one column each)
-        aggregate: sum                        # sum (default) | count | avg | min | max
+        aggregate: sum                        # sum (default) | count | avg | min | max | p50, p90, pNN
         by: [month, manager]                  # default grouping: day, month, or recorded dimensions
+        where: {source: "Інстаграм"}          # optional: only the facts with these dimension values
         plan: {metric: revenue_plan, aggregate: max}   # optional: plan vs fact
 
 The file is `reports.yaml` in the configuration directory (none: no reports). It is checked at
@@ -13,7 +14,8 @@ start-up against the rules: a metric no `record` action records, a dimension no 
 of that metric gives, or a plan metric without the report's dimensions is an error with file:line
 and "did you mean". `GET /reports/<name>` (reports/web.py) and `cli.py report NAME` answer the same
 text (`answer`). Days are each fact's date in its rule calendar's zone; `from` and `to` are both
-included.
+included. `pNN` is the NN-th percentile of the group's values (p50 the median, p90: nine in ten
+are at most this), interpolated as PostgreSQL's percentile_cont, on SQLite too.
 """
 from __future__ import annotations
 
@@ -30,9 +32,11 @@ from config.loader import ConfigError, ConfigErrors, line_of, load_yaml
 from pipeline import history
 from rules import find_or_create
 
-AGGREGATES = tuple(history.AGGREGATES)   # sum, count, avg, min, max
+AGGREGATES = tuple(history.AGGREGATES)   # sum, count, avg, min, max; and percentiles, pNN
+SHOWN_AGGREGATES = ", ".join(AGGREGATES) + " or a percentile such as p50, p90"
 PERIODS = tuple(history.PERIODS)         # day, month: every fact's own dates
 FORMATS = ("json", "csv")
+KEYS = ("title", "metric", "aggregate", "by", "where", "plan")
 FILE = "reports.yaml"
 
 
@@ -55,6 +59,7 @@ class Report:
     title: str
     plan: Plan | None
     line: int
+    where: tuple[tuple[str, str], ...] = ()   # (dimension, value): only the facts that have it
 
 
 def recorded(rules: list) -> dict[str, set[str]]:
@@ -68,6 +73,11 @@ def recorded(rules: list) -> dict[str, set[str]]:
     for metric, dims in find_or_create.recorded_metrics(rules).items():   # an order's answer times
         found.setdefault(metric, set()).update(dims)
     return found
+
+
+def known_aggregate(name: Any) -> bool:
+    """sum, count, avg, min, max, or a percentile p1 … p99 (p99.9: decimals allowed)."""
+    return name in AGGREGATES or history.percentile(str(name)) is not None
 
 
 def _hint(found: str, known: list[str]) -> str:
@@ -104,10 +114,9 @@ def load(config_dir: Path, rules: list) -> dict[str, Report]:
         if not isinstance(spec, dict):
             err(items, name, f"{where}: expected a mapping with metric:, found {spec!r}")
             continue
-        unknown = sorted(set(spec) - {"title", "metric", "aggregate", "by", "plan"})
+        unknown = sorted(set(spec) - set(KEYS))
         for key in unknown:
-            err(spec, key, f"{where}: unknown key {key!r}; expected title, metric, aggregate, by, plan"
-                + _hint(str(key), ["title", "metric", "aggregate", "by", "plan"]))
+            err(spec, key, f"{where}: unknown key {key!r}; expected {', '.join(KEYS)}" + _hint(str(key), list(KEYS)))
         names = spec.get("metric")
         names = names if isinstance(names, list) else [names] if names else []
         if not names or not all(isinstance(n, str) for n in names):
@@ -120,28 +129,54 @@ def load(config_dir: Path, rules: list) -> dict[str, Report]:
                 err(spec, "metric", f"{where} → metric: no rule records {metric!r}; recorded: {shown_known}"
                     + _hint(metric, known))
                 bad = True
+        named = not bad   # the metrics are known: their dimensions can be checked, whatever else is wrong
         aggregate = spec.get("aggregate", "sum")
-        if aggregate not in AGGREGATES:
-            err(spec, "aggregate", f"{where} → aggregate: expected one of {', '.join(AGGREGATES)}, found {aggregate!r}"
-                + _hint(str(aggregate), list(AGGREGATES)))
+        if not known_aggregate(aggregate):
+            err(spec, "aggregate", f"{where} → aggregate: expected one of {SHOWN_AGGREGATES}, found {aggregate!r}"
+                + ("; did you mean 'p50'?" if str(aggregate).lower() == "median"
+                   else _hint(str(aggregate), [*AGGREGATES, "p50", "p90"])))
             bad = True
         by = spec.get("by", [])
         by = by if isinstance(by, list) else [by]
-        dims = set(PERIODS).union(*(metrics.get(m, set()) for m in names)) if not bad else set()
-        for dim in by if not bad else []:
+        dims = set(PERIODS).union(*(metrics.get(m, set()) for m in names)) if named else set()
+        for dim in by if named else []:
             if dim not in dims:
                 err(spec, "by", f"{where} → by: unknown dimension {dim!r}; {', '.join(names)} can be grouped by "
                     f"{', '.join(sorted(dims))}" + _hint(str(dim), sorted(dims)))
                 bad = True
+        only, wrong = _where(spec, where, names, dims, err, not named)
+        bad = bad or wrong
         plan = None
         if spec.get("plan") is not None and not bad:   # its dimensions are checked against a valid `by`
-            plan, bad = _plan(spec, where, names, by, metrics, known, shown_known, err, bad)
+            plan, bad = _plan(spec, where, names, [*by, *(k for k, _ in only)], metrics, known, shown_known, err, bad)
         if not bad:
             reports[str(name)] = Report(str(name), tuple(names), aggregate, tuple(str(b) for b in by),
-                                        str(spec.get("title") or name), plan, line_of(items, name))
+                                        str(spec.get("title") or name), plan, line_of(items, name), only)
     if errors:
         raise ConfigErrors(errors)
     return reports
+
+
+def _where(spec: dict, where: str, names: list[str], dims: set[str], err: Any,
+           bad: bool) -> tuple[tuple[tuple[str, str], ...], bool]:
+    """`where: {dimension: value}`: recorded dimensions (not day or month) and text values."""
+    raw = spec.get("where")
+    if raw is None or bad:
+        return (), bad
+    if not isinstance(raw, dict) or not raw:
+        err(spec, "where", f"{where} → where: expected a mapping of dimension to value such as {{reply: first}}, "
+            f"found {raw!r}")
+        return (), True
+    for dim, value in raw.items():
+        if dim in PERIODS or dim not in dims:
+            err(raw, dim, f"{where} → where: unknown dimension {dim!r}; {', '.join(names)} can be filtered by "
+                f"{', '.join(sorted(dims - set(PERIODS))) or 'nothing (no dimensions recorded)'}"
+                + ("; use from/to for days" if dim in PERIODS else _hint(str(dim), sorted(dims - set(PERIODS)))))
+            bad = True
+        elif not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            err(raw, dim, f"{where} → where → {dim}: expected a text value, found {value!r}")
+            bad = True
+    return tuple(sorted((str(k), str(v)) for k, v in raw.items())), bad
 
 
 def _plan(spec: dict, where: str, names: list[str], by: list, metrics: dict[str, set[str]], known: list[str],
@@ -159,8 +194,8 @@ def _plan(spec: dict, where: str, names: list[str], by: list, metrics: dict[str,
         err(spec, "plan", f"{where} → plan → metric: no rule records {metric!r}; recorded: {shown_known}"
             + _hint(metric, known))
         return None, True
-    if aggregate not in AGGREGATES:
-        err(spec, "plan", f"{where} → plan → aggregate: expected one of {', '.join(AGGREGATES)}, found {aggregate!r}")
+    if not known_aggregate(aggregate):
+        err(spec, "plan", f"{where} → plan → aggregate: expected one of {SHOWN_AGGREGATES}, found {aggregate!r}")
         return None, True
     lacking = [d for d in by if d not in PERIODS and d not in metrics[metric]]
     if lacking:
@@ -227,12 +262,13 @@ def compute(store: Any, report: Report, first: date, last: date, by: tuple[str, 
     `plan` and `percent` = fact / plan × 100, one decimal, empty when there is no plan)."""
     groups: dict[tuple, dict[str, Any]] = {}
     for metric in report.metrics:
-        for *keys, value in store.fact_totals(metric, report.aggregate, list(by), first.isoformat(), last.isoformat()):
+        for *keys, value in store.fact_totals(metric, report.aggregate, list(by), first.isoformat(), last.isoformat(),
+                                              dict(report.where)):
             groups.setdefault(tuple(keys), {})[metric] = _number(value)
     columns = [*by, *report.metrics]
     if report.plan:
         for *keys, value in store.fact_totals(report.plan.metric, report.plan.aggregate, list(by),
-                                              first.isoformat(), last.isoformat()):
+                                              first.isoformat(), last.isoformat(), dict(report.where)):
             groups.setdefault(tuple(keys), {})["plan"] = _number(value)
         columns += ["plan", "percent"]
     rows = []
@@ -265,6 +301,7 @@ def answer(store: Any, reports: dict[str, Report], rules: list, name: str, args:
         return "text/csv; charset=utf-8", out.getvalue()
     body = {"report": report.name, "title": report.title, "metrics": list(report.metrics),
             "aggregate": report.aggregate, "from": first.isoformat(), "to": last.isoformat(), "by": list(by),
+            "where": dict(report.where),
             "plan": {"metric": report.plan.metric, "aggregate": report.plan.aggregate} if report.plan else None,
             "columns": columns, "rows": rows}
     return "application/json; charset=utf-8", json.dumps(body, ensure_ascii=False, indent=1) + "\n"

@@ -43,14 +43,15 @@ def _refused(rt):
 
 @blueprint.get("/reports")
 def listing():
-    """The reports reports.yaml names: {"reports": [{name, title, metrics, aggregate, by, plan}]}."""
+    """The reports reports.yaml names: {"reports": [{name, title, metrics, aggregate, by, where, plan}]}."""
     rt = current_app.extensions["crmbridge"]
     refused = _refused(rt)
     if refused:
         return refused
     known = reports.load(rt.settings.config_dir, rt.ruleset.rules)
     return jsonify(reports=[{"name": r.name, "title": r.title, "metrics": list(r.metrics), "aggregate": r.aggregate,
-                             "by": list(r.by), "plan": r.plan.metric if r.plan else None} for r in known.values()])
+                             "by": list(r.by), "where": dict(r.where), "plan": r.plan.metric if r.plan else None}
+                            for r in known.values()])
 
 
 @blueprint.get("/reports/<name>")

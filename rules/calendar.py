@@ -280,6 +280,34 @@ class WorkingCalendar:
             left -= end - start
         return dt.astimezone(self.tz)
 
+    def working_time_between(self, start: datetime, end: datetime) -> timedelta:
+        """The working time from start to end (negative when end is before start): with 10:00-19:00,
+        18:59 to 10:02 the next working day is 3 minutes."""
+        start, end = _aware(start), _aware(end)
+        if end < start:
+            return -self.working_time_between(end, start)
+        total = timedelta(0)
+        for opens, closes in self._spans(start, 1) if end > start else ():
+            if opens >= end:
+                break
+            total += min(closes, end) - opens
+        return total
+
+    def to_config(self) -> dict[str, Any]:
+        """The calendar as from_config reads it back (for a job that carries its calendar)."""
+        def span(value: Span | None) -> str:
+            return "off" if value is None else f"{value[0]:%H:%M}-{value[1]:%H:%M}"
+        cfg: dict[str, Any] = {"timezone": self.timezone, "hours": {DAYS[d]: span(self.hours[d]) for d in range(7)},
+                               "days_off": sorted(d.isoformat() for d in self.extra_days_off),
+                               "working_days": sorted(d.isoformat() for d in self.extra_working_days)}
+        if self.country is not None:
+            cfg["country"] = self.country
+        if self.subdivision is not None:
+            cfg["subdivision"] = self.subdivision
+        if self.saturday_hours is not None:
+            cfg["saturday_hours"] = span(self.saturday_hours)
+        return cfg
+
     def working_days_before(self, d: date | datetime, n: int) -> datetime:
         """Start of working hours n working days before d (n=0: d, or the last working day before it)."""
         if not isinstance(n, int) or n < 0:

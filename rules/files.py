@@ -209,6 +209,9 @@ def _report(messages: Any, node: Any, schema: Schema, col: _Collector, crumb: st
         if isinstance(problem, list) and "Missing data for required field." in problem:
             col.add(node, None, crumb, f"{prefix}{key}: required; expected {field.metadata.get('expected', key)}")
             continue
+        if isinstance(field, fields.Nested) and isinstance(problem, dict) and isinstance(found, dict):
+            _report(problem, found, field.schema, col, crumb, f"{prefix}{key} → ")   # the inner key, its line
+            continue
         expected = field.metadata.get("expected", key) if field else key
         col.add(node, key, crumb, f"{prefix}{key}: expected {expected}, found {found!r}")
 

@@ -43,6 +43,12 @@ and the managers' (pipeline/steps/find_order.py):
         card: {last_message: "Останнє повідомлення", last_message_at: "Дата останнього повідомлення",
                last_writer: "Хто писав останній", unanswered: "Без відповіді"}
         writers: {client: "Клієнт", manager: "Менеджер"}  # the words last_writer gets (these are the default)
+        response: {metric: response_seconds, dimensions: {account: "{{ data.account.name }}"}, time: working}
+
+`response:` records a manager's answer as a fact for reports: the seconds from the first client
+message it answers (dimension `reply`: first, the order's first answer, or next); `time: working`
+counts only the working hours of the rule's calendar (a message at 18:59 answered at 10:02 the
+next working day with hours to 19:00: 180 s), `elapsed` (the default) every second.
 
 The message is the event's (`conversation`, `direction`, `message_id`, `at`, `text` default to an
 inbox message's conversation, data.direction, data.message_id, occurred_at and data.text).
@@ -63,6 +69,7 @@ LINKABLE = ("deal", "lead", "task")
 KINDS = ("contact", "order")
 ORDER_STEP = "find_or_create_order"
 CARD_ROLES = ("last_message", "last_message_at", "last_writer", "unanswered")
+RESPONSE_TIMES = ("elapsed", "working")
 
 
 class OrderOptions(Schema):
@@ -73,6 +80,14 @@ class OrderOptions(Schema):
     name = f.String(load_default=None, metadata={"expected": "the new order's name"})
     responsible = f.String(load_default=None, metadata={"expected": "the new order's responsible user"})
     fields = f.Dict(keys=f.String(), load_default=dict, metadata={"expected": "order fields written when it is made"})
+
+
+class ResponseOptions(Schema):
+    metric = f.String(required=True, metadata={"expected": "the metric a manager's answer time is recorded as"})
+    dimensions = f.Dict(keys=f.String(), values=f.Raw(allow_none=True), load_default=dict,
+                        metadata={"expected": "a mapping of dimension names to texts"})
+    time = f.String(load_default="elapsed", validate=validate.OneOf(RESPONSE_TIMES),
+                    metadata={"expected": "elapsed (every second) or working (the rule calendar's hours only)"})
 
 
 class Options(Schema):
@@ -95,7 +110,8 @@ class Options(Schema):
     message_id = f.String(load_default=None, metadata={"expected": "the message id (default: data.message_id)"})
     at = f.String(load_default=None, metadata={"expected": "the message's time (default: the event's)"})
     text = f.String(load_default=None, metadata={"expected": "the message text (default: data.text)"})
-    response = f.Dict(load_default=None, metadata={"expected": "{metric, dimensions}: a manager's answer time as a fact"})
+    response = f.Nested(ResponseOptions, load_default=None,
+                        metadata={"expected": "{metric, dimensions, time}: a manager's answer time as a fact"})
 
 
 def sender_field(options: dict[str, Any]) -> str | None:
@@ -175,15 +191,19 @@ def plan_order(ctx, options: dict) -> list:
 
 
 def response_fact(ctx, spec: dict) -> dict:
-    """`response: {metric, dimensions}`: the fact a manager's answer records (the seconds since the
-    first client message it answers), checked as `record`'s metric and dimensions are."""
+    """`response: {metric, dimensions, time}`: the fact a manager's answer records (the seconds since
+    the first client message it answers; `time: working`: only those in the rule calendar's working
+    hours, the calendar carried with the step), checked as `record`'s metric and dimensions are."""
     from rules import record
     loaded = record.Options().load({"metric": spec.get("metric"), "dimensions": spec.get("dimensions") or {}})
     dims = {k: "" if v is None else str(v) for k, v in loaded["dimensions"].items()}
     if "reply" in dims:
         raise ValueError("response: the dimension `reply` is the step's own (first or next)")
-    return {"metric": loaded["metric"], "dimensions": dims, "zone": ctx.calendar.timezone, "rule": ctx.rule.name,
+    fact = {"metric": loaded["metric"], "dimensions": dims, "zone": ctx.calendar.timezone, "rule": ctx.rule.name,
             "event_id": ctx.event.id}
+    if spec.get("time") == "working":
+        fact["calendar"] = ctx.calendar.to_config()
+    return fact
 
 
 def recorded_metrics(rules: list) -> dict[str, set[str]]:

@@ -22,10 +22,12 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, pass_context
 from markupsafe import Markup
 from marshmallow import ValidationError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from rules.calendar import WorkingCalendar
 
 
 class TemplateProblem(ValueError):
@@ -120,8 +122,27 @@ def in_zone(moment: Any, zone: str) -> datetime:
         raise TemplateProblem(f"in_zone: {zone!r} is not a time zone such as 'Europe/Kyiv'") from None
 
 
+def _moment(value: Any, name: str) -> datetime:
+    when = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
+    if not isinstance(when, datetime) or when.tzinfo is None:
+        raise TemplateProblem(f"working_seconds: {name}: expected a timezone-aware datetime or ISO text, got {value!r}")
+    return when
+
+
+@pass_context
+def working_seconds(context: Any, start: Any, end: Any, calendar: Any = None) -> int:
+    """`{{ working_seconds(data.asked_at, event.occurred_at) }}`: the whole seconds of working time
+    from start to end in the rule's calendar (or the calendar given): with hours to 19:00, 18:59 to
+    10:02 the next working day is 180. Negative when end is before start."""
+    cal = calendar if calendar is not None else context.get("calendar")
+    if not isinstance(cal, WorkingCalendar):
+        raise TemplateProblem(f"working_seconds: expected the rule's calendar, got {cal!r}")
+    return int(cal.working_time_between(_moment(start, "from"), _moment(end, "to")).total_seconds())
+
+
 for _env in ENVS.values():
     _env.filters["in_zone"] = in_zone
+    _env.globals["working_seconds"] = working_seconds
 
 
 def is_template(value: Any) -> bool:

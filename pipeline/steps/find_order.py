@@ -30,6 +30,7 @@ from pipeline import history
 from pipeline.steps.find_or_create import run as find_contact
 from pipeline.steps.record import store as facts_store
 from pipeline.steps.base import StepContext, require
+from rules.calendar import WorkingCalendar
 
 METHOD = "find_or_create_order"
 REQUIRES = frozenset({"get_entity", "find_tasks", "process_id", "create_task", "set_fields",
@@ -215,7 +216,8 @@ def order_photo(rt: Any, connection: str, order: str) -> dict[str, Any] | None:
 
 
 def _record_response(ctx: StepContext, order: str, at: datetime, response: dict[str, Any]) -> float | None:
-    """A manager's answer to waiting client messages: the seconds since the first of them, a fact
+    """A manager's answer to waiting client messages: the seconds since the first of them (working
+    seconds only, with the calendar `time: working` put in `response`), a fact
     (metric `response.metric`, its dimensions and `reply`: first, the order's first answer, or next)
     stored under this step's key, so a run again records it once (pipeline/steps/record.py)."""
     store, keys = ctx.rt.store, ctx.rt.keys
@@ -223,7 +225,12 @@ def _record_response(ctx: StepContext, order: str, at: datetime, response: dict[
                                   start=0, num=1, withscores=True)
     if not waiting:
         return None
-    seconds = round(at.timestamp() - float(waiting[0][1]), 1)
+    asked = datetime.fromtimestamp(float(waiting[0][1]), timezone.utc)
+    if response.get("calendar"):   # time: working — the calendar's working hours between the two only
+        seconds = round(WorkingCalendar.from_config(response["calendar"]).working_time_between(asked, at)
+                        .total_seconds(), 1)
+    else:
+        seconds = round(at.timestamp() - asked.timestamp(), 1)
     first = json.loads(store.hget(keys("order-card", ctx.connection, order), "replied_at") or "null") is None
     dimensions = {**response.get("dimensions", {}), "reply": "first" if first else "next"}
     facts = facts_store(ctx.rt.settings)

@@ -1,6 +1,9 @@
 """Social inbox: umnico and generic webhooks → Events, and umnico API calls against a local fake."""
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import json
 
 import pytest
@@ -157,6 +160,22 @@ def test_verify_refuses_a_wrong_or_missing_token(conn, query):
         inbox.verify(RawWebhook({}, "application/json", b"{}", query), conn)
 
 
+def test_a_signed_body_is_checked_by_its_signature():
+    body = '{"event": "message", "text": "Торт на суботу?"}'.encode()
+    good = "sha256=" + hmac.new(b"inbox-secret", body, hashlib.sha256).hexdigest()
+    assert inbox.verify(RawWebhook({inbox.SIGNATURE_HEADER: good}, "application/json", body, {}), CONN) is None
+    assert inbox.verify(RawWebhook({inbox.SIGNATURE_HEADER: good.upper().replace("SHA256", "sha256")},
+                                   "application/json", body, {}), CONN) is None   # hex in either case
+    for headers, sent in (({inbox.SIGNATURE_HEADER: good}, body + b" "),          # the body changed on the way
+                          ({inbox.SIGNATURE_HEADER: good.replace("sha256", "sha1")}, body),
+                          ({inbox.SIGNATURE_HEADER: ""}, body)):
+        with pytest.raises(Unauthorized, match="wrong signature"):   # a right token beside it does not help
+            inbox.verify(RawWebhook(headers, "application/json", sent, {"token": "inbox-secret"}), CONN)
+    with pytest.raises(Unauthorized, match="wrong signature"):
+        inbox.verify(RawWebhook({inbox.SIGNATURE_HEADER: good}, "application/json", body, {}),
+                     Connection(name="x", type="inbox"))                            # no secret: nothing verifies
+
+
 @pytest.fixture
 def env(env):
     return {**env, "INBOX_WEBHOOK_SECRET": "inbox-secret"}
@@ -178,6 +197,11 @@ def test_the_receiver_queues_a_message_once(client, runtime):
     assert client.post("/hooks/sweets?token=guess", data=payload,
                        content_type="application/json").status_code == 401
     assert runtime.backend.queue.count == 1
+    signed = {inbox.SIGNATURE_HEADER: "sha256=" + inbox.sign(payload, "inbox-secret")}
+    assert client.post("/hooks/sweets", data=payload, content_type="application/json",
+                       headers=signed).json == {"accepted": 0, "duplicates": 1}
+    assert client.post("/hooks/sweets", data=payload.replace(b"64950001", b"64950002"), content_type="application/json",
+                       headers=signed).status_code == 401
 
 
 # --- the umnico client ---------------------------------------------------------------------------

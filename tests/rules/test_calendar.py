@@ -359,3 +359,33 @@ def test_no_working_day_at_all_is_reported() -> None:
 def test_module_reads_no_clock() -> None:
     source = open(cal_module.__file__, encoding="utf-8").read()
     assert ".now(" not in source and "today(" not in source and "time.time" not in source
+
+
+SHOP = WorkingCalendar.from_config({"timezone": "Europe/Kyiv", "hours": {"mon-sat": "10:00-19:00"},
+                                    "days_off": ["2026-12-25"]})
+KYIV_TZ = ZoneInfo("Europe/Kyiv")
+
+
+@pytest.mark.parametrize("start, end, minutes", [
+    (datetime(2026, 12, 8, 18, 59, tzinfo=KYIV_TZ), datetime(2026, 12, 9, 10, 2, tzinfo=KYIV_TZ), 3),      # over a night
+    (datetime(2026, 12, 12, 18, 59, tzinfo=KYIV_TZ), datetime(2026, 12, 14, 10, 2, tzinfo=KYIV_TZ), 3),    # Sunday off
+    (datetime(2026, 12, 24, 18, 0, tzinfo=KYIV_TZ), datetime(2026, 12, 26, 10, 30, tzinfo=KYIV_TZ), 90),   # a day off
+    (datetime(2026, 12, 8, 11, 0, tzinfo=KYIV_TZ), datetime(2026, 12, 8, 11, 2, 30, tzinfo=KYIV_TZ), 2.5),
+    (datetime(2026, 12, 8, 20, 0, tzinfo=KYIV_TZ), datetime(2026, 12, 9, 9, 0, tzinfo=KYIV_TZ), 0),        # all after hours
+    (datetime(2026, 12, 8, 8, 0, tzinfo=UTC), datetime(2026, 12, 8, 9, 0, tzinfo=UTC), 60),          # zones mixed
+    (datetime(2026, 12, 9, 10, 2, tzinfo=KYIV_TZ), datetime(2026, 12, 8, 18, 59, tzinfo=KYIV_TZ), -3),     # backwards
+])
+def test_working_time_between(start: datetime, end: datetime, minutes: float) -> None:
+    assert SHOP.working_time_between(start, end) == timedelta(minutes=minutes)
+    # the inverse of add_working_time from a working moment
+    if minutes > 0 and SHOP.is_working_time(start):
+        assert SHOP.add_working_time(start, timedelta(minutes=minutes)) == end
+
+
+def test_to_config_reads_back_as_the_same_calendar() -> None:
+    full = WorkingCalendar.from_config({"timezone": "Europe/Moscow", "country": "RU", "hours": {"mon-fri": "10:00-19:00",
+                                        "fri": "10:00-17:00"}, "saturday_hours": "11:00-15:00",
+                                        "days_off": ["2026-12-31"], "working_days": ["2026-11-07"]})
+    for calendar in (full, SHOP, WorkingCalendar()):
+        assert WorkingCalendar.from_config(calendar.to_config()) == calendar
+    assert SHOP.to_config()["hours"]["sun"] == "off"

@@ -116,3 +116,39 @@ rules:
     assert errors[0].message == ('rule "no crm": find_or_create → by: email not supported for inbox '
                                  "(connection 'shop-inbox'); name the CRM with connection:")
     assert "by: inbox_sender needs `field:`" in errors[1].message
+
+
+ORDER_RULE = """
+defaults: {calendar: shop}
+rules:
+  - name: B6
+    on: {event: message.received, connection: shop-inbox}
+    do:
+      - find_or_create:
+          connection: shop
+          kind: order
+          by: inbox_sender
+          value: "{{ data.from.link }}"
+          field: Instagram
+          order: {field: Розмова}
+          response: {metric: response_seconds, dimensions: {account: "{{ data.account.name }}"}, %s}
+"""
+
+
+def test_a_working_time_response_carries_the_rules_calendar(tmp_path):
+    from rules.calendar import WorkingCalendar
+    shop = {"timezone": "Europe/Kyiv", "hours": {"mon-sat": "10:00-19:00"}}
+    (tmp_path / "r.yaml").write_text(ORDER_RULE % "time: working", encoding="utf-8")
+    rules = load_rules(tmp_path, MODULES, connections=CONNECTIONS, base=tmp_path, calendars={"shop": shop})
+    [action] = plan(inbox_event(), {"type": "conversation", "id": "64950001"}, rules, NOW, MODULES).actions
+    response = action.args["response"]
+    assert response["dimensions"] == {"account": "sweet.kyiv"} and response["zone"] == "Europe/Kyiv"
+    assert WorkingCalendar.from_config(response["calendar"]) == WorkingCalendar.from_config(shop)
+
+
+def test_a_wrong_response_time_is_refused_with_its_line(tmp_path):
+    with pytest.raises(ConfigErrors) as exc:
+        (tmp_path / "r.yaml").write_text(ORDER_RULE % "time: work", encoding="utf-8")
+        load_rules(tmp_path, MODULES, connections=CONNECTIONS, base=tmp_path,
+                   calendars={"shop": {"timezone": "Europe/Kyiv"}})
+    assert "r.yaml:14: rule \"B6\" → do[0] → find_or_create → response → time: expected elapsed (every second) or working (the rule calendar's hours only), found 'work'" in str(exc.value)

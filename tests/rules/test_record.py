@@ -141,12 +141,33 @@ reports:
      "reports.yaml:4: report \"sales\" → by: unknown dimension 'manger'; revenue can be grouped by day, manager, month, "
      "pipeline; did you mean 'manager'?"),
     ("reports:\n  sales:\n    metric: revenue\n    aggregate: total\n",
-     "reports.yaml:4: report \"sales\" → aggregate: expected one of sum, count, avg, min, max, found 'total'"),
+     "reports.yaml:4: report \"sales\" → aggregate: expected one of sum, count, avg, min, max or a percentile such "
+     "as p50, p90, found 'total'"),
+    ("reports:\n  sales:\n    metric: revenue\n    aggregate: median\n",
+     "reports.yaml:4: report \"sales\" → aggregate: expected one of sum, count, avg, min, max or a percentile such "
+     "as p50, p90, found 'median'; did you mean 'p50'?"),
+    ("reports:\n  sales:\n    metric: revenue\n    aggregate: p100\n",
+     "reports.yaml:4: report \"sales\" → aggregate: expected one of sum, count, avg, min, max or a percentile such "
+     "as p50, p90, found 'p100'"),
+    ("reports:\n  sales:\n    metric: revenue\n    plan: {metric: inquiries, aggregate: p0}\n",
+     "reports.yaml:4: report \"sales\" → plan → aggregate: expected one of sum, count, avg, min, max or a "
+     "percentile such as p50, p90, found 'p0'"),
     ("reports:\n  sales:\n    metric: revenue\n    by: manager\n    plan: inquiries\n",
      "reports.yaml:5: report \"sales\" → plan: the plan 'inquiries' is not recorded by 'manager', which the report "
      "groups by: record it with those dimensions or group by fewer"),
     ("reports:\n  sales:\n    metric: revenue\n    group: manager\n",
-     "reports.yaml:4: report \"sales\": unknown key 'group'; expected title, metric, aggregate, by, plan"),
+     "reports.yaml:4: report \"sales\": unknown key 'group'; expected title, metric, aggregate, by, where, plan"),
+    ("reports:\n  sales:\n    metric: revenue\n    where: {manger: Олена}\n",
+     "reports.yaml:4: report \"sales\" → where: unknown dimension 'manger'; revenue can be filtered by manager, "
+     "pipeline; did you mean 'manager'?"),
+    ("reports:\n  sales:\n    metric: revenue\n    where:\n      month: 2026-12\n",
+     "reports.yaml:5: report \"sales\" → where: unknown dimension 'month'; revenue can be filtered by manager, "
+     "pipeline; use from/to for days"),
+    ("reports:\n  sales:\n    metric: revenue\n    where: {manager: [Олена, Іван]}\n",
+     "reports.yaml:4: report \"sales\" → where → manager: expected a text value, found ['Олена', 'Іван']"),
+    ("reports:\n  sales:\n    metric: revenue\n    where: manager\n",
+     "reports.yaml:4: report \"sales\" → where: expected a mapping of dimension to value such as {reply: first}, "
+     "found 'manager'"),
 ])
 def test_reports_are_checked_against_what_the_rules_record(tmp_path, text, message):
     rules = ruleset(tmp_path).rules
@@ -171,6 +192,68 @@ def test_a_plan_group_without_facts_shows_nothing_done_yet(tmp_path, history_set
                     {"manager": "Олена", "revenue": 1000, "plan": 2000, "percent": 50.0}]
 
 
+def test_percentiles_are_postgresqls_percentile_cont_on_both_backends(tmp_path, history_settings):
+    """p50/p90 per group: on PostgreSQL its own percentile_cont, on SQLite the same interpolation in
+    Python; the same numbers on both (the fixture runs this once per backend)."""
+    rules = ruleset(tmp_path).rules
+    (tmp_path / "reports.yaml").write_text("reports:\n  p90:\n    metric: revenue\n    aggregate: p90\n"
+                                           "    by: manager\n", encoding="utf-8")
+    assert reports.check(tmp_path, rules) == []
+    settings = Settings(history_retention=3600, **history_settings)
+    facts = record_step.store(settings)
+    from pipeline import history
+    at = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+    values = {"Олена": [40, 10, 30, 20], "Іван": [7], "": [100, 200]}   # "": facts without the dimension
+    for manager, numbers in values.items():
+        for i, value in enumerate(numbers):
+            dims = {"manager": manager} if manager else {}
+            facts.add_fact(history.fact_row(f"{manager}{i}|r|0", "e", "amo", "lead:1", "r", at, "Europe/Kyiv",
+                                            "revenue", value, dims))
+    first, last = datetime(2026, 12, 1).date(), datetime(2026, 12, 31).date()
+
+    def rows(aggregate: str, by: tuple[str, ...] = ("manager",)) -> list[dict]:
+        report = reports.Report("r", ("revenue",), aggregate, by, "r", None, 1)
+        return reports.compute(facts, report, first, last, by)[1]
+
+    # Олена 10 20 30 40: p50 at 1.5 → 25; p90 at 2.7 → 30 + 0.7 × 10 = 37
+    assert rows("p50") == [{"manager": "", "revenue": 150}, {"manager": "Іван", "revenue": 7},
+                           {"manager": "Олена", "revenue": 25}]
+    assert rows("p90") == [{"manager": "", "revenue": 190}, {"manager": "Іван", "revenue": 7},
+                           {"manager": "Олена", "revenue": 37}]
+    # all seven, ungrouped: 7 10 20 30 40 100 200 → p90 at 5.4 → 100 + 0.4 × 100 = 140; p99.5 → 197
+    assert rows("p90", ()) == [{"revenue": 140}]
+    assert rows("p99.5", ()) == [{"revenue": 197}]
+    assert rows("p50", ("month",)) == [{"month": "2026-12", "revenue": 30}]
+    only = reports.Report("r", ("revenue",), "p90", ("month",), "r", None, 1, (("manager", "Олена"),))
+    assert reports.compute(facts, only, first, last, ("month",))[1] == [{"month": "2026-12", "revenue": 37}]
+    counted = reports.Report("r", ("revenue",), "count", (), "r", None, 1, (("manager", "Олена"),))
+    assert reports.compute(facts, counted, first, last, ())[1] == [{"revenue": 4}]
+    assert facts.fact_totals("revenue", "sum", ["manager"], "2026-12-01", "2026-12-31", {"manager": "Іван"}) == [
+        ("Іван", 7.0)]
+    none = reports.Report("r", ("revenue",), "p50", ("manager",), "r", None, 1)
+    assert reports.compute(facts, none, first, first, ("manager",))[1] == []   # no facts those days
+    assert facts.fact_totals("revenue", "p50", [], "2026-11-01", "2026-11-02") == []
+
+
+def test_percentile_cont_interpolates_between_the_nearest_values():
+    from pipeline.history import percentile, percentile_cont
+    assert percentile_cont([1.0], 0.9) == 1.0
+    assert percentile_cont([10.0, 20.0, 30.0, 40.0], 0.5) == 25.0
+    assert percentile_cont([3.0, 1.0, 2.0], 0.0001) == pytest.approx(1.0002)
+    assert [percentile(a) for a in ("p50", "p90", "p99.9", "p0", "p100", "sum", "p")] == [
+        0.5, 0.9, pytest.approx(0.999), None, None, None, None]
+
+
 def test_the_names_record_keeps_for_dates_are_the_reports_periods():
     from rules.record import RESERVED
     assert RESERVED == reports.PERIODS
+
+
+def test_every_mistake_of_a_report_is_told_at_once(tmp_path):
+    rules = ruleset(tmp_path).rules
+    (tmp_path / "reports.yaml").write_text("reports:\n  sales:\n    metric: revenue\n    aggregate: median\n"
+                                           "    by: [month, manger]\n    where: {pipelin: Продажі}\n", encoding="utf-8")
+    errors = [str(e).split("reports.yaml:", 1)[1] for e in reports.check(tmp_path, rules)]
+    assert [e.split(":", 1)[0] for e in errors] == ["4", "5", "6"]
+    assert "did you mean 'p50'?" in errors[0] and "did you mean 'manager'?" in errors[1]
+    assert "did you mean 'pipeline'?" in errors[2]
