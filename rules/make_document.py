@@ -21,6 +21,9 @@ to PDF, attach it to the record in its CRM, and send it to the client on request
           attach: true                         # to the record, as its CRM shows files (a note or comment with it)
           comment: "Рахунок № {number}"        # the note's text
           send: {connection: agency-bot, chat: "{{ entity.fields['Telegram'] }}", caption: "Ваш рахунок"}
+          # or by e-mail, the file attached:
+          # send: {connection: agency-mail, to: "{{ entity.contacts[0].emails[0] }}", subject: "Рахунок № {number}",
+          #        text: "Добрий день! Рахунок у вкладенні."}
 
 The document is dated the day of the event in the rule's calendar zone, and numbered once: a
 retried job or a repeated webhook gets the number it was given first (documents/numbering.py).
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from config.loader import ConfigError, did_you_mean, line_of
 
@@ -61,9 +64,19 @@ class Row(Schema):
 
 
 class Send(Schema):
-    connection = fields.String(required=True, metadata={"expected": "a telegram connection name"})
-    chat = fields.Raw(required=True, metadata={"expected": "a chat id or a template"})
-    caption = fields.String(load_default=None, metadata={"expected": "a caption"})
+    """To the client: by Telegram (`chat`, `caption`) or by e-mail (`to`, `subject`, `text`)."""
+    connection = fields.String(required=True, metadata={"expected": "a telegram or email connection name"})
+    chat = fields.Raw(load_default=None, metadata={"expected": "a chat id or a template (telegram)"})
+    caption = fields.String(load_default=None, metadata={"expected": "a caption (telegram)"})
+    to = fields.Raw(load_default=None, metadata={"expected": "an e-mail address or a template (email)"})
+    subject = fields.String(load_default=None, metadata={"expected": "the e-mail's subject"})
+    text = fields.String(load_default=None, metadata={"expected": "the e-mail's text"})
+
+    @validates_schema
+    def _one_way(self, data, **kwargs):
+        if (data.get("chat") is None) == (data.get("to") is None):
+            raise ValidationError("expected either chat (telegram) or to (email), found "
+                                  + ("both" if data.get("chat") is not None else "neither"), "send")
 
 
 class Options(Schema):
@@ -99,11 +112,12 @@ def plan(ctx, options: dict) -> list:
     moment = (datetime.fromisoformat(ctx.event.occurred_at.replace("Z", "+00:00")) if ctx.event.occurred_at
               else ctx.now)   # the event's day: the same on every retry of the job
     record = json.loads(json.dumps({k: entity[k] for k in RECORD_KEYS if k in entity}, default=str))
-    send = dict(options["send"]) if options["send"] else None
+    send = {k: v for k, v in options["send"].items() if v is not None} if options["send"] else None
     if send is not None:
-        send["chat"] = str(send["chat"]).strip()
-        if not send["chat"]:
-            raise ValueError("send: the chat is empty after rendering the template")
+        where = "chat" if "chat" in send else "to"
+        send[where] = str(send[where]).strip()
+        if not send[where]:
+            raise ValueError(f"send: the {where} is empty after rendering the template")
     template = options["template"] if options["template"].endswith(".docx") else f"{options['template']}.docx"
     return [ctx.step(NAME, options["connection"], entity=ctx.entity_ref, template=template,
                      series=options["series"] or Path(template).stem, number_format=options["number_format"],
@@ -134,10 +148,19 @@ def load_templates(rules: list, config_dir: Path, connections: Any = None,
         send = opts.get("send") if isinstance(opts.get("send"), dict) else {}
         conn = known.get(send.get("connection")) if isinstance(send.get("connection"), str) else None
         client = getattr((connectors or {}).get(getattr(conn, "type", None)), "Client", None)
-        if conn is not None and client is not None and "send_document" not in client.capabilities:
+        can = getattr(client, "capabilities", frozenset())
+        if conn is not None and client is not None and not can & {"send_document", "send_email"}:
             errors.append(ConfigError(rule.file, line_of(send, "connection", spec.line),
                                       f'rule "{rule.name}": make_document → send → connection: expected a '
-                                      f"connection that sends documents (telegram), found {conn.name!r} ({conn.type})"))
+                                      f"connection that sends documents (telegram or email), found {conn.name!r} "
+                                      f"({conn.type})"))
+        elif conn is not None and client is not None:
+            wants = "to" if "send_email" in can else "chat"
+            if send.get(wants) in (None, ""):
+                errors.append(ConfigError(rule.file, line_of(send, "connection", spec.line),
+                                          f'rule "{rule.name}": make_document → send: expected `{wants}:` for '
+                                          f"{conn.name!r} ({conn.type}), found "
+                                          f"{', '.join(k for k in ('chat', 'to') if k in send) or 'neither'}"))
         name = opts.get("template")
         if not isinstance(name, str) or not TEMPLATE_NAME.match(name):
             continue   # the options' own check reports it

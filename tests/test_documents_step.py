@@ -171,6 +171,36 @@ def test_the_document_is_sent_by_telegram_with_the_steps_sending_mark(amo, fake_
         fake_tg.stop()
 
 
+def test_the_document_is_sent_by_email_attached_once(amo, fake_amo):
+    from connectors import email as mail
+    from tests.fakes_telephony import FakeSmtp
+    smtp = FakeSmtp().start()
+    try:
+        mailer = mail.Client(Connection(name="agency-mail", type="email", credentials={"user": smtp.user,
+                             "password": smtp.password}, options={"host": "127.0.0.1", "port": smtp.port,
+                             "security": "none", "from": "Агенція «Приклад» <hello@agency.example>"}))
+        marks = []
+        amo.sending = lambda: marks.append("sent")
+        send = {"connection": "agency-mail", "to": "Ромашка <buh@romashka.example>",
+                "subject": "Рахунок № {number}", "text": "Добрий день! Рахунок № {number} у вкладенні."}
+        ctx = context_for(amo, mailer)
+        result = run(ctx, LEAD, attach=False, send=send)
+        again = run(context_for(amo, mailer), LEAD, attach=False, send=send)   # the step retried: not sent twice
+        [got] = smtp.wait_for(1)
+        msg = got["message"]
+        assert got["to"] == ["buh@romashka.example"] and str(msg["Subject"]) == "Рахунок № 2027/001"
+        assert FakeSmtp.text_of(msg).strip() == "Добрий день! Рахунок № 2027/001 у вкладенні."
+        [part] = list(msg.iter_attachments())
+        assert part.get_filename() == "Рахунок 2027-001.docx"
+        assert part.get_content_type() == "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+        assert WORDS in render.docx_text(part.get_content())
+        assert msg["To"].addresses[0].display_name == "Ромашка" and result["sent"]["message_id"] == msg["Message-ID"]
+        assert again["number"] == "2027/001" and again["sent"] == result["sent"]
+        assert marks == ["sent"] and mailer.sending is None and len(smtp.messages) == 1
+    finally:
+        smtp.stop()
+
+
 # --- the rule plans it; the executor runs it once --------------------------------------------------
 
 RULE = """
@@ -304,5 +334,20 @@ def test_start_up_refuses_sending_through_a_connection_that_cannot(config_dir):
         load_configuration(Settings(config_dir=config_dir, environ=ENV))
     [error] = caught.value.errors
     assert error.line == 17 and error.message.endswith(
-        "make_document → send → connection: expected a connection that sends documents (telegram), "
+        "make_document → send → connection: expected a connection that sends documents (telegram or email), "
         "found 'agency-amo' (amocrm)")
+
+
+def test_start_up_wants_an_address_for_an_email_connection(config_dir):
+    (config_dir / "connections.yaml").write_text(CONNECTIONS + """  agency-mail:
+    type: email
+    options: {host: 127.0.0.1, from: "Агенція <hello@agency.example>"}
+""", encoding="utf-8")
+    rules = config_dir / "rules" / "documents.yaml"
+    rules.write_text(RULE.replace("pdf: false", "pdf: false\n          send: {connection: agency-mail, chat: '1'}"),
+                     encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_configuration(Settings(config_dir=config_dir, environ=ENV))
+    [error] = caught.value.errors
+    assert error.line == 17 and error.message.endswith(
+        "make_document → send: expected `to:` for 'agency-mail' (email), found chat")

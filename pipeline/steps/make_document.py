@@ -10,7 +10,7 @@ rules/make_document.py plans it with everything rendered; here, in order:
    single calls: upload_file (amoCRM: a drive upload session; Planfix: POST /file/) then
    attach_file (amoCRM: the file linked to the lead and an attachment note; Planfix: a comment
    naming it), or attach_file with the content (Bitrix24: a timeline comment carrying it);
-4. with `send`, the file by Telegram sendDocument.
+4. with `send`, the file to the client: Telegram sendDocument, or an e-mail with it attached.
 
 Every vendor call runs through StepContext.once: a step tried again resumes after the last call
 that succeeded. Telegram is told the same `sending` mark as the CRM's client, so one mark covers
@@ -68,7 +68,7 @@ def run(ctx: StepContext, template: str, series: str, number_format: str, langua
         text = (comment or name).replace("{number}", number)
         result["attached"] = attach_to(ctx, entity, data, name, MIME[kind], text)
     if send:
-        result["sent"] = send_file(ctx, send, data, name, number)
+        result["sent"] = send_file(ctx, send, data, name, number, MIME[kind])
     return result
 
 
@@ -84,20 +84,29 @@ def attach_to(ctx: StepContext, entity: Entity, data: bytes, name: str, mime: st
     return ctx.once(f"attach|{name}", lambda: client.attach_file(entity, name, text, content=data))
 
 
-def send_file(ctx: StepContext, send: dict[str, Any], data: bytes, name: str, number: str) -> Any:
-    """sendDocument through the `send` connection, its request reported like the CRM's."""
+def send_file(ctx: StepContext, send: dict[str, Any], data: bytes, name: str, number: str,
+              mime: str = MIME["pdf"]) -> Any:
+    """The file to the client through the `send` connection: Telegram sendDocument (`chat`), or an
+    e-mail with the file attached (`to`); the request reported like the CRM's."""
     bot = ctx.rt.client(send["connection"])
-    if not bot.can("send_document"):
-        raise PermanentApiError(f"make_document: connection {send['connection']!r} cannot send a document")
-    caption = (send.get("caption") or "").replace("{number}", number) or None
+    by_mail = "to" in send
+    if not bot.can("send_email" if by_mail else "send_document"):
+        raise PermanentApiError(f"make_document: connection {send['connection']!r} cannot send a document "
+                                f"{'by e-mail' if by_mail else 'to a chat'}")
+
+    def text(key: str, default: str = "") -> str:
+        return (send.get(key) or default).replace("{number}", number)
 
     def call() -> Any:
         bot.sending = ctx.client.sending   # one mark for the step: a send about to leave marks it "sent"
         try:
-            return bot.send_document(send["chat"], data, name, caption=caption)
+            if by_mail:
+                return bot.send_email(send["to"], text("subject", name), text("text", name),
+                                      attachments=[(name, data, mime)])
+            return bot.send_document(send["chat"], data, name, caption=text("caption") or None)
         finally:
             bot.sending = None
-    return ctx.once(f"send|{send['connection']}|{send['chat']}|{name}", call)
+    return ctx.once(f"send|{send['connection']}|{send.get('to') or send.get('chat')}|{name}", call)
 
 
 def safe_name(text: str) -> str:
