@@ -524,6 +524,11 @@ def render_document(settings: Settings, template: str, record_file, out: Path | 
         raise click.UsageError(f"no template {render.TEMPLATE_DIR / path.name} in {str(settings.config_dir)!r}")
     for _, problem in render.check_template(path):
         click.echo(f"{path}: {problem}", err=True)
+    if options["items"] == make_document.FROM_CRM:   # no CRM here: the rows come with the record
+        if not isinstance(entity.get("items"), list):
+            raise click.UsageError('the rule reads the rows from the CRM (items: crm); add them to the record as '
+                                   '"items": [{"name": …, "quantity": …, "unit": …, "price": …}] to preview')
+        options["items"] = entity["items"]
     items = options["items"] or [{"name": entity.get("name") or "", "quantity": 1, "unit": "", "price": entity.get("price")}]
     day = now.date()
     try:

@@ -13,6 +13,7 @@ to PDF, attach it to the record in its CRM, and send it to the client on request
           vat_included: true                   # the prices hold the VAT (false: it is added on top)
           items:                               # rows; default one: the deal's name at its price
             - {name: "Ведення соцмереж", quantity: 1, unit: "послуга", price: "{{ entity.price }}"}
+          # items: crm                         # …or the record's product rows in its CRM (amoCRM, Bitrix24)
           client: {name: "{{ entity.fields['Юр. назва'] }}", code: "{{ entity.fields['ЄДРПОУ'] }}"}
           company: {name: "ТОВ «Агенція»", code: "12345678", iban: "UA21…", signer: "О. Коваленко"}
           values: {basis: "Договір № {{ entity.fields['Договір'] }}"}   # anything else: values.basis
@@ -46,6 +47,7 @@ from config.loader import ConfigError, did_you_mean, line_of
 NAME = "make_document"
 SHORTHAND = "template"
 CLIENT_METHOD = "make_document"   # a pipeline step: refused at start-up where the client lacks a verb it REQUIRES
+FROM_CRM = "crm"
 TEMPLATE_NAME = re.compile(r"^[\w][\w.-]*$")
 RECORD_KEYS = ("id", "type", "name", "price", "fields", "stage", "pipeline", "responsible", "contacts",
                "companies", "company", "first_name", "last_name", "phones", "emails")
@@ -61,6 +63,19 @@ class Row(Schema):
     quantity = fields.Raw(load_default=1, metadata={"expected": "a number"})
     unit = fields.Raw(load_default="", metadata={"expected": "a unit such as послуга, год, шт."})
     price = fields.Raw(required=True, metadata={"expected": "a price"})
+
+
+class Items(fields.Field):
+    """The rows: a list of {name, quantity, unit, price}, or "crm": the record's product rows as
+    its CRM keeps them (amoCRM: the list elements linked to the lead; Bitrix24: the deal's rows)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value == FROM_CRM:
+            return FROM_CRM
+        if not isinstance(value, list):
+            raise ValidationError(f'expected a list of rows {{name, quantity, unit, price}}, or "{FROM_CRM}" '
+                                  f"(the record's product rows in its CRM), found {value!r}")
+        return Row(many=True).load(value)
 
 
 class Send(Schema):
@@ -91,7 +106,7 @@ class Options(Schema):
                              metadata={"expected": "UAH, RUB, USD or EUR"})
     vat = fields.Raw(load_default=None, metadata={"expected": "a VAT rate in percent, e.g. 20"})
     vat_included = fields.Boolean(load_default=True, metadata={"expected": "true or false"})
-    items = fields.List(fields.Nested(Row), load_default=None, metadata={"expected": "a list of rows {name, quantity, unit, price}"})
+    items = Items(load_default=None, metadata={"expected": 'a list of rows {name, quantity, unit, price}, or "crm"'})
     client = fields.Dict(load_default=dict, validate=_strings, metadata={"expected": "the buyer's requisites"})
     company = fields.Dict(load_default=dict, validate=_strings, metadata={"expected": "the seller's requisites"})
     values = fields.Dict(load_default=dict, validate=_strings, metadata={"expected": "a mapping of names to values"})
@@ -106,7 +121,9 @@ class Options(Schema):
 def plan(ctx, options: dict) -> list:
     entity = ctx.entity or {}
     items = options["items"]
-    if items is None:   # one row: the deal itself at its price
+    if items == FROM_CRM:   # read by the step, from the CRM, when it runs
+        items = []
+    elif items is None:   # one row: the deal itself at its price
         items = [{"name": entity.get("name") or "", "quantity": 1, "unit": "", "price": entity.get("price")}]
     zone = ZoneInfo(ctx.calendar.timezone)
     moment = (datetime.fromisoformat(ctx.event.occurred_at.replace("Z", "+00:00")) if ctx.event.occurred_at
@@ -123,7 +140,8 @@ def plan(ctx, options: dict) -> list:
                      series=options["series"] or Path(template).stem, number_format=options["number_format"],
                      number_start=options["number_start"], language=options["language"],
                      currency=options["currency"], vat=options["vat"], vat_included=options["vat_included"],
-                     items=[dict(i) for i in items], client=options["client"], company=options["company"],
+                     items=[dict(i) for i in items], items_from_crm=options["items"] == FROM_CRM,
+                     client=options["client"], company=options["company"],
                      values=options["values"], record=record, date=moment.astimezone(zone).date().isoformat(),
                      file_name=options["file_name"], pdf=options["pdf"], attach=options["attach"],
                      comment=options["comment"], send=send)]

@@ -17,7 +17,7 @@ from config.connections import Connections
 from config.loader import ConfigErrors
 from config.settings import Settings
 from connectors import amocrm, bitrix24, planfix, telegram
-from connectors.base import Connection, Entity, Event, RetryableApiError
+from connectors.base import Connection, Entity, Event, PermanentApiError, RetryableApiError
 from documents import render
 from pipeline import execute
 from pipeline.steps import STEPS, StepContext
@@ -125,6 +125,89 @@ def test_bitrix24_gets_a_timeline_comment_with_the_file(redis_db):
         assert WORDS in render.docx_text(file["content"])
         with pytest.raises(Exception, match="not to tasks"):
             client.attach_file(Entity("task", "5"), "a.pdf", "x", content=b"%PDF")
+    finally:
+        fake.stop()
+
+
+# --- product rows read from the CRM (items: crm) ------------------------------------------------
+
+def test_amocrm_rows_are_the_products_linked_to_the_lead(amo, fake_amo):
+    smm = fake_amo.add_catalog_element(4521, "Ведення соцмереж (місяць)", price=18000)
+    ads = fake_amo.add_catalog_element(4521, "Налаштування реклами, год", price="750.50")
+    fake_amo.add_catalog_element(4521, "Логотип", price=9000)                   # in the list, not on the lead
+    fake_amo.link_product(31926520, smm, quantity=1)
+    fake_amo.link_product(31926520, ads, quantity=2.5)
+    result = run(context_for(amo), LEAD, items=[], items_from_crm=True, vat=20, attach=False)
+    links = fake_amo.received("GET", r"/api/v4/leads/31926520/links")
+    assert links[0].query["filter[to_entity_type]"] == ["catalog_elements"]
+    [elements] = fake_amo.received("GET", r"/api/v4/catalogs/4521/elements")
+    assert sorted(elements.query["filter[id][]"]) == sorted([str(smm["id"]), str(ads["id"])])
+    assert result["total"] == "19\u00a0876,25"      # 18 000 + 2,5 × 750,50
+    assert result["number"] == "2027/001"
+
+
+def test_amocrm_rows_fill_the_invoice_with_vat_and_words(amo, fake_amo):
+    smm = fake_amo.add_catalog_element(4521, "Ведення соцмереж (місяць)", price=18000)
+    fake_amo.link_product(31926520, smm, quantity=2)
+    ctx = context_for(amo)
+    result = run(ctx, LEAD, items=[], items_from_crm=True, vat=20, attach=True)
+    [(uuid, content)] = fake_amo.drive_contents.items()
+    text = render.docx_text(content)
+    assert "Ведення соцмереж (місяць)" in text and "18\u00a0000,00" in text and "36\u00a0000,00" in text
+    assert "Разом без ПДВ: 30\u00a0000,00 грн" in text and "У тому числі ПДВ 20 %: 6\u00a0000,00 грн" in text
+    assert "Тридцять шість тисяч гривень 00 копійок, у тому числі ПДВ: шість тисяч гривень 00 копійок" in text
+    assert result["total"] == "36\u00a0000,00"
+
+
+def test_bitrix24_rows_carry_their_vat_and_the_document_follows_them(redis_db):
+    fake = FakeBitrix24().start()
+    try:
+        fake.add("deal", {"ID": "410", "TITLE": "SMM", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "ASSIGNED_BY_ID": "1"})
+        fake.add_product_row(410, "Ведення соцмереж", 20000, tax_rate=20, tax_included=False, measure="послуга")
+        fake.add_product_row(410, "Таргетована реклама", 500, quantity=3, tax_rate=20, tax_included=False,
+                             measure="год", discount_rate=10)
+        conn = Connection(name="b24", type="bitrix24", base_url=fake.base_url, credentials={"webhook": fake.code})
+        client = bitrix24.Client(conn, store=redis_db, key_prefix="crmbridge-test:")
+        result = run(context_for(client), Entity("deal", "410"), items=[], items_from_crm=True, vat=None)
+        [call] = fake.method_calls("crm.deal.productrows.get")
+        assert call.body == {"id": 410}
+        text = render.docx_text(fake.comments[0]["FILES"][next(iter(fake.comments[0]["FILES"]))]["content"])
+        # on top: rows at PRICE_EXCLUSIVE (the discount in), VAT added: 20 000 + 3 × 450 = 21 350; VAT 4 270
+        assert "Таргетована реклама" in text and "450,00" in text and "1\u00a0350,00" in text and "год" in text
+        assert "Разом без ПДВ: 21\u00a0350,00 грн" in text and "ПДВ 20 %: 4\u00a0270,00 грн" in text
+        assert result["total"] == "25\u00a0620,00"
+        assert "Двадцять п'ять тисяч шістсот двадцять гривень 00 копійок" in text
+    finally:
+        fake.stop()
+
+
+def test_bitrix24_rows_in_the_documented_shape_and_mixed_vat_refused(redis_db):
+    fake = FakeBitrix24().start()
+    try:
+        fake.add("deal", {"ID": "5", "TITLE": "Товари", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "ASSIGNED_BY_ID": "1"})
+        fake.product_rows[5] = json.loads((PAYLOADS / "bitrix24/api_deal_productrows_get.json").read_text())["result"]
+        conn = Connection(name="b24", type="bitrix24", base_url=fake.base_url, credentials={"webhook": fake.code})
+        client = bitrix24.Client(conn, store=redis_db, key_prefix="crmbridge-test:")
+        assert client.product_rows(Entity("deal", "5")) == [
+            {"name": "Товар #2", "quantity": 1, "unit": "шт", "price": 899.1, "vat_rate": None, "vat_included": True},
+            {"name": "Товар #1", "quantity": 1, "unit": "шт", "price": 100, "vat_rate": None, "vat_included": True}]
+        fake.add("deal", {"ID": "6", "TITLE": "Змішано", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "ASSIGNED_BY_ID": "1"})
+        fake.add_product_row(6, "Книга", 300, tax_rate=7)
+        fake.add_product_row(6, "Послуга", 1200, tax_rate=20)
+        with pytest.raises(PermanentApiError, match=r"different VAT \(20.00 %, 7.00 %\).*one VAT rate"):
+            run(context_for(client, key="ev-2|rule-1|0"), Entity("deal", "6"), items=[], items_from_crm=True)
+        assert not fake.comments
+    finally:
+        fake.stop()
+
+
+def test_planfix_has_no_product_rows_and_says_so(redis_db):
+    fake = FakePlanfix().start()
+    try:
+        conn = Connection(name="pf", type="planfix", base_url=f"{fake.url}/rest", credentials={"token": "PF"})
+        client = planfix.Client(conn, store=redis_db, key_prefix="crmbridge-test:")
+        with pytest.raises(PermanentApiError, match="Planfix's REST API keeps none.*items:"):
+            run(context_for(client), Entity("task", "77"), items=[], items_from_crm=True)
     finally:
         fake.stop()
 
@@ -262,6 +345,22 @@ def test_the_rule_plans_the_document_with_its_values_rendered(config_dir):
     assert args["items"] == [{"name": "Послуги SMM: SMM березень", "quantity": 1, "unit": "послуга", "price": "25501"}]
     assert args["client"]["name"] == "ТОВ «Ромашка»" and args["record"]["fields"]["ЄДРПОУ"] == "87654321"
     json.dumps(args)   # kept in Redis and the dead letters as JSON
+
+
+ROWS_IN_RULE = """          items:
+            - {name: "Послуги SMM: {{ entity.name }}", unit: послуга, price: "{{ entity.price }}"}"""
+
+
+def test_items_crm_is_planned_as_rows_read_by_the_step_and_a_wrong_word_refused(config_dir):
+    rules = config_dir / "rules" / "documents.yaml"
+    rules.write_text(RULE.replace(ROWS_IN_RULE, "          items: crm"), encoding="utf-8")
+    _, action = planned(config_dir)
+    assert action.args["items"] == [] and action.args["items_from_crm"] is True
+    rules.write_text(RULE.replace(ROWS_IN_RULE, "          items: cmr"), encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_configuration(Settings(config_dir=config_dir, environ=ENV))
+    [error] = caught.value.errors
+    assert error.line == 9 and error.message.endswith('a list of rows {name, quantity, unit, price}, or "crm", found \'cmr\'')
 
 
 def test_the_executor_makes_one_document_for_a_repeated_event(config_dir, amo, fake_amo, redis_db):

@@ -25,7 +25,7 @@ from typing import Any
 
 from connectors.base import Entity, PermanentApiError, RetryableApiError
 from documents import numbering, render
-from documents.words import as_date
+from documents.words import amount, as_date
 from pipeline.steps.base import StepContext
 
 METHOD = "make_document"
@@ -38,6 +38,7 @@ UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
 
 def run(ctx: StepContext, template: str, series: str, number_format: str, language: str, currency: str,
         items: list[dict[str, Any]], date: str, entity: Entity | None = None, number_start: int = 1,
+        items_from_crm: bool = False,
         vat: Any = None, vat_included: bool = True, client: dict[str, Any] | None = None,
         company: dict[str, Any] | None = None, values: dict[str, Any] | None = None,
         record: dict[str, Any] | None = None, file_name: str | None = None, pdf: bool = True,
@@ -45,6 +46,8 @@ def run(ctx: StepContext, template: str, series: str, number_format: str, langua
     path = ctx.rt.settings.config_dir / render.TEMPLATE_DIR / template
     if not path.is_file():
         raise PermanentApiError(f"make_document: no template {render.TEMPLATE_DIR / template} in the configuration")
+    if items_from_crm:
+        items, vat, vat_included = crm_rows(ctx, entity, vat, vat_included)
     year = as_date(date).year
     seq = numbering.allocate(ctx.rt.store, ctx.rt.keys, series, year, ctx.key, start=number_start)
     try:
@@ -70,6 +73,36 @@ def run(ctx: StepContext, template: str, series: str, number_format: str, langua
     if send:
         result["sent"] = send_file(ctx, send, data, name, number, MIME[kind])
     return result
+
+
+def crm_rows(ctx: StepContext, entity: Entity | None, vat: Any, vat_included: bool) -> tuple[list, Any, bool]:
+    """The record's product rows read from its CRM (once: a retried step fills the same rows), and
+    the VAT they carry: one rate and one way (included or on top) for the whole document. Rows
+    without a rate (amoCRM's, or a Bitrix24 deal without taxes) take the rule's `vat:`."""
+    client = ctx.client
+    if entity is None:
+        raise PermanentApiError("make_document: items: crm needs the event's record")
+    if not client.can("product_rows"):
+        raise PermanentApiError(f"make_document: items: crm: connection {ctx.connection!r} has no product rows to "
+                                f"read (Planfix's REST API keeps none); list the rows in items:")
+    outer, client.sending = client.sending, None   # a read: it sends nothing, so it marks nothing "sent"
+    try:
+        rows = ctx.once("rows", lambda: client.product_rows(entity)) or []
+    finally:
+        client.sending = outer
+    if not rows:
+        raise PermanentApiError(f"make_document: items: crm: the {entity.type} {entity.id} has no product rows")
+    rates = {None if r.get("vat_rate") in (None, "", 0, "0") else amount(r["vat_rate"]) for r in rows}
+    ways = {bool(r.get("vat_included", True)) for r in rows if r.get("vat_rate") not in (None, "", 0, "0")}
+    if len(rates) > 1 or len(ways) > 1:
+        shown = ", ".join(sorted("без ПДВ" if r is None else f"{r} %" for r in rates))
+        raise PermanentApiError(f"make_document: items: crm: the rows carry different VAT ({shown}"
+                                f"{'; included and on top' if len(ways) > 1 else ''}): one document has one VAT "
+                                f"rate; split the rows into two deals or list them in items:")
+    [rate] = rates
+    if rate is not None:
+        vat, vat_included = rate, ways.pop()
+    return [{k: r.get(k) for k in ("name", "quantity", "unit", "price")} for r in rows], vat, vat_included
 
 
 def attach_to(ctx: StepContext, entity: Entity, data: bytes, name: str, mime: str, text: str) -> Any:
