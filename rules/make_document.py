@@ -48,6 +48,8 @@ NAME = "make_document"
 SHORTHAND = "template"
 CLIENT_METHOD = "make_document"   # a pipeline step: refused at start-up where the client lacks a verb it REQUIRES
 FROM_CRM = "crm"
+NO_ROWS = {"planfix": "Planfix's REST API has no product rows (an account may keep them in a data tag, "
+                      "аналитика, with fields of its own naming, which crmbridge does not read)"}
 TEMPLATE_NAME = re.compile(r"^[\w][\w.-]*$")
 RECORD_KEYS = ("id", "type", "name", "price", "fields", "stage", "pipeline", "responsible", "contacts",
                "companies", "company", "first_name", "last_name", "phones", "emails")
@@ -147,6 +149,21 @@ def plan(ctx, options: dict) -> list:
                      comment=options["comment"], send=send)]
 
 
+def _rows_unreadable(rule, spec, opts: dict, known: dict, connectors: dict[str, Any]) -> list[ConfigError]:
+    """`items: crm` aimed at a CRM whose client reads no product rows (Planfix): refused at start-up."""
+    from rules._verb_support import action_targets
+    errors = []
+    for name in action_targets(rule, opts)[0]:
+        conn = known.get(name)
+        client = getattr(connectors.get(getattr(conn, "type", None)), "Client", None)
+        if client is None or "product_rows" in client.capabilities:
+            continue
+        errors.append(ConfigError(rule.file, line_of(opts, "items", spec.line),
+                                  f'rule "{rule.name}": make_document → items: expected a list of rows for '
+                                  f"{conn.type} (connection {name!r}), found crm: {NO_ROWS.get(conn.type, 'its client reads no product rows')}"))
+    return errors
+
+
 def load_templates(rules: list, config_dir: Path, connections: Any = None,
                    connectors: dict[str, Any] | None = None) -> tuple[list[ConfigError], list[str]]:
     """At start-up: each make_document's template is there and uses only values documents make
@@ -179,6 +196,8 @@ def load_templates(rules: list, config_dir: Path, connections: Any = None,
                                           f'rule "{rule.name}": make_document → send: expected `{wants}:` for '
                                           f"{conn.name!r} ({conn.type}), found "
                                           f"{', '.join(k for k in ('chat', 'to') if k in send) or 'neither'}"))
+        if opts.get("items") == FROM_CRM:
+            errors.extend(_rows_unreadable(rule, spec, opts, known, connectors or {}))
         name = opts.get("template")
         if not isinstance(name, str) or not TEMPLATE_NAME.match(name):
             continue   # the options' own check reports it

@@ -206,7 +206,7 @@ def test_planfix_has_no_product_rows_and_says_so(redis_db):
     try:
         conn = Connection(name="pf", type="planfix", base_url=f"{fake.url}/rest", credentials={"token": "PF"})
         client = planfix.Client(conn, store=redis_db, key_prefix="crmbridge-test:")
-        with pytest.raises(PermanentApiError, match="Planfix's REST API keeps none.*items:"):
+        with pytest.raises(PermanentApiError, match="Planfix's REST API has no product rows.*list the rows in items:"):
             run(context_for(client), Entity("task", "77"), items=[], items_from_crm=True)
     finally:
         fake.stop()
@@ -450,3 +450,18 @@ def test_start_up_wants_an_address_for_an_email_connection(config_dir):
     [error] = caught.value.errors
     assert error.line == 17 and error.message.endswith(
         "make_document → send: expected `to:` for 'agency-mail' (email), found chat")
+
+
+def test_start_up_refuses_items_crm_for_planfix(config_dir):
+    (config_dir / "connections.yaml").write_text(CONNECTIONS + """  agency-pf:
+    type: planfix
+    webhook_secret: ${DOCS_TEST_SECRET}
+""", encoding="utf-8")
+    rules = config_dir / "rules" / "documents.yaml"
+    rules.write_text(RULE.replace(ROWS_IN_RULE, "          items: crm\n          connection: agency-pf"),
+                     encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_configuration(Settings(config_dir=config_dir, environ=ENV))
+    [error] = caught.value.errors
+    assert error.line == 9 and "make_document → items: expected a list of rows for planfix (connection " \
+        "'agency-pf'), found crm: Planfix's REST API has no product rows" in error.message

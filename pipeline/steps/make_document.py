@@ -84,7 +84,9 @@ def crm_rows(ctx: StepContext, entity: Entity | None, vat: Any, vat_included: bo
         raise PermanentApiError("make_document: items: crm needs the event's record")
     if not client.can("product_rows"):
         raise PermanentApiError(f"make_document: items: crm: connection {ctx.connection!r} has no product rows to "
-                                f"read (Planfix's REST API keeps none); list the rows in items:")
+                                f"read (Planfix's REST API has no product rows: an account keeps them, if at all, "
+                                f"in a data tag, аналитика, with fields of its own naming, which crmbridge does not "
+                                f"read); list the rows in items:")
     outer, client.sending = client.sending, None   # a read: it sends nothing, so it marks nothing "sent"
     try:
         rows = ctx.once("rows", lambda: client.product_rows(entity)) or []
