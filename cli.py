@@ -83,7 +83,7 @@ def _validate_online(settings: Settings, connections, ruleset) -> None:
     found = checks.read(connections, client_for)
     for note in found.notes:
         click.echo(f"online: {note}")
-    errors = checks.check(ruleset.rules, connections, found)
+    errors = checks.check(ruleset.rules, connections, found, settings.config_dir)
     if errors:
         click.echo(str(ConfigErrors(errors, "names the connections do not have (validate --online).")), err=True)
     if found.unread:

@@ -174,6 +174,25 @@ def check_template(path: Path) -> list[tuple[int, str]]:
     return problems
 
 
+FIELD_READ = re.compile(r"""entity\.fields\s*\[\s*(["'])(.+?)\1\s*\]|entity\.fields\.(\w+)""")
+TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
+
+
+def fields_read(path: Path) -> list[tuple[int, str]]:
+    """The record's fields a template reads (`entity.fields['X']`, `entity.fields.X` inside its
+    tags) as (paragraph, name), paragraphs counted as check_template counts them: what
+    `validate --online` looks up in the CRM (config/online.py). [] for a file that is no DOCX."""
+    try:
+        paragraphs = _paragraphs(path.read_bytes())
+    except (OSError, zipfile.BadZipFile, KeyError, ElementTree.ParseError):
+        return []
+    found = []
+    for at, text in enumerate(paragraphs, 1):
+        for tag in TAG.findall(text):
+            found.extend((at, m.group(2) or m.group(3)) for m in FIELD_READ.finditer(tag))
+    return found
+
+
 def soffice() -> str | None:
     """The LibreOffice binary (soffice, or libreoffice), or None."""
     return shutil.which("soffice") or shutil.which("libreoffice")
