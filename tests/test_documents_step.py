@@ -379,6 +379,48 @@ def test_the_executor_makes_one_document_for_a_repeated_event(config_dir, amo, f
     assert done["number"] == "2027/001" and done["attached"] == note["id"]
 
 
+BUTTON_RULE = """
+rules:
+  - name: Invoice by e-mail on the manager's button
+    on: {event: button.pressed, connection: agency-bot, button: send_invoice}
+    do:
+      - make_document:
+          connection: agency-amo
+          template: invoice-uk
+          items: crm
+          vat: 20
+          pdf: false
+          send:
+            connection: agency-mail
+            to: "{{ entity.fields['E-mail'] }}"
+            subject: "Рахунок № {number}"
+            text: "Добрий день! Рахунок у вкладенні."
+"""
+
+
+def test_a_button_press_plans_the_document_sent_by_email_to_the_records_address(config_dir):
+    (config_dir / "connections.yaml").write_text(CONNECTIONS + """  agency-bot:
+    type: telegram
+    webhook_secret: ${DOCS_TEST_SECRET}
+  agency-mail:
+    type: email
+    options: {host: 127.0.0.1, from: "Агенція <hello@agency.example>"}
+""", encoding="utf-8")
+    (config_dir / "rules" / "documents.yaml").write_text(BUTTON_RULE, encoding="utf-8")
+    _, ruleset = load_configuration(Settings(config_dir=config_dir, environ=ENV))
+    event = Event(id="agency-bot:cb-1", connection="agency-bot", source="telegram", kind="button.pressed",
+                  entity=Entity("lead", "31926520"), data={"button": "send_invoice"}, raw={},
+                  occurred_at="2027-03-05T09:00:00+00:00")
+    entity = {**ENTITY, "fields": {**ENTITY["fields"], "E-mail": " buh@romashka.example "}}
+    result = plan(event, entity, ruleset, datetime(2027, 3, 5, 9, tzinfo=timezone.utc), MODULES)
+    assert not result.errors, result.errors
+    [action] = result.actions
+    assert action.method == "make_document" and action.connection == "agency-amo"
+    assert action.args["items_from_crm"] is True and action.args["send"] == {
+        "connection": "agency-mail", "to": "buh@romashka.example", "subject": "Рахунок № {number}",
+        "text": "Добрий день! Рахунок у вкладенні."}
+
+
 # --- start-up checks and the preview command -------------------------------------------------------
 
 def test_start_up_reports_a_missing_template_and_an_unknown_value(config_dir):
