@@ -219,7 +219,11 @@ class Client(TokenAuth, BaseClient):
                  if link.get("to_entity_type") == "catalog_elements"]
         by_catalog: dict[int, list[int]] = {}
         for link in links:
-            by_catalog.setdefault(int((link.get("metadata") or {})["catalog_id"]), []).append(int(link["to_entity_id"]))
+            catalog_id = (link.get("metadata") or {}).get("catalog_id")
+            if not str(catalog_id or "").isdigit():
+                raise PermanentApiError(f"amoCRM: the lead's product {link.get('to_entity_id')} is linked without "
+                                        f"its list (metadata.catalog_id: {catalog_id!r})")
+            by_catalog.setdefault(int(catalog_id), []).append(int(link["to_entity_id"]))
         elements: dict[int, dict[str, Any]] = {}
         for catalog_id, ids in by_catalog.items():
             for start in range(0, len(ids), 50):   # 50 ids a request: the URL stays short
