@@ -512,3 +512,12 @@ def test_start_up_refuses_items_crm_for_planfix(config_dir):
     [error] = caught.value.errors
     assert error.line == 9 and "make_document → items: expected a list of rows for planfix (connection " \
         "'agency-pf'), found crm: Planfix's REST API has no product rows" in error.message
+
+
+def test_record_only_reads_no_rows_and_still_makes_the_document(redis_db):
+    calls = []
+    conn = Connection(name="agency-amo", type="amocrm", base_url="https://agency.amocrm.ru", webhook_secret="s")
+    client = amocrm.Client(conn, store=redis_db, key_prefix="crmbridge-test:", recorder=lambda *a: calls.append(a))
+    result = run(context_for(client), LEAD, items=[], items_from_crm=True, attach=False)
+    assert result["number"] == "2027/001" and result["total"] == "0,00"
+    assert calls[0][:2] == ("GET", "https://agency.amocrm.ru/api/v4/leads/31926520/links")

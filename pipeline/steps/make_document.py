@@ -97,11 +97,11 @@ def crm_rows(ctx: StepContext, entity: Entity | None, vat: Any, vat_included: bo
     rates = {None if r.get("vat_rate") in (None, "", 0, "0") else amount(r["vat_rate"]) for r in rows}
     ways = {bool(r.get("vat_included", True)) for r in rows if r.get("vat_rate") not in (None, "", 0, "0")}
     if len(rates) > 1 or len(ways) > 1:
-        shown = ", ".join(sorted("без ПДВ" if r is None else f"{r} %" for r in rates))
+        shown = ", ".join(sorted("no VAT" if r is None else f"{r} %" for r in rates))
         raise PermanentApiError(f"make_document: items: crm: the rows carry different VAT ({shown}"
                                 f"{'; included and on top' if len(ways) > 1 else ''}): one document has one VAT "
                                 f"rate; split the rows into two deals or list them in items:")
-    [rate] = rates
+    rate = next(iter(rates), None)
     if rate is not None:
         vat, vat_included = rate, ways.pop()
     return [{k: r.get(k) for k in ("name", "quantity", "unit", "price")} for r in rows], vat, vat_included
