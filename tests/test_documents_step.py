@@ -521,3 +521,15 @@ def test_record_only_reads_no_rows_and_still_makes_the_document(redis_db):
     result = run(context_for(client), LEAD, items=[], items_from_crm=True, attach=False)
     assert result["number"] == "2027/001" and result["total"] == "0,00"
     assert calls[0][:2] == ("GET", "https://agency.amocrm.ru/api/v4/leads/31926520/links")
+
+
+def test_amocrm_rows_from_the_documented_answers(amo, fake_amo):
+    """entity-links-api's sample links (a list element, two contacts, a company) and catalogs-api's
+    sample element (its "Цена", field_code PRICE, is "12"): the docs' two samples name different
+    elements, so the element takes the linked id."""
+    links = json.loads((PAYLOADS / "amocrm/api_lead_links_list.json").read_text())["_embedded"]["links"]
+    [element] = [e for e in json.loads((PAYLOADS / "amocrm/api_catalog_elements_list.json").read_text())
+                 ["_embedded"]["elements"] if e["id"] == 525439]
+    fake_amo.product_links[7593303] = [link for link in links if link["to_entity_type"] == "catalog_elements"]
+    fake_amo.catalog_elements[4521] = [{**element, "id": 597393}]
+    assert amo.product_rows(Entity("lead", "7593303")) == [{"name": "Элемент", "quantity": 1, "unit": "", "price": "12"}]
