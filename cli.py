@@ -83,7 +83,7 @@ def _validate_online(settings: Settings, connections, ruleset) -> None:
     found = checks.read(connections, client_for)
     for note in found.notes:
         click.echo(f"online: {note}")
-    errors = checks.check(ruleset.rules, connections, found)
+    errors = checks.check(ruleset.rules, connections, found, settings.config_dir)
     if errors:
         click.echo(str(ConfigErrors(errors, "names the connections do not have (validate --online).")), err=True)
     if found.unread:
@@ -531,6 +531,11 @@ def render_document(settings: Settings, template: str, record_file, out: Path | 
         raise click.UsageError(f"no template {render.TEMPLATE_DIR / path.name} in {str(settings.config_dir)!r}")
     for _, problem in render.check_template(path):
         click.echo(f"{path}: {problem}", err=True)
+    if options["items"] == make_document.FROM_CRM:   # no CRM here: the rows come with the record
+        if not isinstance(entity.get("items"), list):
+            raise click.UsageError('the rule reads the rows from the CRM (items: crm); add them to the record as '
+                                   '"items": [{"name": …, "quantity": …, "unit": …, "price": …}] to preview')
+        options["items"] = entity["items"]
     items = options["items"] or [{"name": entity.get("name") or "", "quantity": 1, "unit": "", "price": entity.get("price")}]
     day = now.date()
     try:

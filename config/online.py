@@ -3,8 +3,9 @@
 Each connection's client reads its metadata, read only (`Client.metadata()`: amoCRM pipelines,
 fields and users; Bitrix24 funnels and stages, fields and users; Planfix processes and statuses,
 fields and users; Telegram `getChat` for every chat alias). Then every stage, pipeline, field,
-user and enum value a rule names, every `entity.fields[…]` a template reads and every chat it sends
-to is looked up there. A miss is a ConfigError: `file:line:`, what was expected, what was found and
+user and enum value a rule names, every `entity.fields[…]` a template reads (a rule's text, and
+the DOCX template a make_document fills, at its paragraph) and every chat it sends to is looked up
+there. A miss is a ConfigError: `file:line:`, what was expected, what was found and
 "did you mean …" from the real names (compared without case and ё/е, as people type them).
 
 How a name matches is how the code that uses it matches: triggers and conditions compare a stage,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jinja2 import nodes
@@ -73,19 +75,23 @@ def _summary(meta: dict[str, Any]) -> str:
             f"{len(meta['users'])} user(s) read")
 
 
-def check(rules: list, connections: Any, online: Online) -> list[ConfigError]:
-    """Every name the rules use that a connection read does not have."""
+def check(rules: list, connections: Any, online: Online, config_dir: Path | None = None) -> list[ConfigError]:
+    """Every name the rules use that a connection read does not have; with `config_dir`, the
+    fields the document templates their make_document actions name read too (at the template's
+    paragraph)."""
     errors: list[ConfigError] = []
     for rule in rules:
-        errors.extend(_Rule(rule, connections, online.metadata).errors)
+        errors.extend(_Rule(rule, connections, online.metadata, config_dir).errors)
     return errors
 
 
 class _Rule:
     """The checks of one rule against the metadata of the CRMs it acts on."""
 
-    def __init__(self, rule: Any, connections: Any, metadata: dict[str, dict[str, Any]]):
+    def __init__(self, rule: Any, connections: Any, metadata: dict[str, dict[str, Any]],
+                 config_dir: Path | None = None):
         self.rule, self.errors = rule, []
+        self.config_dir = config_dir
         self.known = connections.connections
         self.metadata = metadata
         self.crms = {n: m for n, m in metadata.items() if "pipelines" in m}
@@ -124,8 +130,8 @@ class _Rule:
     def _entity(self, crm: str) -> str:
         return self.rule.trigger.entity or DEFAULT_ENTITY.get(self._type(crm) or "", "lead")
 
-    def err(self, line: int, crumb: str, message: str) -> None:
-        self.errors.append(ConfigError(self.rule.file, line, f'rule "{self.rule.name}" → {crumb}: {message}'))
+    def err(self, line: int, crumb: str, message: str, path: str | None = None) -> None:
+        self.errors.append(ConfigError(path or self.rule.file, line, f'rule "{self.rule.name}" → {crumb}: {message}'))
 
     # --- names -----------------------------------------------------------------------------------
 
@@ -146,8 +152,9 @@ class _Rule:
         exactly = " (the CRM compares names exactly)" if exact and any(fold(text) == fold(n) for n in names.values()) else ""
         self.err(line, crumb, f"expected a {kind} name{scope} that {where} has{exactly}, found {text!r}{hint}")
 
-    def field_name(self, name: Any, line: int, crumb: str, targets: list[str]) -> dict[str, Any] | None:
-        """A field a rule names; its description when found in one of `targets`."""
+    def field_name(self, name: Any, line: int, crumb: str, targets: list[str],
+                   path: str | None = None) -> dict[str, Any] | None:
+        """A field a rule (or a template at `path`) names; its description when found in one of `targets`."""
         if not isinstance(name, str) or not name or _templated(name) or not targets:
             return None
         for crm in targets:
@@ -159,7 +166,7 @@ class _Rule:
                 return by_id
         real = {n for crm in targets for n in (self.crms[crm]["fields"].get(self._entity(crm)) or {})}
         where = " or ".join(f"{VENDOR[self._type(c)]} {c!r} ({self._entity(c)})" for c in targets)
-        self.err(line, crumb, f"expected a field that {where} has, found {name!r}{did_you_mean(name, real)}")
+        self.err(line, crumb, f"expected a field that {where} has, found {name!r}{did_you_mean(name, real)}", path)
         return None
 
     def enum_value(self, described: dict[str, Any] | None, field_name: str, value: Any, line: int, crumb: str) -> None:
@@ -217,7 +224,23 @@ class _Rule:
         for key, text in _strings(options):
             for name in _fields_read(text):
                 self.field_name(name, line(key.split(" → ")[0].split("[")[0]), f"{crumb} → {key} (template)", targets)
+        if spec.verb == "make_document":
+            self.template(options, targets)
         self.chats(spec, options)
+
+    def template(self, options: dict, targets: list[str]) -> None:
+        """The fields a make_document's DOCX template reads, at the template's paragraph (the offline
+        check, rules/make_document.load_templates, has seen that the file is there)."""
+        name = options.get("template")
+        if self.config_dir is None or not isinstance(name, str) or not name or _templated(name):
+            return
+        from documents import render   # docxtpl's world only for configurations that make documents
+        path = self.config_dir / render.TEMPLATE_DIR / (name if name.endswith(".docx") else f"{name}.docx")
+        if not path.is_file():
+            return
+        for paragraph, field_name in render.fields_read(path):
+            self.field_name(field_name, paragraph, f"make_document → template {path.name}, paragraph {paragraph}",
+                            targets, path=str(path))
 
     def chats(self, spec: Any, options: dict) -> None:
         sends = [(options.get("connection"), options.get(CHATS[spec.verb]), CHATS[spec.verb], options)] \

@@ -560,6 +560,11 @@ class CrmClient(Protocol):
         as upload_file returned it, or the `content` itself where one call carries it; its id."""
         ...
 
+    def product_rows(self, entity: Entity) -> list[dict[str, Any]]:
+        """The record's product rows as documents read them: {name, quantity, unit, price} and,
+        where the CRM keeps them per row, vat_rate (percent or None) and vat_included."""
+        ...
+
     # single calls the pipeline's steps (pipeline/steps/) are built on
     def search_contacts(self, by: str, value: str, field: str | None = None) -> list[dict[str, Any]] | None:
         """Contacts the vendor's search finds for a phone, email or sender: candidates to be checked,

@@ -171,7 +171,7 @@ class Client(BaseClient):
         "add_contact", "link_contact", "read_stage", "find_stage", "stage_order", "find_task", "find_note",
         "overdue_tasks", "deals_without_task", "open_deals", "add_deal",
         "stage_history", "find_contact",
-        "attach_file",
+        "attach_file", "product_rows",
     })
     timeout = 30.0  # a REST request may run up to 60 s (limits.md); most answer in a second or two
     docs_url = "https://apidocs.bitrix24.com/"
@@ -881,6 +881,26 @@ class Client(BaseClient):
             "ENTITY_ID": _id(entity), "ENTITY_TYPE": entity.type, "COMMENT": text or name,
             "FILES": [[name, base64.b64encode(content).decode("ascii")]]}})
         return None if body is None else int(body["result"])
+
+    def product_rows(self, entity: Entity) -> list[dict[str, Any]]:
+        """A deal's product rows: crm.deal.productrows.get {id} (crm/deals/crm-deal-productrows-get.md)
+        → [{PRODUCT_NAME, QUANTITY, MEASURE_NAME, PRICE, PRICE_EXCLUSIVE, TAX_RATE, TAX_INCLUDED…}].
+        PRICE is the unit's final price (discount and tax in), PRICE_EXCLUSIVE the same without the
+        tax: a row whose tax is included is written at PRICE, one whose tax is added on top at
+        PRICE_EXCLUSIVE, so the document's totals are the deal's. Discounts are in both prices."""
+        if entity.type != "deal":
+            raise PermanentApiError(f"Bitrix24: product rows are read from deals, not from a {entity.type}")
+        body = self.call("crm.deal.productrows.get", {"id": _id(entity)})
+        rows = []
+        for row in (body or {}).get("result") or []:
+            rate = row.get("TAX_RATE")
+            included = str(row.get("TAX_INCLUDED") or "Y").upper() == "Y"
+            rows.append({"name": row.get("PRODUCT_NAME") or row.get("ORIGINAL_PRODUCT_NAME") or "",
+                         "quantity": row.get("QUANTITY", 1), "unit": row.get("MEASURE_NAME") or "",
+                         "price": row.get("PRICE") if included or rate in (None, "") else row.get("PRICE_EXCLUSIVE"),
+                         "vat_rate": None if rate in (None, "") else rate, "vat_included": included})
+        return rows
+
 
 # --- helpers -------------------------------------------------------------------------------------
 

@@ -8,7 +8,12 @@
 
 Messages are built with `email.message.EmailMessage`, so
 Cyrillic subjects become RFC 2047 encoded-words and bodies UTF-8 with a transfer encoding
-the server accepts. SMTP reply codes split like HTTP statuses (RFC 5321 §4.2.1): 4yz is
+the server accepts. Attachments (a document make_document made: `send_email(…, attachments=
+[(name, bytes, "application/pdf")])`) go base64 in a multipart/mixed message; a Cyrillic file
+name is written as RFC 2231 parameters (`filename*=utf-8''%D0%A0…`) in Content-Disposition and,
+for readers that look there (older Outlook), in Content-Type's `name` too (not for the long DOCX
+type: Python's folding of it with a parameter breaks the type). (An RFC 2047
+encoded-word in a parameter is not standard, and Python's email package re-folds it to RFC 2231.) SMTP reply codes split like HTTP statuses (RFC 5321 §4.2.1): 4yz is
 "transient negative completion" (try again: greylisting, mailbox busy, 421 service not
 available), 5yz is permanent.
 """
@@ -49,9 +54,15 @@ def parse(raw: RawWebhook, connection: Connection) -> list[Event]:
     return []
 
 
+MAX_ATTACHMENTS = 20 * 1024 * 1024   # bytes of files in one message (base64 makes it 4/3 larger: ~27 MB,
+                                     # under Gmail's 25 MB + headroom servers allow; more is refused here)
+Attachment = tuple[str, bytes, str]  # (file name, content, MIME type)
+
+
 def build_message(sender: str, to: list[str], subject: str, text: str, html: str | None = None,
-                  domain: str | None = None) -> EmailMessage:
-    """A MIME message: text/plain, or multipart/alternative with an HTML part; UTF-8 throughout."""
+                  domain: str | None = None, attachments: list[Attachment] | None = None) -> EmailMessage:
+    """A MIME message: text/plain, or multipart/alternative with an HTML part, and with
+    attachments multipart/mixed around it; UTF-8 throughout."""
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = ", ".join(to)
@@ -60,6 +71,11 @@ def build_message(sender: str, to: list[str], subject: str, text: str, html: str
     msg.set_content(text, charset="utf-8")
     if html:
         msg.add_alternative(html, subtype="html", charset="utf-8")
+    for name, content, mime in attachments or ():
+        maintype, _, subtype = (mime or "application/octet-stream").partition("/")
+        msg.add_attachment(content, maintype=maintype, subtype=subtype or "octet-stream", filename=name)
+        if len(mime) <= 40:   # Python folds a longer type with parameters into encoded-words that break it
+            msg.get_payload()[-1].set_param("name", name, header="Content-Type")   # (the DOCX type): left out
     return msg
 
 
@@ -95,14 +111,22 @@ class Client(BaseClient):
                                     f"address such as 'Agency <hello@example.com>', found {sender!r}")
         return sender
 
-    def send_email(self, to: str | list[str], subject: str, text: str, html: str | None = None) -> dict[str, Any]:
-        """Send one message; returns {"message_id", "to"}. 4xx → retryable, 5xx → permanent."""
+    def send_email(self, to: str | list[str], subject: str, text: str, html: str | None = None,
+                   attachments: list[Attachment] | None = None) -> dict[str, Any]:
+        """Send one message; returns {"message_id", "to"}. 4xx → retryable, 5xx → permanent.
+        `attachments`: (file name, bytes, MIME type), up to MAX_ATTACHMENTS bytes together."""
         addresses = recipients(to)
+        size = sum(len(content) for _, content, _ in attachments or ())
+        if size > MAX_ATTACHMENTS:
+            raise PermanentApiError(f"send_email: attachments of {size} bytes, expected at most {MAX_ATTACHMENTS} "
+                                    f"(mail servers refuse larger messages)")
         domain = parseaddr(self.sender)[1].rpartition("@")[2] or None
-        msg = build_message(self.sender, addresses, subject, text, html, domain=domain)
+        msg = build_message(self.sender, addresses, subject, text, html, domain=domain, attachments=attachments)
         if self.record_only:
+            files = [{"name": name, "size": len(content), "type": mime} for name, content, mime in attachments or ()]
             self.request("SMTP", f"smtp://{self._host()}:{self._port()}",
-                         json_body={"to": addresses, "subject": subject, "text": text, "html": html},
+                         json_body={"to": addresses, "subject": subject, "text": text, "html": html,
+                                    **({"attachments": files} if files else {})},
                          url=f"smtp://{self._host()}:{self._port()}")
             return {"message_id": msg["Message-ID"], "to": addresses, "recorded": True}
         if self.limiter:
@@ -118,6 +142,8 @@ class Client(BaseClient):
             raise RetryableApiError(f"SMTP {self._host()}:{self._port()}: {type(exc).__name__}: {exc}") from None
         try:
             with smtp:
+                if self.sending:   # the worker's mark: the message is about to leave
+                    self.sending()
                 refused = smtp.send_message(msg)
         except smtplib.SMTPRecipientsRefused as exc:
             raise _recipients_error(exc.recipients) from None

@@ -7,6 +7,8 @@ What a template may use (KNOWN, checked at start-up by `check_template`):
     client, company                         the buyer's and the seller's requisites (name, code, iban…)
     items                                   rows: n, name, quantity, unit, price, sum (price and sum
                                             written "12 345,67"; *_value: the Decimal)
+    items_total                             the rows' sum ("Итого" under the table: the total when
+                                            the prices hold the VAT, the sum before it when it is added)
     subtotal, vat, total                    written "12 345,67"; vat_rate: 20 or None; vat_line:
                                             "У тому числі ПДВ 20 %: 2 000,00 грн" or "Без ПДВ"
     total_words, vat_words                  "Дванадцять тисяч … гривень 67 копійок" (vat_words
@@ -40,9 +42,9 @@ from documents.words import CURRENCIES, amount, amount_in_words, as_date, date_i
 
 TEMPLATE_DIR = Path("templates") / "documents"
 KNOWN = frozenset({
-    "number", "date", "date_words", "date_long", "entity", "client", "company", "items", "subtotal", "vat",
-    "vat_rate", "vat_line", "total", "total_words", "vat_words", "count", "currency", "currency_short",
-    "language", "values",
+    "number", "date", "date_words", "date_long", "entity", "client", "company", "items", "items_total", "subtotal",
+    "vat", "vat_rate", "vat_included", "vat_line", "total", "total_words", "vat_words", "count", "currency",
+    "currency_short", "language", "values",
 })
 SHORT = {"UAH": {"uk": "грн", "ru": "грн"}, "RUB": {"uk": "руб.", "ru": "руб."},
          "USD": {"uk": "дол. США", "ru": "долл. США"}, "EUR": {"uk": "євро", "ru": "евро"}}
@@ -100,8 +102,9 @@ def compute(items: list[dict[str, Any]], vat_rate: Any = None, vat_included: boo
     else:
         vat_line = f"{among + ' ' if vat_included else ''}{tax} {_figure(rate)} %: {money(vat)} {short}"
         vat_line = vat_line[:1].upper() + vat_line[1:]
-    return {"items": rows, "count": len(rows), "subtotal": money(subtotal), "vat": money(vat), "total": money(total),
-            "vat_rate": None if rate is None else _figure(rate), "vat_line": vat_line,
+    return {"items": rows, "count": len(rows), "items_total": money(sums), "subtotal": money(subtotal),
+            "vat": money(vat), "total": money(total), "vat_rate": None if rate is None else _figure(rate),
+            "vat_included": rate is not None and vat_included, "vat_line": vat_line,
             "total_words": amount_in_words(total, language, currency),
             "vat_words": amount_in_words(vat, language, currency, capital=False),   # mid-sentence
             "currency": currency, "currency_short": short, "language": language}
@@ -172,6 +175,25 @@ def check_template(path: Path) -> list[tuple[int, str]]:
         problems.append((at, f"paragraph {at}: {{{{ {name} }}}} is not a value documents make"
                              f"{did_you_mean(name, KNOWN)} (known: {', '.join(sorted(KNOWN))})"))
     return problems
+
+
+FIELD_READ = re.compile(r"""entity\.fields\s*\[\s*(["'])(.+?)\1\s*\]|entity\.fields\.(\w+)""")
+TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
+
+
+def fields_read(path: Path) -> list[tuple[int, str]]:
+    """The record's fields a template reads (`entity.fields['X']`, `entity.fields.X` inside its
+    tags) as (paragraph, name), paragraphs counted as check_template counts them: what
+    `validate --online` looks up in the CRM (config/online.py). [] for a file that is no DOCX."""
+    try:
+        paragraphs = _paragraphs(path.read_bytes())
+    except (OSError, zipfile.BadZipFile, KeyError, ElementTree.ParseError):
+        return []
+    found = []
+    for at, text in enumerate(paragraphs, 1):
+        for tag in TAG.findall(text):
+            found.extend((at, m.group(2) or m.group(3)) for m in FIELD_READ.finditer(tag))
+    return found
 
 
 def soffice() -> str | None:

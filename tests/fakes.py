@@ -626,6 +626,8 @@ class FakeAmo(FakeServer):
         self.catalog_elements: dict[int, list[dict[str, Any]]] = {}
         self.route("GET", r"/api/v4/catalogs", lambda c, m: self._page(c, "catalogs", self.catalogs))
         self.route("GET", r"/api/v4/catalogs/(\d+)/elements", self._list_catalog_elements)
+        self.product_links: dict[int, list[dict[str, Any]]] = {}   # lead id → its catalog_elements links
+        self.route("GET", r"/api/v4/leads/(\d+)/links", self._list_lead_links)
 
     def add_event(self, lead_id: int, kind: str, at: float | None = None, **value_after: Any) -> None:
         """An events-and-notes event of a lead ("incoming_call", "lead_status_changed"…)."""
@@ -666,19 +668,48 @@ class FakeAmo(FakeServer):
         self.add_event(lead_id, "lead_status_changed", lead_status={"id": status_id, "pipeline_id": lead["pipeline_id"]})
         self.events[-1]["value_before"] = [before]
 
-    def add_catalog_element(self, catalog_id: int, name: str) -> dict[str, Any]:
-        """An element of a list, as GET /api/v4/catalogs/{id}/elements shows it (api_catalog_elements_list.json)."""
+    def add_catalog_element(self, catalog_id: int, name: str, price: Any = None) -> dict[str, Any]:
+        """An element of a list, as GET /api/v4/catalogs/{id}/elements shows it (api_catalog_elements_list.json:
+        a price is the field "Цена", field_code PRICE, its value a string)."""
+        prices = None if price is None else [{"field_id": 271211, "field_name": "Цена", "field_code": "PRICE",
+                                              "field_type": "numeric", "values": [{"value": str(price)}]}]
         element = {"id": next(self.ids), "name": name, "created_by": 0, "updated_by": 0, "created_at": int(self.clock()),
-                   "updated_at": int(self.clock()), "is_deleted": None, "custom_fields_values": None,
+                   "updated_at": int(self.clock()), "is_deleted": None, "custom_fields_values": prices,
                    "catalog_id": catalog_id, "account_id": 1231414}
         self.catalog_elements.setdefault(catalog_id, []).append(element)
         return element
 
     def _list_catalog_elements(self, call: Call, m: re.Match):
-        """`query` searches the filled fields (catalogs-api); here: the name contains it, any case."""
+        """`query` searches the filled fields (catalogs-api); here: the name contains it, any case.
+        filter[id][] (catalogs-api: "filter[id] int|array"): those elements only."""
         query = (call.query.get("query") or [""])[0].casefold()
-        found = [e for e in self.catalog_elements.get(int(m.group(1)), []) if query in e["name"].casefold()]
+        ids = {int(i) for i in call.query.get("filter[id][]", [])}
+        found = [e for e in self.catalog_elements.get(int(m.group(1)), []) if query in e["name"].casefold()
+                 and (not ids or e["id"] in ids)]
         return self._page(call, "elements", found)
+
+    def link_product(self, lead_id: int, element: dict[str, Any], quantity: Any = 1,
+                     price_id: int | None = None) -> None:
+        """A list element linked to a lead, as GET /api/v4/leads/{id}/links lists it (entity-links-api,
+        tests/payloads/amocrm/api_lead_links_list.json): metadata {quantity, catalog_id[, price_id]}."""
+        meta = {"quantity": quantity, "catalog_id": element["catalog_id"], **({"price_id": price_id} if price_id else {})}
+        self.product_links.setdefault(int(lead_id), []).append(
+            {"to_entity_id": element["id"], "to_entity_type": "catalog_elements", "metadata": meta})
+
+    def _list_lead_links(self, call: Call, m: re.Match):
+        """filter[to_entity_type] (entity-links-api "Список связанных сущностей"); the lead's contacts
+        and companies are listed too when it is not given."""
+        lead = self.leads.get(int(m.group(1)))
+        if lead is None and int(m.group(1)) not in self.product_links:
+            return 204, b"", {}
+        embedded = (lead or {}).get("_embedded") or {}
+        links = [*({"to_entity_id": c["id"], "to_entity_type": "contacts",
+                    "metadata": {"main_contact": bool(c.get("is_main"))}} for c in embedded.get("contacts") or []),
+                 *({"to_entity_id": c["id"], "to_entity_type": "companies", "metadata": None}
+                   for c in embedded.get("companies") or []),
+                 *self.product_links.get(int(m.group(1)), [])]
+        kind = (call.query.get("filter[to_entity_type]") or [None])[0]
+        return self._page(call, "links", [link for link in links if kind in (None, link["to_entity_type"])])
 
     # --- added for find_or_create: contacts searched by `query` and created (contacts-api) -----------
 

@@ -114,6 +114,7 @@ class FakeBitrix24(FakeServer):
         self.tasks: dict[int, dict[str, Any]] = {}
         self.activities: list[dict[str, Any]] = []
         self.comments: list[dict[str, Any]] = []
+        self.product_rows: dict[int, list[dict[str, Any]]] = {}   # deal id → rows as crm.deal.productrows.get gives them
         self.notifications: list[dict[str, Any]] = []
         self.task_comments: list[dict[str, Any]] = []
         self.users = [{"ID": "1", "ACTIVE": True, "NAME": "Ольга", "LAST_NAME": "Коваленко"},
@@ -220,6 +221,7 @@ class FakeBitrix24(FakeServer):
             "tasks.task.add": self._task_add, "tasks.task.get": self._task_get, "tasks.task.list": self._task_list,
             "crm.timeline.comment.add": self._comment_add, "crm.timeline.comment.list": self._comment_list,
             "crm.activity.list": self._activity_list,
+            "crm.deal.productrows.get": self._product_rows,
             "im.notify.system.add": self._notify, "batch": self._batch,
         })
         return methods
@@ -278,6 +280,32 @@ class FakeBitrix24(FakeServer):
 
     def _activity_list(self, params: dict[str, Any]) -> Page:
         return self._list(self.activities, params)
+
+    def add_product_row(self, deal_id: int, name: str, price: float, quantity: float = 1, tax_rate: float | None = None,
+                        tax_included: bool = True, measure: str = "шт", discount_rate: float = 0) -> dict[str, Any]:
+        """A deal's product row as crm.deal.productrows.get returns it (crm-deal-productrows-get.md,
+        tests/payloads/bitrix24/api_crm_deal_productrows_get.json): PRICE the unit's final price
+        (discount and tax in), PRICE_EXCLUSIVE with the discount, without the tax, PRICE_NETTO without
+        either, PRICE_BRUTTO with the tax, without the discount. `price` is what the manager typed:
+        with the tax when `tax_included`, without it otherwise."""
+        rate = (tax_rate or 0) / 100
+        netto = price / (1 + rate) if tax_included else price
+        exclusive = round(netto * (1 - discount_rate / 100), 2)
+        row = {"ID": str(next(self.ids)), "OWNER_ID": str(deal_id), "OWNER_TYPE": "D", "PRODUCT_ID": 0,
+               "PRODUCT_NAME": name, "ORIGINAL_PRODUCT_NAME": name, "PRODUCT_DESCRIPTION": None,
+               "PRICE": round(exclusive * (1 + rate), 2), "PRICE_EXCLUSIVE": exclusive, "PRICE_NETTO": round(netto, 2),
+               "PRICE_BRUTTO": round(netto * (1 + rate), 2), "PRICE_ACCOUNT": f"{exclusive * (1 + rate):.2f}",
+               "QUANTITY": quantity, "DISCOUNT_TYPE_ID": 2, "DISCOUNT_RATE": discount_rate,
+               "DISCOUNT_SUM": round(netto - exclusive, 2), "TAX_RATE": tax_rate,
+               "TAX_INCLUDED": "Y" if tax_included else "N", "CUSTOMIZED": "Y", "MEASURE_CODE": 796,
+               "MEASURE_NAME": measure, "SORT": 10 * (len(self.product_rows.get(deal_id, [])) + 1), "XML_ID": None,
+               "TYPE": 7}
+        self.product_rows.setdefault(int(deal_id), []).append(row)
+        return row
+
+    def _product_rows(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        record = self._record("deal", params)   # "The parameter id is invalid…" / "Not found"
+        return list(self.product_rows.get(int(record["ID"]), []))
 
     def _comment_add(self, params: dict[str, Any]) -> int:
         fields = params.get("fields") or {}

@@ -221,3 +221,24 @@ def test_workers_at_once_take_distinct_numbers(redis_db):
         per_doc.setdefault(i, set()).add(n)
     assert all(len(v) == 1 for v in per_doc.values())
     assert sorted(v.pop() for v in per_doc.values()) == list(range(1, 21))
+
+
+def test_vat_on_top_puts_the_rows_sum_under_the_table_then_the_vat_then_the_total():
+    from documents.examples import SAMPLES
+    text = render.docx_text(render.render_docx(TEMPLATES / "invoice-ru.docx",
+                                               render.context(**SAMPLES["invoice-ru.docx"]))).replace("\u00a0", " ")
+    lines = [line for line in text.splitlines() if line.startswith(("Итого", "НДС", "Всего к оплате"))]
+    assert lines == ["Итого: 125 999,98 руб.", "НДС 20 %: 25 200,00 руб.", "Всего к оплате: 151 199,98 руб."]
+    assert ("Сто пятьдесят одна тысяча сто девяносто девять рублей 98 копеек, в том числе НДС: двадцать пять тысяч "
+            "двести рублей 00 копеек.") in text
+    assert "Руководитель ____________ Соколова М. А." in text   # the signer as signed, not «в лице» form
+
+
+def test_the_contract_names_both_sides_representatives_and_signers():
+    from documents.examples import SAMPLES
+    text = render.docx_text(render.render_docx(TEMPLATES / "contract-ru.docx",
+                                               render.context(**SAMPLES["contract-ru.docx"]))).replace("\u00a0", " ")
+    assert "в лице генерального директора Соколовой Марии Александровны, действующего на основании Устава" in text
+    assert "ООО «Север», в лице директора Иванова Петра Сергеевича, действующего на основании Устава" in text
+    assert "125 999,98 руб. (сто двадцать пять тысяч девятьсот девяносто девять рублей 98 копеек). Без НДС." in text
+    assert text.rstrip().endswith("____________ Иванов П. С.")

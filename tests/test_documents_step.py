@@ -17,7 +17,7 @@ from config.connections import Connections
 from config.loader import ConfigErrors
 from config.settings import Settings
 from connectors import amocrm, bitrix24, planfix, telegram
-from connectors.base import Connection, Entity, Event, RetryableApiError
+from connectors.base import Connection, Entity, Event, PermanentApiError, RetryableApiError
 from documents import render
 from pipeline import execute
 from pipeline.steps import STEPS, StepContext
@@ -129,6 +129,94 @@ def test_bitrix24_gets_a_timeline_comment_with_the_file(redis_db):
         fake.stop()
 
 
+# --- product rows read from the CRM (items: crm) ------------------------------------------------
+
+def test_amocrm_rows_are_the_products_linked_to_the_lead(amo, fake_amo):
+    smm = fake_amo.add_catalog_element(4521, "Ведення соцмереж (місяць)", price=18000)
+    ads = fake_amo.add_catalog_element(4521, "Налаштування реклами, год", price="750.50")
+    fake_amo.add_catalog_element(4521, "Логотип", price=9000)                   # in the list, not on the lead
+    fake_amo.link_product(31926520, smm, quantity=1)
+    fake_amo.link_product(31926520, ads, quantity=2.5)
+    result = run(context_for(amo), LEAD, items=[], items_from_crm=True, vat=20, attach=False)
+    links = fake_amo.received("GET", r"/api/v4/leads/31926520/links")
+    assert links[0].query["filter[to_entity_type]"] == ["catalog_elements"]
+    [elements] = fake_amo.received("GET", r"/api/v4/catalogs/4521/elements")
+    assert sorted(elements.query["filter[id][]"]) == sorted([str(smm["id"]), str(ads["id"])])
+    assert result["total"] == "19\u00a0876,25"      # 18 000 + 2,5 × 750,50
+    assert result["number"] == "2027/001"
+
+
+def test_amocrm_rows_fill_the_invoice_with_vat_and_words(amo, fake_amo):
+    smm = fake_amo.add_catalog_element(4521, "Ведення соцмереж (місяць)", price=18000)
+    fake_amo.link_product(31926520, smm, quantity=2)
+    ctx = context_for(amo)
+    result = run(ctx, LEAD, items=[], items_from_crm=True, vat=20, attach=True)
+    [(uuid, content)] = fake_amo.drive_contents.items()
+    text = render.docx_text(content)
+    assert "Ведення соцмереж (місяць)" in text and "18\u00a0000,00" in text and "36\u00a0000,00" in text
+    assert "Разом без ПДВ: 30\u00a0000,00 грн" in text and "У тому числі ПДВ 20 %: 6\u00a0000,00 грн" in text
+    assert "Тридцять шість тисяч гривень 00 копійок, у тому числі ПДВ: шість тисяч гривень 00 копійок" in text
+    assert result["total"] == "36\u00a0000,00"
+
+
+def test_bitrix24_rows_carry_their_vat_and_the_document_follows_them(redis_db):
+    fake = FakeBitrix24().start()
+    try:
+        fake.add("deal", {"ID": "410", "TITLE": "SMM", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "ASSIGNED_BY_ID": "1"})
+        fake.add_product_row(410, "Ведення соцмереж", 20000, tax_rate=20, tax_included=False, measure="послуга")
+        fake.add_product_row(410, "Таргетована реклама", 500, quantity=3, tax_rate=20, tax_included=False,
+                             measure="год", discount_rate=10)
+        conn = Connection(name="b24", type="bitrix24", base_url=fake.base_url, credentials={"webhook": fake.code})
+        client = bitrix24.Client(conn, store=redis_db, key_prefix="crmbridge-test:")
+        result = run(context_for(client), Entity("deal", "410"), items=[], items_from_crm=True, vat=None,
+                     pdf=render.soffice() is not None)
+        [call] = fake.method_calls("crm.deal.productrows.get")
+        assert call.body == {"id": 410}
+        [file] = fake.comments[0]["FILES"].values()
+        if file["name"].endswith(".pdf"):   # the PDF's own text, as pypdf reads it
+            text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(file["content"])).pages)
+        else:
+            text = render.docx_text(file["content"])
+        # on top: rows at PRICE_EXCLUSIVE (the discount in), VAT added: 20 000 + 3 × 450 = 21 350; VAT 4 270
+        assert "Таргетована реклама" in text and "450,00" in text and "1\u00a0350,00" in text and "год" in text
+        assert "Разом без ПДВ: 21\u00a0350,00 грн" in text and "ПДВ 20 %: 4\u00a0270,00 грн" in text
+        assert result["total"] == "25\u00a0620,00"
+        assert "Двадцять п'ять тисяч шістсот двадцять гривень 00 копійок" in text
+    finally:
+        fake.stop()
+
+
+def test_bitrix24_rows_in_the_documented_shape_and_mixed_vat_refused(redis_db):
+    fake = FakeBitrix24().start()
+    try:
+        fake.add("deal", {"ID": "5", "TITLE": "Товари", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "ASSIGNED_BY_ID": "1"})
+        fake.product_rows[5] = json.loads((PAYLOADS / "bitrix24/api_deal_productrows_get.json").read_text())["result"]
+        conn = Connection(name="b24", type="bitrix24", base_url=fake.base_url, credentials={"webhook": fake.code})
+        client = bitrix24.Client(conn, store=redis_db, key_prefix="crmbridge-test:")
+        assert client.product_rows(Entity("deal", "5")) == [
+            {"name": "Товар #2", "quantity": 1, "unit": "шт", "price": 899.1, "vat_rate": None, "vat_included": True},
+            {"name": "Товар #1", "quantity": 1, "unit": "шт", "price": 100, "vat_rate": None, "vat_included": True}]
+        fake.add("deal", {"ID": "6", "TITLE": "Змішано", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "ASSIGNED_BY_ID": "1"})
+        fake.add_product_row(6, "Книга", 300, tax_rate=7)
+        fake.add_product_row(6, "Послуга", 1200, tax_rate=20)
+        with pytest.raises(PermanentApiError, match=r"different VAT \(20.00 %, 7.00 %\).*one VAT rate"):
+            run(context_for(client, key="ev-2|rule-1|0"), Entity("deal", "6"), items=[], items_from_crm=True)
+        assert not fake.comments
+    finally:
+        fake.stop()
+
+
+def test_planfix_has_no_product_rows_and_says_so(redis_db):
+    fake = FakePlanfix().start()
+    try:
+        conn = Connection(name="pf", type="planfix", base_url=f"{fake.url}/rest", credentials={"token": "PF"})
+        client = planfix.Client(conn, store=redis_db, key_prefix="crmbridge-test:")
+        with pytest.raises(PermanentApiError, match="Planfix's REST API has no product rows.*list the rows in items:"):
+            run(context_for(client), Entity("task", "77"), items=[], items_from_crm=True)
+    finally:
+        fake.stop()
+
+
 # --- Planfix: the file uploaded, then a comment naming it ----------------------------------------
 
 def test_planfix_gets_the_file_and_a_comment_naming_it(redis_db):
@@ -169,6 +257,36 @@ def test_the_document_is_sent_by_telegram_with_the_steps_sending_mark(amo, fake_
         assert not fake_amo.received("POST", "/drive/v1.0/sessions")   # attach: false
     finally:
         fake_tg.stop()
+
+
+def test_the_document_is_sent_by_email_attached_once(amo, fake_amo):
+    from connectors import email as mail
+    from tests.fakes_telephony import FakeSmtp
+    smtp = FakeSmtp().start()
+    try:
+        mailer = mail.Client(Connection(name="agency-mail", type="email", credentials={"user": smtp.user,
+                             "password": smtp.password}, options={"host": "127.0.0.1", "port": smtp.port,
+                             "security": "none", "from": "Агенція «Приклад» <hello@agency.example>"}))
+        marks = []
+        amo.sending = lambda: marks.append("sent")
+        send = {"connection": "agency-mail", "to": "Ромашка <buh@romashka.example>",
+                "subject": "Рахунок № {number}", "text": "Добрий день! Рахунок № {number} у вкладенні."}
+        ctx = context_for(amo, mailer)
+        result = run(ctx, LEAD, attach=False, send=send)
+        again = run(context_for(amo, mailer), LEAD, attach=False, send=send)   # the step retried: not sent twice
+        [got] = smtp.wait_for(1)
+        msg = got["message"]
+        assert got["to"] == ["buh@romashka.example"] and str(msg["Subject"]) == "Рахунок № 2027/001"
+        assert FakeSmtp.text_of(msg).strip() == "Добрий день! Рахунок № 2027/001 у вкладенні."
+        [part] = list(msg.iter_attachments())
+        assert part.get_filename() == "Рахунок 2027-001.docx"
+        assert part.get_content_type() == "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+        assert WORDS in render.docx_text(part.get_content())
+        assert msg["To"].addresses[0].display_name == "Ромашка" and result["sent"]["message_id"] == msg["Message-ID"]
+        assert again["number"] == "2027/001" and again["sent"] == result["sent"]
+        assert marks == ["sent"] and mailer.sending is None and len(smtp.messages) == 1
+    finally:
+        smtp.stop()
 
 
 # --- the rule plans it; the executor runs it once --------------------------------------------------
@@ -234,6 +352,22 @@ def test_the_rule_plans_the_document_with_its_values_rendered(config_dir):
     json.dumps(args)   # kept in Redis and the dead letters as JSON
 
 
+ROWS_IN_RULE = """          items:
+            - {name: "Послуги SMM: {{ entity.name }}", unit: послуга, price: "{{ entity.price }}"}"""
+
+
+def test_items_crm_is_planned_as_rows_read_by_the_step_and_a_wrong_word_refused(config_dir):
+    rules = config_dir / "rules" / "documents.yaml"
+    rules.write_text(RULE.replace(ROWS_IN_RULE, "          items: crm"), encoding="utf-8")
+    _, action = planned(config_dir)
+    assert action.args["items"] == [] and action.args["items_from_crm"] is True
+    rules.write_text(RULE.replace(ROWS_IN_RULE, "          items: cmr"), encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_configuration(Settings(config_dir=config_dir, environ=ENV))
+    [error] = caught.value.errors
+    assert error.line == 9 and error.message.endswith('a list of rows {name, quantity, unit, price}, or "crm", found \'cmr\'')
+
+
 def test_the_executor_makes_one_document_for_a_repeated_event(config_dir, amo, fake_amo, redis_db):
     event, action = planned(config_dir)
     settings = Settings(config_dir=config_dir, environ=ENV)
@@ -248,6 +382,48 @@ def test_the_executor_makes_one_document_for_a_repeated_event(config_dir, amo, f
     assert "Двадцять п'ять тисяч п'ятсот одна гривня 00 копійок" in text
     done = json.loads(redis_db.get(rt.keys("done", action.key)))
     assert done["number"] == "2027/001" and done["attached"] == note["id"]
+
+
+BUTTON_RULE = """
+rules:
+  - name: Invoice by e-mail on the manager's button
+    on: {event: button.pressed, connection: agency-bot, button: send_invoice}
+    do:
+      - make_document:
+          connection: agency-amo
+          template: invoice-uk
+          items: crm
+          vat: 20
+          pdf: false
+          send:
+            connection: agency-mail
+            to: "{{ entity.fields['E-mail'] }}"
+            subject: "Рахунок № {number}"
+            text: "Добрий день! Рахунок у вкладенні."
+"""
+
+
+def test_a_button_press_plans_the_document_sent_by_email_to_the_records_address(config_dir):
+    (config_dir / "connections.yaml").write_text(CONNECTIONS + """  agency-bot:
+    type: telegram
+    webhook_secret: ${DOCS_TEST_SECRET}
+  agency-mail:
+    type: email
+    options: {host: 127.0.0.1, from: "Агенція <hello@agency.example>"}
+""", encoding="utf-8")
+    (config_dir / "rules" / "documents.yaml").write_text(BUTTON_RULE, encoding="utf-8")
+    _, ruleset = load_configuration(Settings(config_dir=config_dir, environ=ENV))
+    event = Event(id="agency-bot:cb-1", connection="agency-bot", source="telegram", kind="button.pressed",
+                  entity=Entity("lead", "31926520"), data={"button": "send_invoice"}, raw={},
+                  occurred_at="2027-03-05T09:00:00+00:00")
+    entity = {**ENTITY, "fields": {**ENTITY["fields"], "E-mail": " buh@romashka.example "}}
+    result = plan(event, entity, ruleset, datetime(2027, 3, 5, 9, tzinfo=timezone.utc), MODULES)
+    assert not result.errors, result.errors
+    [action] = result.actions
+    assert action.method == "make_document" and action.connection == "agency-amo"
+    assert action.args["items_from_crm"] is True and action.args["send"] == {
+        "connection": "agency-mail", "to": "buh@romashka.example", "subject": "Рахунок № {number}",
+        "text": "Добрий день! Рахунок у вкладенні."}
 
 
 # --- start-up checks and the preview command -------------------------------------------------------
@@ -304,5 +480,56 @@ def test_start_up_refuses_sending_through_a_connection_that_cannot(config_dir):
         load_configuration(Settings(config_dir=config_dir, environ=ENV))
     [error] = caught.value.errors
     assert error.line == 17 and error.message.endswith(
-        "make_document → send → connection: expected a connection that sends documents (telegram), "
+        "make_document → send → connection: expected a connection that sends documents (telegram or email), "
         "found 'agency-amo' (amocrm)")
+
+
+def test_start_up_wants_an_address_for_an_email_connection(config_dir):
+    (config_dir / "connections.yaml").write_text(CONNECTIONS + """  agency-mail:
+    type: email
+    options: {host: 127.0.0.1, from: "Агенція <hello@agency.example>"}
+""", encoding="utf-8")
+    rules = config_dir / "rules" / "documents.yaml"
+    rules.write_text(RULE.replace("pdf: false", "pdf: false\n          send: {connection: agency-mail, chat: '1'}"),
+                     encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_configuration(Settings(config_dir=config_dir, environ=ENV))
+    [error] = caught.value.errors
+    assert error.line == 17 and error.message.endswith(
+        "make_document → send: expected `to:` for 'agency-mail' (email), found chat")
+
+
+def test_start_up_refuses_items_crm_for_planfix(config_dir):
+    (config_dir / "connections.yaml").write_text(CONNECTIONS + """  agency-pf:
+    type: planfix
+    webhook_secret: ${DOCS_TEST_SECRET}
+""", encoding="utf-8")
+    rules = config_dir / "rules" / "documents.yaml"
+    rules.write_text(RULE.replace(ROWS_IN_RULE, "          items: crm\n          connection: agency-pf"),
+                     encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_configuration(Settings(config_dir=config_dir, environ=ENV))
+    [error] = caught.value.errors
+    assert error.line == 9 and "make_document → items: expected a list of rows for planfix (connection " \
+        "'agency-pf'), found crm: Planfix's REST API has no product rows" in error.message
+
+
+def test_record_only_reads_no_rows_and_still_makes_the_document(redis_db):
+    calls = []
+    conn = Connection(name="agency-amo", type="amocrm", base_url="https://agency.amocrm.ru", webhook_secret="s")
+    client = amocrm.Client(conn, store=redis_db, key_prefix="crmbridge-test:", recorder=lambda *a: calls.append(a))
+    result = run(context_for(client), LEAD, items=[], items_from_crm=True, attach=False)
+    assert result["number"] == "2027/001" and result["total"] == "0,00"
+    assert calls[0][:2] == ("GET", "https://agency.amocrm.ru/api/v4/leads/31926520/links")
+
+
+def test_amocrm_rows_from_the_documented_answers(amo, fake_amo):
+    """entity-links-api's sample links (a list element, two contacts, a company) and catalogs-api's
+    sample element (its "Цена", field_code PRICE, is "12"): the docs' two samples name different
+    elements, so the element takes the linked id."""
+    links = json.loads((PAYLOADS / "amocrm/api_lead_links_list.json").read_text())["_embedded"]["links"]
+    [element] = [e for e in json.loads((PAYLOADS / "amocrm/api_catalog_elements_list.json").read_text())
+                 ["_embedded"]["elements"] if e["id"] == 525439]
+    fake_amo.product_links[7593303] = [link for link in links if link["to_entity_type"] == "catalog_elements"]
+    fake_amo.catalog_elements[4521] = [{**element, "id": 597393}]
+    assert amo.product_rows(Entity("lead", "7593303")) == [{"name": "Элемент", "quantity": 1, "unit": "", "price": "12"}]

@@ -228,3 +228,34 @@ def test_a_connection_without_credentials_is_said_not_read(tmp_path, fakes):
     result = CliRunner().invoke(cli.cli, ["--config", str(config), "validate", "--online"],
                                 env={**environment(fakes), "AMO_TOKEN": ""})
     assert "online: amo: not read (no credentials: record-only); its names are not checked" in result.output
+
+
+def test_a_document_templates_fields_are_looked_up_at_its_paragraph(tmp_path, fakes):
+    """make_document's DOCX template reads entity.fields['…']: a field the CRM lacks is said at the
+    template's paragraph (file:line), with did-you-mean, like a rule's own text."""
+    from docx import Document
+
+    from documents.render import docx_text
+    from tests.test_documents import TEMPLATES
+    config = configure(tmp_path, ["""  - name: amo doc
+    on: {event: stage.changed, connection: amo}
+    do:
+      - make_document: {template: invoice-uk, pdf: false}"""])
+    folder = config / "templates" / "documents"
+    folder.mkdir(parents=True)
+    doc = Document(str(TEMPLATES / "invoice-uk.docx"))
+    doc.add_paragraph("Бюджет проєкту: {{ entity.fields['Бюджетт'] }}{% if entity.fields.Бюджет %} (узгоджено){% endif %}")
+    doc.save(str(folder / "invoice-uk.docx"))
+    paragraph = docx_text((folder / "invoice-uk.docx").read_bytes()).splitlines().index(
+        "Бюджет проєкту: {{ entity.fields['Бюджетт'] }}{% if entity.fields.Бюджет %} (узгоджено){% endif %}") + 1
+    offline = validate(config, fakes)
+    assert offline.exit_code == 0, offline.output
+    result = validate(config, fakes, "--online")
+    assert result.exit_code == 1
+    [error] = [line for line in result.output.splitlines() if line.startswith(str(config))]
+    assert error == (f"{folder / 'invoice-uk.docx'}:{paragraph}: rule \"amo doc\" → make_document → template "
+                     f"invoice-uk.docx, paragraph {paragraph}: expected a field that amoCRM 'amo' (lead) has, found "
+                     f"'Бюджетт'; did you mean \"Бюджет\"?")
+    doc.paragraphs[-1].text = "Бюджет проєкту: {{ entity.fields['Бюджет'] }}"
+    doc.save(str(folder / "invoice-uk.docx"))
+    assert validate(config, fakes, "--online").exit_code == 0

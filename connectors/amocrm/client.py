@@ -49,7 +49,7 @@ class Client(TokenAuth, BaseClient):
         "link_contact", "find_catalog_elements", "read_stage", "find_stage", "stage_order",
         "deals_without_task",
         "stage_history", "find_lead", "find_contact",
-        "upload_file", "attach_file",
+        "upload_file", "attach_file", "product_rows",
     })
     docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
 
@@ -204,6 +204,48 @@ class Client(TokenAuth, BaseClient):
         return [{"id": str(e["id"]), "name": e.get("name"), "fields": api_fields(e.get("custom_fields_values"))[0]}
                 for e in self.pages(f"/api/v4/catalogs/{segment(catalog_id)}/elements", "elements", {"query": query})
                 if not e.get("is_deleted")]
+
+    def product_rows(self, entity: Entity) -> list[dict[str, Any]]:
+        """The list (catalog) elements linked to a lead, as document rows: the links (GET
+        /api/v4/leads/{id}/links?filter[to_entity_type]=catalog_elements; entity-links-api: each
+        link's metadata has quantity, catalog_id and price_id, "the Price field set for the element
+        in the context of the lead"), then each catalog's elements by id (GET /api/v4/catalogs/
+        {catalog_id}/elements?filter[id][]=…, catalogs-api) for the name and the price: the field
+        price_id names, else the one with field_code PRICE (products-api: products have sku,
+        description, price, group). amoCRM keeps no unit or VAT per element: the rule gives `vat:`."""
+        kind = API_ENTITY.get(entity.type, entity.type)
+        links = [link for link in self.pages(f"/api/v4/{segment(kind)}/{segment(entity.id)}/links", "links",
+                                             {"filter[to_entity_type]": "catalog_elements"})
+                 if link.get("to_entity_type") == "catalog_elements"]
+        by_catalog: dict[int, list[int]] = {}
+        for link in links:
+            catalog_id = (link.get("metadata") or {}).get("catalog_id")
+            if not str(catalog_id or "").isdigit():
+                raise PermanentApiError(f"amoCRM: the lead's product {link.get('to_entity_id')} is linked without "
+                                        f"its list (metadata.catalog_id: {catalog_id!r})")
+            by_catalog.setdefault(int(catalog_id), []).append(int(link["to_entity_id"]))
+        elements: dict[int, dict[str, Any]] = {}
+        for catalog_id, ids in by_catalog.items():
+            for start in range(0, len(ids), 50):   # 50 ids a request: the URL stays short
+                for element in self.pages(f"/api/v4/catalogs/{catalog_id}/elements", "elements",
+                                          {"filter[id][]": ids[start:start + 50]}):
+                    elements[int(element["id"])] = element
+        rows = []
+        for link in links:
+            meta = link.get("metadata") or {}
+            element = elements.get(int(link["to_entity_id"]))
+            if element is None:   # deleted from the list since it was linked
+                raise PermanentApiError(f"amoCRM: the lead's product {link['to_entity_id']} (list "
+                                        f"{meta.get('catalog_id')}) is no longer in its list")
+            values = element.get("custom_fields_values") or []
+            price = next((f for f in values if meta.get("price_id") and f.get("field_id") == meta["price_id"]), None) \
+                or next((f for f in values if f.get("field_code") == "PRICE"), None)
+            if price is None or not price.get("values"):
+                raise PermanentApiError(f"amoCRM: the product {element.get('name')!r} (list {meta.get('catalog_id')}) "
+                                        f"has no price")
+            rows.append({"name": element.get("name") or "", "quantity": meta.get("quantity", 1), "unit": "",
+                         "price": price["values"][0].get("value")})
+        return rows
 
     def drive_url(self) -> str:
         """The account's files host (GET /api/v4/account?with=drive_url, account-info), cached."""

@@ -98,3 +98,37 @@ def test_outbound_connections_need_no_webhook_secret_inbound_ones_do(tmp_path):
     path.write_text(path.read_text().replace("secret: '${ZS}'}}", "secret: '${ZS}'}, webhook_secret: '${ZS}'}"))
     loaded = load_connections(path, env)
     assert sorted(loaded.connections) == ["ads", "mail", "pbx"] and loaded.warnings == []
+
+
+def test_a_document_arrives_attached_with_its_cyrillic_name(smtp):
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 40   # binary: base64, byte for byte
+    result = mail.Client(connection(smtp)).send_email(
+        "client@example.com", "Рахунок № 2027/015", "Добрий день! Рахунок у вкладенні.",
+        attachments=[("Рахунок 2027-015.pdf", pdf, "application/pdf")])
+    [got] = smtp.wait_for(1)
+    msg = got["message"]
+    assert msg.get_content_type() == "multipart/mixed" and result["to"] == ["client@example.com"]
+    assert FakeSmtp.text_of(msg).strip() == "Добрий день! Рахунок у вкладенні."
+    [part] = list(msg.iter_attachments())
+    assert part.get_content_type() == "application/pdf" and part["Content-Transfer-Encoding"] == "base64"
+    assert part.get_filename() == "Рахунок 2027-015.pdf" and part.get_param("name") == "Рахунок 2027-015.pdf"
+    assert part.get_content() == pdf
+    head = got["raw"].split(b"Content-Disposition:")[1].split(b"\r\n\r\n")[0].split(b"\n\n")[0]
+    assert b"filename*=utf-8''%D0%A0%D0%B0%D1%85" in head and head.isascii()   # RFC 2231, not raw UTF-8
+
+
+def test_attachments_past_the_limit_are_refused_before_connecting(smtp, monkeypatch):
+    monkeypatch.setattr(mail, "MAX_ATTACHMENTS", 1000)
+    with pytest.raises(PermanentApiError, match="attachments of 1001 bytes"):
+        mail.Client(connection(smtp)).send_email("client@example.com", "Тема", "Текст",
+                                                 attachments=[("a.pdf", b"x" * 1001, "application/pdf")])
+    assert smtp.messages == []
+
+
+def test_record_only_records_the_attachments_names_not_their_bytes(smtp):
+    calls = []
+    conn = Connection(name="agency-mail", type="email", options={"host": "127.0.0.1", "port": smtp.port,
+                                                                   "from": "hello@agency.example"})
+    mail.Client(conn, recorder=lambda *a: calls.append(a)).send_email(
+        "a@example.com", "Тема", "Текст", attachments=[("Акт 2027-001.pdf", b"%PDF", "application/pdf")])
+    assert calls[0][2]["attachments"] == [{"name": "Акт 2027-001.pdf", "size": 4, "type": "application/pdf"}]
