@@ -459,8 +459,8 @@ class CrmClient(Protocol):
         a message to the most recently active one (pipeline/steps/attach_to_deal.py, D8)."""
         ...
 
-    def add_deal(self, title: str, contact_id: str) -> Any:
-        """A new deal in the first stage, linked to the contact; its id."""
+    def add_deal(self, title: str, contact_id: str, fields: dict[str, Any] | None = None) -> Any:
+        """A new deal in the first stage, linked to the contact, with `fields` (by name); its id."""
         ...
 
     # writing records

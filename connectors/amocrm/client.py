@@ -418,6 +418,34 @@ class Client(TokenAuth, BaseClient):
             main = next((str(c["id"]) for c in linked if c.get("is_main")), ids[0] if ids else None)
             card = next((c for c in cards if c["id"] == main), None)
             found["main_contact"] = {**EMPTY_CHANNELS, **(card or {}), "id": main}
+        if "deals" in needs and entity.type == "lead":
+            found["client_deals"] = self.client_deals(entity)
+        return found
+
+    CLIENT_DEALS = 20   # the newest of a client's other leads read for new_deals (one GET each)
+    CLOSED_STATUSES = (142, 143)   # "Успешно реализовано" and "Закрыто и не реализовано" in every pipeline
+
+    def client_deals(self, lead: Entity) -> list[dict[str, Any]]:
+        """The other leads of the lead's contacts (E3's `new_deals`): GET /api/v4/leads/{id}?with=contacts
+        → its contacts, GET /api/v4/contacts/{id}?with=leads → each one's leads (contacts-api, `with`
+        "leads"), then each of the CLIENT_DEALS newest (highest ids) read with GET /api/v4/leads/{id}
+        for `created_at` and `status_id`: [{"id", "name", "created", "open"}], newest first. A lead's
+        list filter by id (filters-api) is not used: its page says the filters are in alpha."""
+        raw = self.get_raw(lead) or {}
+        contacts = [str(c["id"]) for c in (raw.get("_embedded") or {}).get("contacts") or []]
+        ids: set[int] = set()
+        for cid in contacts:
+            card = self.get_raw(Entity("contact", cid)) or {}
+            ids.update(int(x["id"]) for x in (card.get("_embedded") or {}).get("leads") or [] if str(x.get("id")).isdigit())
+        ids.discard(int(lead.id)) if lead.id.isdigit() else None
+        found = []
+        for lead_id in sorted(ids, reverse=True)[:self.CLIENT_DEALS]:
+            other = self.get_raw(Entity("lead", str(lead_id)))
+            if other is None or other.get("is_deleted"):
+                continue
+            found.append({"id": str(lead_id), "name": other.get("name"),
+                          "created": utc_iso(other["created_at"]) if other.get("created_at") else None,
+                          "open": other.get("status_id") not in self.CLOSED_STATUSES and not other.get("closed_at")})
         return found
 
     # --- notes and files ---------------------------------------------------------------------

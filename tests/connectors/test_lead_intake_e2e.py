@@ -24,12 +24,27 @@ FORM = "application/x-www-form-urlencoded"
 
 
 TG_ID = "UF_CRM_1733000000010"     # the contact field "Telegram ID" the set-up adds
+# the deal fields the set-up adds (docs/connectors/lead-intake.md): E3's channel and cycle
+DEAL_TG, DEAL_EMAIL, CYCLE = "UF_CRM_1733000000021", "UF_CRM_1733000000022", "UF_CRM_1733000000023"
+# a deal's own source fields (crm.deal.fields; bitrix-tools/b24-rest-docs crm/deals/crm-deal-add.md)
+SOURCE_FIELDS = {"SOURCE_DESCRIPTION": "Дополнительно об источнике", "UTM_SOURCE": "Рекламная система",
+                 "UTM_MEDIUM": "Тип трафика", "UTM_CAMPAIGN": "Обозначение рекламной кампании",
+                 "UTM_CONTENT": "Содержание кампании", "UTM_TERM": "Условие поиска кампании"}
+
+
+def set_up(fake: FakeBitrix24) -> FakeBitrix24:
+    fake.fields["contact"][TG_ID] = field("string", TG_ID, "Telegram ID")
+    fake.fields["deal"].update({code: field("string", title) for code, title in SOURCE_FIELDS.items()})
+    fake.fields["deal"].update({DEAL_TG: field("string", DEAL_TG, "Telegram клієнта"),
+                                DEAL_EMAIL: field("string", DEAL_EMAIL, "E-mail клієнта"),
+                                CYCLE: field("double", CYCLE, "Цикл покупки, днів"),
+                                "CLOSED": field("char", "Закрыта"), "DATE_CREATE": field("datetime", "Дата создания")})
+    return fake
 
 
 @pytest.fixture
 def portal():
-    fake = FakeBitrix24().start()
-    fake.fields["contact"][TG_ID] = field("string", TG_ID, "Telegram ID")
+    fake = set_up(FakeBitrix24().start())
     yield fake
     fake.stop()
 
@@ -49,7 +64,9 @@ def open_door(tmp_path, portal, imap_port: int, telegram_url: str = "http://127.
            "B24_RATE_PER_SECOND": "1000", "TILDA_WEBHOOK_SECRET": "tilda-secret", "SITE_FORM_SECRET": "form-secret",
            "JIVO_WEBHOOK_SECRET": "jivo-secret", "IMAP_USER": USER, "IMAP_PASSWORD": PASSWORD,
            "IMAP_HOST": "127.0.0.1", "IMAP_PORT": str(imap_port), "IMAP_SECURITY": "none",
-           "TELEGRAM_API_URL": telegram_url, "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret"}
+           "TELEGRAM_API_URL": telegram_url, "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret",
+           "SMTP_HOST": "127.0.0.1", "SMTP_PORT": "1", "SMTP_SECURITY": "none", "SMTP_USER": "sales",
+           "SMTP_PASSWORD": "x", "MAIL_FROM": "sales@cake.example.ua"}
     return create_app(settings=Settings(config_dir=config, redis_url=TEST_REDIS_URL, redis_prefix="crmbridge-test:",
                                         queue_name="crmbridge-test", environ=env, testing=True))
 
@@ -97,7 +114,10 @@ def test_one_person_from_the_form_then_the_chat_is_one_contact_one_deal(door, po
     assert made["fields"]["PHONE"] == [{"VALUE": "+380671234567", "VALUE_TYPE": "WORK"}]
     [deal] = calls(portal, "crm.deal.add")
     contact_id = max(portal.records["contact"])
-    assert deal == {"fields": {"TITLE": "Заявка з сайту (Tilda): Олена Коваль", "CONTACT_IDS": [contact_id]}}
+    assert deal == {"fields": {"TITLE": "Заявка з сайту (Tilda): Олена Коваль", "CONTACT_IDS": [contact_id],
+                               # the door and the UTM tags in the deal's own fields (no utm_content/term sent)
+                               "SOURCE_DESCRIPTION": "Форма Tilda form123456789", "UTM_SOURCE": "instagram",
+                               "UTM_MEDIUM": "cpc", "UTM_CAMPAIGN": "wedding_2026", DEAL_EMAIL: "olena.koval@example.com"}}
     deal_id = max(portal.records["deal"])
     assert "STAGE_ID" not in deal["fields"]      # Bitrix24 puts it in the default funnel's first stage
     [(kind, where, note)] = comments(portal)
@@ -176,7 +196,7 @@ def test_the_shipped_example_validates_offline():
     env = {name: ("https://x.example" if "URL" in name else "v") for name in re.findall(r"\$\{([A-Z_0-9]+)\}", text)}
     result = CliRunner().invoke(cli.cli, ["--config", str(EXAMPLE), "validate"], env={**env, "REDIS_URL": ""})
     assert result.exit_code == 0, result.output
-    assert "6 connection(s), 3 rule(s)" in result.output
+    assert "7 connection(s), 6 rule(s)" in result.output
 
 
 JIVO_OK = payload("jivo/offline_message_uk.json")
@@ -237,6 +257,7 @@ def test_a_private_message_to_the_bot_makes_the_contact_and_deal_then_joins_it(w
     assert made["fields"][TG_ID] == sender and made["fields"]["NAME"] == "Test Firstname Test Lastname"
     [deal] = calls(portal, "crm.deal.add")
     assert deal["fields"]["TITLE"] == "Telegram: Test Firstname Test Lastname"
+    assert deal["fields"]["SOURCE_DESCRIPTION"] == "Telegram-бот" and deal["fields"][DEAL_TG] == sender
     message(20002, "І ще: чи є доставка?")
     assert len(calls(portal, "crm.contact.add")) == 1 and len(calls(portal, "crm.deal.add")) == 1
     deal_id = max(portal.records["deal"])
