@@ -7,6 +7,7 @@ timers to set and the timers to cancel. The worker executes a plan; the dry run 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -676,13 +677,14 @@ def _first_of_every(delay: Delay, ctx: RuleContext) -> datetime | None:
 
 
 def cycle_days(value: Any) -> float | None:
-    """The days a cycle field holds: a number (30, "30", "45 днів", "1,5"), None when it holds none
-    or a number that is no wait (0 or less)."""
+    """The whole days a cycle field holds (30, "30", "45 днів", "1,5" → 2: half up), None when it
+    holds no number or one that is no wait (less than half a day)."""
     if isinstance(value, bool) or value in (None, "", []):
         return None
     found = re.search(r"\d+(?:[.,]\d+)?", str(value)) if not isinstance(value, (int, float)) else None
     days = float(value) if isinstance(value, (int, float)) else float(found[0].replace(",", ".")) if found else None
-    return days if days is not None and days > 0 else None
+    whole = math.floor(days + 0.5) if days is not None else 0     # whole days, half up
+    return float(whole) if whole > 0 else None
 
 
 def _after_cycle(delay: Delay, ctx: RuleContext) -> datetime | None:

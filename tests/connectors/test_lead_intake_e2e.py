@@ -265,3 +265,68 @@ def test_a_private_message_to_the_bot_makes_the_contact_and_deal_then_joins_it(w
     assert comments(portal)[1][2].endswith(": І ще: чи є доставка?")
     message(20002, "І ще: чи є доставка?")      # Telegram delivers the update again: nothing twice
     assert len(comments(portal)) == 2
+
+
+def won_webhook(deal_id: int, ts: int) -> bytes:
+    """ONCRMDEALUPDATE as the portal posts it (tests/payloads/bitrix24/deal_update.form): the id only."""
+    return urlencode([("event", "ONCRMDEALUPDATE"), ("event_handler_id", "31"), ("data[FIELDS][ID]", str(deal_id)),
+                      ("ts", str(ts)), ("auth[domain]", "cake.bitrix24.ua"), ("auth[application_token]", "app-token")
+                      ]).encode()
+
+
+def test_e3_a_won_deal_offers_the_next_purchase_unless_the_client_came_back(web_door, portal, fake_tg, monkeypatch):
+    """Two clients came by Telegram and their deals are won; «Цикл покупки, днів» 3. The first gets,
+    three days later at 10:00 Kyiv (or the next working day), a task for the manager and the offer in
+    Telegram; the second wrote again meanwhile (a new deal, since the won one is closed): nothing."""
+    import time
+    from datetime import datetime, timedelta
+
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from pipeline import clock
+    client, rt = web_door
+    update = json.loads(payload("telegram/message_private_text.json"))
+    deals = {}
+    for n, (user_id, name) in enumerate([(5012345678, "Олена"), (5087654321, "Марко")]):
+        update["update_id"], update["message"]["text"] = 30001 + n, "Хочу торт"
+        update["message"]["from"].update(id=user_id, first_name=name, last_name="", username=None)
+        update["message"]["chat"].update(id=user_id, first_name=name, last_name="")
+        resp = client.post("/hooks/site-bot", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret"})
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        run_worker(rt)
+        deals[name] = max(portal.records["deal"])
+    for name, deal_id in deals.items():     # the manager wins both; the product's cycle is 3 days
+        portal.records["deal"][deal_id].update(STAGE_ID="WON", CLOSED="Y", STAGE_SEMANTIC_ID="S", **{CYCLE: "3"})
+        resp = client.post("/hooks/portal-b24", data=won_webhook(deal_id, int(time.time()) - 2), content_type=FORM)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        run_worker(rt)
+    pending = [t for t in rt.backend.timers.pending() if t["rule"].startswith("E3")]
+    assert sorted((t["rule"], t["entity"]["id"]) for t in pending) == sorted(
+        (rule, str(deal_id)) for deal_id in deals.values()
+        for rule in ("E3 повторний продаж → завдання менеджеру", "E3 повторний продаж → клієнту в Telegram"))
+    fire = datetime.fromisoformat(pending[0]["fire_at"])
+    assert fire.utcoffset() == timedelta(hours=2) and (fire.hour, fire.minute) == (10, 0) and fire.weekday() < 5
+    assert timedelta(days=3) <= fire - datetime.now(fire.tzinfo) < timedelta(days=6)
+
+    # Марко writes again the next day: his won deal is closed, so the message opens a new one
+    update["update_id"], update["message"]["text"] = 30010, "Ще один торт, будь ласка"
+    resp = client.post("/hooks/site-bot", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret"})
+    assert resp.status_code == 200
+    run_worker(rt)
+    assert len(calls(portal, "crm.deal.add")) == 3
+    sent_before = len(fake_tg.method_calls("sendMessage"))
+
+    monkeypatch.setattr(clock, "now", lambda: fire)
+    rt.backend.fire_due_timers(now=fire.timestamp())
+    SimpleWorker([rt.backend.queue], connection=rt.store, serializer=JSONSerializer).work(burst=True,
+                                                                                          with_scheduler=True)
+    tasks = calls(portal, "tasks.task.add")
+    assert [t["fields"]["TITLE"] for t in tasks] == ["Запропонувати повторну покупку: Telegram: Олена"]
+    assert tasks[0]["fields"]["UF_CRM_TASK"] == [f"D_{deals['Олена']}"]
+    offers = [c.body for c in fake_tg.method_calls("sendMessage")[sent_before:]]
+    assert [(str(m["chat_id"]), "повторюють замовлення" in m["text"]) for m in offers] == [("5012345678", True)]
+    # Марко's client deals were read from the portal: his contact's deals, the new one among them
+    assert {c.body["filter"]["CONTACT_ID"] for c in portal.method_calls("crm.deal.list")} >= {
+        portal.records["deal"][deals["Марко"]]["CONTACT_IDS"][0]}
+    assert rt.backend.timers.pending() == []
