@@ -1,4 +1,4 @@
-"""A message from a known contact attached to the contact's most recently active open deal (D8).
+"""A message from a known contact attached to the contact's most recently active open deal (D8, E1).
 
     on: {event: message.received, connection: client-bot}
     do:
@@ -15,7 +15,7 @@
 
 `contact: "{{ … }}"` names the contact by id instead of `by`/`value`. **Most recently active**: of
 the contact's open deals (every contact the search matched), the one modified last (Bitrix24
-`DATE_MODIFY`), ties broken by the highest id; a deal with no modification time counts as the
+`DATE_MODIFY`, amoCRM `updated_at` of the contact's leads not won or lost), ties broken by the highest id; a deal with no modification time counts as the
 oldest. The text goes into that deal's timeline (`add_note`). With no open deal: a note on the
 contact (the oldest matched), a new deal linked to the contact with the note on it, or nothing.
 `deal_fields` are written on a new deal when it is made (values that render empty are left out):
@@ -35,9 +35,8 @@ from connectors.base import FIND_BY
 
 NAME = "attach_to_deal"
 CLIENT_METHOD = "attach_to_deal"   # a pipeline step: refused at start-up where the client lacks a verb it REQUIRES
-REFUSED = {kind: "only Bitrix24 lists a contact's open deals with their modification time here (open_deals); "
-                 "attach the message with add_note on a record you name instead"
-           for kind in ("amocrm", "planfix")}
+REFUSED = {"planfix": "Planfix's open orders of a contact are not listed here (open_deals); attach the message "
+                      "with add_note on a record you name, or use find_or_create kind: order"}
 NONE_OPEN = ("contact_note", "new_deal", "skip")
 
 

@@ -66,7 +66,9 @@ def run(ctx: StepContext, text: str, none_open: str = "contact_note", deal_title
         title = deal_title or "Новое обращение"
         made = ctx.once("deal", lambda: client.add_deal(title, contacts[0], deal_fields) if deal_fields
                         else client.add_deal(title, contacts[0]))
-        deal = Entity("deal", str(made))
+        deal = Entity(getattr(client, "deal_type", "deal"), str(made))
+        if not getattr(client, "add_deal_links_contact", True):   # amoCRM: the lead, then its link
+            ctx.once("link", lambda: client.link_contact(deal, contacts[0]))
         note = ctx.once("note", lambda: _note(client, deal, text))
         return {"attached": str(deal), "note": note, "contact": contacts[0], "created": True}
     if none_open == "contact_note":
