@@ -56,17 +56,19 @@ def dovecot():
     remove(server)
 
 
-def open_door(tmp_path, portal, imap_port: int, telegram_url: str = "http://127.0.0.1:1"):
+def open_door(tmp_path, portal, imap_port: int, telegram_url: str = "http://127.0.0.1:1", **more: str):
     from webhooks import create_app
     config = tmp_path / "config"
-    shutil.copytree(EXAMPLE, config)
+    shutil.copytree(EXAMPLE, config, dirs_exist_ok=True)
     env = {"B24_BASE_URL": portal.base_url, "B24_WEBHOOK_CODE": portal.code, "B24_APPLICATION_TOKEN": "app-token",
            "B24_RATE_PER_SECOND": "1000", "TILDA_WEBHOOK_SECRET": "tilda-secret", "SITE_FORM_SECRET": "form-secret",
            "JIVO_WEBHOOK_SECRET": "jivo-secret", "IMAP_USER": USER, "IMAP_PASSWORD": PASSWORD,
            "IMAP_HOST": "127.0.0.1", "IMAP_PORT": str(imap_port), "IMAP_SECURITY": "none",
            "TELEGRAM_API_URL": telegram_url, "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret",
            "SMTP_HOST": "127.0.0.1", "SMTP_PORT": "1", "SMTP_SECURITY": "none", "SMTP_USER": "sales",
-           "SMTP_PASSWORD": "x", "MAIL_FROM": "sales@cake.example.ua"}
+           "SMTP_PASSWORD": "x", "MAIL_FROM": "sales@cake.example.ua",
+           # the tests that do not try the doors' rate take every lead at once
+           "TILDA_LEADS_PER_MINUTE": "60000", "TILDA_LEADS_BURST": "1000", **more}
     return create_app(settings=Settings(config_dir=config, redis_url=TEST_REDIS_URL, redis_prefix="crmbridge-test:",
                                         queue_name="crmbridge-test", environ=env, testing=True))
 
@@ -330,3 +332,38 @@ def test_e3_a_won_deal_offers_the_next_purchase_unless_the_client_came_back(web_
     assert {c.body["filter"]["CONTACT_ID"] for c in portal.method_calls("crm.deal.list")} >= {
         portal.records["deal"][deals["Марко"]]["CONTACT_IDS"][0]}
     assert rt.backend.timers.pending() == []
+
+
+def test_a_spam_like_burst_is_taken_on_at_the_doors_rate_nothing_lost(tmp_path, portal, fake_tg, redis_db):
+    """site-tilda's `leads_limit` at 240 a minute, 4 at a time (the shipped example says 30 a minute, 10 at
+    a time; scaled so the test takes seconds): 16 submissions in one go are all accepted at once, then made
+    into 16 contacts and deals, never more than 4 in any second, the rest deferred in the queue."""
+    import time
+
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    text = (EXAMPLE / "connections.yaml").read_text(encoding="utf-8")
+    assert "per_minute: ${TILDA_LEADS_PER_MINUTE:-30}" in text and "burst: ${TILDA_LEADS_BURST:-10}" in text
+    app = open_door(tmp_path, portal, 1, fake_tg.url, TILDA_LEADS_PER_MINUTE="240", TILDA_LEADS_BURST="4")
+    client, rt = app.test_client(), app.extensions["crmbridge"]
+    made: list[float] = []
+    original = portal.methods["crm.deal.add"]
+    portal.methods["crm.deal.add"] = lambda params: (made.append(time.monotonic()), original(params))[1]
+    try:
+        bodies = [urlencode([("Name", f"Бот {n}"), ("Phone", f"+38050{n:07d}"), ("tranid", f"9000:{n}"),
+                             ("formid", "form1")]).encode() for n in range(16)]
+        assert sum(post(client, "/hooks/site-tilda?token=tilda-secret", b, FORM)["accepted"] for b in bodies) == 16
+        deadline = time.monotonic() + 60
+        while len(made) < 16 and time.monotonic() < deadline:
+            SimpleWorker([rt.backend.queue], connection=rt.store, serializer=JSONSerializer).work(
+                burst=True, with_scheduler=True)
+            time.sleep(0.2)
+        phones = sorted(c["fields"]["PHONE"][0]["VALUE"] for c in calls(portal, "crm.contact.add"))
+        assert phones == sorted(f"+38050{n:07d}" for n in range(16))       # every one, once
+        assert len(made) == 16 and len(comments(portal)) == 16
+        busiest = max(sum(1 for t in made if start <= t < start + 1.0) for start in made)
+        print(f"16 leads in {made[-1] - made[0]:.1f} s, at most {busiest} deals made in any second")
+        assert busiest <= 4 and made[-1] - made[0] >= 2.5                  # 16 at 4 a second: three windows later
+    finally:
+        rt.backend.close()
