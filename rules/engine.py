@@ -426,7 +426,9 @@ def data_needs(rules: list[Rule], kinds: set[str] | None = None) -> set[str]:
         # another event checks a timer's guard only to cancel it, which `keep_timer` rules skip
         if not listening and not (rule.delay and rule.guard and not rule.keep_timer):
             continue
-        conditions = [*rule.conditions, *rule.guard, *(rule.delay.until if rule.delay else ())]
+        # a `keep_timer` guard is read only when its timer fires (data_needs([rule]), kinds None)
+        guard = () if kinds is not None and rule.keep_timer else rule.guard
+        conditions = [*rule.conditions, *guard, *(rule.delay.until if rule.delay else ())]
         text = " ".join([repr(conditions), repr([a.options for a in (*rule.actions, *rule.otherwise)]),
                          rule.for_each or "", repr(rule.trigger.filters)])
         if not listening:  # another event may only check this timer's guard

@@ -62,7 +62,8 @@ def test_without_a_default_an_empty_cycle_sets_no_timer_and_says_why(tmp_path):
 def test_the_guard_reads_the_clients_deals_and_a_new_one_cancels_the_offer(tmp_path):
     ruleset = rules(tmp_path)
     [timer] = plan(*won("17"), ruleset, WON, MODULES).timers
-    assert data_needs(ruleset.rules) == {"deals"}
+    assert data_needs(ruleset.rules) == {"deals"}                    # when the timer fires
+    assert data_needs(ruleset.rules, {"stage.changed"}) == set()      # not on every stage change (keep_timer)
     event, entity = won("17")
     at = datetime.fromisoformat(timer.fire_at)
     older = {"id": "7300", "name": "Торт на день народження", "created": "2026-10-01T10:00:00+03:00", "open": False}
