@@ -367,3 +367,47 @@ def test_a_spam_like_burst_is_taken_on_at_the_doors_rate_nothing_lost(tmp_path, 
         assert busiest <= 4 and made[-1] - made[0] >= 2.5                  # 16 at 4 a second: three windows later
     finally:
         rt.backend.close()
+
+
+def test_e3_a_client_who_came_by_the_form_gets_the_offer_by_e_mail(tmp_path, portal, redis_db, monkeypatch):
+    """The Tilda client (phone and e-mail, no Telegram): her won deal's offer goes by e-mail, in
+    Ukrainian, to the address the form gave, and the manager gets the task; once."""
+    import time
+    from datetime import datetime
+    from email.header import decode_header, make_header
+
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from pipeline import clock
+    from tests.fakes_telephony import FakeSmtp
+    smtp = FakeSmtp().start()
+    app = open_door(tmp_path, portal, 1, SMTP_PORT=str(smtp.port), SMTP_USER=smtp.user, SMTP_PASSWORD=smtp.password)
+    client, rt = app.test_client(), app.extensions["crmbridge"]
+    try:
+        assert post(client, "/hooks/site-tilda?token=tilda-secret", payload("tilda/submission_uk.form"), FORM)[
+            "accepted"] == 1
+        run_worker(rt)
+        deal_id = max(portal.records["deal"])
+        portal.records["deal"][deal_id].update(STAGE_ID="WON", CLOSED="Y", STAGE_SEMANTIC_ID="S")   # no cycle: 30 days
+        resp = client.post("/hooks/portal-b24", data=won_webhook(deal_id, int(time.time()) - 2), content_type=FORM)
+        assert resp.status_code == 200
+        run_worker(rt)
+        [task_timer, mail_timer] = sorted((t for t in rt.backend.timers.pending()), key=lambda t: t["rule"])
+        assert (task_timer["rule"], mail_timer["rule"]) == ("E3 повторний продаж → завдання менеджеру",
+                                                            "E3 повторний продаж → клієнту листом")
+        fire = datetime.fromisoformat(mail_timer["fire_at"])
+        assert (fire.hour, fire.minute) == (10, 0) and 30 <= (fire - datetime.now(fire.tzinfo)).days <= 33
+        monkeypatch.setattr(clock, "now", lambda: fire)
+        rt.backend.fire_due_timers(now=fire.timestamp())
+        SimpleWorker([rt.backend.queue], connection=rt.store, serializer=JSONSerializer).work(burst=True,
+                                                                                              with_scheduler=True)
+        [got] = smtp.wait_for(1)
+        assert got["to"] == ["olena.koval@example.com"]
+        assert str(make_header(decode_header(got["message"]["Subject"]))) == "Час повторити замовлення?"
+        assert "Відповідайте на цей лист" in FakeSmtp.text_of(got["message"])
+        [task] = calls(portal, "tasks.task.add")
+        assert task["fields"]["TITLE"] == "Запропонувати повторну покупку: Заявка з сайту (Tilda): Олена Коваль"
+    finally:
+        rt.backend.close()
+        smtp.stop()
