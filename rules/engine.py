@@ -69,6 +69,7 @@ class Delay:
     start: tuple[Duration, ...] = ()  # every: the first firing, from now or from `field` (10 days; 7 days + 5 working days)
     cycle: str | None = None          # after: {cycle: <field>}: a number of days written in that field (E3)
     default: Duration | None = None   # …and the wait when the field is empty or not a number
+    line: int = 0                     # where `after:`/`at:`/… stands in its file (0: not known)
 
 
 @dataclass(frozen=True)

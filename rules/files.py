@@ -319,7 +319,8 @@ def _delay(item: dict, col: _Collector, crumb: str) -> Delay | None:
             if default is not None and default.upto is not None:
                 raise CalendarError(f"default: expected one duration such as '30 days', found {value['default']!r}")
             return Delay("after", cycle=value["cycle"].strip(), default=default,
-                         at_time=_clock(value["time"]) if value.get("time") else None)
+                         at_time=_clock(value["time"]) if value.get("time") else None,
+                         line=(getattr(item, "lines", None) or {}).get("after", 0))
         if kind == "every":
             spec = value if isinstance(value, dict) else {"interval": value}
             until = spec.get("until") or []
