@@ -15,7 +15,7 @@ from config.loader import ConfigErrors
 from config.settings import Settings
 from connectors.base import Event
 from pipeline import audit, clock, dead_letters, execute, links, observers, order, resume, retry, snapshot, stages, timers
-from pipeline import catch_up as catching_up, mailbox
+from pipeline import catch_up as catching_up, lead_rate, mailbox
 from pipeline.snapshot import Change
 from rules import MODULES
 from ratelimit import SlotLater
@@ -59,6 +59,7 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
         progress = resume.saved(payload, turn.kept)
         try:
             if progress is None:
+                lead_rate.take(rt, payload)   # a door with leads_limit: its slot first, else later (E1 bursts)
                 event, answered = links.bind(rt, Event.from_dict(payload))  # chats and buttons bound to records
                 if answered is not None:
                     order.done(rt, payload)

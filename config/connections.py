@@ -141,6 +141,7 @@ def _connection(name: str, entry: Any, where: tuple[str, int], environ: Mapping[
     options = _expand_options(options, environ)
     _check_rate(name, ctype, options, err, result)
     _check_rate_limit(name, ctype, options, raw_options, err, result)
+    _check_leads_limit(options, raw_options, err)
     _check_zone(name, ctype, options, err, result)
     for key, problem in getattr(CONNECTORS.get(ctype), "option_problems", lambda _: [])(options):
         err(key, f"options → {key}: {problem}", raw_options)   # a connector's own options (connectors/intake/)
@@ -234,6 +235,21 @@ def _check_rate_limit(name: str, ctype: Any, options: dict, raw: Any, err, resul
         if rate and rate > limit + 1e-9:
             result.warnings.append(f'connection "{name}" → {where} → {key}: above Telegram\'s {said}; '
                                    "the API will answer 429")
+
+
+def _check_leads_limit(options: dict, raw: Any, err) -> None:
+    """`options: {leads_limit: {per_minute: 10, burst: 10}}` (pipeline/lead_rate.py): how many of the
+    connection's events the worker takes on in a time; per_second or per_minute, and burst."""
+    if "leads_limit" not in options:
+        return
+    spec, node = options["leads_limit"], raw.get("leads_limit") if isinstance(raw, dict) else None
+    where = "options → leads_limit"
+    if not isinstance(spec, dict) or not ({"per_second", "per_minute"} & set(spec)) or \
+            set(spec) - {"per_second", "per_minute", "burst"}:
+        err("leads_limit", f"{where}: expected a mapping such as {{per_minute: 10, burst: 10}} "
+                           f"(per_second or per_minute, and burst), found {spec!r}", raw)
+        return
+    _limit_numbers(spec, node, where, err)
 
 
 def _limit_numbers(spec: dict, node: Any, where: str, err) -> bool:

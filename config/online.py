@@ -109,6 +109,8 @@ class _Rule:
                                 ("every → until", rule.delay.until if rule.delay else ())):
             for i, condition in enumerate(conditions):
                 self.condition(condition, f"{key}[{i}]", self._targets(None))
+        if rule.delay is not None and rule.delay.cycle:   # a misspelled cycle field would wait the default
+            self.field_name(rule.delay.cycle, rule.delay.line or rule.line, "after → cycle", self._targets(None))
         for spec in (*rule.actions, *rule.otherwise):
             self.action(spec)
 

@@ -459,8 +459,10 @@ class CrmClient(Protocol):
         a message to the most recently active one (pipeline/steps/attach_to_deal.py, D8)."""
         ...
 
-    def add_deal(self, title: str, contact_id: str) -> Any:
-        """A new deal in the first stage, linked to the contact; its id."""
+    add_deal_links_contact = True   # add_deal links the contact itself (else the caller links it)
+
+    def add_deal(self, title: str, contact_id: str, fields: dict[str, Any] | None = None) -> Any:
+        """A new deal in the first stage, linked to the contact, with `fields` (by name); its id."""
         ...
 
     # writing records

@@ -171,7 +171,7 @@ class Client(BaseClient):
         "add_contact", "link_contact", "read_stage", "find_stage", "stage_order", "find_task", "find_note",
         "overdue_tasks", "deals_without_task", "open_deals", "add_deal",
         "stage_history", "find_contact",
-        "attach_file", "product_rows",
+        "attach_file", "product_rows", "rule_context",
     })
     timeout = 30.0  # a REST request may run up to 60 s (limits.md); most answer in a second or two
     docs_url = "https://apidocs.bitrix24.com/"
@@ -743,11 +743,36 @@ class Client(BaseClient):
             "order": {"DATE_MODIFY": "DESC", "ID": "DESC"}, "select": ["ID", "TITLE", "DATE_MODIFY"]})
         return [{"id": str(r["ID"]), "name": r.get("TITLE"), "modified": r.get("DATE_MODIFY")} for r in rows or []]
 
-    def add_deal(self, title: str, contact_id: str) -> int | None:
-        """crm.deal.add {"fields": {"TITLE", "CONTACT_IDS": [id]}}: a deal in the default funnel's
-        first stage, linked to the contact."""
+    def rule_context(self, entity: Entity, needs: set[str] | frozenset[str]) -> dict[str, Any]:
+        """What rule conditions read besides the record: here the deal's client's other deals
+        (`deals`: new_deals, entity.client_deals); the rest is not read on Bitrix24 yet (a condition
+        that needs it says it was not read)."""
+        if "deals" in needs and entity.type == "deal" and not self.record_only:
+            return {"client_deals": self.client_deals(entity)}
+        return {}
+
+    def client_deals(self, deal: Entity) -> list[dict[str, Any]]:
+        """The other deals of every contact linked to the deal (E3's `new_deals`): deal_contacts, then
+        per contact crm.deal.list {"filter": {"CONTACT_ID"}, "select": ["ID", "TITLE", "DATE_CREATE",
+        "CLOSED"]}, every page: [{"id", "name", "created": DATE_CREATE, "open": CLOSED "N"}], newest first."""
+        seen: dict[str, dict[str, Any]] = {}
+        for cid in self.deal_contacts(deal):
+            rows = self.list_all("crm.deal.list", {
+                "filter": {"CONTACT_ID": int(cid)}, "order": {"ID": "DESC"},
+                "select": ["ID", "TITLE", "DATE_CREATE", "CLOSED"]}) or []
+            for r in rows:
+                if str(r["ID"]) != str(deal.id):
+                    seen[str(r["ID"])] = {"id": str(r["ID"]), "name": r.get("TITLE"), "created": r.get("DATE_CREATE"),
+                                          "open": r.get("CLOSED") != "Y"}
+        return sorted(seen.values(), key=lambda d: int(d["id"]) if d["id"].isdigit() else 0, reverse=True)
+
+    def add_deal(self, title: str, contact_id: str, fields: dict[str, Any] | None = None) -> int | None:
+        """crm.deal.add {"fields": {"TITLE", "CONTACT_IDS": [id], …}}: a deal in the default funnel's
+        first stage, linked to the contact, with `fields` by label or code (the lead's source and UTM
+        tags: UTM_SOURCE…UTM_TERM and SOURCE_ID are the deal's own codes, crm/deals/crm-deal-add.md)."""
+        values = {} if not fields else dict(fields) if self.record_only else self.resolve_fields("deal", fields)
         body = self.call("crm.deal.add", {"fields": {
-            "TITLE": title, "CONTACT_IDS": [_id(Entity("contact", str(contact_id)))]}})
+            **values, "TITLE": title, "CONTACT_IDS": [_id(Entity("contact", str(contact_id)))]}})
         return None if body is None else int(body["result"])
 
     def get_activity(self, entity: Entity) -> dict[str, Any] | None:

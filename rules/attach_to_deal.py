@@ -1,4 +1,4 @@
-"""A message from a known contact attached to the contact's most recently active open deal (D8).
+"""A message from a known contact attached to the contact's most recently active open deal (D8, E1).
 
     on: {event: message.received, connection: client-bot}
     do:
@@ -10,12 +10,17 @@
           text: "Telegram, {{ data.from.name }}: {{ data.text }}"
           none_open: contact_note             # no open deal: contact_note (default), new_deal or skip
           deal_title: "Обращение: {{ data.from.name }}"   # (new_deal) the new deal's title
+          deal_fields: {"Джерело заявки": "{{ data.source.door }}", UTM_SOURCE: "{{ data.utm.utm_source }}"}
+                                              # (new_deal) fields of the new deal, by name or code
 
 `contact: "{{ … }}"` names the contact by id instead of `by`/`value`. **Most recently active**: of
 the contact's open deals (every contact the search matched), the one modified last (Bitrix24
-`DATE_MODIFY`), ties broken by the highest id; a deal with no modification time counts as the
+`DATE_MODIFY`, amoCRM `updated_at` of the contact's leads not won or lost), ties broken by the highest id; a deal with no modification time counts as the
 oldest. The text goes into that deal's timeline (`add_note`). With no open deal: a note on the
 contact (the oldest matched), a new deal linked to the contact with the note on it, or nothing.
+`deal_fields` are written on a new deal when it is made (values that render empty are left out):
+the request's source and UTM tags into the deal's own fields; a deal that exists keeps its own
+(the first touch), and the note tells the new request's source.
 An unknown sender is left alone (creating contacts is find_or_create's job); the step's result
 says so. The deal chosen is recorded with the step, so a retried step attaches to the same deal.
 """
@@ -30,9 +35,8 @@ from connectors.base import FIND_BY
 
 NAME = "attach_to_deal"
 CLIENT_METHOD = "attach_to_deal"   # a pipeline step: refused at start-up where the client lacks a verb it REQUIRES
-REFUSED = {kind: "only Bitrix24 lists a contact's open deals with their modification time here (open_deals); "
-                 "attach the message with add_note on a record you name instead"
-           for kind in ("amocrm", "planfix")}
+REFUSED = {"planfix": "Planfix's open orders of a contact are not listed here (open_deals); attach the message "
+                      "with add_note on a record you name, or use find_or_create kind: order"}
 NONE_OPEN = ("contact_note", "new_deal", "skip")
 
 
@@ -45,6 +49,8 @@ class Options(Schema):
     none_open = f.String(load_default="contact_note", validate=validate.OneOf(NONE_OPEN),
                          metadata={"expected": " or ".join(NONE_OPEN)})
     deal_title = f.String(load_default="Новое обращение", metadata={"expected": "the new deal's title (a template)"})
+    deal_fields = f.Dict(keys=f.String(), load_default=dict,
+                         metadata={"expected": "the new deal's fields: {field name or code: value (a template)}"})
     connection = f.String(load_default=None, metadata={"expected": "a CRM connection name"})
 
     @validates_schema
@@ -74,4 +80,8 @@ def plan(ctx, options: dict) -> list:
         args.update(by=options["by"], value=value, field=options["field"])
     if options["none_open"] == "new_deal":
         args["deal_title"] = " ".join(str(options["deal_title"]).split()) or "Новое обращение"
+        fields = {str(k): v.strip() if isinstance(v, str) else v for k, v in (options["deal_fields"] or {}).items()}
+        fields = {k: v for k, v in fields.items() if v not in (None, "", [])}
+        if fields:
+            args["deal_fields"] = fields
     return [ctx.step(NAME, options["connection"], **args)]

@@ -22,6 +22,7 @@ the dry run prints that reason as "the first condition that failed".
       - has_file: 'Отчет по проекту "{{ entity.name }}"'   # a file of the entity named so
       - moved: forward                        # the stage change went forward (or backward)
       - parent: [ {pipeline: Sales} ]         # a task's parent record meets these conditions
+      - new_deals: 0                          # the client's deals created since the event (E3)
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from rules.templates import TemplateProblem, evaluate, render
 COMPARISONS = ("equals", "not_equals", "in", "gt", "gte", "lt", "lte", "filled", "empty",
                "matches", "starts_with", "contains")
 KINDS = ("stage", "not_stage", "pipeline", "field", "filled", "empty", "responsible", "tag",
-         "expr", "any", "not", "open_tasks", "no_activity", "has_file", "moved", "parent")
+         "expr", "any", "not", "open_tasks", "no_activity", "has_file", "moved", "parent", "new_deals")
 TASK_COUNTS = ("count", "equals", "gt", "gte", "lt", "lte")   # open_tasks: {<one of these>: n}
 TASK_STAGES = ("current", "previous")
 
@@ -265,6 +266,34 @@ def _moved(c: dict, ctx: dict) -> str | None:
     return None if went == c["moved"] else f"moved {went}, from {_shown(before)} to {_shown(now)}"
 
 
+def _new_deals(c: dict, ctx: dict) -> str | None:
+    """`new_deals: 0`, or `{count|equals|gt|gte|lt|lte: n, since: <moment>}`: the deals of the
+    record's client (every contact linked to it), other than the record itself, created at or after
+    `since` (a template; default the event's moment: for a timer, when it was set). Needs
+    `entity.client_deals` (the worker reads them when a rule uses this condition): E3, a repeat-sale
+    offer left alone when the client came back by themselves meanwhile."""
+    spec = c["new_deals"] if isinstance(c["new_deals"], dict) else {"count": c["new_deals"]}
+    entity = ctx["entity"]
+    deals = entity.get("client_deals")
+    if deals is None:
+        return "the client's deals were not read"
+    try:
+        since = _moment(render(str(spec["since"]), ctx)) if spec.get("since") else _moment(
+            (ctx.get("event") or {}).get("occurred_at"))
+    except (TemplateProblem, ValueError) as exc:
+        return f"new_deals → since: {exc}"
+    own = str(entity.get("id"))
+    found = [d for d in deals if str(d.get("id")) != own
+             and (since is None or (_moment(d.get("created")) or since) >= since)]
+    op = next(k for k in TASK_COUNTS if k in spec)
+    if _compare("equals" if op == "count" else op, len(found), spec[op]):
+        return None
+    names = "; ".join(f"{d.get('name') or ''} ({d.get('id')})".strip() for d in found[:5])
+    after = f" since {since.isoformat()}" if since else ""
+    return (f"{len(found)} new deal(s) of the client{after}{': ' + names if names else ''}; "
+            f"expected {op.replace('count', 'equals')} {spec[op]}")
+
+
 def _parent(c: dict, ctx: dict) -> str | None:
     parent = ctx["entity"].get("parent")
     if not isinstance(parent, dict) or len(parent) <= 2:  # only {type, id}: not read
@@ -276,7 +305,8 @@ def _parent(c: dict, ctx: dict) -> str | None:
 _CHECKS = {"stage": _stage, "not_stage": _not_stage, "pipeline": _pipeline, "field": _field,
            "filled": _filled_fields, "empty": _empty_fields, "responsible": _responsible,
            "tag": _tag, "expr": _expr, "any": _any, "not": _not, "open_tasks": _open_tasks,
-           "no_activity": _no_activity, "has_file": _has_file, "moved": _moved, "parent": _parent}
+           "no_activity": _no_activity, "has_file": _has_file, "moved": _moved, "parent": _parent,
+           "new_deals": _new_deals}
 
 
 def validate(condition: Any) -> str | None:
@@ -319,6 +349,13 @@ def _validate_new(kind: str, value: Any) -> str | None:
                     f"text: <regex>}}, found {value!r}")
         if spec.get("stage") not in (None, *TASK_STAGES):
             return f"open_tasks → stage: expected current or previous, found {spec['stage']!r}"
+    if kind == "new_deals":
+        spec = value if isinstance(value, dict) else {"count": value}
+        counts = [k for k in spec if k in TASK_COUNTS]
+        extra = sorted(set(spec) - set(TASK_COUNTS) - {"since"})
+        if extra or len(counts) != 1 or not isinstance(spec[counts[0]], int) or isinstance(spec[counts[0]], bool):
+            return ("new_deals: expected a number, or {count|gt|gte|lt|lte: <number>, since: <moment>}, "
+                    f"found {value!r}")
     if kind == "no_activity":
         try:
             parse_duration(str(value))

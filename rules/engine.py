@@ -7,9 +7,10 @@ timers to set and the timers to cancel. The worker executes a plan; the dry run 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
@@ -66,6 +67,9 @@ class Delay:
     at_time: time | None = None
     until: tuple[dict, ...] = ()
     start: tuple[Duration, ...] = ()  # every: the first firing, from now or from `field` (10 days; 7 days + 5 working days)
+    cycle: str | None = None          # after: {cycle: <field>}: a number of days written in that field (E3)
+    default: Duration | None = None   # …and the wait when the field is empty or not a number
+    line: int = 0                     # where `after:`/`at:`/… stands in its file (0: not known)
 
 
 @dataclass(frozen=True)
@@ -415,14 +419,17 @@ def data_needs(rules: list[Rule], kinds: set[str] | None = None) -> set[str]:
     `tasks` (open_tasks, entity.tasks), `activity` (no_activity, stage_since, last_activity),
     `files` (has_file, entity.files), `contacts` (entity.contact_cards: the linked contacts with
     their fields; entity.main_contact.phone / .email: the deal's main contact), `parent` (a task's
-    parent record: parent:, entity.parent.…)."""
+    parent record: parent:, entity.parent.…), `deals` (new_deals, entity.client_deals: the deals of
+    the record's contacts)."""
     needs: set[str] = set()
     for rule in rules:
         listening = kinds is None or bool(set(rule.trigger.events) & kinds)
         # another event checks a timer's guard only to cancel it, which `keep_timer` rules skip
         if not listening and not (rule.delay and rule.guard and not rule.keep_timer):
             continue
-        conditions = [*rule.conditions, *rule.guard, *(rule.delay.until if rule.delay else ())]
+        # a `keep_timer` guard is read only when its timer fires (data_needs([rule]), kinds None)
+        guard = () if kinds is not None and rule.keep_timer else rule.guard
+        conditions = [*rule.conditions, *guard, *(rule.delay.until if rule.delay else ())]
         text = " ".join([repr(conditions), repr([a.options for a in (*rule.actions, *rule.otherwise)]),
                          rule.for_each or "", repr(rule.trigger.filters)])
         if not listening:  # another event may only check this timer's guard
@@ -439,7 +446,8 @@ _NEEDS = (("tasks", ("open_tasks",), r"\.tasks\b"),
           ("activity", ("no_activity",), r"\b(last_activity|stage_since)\b"),
           ("files", ("has_file",), r"\.files\b"),
           ("contacts", (), r"\.contact_cards\b|\bmain_contact\.(?!id\b)\w+|main_contact\["),
-          ("parent", ("parent",), r"parent\.(?!id\b|type\b)\w+|parent\["))
+          ("parent", ("parent",), r"parent\.(?!id\b|type\b)\w+|parent\["),
+          ("deals", ("new_deals",), r"\.client_deals\b"))
 
 
 def plan(event: Event, entity: dict[str, Any], ruleset: RuleSet, now: datetime,
@@ -560,8 +568,9 @@ def _plan_timer(rule: Rule, ctx: RuleContext, result: Plan, occurrence: int = 0)
         result.skipped.append(Skip(rule.name, f"cannot compute when to fire: {exc}", rule_id=rule.id, stage="timer"))
         return
     if fire_at is None:
-        result.skipped.append(Skip(rule.name, f"field {rule.delay.field!r} is empty: nothing to wait for",
-                                   rule_id=rule.id, stage="timer", key=rule.delay.field, have=None))
+        field = rule.delay.cycle or rule.delay.field
+        result.skipped.append(Skip(rule.name, f"field {field!r} is empty: nothing to wait for",
+                                   rule_id=rule.id, stage="timer", key=field, have=None))
         _maybe_cancel(rule, ctx, result)
         return
     entity = ctx.entity_ref
@@ -621,6 +630,9 @@ def _maybe_cancel(rule: Rule, ctx: RuleContext, result: Plan) -> None:
 
 
 def describe_delay(delay: Delay) -> str:
+    if delay.cycle:
+        fallback = f", else {delay.default}" if delay.default else ""
+        return f"after the days in field {delay.cycle!r}{fallback}, on a working day"
     if delay.kind in ("after", "every") and delay.field is None:
         return f"{delay.kind} {delay.duration}" + (f" from now + {' + '.join(map(str, delay.start))}" if delay.start else "")
     if delay.kind == "every":
@@ -633,6 +645,8 @@ def describe_delay(delay: Delay) -> str:
 def fire_time(delay: Delay, ctx: RuleContext, first: bool = False) -> datetime | None:
     """When a delayed rule fires for this event, in the rule's calendar."""
     cal = ctx.calendar
+    if delay.cycle:
+        return _after_cycle(delay, ctx)
     if delay.kind == "every" and first and (delay.start or delay.field):
         return _first_of_every(delay, ctx)
     if delay.field is None or delay.kind == "every":
@@ -663,6 +677,38 @@ def _first_of_every(delay: Delay, ctx: RuleContext) -> datetime | None:
     for step in delay.start:
         begin = step.apply(begin, cal)
     return max(cal.next_working_moment(begin) if delay.duration.working else begin, ctx.now)
+
+
+def cycle_days(value: Any) -> float | None:
+    """The whole days a cycle field holds (30, "30", "45 днів", "1,5" → 2: half up), None when it
+    holds no number or one that is no wait (less than half a day)."""
+    if isinstance(value, bool) or value in (None, "", []):
+        return None
+    found = re.search(r"\d+(?:[.,]\d+)?", str(value)) if not isinstance(value, (int, float)) else None
+    days = float(value) if isinstance(value, (int, float)) else float(found[0].replace(",", ".")) if found else None
+    whole = math.floor(days + 0.5) if days is not None else 0     # whole days, half up
+    return float(whole) if whole > 0 else None
+
+
+def _after_cycle(delay: Delay, ctx: RuleContext) -> datetime | None:
+    """`after: {cycle: <field>, default: 30 days, time: "10:00"}` (E3 repeat sales): the number of
+    days the record's field holds (a product's buying cycle), else `default`, counted in calendar days
+    from now; at `time` on that day in the calendar's zone, or on the first working day from it (a
+    Sunday, a holiday), and moved to the next working moment when that time is outside working hours. None: no days and no default."""
+    cal = ctx.calendar
+    days = cycle_days((ctx.entity.get("fields") or {}).get(delay.cycle))
+    wait = Duration(days, "days", False) if days is not None else delay.default
+    if wait is None:
+        return None
+    moment = wait.apply(ctx.now, cal)
+    if delay.at_time is not None:   # that time of the day, or of the first working day from it
+        day = moment.astimezone(cal.tz).date()
+        for _ in range(366):
+            if cal.is_working_day(day):
+                break
+            day += timedelta(days=1)
+        moment = datetime.combine(day, delay.at_time, cal.tz)
+    return max(cal.next_working_moment(moment), ctx.now)
 
 
 def _jitter(ctx: RuleContext) -> float:

@@ -312,6 +312,18 @@ def _delay(item: dict, col: _Collector, crumb: str) -> Delay | None:
     try:
         if kind == "after" and isinstance(value, str):
             return Delay("after", duration=parse_duration(value))
+        if kind == "after" and isinstance(value, dict) and "cycle" in value:
+            unknown = set(value) - {"cycle", "default", "time"}
+            if unknown:
+                raise CalendarError(f"unknown key {min(unknown)!r}; expected cycle, default, time")
+            if not isinstance(value["cycle"], str) or not value["cycle"].strip():
+                raise CalendarError(f"cycle: expected the name of a field holding a number of days, found {value['cycle']!r}")
+            default = parse_duration(str(value["default"])) if value.get("default") not in (None, "") else None
+            if default is not None and default.upto is not None:
+                raise CalendarError(f"default: expected one duration such as '30 days', found {value['default']!r}")
+            return Delay("after", cycle=value["cycle"].strip(), default=default,
+                         at_time=_clock(value["time"]) if value.get("time") else None,
+                         line=(getattr(item, "lines", None) or {}).get("after", 0))
         if kind == "every":
             spec = value if isinstance(value, dict) else {"interval": value}
             until = spec.get("until") or []
@@ -329,7 +341,9 @@ def _delay(item: dict, col: _Collector, crumb: str) -> Delay | None:
                          field=str(spec["field"]) if spec.get("field") else None,
                          at_time=_clock(spec["time"]) if spec.get("time") else None)
         if not isinstance(value, dict) or not value.get("field"):
-            raise CalendarError(f"expected {{field: <date field>{', by: <duration>' if kind != 'at' else ''}}}, found {value!r}")
+            raise CalendarError(f"expected {{field: <date field>{', by: <duration>' if kind != 'at' else ''}}}"
+                                f"{' or {cycle: <field of days>, default: <duration>, time: <HH:MM>}' if kind == 'after' else ''}"
+                                f", found {value!r}")
         by = value.get("by") or value.get("offset")
         at_time = value.get("time")
         return Delay(kind, field=str(value["field"]), duration=parse_duration(str(by)) if by else None,

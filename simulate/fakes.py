@@ -5,7 +5,8 @@ A `FakeClient` offers exactly the verbs its connection's real client names in `c
 every call with the simulated time it was made at, and, for a CRM, keeps the records the
 scenario describes in the common shape the real clients return (connectors/base.py's
 CrmClient): stage, pipeline and responsible as `{"id", "name"}`, `fields` by name, `tasks`,
-`notes`, `files`, `contact_cards`, `main_contact`. Writes change those records (a moved stage is
+`notes`, `files`, `contact_cards`, `main_contact`, `contacts` (ids: records sharing one are one
+client's, for `new_deals`). Writes change those records (a moved stage is
 what the next read and the next timer's guard see); messages, e-mails, calls and posts are
 only recorded.
 
@@ -280,6 +281,14 @@ class FakeClient:
             found["contact_cards"] = copy.deepcopy(record.get("contact_cards") or [])
             main = record.get("main_contact") or {}
             found["main_contact"] = {"phone": "", "phones": [], "email": "", "emails": [], **copy.deepcopy(main)}
+        if "deals" in needs:   # new_deals: the other records of its kind sharing one of its `contacts`
+            mine = {str(c) for c in record.get("contacts") or []}
+            found["client_deals"] = [
+                {"id": other["id"], "name": other.get("name"), "created": other.get("created_at"),
+                 "open": not other.get("closed")}
+                for other in self.records.values()
+                if other["type"] == record["type"] and other["id"] != record["id"]
+                and mine & {str(c) for c in other.get("contacts") or []}]
         return found
 
     def changed_since(self, since: str) -> list[Any]:

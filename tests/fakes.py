@@ -590,8 +590,17 @@ class FakeAmo(FakeServer):
         return 200, found, {}
 
     def _get_contact(self, call: Call, m: re.Match):
+        """GET /api/v4/contacts/{id}; `with=leads` adds `_embedded.leads` [{"id", "_links"}]: the leads
+        whose `_embedded.contacts` name it (contacts-api, the `with` parameter "leads")."""
         contact = self.contacts.get(int(m.group(1)))
-        return (200, contact, {"Content-Type": "application/hal+json"}) if contact else (204, b"", {})
+        if not contact:
+            return 204, b"", {}
+        if "leads" in (call.query.get("with") or [""])[0].split(","):
+            leads = [{"id": lid, "_links": {"self": {"href": f"{self.url}/api/v4/leads/{lid}"}}}
+                     for lid, lead in sorted(self.leads.items())
+                     if any(int(c["id"]) == contact["id"] for c in ((lead.get("_embedded") or {}).get("contacts") or []))]
+            contact = {**contact, "_embedded": {**(contact.get("_embedded") or {}), "leads": leads}}
+        return 200, contact, {"Content-Type": "application/hal+json"}
 
     def _patch_contact(self, call: Call, m: re.Match):
         contact = self.contacts.setdefault(int(m.group(1)), {"id": int(m.group(1))})

@@ -420,7 +420,7 @@ class FakeBitrix24(FakeServer):
         self.add("deal", {"STAGE_ID": "NEW", "CATEGORY_ID": "0", "CLOSED": "N", "ASSIGNED_BY_ID": self.user_id,
                           **{k: v for k, v in fields.items() if k in self.fields["deal"]}, "ID": str(rid),
                           "CONTACT_ID": str(contacts[0]) if contacts else None, "CONTACT_IDS": contacts,
-                          "DATE_MODIFY": _now_iso()})
+                          "DATE_CREATE": _now_iso(), "DATE_MODIFY": _now_iso()})
         return rid
 
     def _activity_get(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -126,3 +126,28 @@ def test_clients_hold_their_slot_through_the_request(fake_amo, redis_db):
     client.limiter = limiter
     client.get_raw(Entity("lead", "1"))
     assert seen == [{"hold": 2 * client.timeout + 1.0}, "released"]
+
+
+@pytest.mark.parametrize("options, line, message", [
+    ("leads_limit: 30", 6, "options → leads_limit: expected a mapping such as {per_minute: 10, burst: 10} "
+                           "(per_second or per_minute, and burst), found 30"),
+    ("leads_limit: {burst: 5}", 6, "options → leads_limit: expected a mapping such as"),
+    ("leads_limit: {per_minute: lots}", 6, "options → leads_limit → per_minute: expected a positive number of calls, "
+                                           "found 'lots'"),
+    ("leads_limit:\n        per_minute: 30\n        brust: 5", 6, "options → leads_limit: expected a mapping such as"),
+])
+def test_a_wrong_leads_limit_names_its_line(tmp_path, options, line, message):
+    text = f"connections:\n  site:\n    type: tilda\n    webhook_secret: ${{S}}\n    options:\n      {options}\n"
+    with pytest.raises(ConfigErrors) as exc:
+        load(tmp_path, text, {"S": "s"})
+    assert str(exc.value).splitlines()[0].startswith(f'connections.yaml:{line}: connection "site" → {message}')
+
+
+def test_a_leads_limit_loads_as_numbers_and_becomes_the_doors_window(tmp_path):
+    from pipeline.lead_rate import limit_of
+    text = ("connections:\n  site:\n    type: tilda\n    webhook_secret: ${S}\n"
+            "    options: {leads_limit: {per_minute: \"${PER_MINUTE:-30}\", burst: 10}}\n")
+    options = load(tmp_path, text, {"S": "s"}).connections["site"].options
+    assert options["leads_limit"] == {"per_minute": 30.0, "burst": 10.0}
+    assert limit_of(options) == Limit(0.5, 10.0, 0.0) and limit_of(options).window_ms == 20_000   # 10 in any 20 s
+    assert limit_of({"leads_limit": {"per_second": 2}}) == Limit(2.0, 2.0, 0.0) and limit_of({}) is None

@@ -70,6 +70,13 @@ MISTAKES = {
     do: [{add_note: x}]""",
         'rule "amo field" → if[0] → field: expected a field that amoCRM \'amo\' (lead) has, found \'Поле 1\'; '
         'did you mean "Поле1"?'),
+    "cycle field typo (amoCRM): the offer would wait its default": (
+        """  - name: amo repeat sale
+    on: {event: stage.changed, connection: amo, stage: Won}
+    after: {cycle: "Поле 1", default: 30 days}
+    do: [{add_note: x}]""",
+        'rule "amo repeat sale" → after → cycle: expected a field that amoCRM \'amo\' (lead) has, found \'Поле 1\'; '
+        'did you mean "Поле1"?'),
     "enum value typo (amoCRM)": (
         """  - name: amo enum
     on: {event: stage.changed, connection: amo}

@@ -49,8 +49,10 @@ class Client(TokenAuth, BaseClient):
         "link_contact", "find_catalog_elements", "read_stage", "find_stage", "stage_order",
         "deals_without_task",
         "stage_history", "find_lead", "find_contact",
-        "upload_file", "attach_file", "product_rows",
+        "upload_file", "attach_file", "product_rows", "open_deals", "add_deal",
     })
+    add_deal_links_contact = False   # a lead is created, then linked (entity-links-api): two calls
+    deal_type = "lead"               # amoCRM's deals are leads
     docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
 
     def idempotent(self, method: str, path: str) -> bool:
@@ -460,6 +462,62 @@ class Client(TokenAuth, BaseClient):
             main = next((str(c["id"]) for c in linked if c.get("is_main")), ids[0] if ids else None)
             card = next((c for c in cards if c["id"] == main), None)
             found["main_contact"] = {**EMPTY_CHANNELS, **(card or {}), "id": main}
+        if "deals" in needs and entity.type == "lead":
+            found["client_deals"] = self.client_deals(entity)
+        return found
+
+    OPEN_DEALS = 50     # the newest of a contact's leads read for attach_to_deal (one GET each)
+
+    def contact_leads(self, contact_id: str) -> list[int]:
+        """The ids of a contact's leads, newest (highest) first: GET /api/v4/contacts/{id}?with=leads."""
+        card = self.get_raw(Entity("contact", str(contact_id))) or {}
+        ids = {int(x["id"]) for x in (card.get("_embedded") or {}).get("leads") or [] if str(x.get("id")).isdigit()}
+        return sorted(ids, reverse=True)
+
+    def open_deals(self, contact_id: str) -> list[dict[str, Any]]:
+        """The contact's open leads (attach_to_deal, E1/D8): its leads (contact_leads), the OPEN_DEALS
+        newest each read with GET /api/v4/leads/{id}; open = not in status 142/143 (won, lost: the same
+        ids in every pipeline) and not deleted. Each {"id", "name", "modified": updated_at}."""
+        found = []
+        for lead_id in self.contact_leads(contact_id)[:self.OPEN_DEALS]:
+            lead = self.get_raw(Entity("lead", str(lead_id)))
+            if lead is None or lead.get("is_deleted") or lead.get("status_id") in self.CLOSED_STATUSES:
+                continue
+            found.append({"type": "lead", "id": str(lead_id), "name": lead.get("name"),
+                          "modified": utc_iso(lead["updated_at"]) if lead.get("updated_at") else None})
+        return found
+
+    def add_deal(self, title: str, contact_id: str, fields: dict[str, Any] | None = None) -> int | None:
+        """POST /api/v4/leads [{"name", "custom_fields_values"}]: a lead in the main pipeline's first
+        stage, with `fields` by name; its id. The contact is linked by the caller (link_contact):
+        `add_deal_links_contact` is False, so a retried step does not create the lead again to link it."""
+        body: dict[str, Any] = {"name": title}
+        if fields:
+            body["custom_fields_values"] = self._field_values("lead", fields)
+        resp = self.request("POST", "/api/v4/leads", json_body=[body])
+        return None if resp is None else resp.json()["_embedded"]["leads"][0]["id"]
+
+    CLIENT_DEALS = 20   # the newest of a client's other leads read for new_deals (one GET each)
+    CLOSED_STATUSES = (142, 143)   # "Успешно реализовано" and "Закрыто и не реализовано" in every pipeline
+
+    def client_deals(self, lead: Entity) -> list[dict[str, Any]]:
+        """The other leads of the lead's contacts (E3's `new_deals`): GET /api/v4/leads/{id}?with=contacts
+        → its contacts, GET /api/v4/contacts/{id}?with=leads → each one's leads (contacts-api, `with`
+        "leads"), then each of the CLIENT_DEALS newest (highest ids) read with GET /api/v4/leads/{id}
+        for `created_at` and `status_id`: [{"id", "name", "created", "open"}], newest first. A lead's
+        list filter by id (filters-api) is not used: its page says the filters are in alpha."""
+        raw = self.get_raw(lead) or {}
+        contacts = [str(c["id"]) for c in (raw.get("_embedded") or {}).get("contacts") or []]
+        ids = {lead_id for cid in contacts for lead_id in self.contact_leads(cid)}
+        ids.discard(int(lead.id)) if lead.id.isdigit() else None
+        found = []
+        for lead_id in sorted(ids, reverse=True)[:self.CLIENT_DEALS]:
+            other = self.get_raw(Entity("lead", str(lead_id)))
+            if other is None or other.get("is_deleted"):
+                continue
+            found.append({"id": str(lead_id), "name": other.get("name"),
+                          "created": utc_iso(other["created_at"]) if other.get("created_at") else None,
+                          "open": other.get("status_id") not in self.CLOSED_STATUSES and not other.get("closed_at")})
         return found
 
     # --- notes and files ---------------------------------------------------------------------

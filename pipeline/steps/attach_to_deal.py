@@ -2,7 +2,7 @@
 
 Built on the CRM client's single calls: search_contacts(by, value, field) → the contacts,
 open_deals(contact) → [{"id", "modified"}] per contact, add_note(record, text); with
-`none_open: new_deal`, add_deal(title, contact). Each vendor call that changes something runs
+`none_open: new_deal`, add_deal(title, contact, fields). Each vendor call that changes something runs
 through `StepContext.once`, and so does the choice of deal: a retried step resumes where it
 stopped and attaches to the deal it chose first, even if another deal became more recent since.
 A note whose answer was a 5xx is looked for (the client's find_note) before it is sent once more;
@@ -39,7 +39,7 @@ def latest_open_deal(deals: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def run(ctx: StepContext, text: str, none_open: str = "contact_note", deal_title: str | None = None,
-        by: str | None = None, value: str | None = None, field: str | None = None,
+        deal_fields: dict[str, Any] | None = None, by: str | None = None, value: str | None = None, field: str | None = None,
         contact: str | None = None, entity: Entity | None = None) -> dict[str, Any]:
     require(ctx, METHOD, REQUIRES)
     client = ctx.client
@@ -63,8 +63,12 @@ def run(ctx: StepContext, text: str, none_open: str = "contact_note", deal_title
     if none_open == "new_deal":
         if not client.can("add_deal"):
             raise PermanentApiError(f"connection {ctx.connection!r} cannot add a deal (none_open: new_deal)")
-        made = ctx.once("deal", lambda: client.add_deal(deal_title or "Новое обращение", contacts[0]))
-        deal = Entity("deal", str(made))
+        title = deal_title or "Новое обращение"
+        made = ctx.once("deal", lambda: client.add_deal(title, contacts[0], deal_fields) if deal_fields
+                        else client.add_deal(title, contacts[0]))
+        deal = Entity(getattr(client, "deal_type", "deal"), str(made))
+        if not getattr(client, "add_deal_links_contact", True):   # amoCRM: the lead, then its link
+            ctx.once("link", lambda: client.link_contact(deal, contacts[0]))
         note = ctx.once("note", lambda: _note(client, deal, text))
         return {"attached": str(deal), "note": note, "contact": contacts[0], "created": True}
     if none_open == "contact_note":

@@ -24,12 +24,27 @@ FORM = "application/x-www-form-urlencoded"
 
 
 TG_ID = "UF_CRM_1733000000010"     # the contact field "Telegram ID" the set-up adds
+# the deal fields the set-up adds (docs/connectors/lead-intake.md): E3's channel and cycle
+DEAL_TG, DEAL_EMAIL, CYCLE = "UF_CRM_1733000000021", "UF_CRM_1733000000022", "UF_CRM_1733000000023"
+# a deal's own source fields (crm.deal.fields; bitrix-tools/b24-rest-docs crm/deals/crm-deal-add.md)
+SOURCE_FIELDS = {"SOURCE_DESCRIPTION": "Дополнительно об источнике", "UTM_SOURCE": "Рекламная система",
+                 "UTM_MEDIUM": "Тип трафика", "UTM_CAMPAIGN": "Обозначение рекламной кампании",
+                 "UTM_CONTENT": "Содержание кампании", "UTM_TERM": "Условие поиска кампании"}
+
+
+def set_up(fake: FakeBitrix24) -> FakeBitrix24:
+    fake.fields["contact"][TG_ID] = field("string", TG_ID, "Telegram ID")
+    fake.fields["deal"].update({code: field("string", title) for code, title in SOURCE_FIELDS.items()})
+    fake.fields["deal"].update({DEAL_TG: field("string", DEAL_TG, "Telegram клієнта"),
+                                DEAL_EMAIL: field("string", DEAL_EMAIL, "E-mail клієнта"),
+                                CYCLE: field("double", CYCLE, "Цикл покупки, днів"),
+                                "CLOSED": field("char", "Закрыта"), "DATE_CREATE": field("datetime", "Дата создания")})
+    return fake
 
 
 @pytest.fixture
 def portal():
-    fake = FakeBitrix24().start()
-    fake.fields["contact"][TG_ID] = field("string", TG_ID, "Telegram ID")
+    fake = set_up(FakeBitrix24().start())
     yield fake
     fake.stop()
 
@@ -41,15 +56,19 @@ def dovecot():
     remove(server)
 
 
-def open_door(tmp_path, portal, imap_port: int, telegram_url: str = "http://127.0.0.1:1"):
+def open_door(tmp_path, portal, imap_port: int, telegram_url: str = "http://127.0.0.1:1", **more: str):
     from webhooks import create_app
     config = tmp_path / "config"
-    shutil.copytree(EXAMPLE, config)
+    shutil.copytree(EXAMPLE, config, dirs_exist_ok=True)
     env = {"B24_BASE_URL": portal.base_url, "B24_WEBHOOK_CODE": portal.code, "B24_APPLICATION_TOKEN": "app-token",
            "B24_RATE_PER_SECOND": "1000", "TILDA_WEBHOOK_SECRET": "tilda-secret", "SITE_FORM_SECRET": "form-secret",
            "JIVO_WEBHOOK_SECRET": "jivo-secret", "IMAP_USER": USER, "IMAP_PASSWORD": PASSWORD,
            "IMAP_HOST": "127.0.0.1", "IMAP_PORT": str(imap_port), "IMAP_SECURITY": "none",
-           "TELEGRAM_API_URL": telegram_url, "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret"}
+           "TELEGRAM_API_URL": telegram_url, "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret",
+           "SMTP_HOST": "127.0.0.1", "SMTP_PORT": "1", "SMTP_SECURITY": "none", "SMTP_USER": "sales",
+           "SMTP_PASSWORD": "x", "MAIL_FROM": "sales@cake.example.ua",
+           # the tests that do not try the doors' rate take every lead at once
+           "TILDA_LEADS_PER_MINUTE": "60000", "TILDA_LEADS_BURST": "1000", **more}
     return create_app(settings=Settings(config_dir=config, redis_url=TEST_REDIS_URL, redis_prefix="crmbridge-test:",
                                         queue_name="crmbridge-test", environ=env, testing=True))
 
@@ -97,7 +116,10 @@ def test_one_person_from_the_form_then_the_chat_is_one_contact_one_deal(door, po
     assert made["fields"]["PHONE"] == [{"VALUE": "+380671234567", "VALUE_TYPE": "WORK"}]
     [deal] = calls(portal, "crm.deal.add")
     contact_id = max(portal.records["contact"])
-    assert deal == {"fields": {"TITLE": "Заявка з сайту (Tilda): Олена Коваль", "CONTACT_IDS": [contact_id]}}
+    assert deal == {"fields": {"TITLE": "Заявка з сайту (Tilda): Олена Коваль", "CONTACT_IDS": [contact_id],
+                               # the door and the UTM tags in the deal's own fields (no utm_content/term sent)
+                               "SOURCE_DESCRIPTION": "Форма Tilda form123456789", "UTM_SOURCE": "instagram",
+                               "UTM_MEDIUM": "cpc", "UTM_CAMPAIGN": "wedding_2026", DEAL_EMAIL: "olena.koval@example.com"}}
     deal_id = max(portal.records["deal"])
     assert "STAGE_ID" not in deal["fields"]      # Bitrix24 puts it in the default funnel's first stage
     [(kind, where, note)] = comments(portal)
@@ -176,7 +198,7 @@ def test_the_shipped_example_validates_offline():
     env = {name: ("https://x.example" if "URL" in name else "v") for name in re.findall(r"\$\{([A-Z_0-9]+)\}", text)}
     result = CliRunner().invoke(cli.cli, ["--config", str(EXAMPLE), "validate"], env={**env, "REDIS_URL": ""})
     assert result.exit_code == 0, result.output
-    assert "6 connection(s), 3 rule(s)" in result.output
+    assert "7 connection(s), 6 rule(s)" in result.output
 
 
 JIVO_OK = payload("jivo/offline_message_uk.json")
@@ -237,6 +259,7 @@ def test_a_private_message_to_the_bot_makes_the_contact_and_deal_then_joins_it(w
     assert made["fields"][TG_ID] == sender and made["fields"]["NAME"] == "Test Firstname Test Lastname"
     [deal] = calls(portal, "crm.deal.add")
     assert deal["fields"]["TITLE"] == "Telegram: Test Firstname Test Lastname"
+    assert deal["fields"]["SOURCE_DESCRIPTION"] == "Telegram-бот" and deal["fields"][DEAL_TG] == sender
     message(20002, "І ще: чи є доставка?")
     assert len(calls(portal, "crm.contact.add")) == 1 and len(calls(portal, "crm.deal.add")) == 1
     deal_id = max(portal.records["deal"])
@@ -244,3 +267,147 @@ def test_a_private_message_to_the_bot_makes_the_contact_and_deal_then_joins_it(w
     assert comments(portal)[1][2].endswith(": І ще: чи є доставка?")
     message(20002, "І ще: чи є доставка?")      # Telegram delivers the update again: nothing twice
     assert len(comments(portal)) == 2
+
+
+def won_webhook(deal_id: int, ts: int) -> bytes:
+    """ONCRMDEALUPDATE as the portal posts it (tests/payloads/bitrix24/deal_update.form): the id only."""
+    return urlencode([("event", "ONCRMDEALUPDATE"), ("event_handler_id", "31"), ("data[FIELDS][ID]", str(deal_id)),
+                      ("ts", str(ts)), ("auth[domain]", "cake.bitrix24.ua"), ("auth[application_token]", "app-token")
+                      ]).encode()
+
+
+def test_e3_a_won_deal_offers_the_next_purchase_unless_the_client_came_back(web_door, portal, fake_tg, monkeypatch):
+    """Two clients came by Telegram and their deals are won; «Цикл покупки, днів» 3. The first gets,
+    three days later at 10:00 Kyiv (or the next working day), a task for the manager and the offer in
+    Telegram; the second wrote again meanwhile (a new deal, since the won one is closed): nothing."""
+    import time
+    from datetime import datetime, timedelta
+
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from pipeline import clock
+    client, rt = web_door
+    update = json.loads(payload("telegram/message_private_text.json"))
+    deals = {}
+    for n, (user_id, name) in enumerate([(5012345678, "Олена"), (5087654321, "Марко")]):
+        update["update_id"], update["message"]["text"] = 30001 + n, "Хочу торт"
+        update["message"]["from"].update(id=user_id, first_name=name, last_name="", username=None)
+        update["message"]["chat"].update(id=user_id, first_name=name, last_name="")
+        resp = client.post("/hooks/site-bot", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret"})
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        run_worker(rt)
+        deals[name] = max(portal.records["deal"])
+    for name, deal_id in deals.items():     # the manager wins both; the product's cycle is 3 days
+        portal.records["deal"][deal_id].update(STAGE_ID="WON", CLOSED="Y", STAGE_SEMANTIC_ID="S", **{CYCLE: "3"})
+        resp = client.post("/hooks/portal-b24", data=won_webhook(deal_id, int(time.time()) - 2), content_type=FORM)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        run_worker(rt)
+    pending = [t for t in rt.backend.timers.pending() if t["rule"].startswith("E3")]
+    assert sorted((t["rule"], t["entity"]["id"]) for t in pending) == sorted(
+        (rule, str(deal_id)) for deal_id in deals.values()
+        for rule in ("E3 повторний продаж → завдання менеджеру", "E3 повторний продаж → клієнту в Telegram"))
+    fire = datetime.fromisoformat(pending[0]["fire_at"])
+    assert fire.utcoffset() == timedelta(hours=2) and (fire.hour, fire.minute) == (10, 0) and fire.weekday() < 5
+    assert timedelta(days=3) <= fire - datetime.now(fire.tzinfo) < timedelta(days=6)
+
+    # Марко writes again the next day: his won deal is closed, so the message opens a new one
+    update["update_id"], update["message"]["text"] = 30010, "Ще один торт, будь ласка"
+    resp = client.post("/hooks/site-bot", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "tg-secret"})
+    assert resp.status_code == 200
+    run_worker(rt)
+    assert len(calls(portal, "crm.deal.add")) == 3
+    sent_before = len(fake_tg.method_calls("sendMessage"))
+
+    monkeypatch.setattr(clock, "now", lambda: fire)
+    rt.backend.fire_due_timers(now=fire.timestamp())
+    SimpleWorker([rt.backend.queue], connection=rt.store, serializer=JSONSerializer).work(burst=True,
+                                                                                          with_scheduler=True)
+    tasks = calls(portal, "tasks.task.add")
+    assert [t["fields"]["TITLE"] for t in tasks] == ["Запропонувати повторну покупку: Telegram: Олена"]
+    assert tasks[0]["fields"]["UF_CRM_TASK"] == [f"D_{deals['Олена']}"]
+    offers = [c.body for c in fake_tg.method_calls("sendMessage")[sent_before:]]
+    assert [(str(m["chat_id"]), "повторюють замовлення" in m["text"]) for m in offers] == [("5012345678", True)]
+    # Марко's client deals were read from the portal: his contact's deals, the new one among them
+    assert {c.body["filter"]["CONTACT_ID"] for c in portal.method_calls("crm.deal.list")} >= {
+        portal.records["deal"][deals["Марко"]]["CONTACT_IDS"][0]}
+    assert rt.backend.timers.pending() == []
+
+
+def test_a_spam_like_burst_is_taken_on_at_the_doors_rate_nothing_lost(tmp_path, portal, fake_tg, redis_db):
+    """site-tilda's `leads_limit` at 240 a minute, 4 at a time (the shipped example says 30 a minute, 10 at
+    a time; scaled so the test takes seconds): 16 submissions in one go are all accepted at once, then made
+    into 16 contacts and deals, never more than 4 in any second, the rest deferred in the queue."""
+    import time
+
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    text = (EXAMPLE / "connections.yaml").read_text(encoding="utf-8")
+    assert "per_minute: ${TILDA_LEADS_PER_MINUTE:-30}" in text and "burst: ${TILDA_LEADS_BURST:-10}" in text
+    app = open_door(tmp_path, portal, 1, fake_tg.url, TILDA_LEADS_PER_MINUTE="240", TILDA_LEADS_BURST="4")
+    client, rt = app.test_client(), app.extensions["crmbridge"]
+    made: list[float] = []
+    original = portal.methods["crm.deal.add"]
+    portal.methods["crm.deal.add"] = lambda params: (made.append(time.monotonic()), original(params))[1]
+    try:
+        bodies = [urlencode([("Name", f"Бот {n}"), ("Phone", f"+38050{n:07d}"), ("tranid", f"9000:{n}"),
+                             ("formid", "form1")]).encode() for n in range(16)]
+        assert sum(post(client, "/hooks/site-tilda?token=tilda-secret", b, FORM)["accepted"] for b in bodies) == 16
+        deadline = time.monotonic() + 60
+        while len(made) < 16 and time.monotonic() < deadline:
+            SimpleWorker([rt.backend.queue], connection=rt.store, serializer=JSONSerializer).work(
+                burst=True, with_scheduler=True)
+            time.sleep(0.2)
+        phones = sorted(c["fields"]["PHONE"][0]["VALUE"] for c in calls(portal, "crm.contact.add"))
+        assert phones == sorted(f"+38050{n:07d}" for n in range(16))       # every one, once
+        assert len(made) == 16 and len(comments(portal)) == 16
+        busiest = max(sum(1 for t in made if start <= t < start + 1.0) for start in made)
+        print(f"16 leads in {made[-1] - made[0]:.1f} s, at most {busiest} deals made in any second")
+        assert busiest <= 4 and made[-1] - made[0] >= 2.5                  # 16 at 4 a second: three windows later
+    finally:
+        rt.backend.close()
+
+
+def test_e3_a_client_who_came_by_the_form_gets_the_offer_by_e_mail(tmp_path, portal, redis_db, monkeypatch):
+    """The Tilda client (phone and e-mail, no Telegram): her won deal's offer goes by e-mail, in
+    Ukrainian, to the address the form gave, and the manager gets the task; once."""
+    import time
+    from datetime import datetime
+    from email.header import decode_header, make_header
+
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from pipeline import clock
+    from tests.fakes_telephony import FakeSmtp
+    smtp = FakeSmtp().start()
+    app = open_door(tmp_path, portal, 1, SMTP_PORT=str(smtp.port), SMTP_USER=smtp.user, SMTP_PASSWORD=smtp.password)
+    client, rt = app.test_client(), app.extensions["crmbridge"]
+    try:
+        assert post(client, "/hooks/site-tilda?token=tilda-secret", payload("tilda/submission_uk.form"), FORM)[
+            "accepted"] == 1
+        run_worker(rt)
+        deal_id = max(portal.records["deal"])
+        portal.records["deal"][deal_id].update(STAGE_ID="WON", CLOSED="Y", STAGE_SEMANTIC_ID="S")   # no cycle: 30 days
+        resp = client.post("/hooks/portal-b24", data=won_webhook(deal_id, int(time.time()) - 2), content_type=FORM)
+        assert resp.status_code == 200
+        run_worker(rt)
+        [task_timer, mail_timer] = sorted((t for t in rt.backend.timers.pending()), key=lambda t: t["rule"])
+        assert (task_timer["rule"], mail_timer["rule"]) == ("E3 повторний продаж → завдання менеджеру",
+                                                            "E3 повторний продаж → клієнту листом")
+        fire = datetime.fromisoformat(mail_timer["fire_at"])
+        assert (fire.hour, fire.minute) == (10, 0) and 30 <= (fire - datetime.now(fire.tzinfo)).days <= 33
+        monkeypatch.setattr(clock, "now", lambda: fire)
+        rt.backend.fire_due_timers(now=fire.timestamp())
+        SimpleWorker([rt.backend.queue], connection=rt.store, serializer=JSONSerializer).work(burst=True,
+                                                                                              with_scheduler=True)
+        [got] = smtp.wait_for(1)
+        assert got["to"] == ["olena.koval@example.com"]
+        assert str(make_header(decode_header(got["message"]["Subject"]))) == "Час повторити замовлення?"
+        assert "Відповідайте на цей лист" in FakeSmtp.text_of(got["message"])
+        [task] = calls(portal, "tasks.task.add")
+        assert task["fields"]["TITLE"] == "Запропонувати повторну покупку: Заявка з сайту (Tilda): Олена Коваль"
+    finally:
+        rt.backend.close()
+        smtp.stop()

@@ -350,7 +350,7 @@ rules:
 def test_the_main_contacts_phone_is_read_only_for_rules_that_use_it(tmp_path):
     """`entity.main_contact.phone` / `.email` need the linked contacts (one more read per contact);
     the main contact's id comes with the deal. A `keep_timer` rule's guard is checked only when the
-    timer fires, so other events do not read what it needs."""
+    timer fires, so no event, not even the one that sets the timer, reads what only it needs."""
     rules = ruleset(tmp_path, """
 defaults: {connection: amo, calendar: msk}
 rules:
@@ -364,7 +364,8 @@ rules:
     on: {event: field.changed}
     do: [{add_note: {entity: "contact:{{ entity.main_contact.id }}", text: "x"}}]
 """).rules
-    assert data_needs(rules, {"stage.changed"}) == {"contacts", "activity"}
+    # the event that sets the timer does not check the guard either: only what the action reads
+    assert data_needs(rules, {"stage.changed"}) == {"contacts"}
     assert data_needs(rules[:1], None) == {"contacts", "activity"}   # the timer firing
     assert data_needs(rules, {"field.changed"}) == set()
     assert data_needs(rules, {"note.added"}) == set()
