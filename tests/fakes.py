@@ -596,9 +596,12 @@ class FakeAmo(FakeServer):
         if not contact:
             return 204, b"", {}
         if "leads" in (call.query.get("with") or [""])[0].split(","):
-            leads = [{"id": lid, "_links": {"self": {"href": f"{self.url}/api/v4/leads/{lid}"}}}
-                     for lid, lead in sorted(self.leads.items())
-                     if any(int(c["id"]) == contact["id"] for c in ((lead.get("_embedded") or {}).get("contacts") or []))]
+            # the links a stored contact carries (a recorded sample), then those its leads name
+            leads = list((contact.get("_embedded") or {}).get("leads") or [])
+            known = {int(lead["id"]) for lead in leads}
+            leads += [{"id": lid, "_links": {"self": {"href": f"{self.url}/api/v4/leads/{lid}"}}}
+                      for lid, lead in sorted(self.leads.items()) if lid not in known
+                      and any(int(c["id"]) == contact["id"] for c in ((lead.get("_embedded") or {}).get("contacts") or []))]
             contact = {**contact, "_embedded": {**(contact.get("_embedded") or {}), "leads": leads}}
         return 200, contact, {"Content-Type": "application/hal+json"}
 
