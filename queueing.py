@@ -342,6 +342,7 @@ class RQBackend:
         self.fast = FastIntake(self.queue, HANDLE_EVENT) if INTAKE == "fast" else None
         self._give_back = store.register_script(self.GIVE_BACK)
         self._claim_timer = store.register_script(self.CLAIM_TIMER)
+        self._claim_timers = store.register_script(self.CLAIM_TIMERS)
 
     # KEYS[1] a seen-mark; ARGV[1] the value it has while its event is being queued
     GIVE_BACK = """
@@ -436,6 +437,19 @@ if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then return 0 end
 return 1
 """
+    # The same for many timers at once. KEYS: the schedule, then each timer's claim. ARGV: a token,
+    # the claim's ttl, then each timer's id and fire time as read. Returns the ids claimed.
+    CLAIM_TIMERS = """
+local claimed = {}
+for i = 1, #KEYS - 1 do
+  local id, at = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) == tonumber(at) and redis.call('SET', KEYS[i + 1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+    claimed[#claimed + 1] = id
+  end
+end
+return claimed
+"""
     # KEYS: the timers' schedule, the timer's claim. ARGV: timer id, its fire time: off the schedule
     # if still at that time (a timer moved meanwhile stays, for its new time), and the claim released
     TAKE_OFF = """
@@ -460,12 +474,39 @@ return 1
             if start:
                 due = self.store.zrangebyscore(self.keys("timers"), "-inf", until, start=start, num=limit,
                                                withscores=True)
-        fired = 0
-        for raw_id, at in reversed(due):  # each goes to the front: the earliest due ends up first
-            timer_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-            token = self._claim(timer_id, at)
-            fired += bool(token and self._enqueue_claimed(timer_id, at, token))
-        return fired
+        if not due:
+            return 0
+        # claimed together, queued together: a handful of round trips for the whole batch
+        token = uuid.uuid4().hex
+        due = [(raw.decode() if isinstance(raw, bytes) else raw, at) for raw, at in due]
+        keys = [self.keys("timers"), *(self.keys("timer-claim", timer_id) for timer_id, _ in due)]
+        args = [token, self.FIRE_CLAIM_TTL, *(v for timer_id, at in due for v in (timer_id, repr(at)))]
+        claimed = {c.decode() if isinstance(c, bytes) else c for c in self._claim_timers(keys=keys, args=args)}
+        # each goes to the front: the earliest due ends up first
+        return self._enqueue_all_claimed([(t, at) for t, at in reversed(due) if t in claimed], token)
+
+    def _enqueue_all_claimed(self, timers: list[tuple[str, float]], token: str) -> int:
+        """`_enqueue_claimed` for a batch in one MULTI/EXEC (every claim WATCHed); how many were
+        queued. A claim that changed meanwhile aborts the batch: each is then queued on its own."""
+        if not timers:
+            return 0
+        claims = [self.keys("timer-claim", timer_id) for timer_id, _ in timers]
+        with self.store.pipeline() as pipe:
+            try:
+                pipe.watch(*claims)
+                mine = [(t, at, claim) for (t, at), claim, held in zip(timers, claims, pipe.mget(claims))
+                        if held == token.encode()]
+                pipe.multi()
+                for timer_id, at, claim in mine:
+                    self.queue.enqueue_call(FIRE_TIMER, args=({"timer_id": timer_id, "at": at},), at_front=True,
+                                            pipeline=pipe, **self._job_options(
+                                                job_id_for("timer", f"{timer_id}@{at!r}"), f"timer {timer_id}"))
+                    pipe.eval(self.TAKE_OFF, 2, self.keys("timers"), claim, timer_id, repr(at))
+                pipe.execute()
+                return len(mine)
+            except WatchError:
+                pass
+        return sum(self._enqueue_claimed(timer_id, at, token) for timer_id, at in timers)
 
     def _claim(self, timer_id: str, at: float) -> str | None:
         """Claim a due timer for this poller (a token), or None: taken, moved or cancelled."""

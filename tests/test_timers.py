@@ -321,3 +321,65 @@ def test_a_timer_kept_at_its_plain_time_before_the_offsets_still_fires(runtime):
     assert runtime.backend.fire_due_timers(now=when.timestamp()) == 1
     [job] = runtime.backend.queue.jobs
     assert timers.current(runtime, job.args[0]) is not None
+
+
+def herd(runtime, when: datetime, count: int) -> None:
+    with runtime.store.pipeline() as pipe:
+        for n in range(count):
+            entity = {"type": "lead", "id": str(n)}
+            runtime.backend.timers.add({"timer_id": f"timer:herd:quickstart-amo:lead:{n}", "rule": "Herd",
+                                        "rule_id": "herd", "fire_at": when.isoformat(), "entity": entity,
+                                        "event": {"id": f"e{n}", "connection": "quickstart-amo"}}, pipe)
+        pipe.execute()
+
+
+def test_a_timer_another_poller_claimed_is_left_to_it_when_a_batch_is_queued(runtime):
+    when = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+    herd(runtime, when, 5)
+    runtime.store.set(runtime.keys("timer-claim", "timer:herd:quickstart-amo:lead:2"), "another-poller", ex=10)
+    assert runtime.backend.fire_due_timers(now=when.timestamp()) == 4
+    queued = sorted(job.args[0]["timer_id"] for job in runtime.backend.queue.jobs)
+    assert queued == [f"timer:herd:quickstart-amo:lead:{n}" for n in (0, 1, 3, 4)]
+    assert [t.decode() for t in runtime.store.zrange(runtime.keys("timers"), 0, -1)] == [
+        "timer:herd:quickstart-amo:lead:2"]                            # still on the schedule for its poller
+
+
+def test_four_pollers_at_once_queue_each_timer_of_a_herd_once(runtime):
+    import threading
+    when = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+    herd(runtime, when, 900)
+    errors = []
+
+    def poll() -> None:
+        try:
+            while runtime.store.zcard(runtime.keys("timers")):
+                runtime.backend.fire_due_timers(now=when.timestamp(), limit=100)
+        except Exception as exc:   # pragma: no cover - shown by the assert below
+            errors.append(exc)
+    pollers = [threading.Thread(target=poll) for _ in range(4)]
+    for t in pollers:
+        t.start()
+    for t in pollers:
+        t.join(60)
+    ids = [job.args[0]["timer_id"] for job in runtime.backend.queue.jobs]
+    assert errors == [] and len(ids) == 900 and len(set(ids)) == 900
+
+
+def test_a_claim_taken_over_mid_batch_aborts_the_batch_and_the_rest_are_queued_one_by_one(runtime, monkeypatch):
+    """A poller that stalled past its claims' expiry: another took one of them meanwhile. The
+    batch's MULTI is aborted (WATCH), and each timer is queued on its own if still ours."""
+    when = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+    herd(runtime, when, 4)
+    taken = runtime.keys("timer-claim", "timer:herd:quickstart-amo:lead:1")
+    enqueue, calls = runtime.backend.queue.enqueue_call, []
+
+    def enqueue_while_another_takes_a_claim(*args, **kwargs):
+        if not calls:
+            runtime.store.set(taken, "another-poller", ex=10)
+        calls.append(kwargs.get("pipeline") is not None)
+        return enqueue(*args, **kwargs)
+    monkeypatch.setattr(runtime.backend.queue, "enqueue_call", enqueue_while_another_takes_a_claim)
+    assert runtime.backend.fire_due_timers(now=when.timestamp()) == 3
+    assert len(calls) == 4 + 3                                         # the aborted batch, then one by one
+    queued = sorted(job.args[0]["timer_id"] for job in runtime.backend.queue.jobs)
+    assert queued == [f"timer:herd:quickstart-amo:lead:{n}" for n in (0, 2, 3)]
