@@ -545,14 +545,14 @@ def render_document(settings: Settings, template: str, record_file, out: Path | 
         click.echo(f"written to {out}", err=True)
 
 
-# --- bulk sends (pipeline/steps/send_to_list.py, pipeline/campaigns.py) -----------------------------------
+# --- bulk sends (pipeline/steps/send_bulk.py, pipeline/campaigns.py) -----------------------------------
 
 @cli.group()
-def campaign() -> None:
+def bulk() -> None:
     """Bulk sends: start one from a CSV list, see its progress, keep an opt-out."""
 
 
-@campaign.command("start")
+@bulk.command("start")
 @click.argument("connection")
 @click.argument("campaign_id")
 @click.option("--file", "file", required=True, help="a CSV (UTF-8, header row) under the configuration directory")
@@ -560,13 +560,13 @@ def campaign() -> None:
 @click.option("--opt-out-column", default=None, help="a column whose yes/так/да/1 opts the row out")
 @click.option("--region", default="UA", show_default=True, help="SMS: country of numbers written without +")
 @click.pass_obj
-def campaign_start(settings: Settings, connection: str, campaign_id: str, file: str, text: str,
+def bulk_start(settings: Settings, connection: str, campaign_id: str, file: str, text: str,
                    opt_out_column: str | None, region: str) -> None:
     """Queue one job per recipient (a running worker sends them); starting it again sends nobody twice."""
     from connectors.base import PermanentApiError
-    from pipeline.steps import send_to_list
+    from pipeline.steps import send_bulk
     try:
-        found = send_to_list.start(_runtime(settings), connection, campaign_id, text, file=file, region=region,
+        found = send_bulk.start(_runtime(settings), connection, campaign_id, text, file=file, region=region,
                                    opt_out_column=opt_out_column)
     except PermanentApiError as exc:
         raise click.ClickException(str(exc)) from None
@@ -574,15 +574,15 @@ def campaign_start(settings: Settings, connection: str, campaign_id: str, file: 
                f"{found['invalid']} invalid address(es) left out")
 
 
-@campaign.command("status")
+@bulk.command("status")
 @click.argument("campaign_id")
 @click.option("--delivery", is_flag=True, help="also read the SMS delivery reports from the provider (SMSC)")
 @click.pass_obj
-def campaign_status(settings: Settings, campaign_id: str, delivery: bool) -> None:
+def bulk_status(settings: Settings, campaign_id: str, delivery: bool) -> None:
     """Progress: sent, opted out, failed (and why), uncertain (may have been sent: never resent), pending."""
-    from pipeline.steps import send_to_list
+    from pipeline.steps import send_bulk
     rt = _runtime(settings)
-    found = send_to_list.status(rt, campaign_id)
+    found = send_bulk.status(rt, campaign_id)
     if found is None:
         raise click.ClickException(f"no campaign {campaign_id!r}")
     total, pending = found["total"], found["pending"]
@@ -603,24 +603,24 @@ def campaign_status(settings: Settings, campaign_id: str, delivery: bool) -> Non
             click.echo("delivery: " + (", ".join(f"{k} {v}" for k, v in sorted(reports.items())) or "nothing sent yet"))
 
 
-@campaign.command("opt-out")
+@bulk.command("opt-out")
 @click.argument("connection")
 @click.argument("address")
 @click.option("--region", default="UA", show_default=True, help="SMS: country of a number written without +")
 @click.pass_obj
-def campaign_opt_out(settings: Settings, connection: str, address: str, region: str) -> None:
+def bulk_opt_out(settings: Settings, connection: str, address: str, region: str) -> None:
     """Keep ADDRESS (a phone number or a Viber id) out of every bulk send of CONNECTION from now on."""
-    from pipeline.steps import send_to_list
+    from pipeline.steps import send_bulk
     from sms_text import BadNumber
     rt = _runtime(settings)
     conn = rt.connections.connections.get(connection)
     if conn is None:
         raise click.ClickException(f"unknown connection {connection!r}")
     try:
-        kept = send_to_list.address_of(conn.type, address, region)
+        kept = send_bulk.address_of(conn.type, address, region)
     except BadNumber as exc:
         raise click.ClickException(str(exc)) from None
-    added = send_to_list.opt_out(rt, connection, kept)
+    added = send_bulk.opt_out(rt, connection, kept)
     click.echo(f"{kept}: {'opted out' if added else 'was already opted out'} of {connection}'s bulk sends")
 
 

@@ -1,4 +1,4 @@
-"""One recipient of a bulk send (pipeline/steps/send_to_list.py starts the campaign and queues a job
+"""One recipient of a bulk send (pipeline/steps/send_bulk.py starts the campaign and queues a job
 per recipient; worker.send_campaign_message runs this): checked against its final state and the
 opt-outs, then sent as a planned action of pipeline/execute.py, and its final state kept."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pipeline.audit import audit
 from pipeline.execute import StepMaybeDone, execute
 from pipeline.retry import with_retries
 from pipeline.steps.send_sms import sms_ident
-from pipeline.steps.send_to_list import CAMPAIGN_TTL, PLACEHOLDER, YES, campaign_key, opt_out, optout_key
+from pipeline.steps.send_bulk import CAMPAIGN_TTL, PLACEHOLDER, YES, campaign_key, opt_out, optout_key
 from rules.engine import PlannedAction
 
 
@@ -37,7 +37,7 @@ def deliver(rt: Any, payload: dict[str, Any]) -> str:
         return _final(rt, event, state_key, address, "opted_out")
     text = PLACEHOLDER.sub(lambda m: str(row.get(m.group(1).lower(), m.group(0))), kept["text"])
     args = {"phone": address, "text": text} if kept["method"] == "send_sms" else {"chat": address, "text": text}
-    action = PlannedAction(rule=f"campaign {campaign}", rule_id="send_to_list", step=0, connection=connection,
+    action = PlannedAction(rule=f"campaign {campaign}", rule_id="send_bulk", step=0, connection=connection,
                            method=kept["method"], args=args, key=f"campaign:{campaign}|{address}")
     try:
         execute(rt, event, action)

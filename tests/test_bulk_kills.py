@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from config.settings import Settings
-from pipeline.steps import send_to_list
+from pipeline.steps import send_bulk
 from tests.fakes_viber import TOKEN, FakeViber
 from tests.reliability.harness import TEST_REDIS_URL, Deployment, WorkerPool, open_test_db, report, wait_until
 
@@ -63,8 +63,8 @@ def test_workers_killed_mid_campaign_send_each_recipient_at_most_once(tmp_path, 
     rt = worker.open_runtime(settings)
     people = [f"kill{i:05d}AAAAAA=" for i in range(RECIPIENTS)]
     for p in people[:OPTED_OUT]:
-        send_to_list.opt_out(rt, "shop-viber", p)
-    started = send_to_list.start(rt, "shop-viber", "kills", "Ціни змінюються з 1 січня.", rows=people)
+        send_bulk.opt_out(rt, "shop-viber", p)
+    started = send_bulk.start(rt, "shop-viber", "kills", "Ціни змінюються з 1 січня.", rows=people)
     assert started["queued"] == RECIPIENTS
 
     rng = random.Random(22)
@@ -78,9 +78,9 @@ def test_workers_killed_mid_campaign_send_each_recipient_at_most_once(tmp_path, 
             for slot in range(3):
                 if pool.procs[slot].poll() is not None:
                     pool.start(slot)
-        done = wait_until(lambda: (pool.supervise() or True) and send_to_list.status(rt, "kills")["pending"] == 0,
+        done = wait_until(lambda: (pool.supervise() or True) and send_bulk.status(rt, "kills")["pending"] == 0,
                           timeout=max(5.0, deadline - time.monotonic()), interval=0.5)
-        status = send_to_list.status(rt, "kills")
+        status = send_bulk.status(rt, "kills")
         assert done, f"campaign not finished: {status}\n{pool.log_tail()}"
 
     received = Counter(m["receiver"] for m in fake_viber.sent())

@@ -1,7 +1,7 @@
 """Send one message to every recipient of a list (a bulk send), each at most once per campaign id.
 
     do:
-      - send_to_list:
+      - send_bulk:
           connection: shop-viber            # a viber, telegram, turbosms or smsc connection
           campaign: "holidays-2026-12"      # the campaign id: a recipient gets it once, however often started
           file: lists/clients.csv           # a CSV (UTF-8, header row) under the configuration directory
@@ -15,14 +15,14 @@ every option). `recipients: [...]` (rows or addresses) may stand instead of `fil
 
 Starting it queues one job per recipient (no loop that sleeps): each job checks the opt-outs (the
 connection's opt-out set in Redis, `<prefix>optout:<connection>`, fed by Viber unsubscribes and
-STOP/«стоп» replies and by `cli.py campaign opt-out`; and the opt-out column), then sends through
+STOP/«стоп» replies and by `cli.py bulk opt-out`; and the opt-out column), then sends through
 the connection's client, whose shared limiter keeps the vendor's rate limit. A message that may have
-been sent and got no clear answer is never resent (`uncertain` in the status). `cli.py campaign
+been sent and got no clear answer is never resent (`uncertain` in the status). `cli.py bulk
 status <id>` shows the progress: sent, opted out, failed and why, uncertain, pending.
 """
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-NAME = "send_to_list"
+NAME = "send_bulk"
 
 
 class Options(Schema):
@@ -47,6 +47,6 @@ def plan(ctx, options: dict) -> list:
     text = str(options["text"]).strip()
     if not text:
         raise ValueError("the message is empty after rendering the template")
-    return [ctx.step("send_to_list", options["connection"], campaign=options["campaign"], text=text,
+    return [ctx.step("send_bulk", options["connection"], campaign=options["campaign"], text=text,
                      file=options["file"], rows=options["recipients"], region=options["region"],
                      opt_out_column=options["opt_out_column"])]

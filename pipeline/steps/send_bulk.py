@@ -1,6 +1,6 @@
 """Bulk sends: one message to each recipient of a list, one queued job per recipient.
 
-`start` (the `send_to_list` step, and `cli.py campaign start`) reads the list (a CSV file beside the
+`start` (the `send_bulk` step, and `cli.py bulk start`) reads the list (a CSV file beside the
 rules, or the rows a rule gives), normalises and de-duplicates the addresses (a phone number to E.164
 for SMS, a Viber user id or a Telegram chat id as given), keeps the campaign in Redis and queues one
 RQ job per recipient (`worker.send_campaign_message`). There is no sleeping loop: each job sends one
@@ -15,7 +15,7 @@ and the send itself runs as a planned action of pipeline/execute.py keyed by cam
 Opt-outs are checked right before each send, so one that arrives mid-campaign is honoured:
 - the connection's opt-out set in Redis, `<prefix>optout:<connection>` (E.164 numbers or Viber
   ids): filled by Viber `unsubscribed` callbacks and "STOP"/«стоп» messages (pipeline/observers.py),
-  by a vendor's refusal (Viber 5/6, TurboSMS stop list), and by `cli.py campaign opt-out`; it has
+  by a vendor's refusal (Viber 5/6, TurboSMS stop list), and by `cli.py bulk opt-out`; it has
   no TTL: an opted-out person never gets a bulk message again unless removed by hand (SREM);
 - a column of the list (`opt_out_column`, e.g. a CRM field exported with the list) whose value is
   yes / так / да / true / 1.
@@ -39,7 +39,7 @@ from connectors.base import PermanentApiError
 from pipeline import clock
 from sms_text import BadNumber, e164
 
-METHOD = "send_to_list"
+METHOD = "send_bulk"
 REQUIRES: frozenset[str] = frozenset()   # send_message or send_sms, by the connection's type (checked in start)
 JOB = "worker.send_campaign_message"   # runs pipeline.campaigns.deliver
 CAMPAIGN_TTL = 180 * 24 * 3600
