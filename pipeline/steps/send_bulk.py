@@ -20,8 +20,23 @@ Opt-outs are checked right before each send, so one that arrives mid-campaign is
 - a column of the list (`opt_out_column`, e.g. a CRM field exported with the list) whose value is
   yes / так / да / true / 1.
 
+A list may instead come from the CRM (`crm`: the deals in a stage, with tags, field values, last
+changed within or before a number of days; the client's `bulk_recipients` reads every page and each
+deal's contact). Each recipient is then reached in one channel, the first of `channels` (an order of
+preference: connection + the row's field that holds the address) for which the row has a usable
+address; a person with none is listed as invalid, never guessed. The opt-out check covers every
+address the person has in any of the channels: opted out in one, they get nothing.
+
+Quiet hours (`quiet_hours`: from, to, the zone from a row field or the campaign's zone or the
+channel connection's `options → timezone`): a recipient whose local time is inside the window is not
+sent to and not skipped: the job is scheduled again for the window's end (`rt.backend.call_at`, on
+`clock.now()`), counted "deferred for quiet hours" in the status.
+
 Keys (all under the prefix): `campaign:<id>` the campaign (JSON), `campaign:<id>:recipients` (hash
-address → row JSON), `campaign:<id>:state` (hash address → sent | opted_out | failed: … | uncertain: …).
+recipient → row JSON; the recipient is the address, or `<connection>|<address>` with channels),
+`campaign:<id>:state` (hash recipient → sent | opted_out | failed: … | uncertain: …),
+`campaign:<id>:deferred` (hash recipient → the end of the quiet hours it was deferred to), and
+`campaigns` (sorted set id → start time: what the console and `cli.py bulk list` show).
 """
 from __future__ import annotations
 
@@ -30,8 +45,10 @@ import hashlib
 import io
 import json
 import re
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rq import Retry
 
@@ -45,6 +62,9 @@ JOB = "worker.send_campaign_message"   # runs pipeline.campaigns.deliver
 CAMPAIGN_TTL = 180 * 24 * 3600
 CAMPAIGN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 SMS_TYPES = ("turbosms", "smsc")
+METHODS = {"turbosms": "send_sms", "smsc": "send_sms", "email": "send_email"}   # any other: send_message
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+CLOCK = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 YES = frozenset({"yes", "y", "так", "да", "true", "1", "stop", "стоп"})
 MAX_RECIPIENTS = 100_000
 ADDRESS_COLUMNS = ("address", "phone", "viber", "chat", "телефон")
@@ -68,6 +88,10 @@ def address_of(conn_type: str, value: Any, region: str | None) -> str:
     text = str(value or "").strip()
     if conn_type in SMS_TYPES:
         return e164(text, region)
+    if conn_type == "email":
+        if not EMAIL.fullmatch(text):
+            raise BadNumber(f"{text[:40]!r} is not an e-mail address")
+        return text.lower()
     if not text or len(text) > 64 or any(ch.isspace() for ch in text):
         raise BadNumber(f"{text[:40]!r} is not a chat or user id")
     return text
@@ -90,19 +114,122 @@ def read_rows(rt: Any, file: str | None, rows: list | None) -> list[dict[str, st
             for row in csv.DictReader(io.StringIO(text), dialect=dialect)]
 
 
-def start(rt: Any, connection: str, campaign: str, text: str, file: str | None = None, rows: list | None = None,
-          region: str | None = "UA", opt_out_column: str | None = None) -> dict[str, Any]:
-    """Keep the campaign and queue one job per recipient; starting it again queues only those who have
-    no final state yet (nobody gets it twice). Answers the campaign's counts."""
-    if not CAMPAIGN_ID.fullmatch(campaign or ""):
-        raise PermanentApiError(f"campaign id {campaign!r}: 1-64 of A-Z, a-z, 0-9, _ . : - (starting with a letter or digit)")
+def method_of(rt: Any, connection: str) -> str:
+    """The verb a channel connection sends with; refused when it has none."""
     conn = rt.connections.connections.get(connection)
     if conn is None:
         raise PermanentApiError(f"unknown connection {connection!r}")
-    client = rt.client(connection)
-    method = "send_sms" if conn.type in SMS_TYPES else "send_message"
-    if not client.can(method):
+    method = METHODS.get(conn.type, "send_message")
+    if not rt.client(connection).can(method):
         raise PermanentApiError(f"connection {connection!r} ({conn.type}) cannot send a message to a list")
+    return method
+
+
+def crm_rows(rt: Any, connection: str, crm: dict[str, Any]) -> list[dict[str, Any]]:
+    """The list read from a CRM connection: `stage` (one or a list), `pipeline`, `tags`, `fields`
+    ({name: value}), `active_within_days` (changed in the last N days) / `inactive_for_days` (not
+    changed in the last N days)."""
+    client = rt.client(connection)
+    if not client.can("bulk_recipients"):
+        raise PermanentApiError(f"connection {connection!r} cannot list recipients from its CRM")
+    unknown = set(crm) - {"stage", "pipeline", "tags", "fields", "active_within_days", "inactive_for_days"}
+    if unknown:
+        raise PermanentApiError(f"crm list: unknown option(s) {', '.join(sorted(unknown))}; expected stage, "
+                                "pipeline, tags, fields, active_within_days, inactive_for_days")
+    stages = crm.get("stage")
+    stages = [stages] if isinstance(stages, (str, int)) else list(stages or [])
+    now = clock.now().timestamp()
+    within, before = crm.get("active_within_days"), crm.get("inactive_for_days")
+    return client.bulk_recipients(
+        stages=[str(s) for s in stages], pipeline=crm.get("pipeline"), tags=list(crm.get("tags") or []),
+        fields=dict(crm.get("fields") or {}),
+        updated_from=now - float(within) * 86400 if within is not None else None,
+        updated_to=now - float(before) * 86400 if before is not None else None)
+
+
+def quiet_window(rt: Any, quiet: dict[str, Any] | None, channels: list[str]) -> dict[str, Any] | None:
+    """quiet_hours checked and kept: {from, to, zone, zone_field}; the zone defaults to the channel
+    connections' `options → timezone` (the first that has one)."""
+    if not quiet:
+        return None
+    start_, end = str(quiet.get("from") or ""), str(quiet.get("to") or "")
+    if not (CLOCK.fullmatch(start_) and CLOCK.fullmatch(end)) or start_ == end:
+        raise PermanentApiError(f"quiet_hours: from and to are two different times HH:MM, found {start_!r} and {end!r}")
+    zone = quiet.get("zone") or next((rt.connections.connections[c].options.get("timezone") for c in channels
+                                      if rt.connections.connections[c].options.get("timezone")), None)
+    if not zone:
+        raise PermanentApiError("quiet_hours: no zone: give quiet_hours → zone, or options → timezone on the "
+                                f"connection {channels[0]!r}")
+    try:
+        ZoneInfo(str(zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PermanentApiError(f"quiet_hours: zone {zone!r} is not an IANA time zone such as Europe/Kyiv") from None
+    return {"from": start_, "to": end, "zone": str(zone),
+            "zone_field": str(quiet["zone_field"]).lower() if quiet.get("zone_field") else None}
+
+
+def quiet_until(quiet: dict[str, Any] | None, row: dict[str, Any], now: datetime) -> datetime | None:
+    """The end of the quiet hours the recipient is in now (in their zone), or None when they are not."""
+    if not quiet:
+        return None
+    zone = ZoneInfo(quiet["zone"])
+    if quiet.get("zone_field") and row.get(quiet["zone_field"]):
+        try:
+            zone = ZoneInfo(str(row[quiet["zone_field"]]).strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            pass   # a zone the CRM field spells wrongly: the campaign's zone
+    local = now.astimezone(zone)
+    (h1, m1), (h2, m2) = (map(int, quiet[k].split(":")) for k in ("from", "to"))
+    begin, end, at = time(h1, m1), time(h2, m2), local.time()
+    inside = begin <= at < end if begin < end else (at >= begin or at < end)
+    if not inside:
+        return None
+    day = local.date() if at < end else local.date() + timedelta(days=1)
+    return datetime.combine(day, end, tzinfo=zone)
+
+
+def choose_channel(rt: Any, row: dict[str, Any], channels: list[dict[str, str]],
+                   region: str | None) -> tuple[list[list[str]], str | None]:
+    """Every (connection, address) the row gives, in the order of preference, and why none did."""
+    found: list[list[str]] = []
+    why = None
+    for channel in channels:
+        conn = rt.connections.connections[channel["connection"]]
+        value = row.get(channel["field"])
+        if value in (None, "", []):
+            continue
+        try:
+            found.append([channel["connection"], address_of(conn.type, value[0] if isinstance(value, list) else value,
+                                                            region)])
+        except BadNumber as exc:
+            why = why or f"{channel['field']}: {exc}"
+    return found, (None if found else why or "no address in any channel's field")
+
+
+def start(rt: Any, connection: str, campaign: str, text: str, file: str | None = None, rows: list | None = None,
+          region: str | None = "UA", opt_out_column: str | None = None, crm: dict[str, Any] | None = None,
+          channels: list[dict[str, str]] | None = None, quiet_hours: dict[str, Any] | None = None,
+          subject: str | None = None) -> dict[str, Any]:
+    """Keep the campaign and queue one job per recipient; starting it again queues only those who have
+    no final state yet (nobody gets it twice). Answers the campaign's counts.
+
+    Without `channels` every row is sent through `connection`; with them (a list of {connection,
+    field}), each row through the first channel whose field holds a usable address, and a `crm`
+    list is read from `connection` (a CRM's)."""
+    if not CAMPAIGN_ID.fullmatch(campaign or ""):
+        raise PermanentApiError(f"campaign id {campaign!r}: 1-64 of A-Z, a-z, 0-9, _ . : - (starting with a letter or digit)")
+    if rt.connections.connections.get(connection) is None:
+        raise PermanentApiError(f"unknown connection {connection!r}")
+    conn = rt.connections.connections[connection]
+    if crm is not None and not channels:
+        raise PermanentApiError("a list from the CRM needs channels: [{connection, field}, …] in the order of preference")
+    chans = [{"connection": str(c["connection"]), "field": str(c.get("field") or "").lower()} for c in channels or []]
+    for c in chans:
+        if not c["field"]:
+            raise PermanentApiError(f"channel {c['connection']!r}: which field of the row holds its address?")
+        method_of(rt, c["connection"])
+    method = method_of(rt, connection) if not chans else "by channel"
+    quiet = quiet_window(rt, quiet_hours, [c["connection"] for c in chans] or [connection])
     queue = getattr(rt.backend, "queue", None)
     if queue is None:
         raise PermanentApiError("bulk sends queue one job per recipient: they need Redis (REDIS_URL)")
@@ -116,21 +243,35 @@ def start(rt: Any, connection: str, campaign: str, text: str, file: str | None =
     else:
         recipients: dict[str, str] = {}
         skipped: list[dict[str, str]] = []
-        for row in read_rows(rt, file, rows)[:MAX_RECIPIENTS + 1]:
-            raw = next((row[c] for c in ADDRESS_COLUMNS if row.get(c)), "")
-            try:
-                address = address_of(conn.type, raw, region)
-            except BadNumber as exc:
-                skipped.append({"address": str(raw)[:40], "reason": str(exc)})
-                continue
-            recipients.setdefault(address, json.dumps(row, ensure_ascii=False))   # the first row of a duplicate wins
+        listed = crm_rows(rt, connection, crm) if crm is not None else read_rows(rt, file, rows)
+        for row in listed[:MAX_RECIPIENTS + 1]:
+            if chans:
+                every, why = choose_channel(rt, row, chans, region)
+                if not every:
+                    skipped.append({"address": str(row.get("name") or row.get("contact") or "")[:40], "reason": why})
+                    continue
+                via, address = every[0]
+                recipient = f"{via}|{address}"
+                row = {**row, "_via": via, "_to": address, "_all": every}
+            else:
+                raw = next((row[c] for c in ADDRESS_COLUMNS if row.get(c)), "")
+                try:
+                    recipient = address_of(conn.type, raw, region)
+                except BadNumber as exc:
+                    skipped.append({"address": str(raw)[:40], "reason": str(exc)})
+                    continue
+            recipients.setdefault(recipient, json.dumps(row, ensure_ascii=False))   # the first row of a duplicate wins
         if len(recipients) > MAX_RECIPIENTS:
             raise PermanentApiError(f"more than {MAX_RECIPIENTS} recipients: split the list into campaigns")
         kept = {"id": campaign, "connection": connection, "method": method, "text": text,
                 "opt_out_column": (opt_out_column or "").lower() or None, "total": len(recipients),
-                "invalid": skipped, "started_at": clock.now().isoformat()}
+                "invalid": skipped, "started_at": clock.now().isoformat(),
+                "channels": [c["connection"] for c in chans], "quiet": quiet, "subject": subject,
+                "source": "crm" if crm is not None else "file" if file else "rows"}
         with rt.store.pipeline() as pipe:
             pipe.set(key, json.dumps(kept, ensure_ascii=False), ex=CAMPAIGN_TTL, nx=True)
+            pipe.zadd(rt.keys("campaigns"), {campaign: clock.now().timestamp()}, nx=True)
+            pipe.zremrangebyscore(rt.keys("campaigns"), "-inf", clock.now().timestamp() - CAMPAIGN_TTL)
             if recipients:
                 pipe.hset(campaign_key(rt, campaign, "recipients"), mapping=recipients)
                 pipe.expire(campaign_key(rt, campaign, "recipients"), CAMPAIGN_TTL)
@@ -155,20 +296,42 @@ def status(rt: Any, campaign: str) -> dict[str, Any] | None:
     if raw is None:
         return None
     kept = json.loads(raw)
-    states = [v.decode() for v in rt.store.hvals(campaign_key(rt, campaign, "state"))]
+    final = {k.decode(): v.decode() for k, v in rt.store.hgetall(campaign_key(rt, campaign, "state")).items()}
+    deferred = {k.decode(): v.decode() for k, v in rt.store.hgetall(campaign_key(rt, campaign, "deferred")).items()}
     counts = {"sent": 0, "opted_out": 0, "failed": 0, "uncertain": 0}
     reasons: dict[str, int] = {}
-    for state in states:
+    by_channel: dict[str, dict[str, int]] = {}
+    for recipient, state in final.items():
         head, _, why = state.partition(": ")
         counts[head] = counts.get(head, 0) + 1
         if why:
             reasons[why] = reasons.get(why, 0) + 1
+        if "|" in recipient:
+            channel = by_channel.setdefault(recipient.partition("|")[0], {})
+            channel[head] = channel.get(head, 0) + 1
+    waiting = {r: until for r, until in deferred.items() if r not in final}
     return {"campaign": campaign, "connection": kept["connection"], "started_at": kept["started_at"],
-            "total": kept["total"], **counts, "pending": kept["total"] - len(states),
-            "invalid": kept["invalid"], "reasons": reasons}
+            "total": kept["total"], **counts, "pending": kept["total"] - len(final),
+            "deferred": len(deferred), "deferred_waiting": len(waiting),
+            "deferred_until": max(waiting.values()) if waiting else None,
+            "invalid": kept["invalid"], "reasons": reasons, "by_channel": by_channel,
+            "channels": kept.get("channels") or [kept["connection"]], "text": kept["text"]}
+
+
+def campaigns(rt: Any, limit: int = 50) -> list[dict[str, Any]]:
+    """The campaigns started (the index `<prefix>campaigns`, newest first, at most `limit`), each with its status."""
+    found = []
+    for name in rt.store.zrevrange(rt.keys("campaigns"), 0, limit - 1):
+        one = status(rt, name.decode())
+        if one is not None:
+            found.append(one)
+    return found
 
 
 def run(ctx: Any, campaign: str, text: str, file: str | None = None, rows: list | None = None,
-        region: str | None = "UA", opt_out_column: str | None = None) -> dict[str, Any]:
+        region: str | None = "UA", opt_out_column: str | None = None, crm: dict[str, Any] | None = None,
+        channels: list[dict[str, str]] | None = None, quiet_hours: dict[str, Any] | None = None,
+        subject: str | None = None) -> dict[str, Any]:
     return start(ctx.rt, ctx.connection, campaign, text, file=file, rows=rows, region=region,
-                 opt_out_column=opt_out_column)
+                 opt_out_column=opt_out_column, crm=crm, channels=channels, quiet_hours=quiet_hours,
+                 subject=subject)
