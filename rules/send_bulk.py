@@ -110,7 +110,9 @@ def plan(ctx, options: dict) -> list:
         quiet = {"from": quiet["start"], "to": quiet["end"], "zone": quiet["zone"], "zone_field": quiet["zone_field"]}
     crm = options["crm"]
     if crm is not None:
-        crm = {k: v for k, v in {**crm, "fields": crm.pop("values", None)}.items() if v is not None}
+        crm = dict(crm)
+        crm["fields"] = crm.pop("values", None)
+        crm = {k: v for k, v in crm.items() if v is not None}
     return [ctx.step("send_bulk", options["connection"], campaign=options["campaign"], text=text,
                      file=options["file"], rows=options["recipients"], region=options["region"],
                      opt_out_column=options["opt_out_column"], crm=crm, channels=options["channels"],

@@ -5,6 +5,8 @@ they have an address for, opt-outs across all their channels, and quiet hours in
 (deferred to the window's end, on the pipeline's clock, and counted)."""
 from __future__ import annotations
 
+import json
+import textwrap
 import time
 from datetime import datetime, timezone
 
@@ -232,3 +234,43 @@ def test_an_smsc_channel_s_delivery_reports_are_kept_per_recipient(runtime, fake
     run_worker(runtime)
     assert campaigns.delivery(runtime, "ru-2") == {"delivered": 1}
     assert runtime.store.hgetall(runtime.keys("campaign:ru-2:delivery")) == {b"sms-ru|+79123456789": b"delivered"}
+
+
+def test_a_rule_sends_to_a_crm_list_in_each_person_s_channel(client, runtime, amo_list, fake_tg, fake_viber,
+                                                           fake_turbo, monkeypatch):
+    """The send_bulk action of a rule (rules/send_bulk.py): its crm:, channels: and quiet_hours: reach
+    the step as the CLI's do; started by a stage change, sent by the same worker."""
+    from tests.conftest import payload
+    (runtime.settings.config_dir / "rules" / "bulk.yaml").write_text(textwrap.dedent("""
+        rules:
+          - name: Ціни 2027 — усім VIP
+            on: {event: stage.changed, connection: quickstart-amo, stage: "10216994"}
+            do:
+              - send_bulk:
+                  connection: quickstart-amo
+                  campaign: vip-rule
+                  crm: {stage: "Brief received", tags: [vip], fields: {"Viber ID": "igor0001AAAA="}}
+                  channels:
+                    - {connection: quickstart-bot, field: "telegram chat"}
+                    - {connection: shop-viber, field: "viber id"}
+                  quiet_hours: {from: "23:00", to: "06:00", zone: Europe/Kyiv}
+                  text: "{name}, з 1 січня ціни змінюються."
+        """), encoding="utf-8")
+    from rules import MODULES
+    from rules.files import load_rules
+    runtime.ruleset = load_rules(runtime.settings.config_dir / "rules", MODULES,
+                                 calendars=runtime.connections.calendars,
+                                 connections=runtime.connections.connections)     # the file added: as at a restart
+    monkeypatch.setattr(clock, "now", lambda: datetime(2026, 12, 7, 10, 0, tzinfo=timezone.utc))   # noon in Kyiv
+    amo_list.add_lead({"id": 31926520, "name": "x", "status_id": 10216994, "pipeline_id": 2116})
+    resp = client.post("/hooks/quickstart-amo?token=amo-secret", data=payload("amocrm/lead_status_changed_full.form"),
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status_code == 200
+    run_worker(runtime)
+    # the list: Brief received, tag vip, Viber ID igor…: only Ігор; by Viber (he has no Telegram chat)
+    assert [(m["receiver"], m["text"]) for m in fake_viber.sent()] == [
+        ("igor0001AAAA=", "Ігор, з 1 січня ціни змінюються.")]
+    status = send_bulk.status(runtime, "vip-rule")
+    assert (status["total"], status["sent"], status["channels"]) == (1, 1, ["quickstart-bot", "shop-viber"])
+    kept = json.loads(runtime.store.get(runtime.keys("campaign:vip-rule")))
+    assert kept["quiet"] == {"from": "23:00", "to": "06:00", "zone": "Europe/Kyiv", "zone_field": None}
