@@ -231,8 +231,9 @@ def start(rt: Any, connection: str, campaign: str, text: str, file: str | None =
     method = method_of(rt, connection) if not chans else "by channel"
     quiet = quiet_window(rt, quiet_hours, [c["connection"] for c in chans] or [connection])
     queue = getattr(rt.backend, "queue", None)
-    if queue is None:
-        raise PermanentApiError("bulk sends queue one job per recipient: they need Redis (REDIS_URL)")
+    if not hasattr(queue, "enqueue_call"):   # the embedded default, or a simulation (cli.py simulate)
+        raise PermanentApiError("bulk sends queue one job per recipient in RQ: they need Redis (REDIS_URL) and "
+                                "worker.py; the embedded default and simulations do not run them")
     key = campaign_key(rt, campaign)
     found = rt.store.get(key)
     if found is not None:
