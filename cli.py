@@ -557,55 +557,108 @@ def render_document(settings: Settings, template: str, record_file, out: Path | 
         click.echo(f"written to {out}", err=True)
 
 
-# --- bulk sends (pipeline/steps/send_to_list.py, pipeline/campaigns.py) -----------------------------------
+# --- bulk sends (pipeline/steps/send_bulk.py, pipeline/campaigns.py) -----------------------------------
 
 @cli.group()
-def campaign() -> None:
+def bulk() -> None:
     """Bulk sends: start one from a CSV list, see its progress, keep an opt-out."""
 
 
-@campaign.command("start")
+@bulk.command("start")
 @click.argument("connection")
 @click.argument("campaign_id")
-@click.option("--file", "file", required=True, help="a CSV (UTF-8, header row) under the configuration directory")
+@click.option("--file", "file", default=None, help="a CSV (UTF-8, header row) under the configuration directory")
 @click.option("--text", required=True, help="the message; {column} is the recipient's value of that column")
+@click.option("--stage", "stages", multiple=True, help="CRM list: deals in this stage (name or id; repeatable)")
+@click.option("--pipeline", default=None, help="CRM list: the pipeline (funnel) of the stages")
+@click.option("--tag", "tags", multiple=True, help="CRM list: deals with this tag (repeatable: every one)")
+@click.option("--field", "field_values", multiple=True, metavar="NAME=VALUE",
+              help="CRM list: the deal's or contact's field has this value (repeatable)")
+@click.option("--active-within-days", type=float, default=None, help="CRM list: changed in the last N days")
+@click.option("--inactive-for-days", type=float, default=None, help="CRM list: not changed in the last N days")
+@click.option("--channel", "channels", multiple=True, metavar="CONNECTION:FIELD",
+              help="a channel and the row field with its address, in the order of preference (repeatable)")
+@click.option("--quiet", default=None, metavar="HH:MM-HH:MM", help="quiet hours in the recipient's zone")
+@click.option("--zone", default=None, help="quiet hours: the zone (default: the channel's options → timezone)")
+@click.option("--zone-field", default=None, help="quiet hours: a row field holding the recipient's zone")
+@click.option("--subject", default=None, help="the e-mail subject (an email channel)")
 @click.option("--opt-out-column", default=None, help="a column whose yes/так/да/1 opts the row out")
 @click.option("--region", default="UA", show_default=True, help="SMS: country of numbers written without +")
 @click.pass_obj
-def campaign_start(settings: Settings, connection: str, campaign_id: str, file: str, text: str,
-                   opt_out_column: str | None, region: str) -> None:
-    """Queue one job per recipient (a running worker sends them); starting it again sends nobody twice."""
+def bulk_start(settings: Settings, connection: str, campaign_id: str, file: str | None, text: str,
+               stages: tuple[str, ...], pipeline: str | None, tags: tuple[str, ...], field_values: tuple[str, ...],
+               active_within_days: float | None, inactive_for_days: float | None, channels: tuple[str, ...],
+               quiet: str | None, zone: str | None, zone_field: str | None, subject: str | None,
+               opt_out_column: str | None, region: str) -> None:
+    """Queue one job per recipient (a running worker sends them); starting it again sends nobody twice.
+
+    The list is --file (CONNECTION is the channel), or read from the CRM connection CONNECTION when
+    --stage/--tag/--field/--active-within-days/--inactive-for-days is given (then --channel is needed)."""
     from connectors.base import PermanentApiError
-    from pipeline.steps import send_to_list
+    from pipeline.steps import send_bulk
+    crm: dict | None = None
+    if stages or tags or field_values or active_within_days is not None or inactive_for_days is not None:
+        bad = [f for f in field_values if "=" not in f]
+        if bad:
+            raise click.UsageError(f"--field {bad[0]!r}: expected NAME=VALUE")
+        crm = {"stage": list(stages), "pipeline": pipeline, "tags": list(tags),
+               "fields": dict(f.split("=", 1) for f in field_values),
+               "active_within_days": active_within_days, "inactive_for_days": inactive_for_days}
+        crm = {k: v for k, v in crm.items() if v not in (None, [], {})}
+    if (crm is None) == (file is None):
+        raise click.UsageError("give --file, or a CRM list (--stage, --tag, --field, --active-within-days, "
+                               "--inactive-for-days), not both")
+    bad = [c for c in channels if ":" not in c]
+    if bad:
+        raise click.UsageError(f"--channel {bad[0]!r}: expected CONNECTION:FIELD, e.g. sms-ua:phone")
+    chans = [{"connection": c.split(":", 1)[0], "field": c.split(":", 1)[1]} for c in channels]
+    quiet_hours = None
+    if quiet is not None:
+        begin, _, end = quiet.partition("-")
+        quiet_hours = {"from": begin.strip(), "to": end.strip(), "zone": zone, "zone_field": zone_field}
     try:
-        found = send_to_list.start(_runtime(settings), connection, campaign_id, text, file=file, region=region,
-                                   opt_out_column=opt_out_column)
+        found = send_bulk.start(_runtime(settings), connection, campaign_id, text, file=file, region=region,
+                                opt_out_column=opt_out_column, crm=crm, channels=chans or None,
+                                quiet_hours=quiet_hours, subject=subject)
     except PermanentApiError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"campaign {campaign_id}: {found['total']} recipient(s), {found['queued']} queued now, "
-               f"{found['invalid']} invalid address(es) left out")
+               f"{found['invalid']} without a usable address left out")
 
 
-@campaign.command("status")
-@click.argument("campaign_id")
-@click.option("--delivery", is_flag=True, help="also read the SMS delivery reports from the provider (SMSC)")
-@click.pass_obj
-def campaign_status(settings: Settings, campaign_id: str, delivery: bool) -> None:
-    """Progress: sent, opted out, failed (and why), uncertain (may have been sent: never resent), pending."""
-    from pipeline.steps import send_to_list
-    rt = _runtime(settings)
-    found = send_to_list.status(rt, campaign_id)
-    if found is None:
-        raise click.ClickException(f"no campaign {campaign_id!r}")
+def progress_lines(found: dict) -> list[str]:
+    """A campaign's status as the console and `bulk status` show it: a bar and the counts."""
     total, pending = found["total"], found["pending"]
     width, done = 30, total - pending
     bar = "#" * (width * done // total if total else width)
-    click.echo(f"campaign {campaign_id} via {found['connection']}, started {found['started_at']}")
-    click.echo(f"[{bar:<{width}}] {done}/{total}")
-    click.echo(f"sent {found['sent']}, opted out {found['opted_out']}, failed {found['failed']}, "
-               f"uncertain {found['uncertain']}, pending {pending}, invalid addresses {len(found['invalid'])}")
+    lines = [f"[{bar:<{width}}] {done}/{total} ({100 * done // total if total else 100}%)",
+             f"sent {found['sent']}, opted out {found['opted_out']}, failed {found['failed']}, "
+             f"uncertain {found['uncertain']}, pending {pending}, invalid addresses {len(found['invalid'])}",
+             f"deferred for quiet hours {found['deferred']}"
+             + (f" ({found['deferred_waiting']} waiting until {found['deferred_until']})"
+                if found["deferred_waiting"] else "")]
+    for channel, counts in sorted(found["by_channel"].items()):
+        lines.append(f"  via {channel}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for reason, count in sorted(found["reasons"].items(), key=lambda kv: -kv[1]):
-        click.echo(f"  {count} × {reason}")
+        lines.append(f"  {count} × {reason}")
+    return lines
+
+
+@bulk.command("status")
+@click.argument("campaign_id")
+@click.option("--delivery", is_flag=True, help="also read the SMS delivery reports from the provider (SMSC)")
+@click.pass_obj
+def bulk_status(settings: Settings, campaign_id: str, delivery: bool) -> None:
+    """Progress: sent, opted out, failed (and why), uncertain (may have been sent: never resent),
+    deferred for quiet hours, pending."""
+    from pipeline.steps import send_bulk
+    rt = _runtime(settings)
+    found = send_bulk.status(rt, campaign_id)
+    if found is None:
+        raise click.ClickException(f"no campaign {campaign_id!r}")
+    click.echo(f"campaign {campaign_id} via {', '.join(found['channels'])}, started {found['started_at']}")
+    for line in progress_lines(found):
+        click.echo(line)
     if delivery:
         from pipeline import campaigns
         reports = campaigns.delivery(rt, campaign_id)
@@ -615,24 +668,36 @@ def campaign_status(settings: Settings, campaign_id: str, delivery: bool) -> Non
             click.echo("delivery: " + (", ".join(f"{k} {v}" for k, v in sorted(reports.items())) or "nothing sent yet"))
 
 
-@campaign.command("opt-out")
+@bulk.command("list")
+@click.option("--limit", default=20, show_default=True, type=int)
+@click.pass_obj
+def bulk_list(settings: Settings, limit: int) -> None:
+    """The latest campaigns, newest first, with their progress."""
+    from pipeline.steps import send_bulk
+    for found in send_bulk.campaigns(_runtime(settings), limit):
+        done = found["total"] - found["pending"]
+        click.echo(f"{found['campaign']}  {found['started_at']}  {done}/{found['total']}  sent {found['sent']}, "
+                   f"failed {found['failed']}, opted out {found['opted_out']}, deferred {found['deferred']}")
+
+
+@bulk.command("opt-out")
 @click.argument("connection")
 @click.argument("address")
 @click.option("--region", default="UA", show_default=True, help="SMS: country of a number written without +")
 @click.pass_obj
-def campaign_opt_out(settings: Settings, connection: str, address: str, region: str) -> None:
+def bulk_opt_out(settings: Settings, connection: str, address: str, region: str) -> None:
     """Keep ADDRESS (a phone number or a Viber id) out of every bulk send of CONNECTION from now on."""
-    from pipeline.steps import send_to_list
+    from pipeline.steps import send_bulk
     from sms_text import BadNumber
     rt = _runtime(settings)
     conn = rt.connections.connections.get(connection)
     if conn is None:
         raise click.ClickException(f"unknown connection {connection!r}")
     try:
-        kept = send_to_list.address_of(conn.type, address, region)
+        kept = send_bulk.address_of(conn.type, address, region)
     except BadNumber as exc:
         raise click.ClickException(str(exc)) from None
-    added = send_to_list.opt_out(rt, connection, kept)
+    added = send_bulk.opt_out(rt, connection, kept)
     click.echo(f"{kept}: {'opted out' if added else 'was already opted out'} of {connection}'s bulk sends")
 
 

@@ -445,6 +445,15 @@ class CrmClient(Protocol):
         """The tasks of a record (open ones only by default)."""
         ...
 
+    def bulk_recipients(self, stages: list[str] | None = None, pipeline: str | None = None,
+                        tags: list[str] | None = None, fields: dict[str, Any] | None = None,
+                        updated_from: float | None = None, updated_to: float | None = None) -> list[dict[str, Any]]:
+        """A bulk send's list: the deals in `stages` (names or ids), with every tag of `tags`, the
+        `fields` values, last changed within [updated_from, updated_to] (unix), every page; each as
+        one row of its main contact (`contact`, `name`, `phone`, `email`, the contact's and then the
+        deal's fields by lower-cased name, `deal`, `tags`)."""
+        ...
+
     def overdue_tasks(self, before: str) -> list[dict[str, Any]]:
         """Open tasks whose deadline is before `before` (ISO 8601), with their responsible."""
         ...
@@ -910,3 +919,24 @@ def retry_after_header(resp: requests.Response) -> float | None:
         return float(value) if value else None
     except ValueError:
         return None
+
+
+def fields_match(have: dict[str, Any], want: dict[str, Any] | None) -> bool:
+    """Every wanted field has the value (a list field: one of its values), compared as text, any case."""
+    for name, value in (want or {}).items():
+        found = have.get(name)
+        found = found if isinstance(found, list) else [found]
+        if str(value).casefold() not in {str(v).casefold() for v in found if v is not None}:
+            return False
+    return True
+
+
+def recipient_row(contact: dict[str, Any], deal: dict[str, Any]) -> dict[str, Any]:
+    """One bulk-send row from a contact and its deal, both in the common shape: the contact's fields
+    and then the deal's (a name both have: the contact's), every key lower-cased."""
+    row: dict[str, Any] = {str(k).lower(): v for k, v in (deal.get("fields") or {}).items()}
+    row.update({str(k).lower(): v for k, v in (contact.get("fields") or {}).items()})
+    row.update({"contact": contact["id"], "name": contact.get("name") or "", "phone": contact.get("phone") or "",
+                "email": contact.get("email") or "", "deal": deal["id"], "deal_name": deal.get("name") or "",
+                "tags": ", ".join(str(t) for t in deal.get("tags") or [])})
+    return row

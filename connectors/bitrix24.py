@@ -34,8 +34,8 @@ from urllib.parse import urlencode
 
 from connectors.base import (
     ApiError, BadPayload, BaseClient, Changed, Connection, Entity, Event, Moved, PermanentApiError, RawWebhook,
-    RetryableApiError, Unauthorized, UncertainApiError, contact_matches, event_id, parse_nested_form, phone_digits,
-    positive_id, utc_iso,
+    RetryableApiError, Unauthorized, UncertainApiError, contact_matches, event_id, fields_match, parse_nested_form,
+    phone_digits, positive_id, recipient_row, utc_iso,
 )
 
 SOURCE = "bitrix24"
@@ -171,7 +171,7 @@ class Client(BaseClient):
         "add_contact", "link_contact", "read_stage", "find_stage", "stage_order", "find_task", "find_note",
         "overdue_tasks", "deals_without_task", "open_deals", "add_deal",
         "stage_history", "find_contact",
-        "attach_file", "product_rows", "rule_context",
+        "attach_file", "product_rows", "rule_context", "bulk_recipients",
     })
     timeout = 30.0  # a REST request may run up to 60 s (limits.md); most answer in a second or two
     docs_url = "https://apidocs.bitrix24.com/"
@@ -438,6 +438,61 @@ class Client(BaseClient):
                                                "select": ["ID", "DATE_MODIFY"]})
         return None if rows is None else [Changed("deal", str(d["ID"]), str(d.get("DATE_MODIFY") or ""), d)
                                           for d in rows]
+
+    def bulk_recipients(self, stages: list[str] | None = None, pipeline: str | None = None,
+                        tags: list[str] | None = None, fields: dict[str, Any] | None = None,
+                        updated_from: float | None = None, updated_to: float | None = None) -> list[dict[str, Any]]:
+        """A bulk send's list (pipeline/steps/send_bulk.py): crm.deal.list, every page (50 a page,
+        start=<next>), filtered by the portal (crm/deals/crm-deal-list.md): STAGE_ID (a list means
+        any of), >=DATE_MODIFY / <=DATE_MODIFY in the portal's offset (portal_time), and a deal
+        field by its UF_ code (an enumeration by its item id); each deal's CONTACT_ID is then read
+        with crm.contact.get, 50 in one `batch`. A field the deal lacks is matched on the contact's
+        values. CRM deals have no tags in the REST API: asking for tags is refused."""
+        if tags:
+            raise PermanentApiError("Bitrix24 deals have no tags: filter the list by stage, a field or last activity")
+        flt: dict[str, Any] = {}
+        if stages:
+            ids: list[str] = []
+            for stage in stages:
+                found = self.refreshed("stages", lambda: _stage_candidates(
+                    self.stages(), "deal", str(stage), None if pipeline is None else str(pipeline)))
+                if not found:
+                    raise PermanentApiError(f"Bitrix24 has no deal stage {stage!r}"
+                                            + (f" in funnel {pipeline!r}" if pipeline is not None else ""))
+                ids += [sid for sid, _ in found]
+            flt["STAGE_ID"] = ids
+        if updated_from is not None:
+            flt[">=DATE_MODIFY"] = self.portal_time(updated_from)
+        if updated_to is not None:
+            flt["<=DATE_MODIFY"] = self.portal_time(updated_to)
+        meta = self.fields("deal")
+        labels = {info["label"]: code for code, info in meta.items()}
+        deal_fields = {name: v for name, v in (fields or {}).items() if name in meta or name in labels}
+        if deal_fields:
+            flt.update(self.resolve_fields("deal", deal_fields))
+        contact_fields = {name: v for name, v in (fields or {}).items() if name not in deal_fields}
+        deals = self.list_all("crm.deal.list", {"filter": flt, "order": {"ID": "ASC"},
+                                                "select": ["ID", "TITLE", "STAGE_ID", "CATEGORY_ID", "CONTACT_ID",
+                                                           "ASSIGNED_BY_ID", "OPPORTUNITY", "DATE_MODIFY", "*", "UF_*"]})
+        wanted: dict[str, list[dict[str, Any]]] = {}
+        for rec in deals or []:
+            if rec.get("CONTACT_ID") not in (None, "", "0", 0):
+                wanted.setdefault(str(rec["CONTACT_ID"]), []).append(self.normalize("deal", rec))
+        ids_sorted = sorted(wanted, key=int)
+        found = self.batch({f"c{cid}": f"crm.contact.get?{urlencode({'id': cid})}" for cid in ids_sorted}) \
+            if ids_sorted else {"result": {}}
+        rows = []
+        for cid in ids_sorted:
+            rec = (found or {}).get("result", {}).get(f"c{cid}")
+            if not isinstance(rec, dict):
+                continue   # gone since the deal named it, or hidden from the webhook's user
+            contact = self.normalize("contact", rec)
+            contact["phone"] = next((p.get("VALUE") for p in rec.get("PHONE") or [] if isinstance(p, dict)), "")
+            contact["email"] = next((e.get("VALUE") for e in rec.get("EMAIL") or [] if isinstance(e, dict)), "")
+            if not fields_match(contact.get("fields") or {}, contact_fields):
+                continue
+            rows += [recipient_row(contact, deal) for deal in wanted[cid]]
+        return rows
 
     # --- names → ids ------------------------------------------------------------------------
 

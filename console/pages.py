@@ -203,6 +203,19 @@ def add_pages(bp: Blueprint, rt: Any, scrub: tuple[str, ...]) -> None:
                          "dead": sum(1 for v in letters if _letter_connection(v, rt.connections.connections) == name)})
         return render_template("console/connections.html", rows=rows, history_on=rt.history is not None)
 
+    @bp.get("/campaigns")
+    def campaign_list():
+        from pipeline.steps import send_bulk
+        return render_template("console/campaigns.html", found=send_bulk.campaigns(rt, 50), shown=None)
+
+    @bp.get("/campaigns/<campaign>")
+    def campaign_show(campaign: str):
+        from pipeline.steps import send_bulk
+        found = send_bulk.status(rt, campaign)
+        if found is None:
+            abort(404, f"no campaign {campaign!r}")
+        return render_template("console/campaigns.html", found=[found], shown=campaign)
+
     @bp.get("/rules")
     def rule_list():
         return render_template("console/rules.html", rules=rt.ruleset.rules, config_dir=str(rt.settings.config_dir))

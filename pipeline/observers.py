@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connectors.base import Event
-from pipeline.steps import call_back, send_to_list
+from pipeline.steps import call_back, send_bulk
 
 
 def observe(rt: Any, event: Event) -> dict[str, Any] | None:
@@ -43,13 +43,13 @@ def talk_pauses_callbacks(rt: Any, event: Event) -> dict[str, Any] | None:
 
 def opt_outs(rt: Any, event: Event) -> dict[str, Any] | None:
     """A Viber user unsubscribed, or wrote STOP/«стоп»: they get no bulk message again
-    (the connection's opt-out set, pipeline/steps/send_to_list.py)."""
+    (the connection's opt-out set, pipeline/steps/send_bulk.py)."""
     unsubscribed = event.kind == "subscription.changed" and event.data.get("subscribed") is False
     stop = event.kind == "message.received" and event.data.get("stop") is True
     chat = str((event.data.get("chat") or {}).get("id") or "")
     if not (unsubscribed or stop) or not chat:
         return None
-    send_to_list.opt_out(rt, event.connection, chat)
+    send_bulk.opt_out(rt, event.connection, chat)
     return {"opted_out": chat, "why": "unsubscribed" if unsubscribed else "stop"}
 
 

@@ -4,7 +4,8 @@ skips modules whose name starts with "_".
 - Moments inside options (`create_task: {due: 2 workign days}`): a duration or a date that cannot
   be read would skip the step on every record while the rule's other steps run.
 - Connections an action names (`connection:`, `send_digest`'s `source:` and `to:`): defined in
-  connections.yaml, and of a kind that can do it (a digest's source is a CRM that reads overdue tasks).
+  connections.yaml, and of a kind that can do it (a digest's source is a CRM that reads overdue tasks;
+  a bulk send's channels send messages, and its `crm:` list is read from a CRM that lists recipients).
 - Telegram chats named by alias (`chat: team`): defined in that bot's `options: {chats: …}`.
 - Templates: the names a template reads exist where the engine builds its context
   (rules.engine.template_context), and `event.…` keys exist on every event.
@@ -71,6 +72,9 @@ def check(rules: list, connections: Any, connectors: dict[str, Any], steps: dict
                 err(chat_key, f"{chat_key}: {problem}")
         if spec.verb == "send_digest":
             errors.extend(_digest(rule, spec, options, known, connectors, steps, crumb))
+        if spec.verb == "send_bulk" and known:
+            for key, node, problem in bulk_problems(options, known, connectors):
+                errors.append(ConfigError(rule.file, line_of(node, key, spec.line), f"{crumb} → {problem}"))
         for key, problem in template_problems(options, rule, spec in rule.otherwise):
             err(key, f"{key}: {problem}")
     return errors
@@ -105,6 +109,39 @@ def chat_problem(chat: Any, connection: Any) -> str | None:
     defined = f"; defined: {', '.join(sorted(map(str, aliases)))}" if aliases else ""
     return (f"expected a chat id, an @username or a chat name from connection {connection.name!r} → "
             f"options → chats, found {text!r}{did_you_mean(text, aliases) or defined}")
+
+
+# a bulk send's channel: a connection whose client has one of these verbs
+BULK_SENDS = ("send_message", "send_sms", "send_email")
+
+
+def bulk_problems(options: dict, known: dict, connectors: dict) -> Iterator[tuple[str, Any, str]]:
+    """send_bulk: each channel a known connection that can send; with `crm:`, the action's
+    connection a CRM whose client lists recipients (amoCRM, Bitrix24)."""
+    def able(name: str, verbs: tuple[str, ...]) -> bool:
+        conn = known.get(name)
+        kind = connectors.get(conn.type) if conn is not None else None
+        return kind is not None and any(v in getattr(kind.Client, "capabilities", ()) for v in verbs)
+    channels = options.get("channels") or []
+    for i, channel in enumerate(channels if isinstance(channels, list) else []):
+        name = channel.get("connection") if isinstance(channel, dict) else None
+        if not isinstance(name, str) or is_template(name):
+            continue
+        if name not in known:
+            yield "connection", channel, (f"channels[{i}] → connection: no connection {name!r} in "
+                                          f"connections.yaml{did_you_mean(name, known)}")
+        elif not able(name, BULK_SENDS):
+            senders = sorted(n for n in known if able(n, BULK_SENDS))
+            yield "connection", channel, (f"channels[{i}] → connection: expected a connection that sends messages "
+                                          f"({', '.join(senders) or 'none is configured'}), found {name!r} "
+                                          f"(a {known[name].type} connection)")
+    source = options.get("connection")
+    if options.get("crm") is not None and isinstance(source, str) and source in known \
+            and not able(source, ("bulk_recipients",)):
+        crms = sorted(n for n in known if able(n, ("bulk_recipients",)))
+        yield "connection", options, (f"connection: expected, with crm:, the CRM the list is read from "
+                                      f"({', '.join(crms) or 'none is configured'}), found {source!r} "
+                                      f"(a {known[source].type} connection)")
 
 
 def _named_connections(verb: str, options: dict) -> Iterator[tuple[str, str]]:

@@ -480,12 +480,19 @@ class FakeAmo(FakeServer):
         and order[created_at]=desc (filters-api, leads-api: how find_lead reads back a copy)."""
         q = call.query
         since = int(q.get("filter[updated_at][from]", ["0"])[0])
+        until = int(q.get("filter[updated_at][to]", [str(2 ** 40)])[0])
         made = int(q.get("filter[created_at][from]", ["0"])[0])
         pipeline = (q.get("filter[pipeline_id]") or q.get("filter[pipeline_id][]") or [None])[0]
-        found = [lead for lead in self.leads.values() if lead.get("updated_at", 0) >= since
-                 and lead.get("created_at", 0) >= made and pipeline in (None, str(lead.get("pipeline_id")))]
+        # filters-api: filter[statuses][i][pipeline_id] + filter[statuses][i][status_id], any of them
+        statuses = {(q.get(f"filter[statuses][{i}][pipeline_id]", [""])[0], q[f"filter[statuses][{i}][status_id]"][0])
+                    for i in range(50) if f"filter[statuses][{i}][status_id]" in q}
+        found = [lead for lead in self.leads.values() if since <= lead.get("updated_at", 0) <= until
+                 and lead.get("created_at", 0) >= made and pipeline in (None, str(lead.get("pipeline_id")))
+                 and (not statuses or (str(lead.get("pipeline_id")), str(lead.get("status_id"))) in statuses)]
         if (q.get("order[created_at]") or [""])[0] == "desc":
             return self._page(call, "leads", sorted(found, key=lambda lead: (-lead.get("created_at", 0), -lead["id"])))
+        if (q.get("order[id]") or [""])[0] == "asc":
+            return self._page(call, "leads", sorted(found, key=lambda lead: lead["id"]))
         return self._page(call, "leads", sorted(found, key=lambda lead: lead.get("updated_at", 0)))
 
     def _add_leads(self, call: Call, m: re.Match):
@@ -739,6 +746,10 @@ class FakeAmo(FakeServer):
             texts = [str(contact.get("name") or "")] + [str(v.get("value")) for cf in contact.get("custom_fields_values") or []
                                                         for v in cf.get("values") or []]
             return any(query in t.casefold() or (len(digits) >= 5 and digits in re.sub(r"\D", "", t)) for t in texts)
+        ids = {int(i) for i in call.query.get("filter[id][]") or []}
+        if ids:                       # filters-api: filter[id][]=1&filter[id][]=2
+            return self._page(call, "contacts", [c for c in sorted(self.contacts.values(), key=lambda c: c["id"])
+                                                 if c["id"] in ids])
         made = int((call.query.get("filter[created_at][from]") or ["-1"])[0])
         if made >= 0 and not query:   # filter[created_at][from], newest first: find_contact's read-back
             found = [c for c in self.contacts.values() if c.get("created_at", 0) >= made]

@@ -156,6 +156,33 @@ def test_a_file_that_is_not_utf8_is_said_by_line_and_column(tmp_path):
                       "save the file as UTF-8", "1 error in 1 file; crmbridge did not start."]
 
 
+def test_a_bulk_send_s_channels_and_crm_are_checked_at_start_up(tmp_path):
+    rules = """rules:
+  - name: prices
+    on: {event: stage.changed, connection: amo}
+    do:
+      - send_bulk:
+          connection: bot
+          campaign: prices-2027
+          text: Нові ціни
+          crm: {stage: Постійний клієнт}
+          channels:
+            - {connection: bott, field: telegram chat}
+            - {connection: amo, field: phone}
+"""
+    config = configure(tmp_path, rules)
+    code, output = validate(config)
+    assert code == 1
+    assert output == [
+        f"{config}/rules/r.yaml:6: rule \"prices\" → send_bulk → connection: expected, with crm:, the CRM the list "
+        "is read from (amo), found 'bot' (a telegram connection)",
+        f"{config}/rules/r.yaml:11: rule \"prices\" → send_bulk → channels[0] → connection: no connection "
+        "'bott' in connections.yaml; did you mean \"bot\"?",
+        f"{config}/rules/r.yaml:12: rule \"prices\" → send_bulk → channels[1] → connection: expected a "
+        "connection that sends messages (bot), found 'amo' (a amocrm connection)",
+        "3 errors in 1 file; crmbridge did not start."]
+
+
 def test_the_shipped_examples_pass(tmp_path):
     """No false alarm on the rules the project ships."""
     root = Path(cli.__file__).parent / "config" / "examples"

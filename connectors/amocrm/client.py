@@ -17,8 +17,8 @@ import requests
 
 from connectors.amocrm.auth import TokenAuth
 from connectors.base import (
-    BaseClient, Changed, Entity, Moved, PermanentApiError, RetryableApiError, contact_matches, phone_digits, segment,
-    utc_iso,
+    BaseClient, Changed, Entity, Moved, PermanentApiError, RetryableApiError, contact_matches, fields_match,
+    phone_digits, recipient_row, segment, utc_iso,
 )
 
 log = logging.getLogger("crmbridge.connectors.amocrm")
@@ -49,7 +49,7 @@ class Client(TokenAuth, BaseClient):
         "link_contact", "find_catalog_elements", "read_stage", "find_stage", "stage_order",
         "deals_without_task",
         "stage_history", "find_lead", "find_contact",
-        "upload_file", "attach_file", "product_rows", "open_deals", "add_deal",
+        "upload_file", "attach_file", "product_rows", "open_deals", "add_deal", "bulk_recipients",
     })
     add_deal_links_contact = False   # a lead is created, then linked (entity-links-api): two calls
     deal_type = "lead"               # amoCRM's deals are leads
@@ -304,6 +304,56 @@ class Client(TokenAuth, BaseClient):
         params = {"filter[updated_at][from]": int(unix_ts), "order[updated_at]": "asc", "with": "contacts"}
         return [Changed("lead", lead["id"], lead.get("updated_at") or "", lead)
                 for lead in (self.normalize(item) for item in self.pages("/api/v4/leads", "leads", params))]
+
+    def bulk_recipients(self, stages: list[str] | None = None, pipeline: str | None = None,
+                        tags: list[str] | None = None, fields: dict[str, Any] | None = None,
+                        updated_from: float | None = None, updated_to: float | None = None) -> list[dict[str, Any]]:
+        """A bulk send's list (pipeline/steps/send_bulk.py): GET /api/v4/leads with `with=contacts`,
+        every page, filtered by amoCRM where its filter grammar allows (filters-api, leads-api):
+        `filter[statuses][i][pipeline_id]` + `filter[statuses][i][status_id]` for the stages,
+        `filter[updated_at][from|to]` (unix) for the last activity. leads-api documents no filter by
+        tag or by a custom field's value, so those are matched here, on each lead's `_embedded.tags`
+        and on the lead's and its contact's `custom_fields_values`. Each lead's main contact (else its first) is then read with
+        GET /api/v4/contacts?filter[id][]=… (250 a page); a lead without a contact is left out."""
+        params: dict[str, Any] = {"with": "contacts", "order[id]": "asc"}
+        for i, stage in enumerate(stages or []):
+            status_id, pipeline_id = self.resolve_stage(str(stage), pipeline)
+            if pipeline_id is None:   # an id without its pipeline: the pipeline that has it
+                pipeline_id = next((int(pid) for pid, p in self.pipelines().items()
+                                    if str(status_id) in p["statuses"]), None)
+            params[f"filter[statuses][{i}][pipeline_id]"] = pipeline_id
+            params[f"filter[statuses][{i}][status_id]"] = status_id
+        if updated_from is not None:
+            params["filter[updated_at][from]"] = int(updated_from)
+        if updated_to is not None:
+            params["filter[updated_at][to]"] = int(updated_to)
+        want_tags = {str(t).casefold() for t in tags or []}
+        leads: list[dict[str, Any]] = []
+        for item in self.pages("/api/v4/leads", "leads", params):
+            lead = self.normalize(item)
+            if not want_tags - {str(t).casefold() for t in lead.get("tags") or []}:
+                leads.append(lead)
+        wanted = {}
+        for lead in leads:
+            main = (lead.get("main_contact") or {}).get("id") or next(iter(lead.get("contacts") or []), None)
+            if main:
+                wanted.setdefault(str(main), []).append(lead)
+        contacts: dict[str, dict[str, Any]] = {}
+        ids = sorted(wanted, key=int)
+        for i in range(0, len(ids), PAGE_LIMIT):
+            chunk = [int(c) for c in ids[i:i + PAGE_LIMIT]]
+            for item in self.pages("/api/v4/contacts", "contacts", {"filter[id][]": chunk}):
+                contacts[str(item["id"])] = self.normalize(item)
+        rows = []
+        for cid in ids:
+            contact = contacts.get(cid)
+            if contact is None:
+                continue
+            for lead in wanted[cid]:
+                if not fields_match({**(lead.get("fields") or {}), **(contact.get("fields") or {})}, fields):
+                    continue   # a field is the deal's or the contact's: matched on both
+                rows.append(recipient_row(contact, lead))
+        return rows
 
     # --- tasks -------------------------------------------------------------------------------
 

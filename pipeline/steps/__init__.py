@@ -26,7 +26,7 @@ from pipeline.steps import (
     save_order_photo,
     send_digest,
     send_sms,
-    send_to_list,
+    send_bulk,
     start_next_task,
     track_time,
 )
@@ -49,7 +49,7 @@ STEPS: dict[str, Any] = {
     "save_order_photo": save_order_photo,
     "send_digest": send_digest,
     "send_sms": send_sms,
-    "send_to_list": send_to_list,
+    "send_bulk": send_bulk,
     "start_next_task": start_next_task,
     "track_time": track_time,
 }

@@ -11,6 +11,7 @@ from tests.conftest import TG_TOKEN
 from tests.console.conftest import RECORD, TOKEN, audit_lines
 
 PAGES = ["/console/", "/console/events", "/console/dead-letters", "/console/timers", "/console/connections",
+         "/console/campaigns",
          "/console/rules", f"/console/records/{RECORD}", "/console/search?q=31926520"]
 
 

@@ -35,7 +35,8 @@ TASK_FIELDS = [
     {"id": 114, "name": "Оплачено до", "type": 3}, {"id": 115, "name": "Надіслати бриф", "type": 7},
     {"id": 116, "name": "Бриф надіслано", "type": 3}, {"id": 117, "name": "Бриф отримано", "type": 3},
     {"id": 118, "name": "Проєкт", "type": 0}, {"id": 119, "name": "Вид робіт", "type": 0},
-    {"id": 120, "name": "Сума", "type": 1}, {"id": 121, "name": "Дата оплати", "type": 3}]
+    {"id": 120, "name": "Сума", "type": 1}, {"id": 121, "name": "Дата оплати", "type": 3},
+    {"id": 122, "name": "Viber", "type": 0}]
 CONTACT_FIELDS = [
     {"id": 210, "name": "Компанія", "type": 0}, {"id": 211, "name": "Соцмережі", "type": 0},
     {"id": 212, "name": "Рекламний бюджет", "type": 0}, {"id": 213, "name": "Цільова аудиторія", "type": 0}]
@@ -63,7 +64,8 @@ def env(fake_planfix, fake_tg) -> dict[str, str]:
     return {"PLANFIX_BASE_URL": f"{fake_planfix.url}/rest", "PLANFIX_TOKEN": "PF-TOKEN",
             "PLANFIX_WEBHOOK_SECRET": "pf-secret", "TELEGRAM_API_URL": fake_tg.url,
             "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret",
-            "STAFF_CHAT_ID": str(STAFF_CHAT), "FORMS_WEBHOOK_SECRET": "forms-secret"}
+            "STAFF_CHAT_ID": str(STAFF_CHAT), "FORMS_WEBHOOK_SECRET": "forms-secret",
+            "VIBER_WEBHOOK_SECRET": "viber-secret"}   # no VIBER_TOKEN: the Viber bot is record-only here
 
 
 @pytest.fixture

@@ -155,7 +155,8 @@ def smm_fixture(tmp_path: Path, fake_tg: FakeTelegram, redis_db) -> Iterator[Smm
     env = {"PLANFIX_BASE_URL": f"{planfix.url}/rest", "PLANFIX_WEBHOOK_SECRET": "pf-secret", "PLANFIX_TOKEN": "pf-token",
            "TELEGRAM_API_URL": fake_tg.url, "TELEGRAM_BOT_TOKEN": TG_TOKEN, "TELEGRAM_WEBHOOK_SECRET": "tg-secret",
            "FORMS_WEBHOOK_SECRET": "forms-secret", "STAFF_CHAT_ID": STAFF_CHAT,
-           "AGENCY_STAFF_TELEGRAM": "@olena_pm, 555000999", "BUTTON_SIGNING_SECRET": "buttons-secret-for-tests"}
+           "AGENCY_STAFF_TELEGRAM": "@olena_pm, 555000999", "BUTTON_SIGNING_SECRET": "buttons-secret-for-tests",
+           "VIBER_WEBHOOK_SECRET": "viber-secret"}
     settings = Settings(config_dir=config, redis_url=TEST_REDIS_URL, redis_prefix="crmbridge-test:",
                         queue_name="crmbridge-test", testing=True, environ=env, action_attempts=3)
     app = create_app(settings=settings)

@@ -32,15 +32,15 @@ FRIDAY_5PM_KYIV = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
 def test_the_whole_example_folder_loads():
     """`python cli.py validate` on config/examples/smm-agency, every rule file included."""
     environ = {**os.environ, "CRMBRIDGE_CONFIG": str(EXAMPLE), "REDIS_URL": "", "PLANFIX_WEBHOOK_SECRET": "a",
-               "TELEGRAM_WEBHOOK_SECRET": "b", "FORMS_WEBHOOK_SECRET": "c",
+               "TELEGRAM_WEBHOOK_SECRET": "b", "FORMS_WEBHOOK_SECRET": "c", "VIBER_WEBHOOK_SECRET": "d",
                "STAFF_CHAT_ID": "-1001000000001"}   # no default: tests/test_guides.py
-    for name in ("PLANFIX_TOKEN", "TELEGRAM_BOT_TOKEN", "PLANFIX_BASE_URL"):
+    for name in ("PLANFIX_TOKEN", "TELEGRAM_BOT_TOKEN", "PLANFIX_BASE_URL", "VIBER_TOKEN", "VIBER_API_URL"):
         environ.pop(name, None)
     done = subprocess.run([sys.executable, "cli.py", "validate"], cwd=ROOT, env=environ, timeout=60,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     last = done.stdout.strip().splitlines()[-1]
-    assert last.startswith("ok: 3 connection(s), ") and last.endswith(f"in {EXAMPLE}")
+    assert last.startswith("ok: 4 connection(s), ") and last.endswith(f"in {EXAMPLE}")
     files = [yaml.safe_load(path.read_text(encoding="utf-8")) for path in (EXAMPLE / "rules").glob("*.yaml")]
     shipped = sum(1 for doc in files for rule in (doc["rules"] if isinstance(doc, dict) else doc)
                   if rule.get("enabled", True))
