@@ -138,3 +138,23 @@ def test_attach_to_deal_step_comments_on_the_latest_open_task_or_makes_one(fake_
     assert fake_planfix.comments[("task", made)][0]["description"] == "Tilda: нова заявка"
     again = STEPS["attach_to_deal"].run(step_context(pf, key="second-person"), **kwargs)   # a retried job
     assert again["attached"] == result["attached"] and len(fake_planfix.received("POST", r"/rest/task/$")) == 1
+
+
+def test_a_task_event_reads_its_own_clients_leads_when_a_rule_asks_new_deals(fake_planfix, redis_db):
+    """The worker's enrich (pipeline/snapshot.py): on Planfix the task is the lead, so `new_deals`
+    reads the task's client's other tasks, not only a parent record's."""
+    from connectors.base import Event
+    from pipeline import snapshot
+    from rules.conditions import check
+    from tests.steps import step_context
+    pf = client(fake_planfix, redis_db)
+    rt = step_context(pf).rt
+    event = Event(id="e1", connection="shop-planfix", source="planfix", kind="stage.changed",
+                  entity=Entity("task", "503"), data={}, raw={}, occurred_at="2026-12-06T00:00:00+00:00")
+    entity = snapshot.enrich(rt, event, {"id": "503", "type": "task"}, {"deals"})
+    assert [d["id"] for d in entity["client_deals"]] == ["502", "501"]
+    ctx = {"entity": entity, "event": {"occurred_at": event.occurred_at}}
+    fake_planfix.tasks[502]["dateTime"] = {"datetime": "2026-12-07T08:00Z"}   # opened after the event
+    entity = snapshot.enrich(rt, event, {"id": "503", "type": "task"}, {"deals"})
+    assert "1 new deal(s) of the client" in check({"new_deals": 0}, {**ctx, "entity": entity})
+    assert snapshot.enrich(rt, event, {"id": "503", "type": "task"}, {"tasks"}) == {"id": "503", "type": "task"}
