@@ -158,3 +158,20 @@ def test_a_task_event_reads_its_own_clients_leads_when_a_rule_asks_new_deals(fak
     entity = snapshot.enrich(rt, event, {"id": "503", "type": "task"}, {"deals"})
     assert "1 new deal(s) of the client" in check({"new_deals": 0}, {**ctx, "entity": entity})
     assert snapshot.enrich(rt, event, {"id": "503", "type": "task"}, {"tasks"}) == {"id": "503", "type": "task"}
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_a_new_task_answered_500_is_looked_for_before_it_is_made_again(fake_planfix, redis_db, applied):
+    """"Applied then answered 5xx": the task made is found among the contact's open ones and used;
+    a 500 that made nothing is sent once more. One task either way."""
+    fake_planfix.add("contact", {"id": 8, "name": "Петро", "phones": [{"number": "0501112233", "type": 1}]})
+    fake_planfix.tasks.pop(505)
+    fake_planfix.fail(r"/rest/task/$", 500, {"result": "fail", "code": 0, "error": "Internal error"},
+                      applied=applied, method="POST")
+    result = run_step("attach_to_deal", client(fake_planfix, redis_db), text="Tilda: заявка", by="phone",
+                      value="+380501112233", none_open="new_deal", deal_title="Заявка: Петро")
+    mine = [n for n, t in fake_planfix.tasks.items() if (t.get("counterparty") or {}).get("id") == "contact:8"]
+    assert len(mine) == 1 and result["attached"] == f"task:{mine[0]}"
+    assert [c["description"] for c in fake_planfix.comments[("task", mine[0])]] == ["Tilda: заявка"]
+    sent = [c for c in fake_planfix.calls if c.method == "POST" and c.path == "/rest/task/"]
+    assert len(sent) == (1 if applied else 2)   # found and used, or (nothing made) sent once more
