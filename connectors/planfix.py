@@ -587,13 +587,15 @@ class Client(BaseClient):
         """The id of a subtask of the task (or a task of the project) that create_task would name
         after `text`, made at or after `since` (its dateTime, a TimePoint to the minute), or None.
         POST /task/list with the complex filter 73 "parent task" (or 5 "project"), operator equal
-        (planfix-docs REST_API__Сложные_фильтры_задач.md). A contact's tasks have no such filter
-        here: that raises, so an uncertain task there is left to a person, not made twice."""
-        kind = {"task": PARENT_FILTER, "project": PROJECT_FILTER}.get(entity.type)
+        (planfix-docs REST_API__Сложные_фильтры_задач.md); a contact's tasks (create_task makes it
+        their counterparty) by the filter 7 "Контрагент", value "contact:N". Anything else raises,
+        so an uncertain task there is left to a person, not made twice."""
+        kind = {"task": PARENT_FILTER, "project": PROJECT_FILTER, "contact": COUNTERPARTY_FILTER}.get(entity.type)
         if kind is None:
             raise PermanentApiError(f"Planfix: cannot read back the tasks of a {entity.type}")
         name, start = _task_name(text), self._read_back_start(since)
-        flt = {"type": kind, "operator": "equal", "value": _int_or(entity.id)}
+        value = f"contact:{entity.id}" if entity.type == "contact" else _int_or(entity.id)
+        flt = {"type": kind, "operator": "equal", "value": value}
         for page in range(MAX_PAGES):
             resp = self.request("POST", "/task/list", json_body={
                 "offset": page * 100, "pageSize": 100, "filters": [flt], "fields": "id,name,dateTime"})
