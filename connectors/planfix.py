@@ -20,6 +20,7 @@ responsible, author, project, contact) may carry REST v2's generic person id, `u
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import html
 import json
@@ -272,7 +273,8 @@ def option_problems(options: dict[str, Any]) -> list[tuple[str, str]]:
         return []
     if not isinstance(deals, dict):
         return [("deals", f"expected a mapping such as {{process: Продажі, status: Нова}}, found {deals!r}")]
-    found = [("deals", f"unknown key {key!r}; expected one of: {', '.join(DEAL_OPTIONS)}")
+    found = [("deals", f"unknown key {key!r}; expected one of: {', '.join(DEAL_OPTIONS)}"
+                       + "".join(f'; did you mean "{n}"?' for n in difflib.get_close_matches(str(key), DEAL_OPTIONS, 1)))
              for key in deals if key not in DEAL_OPTIONS]
     found += [("deals", f"{key}: expected a name or an id, found {value!r}") for key, value in deals.items()
               if key in DEAL_OPTIONS and (isinstance(value, bool) or not isinstance(value, (str, int))

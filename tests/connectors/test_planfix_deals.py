@@ -112,7 +112,7 @@ def test_client_deals_are_the_other_tasks_of_the_tasks_client(fake_planfix, redi
 
 
 @pytest.mark.parametrize(("deals", "problem"), [
-    ({"proces": "Продажі"}, "unknown key 'proces'; expected one of: process, status, contact_field"),
+    ({"proces": "Продажі"}, "unknown key 'proces'; expected one of: process, status, contact_field; did you mean \"process\"?"),
     ({"status": "Новий лід"}, "status 'Новий лід' is named: name the process too"),
     ({"process": ["Продажі"]}, "process: expected a name or an id"),
     ("Продажі", "expected a mapping such as"),
