@@ -155,19 +155,23 @@ class _Rule:
         self.err(line, crumb, f"expected a {kind} name{scope} that {where} has{exactly}, found {text!r}{hint}")
 
     def field_name(self, name: Any, line: int, crumb: str, targets: list[str],
-                   path: str | None = None) -> dict[str, Any] | None:
-        """A field a rule (or a template at `path`) names; its description when found in one of `targets`."""
+                   path: str | None = None, deal: bool = False) -> dict[str, Any] | None:
+        """A field a rule (or a template at `path`) names; its description when found in one of `targets`.
+        `deal`: a field of the CRM's deal (amoCRM lead, Bitrix24 deal, Planfix task), whatever the rule is on."""
         if not isinstance(name, str) or not name or _templated(name) or not targets:
             return None
+
+        def entity(crm: str) -> str:
+            return DEFAULT_ENTITY.get(self._type(crm) or "", "lead") if deal else self._entity(crm)
         for crm in targets:
-            fields = self.crms[crm]["fields"].get(self._entity(crm)) or {}
+            fields = self.crms[crm]["fields"].get(entity(crm)) or {}
             if name in fields:
                 return fields[name]
             by_id = next((f for f in fields.values() if str(f.get("id")) == name), None)
             if by_id is not None:
                 return by_id
-        real = {n for crm in targets for n in (self.crms[crm]["fields"].get(self._entity(crm)) or {})}
-        where = " or ".join(f"{VENDOR[self._type(c)]} {c!r} ({self._entity(c)})" for c in targets)
+        real = {n for crm in targets for n in (self.crms[crm]["fields"].get(entity(crm)) or {})}
+        where = " or ".join(f"{VENDOR[self._type(c)]} {c!r} ({entity(c)})" for c in targets)
         self.err(line, crumb, f"expected a field that {where} has, found {name!r}{did_you_mean(name, real)}", path)
         return None
 
@@ -223,6 +227,11 @@ class _Rule:
             for name, value in values.items():
                 described = self.field_name(name, line_of(values, name, spec.line), f"{crumb} → {name}", targets)
                 self.enum_value(described, name, value, line_of(values, name, spec.line), f"{crumb} → {name}")
+        if spec.verb == "attach_to_deal":   # the new deal's fields: a misspelled one would fail the intake's create
+            values = options.get("deal_fields") if isinstance(options.get("deal_fields"), dict) else {}
+            for name in values:
+                self.field_name(name, line_of(values, name, line("deal_fields")), f"{crumb} → deal_fields", targets,
+                                deal=True)
         for key, text in _strings(options):
             for name in _fields_read(text):
                 self.field_name(name, line(key.split(" → ")[0].split("[")[0]), f"{crumb} → {key} (template)", targets)

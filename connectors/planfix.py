@@ -20,6 +20,7 @@ responsible, author, project, contact) may carry REST v2's generic person id, `u
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import html
 import json
@@ -264,6 +265,25 @@ def _when(value: Any, connection: Connection) -> str:
     return moment.astimezone(timezone.utc).isoformat()
 
 
+def option_problems(options: dict[str, Any]) -> list[tuple[str, str]]:
+    """`options.deals` (leads as tasks, Client.open_deals), checked at start-up (config/connections.py,
+    with file:line): a mapping of process, status and contact_field, each a name or an id."""
+    deals = options.get("deals")
+    if deals is None:
+        return []
+    if not isinstance(deals, dict):
+        return [("deals", f"expected a mapping such as {{process: Продажі, status: Нова}}, found {deals!r}")]
+    found = [("deals", f"unknown key {key!r}; expected one of: {', '.join(DEAL_OPTIONS)}"
+                       + "".join(f'; did you mean "{n}"?' for n in difflib.get_close_matches(str(key), DEAL_OPTIONS, 1)))
+             for key in deals if key not in DEAL_OPTIONS]
+    found += [("deals", f"{key}: expected a name or an id, found {value!r}") for key, value in deals.items()
+              if key in DEAL_OPTIONS and (isinstance(value, bool) or not isinstance(value, (str, int))
+                                          or not str(value).strip())]
+    if deals.get("status") not in (None, "") and not str(deals["status"]).isdigit() and not deals.get("process"):
+        found.append(("deals", f"status {deals['status']!r} is named: name the process too (a status belongs to one)"))
+    return found
+
+
 # --- REST API v2 out --------------------------------------------------------------------------
 
 FAILED = {"fail", "failure", "error"}
@@ -283,6 +303,12 @@ CHANGED_FILTER = 38
 PROJECT_FILTER, PARENT_FILTER = 5, 73   # the same page: "project" and "parent task", operator equal
 READ_BACK_SLACK = 120   # seconds find_task/find_note look before `since`: times to the minute, two clocks
 CONTACT_FILTERS = {"phone": 4003, "email": 4005, "inbox_sender": 4101}  # find_or_create, see Client
+# A lead is a task (attach_to_deal, new_deals; see Client.open_deals): task filter types 7
+# "Контрагент" (value "contact:N"), 108 "Пользовательское поле типа Контакт" (`field`, value
+# "contact:N") and 24 "Процесс" (the process id), operator equal (REST_API__Сложные_фильтры_задач.md).
+COUNTERPARTY_FILTER, CONTACT_FIELD_FILTER, PROCESS_FILTER = 7, 108, 24
+CONTACT_FIELD_TYPE = 10   # "Контакт" (REST_API_Типы_пользовательских_полей.md; API-REFERENCE §3.1)
+DEAL_OPTIONS = ("process", "status", "contact_field")
 MAX_PAGES = 1000  # 100 000 tasks a look: a guard, not a limit one should meet
 
 
@@ -295,7 +321,7 @@ class Client(BaseClient):
         "get_entity", "changed_since", "set_fields", "move_to_stage", "create_task", "add_note",
         "add_chat_comment", "download", "set_responsible", "delete_entity", "search_contacts", "add_contact",
         "link_contact", "read_task", "project_tasks", "set_status", "find_task", "find_note", "overdue_tasks",
-        "find_contact",
+        "find_contact", "open_deals", "add_deal", "rule_context",
         "upload_file", "attach_file",
         "find_tasks", "process_id",
     })
@@ -563,13 +589,15 @@ class Client(BaseClient):
         """The id of a subtask of the task (or a task of the project) that create_task would name
         after `text`, made at or after `since` (its dateTime, a TimePoint to the minute), or None.
         POST /task/list with the complex filter 73 "parent task" (or 5 "project"), operator equal
-        (planfix-docs REST_API__Сложные_фильтры_задач.md). A contact's tasks have no such filter
-        here: that raises, so an uncertain task there is left to a person, not made twice."""
-        kind = {"task": PARENT_FILTER, "project": PROJECT_FILTER}.get(entity.type)
+        (planfix-docs REST_API__Сложные_фильтры_задач.md); a contact's tasks (create_task makes it
+        their counterparty) by the filter 7 "Контрагент", value "contact:N". Anything else raises,
+        so an uncertain task there is left to a person, not made twice."""
+        kind = {"task": PARENT_FILTER, "project": PROJECT_FILTER, "contact": COUNTERPARTY_FILTER}.get(entity.type)
         if kind is None:
             raise PermanentApiError(f"Planfix: cannot read back the tasks of a {entity.type}")
         name, start = _task_name(text), self._read_back_start(since)
-        flt = {"type": kind, "operator": "equal", "value": _int_or(entity.id)}
+        value = f"contact:{entity.id}" if entity.type == "contact" else _int_or(entity.id)
+        flt = {"type": kind, "operator": "equal", "value": value}
         for page in range(MAX_PAGES):
             resp = self.request("POST", "/task/list", json_body={
                 "offset": page * 100, "pageSize": 100, "filters": [flt], "fields": "id,name,dateTime"})
@@ -736,6 +764,143 @@ class Client(BaseClient):
         if process in (None, "") or str(process).isdigit() or self.record_only:
             return process
         return int(self.lookup("process/task", "processes", process, f"Planfix has no task process {process!r}")["id"])
+
+    # --- leads as tasks (attach_to_deal, E1/D8; new_deals, E3) ---------------------------------
+    # Planfix has no deals: a lead is a task of the contact, in the connection's sales process
+    # (options.deals.process, e.g. "Продажі"), the contact being its counterparty (TaskUpdateRequest
+    # .counterparty) or a task field of type Contact (options.deals.contact_field). Open is a status
+    # of the type "Активный" (Задачи/Тип_статуса_задачи.md: a status is active or inactive, "для
+    # отбора задач … в фильтрах"), given as `isActive` by GET /process/task/{id}/statuses (TaskStatus
+    # in saranchyev/planfix-rest-api-generated docs/Model/TaskStatus.md; taskStatus.getListOfSet
+    # "isActive — статус активен (1) или неактивен (0)" in planfix-docs).
+
+    def deal_options(self) -> dict[str, Any]:
+        deals = (self.connection.options or {}).get("deals")
+        return deals if isinstance(deals, dict) else {}
+
+    def contact_tasks(self, contact_id: str) -> list[dict[str, Any]]:
+        """Every task of the contact (in the sales process, when one is named): POST /task/list with
+        the filter 7 "Контрагент" (or 108 on options.deals.contact_field) and 24 "Процесс", every
+        page of 100, with status, process, dateTime (made) and dateOfLastUpdate (changed)."""
+        who = f"contact:{int(contact_id)}" if str(contact_id).isdigit() else str(contact_id)
+        options = self.deal_options()
+        if options.get("contact_field"):
+            meta = self.resolve_field("task", options["contact_field"]) if not self.record_only else {
+                "id": options["contact_field"], "type": CONTACT_FIELD_TYPE}
+            if meta.get("type") not in (None, CONTACT_FIELD_TYPE):
+                raise PermanentApiError(f"Planfix task field {options['contact_field']!r} is not a Contact field "
+                                        f"(type {meta.get('type')}; expected {CONTACT_FIELD_TYPE})")
+            filters = [{"type": CONTACT_FIELD_FILTER, "field": meta["id"], "operator": "equal", "value": who}]
+        else:
+            filters = [{"type": COUNTERPARTY_FILTER, "operator": "equal", "value": who}]
+        if options.get("process") not in (None, ""):
+            filters.append({"type": PROCESS_FILTER, "operator": "equal", "value": self.process_id(options["process"])})
+        found: dict[str, dict[str, Any]] = {}
+        for page in range(MAX_PAGES):
+            resp = self.request("POST", "/task/list", json_body={
+                "offset": page * 100, "pageSize": 100, "filters": filters,
+                "fields": "id,name,status,processId,dateTime,dateOfLastUpdate"})
+            if resp is None:
+                return []
+            items = [t for t in _json_body(resp).get("tasks") or [] if isinstance(t, dict) and t.get("id") is not None]
+            fresh = [t for t in items if str(t["id"]) not in found]
+            found.update({str(t["id"]): t for t in fresh})
+            if len(items) < 100 or not fresh:
+                break
+        return list(found.values())
+
+    def task_open(self, task: dict[str, Any]) -> bool:
+        """Is the task's status an active one? The status's own `isActive` when the task gives it,
+        else its process's statuses (cached); a status not found there is judged by its name
+        (options.closed_statuses, default CLOSED_STATUSES)."""
+        status = task.get("status") if isinstance(task.get("status"), dict) else {}
+        if isinstance(status.get("isActive"), bool):
+            return status["isActive"]
+        process, sid = task.get("processId"), None if status.get("id") is None else str(status["id"])
+        if process not in (None, "") and sid is not None:
+            active = self.cached(f"process/task/{process}/active", lambda: {
+                str(s["id"]): bool(s.get("isActive", True)) for s in _json_body(self.request(
+                    "GET", f"/process/task/{segment(process)}/statuses")).get("statuses") or []
+                if isinstance(s, dict) and "id" in s})
+            if sid in active:
+                return active[sid]
+        name = status.get("name") or (self.normalize_task(task).get("stage") or {}).get("name")
+        closed = {str(n).casefold() for n in (self.connection.options or {}).get("closed_statuses") or CLOSED_STATUSES}
+        return str(name or "").casefold() not in closed
+
+    def open_deals(self, contact_id: str) -> list[dict[str, Any]]:
+        """The contact's open leads (contact_tasks whose status is active), most recently changed
+        first: [{"type": "task", "id", "name", "modified": dateOfLastUpdate as ISO}]. A comment does
+        not change dateOfLastUpdate (filter 79 "… или комментария" is another date), so an order
+        commented on yesterday is not "more recent" than one moved today."""
+        found = []
+        for task in self.contact_tasks(contact_id):
+            if not self.task_open(task):
+                continue
+            changed = self._moment(task.get("dateOfLastUpdate")) or self._moment(task.get("dateTime"))
+            found.append({"type": "task", "id": str(task["id"]), "name": task.get("name"),
+                          "modified": changed.isoformat() if changed else None})
+        return sorted(found, key=lambda d: (d["modified"] or "", int(d["id"]) if d["id"].isdigit() else 0),
+                      reverse=True)
+
+    deal_type = "task"
+
+    def add_deal(self, title: str, contact_id: str, fields: dict[str, Any] | None = None) -> int | None:
+        """POST /task/ {"name", "processId", "status"?, "counterparty": {"id": "contact:N"} | the
+        Contact field, "customFieldData"}: a lead in the sales process (options.deals.process), in
+        options.deals.status (else the process's own first status), with `fields` by name; its id.
+        A Contact field is written as {"id": N} (the shape API-REFERENCE §3.1 records from client code)."""
+        options = self.deal_options()
+        task: dict[str, Any] = {"name": _task_name(title)}
+        if options.get("process") not in (None, ""):
+            task["processId"] = self.process_id(options["process"])
+        if options.get("status") not in (None, ""):
+            task["status"] = {"id": options["status"] if self.record_only else self.resolve_status(
+                Entity("contact", str(contact_id)), options["status"], task.get("processId"))}
+        data = self.custom_data("task", fields).get("customFieldData", [])
+        if options.get("contact_field"):
+            meta = self.resolve_field("task", options["contact_field"]) if not self.record_only else {
+                "id": options["contact_field"]}
+            data.append({"field": {"id": meta["id"]}, "value": {"id": _int_or(contact_id)}})
+        else:
+            task["counterparty"] = {"id": f"contact:{contact_id}"}
+        if data:
+            task["customFieldData"] = data
+        return _created_id(self.request("POST", "/task/", json_body=task))
+
+    def rule_context(self, entity: Entity, needs: set[str] | frozenset[str]) -> dict[str, Any]:
+        """What rule conditions read besides the record: a task's client's other leads (`deals`:
+        new_deals, entity.client_deals). The rest is not read on Planfix here."""
+        if "deals" in needs and entity.type == "task" and not self.record_only:
+            return {"client_deals": self.client_deals(entity)}
+        return {}
+
+    def client_deals(self, task: Entity) -> list[dict[str, Any]]:
+        """The other leads of the task's client (E3's `new_deals`): GET /task/{id} for its counterparty
+        (or Contact field), then contact_tasks: [{"id", "name", "created": dateTime, "open"}], newest
+        first. A task without a client has none."""
+        field = self.deal_options().get("contact_field")
+        ids = self._field_ids([field]) if field else {}
+        resp = self.request("GET", f"/task/{segment(task.id)}", params={"fields": ",".join(["id,counterparty", *ids])})
+        raw = _json_body(resp).get("task") or {}
+        if field:
+            value = next((d.get("value") for d in raw.get("customFieldData") or []
+                          if str((d.get("field") or {}).get("id")) in ids), None)
+            value = value[0] if isinstance(value, list) and value else value
+            who = str((value or {}).get("id") or "") if isinstance(value, dict) else str(value or "")
+        else:
+            who = str((raw.get("counterparty") or {}).get("id") or "")
+        who = who.removeprefix("contact:")
+        if not who.isdigit():
+            return []
+        found = []
+        for other in self.contact_tasks(who):
+            if str(other["id"]) == str(task.id):
+                continue
+            made = self._moment(other.get("dateTime"))
+            found.append({"id": str(other["id"]), "name": other.get("name"),
+                          "created": made.isoformat() if made else None, "open": self.task_open(other)})
+        return sorted(found, key=lambda d: int(d["id"]) if d["id"].isdigit() else 0, reverse=True)
 
     def delete_entity(self, entity: Entity) -> str | None:
         """Mark a task or contact deleted: the REST API has no DELETE method (TaskApi, ContactApi in

@@ -162,7 +162,8 @@ def form_record(rt: Any, event: Event) -> dict[str, Any] | None:
 def enrich(rt: Any, event: Event, entity: dict[str, Any], needs: set[str]) -> dict[str, Any]:
     """Add what the rules' conditions read besides the record, only when some rule uses it:
     open tasks, activity (when the stage was entered, the last call/note/move), files, and for
-    a task its parent record with the same (rules.engine.data_needs says which)."""
+    a task its parent record with the same, and its own client's deals where the task is the lead
+    (Planfix; the others read none for a task) (rules.engine.data_needs says which)."""
     if not needs or event.entity.type not in CRM_ENTITIES or event.connection not in rt.connections.connections:
         return entity
     client = rt.client(event.connection)
@@ -171,6 +172,8 @@ def enrich(rt: Any, event: Event, entity: dict[str, Any], needs: set[str]) -> di
     try:
         if event.entity.type != "task":
             return {**entity, **with_retries(rt, lambda: client.rule_context(event.entity, needs))}
+        if "deals" in needs:   # a task that is itself the lead (Planfix): its client's other leads
+            entity = {**entity, **with_retries(rt, lambda: client.rule_context(event.entity, {"deals"}))}
         parent = entity.get("parent") or {}
         if "parent" not in needs or parent.get("type") not in CRM_ENTITIES or not parent.get("id"):
             return entity

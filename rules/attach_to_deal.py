@@ -15,7 +15,8 @@
 
 `contact: "{{ … }}"` names the contact by id instead of `by`/`value`. **Most recently active**: of
 the contact's open deals (every contact the search matched), the one modified last (Bitrix24
-`DATE_MODIFY`, amoCRM `updated_at` of the contact's leads not won or lost), ties broken by the highest id; a deal with no modification time counts as the
+`DATE_MODIFY`, amoCRM `updated_at` of the contact's leads not won or lost, Planfix `dateOfLastUpdate`
+of the contact's tasks in an active status, in the connection's `options.deals.process`), ties broken by the highest id; a deal with no modification time counts as the
 oldest. The text goes into that deal's timeline (`add_note`). With no open deal: a note on the
 contact (the oldest matched), a new deal linked to the contact with the note on it, or nothing.
 `deal_fields` are written on a new deal when it is made (values that render empty are left out):
@@ -35,8 +36,6 @@ from connectors.base import FIND_BY
 
 NAME = "attach_to_deal"
 CLIENT_METHOD = "attach_to_deal"   # a pipeline step: refused at start-up where the client lacks a verb it REQUIRES
-REFUSED = {"planfix": "Planfix's open orders of a contact are not listed here (open_deals); attach the message "
-                      "with add_note on a record you name, or use find_or_create kind: order"}
 NONE_OPEN = ("contact_note", "new_deal", "skip")
 
 

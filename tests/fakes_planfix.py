@@ -44,8 +44,9 @@ class FakePlanfix(FakeServer):
                      {"id": 103, "name": "Результат", "type": 2}, {"id": 104, "name": "Реклама запущена", "type": 7}],
             "contact": [{"id": 201, "name": "Ніша", "type": 0}, {"id": 202, "name": "Instagram акаунт", "type": 0}]}
         self.processes = [{"id": 7, "name": "SMM"}]
+        # a status's type, active or not (isActive: Задачи/Тип_статуса_задачи.md; TaskStatus in the spec)
         self.statuses = {7: [{"id": 1, "name": "Нова"}, {"id": 2, "name": "В роботі"},
-                             {"id": 3, "name": "Завершена"}, {"id": 4, "name": "Доопрацювання"}]}
+                             {"id": 3, "name": "Завершена", "isActive": False}, {"id": 4, "name": "Доопрацювання"}]}
         self.users = [{"id": 5, "name": "Олена", "lastname": "Коваленко"},
                       {"id": 6, "name": "Иван", "lastname": "Петренко"}]
         self.route("GET", r"/rest/(task|contact)/(\d+)", self._get)
@@ -163,7 +164,7 @@ class FakePlanfix(FakeServer):
         found = self.statuses.get(int(m.group(1)))
         if found is None:
             return 400, {"result": "fail", "code": 41, "error": "Invalid parameter value"}, {}
-        return 200, {**OK, "statuses": [{**s, "color": "#1e88e5", "isActive": True} for s in found]}, {}
+        return 200, {**OK, "statuses": [{"color": "#1e88e5", "isActive": True, **s} for s in found]}, {}
 
     def _users(self, call: Call, m: re.Match):
         start, size = int(call.body.get("offset", 0)), int(call.body.get("pageSize", 100))
@@ -171,7 +172,8 @@ class FakePlanfix(FakeServer):
 
     def _list_tasks(self, call: Call, m: re.Match):
         """POST /task/list with complex filters (REST_API__Сложные_фильтры_задач.md in planfix-docs):
-        5 (project) and 73 (parent task) with "equal"; 101 (a line custom field, `field` its id) equal; 38 (date of last change) and 79 (… or comment)
+        5 (project) and 73 (parent task) with "equal"; 101 (a line custom field, `field` its id) equal;
+        7 (counterparty), 108 (a Contact custom field) and 24 (process) equal; 38 (date of last change) and 79 (… or comment)
         with gt / lt / gtAndEqual / ltAndEqual and {"dateType": "otherDate_withTime", "dateFrom":
         "dd-mm-yyyy hh:mm"}, read in `self.zone` (the token user's zone) and compared to the minute."""
         body = call.body or {}
@@ -189,6 +191,9 @@ class FakePlanfix(FakeServer):
                                                  and str(d.get("value")) == str(flt.get("value"))
                                                  for d in t.get("customFieldData") or [])]
                 continue
+            if kind in (7, 108, 24) and flt.get("operator") == "equal":
+                found = [t for t in found if self._task_matches(t, kind, flt)]
+                continue
             key = {5: "project", 73: "parent"}.get(kind)
             if key is None or flt.get("operator") != "equal":
                 return 400, {"result": "fail", "code": 41, "error": "Invalid parameter value"}, {}
@@ -197,6 +202,21 @@ class FakePlanfix(FakeServer):
         if size > 100:  # "list methods return at most 100 items" (REST_API_Введение.md)
             return 400, {"result": "fail", "code": 41, "error": "Invalid parameter value"}, {}
         return 200, {**OK, "tasks": [copy.deepcopy(t) for t in found[start:start + size]]}, {}
+
+    @staticmethod
+    def _task_matches(task: dict[str, Any], kind: int, flt: dict[str, Any]) -> bool:
+        """7 "Контрагент" (a number, or "contact:N"), 108 "Пользовательское поле типа Контакт" (`field`,
+        "contact:N"; the value kept as written, {"id": N}) and 24 "Процесс" (the process id)."""
+        def person(value: Any) -> str:
+            value = value.get("id") if isinstance(value, dict) else value
+            text = str(value or "")
+            return text if text.startswith(("contact:", "user:", "group:")) else f"contact:{text}"
+        if kind == 24:
+            return str(task.get("processId")) == str(flt.get("value"))
+        if kind == 7:
+            return bool(task.get("counterparty")) and person(task["counterparty"]) == person(flt.get("value"))
+        return any(str(d["field"]["id"]) == str(flt.get("field")) and person(d.get("value")) == person(flt.get("value"))
+                   for d in task.get("customFieldData") or [])
 
     def _filter_moment(self, flt: dict[str, Any]) -> datetime | None:
         value = flt.get("value") if isinstance(flt.get("value"), dict) else {}

@@ -134,6 +134,29 @@ MISTAKES = {
     do: [{set_responsible: "Олена Коваленка"}]""",
         'rule "pf user" → set_responsible → user: expected a user name that Planfix \'pf\' has, found '
         '\'Олена Коваленка\'; did you mean "Олена Коваленко"?'),
+    "new deal's field typo in attach_to_deal (Bitrix24 deal field)": (
+        """  - name: b24 intake
+    on: {event: message.received, connection: bot}
+    do:
+      - attach_to_deal:
+          connection: b24
+          by: phone
+          value: "{{ data.text }}"
+          text: "{{ data.text }}"
+          none_open: new_deal
+          deal_fields:
+            UTM_SOURSE: "{{ data.utm_source }}"
+            "Комментарий клиента": x""",
+        'rule "b24 intake" → attach_to_deal → deal_fields: expected a field that Bitrix24 \'b24\' (deal) has, found '
+        '\'UTM_SOURSE\'; did you mean "UTM_SOURCE"?'),
+    "new lead's field typo in attach_to_deal (Planfix task field)": (
+        """  - name: pf intake
+    on: {event: message.received, connection: bot}
+    do:
+      - attach_to_deal: {connection: pf, by: phone, value: "{{ data.text }}", text: x, none_open: new_deal,
+                         deal_fields: {"Бюджетт": "{{ data.text }}"}}""",
+        'rule "pf intake" → attach_to_deal → deal_fields: expected a field that Planfix \'pf\' (task) has, found '
+        '\'Бюджетт\'; did you mean "Бюджет"?'),
     "chat alias the bot is not in (Telegram getChat)": (
         """  - name: tg chat
     on: {event: stage.changed, connection: amo}
@@ -151,6 +174,7 @@ def fakes():
     amo.fields.append({"id": 752013, "name": "Бюджет", "type": "numeric"})
     b24.statuses["DEAL_STAGE"].append(status("DEAL_STAGE", "PREPAYMENT_INVOICE", "Счёт на предоплату", 30))
     b24.fields["deal"]["UF_CRM_1726000000001"] = field("date", "UF_CRM_1726000000001", "Дата первой встречи")
+    b24.fields["deal"]["UTM_SOURCE"] = field("string", "UTM_SOURCE")   # a standard deal field (crm-deal-fields.md)
     tg.add_chat(-100200, "Team")
     yield amo, b24, pf, tg
     for fake in (amo, b24, pf, tg):

@@ -5,7 +5,8 @@ open_deals(contact) → [{"id", "modified"}] per contact, add_note(record, text)
 `none_open: new_deal`, add_deal(title, contact, fields). Each vendor call that changes something runs
 through `StepContext.once`, and so does the choice of deal: a retried step resumes where it
 stopped and attaches to the deal it chose first, even if another deal became more recent since.
-A note whose answer was a 5xx is looked for (the client's find_note) before it is sent once more;
+A note whose answer was a 5xx is looked for (the client's find_note) before it is sent once more,
+and so is a new deal linked to the contact in the same call (open_deals of the contact);
 with no answer at all it is left uncertain, and the executor parks the step for a person.
 """
 from __future__ import annotations
@@ -64,8 +65,7 @@ def run(ctx: StepContext, text: str, none_open: str = "contact_note", deal_title
         if not client.can("add_deal"):
             raise PermanentApiError(f"connection {ctx.connection!r} cannot add a deal (none_open: new_deal)")
         title = deal_title or "Новое обращение"
-        made = ctx.once("deal", lambda: client.add_deal(title, contacts[0], deal_fields) if deal_fields
-                        else client.add_deal(title, contacts[0]))
+        made = ctx.once("deal", lambda: _new_deal(client, title, contacts[0], deal_fields))
         deal = Entity(getattr(client, "deal_type", "deal"), str(made))
         if not getattr(client, "add_deal_links_contact", True):   # amoCRM: the lead, then its link
             ctx.once("link", lambda: client.link_contact(deal, contacts[0]))
@@ -76,6 +76,23 @@ def run(ctx: StepContext, text: str, none_open: str = "contact_note", deal_title
         note = ctx.once("note", lambda: _note(client, person, text))
         return {"attached": str(person), "note": note, "contact": contacts[0], "no_open_deal": True}
     return {"attached": None, "reason": "the contact has no open deal", "contact": contacts[0]}
+
+
+def _new_deal(client: Any, title: str, contact: str, fields: dict[str, Any] | None) -> Any:
+    """add_deal, settled like _note: where the new deal is linked to the contact in the same call
+    (Bitrix24, Planfix), a 5xx answer is read back with open_deals(contact): the step saw the
+    contact with no open deal, so one open now is the one made (found → its id; none → sent once
+    more). amoCRM links the lead in a second call, so its lead cannot be found by the contact: an
+    uncertain create there is left to the executor (parked for a person)."""
+    def create() -> Any:
+        return client.add_deal(title, contact, fields) if fields else client.add_deal(title, contact)
+    try:
+        return create()
+    except UncertainApiError as exc:
+        if exc.status is None or not getattr(client, "add_deal_links_contact", True):
+            raise
+        found = latest_open_deal(client.open_deals(contact) or [])
+        return found["id"] if found is not None else create()
 
 
 def _note(client: Any, record: Entity, text: str) -> Any:

@@ -122,8 +122,23 @@ def test_planfix_find_task_settles_a_subtask_applied_then_answered_500(pf):
     assert client.find_task(parent, "Prepare the brief", since + 3600) is None
     [call] = fake.received("POST", "/rest/task/list")[-1:]
     assert call.body["filters"] == [{"type": 73, "operator": "equal", "value": 1042}]
-    with pytest.raises(PermanentApiError, match="cannot read back the tasks of a contact"):
-        client.find_task(Entity("contact", "7"), "x", since)
+    with pytest.raises(PermanentApiError, match="cannot read back the tasks of a company"):
+        client.find_task(Entity("company", "7"), "x", since)
+
+
+def test_planfix_find_task_on_a_contact_reads_its_tasks_by_counterparty(pf):
+    """create_task on a contact makes the contact the task's counterparty; the read-back lists the
+    contact's tasks with the filter 7 "Контрагент" (REST_API__Сложные_фильтры_задач.md)."""
+    client, fake = pf
+    person, since = Entity("contact", "7"), time.time()
+    fake.fail(r"^/rest/task/$", 500, {"result": "fail", "code": 0, "error": "Internal error"}, applied=True)
+    with pytest.raises(UncertainApiError):
+        client.create_task(person, "Передзвонити", DUE)
+    made = max(fake.tasks)
+    assert client.find_task(person, "Передзвонити", since) == made
+    assert client.find_task(Entity("contact", "8"), "Передзвонити", since) is None
+    assert fake.received("POST", "/rest/task/list")[-1].body["filters"] == [
+        {"type": 7, "operator": "equal", "value": "contact:8"}]
 
 
 def test_planfix_find_note_reads_comments_newest_first(pf):
