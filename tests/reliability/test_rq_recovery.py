@@ -352,10 +352,10 @@ def backend(store):
 
 def a_due_timer(backend, at: float = 1_795_600_800.5) -> tuple[str, float]:
     from datetime import UTC, datetime
-    timer_id = "timer:t1:quickstart-amo:lead:31926520"
-    backend.schedule({"timer_id": timer_id, "fire_at": datetime.fromtimestamp(at, UTC).isoformat(),
-                      "entity": {"type": "lead", "id": "31926520"}})
-    return timer_id, at
+    from queueing import TimerIndex
+    timer_id, fire_at = "timer:t1:quickstart-amo:lead:31926520", datetime.fromtimestamp(at, UTC).isoformat()
+    backend.schedule({"timer_id": timer_id, "fire_at": fire_at, "entity": {"type": "lead", "id": "31926520"}})
+    return timer_id, TimerIndex.score(timer_id, fire_at)   # its place on the schedule, as a poller reads it
 
 
 def test_a_timer_claimed_by_a_poller_that_died_is_queued_once_its_claim_expires(store, backend):
