@@ -99,3 +99,49 @@ def test_a_sentinel_client_keeps_the_urls_database_and_password(tmp_path):
     assert other.connection_pool.connection_kwargs["db"] == 4
     assert dataclasses.replace(settings, redis_sentinels=()).redis_url.endswith("/4")
     assert issubclass(NotReplicated, Exception)
+
+
+@pytest.mark.timeout(60)
+def test_a_step_calls_the_vendor_only_once_a_replica_has_its_marks(tmp_path, monkeypatch, fake_amo):
+    """The worker's side of the replica wait (pipeline/execute.py): on a primary that no replica
+    follows (a fail-over under way, or an old primary back at its address before the Sentinels make it
+    a replica, whose writes are then wiped) a step calls no vendor and leaves no mark; once a replica
+    has the marks, the task is made once, and the done mark is on the replica too."""
+    from connectors.base import Entity, Event
+    from pipeline import execute
+    from rules.engine import PlannedAction
+    from runtime import Runtime
+    monkeypatch.setattr(execute, "REPLICA_PATIENCE", 0.3)
+    fake_amo.add_lead({"id": 31926520, "name": "Brief", "status_id": 10216995, "pipeline_id": 2116})
+    event = Event(id="quickstart-amo:replica-wait", connection="quickstart-amo", source="amocrm", kind="stage.changed",
+                  entity=Entity("lead", "31926520"), data={}, raw={}, occurred_at="2026-11-24T10:00:00+00:00")
+    action = PlannedAction(rule="Test rule", rule_id="test", step=0, connection="quickstart-amo", method="create_task",
+                           args={"entity": {"type": "lead", "id": "31926520"}, "text": "Передзвонити клієнту",
+                                 "due": "2026-11-25T10:00:00+00:00"}, key=f"{event.id}|test|create_task")
+    with RedisServer(tmp_path / "primary") as primary:
+        settings = Settings(config_dir=quickstart_config(tmp_path / "config"), redis_url=primary.url(0),
+                            redis_prefix="crmwait:", queue_name="crmwait", history_path=tmp_path / "h.sqlite3",
+                            environ=vendor_env(fake_amo.url, "http://127.0.0.1:9"), intake_wait_replicas=1,
+                            intake_wait_ms=50, retry_budget=1)
+        rt = Runtime.create(settings)
+        try:
+            with pytest.raises(execute.NotYetReplicated, match="0 of 1 replica"):
+                execute.execute(rt, event, action)
+            assert fake_amo.tasks == {}                                        # nothing was sent
+            assert not rt.store.exists(rt.keys("attempted", action.key), rt.keys("done", action.key))
+            with RedisServer(tmp_path / "replica", extra_args=("--replicaof", "127.0.0.1", str(primary.port))) as replica:
+                store = rt.store
+                assert wait_until(lambda: store.info("replication").get("slave0", {}).get("state") == "online", 20)
+                assert execute.execute(rt, event, action) is True
+                assert len(fake_amo.tasks) == 1
+                assert execute.execute(rt, event, action) is False              # done: skipped
+                copy = Redis(port=replica.port)
+                assert copy.exists(rt.keys("done", action.key)) == 1          # the replica has the done mark
+                copy.close()
+                # a mark that is not on the primary answering (written to one that is no longer it)
+                with pytest.raises(execute.PrimaryChanged):
+                    execute.replicate(rt, rt.keys("attempted", "written elsewhere"))
+            assert len(fake_amo.tasks) == 1
+            assert store.info("commandstats")["cmdstat_wait"]["calls"] >= 3
+        finally:
+            rt.backend.close()
