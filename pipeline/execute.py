@@ -8,12 +8,14 @@ left); otherwise a repeatable step is done again and any other goes to the dead 
 have been sent". The same holds for a call that got no answer after it was sent
 (UncertainApiError). Steps of several calls run from pipeline/steps.
 
-With the replica wait on (CRMBRIDGE_INTAKE_WAIT_REPLICAS, Redis Sentinel), the marks are on a
-replica before the vendor is called, and the done mark after (`replicate`): a primary that dies
-takes no record of a call with it, so the replica promoted in its place knows the step was done or
-may have been sent (read back or parked, never repeated blindly). A primary no replica follows (a
-fail-over under way, or a server that is not the cluster's) gets no call at all: the step waits
-(NotYetReplicated) until a replica has its marks.
+With the replica wait on (CRMBRIDGE_INTAKE_WAIT_REPLICAS, Redis Sentinel), a step's mark is on a
+replica before its vendor is called (`replicate`: "sent" as each request leaves, for a client that
+reports its sends; else the claim): a primary that dies takes no record of a call with it, so the
+replica promoted in its place knows the step may have been sent (read back or parked, never
+repeated blindly). A primary no replica follows (a fail-over gone wrong, or a server the Sentinels
+no longer name) gets no call at all: the step waits (NotYetReplicated) until a replica has its mark.
+The done mark is not waited for: the next step's wait covers it (replication is one ordered stream);
+a fail-over in between leaves the "sent" mark, read back or parked.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ MAYBE_DONE = "may have been sent: check the vendor, then replay it only if it wa
 READ_BACK = {"create_task": "find_task", "add_note": "find_note"}
 RESEND_ROUNDS = 3   # sends of a create that keeps getting no clear answer, each looked for after
 RECORD_PATIENCE = 120.0   # seconds a worker keeps trying to record a done step while Redis is away
-REPLICA_PATIENCE = 30.0   # seconds a step waits for a replica to have its marks before its job is tried later
+REPLICA_PATIENCE = 30.0   # seconds a step waits for a replica to have its claim before its job is tried later
+SEND_PATIENCE = 5.0       # …its "sent" mark, a request about to leave (its rate-limit slot held), before a retry
 
 
 class StepMaybeDone(PermanentApiError):
@@ -157,12 +160,13 @@ def execute(rt: Any, event: Event, action: PlannedAction) -> bool:
             record_done(rt, done_key, attempted_key, found)
             return True
         rt.store.set(attempted_key, json.dumps(mark), ex=rt.settings.done_ttl)
-    try:
-        replicate(rt, attempted_key)   # the claim on a replica before anything is sent
-    except NotYetReplicated as exc:
-        if not isinstance(exc, PrimaryChanged):
-            forget_attempt(rt, attempted_key)   # nothing was sent
-        raise
+    if not reports_own_sends(client, action):   # (else "sent" is waited for as each request leaves)
+        try:
+            replicate(rt, attempted_key)   # the claim on a replica before anything is sent
+        except NotYetReplicated as exc:
+            if not isinstance(exc, PrimaryChanged):
+                forget_attempt(rt, attempted_key)   # nothing was sent
+            raise
     result = call_once(rt, event, action, client, args, attempted_key, mark, lambda: method(**args), resend)
     record_done(rt, done_key, attempted_key, result)
     # a move left out (only_forward) comes back as {"moved": False}; others return True, a status or None
@@ -239,10 +243,7 @@ def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: 
                           before: dict[str, Any], resend: bool = False) -> None:
     """An attempted mark was there before: go on only if the earlier try sent nothing or the step
     is repeatable; else raise StepMaybeDone (the step is parked for a person)."""
-    # a step of several calls may have used other connections, which do not report their sends
-    step = STEPS.get(action.method)
-    own = step is None or getattr(step, "ONE_CLIENT", False)
-    if before.get("phase") == "calling" and client.reports_sends and own:
+    if before.get("phase") == "calling" and reports_own_sends(client, action):
         # the worker that tried died before any request of this step left it: nothing was sent
         audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
               reason="attempted before, but no request had left")
@@ -258,6 +259,13 @@ def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: 
               reason="attempted before and never recorded done; repeatable")
 
 
+def reports_own_sends(client: Any, action: PlannedAction) -> bool:
+    """Is every request of the step one the client reports before it leaves (`client.sending`)? A
+    step of several calls may use other connections, which do not report theirs."""
+    step = STEPS.get(action.method)
+    return client.reports_sends and (step is None or getattr(step, "ONE_CLIENT", False))
+
+
 def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, args: dict[str, Any], attempted_key: str,
               mark: dict[str, Any], call: Callable[[], Any], resend: bool = False) -> Any:
     """Call the vendor with retries; the attempted mark is dropped when nothing was done, kept
@@ -270,7 +278,7 @@ def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, args: d
         rt.store.set(attempted_key, sent, xx=True, ex=rt.settings.done_ttl)
         # "sent" on a replica before the request leaves; else it does not leave (briefly: the rate
         # limit's slot is held meanwhile; with_retries tries again later)
-        replicate(rt, attempted_key, patience=5.0)
+        replicate(rt, attempted_key, patience=SEND_PATIENCE)
     client.sending = sending
     try:
         for round_ in range(1, RESEND_ROUNDS + 1):
@@ -321,17 +329,13 @@ def record_done(rt: Any, done_key: str, attempted_key: str, result: Any) -> None
                 pipe.set(done_key, value, ex=rt.settings.done_ttl)
                 pipe.delete(attempted_key)
                 pipe.execute()
-            break
+            return
         except RedisError as exc:
             if time.monotonic() + pause > deadline:
                 raise
             log.warning("step done but not recorded yet (%s); trying again in %.1f s", exc, pause)
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
-    try:
-        replicate(rt, done_key, patience=5.0)
-    except NotYetReplicated as exc:   # the "sent" mark is on a replica: a re-run reads back or parks
-        log.warning("step done and recorded, but %s", exc)
 
 
 def replicate(rt: Any, mark: str, patience: float | None = None) -> None:
