@@ -85,6 +85,34 @@ def replicated(pipe: Any, replicas: int, timeout_ms: int) -> None:
     pipe.execute_command("WAIT", replicas, timeout_ms)
 
 
+def replicate(connection: Redis, marker: str, replicas: int, timeout_ms: int,
+              present: str | None = None) -> tuple[int, bool]:
+    """How many replicas have every write this process made so far, waiting up to timeout_ms for
+    `replicas` of them: a small write of our own (`marker`), then WAIT on the same connection.
+    Replication is one ordered stream, so a replica that has the marker has every write answered
+    before it was sent, on any connection of this process, to this server. Also whether the key
+    `present` is on the server that answered (None: not asked): a connection made again meanwhile may
+    have reached another server (a new primary), where the process's earlier writes are not."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.set(marker, 1, px=max(1000, 2 * timeout_ms))
+        if present is not None:
+            pipe.exists(present)
+        replicated(pipe, replicas, timeout_ms)
+        answers = pipe.execute()
+    return int(answers[-1]), present is None or bool(answers[1])
+
+
+def rediscover(connection: Redis) -> None:
+    """Drop the idle connections of a Sentinel client, so that the next one asks the Sentinels where
+    the primary is. redis-py asks only when it connects and keeps a connection while it works: after
+    a fail-over that went wrong (two replicas promoted one after the other, or an old primary back at
+    its address), a connection can stay on a server that is a primary no replica follows, and that
+    the Sentinels make a replica later (wiping what was written there). Nothing for a plain client."""
+    pool = connection.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        pool.disconnect(inuse_connections=False)
+
+
 def check_replicas(acknowledged: int, replicas: int, timeout_ms: int) -> None:
     if acknowledged < replicas:
         raise NotReplicated(f"{acknowledged} of {replicas} replica(s) acknowledged the write "

@@ -34,7 +34,7 @@ from redis.exceptions import NoScriptError
 from rq import Queue
 from rq.utils import now, utcformat
 
-from redisconn import check_replicas, replicated
+from redisconn import check_replicas, rediscover, replicated
 
 VARYING = ("data", "description", "created_at", "enqueued_at")
 
@@ -101,6 +101,8 @@ return seq
                 pipe.set(f"{keys[0]}:replicated", 1, px=2000)
                 replicated(pipe, replicas, timeout_ms)
                 acknowledged = pipe.execute()[1]
+        if acknowledged < replicas:   # this server may be a primary the Sentinels no longer name
+            rediscover(conn)
         check_replicas(acknowledged, replicas, timeout_ms)
         return bool(result)
 

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, wait: bool, tmp: Path) -> dict:
 
             old = cluster.primary_port()
             killer = threading.Timer(max(0.0, start + args.kill_at - time.monotonic()),
-                                     lambda: cluster.server_on(old).kill())
+                                     lambda: cluster.kill(old))
             killer.start()
             with ThreadPoolExecutor(max_workers=args.senders) as senders:
                 list(senders.map(send, range(total)))

@@ -7,6 +7,15 @@ a worker died, or lost Redis, in between: "calling" from such a client is done a
 left); otherwise a repeatable step is done again and any other goes to the dead letters as "may
 have been sent". The same holds for a call that got no answer after it was sent
 (UncertainApiError). Steps of several calls run from pipeline/steps.
+
+With the replica wait on (CRMBRIDGE_INTAKE_WAIT_REPLICAS, Redis Sentinel), a step's mark is on a
+replica before its vendor is called (`replicate`: "sent" as each request leaves, for a client that
+reports its sends; else the claim): a primary that dies takes no record of a call with it, so the
+replica promoted in its place knows the step may have been sent (read back or parked, never
+repeated blindly). A primary no replica follows (a fail-over gone wrong, or a server the Sentinels
+no longer name) gets no call at all: the step waits (NotYetReplicated) until a replica has its mark.
+The done mark is not waited for: the next step's wait covers it (replication is one ordered stream);
+a fail-over in between leaves the "sent" mark, read back or parked.
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 import logging_setup as logs
+import redisconn
 from connectors.base import Entity, Event, PermanentApiError, RetryableApiError, UncertainApiError
 from pipeline import clock, stages
 from pipeline.audit import audit
@@ -52,10 +62,26 @@ MAYBE_DONE = "may have been sent: check the vendor, then replay it only if it wa
 READ_BACK = {"create_task": "find_task", "add_note": "find_note"}
 RESEND_ROUNDS = 3   # sends of a create that keeps getting no clear answer, each looked for after
 RECORD_PATIENCE = 120.0   # seconds a worker keeps trying to record a done step while Redis is away
+REPLICA_PATIENCE = 30.0   # seconds a step waits for a replica to have its claim before its job is tried later
+SEND_PATIENCE = 5.0       # …its "sent" mark, a request about to leave (its rate-limit slot held), before a retry
 
 
 class StepMaybeDone(PermanentApiError):
     """A step that is not repeatable may have been done already (attempted, never recorded)."""
+
+
+class NotYetReplicated(RetryableApiError):
+    """The replica wait is on and no replica has acknowledged the step's marks in time: nothing was
+    sent, the step is tried again later (as for a vendor's 503)."""
+
+
+class PrimaryChanged(NotYetReplicated):
+    """The step's mark is not on the primary that answers now: it was written to a server that is no
+    longer the primary (its writes are wiped when the Sentinels make it a replica). Nothing was sent;
+    the marks are left alone (the primary's may be another run's claim), and the job is run again
+    later (RQ's retry), not retried inside this run."""
+
+    retry_here = False
 
 
 class SettleLater(RetryableApiError):
@@ -134,6 +160,13 @@ def execute(rt: Any, event: Event, action: PlannedAction) -> bool:
             record_done(rt, done_key, attempted_key, found)
             return True
         rt.store.set(attempted_key, json.dumps(mark), ex=rt.settings.done_ttl)
+    if not reports_own_sends(client, action):   # (else "sent" is waited for as each request leaves)
+        try:
+            replicate(rt, attempted_key)   # the claim on a replica before anything is sent
+        except NotYetReplicated as exc:
+            if not isinstance(exc, PrimaryChanged):
+                forget_attempt(rt, attempted_key)   # nothing was sent
+            raise
     result = call_once(rt, event, action, client, args, attempted_key, mark, lambda: method(**args), resend)
     record_done(rt, done_key, attempted_key, result)
     # a move left out (only_forward) comes back as {"moved": False}; others return True, a status or None
@@ -210,10 +243,7 @@ def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: 
                           before: dict[str, Any], resend: bool = False) -> None:
     """An attempted mark was there before: go on only if the earlier try sent nothing or the step
     is repeatable; else raise StepMaybeDone (the step is parked for a person)."""
-    # a step of several calls may have used other connections, which do not report their sends
-    step = STEPS.get(action.method)
-    own = step is None or getattr(step, "ONE_CLIENT", False)
-    if before.get("phase") == "calling" and client.reports_sends and own:
+    if before.get("phase") == "calling" and reports_own_sends(client, action):
         # the worker that tried died before any request of this step left it: nothing was sent
         audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
               reason="attempted before, but no request had left")
@@ -229,6 +259,13 @@ def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: 
               reason="attempted before and never recorded done; repeatable")
 
 
+def reports_own_sends(client: Any, action: PlannedAction) -> bool:
+    """Is every request of the step one the client reports before it leaves (`client.sending`)? A
+    step of several calls may use other connections, which do not report theirs."""
+    step = STEPS.get(action.method)
+    return client.reports_sends and (step is None or getattr(step, "ONE_CLIENT", False))
+
+
 def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, args: dict[str, Any], attempted_key: str,
               mark: dict[str, Any], call: Callable[[], Any], resend: bool = False) -> Any:
     """Call the vendor with retries; the attempted mark is dropped when nothing was done, kept
@@ -237,7 +274,12 @@ def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, args: d
     sent = json.dumps({**mark, "phase": "sent"})
     # a client that reports its sends marks the step "sent" just before a request leaves (after its
     # rate limits): a worker killed before that is known to have sent nothing
-    client.sending = lambda: rt.store.set(attempted_key, sent, xx=True, ex=rt.settings.done_ttl)
+    def sending() -> None:
+        rt.store.set(attempted_key, sent, xx=True, ex=rt.settings.done_ttl)
+        # "sent" on a replica before the request leaves; else it does not leave (briefly: the rate
+        # limit's slot is held meanwhile; with_retries tries again later)
+        replicate(rt, attempted_key, patience=SEND_PATIENCE)
+    client.sending = sending
     try:
         for round_ in range(1, RESEND_ROUNDS + 1):
             try:
@@ -265,8 +307,8 @@ def call_once(rt: Any, event: Event, action: PlannedAction, client: Any, args: d
             raise StepMaybeDone(f"{exc}; {MAYBE_DONE}") from None
         forget_attempt(rt, attempted_key)
         raise
-    except SettleLater:
-        raise   # the mark stays: the next try reads back what it says was sent
+    except (SettleLater, PrimaryChanged):
+        raise   # the mark stays: the next try reads back what it says was sent (or it is another run's)
     except (RetryableApiError, PermanentApiError):
         forget_attempt(rt, attempted_key)   # the vendor refused it (or it never left): nothing was done
         raise
@@ -294,6 +336,37 @@ def record_done(rt: Any, done_key: str, attempted_key: str, result: Any) -> None
             log.warning("step done but not recorded yet (%s); trying again in %.1f s", exc, pause)
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
+
+
+def replicate(rt: Any, mark: str, patience: float | None = None) -> None:
+    """With the replica wait on, return once `intake_wait_replicas` replicas have every write this
+    process has made (redisconn.replicate), the step's `mark` among them, trying again through a
+    fail-over for up to `patience` seconds (REPLICA_PATIENCE); else NotYetReplicated. A primary whose
+    replicas do not answer may be one the Sentinels no longer name: the next try asks them again
+    (redisconn.rediscover). If the mark is not on the primary that answers, the primary changed
+    after it was written: NotYetReplicated at once (another run of the step may have claimed it there).
+    Without the wait, nothing."""
+    replicas = getattr(rt.settings, "intake_wait_replicas", 0)
+    if not replicas:
+        return
+    timeout_ms = rt.settings.intake_wait_ms
+    marker = rt.keys("replicated", str(os.getpid()))
+    deadline, pause = time.monotonic() + (REPLICA_PATIENCE if patience is None else patience), 0.2
+    while True:
+        try:
+            acknowledged, present = redisconn.replicate(rt.store, marker, replicas, timeout_ms, present=mark)
+            if not present:
+                raise PrimaryChanged("not sent: the step's mark is not on the primary (it changed meanwhile)")
+            if acknowledged >= replicas:
+                return
+            problem = f"{acknowledged} of {replicas} replica(s) acknowledged the step's marks within {timeout_ms} ms"
+            redisconn.rediscover(rt.store)
+        except RedisError as exc:
+            problem = f"Redis: {exc}"
+        if time.monotonic() + pause > deadline:
+            raise NotYetReplicated(f"not sent: {problem}")
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
 
 
 def forget_attempt(rt: Any, attempted_key: str) -> None:

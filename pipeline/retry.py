@@ -52,6 +52,7 @@ def with_retries(rt: Any, call: Callable[[], Any], *, repeat_uncertain: bool = T
 
     def worth_trying(exc: BaseException) -> bool:
         return (isinstance(exc, RetryableApiError) and not isinstance(exc, SlotLater)
+                and getattr(exc, "retry_here", True)   # pipeline/execute.PrimaryChanged: the job's next run
                 and (repeat_uncertain or not isinstance(exc, UncertainApiError)))
 
     def give_up(state: RetryCallState) -> bool:

@@ -29,7 +29,7 @@ def test_intake_answers_503_until_a_replica_has_the_webhook_and_the_retry_is_a_d
         config = quickstart_config(tmp_path / "config")
         settings = Settings(config_dir=config, redis_url=primary.url(0), redis_prefix="crmwait:", queue_name="crmwait",
                             environ=vendor_env("http://127.0.0.1:9", "http://127.0.0.1:9"), testing=True,
-                            intake_wait_replicas=1, intake_wait_ms=50, history_path=tmp_path / "h.sqlite3")
+                            intake_wait_replicas=1, intake_wait_ms=500, history_path=tmp_path / "h.sqlite3")
         app = create_app(settings=settings)
         store = Redis(port=primary.port)
         try:
@@ -99,3 +99,50 @@ def test_a_sentinel_client_keeps_the_urls_database_and_password(tmp_path):
     assert other.connection_pool.connection_kwargs["db"] == 4
     assert dataclasses.replace(settings, redis_sentinels=()).redis_url.endswith("/4")
     assert issubclass(NotReplicated, Exception)
+
+
+@pytest.mark.timeout(60)
+def test_a_step_calls_the_vendor_only_once_a_replica_has_its_marks(tmp_path, monkeypatch, fake_amo):
+    """The worker's side of the replica wait (pipeline/execute.py): on a primary that no replica
+    follows (a second promotion under load left one such, written to and then wiped; or an old primary
+    back at its address before the Sentinels make it a replica) a step calls no vendor and leaves no
+    mark; once a replica has the step's "sent" mark, the task is made once."""
+    from connectors.base import Entity, Event
+    from pipeline import execute
+    from rules.engine import PlannedAction
+    from runtime import Runtime
+    monkeypatch.setattr(execute, "REPLICA_PATIENCE", 0.3)
+    monkeypatch.setattr(execute, "SEND_PATIENCE", 0.3)
+    fake_amo.add_lead({"id": 31926520, "name": "Brief", "status_id": 10216995, "pipeline_id": 2116})
+    event = Event(id="quickstart-amo:replica-wait", connection="quickstart-amo", source="amocrm", kind="stage.changed",
+                  entity=Entity("lead", "31926520"), data={}, raw={}, occurred_at="2026-11-24T10:00:00+00:00")
+    action = PlannedAction(rule="Test rule", rule_id="test", step=0, connection="quickstart-amo", method="create_task",
+                           args={"entity": {"type": "lead", "id": "31926520"}, "text": "Передзвонити клієнту",
+                                 "due": "2026-11-25T10:00:00+00:00"}, key=f"{event.id}|test|create_task")
+    with RedisServer(tmp_path / "primary") as primary:
+        settings = Settings(config_dir=quickstart_config(tmp_path / "config"), redis_url=primary.url(0),
+                            redis_prefix="crmwait:", queue_name="crmwait", history_path=tmp_path / "h.sqlite3",
+                            environ=vendor_env(fake_amo.url, "http://127.0.0.1:9"), intake_wait_replicas=1,
+                            intake_wait_ms=500, retry_budget=1)
+        rt = Runtime.create(settings)
+        try:
+            with pytest.raises(execute.NotYetReplicated, match="0 of 1 replica"):
+                execute.execute(rt, event, action)
+            assert fake_amo.tasks == {}                                        # nothing was sent
+            assert not rt.store.exists(rt.keys("attempted", action.key), rt.keys("done", action.key))
+            with RedisServer(tmp_path / "replica", extra_args=("--replicaof", "127.0.0.1", str(primary.port))) as replica:
+                store = rt.store
+                assert wait_until(lambda: store.info("replication").get("slave0", {}).get("state") == "online", 20)
+                assert execute.execute(rt, event, action) is True
+                assert len(fake_amo.tasks) == 1
+                assert execute.execute(rt, event, action) is False              # done: skipped
+                copy = Redis(port=replica.port)
+                assert wait_until(lambda: copy.exists(rt.keys("done", action.key)) == 1, 5)   # replicated after
+                copy.close()
+                # a mark that is not on the primary answering (written to one that is no longer it)
+                with pytest.raises(execute.PrimaryChanged):
+                    execute.replicate(rt, rt.keys("attempted", "written elsewhere"))
+            assert len(fake_amo.tasks) == 1
+            assert store.info("commandstats")["cmdstat_wait"]["calls"] >= 2   # the failed one, the "sent" one
+        finally:
+            rt.backend.close()

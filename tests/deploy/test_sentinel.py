@@ -1,7 +1,13 @@
 """Redis Sentinel: the web process and a worker process find the primary through three Sentinels
 (REDIS_SENTINELS, redisconn.py), the primary is SIGKILLed while webhooks come in, the Sentinels promote
-a replica, and both go on without a restart. With the replica wait on (CRMBRIDGE_INTAKE_WAIT_REPLICAS=1)
-every acknowledged webhook is handled once; without it, the figures are printed (`pytest -s`).
+a replica, and both go on without a restart. With the replica wait on (CRMBRIDGE_INTAKE_WAIT_REPLICAS=1,
+web and worker) every acknowledged webhook is handled once; without it, the figures are printed
+(`pytest -s`).
+
+The Sentinels' `down-after-milliseconds 1000` is kept on purpose: on a busy machine it sometimes
+declares the replica just promoted down and promotes the other one, leaving the first a primary no
+replica follows for about 10 s, written to and then wiped (docs/deploy.md, "The workers wait too").
+That is the case the workers' wait is for: nothing may be acted on twice then either.
 
 Everything is loopback and temporary (tests/deploy/sentinels.py); the rates are far below the issue's
 200 webhooks/s for 30 s, which this shared machine cannot give alongside the rest.
@@ -45,14 +51,18 @@ def refused_window(posted, since: float) -> tuple[int, float]:
     return len(spans), max(end for _, end in spans) - min(start for start, _ in spans)
 
 
-# Opt-in (CRMBRIDGE_TEST_FAILOVER=1), not in `make test`: it passed in every run on the working copy,
-# but a fresh-clone CI run (2026-12-07) saw, with the replica wait on, 170 of 200 leads acted on
-# twice and webhooks refused for 18 s: an open defect of the fail-over (issue 24's note), not a
-# test to keep failing the suite until it is understood. Run it with the figures:
+# The replica-wait case is in `make test` (about 30 s; 60 s on a loaded machine). The case without
+# the wait asserts no figure of its own (without WAIT nothing is promised) and doubles the time: it
+# is opt-in, CRMBRIDGE_TEST_FAILOVER=1, with its figures printed:
 #   CRMBRIDGE_TEST_FAILOVER=1 .venv/bin/python -m pytest tests/deploy/test_sentinel.py -s
-@pytest.mark.skipif(not os.environ.get("CRMBRIDGE_TEST_FAILOVER"), reason="opt-in: CRMBRIDGE_TEST_FAILOVER=1 (see the comment)")
+# A fresh-clone run of 2026-12-07 saw, with the wait on, 170 of 200 leads acted on twice and 503s
+# for 18 s; docs/deploy.md says what did it and what changed (the servers' ports, the workers' wait).
+OPT_IN = pytest.mark.skipif(not os.environ.get("CRMBRIDGE_TEST_FAILOVER"), reason="opt-in: CRMBRIDGE_TEST_FAILOVER=1")
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("wait_replicas, replicas", [(1, 2), (0, 1)], ids=["replica-wait", "no-wait"])
+@pytest.mark.parametrize("wait_replicas, replicas", [pytest.param(1, 2, id="replica-wait"),
+                                                      pytest.param(0, 1, id="no-wait", marks=OPT_IN)])
 def test_web_and_worker_follow_a_failover_without_a_restart(tmp_path, wait_replicas, replicas):
     before = list(range(8_200_000, 8_200_030))
     during = list(range(8_210_000, 8_210_150))
@@ -67,8 +77,11 @@ def test_web_and_worker_follow_a_failover_without_a_restart(tmp_path, wait_repli
                             redis_sentinels=parse_sentinels(cluster.addresses), redis_sentinel_service=SERVICE,
                             intake_wait_replicas=wait_replicas, intake_wait_ms=500,
                             history_path=tmp_path / "history.sqlite3")
+        # the worker has the web's settings, as from one environment file: with the replica wait on, it
+        # calls a vendor only once a replica has the step's marks (pipeline/execute.py)
         env = {**dep.worker_env(), "REDIS_SENTINELS": cluster.addresses, "REDIS_SENTINEL_SERVICE": SERVICE,
-               "CRMBRIDGE_JOB_HEARTBEAT_TTL": "6", "CRMBRIDGE_HISTORY_PATH": str(tmp_path / "history.sqlite3")}
+               "CRMBRIDGE_JOB_HEARTBEAT_TTL": "6", "CRMBRIDGE_HISTORY_PATH": str(tmp_path / "history.sqlite3"),
+               "CRMBRIDGE_INTAKE_WAIT_REPLICAS": str(wait_replicas), "CRMBRIDGE_INTAKE_WAIT_MS": "500"}
         old_primary = cluster.primary_port()
         with LiveApp(settings) as web, WorkerPool(env, tmp_path / "workers", size=1) as pool:
             posted = post_leads(web.url, before, threads=4, attempts=5, timeout=60)
@@ -78,7 +91,7 @@ def test_web_and_worker_follow_a_failover_without_a_restart(tmp_path, wait_repli
                 web.url, during, threads=4, attempts=400, retry_pause=0.2, pace=0.06, timeout=150)))
             sender.start()
             time.sleep(1.5)
-            cluster.server_on(old_primary).kill()   # SIGKILL, mid-traffic
+            cluster.kill(old_primary)   # SIGKILL, mid-traffic
             killed_at = time.monotonic()
             promoted = wait_until(lambda: cluster.primary_port() not in (None, old_primary), 30, interval=0.1)
             promoted_after = time.monotonic() - killed_at
