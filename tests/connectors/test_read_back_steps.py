@@ -203,6 +203,29 @@ def test_bitrix24_stage_history_pages_and_chains_the_stages_left(b24_with_a_deal
     assert moves[5].at == datetime.fromtimestamp(int(start + 5), timezone.utc).isoformat()
     later = client.stage_history(datetime.fromtimestamp(start + 50, timezone.utc).isoformat())
     assert [m.ref for m in later] == [str(i) for i in range(51, 61)]
+    # the first move in this look left the stage of the row just before the window (one batch call a
+    # look: the first look asked too, and found no row before deal 410's first)
+    assert later[0].previous_stage == moves[49].stage == "EXECUTING" and later[0].previous_pipeline == "0"
+    assert later[1].previous_stage == later[0].stage
+    assert len(fake.method_calls("batch")) == 2
+
+
+def test_bitrix24_stage_history_first_moves_of_several_deals_left_their_stages_before(b24_with_a_deal):
+    """Each deal's first move in a look gets the stage it left from its own previous row (another
+    deal's rows in between do not count); a deal with no row before keeps None."""
+    client, fake = b24_with_a_deal
+    fake.add("deal", {"ID": "411", "TITLE": "Other", "STAGE_ID": "C3:NEW", "CATEGORY_ID": "3", "ASSIGNED_BY_ID": "1"})
+    fake.add("deal", {"ID": "412", "TITLE": "New", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "ASSIGNED_BY_ID": "1"})
+    start = time.time() - 100
+    fake.move_deal(410, "PREPARATION", at=start)
+    fake.move_deal(411, "C3:PREPARE", at=start + 1)
+    fake.move_deal(410, "EXECUTING", at=start + 2)
+    fake.move_deal(411, "C3:EXECUTING", at=start + 20)
+    fake.move_deal(410, "WON", at=start + 21)
+    fake.move_deal(412, "PREPARATION", at=start + 22)
+    moves = client.stage_history(datetime.fromtimestamp(start + 10, timezone.utc).isoformat())
+    assert [(m.id, m.stage, m.previous_stage, m.previous_pipeline) for m in moves] == [
+        ("411", "C3:EXECUTING", "C3:PREPARE", "3"), ("410", "WON", "EXECUTING", "0"), ("412", "PREPARATION", None, None)]
 
 
 # --- Planfix: find_contact through the contact list's value filter -------------------------------------
