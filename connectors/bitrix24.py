@@ -864,8 +864,11 @@ class Client(BaseClient):
         found = {}
         for owner in firsts:
             items = _as_dict(answer["result"].get(f"d{owner}")).get("items") or []
-            if items and items[0].get("STAGE_ID"):
-                found[owner] = (str(items[0]["STAGE_ID"]), str(items[0].get("CATEGORY_ID") or "0"))
+            # checked here too: a portal that ignored a filter would list the rows of the look itself
+            rows = [r for r in items if str(r.get("OWNER_ID")) == owner and int(r.get("ID") or 0) < firsts[owner]]
+            row = max(rows, key=lambda r: int(r.get("ID") or 0), default=None)
+            if row is not None and row.get("STAGE_ID"):
+                found[owner] = (str(row["STAGE_ID"]), str(row.get("CATEGORY_ID") or "0"))
         return found
 
     def find_contact(self, name: str, by: str, value: str, since: float | str, field: str | None = None) -> int | None:
