@@ -2,8 +2,9 @@
 
 `take` reads the record fresh from its CRM (over the webhook's data; a read is retried in the
 job like any call, with the vendor's Retry-After), keeps it as the record's
-snapshot, derives the changes the webhook did not spell out (stage, responsible, fields), and adds
-the data the rules' conditions need (open tasks, activity, files, a task's parent).
+snapshot and derives the changes the webhook did not spell out (stage, responsible, fields);
+`enrich_changes` then adds the data the rules' conditions need (open tasks, activity, files, a
+task's parent), once the changes are in the event's progress (a rate limit there defers the event).
 """
 from __future__ import annotations
 
