@@ -67,8 +67,9 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
                 record = snapshot.take(rt, event, turn.marks)
                 if found := observers.observe(rt, event):
                     audit.audit(rt, event, "connector.observed", **found)
-                progress = resume.Progress(record.changes)
+                progress = resume.of(record)
                 resume.keep(rt, payload["id"], progress)
+            progress.enriched(rt)   # a rate limit here defers the event with its changes
             for change in progress.pending():
                 if progress.plan is None:
                     decided = decide(rt, change)

@@ -899,15 +899,24 @@ class Client(BaseClient):
         intermediate stage / 3 moved to a final one, OWNER_ID, CREATED_TIME, and for deals
         CATEGORY_ID, STAGE_SEMANTIC_ID, STAGE_ID). A row says only the stage entered: the stage
         left is the owner's row before it in the list (None for its first row here); a creation
-        row is no move, as a deal created is no stage change on the webhook path either."""
+        row is no move, as a deal created is no stage change on the webhook path either. A deal whose
+        first row here is a move has the stage it left read from its row just before (one batch of
+        crm.stagehistory.list {"filter": {"OWNER_ID", "<ID"}, "order": {"ID": "DESC"}} per 50 such
+        deals; history_before)."""
+        select = ["ID", "TYPE_ID", "OWNER_ID", "CREATED_TIME", "CATEGORY_ID", "STAGE_ID"]
         rows = self.list_all("crm.stagehistory.list", {
             "entityTypeId": OWNER_TYPE["deal"], "filter": {">=CREATED_TIME": self.portal_time(since)},
-            "order": {"ID": "ASC"},
-            "select": ["ID", "TYPE_ID", "OWNER_ID", "CREATED_TIME", "CATEGORY_ID", "STAGE_ID"]}, key="items")
+            "order": {"ID": "ASC"}, "select": select}, key="items")
         if rows is None:
             return None
-        moves, before = [], {}
-        for row in sorted(rows, key=lambda r: int(r.get("ID") or 0)):
+        rows = sorted(rows, key=lambda r: int(r.get("ID") or 0))
+        firsts: dict[str, int] = {}
+        for row in rows:
+            owner = str(row.get("OWNER_ID") or "")
+            if owner.isdigit() and owner not in firsts and str(row.get("TYPE_ID")) != "1":
+                firsts[owner] = int(row.get("ID") or 0)
+        moves, before = [], self.history_before(firsts, select) if firsts else {}
+        for row in rows:
             owner, stage = str(row.get("OWNER_ID") or ""), row.get("STAGE_ID")
             if not owner.isdigit() or not stage:
                 continue
@@ -919,6 +928,28 @@ class Client(BaseClient):
             at = _moment(row.get("CREATED_TIME") or 0).astimezone(timezone.utc).isoformat()
             moves.append(Moved("deal", owner, str(stage), category, left[0], left[1], at, str(row["ID"])))
         return moves
+
+    def history_before(self, firsts: dict[str, int], select: list[str]) -> dict[str, tuple[str, str]]:
+        """{deal id: (stage, category)} of each deal's stage history row just before the row id
+        `firsts` gives it (the stage its first move in a look left); a deal with none is left out."""
+        cmd = {f"d{owner}": command("crm.stagehistory.list", {
+            "entityTypeId": OWNER_TYPE["deal"], "filter": {"OWNER_ID": owner, "<ID": first},
+            "order": {"ID": "DESC"}, "select": select}) for owner, first in firsts.items()}
+        answer = self.batch(cmd)
+        if answer is None:
+            return {}
+        if answer["errors"]:
+            key, error = next(iter(answer["errors"].items()))
+            raise self.api_error(f"batch {key}", 200, error)
+        found = {}
+        for owner in firsts:
+            items = _as_dict(answer["result"].get(f"d{owner}")).get("items") or []
+            # checked here too: a portal that ignored a filter would list the rows of the look itself
+            rows = [r for r in items if str(r.get("OWNER_ID")) == owner and int(r.get("ID") or 0) < firsts[owner]]
+            row = max(rows, key=lambda r: int(r.get("ID") or 0), default=None)
+            if row is not None and row.get("STAGE_ID"):
+                found[owner] = (str(row["STAGE_ID"]), str(row.get("CATEGORY_ID") or "0"))
+        return found
 
     def find_contact(self, name: str, by: str, value: str, since: float | str, field: str | None = None) -> int | None:
         """The id of the newest contact named `name` that carries `value` (phone, email, or the

@@ -48,8 +48,10 @@ log = logging.getLogger("crmbridge.worker")
 # not repeated blindly: a step that may have been done goes to the dead letters to be checked.
 # set_responsible sets a state; delete_entity counts a record already gone as done (notify is a message).
 # find_or_create is not among them: it searches before it creates, but a vendor's search may not show a
-# contact created a moment ago (amoCRM's `query` is a full-text index), so a create that may have been
-# done is left to a person, as other creates are.
+# contact created a moment ago (amoCRM's `query` is a full-text index). Where the client can read its
+# create back (the step's `settles(client)`: find_contact, copy_entity's find_lead) the step is run again
+# and settles its create itself (StepContext.created); elsewhere a create that may have been done is left
+# to a person, as other creates are.
 REPEATABLE_METHODS = frozenset({"move_to_stage", "move_forward", "set_fields", "edit_buttons", "edit_text",
                                 "answer_button", "set_responsible", "delete_entity",
                                 "record",    # record: keyed by the step, stored once whatever runs it
@@ -243,7 +245,13 @@ def check_earlier_attempt(rt: Any, event: Event, action: PlannedAction, client: 
                           before: dict[str, Any], resend: bool = False) -> None:
     """An attempted mark was there before: go on only if the earlier try sent nothing or the step
     is repeatable; else raise StepMaybeDone (the step is parked for a person)."""
-    if before.get("phase") == "calling" and reports_own_sends(client, action):
+    step = STEPS.get(action.method)
+    if step is not None and getattr(step, "settles", None) is not None and step.settles(client):
+        # each of its creates keeps its own mark and is read back (StepContext.created), its other
+        # calls are reads and links: run again, whatever this client reports of its sends
+        audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
+              reason="attempted before; the step reads back what it may have made")
+    elif before.get("phase") == "calling" and reports_own_sends(client, action):
         # the worker that tried died before any request of this step left it: nothing was sent
         audit(rt, event, "action.repeated", rule=action.rule, action=action.describe(),
               reason="attempted before, but no request had left")

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from connectors.base import Event
 from pipeline.audit import audit
-from pipeline.snapshot import Change
+from pipeline.snapshot import Change, enrich_changes
 from ratelimit import SlotLater, deferring
 from rules.engine import Plan, PlannedAction
 
@@ -58,6 +58,15 @@ class Progress:
     changes: list[Change]
     finished: list[tuple[str, Any]] = field(default_factory=list)
     plan: Plan | None = None
+    # not yet added to the changes' views: {"entity": the record as read, "needs": [...]} (snapshot.enrich_changes)
+    enrich: dict[str, Any] | None = None
+
+    def enriched(self, rt: Any) -> None:
+        """Add what the rules read besides the record, once (a rate limit there raises SlotLater
+        with the changes still kept here: the event is deferred and enriched on its re-run)."""
+        if self.enrich is not None:
+            enrich_changes(rt, self.changes, self.enrich["entity"], set(self.enrich["needs"]))
+            self.enrich = None
 
     def pending(self) -> list[Change]:
         return self.changes[len(self.finished):]
@@ -74,7 +83,8 @@ class Progress:
         state = {"changes": [{"event": c.event.to_dict(), "view": c.view, "derived": c.derived,
                               "seen_before": c.seen_before} for c in self.changes],
                  "finished": [list(f) for f in self.finished],
-                 "plan": None if self.plan is None else [a.__dict__ for a in self.plan.actions]}
+                 "plan": None if self.plan is None else [a.__dict__ for a in self.plan.actions],
+                 "enrich": self.enrich}
         return json.loads(json.dumps(state, ensure_ascii=False, default=str))
 
     @classmethod
@@ -82,7 +92,7 @@ class Progress:
         changes = [Change(Event.from_dict(c["event"]), c["view"], derived=c["derived"], seen_before=c["seen_before"])
                    for c in state["changes"]]
         plan = None if state.get("plan") is None else Plan(actions=[PlannedAction(**a) for a in state["plan"]])
-        return cls(changes, [tuple(f) for f in state.get("finished", [])], plan)
+        return cls(changes, [tuple(f) for f in state.get("finished", [])], plan, state.get("enrich"))
 
 
 def saved(payload: dict[str, Any], kept: bytes | None = None) -> Progress | None:
@@ -90,6 +100,12 @@ def saved(payload: dict[str, Any], kept: bytes | None = None) -> Progress | None
     the turn's check); None: the event starts from the beginning."""
     state = payload.get("resume") or (json.loads(kept) if kept else None)
     return Progress.from_dict(state) if state else None
+
+
+def of(record: Any) -> Progress:
+    """A record's progress before anything was done: its changes, enrichment pending if the rules need some."""
+    return Progress(record.changes, enrich={"entity": record.entity, "needs": sorted(record.needs)}
+                    if record.needs else None)
 
 
 def keep(rt: Any, event_id: str, progress: Progress) -> None:

@@ -2,8 +2,9 @@
 
 `take` reads the record fresh from its CRM (over the webhook's data; a read is retried in the
 job like any call, with the vendor's Retry-After), keeps it as the record's
-snapshot, derives the changes the webhook did not spell out (stage, responsible, fields), and adds
-the data the rules' conditions need (open tasks, activity, files, a task's parent).
+snapshot and derives the changes the webhook did not spell out (stage, responsible, fields);
+`enrich_changes` then adds the data the rules' conditions need (open tasks, activity, files, a
+task's parent), once the changes are in the event's progress (a rate limit there defers the event).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from connectors.base import Entity, Event, PermanentApiError
 from pipeline import CRM_ENTITIES, stages
 from pipeline.audit import audit
 from pipeline.retry import with_retries
-from ratelimit import deferring
 from rules import MODULES
 from rules.engine import data_needs
 
@@ -41,6 +41,7 @@ class Record:
     event: Event
     entity: dict[str, Any]
     changes: list[Change] = field(default_factory=list)
+    needs: frozenset[str] = frozenset()   # what the rules read besides the record (enrich_changes adds it)
 
 
 def take(rt: Any, event: Event, marks: stages.Marks | None) -> Record:
@@ -57,10 +58,10 @@ def take(rt: Any, event: Event, marks: stages.Marks | None) -> Record:
             stages.remember(rt, event, derived=False)
     else:
         derived = derive(event, keep(rt, event, entity, entering), entity)
-    # the snapshot is kept: from here the event is not deferred on a rate limit (a re-run would
-    # find no difference and lose the derived changes), it waits for its slots (pipeline/resume.py)
-    with deferring(None):
-        entity = enrich(rt, event, entity, data_needs(rt.ruleset.rules, {event.kind, *(d.kind for d in derived)}))
+    # the snapshot is kept: what the rules read besides the record is added by enrich_changes once
+    # the event's changes are in its progress, so that a rate limit met there defers the event with
+    # them (pipeline/resume.py) instead of the worker waiting for its slot
+    needs = frozenset(data_needs(rt.ruleset.rules, {event.kind, *(d.kind for d in derived)}))
     own = Change(event, {**entity, **{k: v for k, v in event.data.items() if k == "changed" or k in past(event)}},
                  seen_before=seen_before)
     ahead = None if event.kind == "stage.changed" else marks
@@ -68,7 +69,21 @@ def take(rt: Any, event: Event, marks: stages.Marks | None) -> Record:
     return Record(event, entity, [own, *(Change(d, {**entity, **{k: v for k, v in d.data.items()
                                                                if k.startswith("previous_") or k == "changed"}},
                                                 derived=True, marks=ahead if d.kind == "stage.changed" else None)
-                                         for d in derived)])
+                                         for d in derived)], needs)
+
+
+def enrich_changes(rt: Any, changes: list[Change], entity: dict[str, Any], needs: set[str] | frozenset[str]) -> None:
+    """Add what the rules read besides the record (enrich) to every change's view of `entity`
+    (the record as read): a key a change sets itself (a stage of the past, `changed`, a previous
+    stage) stays the change's. May raise ratelimit.SlotLater: nothing is added, the event is
+    deferred with its changes and enriched on its re-run."""
+    if not changes or not needs:
+        return
+    fuller = enrich(rt, changes[0].event, entity, set(needs))
+    extra = {k: v for k, v in fuller.items() if k not in entity or entity[k] != v}
+    for change in changes:
+        own = {k for k in change.view if k not in entity or change.view[k] != entity[k]}
+        change.view.update({k: v for k, v in extra.items() if k not in own})
 
 
 HISTORY_REFS = ("stage", "pipeline", "previous_stage", "previous_pipeline")

@@ -19,6 +19,7 @@ def step_context(client: Any, key: str = "test-step") -> StepContext:
     return StepContext(rt, client, key, name)
 
 
-def run_step(method: str, client: Any, *args: Any, **kwargs: Any) -> Any:
-    """STEPS[method].run(StepContext(…), …), as the executor calls it (which names every argument)."""
-    return STEPS[method].run(step_context(client), *args, **kwargs)
+def run_step(method: str, client: Any, *args: Any, step_key: str = "test-step", **kwargs: Any) -> Any:
+    """STEPS[method].run(StepContext(…), …), as the executor calls it (which names every argument).
+    `step_key`: the step's idempotency key (another one is another step; the same one, a re-run)."""
+    return STEPS[method].run(step_context(client, step_key), *args, **kwargs)

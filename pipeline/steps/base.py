@@ -57,22 +57,11 @@ class StepContext:
         read back once the vendor cannot be making it any more (the client's timeout and 2 s).
         Found: recorded done with that id; not found: sent again (RESEND_ROUNDS in all, then the
         UncertainApiError goes to the executor, which parks the step)."""
+        known, made = self.made_before(name, find)
+        if known:
+            return made
         done_key = self.rt.keys("done", f"{self.key}|{name}")
-        raw = self.rt.store.get(done_key)
-        if raw is not None:
-            return json.loads(raw)
         mark = self.rt.keys("attempted", f"{self.key}|{name}")
-        before = json.loads(self.rt.store.get(mark) or "{}")
-        if before.get("phase") in ("sent", "answered"):
-            if before["phase"] == "sent":
-                age = (clock.now() - datetime.fromisoformat(before["at"])).total_seconds()
-                wait = float(getattr(self.client, "timeout", 10.0)) + 2.0 - age
-                if wait > 0:   # the vendor may still be making it: look when it cannot be any more
-                    raise RetryableApiError(f"{name}: sent {age:.0f} s ago with no answer; looked for then",
-                                            retry_after=wait)
-            found = find(before["at"])
-            if found is not None:
-                return self._record(done_key, mark, found)
         outer = self.client.sending
         for round_ in range(1, RESEND_ROUNDS + 1):
             at = clock.now().isoformat()
@@ -99,6 +88,30 @@ class StepContext:
                 self.client.sending = outer
             return self._record(done_key, mark, result)
         raise AssertionError("unreachable")
+
+    def made_before(self, name: str, find: Callable[[str], Any]) -> tuple[bool, Any]:
+        """What an earlier run of this step made with its create `name`: (True, what it recorded),
+        or (True, what reading back finds) when that run was cut short after the create was sent
+        (the vendor answered 5xx, or the worker died); (False, None) when nothing was made. A
+        create sent with no answer less than the client's timeout and 2 s ago is not looked for
+        yet (the vendor may still be making it): RetryableApiError with that wait."""
+        done_key = self.rt.keys("done", f"{self.key}|{name}")
+        raw = self.rt.store.get(done_key)
+        if raw is not None:
+            return True, json.loads(raw)
+        mark = self.rt.keys("attempted", f"{self.key}|{name}")
+        before = json.loads(self.rt.store.get(mark) or "{}")
+        if before.get("phase") in ("sent", "answered"):
+            if before["phase"] == "sent":
+                age = (clock.now() - datetime.fromisoformat(before["at"])).total_seconds()
+                wait = float(getattr(self.client, "timeout", 10.0)) + 2.0 - age
+                if wait > 0:   # the vendor may still be making it: look when it cannot be any more
+                    raise RetryableApiError(f"{name}: sent {age:.0f} s ago with no answer; looked for then",
+                                            retry_after=wait)
+            found = find(before["at"])
+            if found is not None:
+                return True, self._record(done_key, mark, found)
+        return False, None
 
     def _record(self, done_key: str, mark: str, result: Any) -> Any:
         with self.rt.store.pipeline() as pipe:

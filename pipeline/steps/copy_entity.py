@@ -17,6 +17,13 @@ REQUIRES = frozenset({"get_raw", "create_copy", "link_copy"})
 ONE_CLIENT = True   # every call goes through the action's own client (it reports its sends)
 
 
+def settles(client: Any) -> bool:
+    """Does the step settle its own create here? With find_lead, the copy is made through
+    StepContext.created (read back when uncertain), the source is a read and the link is recorded
+    once (made twice, one link): a run cut short anywhere is run again (pipeline.execute), never parked."""
+    return client.can("find_lead") and not client.record_only
+
+
 def run(ctx: StepContext, entity: Entity, pipeline: str, stage: str, responsible: str | int | None = None,
         fields: dict[str, Any] | None = None, tags: list[str] | None = None, contacts: bool = True,
         copy_fields: bool | list[str] = True, name: str | None = None) -> int | None:
@@ -24,7 +31,7 @@ def run(ctx: StepContext, entity: Entity, pipeline: str, stage: str, responsible
     client = ctx.client
     if client.record_only:   # the call it would make is logged; nothing is kept
         return client.create_copy(None, pipeline, stage)
-    settle = client.can("find_lead")   # else the create is recorded once and an uncertain one is parked
+    settle = settles(client)   # else the create is recorded once and an uncertain one is parked
     with ctx.settling() if settle else nullcontext():   # the read, the create, the link: each settled
         source = client.get_raw(entity)
         if source is None:

@@ -24,6 +24,14 @@ LOCK_SECONDS = 120   # one find_or_create per person and connection at a time (t
 log = logging.getLogger("crmbridge.steps")
 
 
+def settles(client: Any) -> bool:
+    """Does the step settle its own create here? With find_contact, the create is made through
+    StepContext.created (read back when uncertain) and the other calls are a search and a link
+    (made twice, one link): a run cut short anywhere, a worker killed mid-call included, is run
+    again (pipeline.execute), never parked."""
+    return client.can("find_contact") and not client.record_only
+
+
 def run(ctx: StepContext, by: str, value: str, name: str | None = None, fields: dict[str, Any] | None = None,
         field: str | None = None, entity: Entity | None = None) -> dict[str, Any]:
     """The contact `value` names: {contact, created, by, value, linked | not_linked, several_matched}.
@@ -55,7 +63,7 @@ def run(ctx: StepContext, by: str, value: str, name: str | None = None, fields: 
         if not lock.acquire():
             raise RetryableApiError(f"find_or_create: another worker is matching {value!r} ({by})")
     try:
-        if not client.can("find_contact"):   # an uncertain create is parked by the executor
+        if not settles(client):   # an uncertain create is parked by the executor
             return _find_or_create(ctx, by, value, name, values, field, entity)
         with ctx.settling():   # the search, the create (read back when uncertain) and the link
             return _find_or_create(ctx, by, value, name, values, field, entity)
@@ -70,10 +78,17 @@ def run(ctx: StepContext, by: str, value: str, name: str | None = None, fields: 
 def _find_or_create(ctx: StepContext, by: str, value: str, name: str | None, values: dict[str, Any],
                     field: str | None, entity: Entity | None) -> dict[str, Any]:
     client = ctx.client
-    found = [c for c in client.search_contacts(by, value, field) or [] if contact_matches(by, value, c, field)]
-    found = sorted({str(c["id"]): c for c in found}.values(), key=_age)
     result: dict[str, Any] = {"by": by, "value": value}
-    if found:
+    # an earlier run of this step that made the contact and was cut short (a worker killed before
+    # the step was recorded, a 5xx): the contact it made, recorded or read back, is the result
+    known, made = ctx.made_before("create", _finder(ctx, name or value, by, value, field)) \
+        if settles(client) else (False, None)
+    found = [] if known else [c for c in client.search_contacts(by, value, field) or []
+                              if contact_matches(by, value, c, field)]
+    found = sorted({str(c["id"]): c for c in found}.values(), key=_age)
+    if known:
+        result.update(contact=None if made is None else str(made), created=True)
+    elif found:
         result.update(contact=str(found[0]["id"]), created=False)
         if len(found) > 1:
             result["several_matched"] = [str(c["id"]) for c in found]
@@ -97,7 +112,12 @@ def _create(ctx: StepContext, name: str, by: str, value: str, values: dict[str, 
     if not client.can("find_contact"):
         return client.add_contact(name, by, value, values)
     return ctx.created("create", lambda: client.add_contact(name, by, value, values),
-                       lambda since: client.find_contact(name, by, value, since, field))
+                       _finder(ctx, name, by, value, field))
+
+
+def _finder(ctx: StepContext, name: str, by: str, value: str, field: str | None) -> Any:
+    """find(since) for StepContext.created: the contact add_contact made since `since`, or None."""
+    return lambda since: ctx.client.find_contact(name, by, value, since, field)
 
 
 def _age(contact: dict[str, Any]) -> tuple[Any, ...]:

@@ -67,10 +67,14 @@ def test_amocrm_none_creates_with_fields_and_a_repeat_finds_it(amo):
     assert made.body == [{"name": "Олена Коваленко", "custom_fields_values": [
         {"field_id": 7001, "values": [{"value": "https://instagram.com/olena.k"}]}]}]
     assert first["created"] is True
-    # the worker died after the create, before recording it: the repeat finds the contact made
+    # the worker died after the create, before the executor recorded the step: the re-run gives the contact made
     again = run_step("find_or_create", client, "inbox_sender", "https://instagram.com/olena.k/", name="Олена Коваленко",
                      fields={"Instagram": "https://instagram.com/olena.k"}, field="Instagram")
-    assert (again["contact"], again["created"]) == (first["contact"], False)
+    assert (again["contact"], again["created"]) == (first["contact"], True)
+    # another step for the same sender (a later message) finds it
+    later = run_step("find_or_create", client, "inbox_sender", "https://instagram.com/olena.k/", name="Олена Коваленко",
+                     fields={"Instagram": "https://instagram.com/olena.k"}, field="Instagram", step_key="later-step")
+    assert (later["contact"], later["created"]) == (first["contact"], False)
     assert len(server.received("POST", r"/api/v4/contacts")) == 1
 
 
@@ -84,7 +88,7 @@ def test_amocrm_phone_create_writes_the_phone_field_and_keeps_the_vendor_error(a
                                             "validation-errors": [{"request_id": "0", "errors": [
                                                 {"code": "NotSupportedChoice", "path": "name", "detail": "bad"}]}]})
     with pytest.raises(PermanentApiError, match="Request validation failed; name: bad"):
-        run_step("find_or_create", client, "email", "new@shop.ua")
+        run_step("find_or_create", client, "email", "new@shop.ua", step_key="another-step")
 
 
 def test_amocrm_does_not_link_a_task(amo):
@@ -181,8 +185,10 @@ def test_planfix_inbox_sender_created_with_fields_then_found_on_a_repeat(pf):
     [made] = server.received("POST", r"/rest/contact/")
     assert made.body == {"name": "Олена Солодка", "customFieldData": [
         {"field": {"id": 201}, "value": "Торти"}, {"field": {"id": 202}, "value": "https://instagram.com/sweet.olena"}]}
-    again = run_step("find_or_create", client, **args)
-    assert (first["created"], again["created"], again["contact"]) == (True, False, first["contact"])
+    again = run_step("find_or_create", client, **args)                          # the step re-run
+    later = run_step("find_or_create", client, **args, step_key="later-step")  # another step: found
+    assert (first["created"], again["created"], again["contact"]) == (True, True, first["contact"])
+    assert (later["created"], later["contact"]) == (False, first["contact"])
     assert len(server.received("POST", r"/rest/contact/")) == 1
     search = server.received("POST", r"/rest/contact/list")[-1]
     assert search.body["filters"] == [{"type": 4101, "operator": "equal", "field": 202,

@@ -203,6 +203,29 @@ def test_bitrix24_stage_history_pages_and_chains_the_stages_left(b24_with_a_deal
     assert moves[5].at == datetime.fromtimestamp(int(start + 5), timezone.utc).isoformat()
     later = client.stage_history(datetime.fromtimestamp(start + 50, timezone.utc).isoformat())
     assert [m.ref for m in later] == [str(i) for i in range(51, 61)]
+    # the first move in this look left the stage of the row just before the window (one batch call a
+    # look: the first look asked too, and found no row before deal 410's first)
+    assert later[0].previous_stage == moves[49].stage == "EXECUTING" and later[0].previous_pipeline == "0"
+    assert later[1].previous_stage == later[0].stage
+    assert len(fake.method_calls("batch")) == 2
+
+
+def test_bitrix24_stage_history_first_moves_of_several_deals_left_their_stages_before(b24_with_a_deal):
+    """Each deal's first move in a look gets the stage it left from its own previous row (another
+    deal's rows in between do not count); a deal with no row before keeps None."""
+    client, fake = b24_with_a_deal
+    fake.add("deal", {"ID": "411", "TITLE": "Other", "STAGE_ID": "C3:NEW", "CATEGORY_ID": "3", "ASSIGNED_BY_ID": "1"})
+    fake.add("deal", {"ID": "412", "TITLE": "New", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "ASSIGNED_BY_ID": "1"})
+    start = time.time() - 100
+    fake.move_deal(410, "PREPARATION", at=start)
+    fake.move_deal(411, "C3:PREPARE", at=start + 1)
+    fake.move_deal(410, "EXECUTING", at=start + 2)
+    fake.move_deal(411, "C3:EXECUTING", at=start + 20)
+    fake.move_deal(410, "WON", at=start + 21)
+    fake.move_deal(412, "PREPARATION", at=start + 22)
+    moves = client.stage_history(datetime.fromtimestamp(start + 10, timezone.utc).isoformat())
+    assert [(m.id, m.stage, m.previous_stage, m.previous_pipeline) for m in moves] == [
+        ("411", "C3:EXECUTING", "C3:PREPARE", "3"), ("410", "WON", "EXECUTING", "0"), ("412", "PREPARATION", None, None)]
 
 
 # --- Planfix: find_contact through the contact list's value filter -------------------------------------
@@ -226,3 +249,132 @@ def test_planfix_find_contact_settles_a_create_applied_then_answered_500(redis_d
         assert client.find_contact("Олена", "email", "other@example.com", since) is None   # another value
     finally:
         fake.stop()
+
+
+# --- find_or_create through the executor on Bitrix24 and Planfix (clients that do not report their
+# sends): a worker killed between the create and the step's done mark, and a create applied then
+# answered 500. The re-run reads the contact back (find_contact) and records it: one contact, the
+# step done, nothing parked. Before the steps said they settle their own creates (`settles`), the
+# re-run found the executor's "calling" mark from a client that does not report its sends and parked
+# the step ("may have been sent").
+
+class WorkerKilled(BaseException):
+    """What a SIGKILL looks like to the code after it: nothing more runs (marks stay as they were)."""
+
+
+def kill_after_the_vendor_made_it(monkeypatch, client, verb: str) -> None:
+    """The next `verb` reaches the vendor, which makes the record; the worker dies before the answer is used."""
+    made = getattr(client, verb)
+
+    def dies(*args, **kwargs):
+        monkeypatch.setattr(client, verb, made)   # only the first call dies
+        made(*args, **kwargs)
+        raise WorkerKilled()
+    monkeypatch.setattr(client, verb, dies)
+
+
+def crm_contact_step(connection: str, value: str, entity: dict) -> PlannedAction:
+    return PlannedAction(rule="Test rule", rule_id="test", step=0, connection=connection, method="find_or_create",
+                         args={"by": "phone" if value.startswith("+") else "email", "value": value,
+                               "name": "Олена Коваленко", "entity": entity},
+                         key=f"{EVENT.id}|test|{connection}|find_or_create")
+
+
+@pytest.fixture
+def b24_runtime(runtime, b24_with_a_deal):
+    client, fake = b24_with_a_deal
+    client.timeout = 0.5                  # a create's answer is given up on after 0.5 s: looked for 2.5 s after
+    runtime.clients["b24"] = client
+    return runtime, client, fake
+
+
+@pytest.fixture
+def pf_runtime(runtime):
+    from connectors import planfix
+    from connectors.base import Connection
+    from tests.fakes_planfix import FakePlanfix
+    fake = FakePlanfix().start()
+    fake.add("task", {"id": 1042, "name": "Замовлення"})
+    client = planfix.Client(Connection(name="pf", type="planfix", base_url=f"{fake.url}/rest",
+                                       credentials={"token": "PF-TOKEN"}), store=runtime.store,
+                            key_prefix=runtime.keys.prefix)
+    client.timeout = 0.5
+    runtime.clients["pf"] = client
+    yield runtime, client, fake
+    fake.stop()
+
+
+def b24_contacts(fake) -> list[int]:
+    return sorted(fake.records["contact"])
+
+
+def test_bitrix24_contact_made_by_a_worker_killed_before_its_answer_is_read_back_on_the_rerun(
+        b24_runtime, monkeypatch):
+    runtime, client, fake = b24_runtime
+    action = crm_contact_step("b24", "+380 67 123 45 67", {"type": "deal", "id": "410"})
+    kill_after_the_vendor_made_it(monkeypatch, client, "add_contact")
+    with pytest.raises(WorkerKilled):
+        execute.execute(runtime, EVENT, action)
+    [made] = b24_contacts(fake)
+    assert json.loads(runtime.store.get(runtime.keys("attempted", f"{action.key}|create")))["phase"] == "sent"
+    assert runtime.store.get(runtime.keys("attempted", action.key)) is not None      # the step's own mark stays
+    assert execute.execute(runtime, EVENT, action) is True                           # the job run again
+    assert b24_contacts(fake) == [made] and len(fake.method_calls("crm.contact.add")) == 1
+    done = json.loads(runtime.store.get(runtime.keys("done", action.key)))
+    assert done["contact"] == str(made) and done["created"] is True and done["linked"] == "deal:410"
+    assert runtime.store.get(runtime.keys("attempted", action.key)) is None
+    assert not runtime.store.hexists(runtime.keys("dead"), action.key)
+    assert "action.uncertain" not in audit_whats(runtime) and "action.repeated" in audit_whats(runtime)
+    assert fake.method_calls("crm.deal.contact.add")
+
+
+def test_bitrix24_contact_killed_before_anything_left_is_made_once_on_the_rerun(b24_runtime, monkeypatch):
+    runtime, client, fake = b24_runtime
+    action = crm_contact_step("b24", "+380 67 123 45 67", {"type": "deal", "id": "410"})
+    monkeypatch.setattr(client, "search_contacts", lambda *a, **k: (_ for _ in ()).throw(WorkerKilled()))
+    with pytest.raises(WorkerKilled):
+        execute.execute(runtime, EVENT, action)
+    monkeypatch.undo()
+    assert execute.execute(runtime, EVENT, action) is True
+    assert len(b24_contacts(fake)) == 1 and not runtime.store.hexists(runtime.keys("dead"), action.key)
+
+
+def test_bitrix24_contact_applied_then_answered_500_is_read_back_through_the_executor(b24_runtime):
+    runtime, client, fake = b24_runtime
+    fake.fail(r"/crm\.contact\.add(\.json)?$", 500,
+              {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal server error"}, applied=True)
+    action = crm_contact_step("b24", "+380 67 123 45 67", {"type": "deal", "id": "410"})
+    assert execute.execute(runtime, EVENT, action) is True
+    [made] = b24_contacts(fake)
+    assert len(fake.received(None, r".*/crm\.contact\.add(\.json)?", failed=True)) == 1
+    assert json.loads(runtime.store.get(runtime.keys("done", action.key)))["contact"] == str(made)
+    assert not runtime.store.hexists(runtime.keys("dead"), action.key)
+    assert "action.uncertain" not in audit_whats(runtime)
+
+
+def test_planfix_contact_made_by_a_worker_killed_before_its_answer_is_read_back_on_the_rerun(
+        pf_runtime, monkeypatch):
+    runtime, client, fake = pf_runtime
+    action = crm_contact_step("pf", "olena@example.com", {"type": "task", "id": "1042"})
+    kill_after_the_vendor_made_it(monkeypatch, client, "add_contact")
+    with pytest.raises(WorkerKilled):
+        execute.execute(runtime, EVENT, action)
+    [made] = fake.contacts
+    assert execute.execute(runtime, EVENT, action) is True
+    assert list(fake.contacts) == [made] and len(fake.received("POST", r"^/rest/contact/$")) == 1
+    done = json.loads(runtime.store.get(runtime.keys("done", action.key)))
+    assert done["contact"] == str(made) and done["linked"] == "task:1042"
+    assert fake.tasks[1042]["counterparty"] == {"id": f"contact:{made}"}
+    assert not runtime.store.hexists(runtime.keys("dead"), action.key)
+    assert "action.uncertain" not in audit_whats(runtime)
+
+
+def test_planfix_contact_applied_then_answered_500_is_read_back_through_the_executor(pf_runtime):
+    runtime, client, fake = pf_runtime
+    fake.fail(r"^/rest/contact/$", 500, {"result": "fail", "code": 0, "error": "Internal error"}, applied=True)
+    action = crm_contact_step("pf", "olena@example.com", {"type": "task", "id": "1042"})
+    assert execute.execute(runtime, EVENT, action) is True
+    [made] = fake.contacts
+    assert len(fake.received("POST", r"^/rest/contact/$", failed=True)) == 1
+    assert json.loads(runtime.store.get(runtime.keys("done", action.key)))["contact"] == str(made)
+    assert not runtime.store.hexists(runtime.keys("dead"), action.key)

@@ -14,7 +14,7 @@ been sent" messages, every phase settled within 60 s of its last disturbance; no
 in the clean phase; and that at least one kill hit a running job. Duplicates under disturbances
 and parked messages (Telegram cannot be read back) are printed.
 
-The long version (issue 14's run, 400 leads per phase, about 15 minutes):
+The long version (issue 14's run, 400 leads per phase, about 19 minutes on a shared 2-core machine):
 
     CRMBRIDGE_TEST_REDIS_URL=redis://127.0.0.1:6379/7 .venv/bin/python -m tests.reliability.test_deployment --long
 
