@@ -378,3 +378,52 @@ def test_planfix_contact_applied_then_answered_500_is_read_back_through_the_exec
     assert len(fake.received("POST", r"^/rest/contact/$", failed=True)) == 1
     assert json.loads(runtime.store.get(runtime.keys("done", action.key)))["contact"] == str(made)
     assert not runtime.store.hexists(runtime.keys("dead"), action.key)
+
+
+def attach_step(none_open: str = "new_deal") -> PlannedAction:
+    return PlannedAction(rule="Test rule", rule_id="test", step=0, connection="b24", method="attach_to_deal",
+                         args={"text": "Заявка з сайту: торт на 3 кг", "none_open": none_open,
+                               "deal_title": "Заявка з сайту", "contact": "84"},
+                         key=f"{EVENT.id}|test|b24|attach_to_deal")
+
+
+def b24_comments(fake) -> list[tuple[str, str]]:
+    return [(c["ENTITY_TYPE"], str(c["ENTITY_ID"])) for c in fake.records.get("timeline_comment", {}).values()]
+
+
+def test_bitrix24_a_new_deal_made_by_a_worker_killed_before_its_answer_is_read_back_on_the_rerun(
+        b24_runtime, monkeypatch):
+    """attach_to_deal with none_open: new_deal; the vendor makes the deal, the worker dies. The
+    rerun finds the contact's open deal (the one it made), makes no second, and writes the note once."""
+    runtime, client, fake = b24_runtime
+    fake.add("contact", {"ID": "84", "NAME": "Марія", "LAST_NAME": "Ковальчук"})
+    action = attach_step()
+    kill_after_the_vendor_made_it(monkeypatch, client, "add_deal")
+    with pytest.raises(WorkerKilled):
+        execute.execute(runtime, EVENT, action)
+    assert len(fake.method_calls("crm.deal.add")) == 1
+    assert execute.execute(runtime, EVENT, action) is True                          # the job run again
+    [made] = [rid for rid, d in fake.records["deal"].items() if d.get("TITLE") == "Заявка з сайту"]
+    assert len(fake.method_calls("crm.deal.add")) == 1
+    done = json.loads(runtime.store.get(runtime.keys("done", action.key)))
+    assert done["attached"] == f"deal:{made}" and done["created"] is True
+    assert len(fake.method_calls("crm.timeline.comment.add")) == 1
+    assert not runtime.store.hexists(runtime.keys("dead"), action.key)
+    assert "action.uncertain" not in audit_whats(runtime)
+
+
+def test_bitrix24_a_note_made_by_a_worker_killed_before_its_answer_is_written_once(b24_runtime, monkeypatch):
+    runtime, client, fake = b24_runtime
+    fake.add("contact", {"ID": "84", "NAME": "Марія", "LAST_NAME": "Ковальчук"})
+    fake.add("deal", {"ID": "452", "TITLE": "Торт", "STAGE_ID": "NEW", "CATEGORY_ID": "0", "CONTACT_ID": "84",
+                      "CLOSED": "N", "DATE_MODIFY": "2026-12-07T10:00:00+03:00"})
+    action = attach_step()
+    kill_after_the_vendor_made_it(monkeypatch, client, "add_note")
+    with pytest.raises(WorkerKilled):
+        execute.execute(runtime, EVENT, action)
+    assert execute.execute(runtime, EVENT, action) is True
+    assert len(fake.method_calls("crm.timeline.comment.add")) == 1
+    assert fake.method_calls("crm.deal.add") == []
+    done = json.loads(runtime.store.get(runtime.keys("done", action.key)))
+    assert done["attached"] == "deal:452"
+    assert not runtime.store.hexists(runtime.keys("dead"), action.key)
