@@ -314,6 +314,9 @@ class RQBackend:
         self.retry = Retry(max=job_retries, interval=[5, 30, 120][:job_retries]) if job_retries else None
         self._on_failure = Callback("worker.on_job_failed")
         self.fast = FastIntake(self.queue, HANDLE_EVENT) if INTAKE == "fast" else None
+        # connection → (ms between two of its events, ms its lane may run ahead): intake paces a CRM
+        # connection's events to its vendor's limit (pipeline/lanes.py; runtime.Runtime.create sets it)
+        self.paces: dict[str, tuple[int, int]] = {}
         self._give_back = store.register_script(self.GIVE_BACK)
         self._claim_timer = store.register_script(self.CLAIM_TIMER)
 
@@ -328,8 +331,10 @@ return 0
         (rqintake.py), or, with CRMBRIDGE_INTAKE=rq, accept_public."""
         if self.fast is None:
             return self.accept_public(event, seen, ttl)
+        pace = self.paces.get(event.get("connection"))
         return self.fast.accept(event, self._event_options(event), seen=seen, ttl=ttl, order_ttl=Order.TTL,
-                                order_key=self.order._key("order", event), ticket_key=self.keys("ticket", event["id"]))
+                                order_key=self.order._key("order", event), ticket_key=self.keys("ticket", event["id"]),
+                                lane=(self.keys("lane", event["connection"]), *pace) if pace else None)
 
     def accept_public(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
         """accept() through RQ's public API alone, in two steps.
@@ -345,11 +350,15 @@ return 0
         if not self.store.set(seen, self.PENDING, nx=True, ex=self.PENDING_TTL):
             return False
         try:
+            later = self._place(event)
             with self.store.pipeline() as pipe:
                 pipe.multi()   # first: RQ puts a pipeline it is given in MULTI, which must precede any command
                 pipe.set(seen, 1, ex=ttl)
                 self.order.ticket(event, pipe)
-                self.queue.enqueue_call(HANDLE_EVENT, args=(event,), pipeline=pipe, **self._event_options(event))
+                if later is None:
+                    self.queue.enqueue_call(HANDLE_EVENT, args=(event,), pipeline=pipe, **self._event_options(event))
+                else:   # its place in its connection's lane is further ahead (pipeline/lanes.py)
+                    self.queue.enqueue_at(later, HANDLE_EVENT, event, pipeline=pipe, **self._event_options(event))
                 pipe.execute()
         except BaseException:
             try:
@@ -358,6 +367,24 @@ return 0
                 log.warning("seen-mark %s not given back (%s); it expires in %s s", seen, exc, self.PENDING_TTL)
             raise
         return True
+
+    # KEYS[1] a connection's lane; ARGV[1] its spacing (ms): the event's place, ms from now (rqintake.py)
+    PLACE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0')) + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], at, 'PX', at - now + 60000)
+return at - now
+"""
+
+    def _place(self, event: dict[str, Any]) -> datetime | None:
+        """The public path's pacing (the fast path's is in its script): None to queue the event now,
+        else when its place in its connection's lane comes."""
+        pace = self.paces.get(event.get("connection"))
+        if not pace:
+            return None
+        ahead = int(self.store.eval(self.PLACE, 1, self.keys("lane", event["connection"]), pace[0]))
+        return None if ahead <= pace[1] else datetime.now(timezone.utc) + timedelta(milliseconds=ahead)
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self.queue.enqueue_call(HANDLE_EVENT, args=(event,), **self._event_options(event))

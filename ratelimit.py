@@ -263,6 +263,19 @@ def configured(options: Mapping[str, Any], key: str, default: tuple[float, float
     return Limit(rate, burst, margin)
 
 
+def pace(options: Mapping[str, Any], client_class: Any) -> tuple[int, int] | None:
+    """How intake paces a CRM connection's events (pipeline/lanes.py): (ms between two events: the
+    connection's limit's ms per call, ms its lane may run ahead of now: the limit's window, so a
+    burst the limit allows is queued at once). None for a connection whose events read no CRM
+    record, or whose limit allows more than 1,000 calls a second (nothing to pace)."""
+    if "get_entity" not in getattr(client_class, "capabilities", ()):
+        return None
+    rate = float(client_class.rate_per_second)
+    own = configured(options, "own", (rate, float(getattr(client_class, "burst", None) or rate)))
+    spacing = own.window_ms / own.allowed
+    return (round(spacing), own.window_ms) if spacing >= 1 else None
+
+
 def limiter_for(store: Redis, prefix: str, conn: Any, client: Any) -> Callable[..., Callable[[], None] | None]:
     """The connection's shared limiter: `acquire(also=(("chat:…", (rate, burst)), …), hold=seconds)`
     takes one slot of the connection's limit and one of each scope in `also` (a Telegram chat's, a

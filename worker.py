@@ -14,7 +14,7 @@ import logging_setup as logs
 from config.loader import ConfigErrors
 from config.settings import Settings
 from connectors.base import Event
-from pipeline import audit, clock, dead_letters, execute, lanes, links, observers, order, resume, retry, snapshot, stages, timers
+from pipeline import audit, clock, dead_letters, execute, links, observers, order, resume, retry, snapshot, stages, timers
 from pipeline import catch_up as catching_up, mailbox
 from pipeline.snapshot import Change
 from rules import MODULES
@@ -58,8 +58,6 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
             return {"superseded": True} if turn.superseded else {"deferred": True}
         progress = resume.saved(payload, turn.kept)
         try:
-            if progress is None and (later := lanes.wait_in_lane(rt, payload, turn.lane)) is not None:
-                raise later   # its connection's backlog is ahead of it: its place in the lane
             if progress is None:
                 event, answered = links.bind(rt, Event.from_dict(payload))  # chats and buttons bound to records
                 if answered is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.base import Event
-from pipeline import lanes, stages
+from pipeline import stages
 from pipeline.audit import after_success, audit
 
 ORDER_POLL = 0.25         # seconds a worker polls for an earlier event of the same record…
@@ -33,7 +33,6 @@ class Turn:
     marks: stages.Marks | None = None
     superseded: bool = False
     kept: bytes | None = None    # the progress an earlier run of this event kept (pipeline/resume.py)
-    lane: bytes | None = None    # the event's connection's rate-limit lane (pipeline/lanes.py)
 
 
 def take_turn(rt: Any, payload: dict[str, Any]) -> Turn:
@@ -43,9 +42,8 @@ def take_turn(rt: Any, payload: dict[str, Any]) -> Turn:
     keys = stages.mark_keys(rt, payload)
     # the progress an earlier run kept (a worker killed mid-event), read in the same round trip
     progress = None if "resume" in payload else rt.keys("progress", payload["id"])
-    lane = lanes.key(rt, payload["connection"])
     deadline = time.monotonic() + ORDER_POLL
-    ready, values = rt.backend.order.is_turn(payload, [*keys, *([progress] if progress else []), lane])
+    ready, values = rt.backend.order.is_turn(payload, [*keys, *([progress] if progress else [])])
     while not ready:
         if payload.pop("superseded", False):   # a later copy of this event was queued: it does the work
             return Turn(False, superseded=True)
@@ -54,12 +52,9 @@ def take_turn(rt: Any, payload: dict[str, Any]) -> Turn:
         time.sleep(0.02)
         ready, values = rt.backend.order.is_turn(payload)
     payload.pop("superseded", None)
-    if values is None:   # a later look: the progress and the lane are read now (the marks when needed)
-        kept, lane_at = rt.store.mget(progress, lane) if progress else (None, rt.store.get(lane))
-        return Turn(True, kept=kept, lane=lane_at)
-    *values, lane_at = values
-    return Turn(True, stages.Marks(*values[:2]) if keys else None, kept=values[-1] if progress else None,
-                lane=lane_at)
+    if values is None:   # a later look: the progress is read now (the marks when needed)
+        return Turn(True, kept=rt.store.get(progress) if progress else None)
+    return Turn(True, stages.Marks(*values[:2]) if keys else None, kept=values[-1] if progress else None)
 
 
 def go_on_without(rt: Any, payload: dict[str, Any]) -> bool:
