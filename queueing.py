@@ -39,6 +39,7 @@ RESULT_TTL = int(os.environ.get("CRMBRIDGE_RESULT_TTL", "0"))
 # (RQBackend.accept_public: RQ's enqueue_call in a MULTI, two round trips)
 INTAKE = os.environ.get("CRMBRIDGE_INTAKE", "fast")
 FIRE_TIMER = "worker.fire_timer"
+UNREAD_TTL = 3600   # seconds a connection's set of records waiting to be read outlives its last event (pipeline/coalesce.py)
 
 
 def job_id_for(kind: str, key: str) -> str:
@@ -334,7 +335,14 @@ return 0
         pace = self.paces.get(event.get("connection"))
         return self.fast.accept(event, self._event_options(event), seen=seen, ttl=ttl, order_ttl=Order.TTL,
                                 order_key=self.order._key("order", event), ticket_key=self.keys("ticket", event["id"]),
-                                lane=(self.keys("lane", event["connection"]), *pace) if pace else None)
+                                lane=(self.keys("lane", event["connection"]), *pace) if pace else None,
+                                unread=self._unread(event) if pace else ("", "", 0))
+
+    def _unread(self, event: dict[str, Any]) -> tuple[str, str, int]:
+        """The connection's records waiting to be read (pipeline/coalesce.py), this event's record, the
+        set's ttl."""
+        return (self.keys("unread", event["connection"]),
+                f"{event['entity']['type']}:{event['entity']['id']}", UNREAD_TTL)
 
     def accept_public(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
         """accept() through RQ's public API alone, in two steps.
@@ -369,11 +377,14 @@ return 0
         return True
 
     # KEYS[1] a connection's lane; ARGV[1] its spacing (ms): the event's place, ms from now (rqintake.py)
+    # KEYS[2] its records waiting to be read (pipeline/coalesce.py); ARGV[2] the event's, ARGV[3] the set's ttl
     PLACE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0')) + tonumber(ARGV[1])
 redis.call('SET', KEYS[1], at, 'PX', at - now + 60000)
+redis.call('ZADD', KEYS[2], 'NX', now, ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 return at - now
 """
 
@@ -383,7 +394,8 @@ return at - now
         pace = self.paces.get(event.get("connection"))
         if not pace:
             return None
-        ahead = int(self.store.eval(self.PLACE, 1, self.keys("lane", event["connection"]), pace[0]))
+        unread, record, ttl = self._unread(event)
+        ahead = int(self.store.eval(self.PLACE, 2, self.keys("lane", event["connection"]), unread, pace[0], record, ttl))
         return None if ahead <= pace[1] else datetime.now(timezone.utc) + timedelta(milliseconds=ahead)
 
     def enqueue_event(self, event: dict[str, Any]) -> None:

@@ -43,9 +43,11 @@ class FastIntake:
     """Queues jobs of one function on one queue, as `queue.enqueue_call` would, in one script."""
 
     # KEYS: seen-mark, the record's order counter, this event's ticket; with a pace, also the
-    # connection's lane (pipeline/lanes.py), the queue and its schedule (RQ's ScheduledJobRegistry).
+    # connection's lane (pipeline/lanes.py), the queue and its schedule (RQ's ScheduledJobRegistry),
+    # and the connection's records waiting to be read (pipeline/coalesce.py).
     # ARGV: seen ttl, order ttl, the pace (ms between two events of the lane, 0: none; ms the lane may
-    # run ahead of now before an event waits in the schedule), then RQ's commands, each as its length
+    # run ahead of now before an event waits in the schedule), the event's record ("type:id", or ''),
+    # that set's ttl, then RQ's commands, each as its length
     # followed by the command and its arguments. An event whose place in its lane is further ahead
     # is put on the schedule for that second instead of the queue (RQ's scheduler queues it then).
     ACCEPT = """
@@ -61,8 +63,12 @@ if tonumber(ARGV[3]) > 0 then
   local at = math.max(now, tonumber(redis.call('GET', KEYS[4]) or '0')) + tonumber(ARGV[3])
   redis.call('SET', KEYS[4], at, 'PX', at - now + 60000)
   if at - now > tonumber(ARGV[4]) then later = math.floor(at / 1000) end
+  if ARGV[5] ~= '' then
+    redis.call('ZADD', KEYS[7], 'NX', now, ARGV[5])
+    redis.call('EXPIRE', KEYS[7], ARGV[6])
+  end
 end
-local i = 5
+local i = 7
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   local cmd = string.upper(ARGV[i + 1])
@@ -88,13 +94,15 @@ return seq
         self.wait: tuple[int, int] | None = None
 
     def accept(self, arg: Any, options: dict[str, Any], *, seen: str, ttl: int,
-               order_key: str, ticket_key: str, order_ttl: int, lane: tuple[str, int, int] | None = None) -> bool:
+               order_key: str, ticket_key: str, order_ttl: int, lane: tuple[str, int, int] | None = None,
+               unread: tuple[str, str, int] = ("", "", 0)) -> bool:
         """Mark `seen`, take the ticket and queue func(arg) with RQ's `options`; False if seen before.
-        `lane`: (its key, ms between two events, ms it may run ahead) paces the event's connection."""
+        `lane`: (its key, ms between two events, ms it may run ahead) paces the event's connection;
+        `unread`: (the connection's set of records to read, the event's record, the set's ttl)."""
         commands = self.commands(arg, options)
         key, spacing, ahead = lane or ("", 0, 0)
-        keys = [seen, order_key, ticket_key, key, self.queue.key, self.queue.scheduled_job_registry.key]
-        args = [ttl, order_ttl, spacing, ahead, *commands]
+        keys = [seen, order_key, ticket_key, key, self.queue.key, self.queue.scheduled_job_registry.key, unread[0]]
+        args = [ttl, order_ttl, spacing, ahead, unread[1], unread[2], *commands]
         if self.wait is None:
             return bool(self._script(keys=keys, args=args))
         return self._accept_replicated(keys, args, *self.wait)

@@ -63,7 +63,7 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
                 if answered is not None:
                     order.done(rt, payload)
                     return answered
-                record = snapshot.take(rt, event, turn.marks)
+                record = snapshot.take(rt, event, turn.marks, payload.get("seq"))
                 if found := observers.observe(rt, event):
                     audit.audit(rt, event, "connector.observed", **found)
                 progress = resume.Progress(record.changes)
