@@ -6,6 +6,7 @@ whole configuration, so a broken rule file stops the service before it takes any
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ from rules.engine import RuleSet
 from rules.files import load_rules
 
 log = logging.getLogger("crmbridge")
+# pace CRM connections' events to their vendors' limits and read their records together (README, Settings)
+PACE = os.environ.get("CRMBRIDGE_PACE", "1") != "0"
 
 NOT_DURABLE = ("REDIS_URL is not set: crmbridge runs web and worker in one process on an "
                "in-process store. Queued work and pending timers will NOT survive a restart. "
@@ -105,7 +108,8 @@ class Runtime:
                 backend.fast.wait = (settings.intake_wait_replicas, settings.intake_wait_ms)
             # a CRM connection's events are let into the queue at its vendor's pace (pipeline/lanes.py)
             backend.paces = {name: found for name, conn in connections.connections.items()
-                             if conn.type in CONNECTORS and (found := pace(conn.options, CONNECTORS[conn.type].Client))}
+                             if PACE and conn.type in CONNECTORS
+                             and (found := pace(conn.options, CONNECTORS[conn.type].Client))}
         else:
             import fakeredis  # the embedded store: Redis semantics, in this process only
             log.warning(NOT_DURABLE)

@@ -34,8 +34,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from common import (AMO_SECRET, KEY_RE, PYTHON, REDIS_URL, ROOT, Fake, Procs, Web, Webhooks, crm_env, flush,
-                    make_config, make_workdir, redis)
+from common import (AMO_SECRET, KEY_RE, PYTHON, REDIS_URL, ROOT, Background, Fake, Procs, Web, Webhooks, crm_env,
+                    flush, make_config, make_workdir, redis)
 
 SECOND_SECRET = "bench-second-secret"
 AMO_LIMIT = 7.0   # requests/s (API-REFERENCE.md §1; developers.kommo.com/docs/limitations)
@@ -100,8 +100,9 @@ def run(args: argparse.Namespace, extra_env: dict[str, str]) -> dict:
         env = crm_env(configure(workdir), amo, tg)
         env.update(SECOND_AMO_URL=second.url, SECOND_AMO_SECRET=SECOND_SECRET, CRMBRIDGE_LOG_LEVEL="WARNING",
                    CRMBRIDGE_RESULT_TTL="0", **extra_env)
-        web = Web(procs, "web", "webhooks:create_app()", env, ROOT, workers=2).ready()
-        workers = [procs.start(f"worker-{i}", [PYTHON, "worker.py"], env) for i in range(args.workers)]
+        code = Path(args.code) if args.code else ROOT
+        web = Web(procs, "web", "webhooks:create_app()", env, code, workers=2).ready()
+        workers = [procs.start(f"worker-{i}", [PYTHON, "worker.py"], env, cwd=code) for i in range(args.workers)]
         time.sleep(2.0)   # the workers start (configuration, clients)
         base = f"http://127.0.0.1:{web.port}"
         burst_hooks, second_hooks = Webhooks(first_lead=50_000_000), Webhooks(first_lead=60_000_000)
@@ -177,6 +178,9 @@ def run(args: argparse.Namespace, extra_env: dict[str, str]) -> dict:
             "second_p50_ms": pct(latencies, 50), "second_p99_ms": pct(latencies, 99),
             "second_max_ms": max(latencies) if latencies else float("nan"),
             "workers_alive": sum(w.poll() is None for w in workers),
+            # (seconds after the burst began it was sent, ms until its message): where the slow ones were
+            "second_latencies": [(round(sent - t0, 2), round((min(got[f"s:{lead}"]) - sent) * 1000))
+                                 for lead, sent in sent_second.items() if f"s:{lead}" in got],
         }
     finally:
         procs.stop_all()
@@ -186,6 +190,7 @@ def run(args: argparse.Namespace, extra_env: dict[str, str]) -> dict:
 
 def table(results: list[dict]) -> str:
     rows = [("mode", lambda r: r["label"]),
+            ("background CPU of other processes (cores, of 2)", lambda r: f"{r['background']:.2f}"),
             ("burst: webhooks acked in", lambda r: f"{r['acked_s']:.1f} s"),
             ("burst: all tasks and messages done in", lambda r: f"{r['done_s']:.1f} s" if r["done_s"] else "not done"),
             ("burst: one-request-per-event floor (2 × moves / 7 s⁻¹)", lambda r: f"{r['floor_s']:.1f} s"),
@@ -207,7 +212,9 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-MODES = {"now": {}}
+# paced (intake paces the account, records read together) and one by one (CRMBRIDGE_PACE=0: as
+# before: every event queued at once, each record read alone), in the same run
+MODES = {"paced": {}, "one-by-one": {"CRMBRIDGE_PACE": "0"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,13 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a mode may take at most")
     parser.add_argument("--modes", default=",".join(MODES), help=f"of {', '.join(MODES)}")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--code", help="run crmbridge from this directory (a copy of another commit: "
+                                          "`git archive <commit> | tar -x -C DIR`); the fakes stay this tree's")
     parser.add_argument("--keep", action="store_true", help="leave the database as the run left it (to look into)")
     args = parser.parse_args(argv)
     results = []
+    background = Background().start()
     for mode in args.modes.split(","):
         log(f"mode {mode}: {args.moves} moves, {args.workers} worker(s), Redis {REDIS_URL}")
+        t0 = time.time()
         result = run(args, MODES[mode])
-        result["label"] = mode
+        result["label"] = mode + (f" ({Path(args.code).name})" if args.code else "")
+        result["background"] = background.mean(t0, time.time())
         results.append(result)
     print(table(results))
     if args.json:
