@@ -315,9 +315,10 @@ class RQBackend:
         self.retry = Retry(max=job_retries, interval=[5, 30, 120][:job_retries]) if job_retries else None
         self._on_failure = Callback("worker.on_job_failed")
         self.fast = FastIntake(self.queue, HANDLE_EVENT) if INTAKE == "fast" else None
-        # connection → (ms between two of its events, ms its lane may run ahead): intake paces a CRM
-        # connection's events to its vendor's limit (pipeline/lanes.py; runtime.Runtime.create sets it)
-        self.paces: dict[str, tuple[int, int]] = {}
+        # connection → (ms between two of its events, ms its lane may run ahead, record types read
+        # together): intake paces a CRM connection's events to its vendor's limit (pipeline/lanes.py,
+        # pipeline/coalesce.py; runtime.Runtime.create sets it)
+        self.paces: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         self._give_back = store.register_script(self.GIVE_BACK)
         self._claim_timer = store.register_script(self.CLAIM_TIMER)
 
@@ -335,12 +336,14 @@ return 0
         pace = self.paces.get(event.get("connection"))
         return self.fast.accept(event, self._event_options(event), seen=seen, ttl=ttl, order_ttl=Order.TTL,
                                 order_key=self.order._key("order", event), ticket_key=self.keys("ticket", event["id"]),
-                                lane=(self.keys("lane", event["connection"]), *pace) if pace else None,
-                                unread=self._unread(event) if pace else ("", "", 0))
+                                lane=(self.keys("lane", event["connection"]), *pace[:2]) if pace else None,
+                                unread=self._unread(event, pace))
 
-    def _unread(self, event: dict[str, Any]) -> tuple[str, str, int]:
-        """The connection's records waiting to be read (pipeline/coalesce.py), this event's record, the
-        set's ttl."""
+    def _unread(self, event: dict[str, Any], pace: tuple[int, int, tuple[str, ...]] | None) -> tuple[str, str, int]:
+        """The connection's records waiting to be read (pipeline/coalesce.py), this event's record (''
+        if its client does not read such records together), the set's ttl."""
+        if not pace or event["entity"]["type"] not in pace[2]:
+            return ("", "", 0)
         return (self.keys("unread", event["connection"]),
                 f"{event['entity']['type']}:{event['entity']['id']}", UNREAD_TTL)
 
@@ -383,8 +386,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0')) + tonumber(ARGV[1])
 redis.call('SET', KEYS[1], at, 'PX', at - now + 60000)
-redis.call('ZADD', KEYS[2], 'NX', now, ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[2], 'NX', now, ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
 return at - now
 """
 
@@ -394,8 +399,9 @@ return at - now
         pace = self.paces.get(event.get("connection"))
         if not pace:
             return None
-        unread, record, ttl = self._unread(event)
-        ahead = int(self.store.eval(self.PLACE, 2, self.keys("lane", event["connection"]), unread, pace[0], record, ttl))
+        unread, record, ttl = self._unread(event, pace)
+        ahead = int(self.store.eval(self.PLACE, 2, self.keys("lane", event["connection"]), unread or self.keys("unread", "-"),
+                                    pace[0], record, ttl))
         return None if ahead <= pace[1] else datetime.now(timezone.utc) + timedelta(milliseconds=ahead)
 
     def enqueue_event(self, event: dict[str, Any]) -> None:

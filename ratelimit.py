@@ -26,7 +26,8 @@ a job run under `deferring(patience)` (worker.handle_event), a call whose slot i
 `patience` seconds raises SlotLater (nothing was sent) and the job goes back to the queue with that
 delay (pipeline/resume.py), resuming where it left off. A wait caused by calls still in flight (held
 slots, whose real end is their answer) is polled for up to `patience` first; a wait caused by calls
-already answered is certain, and deferred at once.
+already answered is certain, and deferred at once. While other jobs wait in the queue, a wait on an
+account's own limit longer than BUSY_WAIT is deferred too, to the account's lane (pipeline/lanes.py).
 """
 from __future__ import annotations
 
@@ -263,17 +264,19 @@ def configured(options: Mapping[str, Any], key: str, default: tuple[float, float
     return Limit(rate, burst, margin)
 
 
-def pace(options: Mapping[str, Any], client_class: Any) -> tuple[int, int] | None:
+def pace(options: Mapping[str, Any], client_class: Any) -> tuple[int, int, tuple[str, ...]] | None:
     """How intake paces a CRM connection's events (pipeline/lanes.py): (ms between two events: the
     connection's limit's ms per call, ms its lane may run ahead of now: the limit's window, so a
-    burst the limit allows is queued at once). None for a connection whose events read no CRM
-    record, or whose limit allows more than 1,000 calls a second (nothing to pace)."""
+    burst the limit allows is queued at once, the record types its client reads together:
+    pipeline/coalesce.py). None for a connection whose events read no CRM record, or whose limit
+    allows more than 1,000 calls a second (nothing to pace)."""
     if "get_entity" not in getattr(client_class, "capabilities", ()):
         return None
     rate = float(client_class.rate_per_second)
     own = configured(options, "own", (rate, float(getattr(client_class, "burst", None) or rate)))
     spacing = own.window_ms / own.allowed
-    return (round(spacing), own.window_ms) if spacing >= 1 else None
+    together = tuple(getattr(client_class, "BATCH_TYPES", ())) if "get_entities" in client_class.capabilities else ()
+    return (round(spacing), own.window_ms, together) if spacing >= 1 else None
 
 
 def limiter_for(store: Redis, prefix: str, conn: Any, client: Any) -> Callable[..., Callable[[], None] | None]:

@@ -19,9 +19,11 @@ wait for company): nothing waits to be read with it.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from connectors.base import Event
+from queueing import UNREAD_TTL
 
 BATCH = 250          # records a request reads at most (amoCRM's list limit)
 READ_TTL = 120       # seconds a record read for the events waiting for it is kept
@@ -74,6 +76,9 @@ def _look(store: Any, kept_key: str, unread: str) -> tuple[bytes | None, list[by
     first, in one round trip."""
     with store.pipeline(transaction=False) as pipe:
         pipe.get(kept_key)
+        # an event that never read its record (it failed; its read was not needed) leaves it here:
+        # what was noted more than UNREAD_TTL ago goes (intake's clock is Redis's, in ms)
+        pipe.zremrangebyscore(unread, "-inf", int((time.time() - UNREAD_TTL) * 1000))
         pipe.zrange(unread, 0, BATCH - 1)
-        kept, waiting = pipe.execute()
+        kept, _, waiting = pipe.execute()
     return kept, waiting

@@ -23,7 +23,6 @@ vendor's limit itself (ratelimit.py) is never exceeded either way.
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ratelimit import SlotLater
@@ -43,7 +42,7 @@ def key(rt: Any, connection: str) -> str:
     return rt.keys("lane", connection)
 
 
-def reserve(rt: Any, payload: dict[str, Any], exc: SlotLater) -> float | None:
+def reserve(rt: Any, exc: SlotLater) -> float | None:
     """Seconds until the event's place in the lane of the limit that had no slot (a connection's
     own limit), or None if it names no lane (a chat's wait within a bot's: the wait itself)."""
     if exc.bucket is None or not exc.spacing:
@@ -51,5 +50,4 @@ def reserve(rt: Any, payload: dict[str, Any], exc: SlotLater) -> float | None:
     script = rt.store.register_script(RESERVE)
     ms = int(script(keys=[key(rt, exc.bucket)],
                     args=[max(0, int(1000 * float(exc.retry_after or 0))), max(1, round(1000 * exc.spacing))]))
-    payload["lane_due"] = round(time.time() + ms / 1000.0, 3)
     return ms / 1000.0

@@ -117,7 +117,7 @@ def forget(rt: Any, event_id: str, progress: Progress) -> None:
 def defer(rt: Any, payload: dict[str, Any], progress: Progress | None, exc: SlotLater) -> dict[str, Any]:
     """Queue the event again for when its slot comes, with its progress; its record's later events
     wait for it. What the job answers."""
-    placed = lanes.reserve(rt, payload, exc)   # its place in the limit's lane (pipeline/lanes.py)
+    placed = lanes.reserve(rt, exc)   # its place in the limit's lane (pipeline/lanes.py)
     if placed is not None:
         delay = min(MAX_DELAY, placed)
     else:
