@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError, RedisError, WatchError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Callback, Job
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from rqintake import FastIntake
@@ -319,6 +320,10 @@ class RQBackend:
         # together): intake paces a CRM connection's events to its vendor's limit (pipeline/lanes.py,
         # pipeline/coalesce.py; runtime.Runtime.create sets it)
         self.paces: dict[str, tuple[int, int, tuple[str, ...]]] = {}
+        # set by worker.main in a worker whose RQ scheduler runs: a job may then be deferred rather
+        # than sleep for an account's slot while other jobs wait (pipeline/resume.py), as the
+        # scheduler will queue it again (a burst worker without it would leave it scheduled)
+        self.scheduler_running = False
         self._give_back = store.register_script(self.GIVE_BACK)
         self._claim_timer = store.register_script(self.CLAIM_TIMER)
 
@@ -330,7 +335,8 @@ return 0
 
     def accept(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
         """Mark the event seen, number it and queue it; False if it was seen before. One script
-        (rqintake.py), or, with CRMBRIDGE_INTAKE=rq, accept_public."""
+        (rqintake.py), or, with CRMBRIDGE_INTAKE=rq, accept_public. A CRM connection's events are
+        paced to its vendor's limit (pipeline/lanes.py)."""
         if self.fast is None:
             return self.accept_public(event, seen, ttl)
         pace = self.paces.get(event.get("connection"))
@@ -380,8 +386,10 @@ return 0
         return True
 
     # KEYS[1] a connection's lane; ARGV[1] its spacing (ms): the event's place, ms from now (rqintake.py)
-    # KEYS[2] its records waiting to be read (pipeline/coalesce.py); ARGV[2] the event's, ARGV[3] the set's ttl
+    # KEYS[2] its records waiting to be read (pipeline/coalesce.py); ARGV[2] the event's, ARGV[3] the set's ttl;
+    # KEYS[3] the queue's scheduler lock (RQ's): with no scheduler running, nothing is paced (0)
     PLACE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0')) + tonumber(ARGV[1])
@@ -400,8 +408,8 @@ return at - now
         if not pace:
             return None
         unread, record, ttl = self._unread(event, pace)
-        ahead = int(self.store.eval(self.PLACE, 2, self.keys("lane", event["connection"]), unread or self.keys("unread", "-"),
-                                    pace[0], record, ttl))
+        ahead = int(self.store.eval(self.PLACE, 3, self.keys("lane", event["connection"]), unread or self.keys("unread", "-"),
+                                    RQScheduler.get_locking_key(self.queue.name), pace[0], record, ttl))
         return None if ahead <= pace[1] else datetime.now(timezone.utc) + timedelta(milliseconds=ahead)
 
     def enqueue_event(self, event: dict[str, Any]) -> None:

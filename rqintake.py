@@ -32,6 +32,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 from rq import Queue
+from rq.scheduler import RQScheduler
 from rq.utils import now, utcformat
 
 from redisconn import check_replicas, replicated
@@ -44,7 +45,9 @@ class FastIntake:
 
     # KEYS: seen-mark, the record's order counter, this event's ticket; with a pace, also the
     # connection's lane (pipeline/lanes.py), the queue and its schedule (RQ's ScheduledJobRegistry),
-    # and the connection's records waiting to be read (pipeline/coalesce.py).
+    # the connection's records waiting to be read (pipeline/coalesce.py), and the queue's scheduler
+    # lock (RQ's: only while a scheduler runs is an event put on the schedule, else nothing would
+    # queue it: a test's burst worker).
     # ARGV: seen ttl, order ttl, the pace (ms between two events of the lane, 0: none; ms the lane may
     # run ahead of now before an event waits in the schedule), the event's record ("type:id", or ''),
     # that set's ttl, then RQ's commands, each as its length
@@ -57,7 +60,7 @@ local seq = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], seq, 'EX', ARGV[2])
 local later = nil
-if tonumber(ARGV[3]) > 0 then
+if tonumber(ARGV[3]) > 0 and redis.call('EXISTS', KEYS[8]) == 1 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local at = math.max(now, tonumber(redis.call('GET', KEYS[4]) or '0')) + tonumber(ARGV[3])
@@ -101,7 +104,8 @@ return seq
         `unread`: (the connection's set of records to read, the event's record, the set's ttl)."""
         commands = self.commands(arg, options)
         key, spacing, ahead = lane or ("", 0, 0)
-        keys = [seen, order_key, ticket_key, key, self.queue.key, self.queue.scheduled_job_registry.key, unread[0]]
+        keys = [seen, order_key, ticket_key, key, self.queue.key, self.queue.scheduled_job_registry.key, unread[0],
+                RQScheduler.get_locking_key(self.queue.name)]
         args = [ttl, order_ttl, spacing, ahead, unread[1], unread[2], *commands]
         if self.wait is None:
             return bool(self._script(keys=keys, args=args))

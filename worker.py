@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     catching_up.ensure(rt)
     mailbox.ensure(rt)   # the imap connections' polls (pipeline/mailbox.py)
     burst = "--burst" in (argv or sys.argv[1:])
+    rt.backend.scheduler_running = True   # run_worker runs RQ's scheduler: a deferred job comes back
     if burst:
         rt.backend.fire_due_timers()
     else:

@@ -12,6 +12,9 @@ call; ratelimit.pace).
   goes on the queue. A later one puts the job on RQ's schedule for that second instead
   (ScheduledJobRegistry; RQ's scheduler queues it then), so the queue only ever holds what the
   limit can serve about now, and another connection's event waits behind a handful of jobs.
+  Only while an RQ scheduler runs for the queue (its lock is there: every `worker.py` runs one):
+  else nothing would queue a job put on the schedule (a test's burst worker), and events are
+  queued at once as before.
 - A worker never sleeps for a slot more than ratelimit.BUSY_WAIT while other jobs wait
   (ratelimit.deferring's `others_waiting`): the job is deferred (pipeline/resume.py) to the
   lane's next place (`reserve`), not to the moment the slot frees, so deferred events come back

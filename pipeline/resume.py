@@ -48,7 +48,8 @@ def patience(rt: Any, payload: dict[str, Any]) -> Iterator[None]:
     since = payload.get("deferred_since")
     durable = getattr(rt.backend, "durable", False)
     fresh = since is None or time.time() - float(since) < DEFERRED_FOR_AT_MOST
-    with deferring(DEFER_AFTER if durable and fresh else None, others_waiting(rt) if durable else None):
+    busy = others_waiting(rt) if durable and getattr(rt.backend, "scheduler_running", False) else None
+    with deferring(DEFER_AFTER if durable and fresh else None, busy):
         yield
 
 
