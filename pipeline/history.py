@@ -413,8 +413,18 @@ class SQLiteHistory(History):
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        # the busy timeout as long as a migration's (pipeline/migrate.py): a new database's first
+        # opener migrates it, and on a busy machine that (Alembic imported and run) can outlast 5 s
+        # while the other openers wait here to switch it to WAL ("database is locked" at 5 s)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        for attempt in range(10):
+            try:   # openers switching a new file to WAL at once: SQLite answers one of them "locked"
+                conn.execute("PRAGMA journal_mode=WAL")   # at once, without waiting, to avoid a deadlock
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 9:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
         migrate.ensure(conn, f"sqlite:///{self.path}")
         return conn
