@@ -26,7 +26,6 @@ from redis.exceptions import NoScriptError, RedisError, WatchError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Callback, Job
-from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from rqintake import FastIntake
@@ -41,7 +40,6 @@ RESULT_TTL = int(os.environ.get("CRMBRIDGE_RESULT_TTL", "0"))
 # (RQBackend.accept_public: RQ's enqueue_call in a MULTI, two round trips)
 INTAKE = os.environ.get("CRMBRIDGE_INTAKE", "fast")
 FIRE_TIMER = "worker.fire_timer"
-UNREAD_TTL = 3600   # seconds a connection's set of records waiting to be read outlives its last event (pipeline/coalesce.py)
 
 
 def job_id_for(kind: str, key: str) -> str:
@@ -342,14 +340,6 @@ class RQBackend:
         self.retry = Retry(max=job_retries, interval=[5, 30, 120][:job_retries]) if job_retries else None
         self._on_failure = Callback("worker.on_job_failed")
         self.fast = FastIntake(self.queue, HANDLE_EVENT) if INTAKE == "fast" else None
-        # connection → (ms between two of its events, ms its lane may run ahead, record types read
-        # together): intake paces a CRM connection's events to its vendor's limit (pipeline/lanes.py,
-        # pipeline/coalesce.py; runtime.Runtime.create sets it)
-        self.paces: dict[str, tuple[int, int, tuple[str, ...]]] = {}
-        # set by worker.main in a worker whose RQ scheduler runs: a job may then be deferred rather
-        # than sleep for an account's slot while other jobs wait (pipeline/resume.py), as the
-        # scheduler will queue it again (a burst worker without it would leave it scheduled)
-        self.scheduler_running = False
         self._give_back = store.register_script(self.GIVE_BACK)
         self._claim_timer = store.register_script(self.CLAIM_TIMER)
         self._claim_timers = store.register_script(self.CLAIM_TIMERS)
@@ -362,23 +352,11 @@ return 0
 
     def accept(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
         """Mark the event seen, number it and queue it; False if it was seen before. One script
-        (rqintake.py), or, with CRMBRIDGE_INTAKE=rq, accept_public. A CRM connection's events are
-        paced to its vendor's limit (pipeline/lanes.py)."""
+        (rqintake.py), or, with CRMBRIDGE_INTAKE=rq, accept_public."""
         if self.fast is None:
             return self.accept_public(event, seen, ttl)
-        pace = self.paces.get(event.get("connection"))
         return self.fast.accept(event, self._event_options(event), seen=seen, ttl=ttl, order_ttl=Order.TTL,
-                                order_key=self.order._key("order", event), ticket_key=self.keys("ticket", event["id"]),
-                                lane=(self.keys("lane", event["connection"]), *pace[:2]) if pace else None,
-                                unread=self._unread(event, pace))
-
-    def _unread(self, event: dict[str, Any], pace: tuple[int, int, tuple[str, ...]] | None) -> tuple[str, str, int]:
-        """The connection's records waiting to be read (pipeline/coalesce.py), this event's record (''
-        if its client does not read such records together), the set's ttl."""
-        if not pace or event["entity"]["type"] not in pace[2]:
-            return ("", "", 0)
-        return (self.keys("unread", event["connection"]),
-                f"{event['entity']['type']}:{event['entity']['id']}", UNREAD_TTL)
+                                order_key=self.order._key("order", event), ticket_key=self.keys("ticket", event["id"]))
 
     def accept_public(self, event: dict[str, Any], seen: str, ttl: int) -> bool:
         """accept() through RQ's public API alone, in two steps.
@@ -394,15 +372,11 @@ return 0
         if not self.store.set(seen, self.PENDING, nx=True, ex=self.PENDING_TTL):
             return False
         try:
-            later = self._place(event)
             with self.store.pipeline() as pipe:
                 pipe.multi()   # first: RQ puts a pipeline it is given in MULTI, which must precede any command
                 pipe.set(seen, 1, ex=ttl)
                 self.order.ticket(event, pipe)
-                if later is None:
-                    self.queue.enqueue_call(HANDLE_EVENT, args=(event,), pipeline=pipe, **self._event_options(event))
-                else:   # its place in its connection's lane is further ahead (pipeline/lanes.py)
-                    self.queue.enqueue_at(later, HANDLE_EVENT, event, pipeline=pipe, **self._event_options(event))
+                self.queue.enqueue_call(HANDLE_EVENT, args=(event,), pipeline=pipe, **self._event_options(event))
                 pipe.execute()
         except BaseException:
             try:
@@ -411,33 +385,6 @@ return 0
                 log.warning("seen-mark %s not given back (%s); it expires in %s s", seen, exc, self.PENDING_TTL)
             raise
         return True
-
-    # KEYS[1] a connection's lane; ARGV[1] its spacing (ms): the event's place, ms from now (rqintake.py)
-    # KEYS[2] its records waiting to be read (pipeline/coalesce.py); ARGV[2] the event's, ARGV[3] the set's ttl;
-    # KEYS[3] the queue's scheduler lock (RQ's): with no scheduler running, nothing is paced (0)
-    PLACE = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local at = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0')) + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], at, 'PX', at - now + 60000)
-if ARGV[2] ~= '' then
-  redis.call('ZADD', KEYS[2], 'NX', now, ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-end
-return at - now
-"""
-
-    def _place(self, event: dict[str, Any]) -> datetime | None:
-        """The public path's pacing (the fast path's is in its script): None to queue the event now,
-        else when its place in its connection's lane comes."""
-        pace = self.paces.get(event.get("connection"))
-        if not pace:
-            return None
-        unread, record, ttl = self._unread(event, pace)
-        ahead = int(self.store.eval(self.PLACE, 3, self.keys("lane", event["connection"]), unread or self.keys("unread", "-"),
-                                    RQScheduler.get_locking_key(self.queue.name), pace[0], record, ttl))
-        return None if ahead <= pace[1] else datetime.now(timezone.utc) + timedelta(milliseconds=ahead)
 
     def enqueue_event(self, event: dict[str, Any]) -> None:
         self.queue.enqueue_call(HANDLE_EVENT, args=(event,), **self._event_options(event))

@@ -26,8 +26,7 @@ a job run under `deferring(patience)` (worker.handle_event), a call whose slot i
 `patience` seconds raises SlotLater (nothing was sent) and the job goes back to the queue with that
 delay (pipeline/resume.py), resuming where it left off. A wait caused by calls still in flight (held
 slots, whose real end is their answer) is polled for up to `patience` first; a wait caused by calls
-already answered is certain, and deferred at once. While other jobs wait in the queue, a wait on an
-account's own limit longer than BUSY_WAIT is deferred too, to the account's lane (pipeline/lanes.py).
+already answered is certain, and deferred at once.
 """
 from __future__ import annotations
 
@@ -112,33 +111,19 @@ class SlotLater(RetryableApiError):
     room (an upper bound when `certain` is False). Not retried inside the job (pipeline/retry.py):
     the job is deferred (pipeline/resume.py)."""
 
-    def __init__(self, message: str, *, retry_after: float, certain: bool, bucket: str | None = None,
-                 spacing: float = 0.0):
+    def __init__(self, message: str, *, retry_after: float, certain: bool):
         super().__init__(message, retry_after=retry_after)
         self.certain = certain
-        # the limit that had no slot (its first bucket: a connection, or a connection's scope) and
-        # the seconds between two of its calls on average: a deferral queues the job in its lane
-        self.bucket, self.spacing = bucket, spacing
-
-
-# inside a deferrable job: is other work waiting for this worker (then a wait longer than BUSY_WAIT
-# for a slot is not slept: the job is deferred and the worker takes that work)
-_OTHERS_WAITING: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
-    "crmbridge_others_waiting", default=None)
-BUSY_WAIT = 0.2   # seconds a job may sleep for a slot while other jobs wait in the queue
 
 
 @contextmanager
-def deferring(patience: float | None, others_waiting: Callable[[], bool] | None = None) -> Iterator[None]:
+def deferring(patience: float | None) -> Iterator[None]:
     """Inside this block a call that cannot get its slot within `patience` seconds raises
-    SlotLater instead of waiting (None: wait, up to the limiter's max_wait); with `others_waiting`,
-    also one whose slot is more than BUSY_WAIT away while that says other work is ready."""
+    SlotLater instead of waiting (None: wait, up to the limiter's max_wait)."""
     token = _PATIENCE.set(patience)
-    others = _OTHERS_WAITING.set(others_waiting if patience is not None else None)
     try:
         yield
     finally:
-        _OTHERS_WAITING.reset(others)
         _PATIENCE.reset(token)
 
 
@@ -194,23 +179,19 @@ class RateLimiter:
         member = uuid.uuid4().hex
         start = time.monotonic()
         deadline = start + self.max_wait
-        patience, others = _PATIENCE.get(), _OTHERS_WAITING.get()
+        patience = _PATIENCE.get()
         while True:
             wait, certain = self._look(buckets, hold, member)
             if wait <= 0:
                 return self._releaser(buckets, member) if hold > 0 else None
             now = time.monotonic()
             # the slot comes after the patience: certainly (defer now), or perhaps (a call in flight may
-            # be answered sooner: defer once the patience has been spent looking); or not soon while
-            # other jobs wait for this worker (another connection's events are not held up by this one)
-            # (a limit of one bucket: an account's, not a chat's within a bot's, which is slept on as before)
-            if patience is not None and (now + wait > start + patience and (
-                    certain or now + self.poll > start + patience)
-                    or (not more and now + wait > start + BUSY_WAIT and others is not None and others())):
+            # be answered sooner: defer once the patience has been spent looking)
+            if patience is not None and now + wait > start + patience and (
+                    certain or now + self.poll > start + patience):
                 names = ", ".join(name for name, _ in buckets)
                 raise SlotLater(f"rate limit {names}: no slot for {wait:.1f} s; the job goes on later",
-                                retry_after=wait, certain=certain, bucket=None if more else bucket,
-                                spacing=limit.window_ms / 1000.0 / limit.allowed)
+                                retry_after=wait, certain=certain)
             # a held slot is counted as arriving late until its answer comes, so the wait may end
             # early: look again every `poll` seconds, and give up only when the time is out
             if wait > self.max_wait or time.monotonic() + min(wait, self.poll) > deadline:
@@ -262,21 +243,6 @@ def configured(options: Mapping[str, Any], key: str, default: tuple[float, float
     elif "burst" in found:
         burst = float(found["burst"])
     return Limit(rate, burst, margin)
-
-
-def pace(options: Mapping[str, Any], client_class: Any) -> tuple[int, int, tuple[str, ...]] | None:
-    """How intake paces a CRM connection's events (pipeline/lanes.py): (ms between two events: the
-    connection's limit's ms per call, ms its lane may run ahead of now: the limit's window, so a
-    burst the limit allows is queued at once, the record types its client reads together:
-    pipeline/coalesce.py). None for a connection whose events read no CRM record, or whose limit
-    allows more than 1,000 calls a second (nothing to pace)."""
-    if "get_entity" not in getattr(client_class, "capabilities", ()):
-        return None
-    rate = float(client_class.rate_per_second)
-    own = configured(options, "own", (rate, float(getattr(client_class, "burst", None) or rate)))
-    spacing = own.window_ms / own.allowed
-    together = tuple(getattr(client_class, "BATCH_TYPES", ())) if "get_entities" in client_class.capabilities else ()
-    return (round(spacing), own.window_ms, together) if spacing >= 1 else None
 
 
 def limiter_for(store: Redis, prefix: str, conn: Any, client: Any) -> Callable[..., Callable[[], None] | None]:

@@ -32,7 +32,6 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 from rq import Queue
-from rq.scheduler import RQScheduler
 from rq.utils import now, utcformat
 
 from redisconn import check_replicas, rediscover, replicated
@@ -43,45 +42,18 @@ VARYING = ("data", "description", "created_at", "enqueued_at")
 class FastIntake:
     """Queues jobs of one function on one queue, as `queue.enqueue_call` would, in one script."""
 
-    # KEYS: seen-mark, the record's order counter, this event's ticket; with a pace, also the
-    # connection's lane (pipeline/lanes.py), the queue and its schedule (RQ's ScheduledJobRegistry),
-    # the connection's records waiting to be read (pipeline/coalesce.py), and the queue's scheduler
-    # lock (RQ's: only while a scheduler runs is an event put on the schedule, else nothing would
-    # queue it: a test's burst worker).
-    # ARGV: seen ttl, order ttl, the pace (ms between two events of the lane, 0: none; ms the lane may
-    # run ahead of now before an event waits in the schedule), the event's record ("type:id", or ''),
-    # that set's ttl, then RQ's commands, each as its length
-    # followed by the command and its arguments. An event whose place in its lane is further ahead
-    # is put on the schedule for that second instead of the queue (RQ's scheduler queues it then).
+    # KEYS: seen-mark, the record's order counter, this event's ticket. ARGV: seen ttl, order ttl,
+    # then RQ's commands, each as its length followed by the command and its arguments.
     ACCEPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
 local seq = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], seq, 'EX', ARGV[2])
-local later = nil
-if tonumber(ARGV[3]) > 0 and redis.call('EXISTS', KEYS[8]) == 1 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local at = math.max(now, tonumber(redis.call('GET', KEYS[4]) or '0')) + tonumber(ARGV[3])
-  redis.call('SET', KEYS[4], at, 'PX', at - now + 60000)
-  if at - now > tonumber(ARGV[4]) then later = math.floor(at / 1000) end
-  if ARGV[5] ~= '' then
-    redis.call('ZADD', KEYS[7], 'NX', now, ARGV[5])
-    redis.call('EXPIRE', KEYS[7], ARGV[6])
-  end
-end
-local i = 7
+local i = 3
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
-  local cmd = string.upper(ARGV[i + 1])
-  if later and (cmd == 'RPUSH' or cmd == 'LPUSH') and ARGV[i + 2] == KEYS[5] then
-    redis.call('ZADD', KEYS[6], later, ARGV[i + 3])
-  elseif later and cmd == 'HSET' and n == 4 and ARGV[i + 3] == 'status' then
-    redis.call('HSET', ARGV[i + 2], 'status', 'scheduled')
-  else
-    redis.call(unpack(ARGV, i + 1, i + n))
-  end
+  redis.call(unpack(ARGV, i + 1, i + n))
   i = i + n + 1
 end
 return seq
@@ -97,16 +69,10 @@ return seq
         self.wait: tuple[int, int] | None = None
 
     def accept(self, arg: Any, options: dict[str, Any], *, seen: str, ttl: int,
-               order_key: str, ticket_key: str, order_ttl: int, lane: tuple[str, int, int] | None = None,
-               unread: tuple[str, str, int] = ("", "", 0)) -> bool:
-        """Mark `seen`, take the ticket and queue func(arg) with RQ's `options`; False if seen before.
-        `lane`: (its key, ms between two events, ms it may run ahead) paces the event's connection;
-        `unread`: (the connection's set of records to read, the event's record, the set's ttl)."""
+               order_key: str, ticket_key: str, order_ttl: int) -> bool:
+        """Mark `seen`, take the ticket and queue func(arg) with RQ's `options`; False if seen before."""
         commands = self.commands(arg, options)
-        key, spacing, ahead = lane or ("", 0, 0)
-        keys = [seen, order_key, ticket_key, key, self.queue.key, self.queue.scheduled_job_registry.key, unread[0],
-                RQScheduler.get_locking_key(self.queue.name)]
-        args = [ttl, order_ttl, spacing, ahead, unread[1], unread[2], *commands]
+        keys, args = [seen, order_key, ticket_key], [ttl, order_ttl, *commands]
         if self.wait is None:
             return bool(self._script(keys=keys, args=args))
         return self._accept_replicated(keys, args, *self.wait)

@@ -6,7 +6,6 @@ whole configuration, so a broken rule file stops the service before it takes any
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ from pipeline.history import open_history
 from pipeline.steps import STEPS
 from queueing import InProcessBackend, Keys, RQBackend
 import redisconn
-from ratelimit import Limit, RateLimiter, limiter_for, pace  # noqa: F401 - Limit, RateLimiter: tests reach them here
+from ratelimit import Limit, RateLimiter, limiter_for  # noqa: F401 - Limit, RateLimiter: tests reach them here
 import reports
 from rules import MODULES, find_or_create, make_document, send_digest, send_email
 from rules._offline import check as offline_checks
@@ -32,8 +31,6 @@ from rules.engine import RuleSet
 from rules.files import load_rules
 
 log = logging.getLogger("crmbridge")
-# pace CRM connections' events to their vendors' limits and read their records together (README, Settings)
-PACE = os.environ.get("CRMBRIDGE_PACE", "1") != "0"
 
 NOT_DURABLE = ("REDIS_URL is not set: crmbridge runs web and worker in one process on an "
                "in-process store. Queued work and pending timers will NOT survive a restart. "
@@ -106,10 +103,6 @@ class Runtime:
                     raise ConfigErrors([ConfigError("CRMBRIDGE_INTAKE_WAIT_REPLICAS", 0, "the replica wait "
                                                     "needs the default intake; unset CRMBRIDGE_INTAKE=rq")])
                 backend.fast.wait = (settings.intake_wait_replicas, settings.intake_wait_ms)
-            # a CRM connection's events are let into the queue at its vendor's pace (pipeline/lanes.py)
-            backend.paces = {name: found for name, conn in connections.connections.items()
-                             if PACE and conn.type in CONNECTORS
-                             and (found := pace(conn.options, CONNECTORS[conn.type].Client))}
         else:
             import fakeredis  # the embedded store: Redis semantics, in this process only
             log.warning(NOT_DURABLE)

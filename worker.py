@@ -64,7 +64,7 @@ def handle_event(payload: dict[str, Any]) -> dict[str, Any]:
                 if answered is not None:
                     order.done(rt, payload)
                     return answered
-                record = snapshot.take(rt, event, turn.marks, payload.get("seq"))
+                record = snapshot.take(rt, event, turn.marks)
                 if found := observers.observe(rt, event):
                     audit.audit(rt, event, "connector.observed", **found)
                 progress = resume.of(record)
@@ -176,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     catching_up.ensure(rt)
     mailbox.ensure(rt)   # the imap connections' polls (pipeline/mailbox.py)
     burst = "--burst" in (argv or sys.argv[1:])
-    rt.backend.scheduler_running = True   # run_worker runs RQ's scheduler: a deferred job comes back
     if burst:
         rt.backend.fire_due_timers()
     else:

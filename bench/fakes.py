@@ -62,36 +62,15 @@ def _control(server, deliveries: list | None) -> None:
 class BenchAmo(FakeAmo):
     """Every lead id exists, in stage "Brief received" of pipeline Sales."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = {"one": 0, "list": 0}
-        self.task_log: list[tuple[int, float]] = []   # (lead id, time received) of every task made
-
-    def _add_tasks(self, call: Call, m: re.Match):
-        answer = super()._add_tasks(call, m)
-        stamp = time.time()
-        self.task_log.extend((task.get("entity_id"), stamp) for task in call.body)
-        return answer
-
-    def lead(self, lead_id: int) -> dict:
-        return self.leads.get(lead_id) or {
+    def _get_lead(self, call: Call, m: re.Match):
+        lead_id = int(m.group(1))
+        lead = self.leads.get(lead_id) or {
             "id": lead_id, "name": f"Lead {lead_id}", "price": 1000, "status_id": 10216994,
             "pipeline_id": 2116, "responsible_user_id": 938348,
             "custom_fields_values": [{"field_id": 1119321, "field_name": "Some text field",
                                       "values": [{"value": "some text"}]}],
             "_embedded": {"tags": [], "contacts": []}}
-
-    def _get_lead(self, call: Call, m: re.Match):
-        self.reads["one"] += 1
-        return 200, self.lead(int(m.group(1))), {"Content-Type": "application/hal+json"}
-
-    def _list_leads(self, call: Call, m: re.Match):
-        """GET /api/v4/leads?filter[id][]=…: those leads (each exists here), as the list answers."""
-        ids = call.query.get("filter[id][]") or call.query.get("filter[id]")
-        if not ids:
-            return super()._list_leads(call, m)
-        self.reads["list"] += 1
-        return self._page(call, "leads", [self.lead(int(i)) for i in ids], default_limit=250)
+        return 200, lead, {"Content-Type": "application/hal+json"}
 
 
 class BenchTelegram(FakeTelegram):
@@ -128,26 +107,11 @@ class BenchTelegram(FakeTelegram):
         return super()._method(call, m)
 
 
-def _amo_stats(server: BenchAmo) -> None:
-    """GET /_bench/amo: the tasks made ([lead id, unix time]), the reads (one by one, lists), the
-    requests over the enforced limit, and the most requests any window of the limit held."""
-    def get(call: Call, m: re.Match):
-        with server.lock:
-            tasks = list(server.task_log)
-            server.calls.clear()
-        peak = server.keeper.peak("account") if server.keeper else None
-        return 200, {"tasks": tasks, "reads": server.reads, "violations": len(server.violations), "peak": peak}, {}
-    server.route("GET", r"/_bench/amo", get)
-
-
 def main(argv: list[str]) -> int:
     kind = argv[0] if argv else "telegram"
-    if kind in ("amo", "amo-limited"):   # amo-limited: amoCRM's 7 requests/s enforced (429 over it)
+    if kind == "amo":
         server = BenchAmo()
         _control(server, None)
-        _amo_stats(server)
-        if kind == "amo-limited":
-            server.enforce_limits()
     else:
         server = BenchTelegram()
         _control(server, server.deliveries)

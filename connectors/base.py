@@ -429,11 +429,6 @@ class CrmClient(Protocol):
         """The record as it is now (None: record-only mode, or gone)."""
         ...
 
-    def get_entities(self, entity_type: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Several records of one type as get_entity gives each, in as few requests as the API
-        allows ({id: record}; an id missing from the answer is gone): pipeline/coalesce.py."""
-        ...
-
     def name_refs(self, data: dict[str, Any]) -> dict[str, Any]:
         """Add the CRM's names to the stage, pipeline and responsible refs of `data` (cached metadata)."""
         ...

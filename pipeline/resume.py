@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from connectors.base import Event
-from pipeline import lanes
 from pipeline.audit import audit
 from pipeline.snapshot import Change, enrich_changes
 from ratelimit import SlotLater, deferring
@@ -48,15 +47,8 @@ def patience(rt: Any, payload: dict[str, Any]) -> Iterator[None]:
     since = payload.get("deferred_since")
     durable = getattr(rt.backend, "durable", False)
     fresh = since is None or time.time() - float(since) < DEFERRED_FOR_AT_MOST
-    busy = others_waiting(rt) if durable and getattr(rt.backend, "scheduler_running", False) else None
-    with deferring(DEFER_AFTER if durable and fresh else None, busy):
+    with deferring(DEFER_AFTER if durable and fresh else None):
         yield
-
-
-def others_waiting(rt: Any):
-    """Are jobs waiting in the queue (then this one does not sleep for a slot: pipeline/lanes.py)?"""
-    queue = rt.backend.queue
-    return lambda: bool(rt.store.llen(queue.key))
 
 
 @dataclass
@@ -134,12 +126,8 @@ def forget(rt: Any, event_id: str, progress: Progress) -> None:
 def defer(rt: Any, payload: dict[str, Any], progress: Progress | None, exc: SlotLater) -> dict[str, Any]:
     """Queue the event again for when its slot comes, with its progress; its record's later events
     wait for it. What the job answers."""
-    placed = lanes.reserve(rt, exc)   # its place in the limit's lane (pipeline/lanes.py)
-    if placed is not None:
-        delay = min(MAX_DELAY, placed)
-    else:
-        wait = float(exc.retry_after or UNSURE_DELAY)
-        delay = min(MAX_DELAY, wait if exc.certain else min(wait, UNSURE_DELAY)) + random.uniform(0.0, 0.25)
+    wait = float(exc.retry_after or UNSURE_DELAY)
+    delay = min(MAX_DELAY, wait if exc.certain else min(wait, UNSURE_DELAY)) + random.uniform(0.0, 0.25)
     if progress is not None:
         payload["resume"] = progress.to_dict()
     payload.setdefault("deferred_since", time.time())

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.base import Entity, Event, PermanentApiError
-from pipeline import CRM_ENTITIES, coalesce, stages
+from pipeline import CRM_ENTITIES, stages
 from pipeline.audit import audit
 from pipeline.retry import with_retries
 from rules import MODULES
@@ -44,12 +44,10 @@ class Record:
     needs: frozenset[str] = frozenset()   # what the rules read besides the record (enrich_changes adds it)
 
 
-def take(rt: Any, event: Event, marks: stages.Marks | None, seq: int | None = None) -> Record:
+def take(rt: Any, event: Event, marks: stages.Marks | None) -> Record:
     """Read, keep and compare the event's record (`marks`: its stage marks, if read ahead; they
-    serve the first stage change checked, the event's own or a derived one, and no other; `seq`: the
-    event's number among its record's events, which lets it use a read made with company,
-    pipeline/coalesce.py)."""
-    entity = read(rt, event, seq)
+    serve the first stage change checked, the event's own or a derived one, and no other)."""
+    entity = read(rt, event)
     # the vendor's own stage change is checked against its marks now, and the stage it enters is
     # kept in the same round trip as the snapshot (before the actions: one may move the record on)
     seen_before = event.kind == "stage.changed" and stages.already_handled(rt, event, entity, marks)
@@ -100,7 +98,7 @@ def past(event: Event) -> tuple[str, ...]:
     return HISTORY_REFS if event.data.get("via") == "history" else ()
 
 
-def read(rt: Any, event: Event, seq: int | None = None) -> dict[str, Any]:
+def read(rt: Any, event: Event) -> dict[str, Any]:
     """The entity as it is now: the webhook's data, overlaid with a fresh read from the CRM."""
     data = dict(event.data)
     entity: dict[str, Any] = {"type": event.entity.type, "id": event.entity.id}
@@ -115,7 +113,7 @@ def read(rt: Any, event: Event, seq: int | None = None) -> dict[str, Any]:
     # (a group message that only chat sync handles needs no read: needs_record)
     if event.entity.type in CRM_ENTITIES and client.can("get_entity") and needs_record(rt, event):
         try:
-            fresh = with_retries(rt, lambda: coalesce.read(rt, client, event, seq))
+            fresh = with_retries(rt, lambda: client.get_entity(event.entity))
         except PermanentApiError as exc:  # deleted, or no access: the webhook's data must do
             audit(rt, event, "enrich.failed", error=str(exc))
     if client.can("name_refs"):

@@ -478,10 +478,6 @@ class FakeAmo(FakeServer):
     def _list_leads(self, call: Call, m: re.Match):
         """filter[updated_at][from] (oldest first), or filter[created_at][from] with filter[pipeline_id]
         and order[created_at]=desc (filters-api, leads-api: how find_lead reads back a copy)."""
-        ids = call.query.get("filter[id][]") or call.query.get("filter[id]")
-        if ids:   # filters-api: "Фильтр по ID сделок", one id or an array (filter[id][]=1&filter[id][]=2)
-            wanted = [self.leads[int(i)] for i in ids if int(i) in self.leads]
-            return self._page(call, "leads", wanted, default_limit=250)
         q = call.query
         since = int(q.get("filter[updated_at][from]", ["0"])[0])
         until = int(q.get("filter[updated_at][to]", [str(2 ** 40)])[0])

@@ -158,10 +158,7 @@ def test_a_burst_to_one_group_does_not_hold_up_other_work(redis_db, tmp_path):
         assert tg.violations == [] and amo.violations == [] and other.violations == []
         assert figures["most group messages in any window"] <= GROUP_CALLS
         assert other_done < group_21st          # the other account did not wait for the group's window
-        # the group's burst was deferred; an event of the other account is deferred only on its own
-        # account's limit (7 requests/s for 20 calls), while other jobs waited (pipeline/lanes.py)
-        assert any(e["entity"].startswith("lead:71") for e in deferred)
-        assert all(e["entity"].startswith("lead:71") or "other-amo" in e["reason"] for e in deferred), deferred
+        assert deferred and all(e["entity"].startswith("lead:71") for e in deferred)
     finally:
         if proc is not None:
             proc.terminate()

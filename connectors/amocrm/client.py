@@ -42,7 +42,7 @@ class Client(TokenAuth, BaseClient):
     rate_per_second = 7  # "not more than 7 requests per second" (developers.kommo.com/docs/limitations)
     reports_sends = True  # every API call goes through request() (the token refresh is not an action)
     capabilities = frozenset({
-        "get_entity", "get_entities", "name_refs", "rule_context", "changed_since", "list_tasks", "overdue_tasks",
+        "get_entity", "name_refs", "rule_context", "changed_since", "list_tasks", "overdue_tasks",
         "set_fields", "move_to_stage", "create_task", "add_note", "set_responsible", "complete_task",
         "complete_tasks_matching", "change_tags", "get_raw", "create_copy", "link_copy", "search_contacts",
         "add_contact", "find_task", "find_note",
@@ -54,7 +54,6 @@ class Client(TokenAuth, BaseClient):
     add_deal_links_contact = False   # a lead is created, then linked (entity-links-api): two calls
     deal_type = "lead"               # amoCRM's deals are leads
     docs_url = "https://www.amocrm.ru/developers/content/crm_platform/api-reference"
-    BATCH_TYPES = ("lead",)   # read together by get_entities (pipeline/coalesce.py)
 
     def idempotent(self, method: str, path: str) -> bool:
         """POST creates (leads, contacts, tasks, notes), except a link (entity-links-api): linking
@@ -106,25 +105,6 @@ class Client(TokenAuth, BaseClient):
             return self.get_task(entity.id)
         found = self.get_raw(entity)
         return self.normalize(found) if found is not None else None
-
-    def get_entities(self, entity_type: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Several leads, contacts or companies in one request, each as get_entity gives it: GET
-        /api/v4/<entity>?filter[id][]=…&with=…&limit=250 (filters-api: "Фильтр по ID", an array;
-        leads-api: `with` as for one record; up to PAGE_LIMIT ids a call). {id: record}; an id the
-        answer lacks is gone (or out of reach), as a 204 is for one record."""
-        found: dict[str, dict[str, Any]] = {}
-        for first in range(0, len(ids), PAGE_LIMIT):
-            chunk = ids[first:first + PAGE_LIMIT]
-            params: list[tuple[str, Any]] = [("filter[id][]", int(i)) for i in chunk]
-            if entity_type in WITH:
-                params.append(("with", WITH[entity_type]))
-            params.append(("limit", PAGE_LIMIT))
-            resp = self.request("GET", f"/api/v4/{API_ENTITY[entity_type]}", params=params)
-            if resp is None or resp.status_code == 204:
-                continue
-            for item in (resp.json().get("_embedded") or {}).get(API_ENTITY[entity_type]) or []:
-                found[str(item["id"])] = self.normalize(item)
-        return found
 
     def get_contact(self, contact: Entity | str | int) -> dict[str, Any] | None:
         """A contact in the common shape (fields by name, its leads and company)."""
